@@ -1,0 +1,300 @@
+"""Every use of aiortc/aioice private API in relaycast lives in this module.
+
+aiortc is used for ICE, DTLS, SRTP, SCTP and SDP only.  The SFU must never decode
+or encode media, but aiortc's `RTCRtpReceiver` feeds every packet to a jitter
+buffer and a decoder thread, and `RTCRtpSender` pulls frames from a track and
+encodes them.  This module rewires single receiver/sender *instances* so that:
+
+* a publisher's receiver hands each RTP packet (already SRTP-unprotected and
+  parsed) to a callback after keeping aiortc's receive statistics (for receiver
+  reports), unwrapping RTX and generating NACKs; no decoder thread is started;
+* a subscriber's sender starts no RTP/RTCP tasks; the SFU sends raw RTP bytes
+  through :class:`RawRtpSender` (SRTP protect + UDP ``sendto``, synchronously)
+  and receives the viewer's RTCP (NACK, PLI, FIR, REMB, RR) through a callback.
+
+An aiortc upgrade should only ever require changes here.  Tested against aiortc
+1.14–1.16 and aioice 0.9–0.13.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from types import MethodType
+from typing import Any
+
+import aioice.ice
+from aiortc import RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc import codecs as aiortc_codecs
+from aiortc.codecs import is_rtx
+from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpHeaderExtensionParameters
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
+from aiortc.rtp import AnyRtcpPacket, RtpPacket, unwrap_rtx
+
+logger = logging.getLogger(__name__)
+
+RtpCallback = Callable[[RtpPacket, int], None]
+RtcpCallback = Callable[[AnyRtcpPacket], None]
+
+# --------------------------------------------------------------------------- ICE
+
+_original_get_host_addresses = aioice.ice.get_host_addresses
+_host_addresses: list[str] | None = None
+
+
+def set_host_addresses(addresses: Sequence[str] | None) -> None:
+    """Pin the local addresses aioice gathers host candidates on (process-wide).
+
+    aioice leaves 127.0.0.1 out of host candidates; the SFU, the load tester and
+    the tests gather on the configured addresses instead (mediasoup ``listenIps``).
+    ``None`` restores aioice's own choice (every non-loopback interface).
+    """
+    global _host_addresses
+    _host_addresses = list(addresses) if addresses else None
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        if _host_addresses is None:
+            return _original_get_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+        return [
+            a for a in _host_addresses if (":" in a and use_ipv6) or (":" not in a and use_ipv4)
+        ]
+
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
+# ------------------------------------------------------------------ capabilities
+
+_H264_EXTRA_PROFILES = ("4d001f", "640c1f", "64001f")
+
+
+def extend_codec_capabilities() -> None:
+    """Let aiortc negotiate H.264 Main and High profiles too (idempotent).
+
+    aiortc only lists the (constrained) Baseline profile because it must be able
+    to decode what it negotiates.  The SFU never decodes, so any profile the
+    publisher sends can be forwarded to viewers that accept it.
+    """
+    video = aiortc_codecs.CODECS["video"]
+    present = {
+        str(c.parameters.get("profile-level-id", "")).lower()
+        for c in video
+        if c.mimeType.lower() == "video/h264"
+    }
+    pt = max(c.payloadType for c in video) + 1
+    for profile in _H264_EXTRA_PROFILES:
+        if profile in present:
+            continue
+        video.append(
+            RTCRtpCodecParameters(
+                mimeType="video/H264",
+                clockRate=90000,
+                payloadType=pt,
+                rtcpFeedback=[
+                    RTCRtcpFeedback(type="nack"),
+                    RTCRtcpFeedback(type="nack", parameter="pli"),
+                    RTCRtcpFeedback(type="goog-remb"),
+                ],
+                parameters={
+                    "level-asymmetry-allowed": "1",
+                    "packetization-mode": "1",
+                    "profile-level-id": profile,
+                },
+            )
+        )
+        video.append(
+            RTCRtpCodecParameters(
+                mimeType="video/rtx", clockRate=90000, payloadType=pt + 1, parameters={"apt": pt}
+            )
+        )
+        pt += 2
+
+
+def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
+    """Codecs negotiated for a transceiver after ``setRemoteDescription`` (remote PTs)."""
+    return list(transceiver._codecs)
+
+
+def restrict_codecs(transceiver: RTCRtpTransceiver, codecs: list[RTCRtpCodecParameters]) -> None:
+    """Replace the negotiated codecs before ``createAnswer`` (no partial answers)."""
+    transceiver._codecs = [copy.deepcopy(c) for c in codecs]
+
+
+def negotiated_header_extensions(
+    transceiver: RTCRtpTransceiver,
+) -> list[RTCRtpHeaderExtensionParameters]:
+    return list(transceiver._headerExtensions)
+
+
+# ----------------------------------------------------------------- publish side
+
+
+def install_forwarding_receiver(
+    receiver: RTCRtpReceiver, on_rtp: RtpCallback, on_rtcp: RtcpCallback
+) -> None:
+    """Make ``receiver`` forward instead of decode.
+
+    ``on_rtp(packet, arrival_time_ms)`` gets each media packet (RTX unwrapped);
+    ``on_rtcp(packet)`` each RTCP packet routed to this receiver (SR, BYE).
+    Receiver reports and NACKs for lost packets keep going upstream via aiortc.
+    """
+    name = "_RTCRtpReceiver__"
+    kind = getattr(receiver, name + "kind")
+    nack_generator = NackGenerator() if kind == "video" else None
+    original_rtcp = receiver._handle_rtcp_packet
+
+    async def receive(self: RTCRtpReceiver, parameters: Any) -> None:
+        if getattr(self, name + "started"):
+            return
+        codecs = getattr(self, name + "codecs")
+        rtx_ssrc = getattr(self, name + "rtx_ssrc")
+        for codec in parameters.codecs:
+            codecs[codec.payloadType] = codec
+        for encoding in parameters.encodings:
+            if encoding.rtx:
+                rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
+        # No decoder thread: this is the whole point.
+        self.transport._register_rtp_receiver(self, parameters)
+        setattr(self, name + "rtcp_task", asyncio.ensure_future(self._run_rtcp()))
+        setattr(self, name + "started", True)
+
+    async def handle_rtp(self: RTCRtpReceiver, packet: RtpPacket, arrival_time_ms: int) -> None:
+        codecs = getattr(self, name + "codecs")
+        codec = codecs.get(packet.payload_type)
+        if codec is None:
+            return
+        streams: dict[int, StreamStatistics] = getattr(self, name + "remote_streams")
+        stats = streams.get(packet.ssrc)
+        if stats is None:
+            stats = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
+        stats.add(packet)
+        if is_rtx(codec):
+            original_ssrc = getattr(self, name + "rtx_ssrc").get(packet.ssrc)
+            apt = codec.parameters.get("apt")
+            if original_ssrc is None or len(packet.payload) < 2 or apt not in codecs:
+                return
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
+        if nack_generator is not None and nack_generator.add(packet):
+            await self._send_rtcp_nack(packet.ssrc, sorted(nack_generator.missing))
+        on_rtp(packet, arrival_time_ms)
+
+    async def handle_rtcp(self: RTCRtpReceiver, packet: AnyRtcpPacket) -> None:
+        await original_rtcp(packet)  # keeps LSR/DLSR for receiver reports
+        on_rtcp(packet)
+
+    receiver.receive = MethodType(receive, receiver)  # type: ignore[method-assign]
+    receiver._handle_rtp_packet = MethodType(handle_rtp, receiver)  # type: ignore[method-assign]
+    receiver._handle_rtcp_packet = MethodType(handle_rtcp, receiver)  # type: ignore[method-assign]
+
+
+def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> Awaitable[None]:
+    """RTCP PLI upstream (RFC 4585 §6.3.1) for ``media_ssrc``."""
+    return receiver._send_rtcp_pli(media_ssrc)
+
+
+def receiver_has_started(receiver: RTCRtpReceiver) -> bool:
+    return bool(getattr(receiver, "_RTCRtpReceiver__started"))
+
+
+# ---------------------------------------------------------------- consume side
+
+
+class SendParameters:
+    """What a forwarding sender learned when aiortc started it."""
+
+    __slots__ = ("ssrc", "rtx_ssrc", "codec", "rtx_payload_type", "mid", "cname", "extensions")
+
+    def __init__(self, sender: RTCRtpSender, parameters: Any) -> None:
+        self.ssrc: int = sender._ssrc
+        self.rtx_ssrc: int = sender._rtx_ssrc
+        self.codec: RTCRtpCodecParameters = parameters.codecs[0]
+        self.rtx_payload_type: int | None = None
+        for codec in parameters.codecs:
+            if is_rtx(codec) and codec.parameters.get("apt") == self.codec.payloadType:
+                self.rtx_payload_type = codec.payloadType
+        self.mid: str | None = parameters.muxId
+        self.cname: str | None = parameters.rtcp.cname
+        self.extensions: dict[str, int] = {e.uri: e.id for e in parameters.headerExtensions}
+
+
+def install_forwarding_sender(
+    sender: RTCRtpSender,
+    on_start: Callable[[SendParameters], None],
+    on_rtcp: RtcpCallback,
+) -> None:
+    """Make ``sender`` a raw forwarding endpoint: no track reading, no encoder.
+
+    ``on_start`` fires when the transport is connected and the sender would start;
+    from then on the caller sends through :class:`RawRtpSender`.  RTCP the viewer
+    sends for this sender's SSRC arrives at ``on_rtcp``.
+    """
+    state = {"started": False}
+
+    async def send(self: RTCRtpSender, parameters: Any) -> None:
+        if state["started"]:
+            return
+        state["started"] = True
+        self.transport._register_rtp_sender(self, parameters)
+        on_start(SendParameters(self, parameters))
+
+    async def stop(self: RTCRtpSender) -> None:
+        if state["started"]:
+            state["started"] = False
+            self.transport._unregister_rtp_sender(self)
+
+    async def handle_rtcp(self: RTCRtpSender, packet: AnyRtcpPacket) -> None:
+        on_rtcp(packet)
+
+    sender.send = MethodType(send, sender)  # type: ignore[method-assign]
+    sender.stop = MethodType(stop, sender)  # type: ignore[method-assign]
+    sender._handle_rtcp_packet = MethodType(handle_rtcp, sender)  # type: ignore[method-assign]
+
+
+class RawRtpSender:
+    """Synchronous SRTP-protect-and-send on a connected DTLS transport.
+
+    Skips aiortc's coroutine chain (``_send_rtp`` → ``Connection.send`` →
+    ``sendto``): one ``protect`` and one ``DatagramTransport.sendto`` per packet.
+    Errors (transport closed, no nominated pair) are swallowed and counted.
+    """
+
+    __slots__ = ("_dtls", "dropped")
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self._dtls = dtls
+        self.dropped = 0
+
+    def _route(self) -> tuple[Any, Any] | None:
+        dtls = self._dtls
+        if dtls._state != State.CONNECTED or dtls._tx_srtp is None:
+            return None
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None or pair.protocol.transport is None:
+            return None
+        return pair.protocol.transport, pair.remote_addr
+
+    def send_rtp(self, data: bytes) -> bool:
+        route = self._route()
+        if route is None:
+            self.dropped += 1
+            return False
+        route[0].sendto(self._dtls._tx_srtp.protect(data), route[1])
+        return True
+
+    def send_rtcp(self, data: bytes) -> bool:
+        route = self._route()
+        if route is None:
+            return False
+        route[0].sendto(self._dtls._tx_srtp.protect_rtcp(data), route[1])
+        return True
+
+    @property
+    def connected(self) -> bool:
+        return self._route() is not None
+
+
+def dtls_transport_of(transceiver: RTCRtpTransceiver) -> RTCDtlsTransport:
+    return transceiver.sender.transport
+

@@ -1,0 +1,166 @@
+"""Data-channel chat for one room.
+
+Every participant may open a reliable data channel labelled ``chat``.  The SFU
+stamps each message with the sender's identity from the session (clients cannot
+choose who they are), caps its length, rate-limits each participant with a
+token bucket, assigns a per-room sequence number and server time, and fans it
+out to everybody in the room.  A newcomer first gets ``welcome`` and the last
+``history`` messages.  The JSON schema is in docs/chat.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+CHAT_LABEL = "chat"
+
+
+class Channel(Protocol):
+    readyState: str
+
+    def send(self, data: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a participant is, decided by signaling from the session's credentials."""
+
+    id: str
+    name: str
+    role: str  # "publisher" | "viewer"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name, "role": self.role}
+
+
+class TokenBucket:
+    """Classic token bucket: ``rate`` tokens/s, at most ``burst`` stored."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: int, now: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = now()
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class _Member:
+    __slots__ = ("identity", "channel", "bucket")
+
+    def __init__(self, identity: Identity, channel: Channel, bucket: TokenBucket) -> None:
+        self.identity = identity
+        self.channel = channel
+        self.bucket = bucket
+
+
+class ChatRoom:
+    """Chat state of one room: members, sequence counter, bounded history.
+
+    :param max_chars: longest accepted message text (characters).
+    :param rate: per-participant refill rate, messages/s.
+    :param burst: per-participant bucket size, messages.
+    :param history: messages kept and replayed to newcomers.
+    """
+
+    def __init__(
+        self,
+        room: str,
+        *,
+        max_chars: int = 500,
+        rate: float = 3.0,
+        burst: int = 10,
+        history: int = 50,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.room = room
+        self.max_chars = max_chars
+        self.rate = rate
+        self.burst = burst
+        self.seq = 0
+        self.history: deque[dict[str, Any]] = deque(maxlen=history)
+        self._members: dict[str, _Member] = {}
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def join(self, identity: Identity, channel: Channel, state: dict[str, Any]) -> None:
+        """Register ``channel`` and greet it: welcome (+ room ``state``), then history."""
+        self._members[identity.id] = _Member(
+            identity, channel, TokenBucket(self.rate, self.burst, self._clock)
+        )
+        self._send(channel, {"type": "welcome", "participant": identity.to_dict(), "room": self.room, **state})
+        self._send(channel, {"type": "history", "messages": list(self.history)})
+
+    def leave(self, participant_id: str) -> None:
+        self._members.pop(participant_id, None)
+
+    def receive(self, participant_id: str, raw: str | bytes) -> dict[str, Any] | None:
+        """Handle one inbound message; returns the stamped message that was fanned out."""
+        member = self._members.get(participant_id)
+        if member is None:
+            return None
+        try:
+            msg = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return self._error(member, "bad_message", "messages are JSON objects")
+        if not isinstance(msg, dict) or msg.get("type") != "chat" or not isinstance(msg.get("text"), str):
+            return self._error(member, "bad_message", 'expected {"type":"chat","text":"..."}')
+        text = msg["text"].strip()
+        if not text:
+            return self._error(member, "bad_message", "empty message")
+        if len(text) > self.max_chars:
+            return self._error(member, "too_long", f"at most {self.max_chars} characters")
+        if not member.bucket.take(self._clock()):
+            return self._error(member, "rate_limited", f"at most {self.rate:g} messages/s")
+        self.seq += 1
+        stamped = {
+            "type": "chat",
+            "seq": self.seq,
+            "id": uuid.uuid4().hex,
+            "ts": int(time.time() * 1000),
+            "from": member.identity.to_dict(),
+            "text": text,
+        }
+        self.history.append(stamped)
+        self.broadcast(stamped)
+        return stamped
+
+    def broadcast(self, message: dict[str, Any]) -> None:
+        data = json.dumps(message, separators=(",", ":"))
+        for member in list(self._members.values()):
+            self._send_raw(member.channel, data)
+
+    def _error(self, member: _Member, code: str, detail: str) -> None:
+        self._send(member.channel, {"type": "error", "code": code, "detail": detail})
+        return None
+
+    def _send(self, channel: Channel, message: dict[str, Any]) -> None:
+        self._send_raw(channel, json.dumps(message, separators=(",", ":")))
+
+    @staticmethod
+    def _send_raw(channel: Channel, data: str) -> None:
+        if channel.readyState != "open":
+            return
+        try:
+            channel.send(data)
+        except Exception as exc:  # a closing SCTP association must not hurt the others
+            logger.debug("chat send failed: %r", exc)

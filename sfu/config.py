@@ -1,0 +1,82 @@
+"""SFU configuration: one frozen dataclass, read from ``RELAYCAST_*`` environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the variable."""
+
+
+def _addresses(name: str, raw: str) -> tuple[str, ...]:
+    out = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            ipaddress.ip_address(part)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {part!r} is not an IP address") from exc
+        out.append(part)
+    return tuple(out)
+
+
+def _number(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {raw!r} is not a number") from exc
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}: {value} is outside [{lo}, {hi}]")
+    return value
+
+
+@dataclass(frozen=True)
+class SfuConfig:
+    """Media-plane settings.
+
+    :ivar ice_gather: local IPs to gather ICE host candidates on (empty = every
+        non-loopback interface, aioice's default).  ``RELAYCAST_ICE_GATHER``.
+    :ivar ice_announce: address written into the SDP candidates instead of the
+        gathered one (1:1 NAT, like mediasoup ``announcedAddress``).
+        ``RELAYCAST_ICE_ANNOUNCE``.
+    :ivar chat_max_chars: longest chat message accepted, characters.
+    :ivar chat_rate: chat token-bucket refill, messages per second.
+    :ivar chat_burst: chat token-bucket size, messages.
+    :ivar chat_history: messages a newcomer receives.
+    :ivar max_sessions: sessions this node accepts before answering 503.
+    """
+
+    ice_gather: tuple[str, ...] = ()
+    ice_announce: str | None = None
+    chat_max_chars: int = 500
+    chat_rate: float = 3.0
+    chat_burst: int = 10
+    chat_history: int = 50
+    max_sessions: int = 500
+    node_id: str = field(default="sfu-1")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SfuConfig:
+        env = os.environ if env is None else env
+        announce = env.get("RELAYCAST_ICE_ANNOUNCE") or None
+        if announce is not None:
+            _addresses("RELAYCAST_ICE_ANNOUNCE", announce)
+        return cls(
+            ice_gather=_addresses("RELAYCAST_ICE_GATHER", env.get("RELAYCAST_ICE_GATHER", "")),
+            ice_announce=announce,
+            chat_max_chars=int(_number(env, "RELAYCAST_CHAT_MAX_CHARS", 500, 1, 15000)),
+            chat_rate=_number(env, "RELAYCAST_CHAT_RATE", 3.0, 0.01, 1000),
+            chat_burst=int(_number(env, "RELAYCAST_CHAT_BURST", 10, 1, 1000)),
+            chat_history=int(_number(env, "RELAYCAST_CHAT_HISTORY", 50, 0, 1000)),
+            max_sessions=int(_number(env, "RELAYCAST_MAX_SESSIONS", 500, 1, 100000)),
+            node_id=env.get("RELAYCAST_NODE_ID", "sfu-1"),
+        )

@@ -1,0 +1,84 @@
+"""Per-consumer sequence-number and timestamp munging (LiveKit ``RTPMunger``, mediasoup ``SeqManager``).
+
+A Forwarder maps a producer's (seq, timestamp) space onto the consumer's
+continuous output space.  It starts on a key frame, and when the producer is
+replaced (publisher reconnects) it resynchronises on the new producer's next key
+frame so the viewer sees one unbroken stream: sequence numbers continue at
+``last + 1`` and the RTP timestamp advances by the wall-clock gap (90 kHz ticks
+for video, 48 kHz for Opus), never backwards.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from .rtp import seq_newer
+
+
+class Forwarder:
+    """Seq/ts offset state for one consumer.
+
+    :param clock_rate: RTP clock rate of the codec in Hz.
+    :param frame_ticks: minimum timestamp advance across a source switch (one frame).
+    """
+
+    __slots__ = (
+        "clock_rate",
+        "frame_ticks",
+        "seq_offset",
+        "ts_offset",
+        "started",
+        "resync",
+        "first_seq_in",
+        "last_seq_out",
+        "last_ts_out",
+        "last_wall",
+    )
+
+    def __init__(self, clock_rate: int, frame_ticks: int = 3000) -> None:
+        self.clock_rate = clock_rate
+        self.frame_ticks = frame_ticks
+        self.seq_offset = 0
+        self.ts_offset = 0
+        self.started = False
+        self.resync = False
+        self.first_seq_in = 0
+        self.last_seq_out = random.randint(0, 0x7FFF)
+        self.last_ts_out = random.randint(0, 0xFFFFFFFF)
+        self.last_wall = 0.0
+
+    def switch_source(self) -> None:
+        """The producer changed: wait for a key frame, then continue the output space."""
+        if self.started:
+            self.resync = True
+            self.started = False
+
+    def start(self, seq: int, timestamp: int) -> None:
+        """Anchor the mapping so that (seq, timestamp) is the next output packet."""
+        now = time.monotonic()
+        if self.resync:
+            gap = int((now - self.last_wall) * self.clock_rate)
+            ts_out = (self.last_ts_out + max(gap, self.frame_ticks)) & 0xFFFFFFFF
+            seq_out = (self.last_seq_out + 1) & 0xFFFF
+        else:
+            ts_out = self.last_ts_out
+            seq_out = self.last_seq_out
+        self.seq_offset = (seq_out - seq) & 0xFFFF
+        self.ts_offset = (ts_out - timestamp) & 0xFFFFFFFF
+        self.first_seq_in = seq
+        self.last_seq_out = (seq_out - 1) & 0xFFFF
+        self.started = True
+        self.resync = False
+
+    def munge(self, seq: int, timestamp: int) -> tuple[int, int] | None:
+        """Map an input packet; ``None`` for packets older than the anchor key frame."""
+        if seq != self.first_seq_in and seq_newer(self.first_seq_in, seq):
+            return None
+        seq_out = (seq + self.seq_offset) & 0xFFFF
+        ts_out = (timestamp + self.ts_offset) & 0xFFFFFFFF
+        if seq_newer(seq_out, self.last_seq_out):
+            self.last_seq_out = seq_out
+            self.last_ts_out = ts_out
+            self.last_wall = time.monotonic()
+        return seq_out, ts_out

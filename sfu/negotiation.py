@@ -1,0 +1,137 @@
+"""Offer inspection and codec selection (RFC 9725 §4.4, no partial answers).
+
+The SFU only forwards, so a publisher is answered with exactly one codec per
+track (VP8 or H.264 for video, Opus for audio) plus its RTX, and a viewer is
+answered with the codec its producer uses — or refused with 422 when the
+viewer's offer cannot receive it (no transcoding on this path).
+"""
+
+from __future__ import annotations
+
+import re
+
+from aiortc import RTCRtpCodecParameters
+from aiortc import sdp as aiortc_sdp
+from aiortc.codecs import is_rtx
+
+from .errors import BadOffer, UnsupportedMedia
+
+FORWARDABLE = {"video": ("video/vp8", "video/h264"), "audio": ("audio/opus",)}
+MAX_SDP_BYTES = 64 * 1024
+
+
+def parse_offer(sdp: str) -> aiortc_sdp.SessionDescription:
+    """Parse and sanity-check an SDP offer.
+
+    :raises BadOffer: unparsable, no media, or missing ICE/DTLS attributes.
+    """
+    if len(sdp.encode()) > MAX_SDP_BYTES:
+        raise BadOffer(f"SDP larger than {MAX_SDP_BYTES} bytes")
+    if not sdp.startswith("v=0"):
+        raise BadOffer("SDP must start with v=0")
+    try:
+        desc = aiortc_sdp.SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc raises ValueError/KeyError/IndexError on junk
+        raise BadOffer(f"cannot parse SDP: {exc}") from exc
+    if not desc.media:
+        raise BadOffer("SDP has no media sections")
+    for media in desc.media:
+        if media.kind not in ("audio", "video", "application"):
+            raise UnsupportedMedia(f"media kind {media.kind!r} is not supported")
+        if media.port == 0:
+            continue
+        if not (media.ice.usernameFragment and media.ice.password):
+            raise BadOffer(f"m={media.kind} section lacks a=ice-ufrag/a=ice-pwd")
+        if not media.dtls or not media.dtls.fingerprints:
+            raise BadOffer(f"m={media.kind} section lacks a=fingerprint")
+    return desc
+
+
+def check_track_counts(desc: aiortc_sdp.SessionDescription, *, publish: bool) -> None:
+    """At most one audio, one video and one data-channel section.
+
+    :raises UnsupportedMedia: more tracks than the SFU forwards, or a publisher
+        offer whose media is not ``sendonly``/``sendrecv``.
+    """
+    counts = {"audio": 0, "video": 0, "application": 0}
+    for media in desc.media:
+        if media.port == 0:
+            continue
+        counts[media.kind] += 1
+        if publish and media.kind != "application" and media.direction not in ("sendonly", "sendrecv"):
+            raise UnsupportedMedia(f"publisher m={media.kind} must be sendonly, not {media.direction}")
+    for kind, n in counts.items():
+        if n > 1:
+            raise UnsupportedMedia(f"{n} {kind} sections offered; at most one is supported")
+    if publish and counts["audio"] + counts["video"] == 0:
+        raise UnsupportedMedia("publisher offer has no audio or video")
+
+
+def _rtx_for(codecs: list[RTCRtpCodecParameters], base: RTCRtpCodecParameters) -> list[RTCRtpCodecParameters]:
+    return [c for c in codecs if is_rtx(c) and c.parameters.get("apt") == base.payloadType][:1]
+
+
+def choose_publish_codec(kind: str, negotiated: list[RTCRtpCodecParameters]) -> list[RTCRtpCodecParameters]:
+    """The first forwardable codec the publisher offered, plus its RTX.
+
+    :raises UnsupportedMedia: none of VP8/H.264 (video) or Opus (audio) offered.
+    """
+    for codec in negotiated:
+        if not is_rtx(codec) and codec.mimeType.lower() in FORWARDABLE[kind]:
+            return [codec, *_rtx_for(negotiated, codec)]
+    offered = sorted({c.mimeType for c in negotiated if not is_rtx(c)}) or ["none in common"]
+    raise UnsupportedMedia(
+        f"{kind}: cannot forward {', '.join(offered)}; send one of "
+        + ", ".join(m.split("/")[1].upper() for m in FORWARDABLE[kind])
+    )
+
+
+def _h264_mode(codec: RTCRtpCodecParameters) -> str:
+    return str(codec.parameters.get("packetization-mode", "0"))
+
+
+def _h264_profile(codec: RTCRtpCodecParameters) -> str:
+    """profile_idc + constraint byte (hex), level ignored: decoders accept lower levels."""
+    return str(codec.parameters.get("profile-level-id", "42e01f"))[:4].lower()
+
+
+def codecs_compatible(sent: RTCRtpCodecParameters, accepted: RTCRtpCodecParameters) -> bool:
+    """Can a receiver that negotiated ``accepted`` decode packets encoded as ``sent``?"""
+    if sent.mimeType.lower() != accepted.mimeType.lower() or sent.clockRate != accepted.clockRate:
+        return False
+    if sent.mimeType.lower() == "video/h264":
+        if _h264_mode(sent) != _h264_mode(accepted):
+            return False
+        sp, ap = _h264_profile(sent), _h264_profile(accepted)
+        # Constrained Baseline (42e0/4200 subset) streams are decodable by any profile.
+        return sp == ap or sp.startswith("42") or ap[:2] == sp[:2]
+    return True
+
+
+def choose_consumer_codec(
+    producer_codec: RTCRtpCodecParameters, negotiated: list[RTCRtpCodecParameters]
+) -> list[RTCRtpCodecParameters]:
+    """The viewer's payload type for the producer's codec, plus its RTX.
+
+    :raises UnsupportedMedia: the viewer cannot receive the producer's codec.
+    """
+    for codec in negotiated:
+        if not is_rtx(codec) and codecs_compatible(producer_codec, codec):
+            return [codec, *_rtx_for(negotiated, codec)]
+    raise UnsupportedMedia(
+        f"the stream is {producer_codec.mimeType}"
+        + (f" ({producer_codec.parameters.get('profile-level-id')})" if "h264" in producer_codec.mimeType.lower() else "")
+        + "; the offer cannot receive it and this path does not transcode"
+    )
+
+
+_CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( \d+ typ host.*)$", re.MULTILINE)
+
+
+def announce_address(sdp: str, address: str | None) -> str:
+    """Rewrite host candidates (and c= lines) to the announced address."""
+    if not address:
+        return sdp
+    sdp = _CANDIDATE.sub(lambda m: m.group(1) + address + m.group(3), sdp)
+    family = "IP6" if ":" in address else "IP4"
+    return re.sub(r"^c=IN IP[46] \S+$", f"c=IN {family} {address}", sdp, flags=re.MULTILINE)

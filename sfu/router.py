@@ -1,0 +1,290 @@
+"""Router: one room on one SFU node — its publisher, producers, viewers and chat.
+
+Publisher replacement: a new WHIP session for a live room replaces the old one
+(the newest holder of the stream key wins, so an encoder that reconnects after
+a network drop is not locked out by its own stale session).  When the publisher
+leaves, viewers stay connected and wait; when a publisher comes back with a
+compatible codec, every waiting consumer resumes on the next key frame with
+continuous sequence numbers and timestamps — no renegotiation.  Viewers whose
+codec no longer matches are closed so their players re-POST WHEP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCSessionDescription
+
+from . import aiortc_private
+from .chat import CHAT_LABEL, ChatRoom, Identity
+from .config import SfuConfig
+from .consumer import Consumer
+from .errors import BadOffer, RoomNotLive, SfuError, UnsupportedMedia
+from .negotiation import (
+    announce_address,
+    check_track_counts,
+    choose_consumer_codec,
+    choose_publish_codec,
+    codecs_compatible,
+    parse_offer,
+)
+from .producer import Producer
+from .transport import Participant, PlaceholderTrack, new_peer_connection
+
+logger = logging.getLogger(__name__)
+
+SessionClosed = Callable[[str, str, str], None]  # (room, session_id, reason)
+
+
+class Router:
+    """Media and chat of one room.
+
+    :param on_session_closed: called when the SFU ends a session on its own
+        (ICE/DTLS failure, replaced publisher, codec change).
+    :param on_state: called with the room state dict whenever it changes.
+    """
+
+    def __init__(
+        self,
+        room: str,
+        config: SfuConfig,
+        on_session_closed: SessionClosed,
+        on_state: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self.room = room
+        self.config = config
+        self.publisher: Participant | None = None
+        self.viewers: dict[str, Participant] = {}
+        self.producers: dict[str, Producer] = {}
+        self.chat = ChatRoom(
+            room,
+            max_chars=config.chat_max_chars,
+            rate=config.chat_rate,
+            burst=config.chat_burst,
+            history=config.chat_history,
+        )
+        self._on_session_closed = on_session_closed
+        self._on_state = on_state
+
+    # ---------------------------------------------------------------- state
+    @property
+    def live(self) -> bool:
+        return bool(self.producers)
+
+    def state(self) -> dict[str, Any]:
+        return {"live": self.live, "viewers": len(self.viewers)}
+
+    def _publish_state(self) -> None:
+        state = self.state()
+        self.chat.broadcast({"type": "presence", **state})
+        self._on_state({"room": self.room, **state})
+
+    @property
+    def empty(self) -> bool:
+        return self.publisher is None and not self.viewers
+
+    def sessions(self) -> list[Participant]:
+        return ([self.publisher] if self.publisher else []) + list(self.viewers.values())
+
+    # -------------------------------------------------------------- publish
+    async def publish(self, session_id: str, offer_sdp: str, identity: Identity) -> str:
+        """WHIP ingest: answer ``recvonly`` with one codec per track (RFC 9725 §4.2, §4.4).
+
+        :returns: the SDP answer.
+        :raises BadOffer, UnsupportedMedia: nothing is allocated in that case.
+        """
+        desc = parse_offer(offer_sdp)
+        check_track_counts(desc, publish=True)
+        pc = new_peer_connection()
+        participant = Participant(session_id, self.room, identity, pc, self._failed)
+        try:
+            await _set_offer(pc, offer_sdp)
+            producers: dict[str, Producer] = {}
+            for transceiver in pc.getTransceivers():
+                codecs = choose_publish_codec(transceiver.kind, aiortc_private.negotiated_codecs(transceiver))
+                aiortc_private.restrict_codecs(transceiver, codecs)
+                transceiver.direction = "recvonly"
+                producers[transceiver.kind] = Producer(
+                    transceiver.kind, codecs[0], transceiver.receiver, session_id
+                )
+            participant.producers = producers
+            self._watch_chat(participant)
+            answer = await _answer(pc, self.config)
+        except BaseException:
+            await participant.close()
+            raise
+        old = self.publisher
+        self.publisher = participant
+        for producer in self.producers.values():
+            producer.close()
+        self.producers = dict(participant.producers)
+        if old is not None:
+            await self._drop(old, "replaced by a new publisher session")
+        await self._reattach_viewers()
+        self._publish_state()
+        return answer
+
+    async def _reattach_viewers(self) -> None:
+        for viewer in list(self.viewers.values()):
+            for kind, consumer in viewer.consumers.items():
+                producer = self.producers.get(kind)
+                if producer is None:
+                    consumer.detach()
+                elif consumer.codec is not None and not codecs_compatible(producer.codec, consumer.codec):
+                    await self._drop(viewer, f"publisher switched {kind} codec to {producer.codec.mimeType}")
+                    break
+                else:
+                    consumer.attach(producer)
+
+    # ------------------------------------------------------------ subscribe
+    async def subscribe(self, session_id: str, offer_sdp: str, identity: Identity) -> str:
+        """WHEP egress: answer ``sendonly`` with the producers' codecs.
+
+        :raises RoomNotLive: nobody is publishing (signaling answers 409).
+        :raises UnsupportedMedia: the viewer cannot receive the stream's codec.
+        """
+        desc = parse_offer(offer_sdp)
+        check_track_counts(desc, publish=False)
+        if not self.live:
+            raise RoomNotLive(f"room {self.room!r} has no publisher yet")
+        if not any(m.kind in self.producers and m.port for m in desc.media):
+            raise UnsupportedMedia("the offer receives none of the room's tracks ("
+                                   + ", ".join(sorted(self.producers)) + ")")
+        pc = new_peer_connection()
+        participant = Participant(session_id, self.room, identity, pc, self._failed)
+        try:
+            await _set_offer(pc, offer_sdp)
+            for transceiver in pc.getTransceivers():
+                producer = self.producers.get(transceiver.kind)
+                if producer is None:
+                    transceiver.direction = "inactive"
+                    continue
+                codecs = choose_consumer_codec(producer.codec, aiortc_private.negotiated_codecs(transceiver))
+                aiortc_private.restrict_codecs(transceiver, codecs)
+                track = PlaceholderTrack(transceiver.kind)
+                participant.tracks.append(track)
+                pc.addTrack(track)
+                transceiver.direction = "sendonly"
+                consumer = Consumer(transceiver.kind, codecs[0].clockRate, session_id)
+                consumer.codec = codecs[0]
+                self._install_consumer(consumer, transceiver)
+                participant.consumers[transceiver.kind] = consumer
+            self._watch_chat(participant)
+            answer = await _answer(pc, self.config)
+        except BaseException:
+            await participant.close()
+            raise
+        self.viewers[session_id] = participant
+        for kind, consumer in participant.consumers.items():
+            producer = self.producers.get(kind)
+            if producer is not None:
+                consumer.attach(producer)
+        self._publish_state()
+        return answer
+
+    @staticmethod
+    def _install_consumer(consumer: Consumer, transceiver: Any) -> None:
+        sender = transceiver.sender
+
+        def started(params: aiortc_private.SendParameters) -> None:
+            consumer.on_sender_started(params, aiortc_private.RawRtpSender(sender.transport))
+
+        aiortc_private.install_forwarding_sender(sender, started, consumer.on_rtcp)
+
+    # ----------------------------------------------------------------- chat
+    def _watch_chat(self, participant: Participant) -> None:
+        @participant.pc.on("datachannel")
+        def _on_channel(channel: Any) -> None:
+            if channel.label != CHAT_LABEL:
+                return
+
+            def _open() -> None:
+                self.chat.join(participant.identity, channel, self.state())
+
+            if channel.readyState == "open":
+                _open()
+            else:
+                channel.on("open", _open)
+
+            @channel.on("message")
+            def _message(raw: str | bytes) -> None:
+                self.chat.receive(participant.identity.id, raw)
+
+            @channel.on("close")
+            def _close() -> None:
+                self.chat.leave(participant.identity.id)
+
+    # ---------------------------------------------------------------- close
+    def find(self, session_id: str) -> Participant | None:
+        if self.publisher is not None and self.publisher.session_id == session_id:
+            return self.publisher
+        return self.viewers.get(session_id)
+
+    async def close_session(self, session_id: str) -> bool:
+        """End a session (WHIP/WHEP DELETE).  Returns False when unknown."""
+        participant = self.find(session_id)
+        if participant is None:
+            return False
+        await self._remove(participant)
+        return True
+
+    async def _remove(self, participant: Participant) -> None:
+        self.chat.leave(participant.identity.id)
+        if participant is self.publisher:
+            self.publisher = None
+            for producer in self.producers.values():
+                producer.close()
+            self.producers = {}
+            for viewer in self.viewers.values():
+                for consumer in viewer.consumers.values():
+                    consumer.detach()
+        else:
+            self.viewers.pop(participant.session_id, None)
+        await participant.close()
+        self._publish_state()
+
+    async def _drop(self, participant: Participant, reason: str) -> None:
+        """Server-side end of a session; signaling is told so the resource 404s."""
+        logger.info("room %s: closing session %s…: %s", self.room, participant.session_id[:8], reason)
+        await self._remove(participant)
+        self._on_session_closed(self.room, participant.session_id, reason)
+
+    def _failed(self, participant: Participant) -> None:
+        task = asyncio.ensure_future(self._drop(participant, "ICE/DTLS connection failed"))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def close(self) -> None:
+        for participant in self.sessions():
+            await self._drop(participant, "router closed")
+
+    # ----------------------------------------------------------------- tick
+    def tick(self) -> None:
+        """Once a second: sender reports, key-frame retries for gated consumers."""
+        now = time.monotonic()
+        for viewer in self.viewers.values():
+            for consumer in viewer.consumers.values():
+                consumer.send_sender_report()
+                if consumer.needs_keyframe_retry(now) and consumer.producer is not None:
+                    consumer.producer.request_keyframe()
+
+
+async def _set_offer(pc: Any, sdp: str) -> None:
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+    except SfuError:
+        raise
+    except Exception as exc:  # aiortc: ValueError / OperationError / InternalError
+        text = str(exc) or type(exc).__name__
+        if "codec" in text.lower() or "parameters" in text.lower():
+            raise UnsupportedMedia(text) from exc
+        raise BadOffer(text) from exc
+
+
+async def _answer(pc: Any, config: SfuConfig) -> str:
+    answer = await pc.createAnswer()
+    await pc.setLocalDescription(answer)
+    return announce_address(pc.localDescription.sdp, config.ice_announce)

@@ -1,0 +1,126 @@
+"""Wire-level RTP helpers for the forwarding path (RFC 3550, RFC 8285, RFC 7741, RFC 6184).
+
+Everything here works on bytes and ints; nothing decodes media.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+
+RTP_VERSION_BITS = 0x80
+_HEADER = struct.Struct("!BBHII")
+
+URI_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
+URI_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+URI_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+
+
+def build_header(marker: int, payload_type: int, seq: int, timestamp: int, ssrc: int) -> bytes:
+    """A 12-byte RTP fixed header (RFC 3550 §5.1), no CSRC, no extension bit."""
+    return _HEADER.pack(RTP_VERSION_BITS, (marker << 7) | payload_type, seq, timestamp, ssrc)
+
+
+def build_header_with_extension(
+    marker: int, payload_type: int, seq: int, timestamp: int, ssrc: int, extension: bytes
+) -> bytes:
+    """RTP fixed header with the X bit set, followed by ``extension`` (a full RFC 8285 block)."""
+    if not extension:
+        return build_header(marker, payload_type, seq, timestamp, ssrc)
+    return (
+        _HEADER.pack(RTP_VERSION_BITS | 0x10, (marker << 7) | payload_type, seq, timestamp, ssrc)
+        + extension
+    )
+
+
+def one_byte_extension_block(elements: list[tuple[int, bytes]]) -> bytes:
+    """Serialize RFC 8285 §4.2 one-byte header extension elements (id 1..14, 1..16 bytes)."""
+    if not elements:
+        return b""
+    body = bytearray()
+    for ext_id, value in elements:
+        if not 1 <= ext_id <= 14 or not 1 <= len(value) <= 16:
+            continue
+        body.append((ext_id << 4) | (len(value) - 1))
+        body += value
+    if not body:
+        return b""
+    body += b"\x00" * (-len(body) % 4)
+    return struct.pack("!HH", 0xBEDE, len(body) // 4) + bytes(body)
+
+
+def abs_send_time_now() -> bytes:
+    """abs-send-time: 6.18 fixed-point seconds of the NTP clock, 24 bits."""
+    ntp = int((time.time() + 2208988800) * (1 << 18))
+    return (ntp & 0xFFFFFF).to_bytes(3, "big")
+
+
+def vp8_is_keyframe_start(payload: bytes) -> bool:
+    """True when ``payload`` starts a VP8 key frame (RFC 7741 §4.2-4.3)."""
+    if len(payload) < 2:
+        return False
+    first = payload[0]
+    start = first & 0x10
+    partition = first & 0x07
+    if not start or partition != 0:
+        return False
+    pos = 1
+    if first & 0x80:  # X
+        ext = payload[1]
+        pos = 2
+        if ext & 0x80:  # I: picture id
+            if pos >= len(payload):
+                return False
+            pos += 2 if payload[pos] & 0x80 else 1
+        if ext & 0x40:  # L: TL0PICIDX
+            pos += 1
+        if ext & 0x30:  # T or K: TID/KEYIDX byte
+            pos += 1
+    if pos >= len(payload):
+        return False
+    return (payload[pos] & 0x01) == 0  # P bit of the VP8 payload header: 0 = key frame
+
+
+_H264_KEY_NALS = (5, 7)  # IDR slice, SPS
+
+
+def h264_is_keyframe_start(payload: bytes) -> bool:
+    """True when ``payload`` carries an SPS or the start of an IDR slice (RFC 6184 §5)."""
+    if not payload:
+        return False
+    nal_type = payload[0] & 0x1F
+    if nal_type in _H264_KEY_NALS:
+        return True
+    if nal_type == 24:  # STAP-A
+        pos = 1
+        while pos + 2 < len(payload):
+            size = (payload[pos] << 8) | payload[pos + 1]
+            if pos + 2 >= len(payload):
+                break
+            if payload[pos + 2] & 0x1F in _H264_KEY_NALS:
+                return True
+            pos += 2 + size
+        return False
+    if nal_type == 28 and len(payload) > 1:  # FU-A
+        fu_header = payload[1]
+        return bool(fu_header & 0x80) and (fu_header & 0x1F) in _H264_KEY_NALS
+    return False
+
+
+def is_keyframe_start(mime_type: str, payload: bytes) -> bool:
+    """Keyframe detection by codec; audio packets are always 'key'."""
+    mime = mime_type.lower()
+    if mime == "video/vp8":
+        return vp8_is_keyframe_start(payload)
+    if mime == "video/h264":
+        return h264_is_keyframe_start(payload)
+    return not mime.startswith("video/")
+
+
+def seq_add(seq: int, delta: int) -> int:
+    return (seq + delta) & 0xFFFF
+
+
+def seq_newer(a: int, b: int) -> bool:
+    """True if 16-bit sequence number ``a`` is newer than ``b`` (RFC 1982 arithmetic)."""
+    return a != b and ((a - b) & 0xFFFF) < 0x8000

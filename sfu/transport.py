@@ -1,0 +1,94 @@
+"""Participant: one WebRTC peer connection (a mediasoup Transport) and who owns it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamTrack
+
+from .chat import Identity
+from .consumer import Consumer
+from .producer import Producer
+
+logger = logging.getLogger(__name__)
+
+
+def new_peer_connection(ice_servers: list[RTCIceServer] | None = None) -> RTCPeerConnection:
+    """A peer connection with explicit ICE servers (never aiortc's public STUN default)."""
+    return RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers or [])))
+
+
+class PlaceholderTrack(MediaStreamTrack):
+    """A track that never yields a frame: it only gives the answer an msid.
+
+    The forwarding sender never reads it (see aiortc_private.install_forwarding_sender).
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._never: asyncio.Future[None] = asyncio.get_event_loop().create_future()
+
+    async def recv(self):  # type: ignore[override]
+        await self._never
+        raise ConnectionError("placeholder track")
+
+    def stop(self) -> None:
+        super().stop()
+        if not self._never.done():
+            self._never.cancel()
+
+
+class Participant:
+    """One session: a publisher (producers) or a viewer (consumers) in a room.
+
+    :ivar session_id: the WHIP/WHEP session id assigned by signaling.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        room: str,
+        identity: Identity,
+        pc: RTCPeerConnection,
+        on_failed: Callable[[Participant], None],
+    ) -> None:
+        self.session_id = session_id
+        self.room = room
+        self.identity = identity
+        self.pc = pc
+        self.producers: dict[str, Producer] = {}
+        self.consumers: dict[str, Consumer] = {}
+        self.tracks: list[PlaceholderTrack] = []
+        self.closed = False
+        self._on_failed = on_failed
+
+        @pc.on("connectionstatechange")
+        def _state() -> None:
+            state = pc.connectionState
+            logger.debug("session %s… connection %s", session_id[:8], state)
+            if state in ("failed", "closed") and not self.closed:
+                self._on_failed(self)
+
+    @property
+    def is_publisher(self) -> bool:
+        return self.identity.role == "publisher"
+
+    async def close(self) -> None:
+        """Release everything: producers, consumers, tracks and the peer connection."""
+        if self.closed:
+            return
+        self.closed = True
+        for producer in self.producers.values():
+            producer.close()
+        for consumer in self.consumers.values():
+            consumer.close()
+        for track in self.tracks:
+            track.stop()
+        try:
+            await self.pc.close()
+        except Exception as exc:  # close must always finish
+            logger.warning("closing peer connection: %r", exc)

@@ -1,0 +1,143 @@
+"""The signaling application factory: aiohttp + python-socketio on one server."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import socketio
+from aiohttp import web
+
+from web import STATIC_DIR
+
+from .app_keys import CONFIG, NAMESPACE_KEY, ROOMS, SESSIONS
+from .config import SignalingConfig
+from .errors import HttpProblem, problem_middleware
+from .nodes import NodeRouter, SfuNamespace, SfuNode
+from .rooms import RoomRegistry
+from .whip import LIMITER, MediaResources, TokenBuckets
+
+logger = logging.getLogger(__name__)
+
+SIO = web.AppKey("sio", socketio.AsyncServer)
+_CORS_PREFIXES = ("/whip/", "/whep/", "/api/")
+_EXPOSE = "Location, ETag, Link, Accept-Post, Accept-Patch, Retry-After, WWW-Authenticate"
+
+
+@web.middleware
+async def cors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """CORS for the WHIP/WHEP and API resources, on success and on error alike."""
+    if not request.path.startswith(_CORS_PREFIXES):
+        return await handler(request)
+    origin = request.app[CONFIG].cors_origin
+    headers = {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+        "Access-Control-Expose-Headers": _EXPOSE,
+        "Access-Control-Max-Age": "600",
+    }
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers.update({k: v for k, v in headers.items() if k not in exc.headers})
+        raise
+    for key, value in headers.items():
+        response.headers.setdefault(key, value)
+    return response
+
+
+def create_app(config: SignalingConfig) -> web.Application:
+    """Build the signaling app.  Embedded SFU startup lives in :mod:`signaling.service`."""
+    app = web.Application(middlewares=[cors_middleware, problem_middleware], client_max_size=1024 * 1024)
+    app[CONFIG] = config
+    app[ROOMS] = RoomRegistry()
+    app[SESSIONS] = {}
+    app[LIMITER] = TokenBuckets(config.request_rate, config.request_burst)
+
+    sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins=[], logger=False, engineio_logger=False)
+    sio.attach(app)
+    app[SIO] = sio
+    namespace = SfuNamespace(config.node_secret, NodeRouter(), lambda event, node, data: _on_node_event(app, event, node, data))
+    sio.register_namespace(namespace)
+    app[NAMESPACE_KEY] = namespace
+
+    for kind in ("whip", "whep"):
+        app.router.add_routes(MediaResources(kind).routes())
+    app.router.add_routes([
+        web.get("/api/rooms", list_rooms),
+        web.get("/api/rooms/{room}", get_room),
+        web.get("/api/ice-servers", ice_servers),
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/", page("index.html")),
+        web.get("/broadcast/{room}", page("broadcast.html")),
+        web.get("/watch/{room}", page("watch.html")),
+    ])
+    app.router.add_static("/static/", STATIC_DIR, show_index=False)
+    return app
+
+
+async def _on_node_event(app: web.Application, event: str, node: SfuNode, data: dict[str, Any]) -> None:
+    sessions = app[SESSIONS]
+    rooms = app[ROOMS]
+    if event == "session_closed":
+        session = sessions.get(str(data.get("session_id")))
+        if session is not None and session.node_sid == node.sid:
+            del sessions[session.id]
+    elif event == "room_state":
+        room = rooms.get(str(data.get("room")))
+        if room is not None:
+            room.live = bool(data.get("live"))
+            room.viewers = int(data.get("viewers") or 0)
+            room.node = node.node_id
+            if not room.live and room.viewers == 0:
+                app[NAMESPACE_KEY].router.release_room(room.name)
+    elif event == "node_lost":
+        for sid in [s.id for s in sessions.values() if s.node_sid == node.sid]:
+            del sessions[sid]
+        for room in rooms.rooms.values():
+            if room.node == node.node_id:
+                room.live, room.viewers, room.node = False, 0, None
+
+
+# ------------------------------------------------------------------ API
+async def list_rooms(request: web.Request) -> web.Response:
+    """``{"rooms": [{"room", "live", "viewers"}]}``."""
+    return web.json_response({"rooms": [r.to_json() for r in request.app[ROOMS].rooms.values()]})
+
+
+async def get_room(request: web.Request) -> web.Response:
+    room = request.app[ROOMS].get(request.match_info["room"])
+    if room is None:
+        raise HttpProblem(404, "Not Found", "no such room")
+    return web.json_response(room.to_json())
+
+
+async def ice_servers(request: web.Request) -> web.Response:
+    """``{"iceServers": [RTCIceServer...]}`` for the pages' peer connections."""
+    return web.json_response({"iceServers": [s.to_json() for s in request.app[CONFIG].ice_servers]},
+                             headers={"Cache-Control": "no-store"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when at least one SFU node is registered, else 503."""
+    nodes = request.app[NAMESPACE_KEY].router.nodes
+    body = {"status": "ready" if nodes else "no SFU node", "nodes": len(nodes)}
+    return web.json_response(body, status=200 if nodes else 503)
+
+
+def page(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        path = STATIC_DIR / name
+        if not path.exists():
+            raise HttpProblem(404, "Not Found", f"{name} is missing")
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    return handler

@@ -1,0 +1,19 @@
+"""Typed aiohttp application keys shared by the signaling modules."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from .config import SignalingConfig
+from .rooms import RoomRegistry
+
+if TYPE_CHECKING:
+    from .nodes import SfuNamespace
+    from .whip import Session
+
+CONFIG = web.AppKey("config", SignalingConfig)
+ROOMS = web.AppKey("rooms", RoomRegistry)
+SESSIONS: web.AppKey[dict[str, "Session"]] = web.AppKey("sessions", dict)
+NAMESPACE_KEY: web.AppKey["SfuNamespace"] = web.AppKey("sfu_namespace", object)  # type: ignore[arg-type]

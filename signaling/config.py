@@ -1,0 +1,129 @@
+"""Signaling configuration: ``RELAYCAST_*`` environment variables, overridable by CLI flags."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sfu.config import ConfigError, SfuConfig
+
+ROOM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """One ``RTCIceServer``: advertised in WHIP/WHEP ``Link`` headers (RFC 9725 §4.6)."""
+
+    url: str
+    username: str | None = None
+    credential: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> IceServer:
+        """``stun:host:port`` or ``turn:host:port?transport=udp|user|pass``."""
+        url, _, rest = text.partition("|")
+        if not re.match(r"^(stun|stuns|turn|turns):", url):
+            raise ConfigError(f"RELAYCAST_ICE_SERVERS: {url!r} is not a stun:/turn: URL")
+        username, _, credential = rest.partition("|")
+        return cls(url, username or None, credential or None)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"urls": [self.url]}
+        if self.username is not None:
+            out["username"] = self.username
+            out["credential"] = self.credential or ""
+        return out
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {raw!r} is not an integer") from exc
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}: {value} is outside [{lo}, {hi}]")
+    return value
+
+
+@dataclass(frozen=True)
+class SignalingConfig:
+    """Everything ``relaycast serve`` needs.
+
+    :ivar host/port: listen address (``RELAYCAST_HOST``, ``RELAYCAST_PORT``).
+    :ivar demo_room: room created at startup (``RELAYCAST_DEMO_ROOM``, "" = none).
+    :ivar demo_stream_key: its stream key (``RELAYCAST_STREAM_KEY``; random if unset).
+    :ivar node_secret: shared secret SFU nodes authenticate with
+        (``RELAYCAST_NODE_SECRET``; random per process in the embedded default).
+    :ivar embedded_sfu: run one SFU worker in this process (``RELAYCAST_EMBEDDED_SFU``).
+    :ivar ice_servers: STUN/TURN servers for clients (``RELAYCAST_ICE_SERVERS``,
+        comma-separated ``url|user|pass``).
+    :ivar request_rate/request_burst: per-client-IP token bucket for POST/PATCH/DELETE
+        on WHIP/WHEP (RFC 9725 §5).
+    :ivar retry_after_s: ``Retry-After`` for 409 (room not live) and 503.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    demo_room: str = "demo"
+    demo_stream_key: str | None = None
+    node_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    embedded_sfu: bool = True
+    ice_servers: tuple[IceServer, ...] = ()
+    cors_origin: str = "*"
+    request_rate: float = 20.0
+    request_burst: int = 100
+    retry_after_s: int = 3
+    rpc_timeout_s: float = 15.0
+    sfu: SfuConfig = field(default_factory=SfuConfig)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> SignalingConfig:
+        """Read the environment, apply non-None ``overrides`` (CLI flags), validate."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {
+            "host": env.get("RELAYCAST_HOST", "127.0.0.1"),
+            "port": _int(env, "RELAYCAST_PORT", 8080, 0, 65535),
+            "demo_room": env.get("RELAYCAST_DEMO_ROOM", "demo"),
+            "demo_stream_key": env.get("RELAYCAST_STREAM_KEY") or None,
+            "embedded_sfu": env.get("RELAYCAST_EMBEDDED_SFU", "1").lower() not in ("0", "false", "no"),
+            "ice_servers": tuple(
+                IceServer.parse(s.strip()) for s in env.get("RELAYCAST_ICE_SERVERS", "").split(",") if s.strip()
+            ),
+            "cors_origin": env.get("RELAYCAST_CORS_ORIGIN", "*"),
+            "request_rate": float(_int(env, "RELAYCAST_REQUEST_RATE", 20, 1, 100000)),
+            "request_burst": _int(env, "RELAYCAST_REQUEST_BURST", 100, 1, 1000000),
+        }
+        if env.get("RELAYCAST_NODE_SECRET"):
+            values["node_secret"] = env["RELAYCAST_NODE_SECRET"]
+        sfu = SfuConfig.from_env(env)
+        gather = overrides.pop("ice_gather", None)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if gather is not None:
+            sfu = replace(sfu, ice_gather=gather)
+        config = cls(**values, sfu=sfu)
+        if not config.sfu.ice_gather and _is_loopback(config.host):
+            # Serving on loopback only: viewers are on this machine, so gather there too.
+            config = replace(config, sfu=replace(config.sfu, ice_gather=("127.0.0.1",)))
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.demo_room and not ROOM_RE.match(self.demo_room):
+            raise ConfigError(f"RELAYCAST_DEMO_ROOM: {self.demo_room!r} must match {ROOM_RE.pattern}")
+        if self.demo_stream_key is not None and len(self.demo_stream_key) < 16:
+            raise ConfigError("RELAYCAST_STREAM_KEY: use at least 16 characters")
+        if len(self.node_secret) < 16:
+            raise ConfigError("RELAYCAST_NODE_SECRET: use at least 16 characters")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is out of range")
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1")

@@ -1,0 +1,56 @@
+"""Shared fixtures: a real relaycast service (signaling + embedded SFU) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+
+from loadtest import whip_client
+from signaling.config import SignalingConfig
+from signaling.service import Service
+
+STREAM_KEY = "sk_test_" + "x" * 24
+_CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) \d+ typ", re.MULTILINE)
+
+# Every ICE candidate address the SFU put in an answer during the whole session
+# (checked by tests/test_zz_candidates.py, which runs last).
+SEEN_CANDIDATE_ADDRESSES: set[str] = set()
+
+
+def record_candidates(sdp: str) -> None:
+    SEEN_CANDIDATE_ADDRESSES.update(_CANDIDATE.findall(sdp))
+
+
+@pytest.fixture(autouse=True)
+def _loopback_ice() -> None:
+    whip_client.pin_loopback()
+
+
+@pytest.fixture(autouse=True)
+def _record_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Record the candidates of every SDP answer the SFU produces."""
+    from sfu import router
+
+    original = router._answer
+
+    async def answer(pc, config):  # type: ignore[no-untyped-def]
+        sdp = await original(pc, config)
+        record_candidates(sdp)
+        return sdp
+
+    monkeypatch.setattr(router, "_answer", answer)
+
+
+def make_config(**overrides: object) -> SignalingConfig:
+    values: dict[str, object] = {"host": "127.0.0.1", "port": 0, "demo_stream_key": STREAM_KEY}
+    values.update(overrides)
+    return SignalingConfig.from_env({}, **values)
+
+
+@pytest.fixture
+async def service() -> AsyncIterator[Service]:
+    """A running service: ``service.url``, demo room ``demo`` with :data:`STREAM_KEY`."""
+    async with Service(make_config()) as svc:
+        yield svc

@@ -1,0 +1,1 @@
+"""Placeholder package: built in a later issue (see README roadmap)."""

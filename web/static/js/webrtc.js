@@ -1,0 +1,223 @@
+// Shared WebRTC / WHIP / WHEP helpers for the relaycast pages.
+//
+// WHIP = RFC 9725 (WebRTC-HTTP Ingestion Protocol), WHEP = draft-ietf-wish-whep
+// (WebRTC-HTTP Egress Protocol). Both follow the same shape: the client POSTs
+// an SDP offer, the server answers "201 Created" with the SDP answer as body
+// and the session URL in the Location header; DELETE on that URL ends it.
+
+/** Room name = last path segment of /broadcast/{room} or /watch/{room}. */
+export function roomFromPath(pathname = location.pathname) {
+  const parts = pathname.split("/").filter(Boolean);
+  const last = parts.length ? parts[parts.length - 1] : "";
+  try {
+    return decodeURIComponent(last);
+  } catch {
+    return last;
+  }
+}
+
+/** GET /api/ice-servers -> RTCIceServer[] (empty list when unavailable). */
+export async function fetchIceServers() {
+  try {
+    const res = await fetch("/api/ice-servers", { headers: { Accept: "application/json" } });
+    if (!res.ok) return [];
+    const body = await res.json();
+    return Array.isArray(body.iceServers) ? body.iceServers : [];
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Resolve once ICE gathering is complete, or after timeoutMs, whichever is first.
+ * WHIP/WHEP clients may trickle candidates with PATCH, but we do "non-trickle":
+ * the offer POSTed to the server already carries every candidate we gathered.
+ */
+export function waitForIceGathering(pc, timeoutMs = 2000) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", check);
+      resolve();
+    };
+    const check = () => {
+      if (pc.iceGatheringState === "complete") done();
+    };
+    const timer = setTimeout(done, timeoutMs);
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+/** An HTTP error carrying the RFC 9457 problem details and Retry-After. */
+export class HttpError extends Error {
+  constructor(status, problem, retryAfterS) {
+    super(problemMessage(problem));
+    this.name = "HttpError";
+    this.status = status;
+    this.problem = problem;
+    this.retryAfterS = retryAfterS; // null when the header is absent
+  }
+}
+
+/** Parse an RFC 9457 application/problem+json body; tolerant of anything else. */
+export async function parseProblem(res) {
+  const fallback = { type: "about:blank", title: res.statusText || `HTTP ${res.status}`, status: res.status, detail: "" };
+  let text = "";
+  try {
+    text = await res.text();
+  } catch {
+    return fallback;
+  }
+  try {
+    const body = JSON.parse(text);
+    if (body && typeof body === "object") return { ...fallback, ...body };
+  } catch {
+    /* not JSON: fall through */
+  }
+  return { ...fallback, detail: text.trim().slice(0, 200) };
+}
+
+/** "title: detail" (or just the title when there is no detail). */
+export function problemMessage(problem) {
+  if (!problem) return "unknown error";
+  const title = problem.title || `HTTP ${problem.status ?? "?"}`;
+  return problem.detail ? `${title}: ${problem.detail}` : title;
+}
+
+/** Retry-After is either delta-seconds or an HTTP-date (RFC 9110 §10.2.3). */
+export function parseRetryAfter(value) {
+  if (value == null || value === "") return null;
+  if (/^\s*\d+\s*$/.test(value)) return parseInt(value, 10);
+  const when = Date.parse(value);
+  if (Number.isNaN(when)) return null;
+  return Math.max(0, Math.round((when - Date.now()) / 1000));
+}
+
+/**
+ * POST an SDP offer to a WHIP or WHEP endpoint.
+ * Returns {location, answer}. Throws HttpError on non-2xx, TypeError on network errors.
+ */
+export async function postOffer(endpoint, sdp, token) {
+  const headers = { "Content-Type": "application/sdp", Accept: "application/sdp" };
+  // RFC 9725 §4.5: bearer-token authentication via the Authorization header.
+  if (token) headers.Authorization = `Bearer ${token}`;
+  // fetch() follows 307/308 redirects, which the specs allow for load balancing.
+  const res = await fetch(endpoint, { method: "POST", headers, body: sdp });
+  if (!res.ok) {
+    // Anything but 2xx (the specs say 201 Created) is an error; the body is
+    // RFC 9457 problem+json, and 409/503 may carry Retry-After.
+    const retry = parseRetryAfter(res.headers.get("Retry-After"));
+    throw new HttpError(res.status, await parseProblem(res), retry);
+  }
+  const loc = res.headers.get("Location");
+  if (!loc) {
+    throw new HttpError(res.status, { title: "Bad response", detail: "no Location header", status: res.status }, null);
+  }
+  // The session URL may be relative; per HTTP it is resolved against the
+  // (final) request URL, which is what res.url is after redirects.
+  const location = new URL(loc, res.url || window.location.href).href;
+  return { location, answer: await res.text() };
+}
+
+/** DELETE the session resource (tears the session down on the server). Never throws. */
+export async function deleteSession(url, token, { keepalive = false } = {}) {
+  if (!url) return;
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  try {
+    await fetch(url, { method: "DELETE", headers, keepalive });
+  } catch {
+    /* best effort */
+  }
+}
+
+/** Exponential backoff in ms: 1 s, 2 s, 4 s, 8 s, then 10 s forever. */
+export function backoffDelay(attempt, baseMs = 1000, maxMs = 10000) {
+  return Math.min(maxMs, baseMs * 2 ** Math.max(0, attempt));
+}
+
+/** setTimeout as a promise, cancellable with an AbortSignal (resolves early on abort). */
+export function sleep(ms, signal) {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    }
+    signal?.addEventListener("abort", done, { once: true });
+  });
+}
+
+/**
+ * Watch a peer connection (and optional data channel) for loss of the session:
+ * connectionState "failed"/"closed", "disconnected" for longer than graceMs, or
+ * the data channel closing under us (how we notice the server deleting the
+ * session: it closes SCTP/DTLS). Calls onLost(reason) at most once; returns an
+ * unsubscribe function.
+ */
+export function watchConnection(pc, { onConnected, onLost, channel = null, graceMs = 5000 }) {
+  let discTimer = null;
+  let fired = false;
+  const lost = (reason) => {
+    if (fired) return;
+    fired = true;
+    stop();
+    onLost(reason);
+  };
+  const onState = () => {
+    const s = pc.connectionState;
+    if (s !== "disconnected") {
+      clearTimeout(discTimer);
+      discTimer = null;
+    }
+    if (s === "connected") onConnected?.();
+    else if (s === "failed" || s === "closed") lost(`connection ${s}`);
+    else if (s === "disconnected" && !discTimer) {
+      discTimer = setTimeout(() => lost("disconnected"), graceMs);
+    }
+  };
+  const onChannelClose = () => lost("session closed by server");
+  pc.addEventListener("connectionstatechange", onState);
+  channel?.addEventListener("close", onChannelClose);
+  function stop() {
+    clearTimeout(discTimer);
+    pc.removeEventListener("connectionstatechange", onState);
+    channel?.removeEventListener("close", onChannelClose);
+  }
+  return stop;
+}
+
+/**
+ * Poll pc.getStats() every intervalMs and hand (report, prevReport, dtSeconds)
+ * to fn. Returns a stop function.
+ */
+export function pollStats(pc, fn, intervalMs = 1000) {
+  let prev = null;
+  let prevTime = 0;
+  let stopped = false;
+  const tick = async () => {
+    if (stopped || pc.connectionState === "closed") return;
+    try {
+      const report = await pc.getStats();
+      const now = performance.now();
+      if (!stopped) fn(report, prev, prev ? (now - prevTime) / 1000 : 0);
+      prev = report;
+      prevTime = now;
+    } catch {
+      /* pc closed mid-call */
+    }
+  };
+  const timer = setInterval(tick, intervalMs);
+  return () => {
+    stopped = true;
+    clearInterval(timer);
+  };
+}
+
+/** Set a state line: text for humans, data-state (first word) for CSS and tests. */
+export function setState(el, text) {
+  el.textContent = text;
+  el.dataset.state = text.split(":")[0];
+}
