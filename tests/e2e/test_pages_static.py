@@ -38,14 +38,19 @@ ROOMS = [
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Debian chromium-headless-shell not found at {CHROMIUM}"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason=f"Debian chromium-headless-shell not found at {CHROMIUM}"
+    ),
 ]
 
 
 def _problem(status: int, title: str, detail: str, **headers: str) -> web.Response:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     return web.Response(
-        status=status, text=json.dumps(body), content_type="application/problem+json", headers=headers
+        status=status,
+        text=json.dumps(body),
+        content_type="application/problem+json",
+        headers=headers,
     )
 
 
@@ -162,6 +167,14 @@ async def screenshot(page, name: str) -> None:
     await page.screenshot(path=str(SHOTS_DIR / f"{name}.png"), full_page=True)
 
 
+async def _wait_for(predicate, page, timeout_ms=15_000):
+    for _ in range(timeout_ms // 100):
+        if predicate():
+            return
+        await page.wait_for_timeout(100)
+    raise AssertionError("condition not met in time")
+
+
 def tid(page, testid: str):
     return page.locator(f'[data-testid="{testid}"]')
 
@@ -174,8 +187,12 @@ async def test_index_lists_rooms(server, browser):
     demo = page.locator('[data-room="demo"]')
     await expect(demo).to_contain_text("LIVE")
     await expect(demo).to_contain_text("3 watching")
-    await expect(demo.locator('[data-testid="watch-link"]')).to_have_attribute("href", "/watch/demo")
-    await expect(demo.locator('[data-testid="broadcast-link"]')).to_have_attribute("href", "/broadcast/demo")
+    await expect(demo.locator('[data-testid="watch-link"]')).to_have_attribute(
+        "href", "/watch/demo"
+    )
+    await expect(demo.locator('[data-testid="broadcast-link"]')).to_have_attribute(
+        "href", "/broadcast/demo"
+    )
     quiet = page.locator('[data-room="quiet <room>"]')
     await expect(quiet.locator("strong")).to_have_text("quiet <room>")  # textContent, not HTML
     await expect(quiet.locator('[data-testid="watch-link"]')).to_have_attribute(
@@ -207,12 +224,29 @@ async def test_broadcast_populates_devices_and_previews(server, browser):
     await expect(tid(page, "stop")).to_be_disabled()
     await expect(tid(page, "chat-input")).to_be_disabled()
     await screenshot(page, "broadcast")
+
+    # Resolution picker re-constrains the camera; microphone picker swaps the track.
+    await tid(page, "resolution").select_option("360p")
+    await page.wait_for_function(
+        "document.querySelector('[data-testid=preview]').videoHeight === 360"
+    )
+    mic_ids = (
+        await tid(page, "microphone").locator("option").evaluate_all("os => os.map(o => o.value)")
+    )
+    await tid(page, "microphone").select_option(mic_ids[-1])
+    await page.wait_for_function(
+        "id => document.querySelector('[data-testid=preview]').srcObject"
+        "?.getAudioTracks()[0]?.getSettings().deviceId === id",
+        arg=mic_ids[-1],
+    )
     assert errors.errors == []
 
 
 async def test_broadcast_go_live_shows_problem_details(server, browser):
     app, base = server
-    page, errors = await open_page(browser, base + "/broadcast/demo?key=wrong", expected_statuses=[401])
+    page, errors = await open_page(
+        browser, base + "/broadcast/demo?key=wrong", expected_statuses=[401]
+    )
     await page.wait_for_function("document.querySelector('[data-testid=preview]').videoWidth > 0")
     await tid(page, "go-live").click()
     await expect(tid(page, "state")).to_have_text("error: Unauthorized: bad stream key")
@@ -238,11 +272,7 @@ async def test_watch_waits_and_retries_when_not_live(server, browser):
     await expect(tid(page, "state")).to_have_text("waiting")
     await expect(tid(page, "notice")).to_have_text("Waiting for the broadcaster…")
     # Retry-After: 1 -> a second and third POST within a few seconds.
-    for _ in range(100):
-        if len(app["whep_posts"]) >= 3:
-            break
-        await page.wait_for_timeout(100)
-    assert len(app["whep_posts"]) >= 3, app["whep_posts"]
+    await _wait_for(lambda: len(app["whep_posts"]) >= 3, page, timeout_ms=8_000)
     await expect(tid(page, "state")).to_have_text("waiting")
     post = app["whep_posts"][0]
     assert post["content_type"] == "application/sdp"
@@ -290,7 +320,9 @@ async def test_chat_component(server, browser):
     page, errors = await open_page(browser, base + "/")
     await page.evaluate(CHAT_HARNESS)
     box = page.locator("#chat-under-test")
-    inp, send, log = (box.locator(f'[data-testid="{t}"]') for t in ("chat-input", "chat-send", "chat-log"))
+    inp, send, log = (
+        box.locator(f'[data-testid="{t}"]') for t in ("chat-input", "chat-send", "chat-log")
+    )
     await expect(inp).to_be_disabled()
     await page.evaluate("__dc.readyState = 'open'; __dc.dispatchEvent(new Event('open'))")
     await expect(inp).to_be_enabled()
@@ -306,11 +338,21 @@ async def test_chat_component(server, browser):
     await expect(box.locator('[data-testid="chat-me"]')).to_have_text("You are viewer-9")
     history = [
         {"type": "chat", "seq": 1, "id": "a", "ts": ts, "from": frm, "text": "first"},
-        {"type": "chat", "seq": 3, "id": "c", "ts": ts, "from": viewer, "text": "<img src=x onerror=alert(1)>"},
+        {
+            "type": "chat",
+            "seq": 3,
+            "id": "c",
+            "ts": ts,
+            "from": viewer,
+            "text": "<img src=x onerror=alert(1)>",
+        },
     ]
     await page.evaluate("m => __push(m)", {"type": "history", "messages": history})
     # Out of order and duplicated: must end up sorted by seq, once each.
-    await page.evaluate("m => __push(m)", {"type": "chat", "seq": 2, "id": "b", "ts": ts, "from": frm, "text": "second"})
+    await page.evaluate(
+        "m => __push(m)",
+        {"type": "chat", "seq": 2, "id": "b", "ts": ts, "from": frm, "text": "second"},
+    )
     await page.evaluate("m => __push(m)", history[0])
     items = log.locator("[data-seq]")
     await expect(items).to_have_count(3)
@@ -322,7 +364,10 @@ async def test_chat_component(server, browser):
     assert re.search(r"\d\d:\d\d:\d\d", await items.nth(0).inner_text())
 
     await page.evaluate("m => __push(m)", {"type": "presence", "viewers": 7, "live": False})
-    assert await page.evaluate("__presence") == [{"viewers": 4, "live": True}, {"viewers": 7, "live": False}]
+    assert await page.evaluate("__presence") == [
+        {"viewers": 4, "live": True},
+        {"viewers": 7, "live": False},
+    ]
 
     await inp.fill("   ")
     await inp.press("Enter")
@@ -332,7 +377,9 @@ async def test_chat_component(server, browser):
     assert await page.evaluate("__dc.sent") == [{"type": "chat", "text": "hello there"}]
     await expect(inp).to_have_value("")
 
-    await page.evaluate("m => __push(m)", {"type": "error", "code": "rate_limited", "detail": "slow down"})
+    await page.evaluate(
+        "m => __push(m)", {"type": "error", "code": "rate_limited", "detail": "slow down"}
+    )
     await expect(box.locator('[data-testid="chat-error"]')).to_have_text("slow down")
     await page.evaluate("__dc.readyState = 'closed'; __dc.dispatchEvent(new Event('close'))")
     await expect(inp).to_be_disabled()
@@ -351,7 +398,9 @@ async def test_chat_component(server, browser):
 def _loopback_only(sdp: str) -> str:
     keep = []
     for line in sdp.splitlines():
-        if line.startswith("a=candidate:") and (" 127.0.0.1 " not in line or " udp " not in line.lower()):
+        if line.startswith("a=candidate:") and (
+            " 127.0.0.1 " not in line or " udp " not in line.lower()
+        ):
             continue
         keep.append(line)
     return "\r\n".join(keep) + "\r\n"
@@ -406,7 +455,13 @@ def make_live_app() -> web.Application:
         @pc.on("datachannel")
         def on_datachannel(ch):
             session["channel"] = ch
-            welcome = {"type": "welcome", "participant": me, "room": room, "viewers": viewers(), "live": live()}
+            welcome = {
+                "type": "welcome",
+                "participant": me,
+                "room": room,
+                "viewers": viewers(),
+                "live": live(),
+            }
             ch.send(json.dumps(welcome))
             ch.send(json.dumps({"type": "history", "messages": app["chat_log"][-50:]}))
             broadcast({"type": "presence", "viewers": viewers(), "live": live()})
@@ -415,8 +470,14 @@ def make_live_app() -> web.Application:
             def on_message(raw):
                 msg = json.loads(raw)
                 seq = len(app["chat_log"]) + 1
-                chat = {"type": "chat", "seq": seq, "id": f"m{seq}", "ts": 1_700_000_000_000,
-                        "from": me, "text": msg["text"]}
+                chat = {
+                    "type": "chat",
+                    "seq": seq,
+                    "id": f"m{seq}",
+                    "ts": 1_700_000_000_000,
+                    "from": me,
+                    "text": msg["text"],
+                }
                 app["chat_log"].append(chat)
                 broadcast(chat)
 
@@ -428,7 +489,9 @@ def make_live_app() -> web.Application:
         await session["sink"].start()
         app["sessions"][sid] = session
         return web.Response(
-            status=201, text=pc.localDescription.sdp, content_type="application/sdp",
+            status=201,
+            text=pc.localDescription.sdp,
+            content_type="application/sdp",
             headers={"Location": f"/{kind}/{room}/sessions/{sid}"},
         )
 
@@ -469,27 +532,25 @@ async def live_server(monkeypatch):
     await runner.cleanup()
 
 
-async def _wait_for(predicate, page, timeout_ms=15_000):
-    for _ in range(timeout_ms // 100):
-        if predicate():
-            return
-        await page.wait_for_timeout(100)
-    raise AssertionError("condition not met in time")
-
-
 async def test_loopback_publish_chat_reconnect_stop(live_server, browser):
     app, base = live_server
-    page, errors = await open_page(browser, base + "/broadcast/demo?key=k1", expected_statuses=[404])
+    page, errors = await open_page(
+        browser, base + "/broadcast/demo?key=k1", expected_statuses=[404]
+    )
     await page.wait_for_function("document.querySelector('[data-testid=preview]').videoWidth > 0")
     await tid(page, "go-live").click()
     await expect(tid(page, "state")).to_have_text("live")
     await expect(tid(page, "stop")).to_be_enabled()
     await expect(tid(page, "viewers")).to_have_text("0")
     await expect(tid(page, "chat-me")).to_have_text("You are publisher-whip1")
-    await expect(tid(page, "stats")).to_have_text(re.compile(r"video [1-9]\d* kbps · \d+ fps · \d+×\d+"))
+    await expect(tid(page, "stats")).to_have_text(
+        re.compile(r"video [1-9]\d* kbps · \d+ fps · \d+×\d+")
+    )
     await tid(page, "chat-input").fill("hello from the studio")
     await tid(page, "chat-input").press("Enter")
-    await expect(tid(page, "chat-log").locator('[data-seq="1"]')).to_contain_text("hello from the studio")
+    await expect(tid(page, "chat-log").locator('[data-seq="1"]')).to_contain_text(
+        "hello from the studio"
+    )
 
     # The server drops the session: the page must re-publish by itself.
     assert await app["drop"]("whip1")
@@ -504,6 +565,12 @@ async def test_loopback_publish_chat_reconnect_stop(live_server, browser):
     await _wait_for(lambda: ("whip2", "Bearer k1") in app["deletes"], page)
     assert "whip2" not in app["sessions"]
     await expect(tid(page, "go-live")).to_be_enabled()
+
+    # Going live again re-captures the (stopped) camera and publishes anew.
+    await tid(page, "go-live").click()
+    await expect(tid(page, "state")).to_have_text("live")
+    await page.wait_for_function("document.querySelector('[data-testid=preview]').videoWidth > 0")
+    assert len(app["whip_posts"]) == 3
     assert errors.errors == []
 
 
@@ -513,7 +580,9 @@ async def test_loopback_watch_plays_and_reconnects(live_server, browser):
     await expect(tid(page, "state")).to_have_text("playing")
     await page.wait_for_function("document.querySelector('[data-testid=video]').videoWidth > 0")
     await expect(tid(page, "viewers")).to_have_text("1")
-    await expect(tid(page, "stats")).to_have_text(re.compile(r"frames [1-9]\d* · \d+ fps · lost \d+ · jitter buffer \d+ ms"))
+    await expect(tid(page, "stats")).to_have_text(
+        re.compile(r"frames [1-9]\d* · \d+ fps · lost \d+ · jitter buffer \d+ ms")
+    )
     await expect(tid(page, "chat-input")).to_be_enabled()
     await tid(page, "unmute").click()
     await expect(tid(page, "unmute")).to_be_hidden()

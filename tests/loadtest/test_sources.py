@@ -60,7 +60,7 @@ async def test_video_track_capture_time_code() -> None:
         code = read_code(frame)
         assert code == track.last_code
         captured = code_to_capture_time(code)
-        assert 0 <= now - captured < 0.05
+        assert -0.001 <= now - captured < 0.05  # codes are rounded to the nearest ms
 
 
 def test_video_frame_generation_cost() -> None:

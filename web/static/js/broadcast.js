@@ -189,6 +189,7 @@ async function goLive() {
       const reason = await untilLost(session, signal, () => {
         attempt = 0;
         setState(ui.state, "live");
+        ui.stats.textContent = "–";
       });
       if (signal.aborted) break;
       // Lost while live: drop this session and publish again with backoff.
