@@ -28,6 +28,7 @@ import argparse
 import fractions
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -141,6 +142,11 @@ def publish_with_ffmpeg(
     }
     if token:
         options["authorization"] = token
+    import os
+    if os.environ.get("FW_FLAGS"):
+        options["whip_flags"] = os.environ["FW_FLAGS"]
+    if os.environ.get("FW_CERT"):
+        options["cert_file"], options["key_file"] = os.environ["FW_CERT"].split(",")
     try:
         container = av.open(url, "w", format="whip", container_options=options)
     except av.FFmpegError as exc:
@@ -184,7 +190,8 @@ def _run(
     )
     video.width, video.height, video.pix_fmt = width, height, "yuv420p"
     video.bit_rate = bitrate
-    video.time_base = fractions.Fraction(1, fps)
+    frame_time_base = fractions.Fraction(1, fps)
+    video.time_base = frame_time_base
     ctx = video.codec_context
     ctx.gop_size = gop
     ctx.max_b_frames = 0
@@ -217,7 +224,7 @@ def _run(
             value = capture_time_code(time.time()) if code_mode == "capture_time" else v_index & MAX_VALUE
             frame = _video_frame(background, v_index, value)
             frame.pts = v_index
-            frame.time_base = video.time_base
+            frame.time_base = frame_time_base  # not video.time_base: the muxer sets it to 1/90000
             packets = video.encode(frame)
             stats.video_frames = v_index = v_index + 1
             stats.last_code = value
@@ -229,6 +236,9 @@ def _run(
         for packet in packets:
             _count(stats, packet, video)
         container.mux(packets)
+        if os.environ.get("FW_DEBUG") and v_index < 5:
+            for p in packets:
+                print("MUXED", p.stream.type, p.pts, p.dts, p.time_base, p.stream.time_base, flush=True)
         if on_progress is not None and time.monotonic() >= next_progress:
             next_progress += 1.0
             on_progress(stats)
@@ -256,9 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-audio", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true", help="FFmpeg verbose log")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.verbose:
         av.logging.set_level(av.logging.VERBOSE)
+        av.logging.set_libav_level(av.logging.VERBOSE)
 
     def progress(s: FfmpegWhipStats) -> None:
         kbps = s.bytes * 8 / 1000 / max(1e-3, time.monotonic() - t0)

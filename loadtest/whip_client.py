@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from sfu import aiortc_private
@@ -35,13 +35,14 @@ def pin_loopback() -> None:
 
 @dataclass
 class WhipSession:
-    """A connected WHIP/WHEP client session."""
+    """A connected WHIP/WHEP client session (``channel``: the "chat" data channel, if asked for)."""
 
     pc: RTCPeerConnection
     location: str
     answer: str
     etag: str | None = None
     tracks: list[MediaStreamTrack] = field(default_factory=list)
+    channel: RTCDataChannel | None = None
 
     async def close(self, http: aiohttp.ClientSession | None = None) -> int | None:
         """DELETE the resource (best effort) and close the peer connection."""
@@ -99,14 +100,13 @@ async def publish(
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     for track in tracks:
         pc.addTransceiver(track, direction="sendonly")
-    if chat:
-        pc.createDataChannel("chat", ordered=True)
+    channel = pc.createDataChannel("chat", ordered=True) if chat else None
     try:
         location, answer, etag = await _post_offer(pc, url, token, http)
     except BaseException:
         await pc.close()
         raise
-    return WhipSession(pc, location, answer, etag, list(tracks))
+    return WhipSession(pc, location, answer, etag, list(tracks), channel)
 
 
 async def view(
@@ -121,14 +121,13 @@ async def view(
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     for kind in kinds:
         pc.addTransceiver(kind, direction="recvonly")
-    if chat:
-        pc.createDataChannel("chat", ordered=True)
+    channel = pc.createDataChannel("chat", ordered=True) if chat else None
     try:
         location, answer, etag = await _post_offer(pc, url, token, http)
     except BaseException:
         await pc.close()
         raise
-    return WhipSession(pc, location, answer, etag)
+    return WhipSession(pc, location, answer, etag, channel=channel)
 
 
 async def wait_connected(pc: RTCPeerConnection, timeout: float = 10.0) -> None:

@@ -65,6 +65,11 @@ def set_host_addresses(addresses: Sequence[str] | None) -> None:
     aioice.ice.get_host_addresses = get_host_addresses
 
 
+def host_addresses() -> list[str] | None:
+    """The addresses pinned by :func:`set_host_addresses` (``None``: aioice's own choice)."""
+    return None if _host_addresses is None else list(_host_addresses)
+
+
 # ------------------------------------------------------------------ capabilities
 
 _H264_EXTRA_PROFILES = ("4d001f", "640c1f", "64001f")
@@ -293,6 +298,20 @@ class RawRtpSender:
     @property
     def connected(self) -> bool:
         return self._route() is not None
+
+
+def set_encoder_target_bitrate(sender: RTCRtpSender, bitrate: int) -> bool:
+    """Set the target bitrate (bps) of an encoding sender's video encoder (load tester only).
+
+    aiortc creates the encoder when the first frame is encoded and otherwise only
+    changes its target on REMB (VP8 clamps to 250 kbps..1.5 Mbps).  Returns False
+    while there is no encoder yet (call again later) or it has no bitrate control.
+    """
+    encoder = getattr(sender, "_RTCRtpSender__encoder", None)
+    if encoder is None or not hasattr(encoder, "target_bitrate"):
+        return False
+    encoder.target_bitrate = bitrate
+    return True
 
 
 def dtls_transport_of(transceiver: RTCRtpTransceiver) -> RTCDtlsTransport:

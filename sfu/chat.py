@@ -22,6 +22,12 @@ from typing import Any, Protocol
 logger = logging.getLogger(__name__)
 
 CHAT_LABEL = "chat"
+HISTORY_CHUNK_BYTES = 16 * 1024  # per "history" message (LiveKit caps reliable data at 15 KiB)
+
+
+def _encode(message: dict[str, Any]) -> str:
+    """Compact JSON, UTF-8 text kept as is (a \\uXXXX escape would triple its size)."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
 
 
 class Channel(Protocol):
@@ -103,15 +109,38 @@ class ChatRoom:
         return len(self._members)
 
     def join(self, identity: Identity, channel: Channel, state: dict[str, Any]) -> None:
-        """Register ``channel`` and greet it: welcome (+ room ``state``), then history."""
-        self._members[identity.id] = _Member(
-            identity, channel, TokenBucket(self.rate, self.burst, self._clock)
-        )
-        self._send(channel, {"type": "welcome", "participant": identity.to_dict(), "room": self.room, **state})
-        self._send(channel, {"type": "history", "messages": list(self.history)})
+        """Register ``channel`` and greet it: welcome (+ room ``state``), then history.
 
-    def leave(self, participant_id: str) -> None:
-        self._members.pop(participant_id, None)
+        A participant that opens a second chat channel keeps its token bucket
+        (reopening a channel must not refill it).  The history is replayed oldest
+        first in one or more ``history`` messages of at most
+        :data:`HISTORY_CHUNK_BYTES` each, so a full replay never exceeds the
+        peer's SCTP max-message-size (64 KiB by default, RFC 8841).
+        """
+        existing = self._members.get(identity.id)
+        bucket = existing.bucket if existing else TokenBucket(self.rate, self.burst, self._clock)
+        self._members[identity.id] = _Member(identity, channel, bucket)
+        self._send(channel, {"type": "welcome", "participant": identity.to_dict(), "room": self.room, **state})
+        for batch in self._history_batches():
+            self._send(channel, {"type": "history", "messages": batch})
+
+    def _history_batches(self) -> list[list[dict[str, Any]]]:
+        batches: list[list[dict[str, Any]]] = [[]]
+        size = 0
+        for message in self.history:
+            n = len(_encode(message).encode()) + 1
+            if batches[-1] and size + n > HISTORY_CHUNK_BYTES:
+                batches.append([])
+                size = 0
+            batches[-1].append(message)
+            size += n
+        return batches
+
+    def leave(self, participant_id: str, channel: Channel | None = None) -> None:
+        """Forget a participant; with ``channel``, only if that is still its channel."""
+        member = self._members.get(participant_id)
+        if member is not None and (channel is None or member.channel is channel):
+            del self._members[participant_id]
 
     def receive(self, participant_id: str, raw: str | bytes) -> dict[str, Any] | None:
         """Handle one inbound message; returns the stamped message that was fanned out."""
@@ -145,7 +174,7 @@ class ChatRoom:
         return stamped
 
     def broadcast(self, message: dict[str, Any]) -> None:
-        data = json.dumps(message, separators=(",", ":"))
+        data = _encode(message)
         for member in list(self._members.values()):
             self._send_raw(member.channel, data)
 
@@ -154,7 +183,7 @@ class ChatRoom:
         return None
 
     def _send(self, channel: Channel, message: dict[str, Any]) -> None:
-        self._send_raw(channel, json.dumps(message, separators=(",", ":")))
+        self._send_raw(channel, _encode(message))
 
     @staticmethod
     def _send_raw(channel: Channel, data: str) -> None:

@@ -39,6 +39,15 @@ def _number(env: Mapping[str, str], name: str, default: float, lo: float, hi: fl
     return value
 
 
+SFU_MODES = ("forward", "relay")
+
+
+def _mode(raw: str) -> str:
+    if raw not in SFU_MODES:
+        raise ConfigError(f"RELAYCAST_SFU_MODE: {raw!r} is not one of {', '.join(SFU_MODES)}")
+    return raw
+
+
 @dataclass(frozen=True)
 class SfuConfig:
     """Media-plane settings.
@@ -53,6 +62,9 @@ class SfuConfig:
     :ivar chat_burst: chat token-bucket size, messages.
     :ivar chat_history: messages a newcomer receives.
     :ivar max_sessions: sessions this node accepts before answering 503.
+    :ivar mode: ``"forward"`` (packet forwarding, the SFU) or ``"relay"`` (the
+        naive aiortc ``MediaRelay`` baseline: decode once, encode per viewer; for
+        benchmarks only).  ``RELAYCAST_SFU_MODE``.
     """
 
     ice_gather: tuple[str, ...] = ()
@@ -63,6 +75,7 @@ class SfuConfig:
     chat_history: int = 50
     max_sessions: int = 500
     node_id: str = field(default="sfu-1")
+    mode: str = "forward"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SfuConfig:
@@ -79,4 +92,5 @@ class SfuConfig:
             chat_history=int(_number(env, "RELAYCAST_CHAT_HISTORY", 50, 0, 1000)),
             max_sessions=int(_number(env, "RELAYCAST_MAX_SESSIONS", 500, 1, 100000)),
             node_id=env.get("RELAYCAST_NODE_ID", "sfu-1"),
+            mode=_mode(env.get("RELAYCAST_SFU_MODE") or "forward"),
         )

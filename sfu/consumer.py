@@ -120,7 +120,10 @@ class Consumer:
         self.producer = producer
         self._waiting_since = time.monotonic()
         producer.add_consumer(self)
-        producer.request_keyframe()
+        if self.raw is not None:
+            # Not yet connected: on_sender_started asks once packets can flow;
+            # a key frame now would arrive before it and be wasted.
+            producer.request_keyframe()
 
     def detach(self) -> None:
         """Producer gone (publisher left): keep the output space, wait for the next one."""

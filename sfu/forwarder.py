@@ -31,6 +31,7 @@ class Forwarder:
         "started",
         "resync",
         "first_seq_in",
+        "highest_seq_in",
         "last_seq_out",
         "last_ts_out",
         "last_wall",
@@ -43,7 +44,8 @@ class Forwarder:
         self.ts_offset = 0
         self.started = False
         self.resync = False
-        self.first_seq_in = 0
+        self.first_seq_in = 0  # extended (unwrapped) input seq of the anchor key frame
+        self.highest_seq_in = 0  # highest extended input seq seen since the anchor
         self.last_seq_out = random.randint(0, 0x7FFF)
         self.last_ts_out = random.randint(0, 0xFFFFFFFF)
         self.last_wall = 0.0
@@ -66,14 +68,27 @@ class Forwarder:
             seq_out = self.last_seq_out
         self.seq_offset = (seq_out - seq) & 0xFFFF
         self.ts_offset = (ts_out - timestamp) & 0xFFFFFFFF
-        self.first_seq_in = seq
+        self.first_seq_in = self.highest_seq_in = seq
         self.last_seq_out = (seq_out - 1) & 0xFFFF
         self.started = True
         self.resync = False
 
+    def _extend(self, seq: int) -> int:
+        """Unwrap a 16-bit input seq against the highest one seen (RFC 3550 A.1)."""
+        delta = (seq - self.highest_seq_in) & 0xFFFF
+        if delta < 0x8000:  # newer (or the same)
+            self.highest_seq_in += delta
+            return self.highest_seq_in
+        return self.highest_seq_in - (0x10000 - delta)
+
     def munge(self, seq: int, timestamp: int) -> tuple[int, int] | None:
-        """Map an input packet; ``None`` for packets older than the anchor key frame."""
-        if seq != self.first_seq_in and seq_newer(self.first_seq_in, seq):
+        """Map an input packet; ``None`` for packets older than the anchor key frame.
+
+        Input seqs are compared as extended (unwrapped) numbers, so a stream longer
+        than 32768 packets keeps flowing (16-bit RFC 1982 comparison against the
+        anchor alone would start dropping everything after half the seq space).
+        """
+        if self._extend(seq) < self.first_seq_in:
             return None
         seq_out = (seq + self.seq_offset) & 0xFFFF
         ts_out = (timestamp + self.ts_offset) & 0xFFFFFFFF

@@ -8,7 +8,9 @@ viewer's offer cannot receive it (no transcoding on this path).
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Sequence
 
 from aiortc import RTCRtpCodecParameters
 from aiortc import sdp as aiortc_sdp
@@ -50,8 +52,9 @@ def parse_offer(sdp: str) -> aiortc_sdp.SessionDescription:
 def check_track_counts(desc: aiortc_sdp.SessionDescription, *, publish: bool) -> None:
     """At most one audio, one video and one data-channel section.
 
-    :raises UnsupportedMedia: more tracks than the SFU forwards, or a publisher
-        offer whose media is not ``sendonly``/``sendrecv``.
+    :raises UnsupportedMedia: more tracks than the SFU forwards, a publisher
+        offer whose media is not ``sendonly``/``sendrecv``, or a viewer offer
+        whose media is not ``recvonly``/``sendrecv``.
     """
     counts = {"audio": 0, "video": 0, "application": 0}
     for media in desc.media:
@@ -60,6 +63,9 @@ def check_track_counts(desc: aiortc_sdp.SessionDescription, *, publish: bool) ->
         counts[media.kind] += 1
         if publish and media.kind != "application" and media.direction not in ("sendonly", "sendrecv"):
             raise UnsupportedMedia(f"publisher m={media.kind} must be sendonly, not {media.direction}")
+        if not publish and media.kind != "application" and media.direction not in ("recvonly", "sendrecv"):
+            # draft-ietf-wish-whep: a player's offer MUST NOT use sendonly or inactive.
+            raise UnsupportedMedia(f"viewer m={media.kind} must be recvonly, not {media.direction}")
     for kind, n in counts.items():
         if n > 1:
             raise UnsupportedMedia(f"{n} {kind} sections offered; at most one is supported")
@@ -135,3 +141,67 @@ def announce_address(sdp: str, address: str | None) -> str:
     sdp = _CANDIDATE.sub(lambda m: m.group(1) + address + m.group(3), sdp)
     family = "IP6" if ":" in address else "IP4"
     return re.sub(r"^c=IN IP[46] \S+$", f"c=IN {family} {address}", sdp, flags=re.MULTILINE)
+
+
+# Remote candidates on a loopback-only node.
+#
+# aioice pairs a local candidate with every remote candidate of the same
+# component, transport and IP version (``Candidate.can_pair_with``); it never
+# looks at the address scope.  So when the SFU gathers on 127.0.0.1 only (tests,
+# single-host setups), each IPv4 host candidate in an offer gets a binding
+# request from our 127.0.0.1 socket.  Measured here with Chromium (mDNS off):
+# its offer lists only the machine's interface addresses (192.0.2.2, fd00::2),
+# never 127.0.0.1, even with --allow-loopback-in-peer-connection, and the SFU
+# sent one check to 192.0.2.2.  Linux delivers such a packet over ``lo`` when
+# the address belongs to this host (traffic to a non-loopback address) and
+# refuses it with EINVAL otherwise (a 127.0.0.1 source cannot leave ``lo``), so
+# those pairs are useless at best.  The pair that works is the peer-reflexive
+# 127.0.0.1 one aioice learns from the peer's own check to our 127.0.0.1
+# candidate.  Dropping the unusable candidates before aiortc sees them keeps
+# every packet the SFU sends on loopback.
+_CANDIDATE_ADDRESS = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) \d+ typ ", re.MULTILINE)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False  # an mDNS name (x.local): resolving it would multicast
+
+
+def loopback_only(local_addresses: Sequence[str] | None) -> bool:
+    """True when ICE gathers on loopback addresses only (``None``/empty: all interfaces)."""
+    return bool(local_addresses) and all(_is_loopback(a) for a in local_addresses)
+
+
+def candidate_reachable(address: str, local_addresses: Sequence[str] | None) -> bool:
+    """Can a host candidate gathered on ``local_addresses`` reach a remote ``address``?
+
+    Only a loopback-only node is restricted: it can reach loopback addresses only.
+    """
+    return not loopback_only(local_addresses) or _is_loopback(address)
+
+
+def drop_unreachable_candidates(sdp: str, local_addresses: Sequence[str] | None) -> str:
+    """Remove the offer's ``a=candidate`` lines a loopback-only node cannot reach.
+
+    When any is removed, ``a=end-of-candidates`` goes too: the peer's checks to
+    our candidate still arrive (from a loopback source) and become peer-reflexive
+    candidates, which aioice only learns while it still expects candidates.
+    Unchanged when the node gathers on any non-loopback address.
+    """
+    if not loopback_only(local_addresses):
+        return sdp
+    lines = sdp.split("\r\n") if "\r\n" in sdp else sdp.split("\n")
+    sep = "\r\n" if "\r\n" in sdp else "\n"
+    kept: list[str] = []
+    dropped = False
+    for line in lines:
+        match = _CANDIDATE_ADDRESS.match(line)
+        if match and not _is_loopback(match.group(1)):
+            dropped = True
+            continue
+        kept.append(line)
+    if dropped:
+        kept = [line for line in kept if line.strip() != "a=end-of-candidates"]
+    return sep.join(kept)

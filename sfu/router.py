@@ -30,6 +30,7 @@ from .negotiation import (
     choose_consumer_codec,
     choose_publish_codec,
     codecs_compatible,
+    drop_unreachable_candidates,
     parse_offer,
 )
 from .producer import Producer
@@ -216,7 +217,7 @@ class Router:
 
             @channel.on("close")
             def _close() -> None:
-                self.chat.leave(participant.identity.id)
+                self.chat.leave(participant.identity.id, channel)
 
     # ---------------------------------------------------------------- close
     def find(self, session_id: str) -> Participant | None:
@@ -273,6 +274,9 @@ class Router:
 
 
 async def _set_offer(pc: Any, sdp: str) -> None:
+    # A loopback-only node must not send checks to the offer's other addresses
+    # (see negotiation.drop_unreachable_candidates for why aioice would).
+    sdp = drop_unreachable_candidates(sdp, aiortc_private.host_addresses())
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
     except SfuError:

@@ -19,6 +19,8 @@ from . import aiortc_private
 from .chat import Identity
 from .config import SfuConfig
 from .errors import BadOffer, Overloaded, SessionNotFound, SfuError
+from .negotiation import candidate_reachable
+from .relay import RelayRouter
 from .router import Router
 
 logger = logging.getLogger(__name__)
@@ -85,7 +87,8 @@ class Worker:
     def _router(self, room: str) -> Router:
         router = self.routers.get(room)
         if router is None:
-            router = Router(room, self.config, self._session_closed, self._room_state)
+            cls = RelayRouter if self.config.mode == "relay" else Router
+            router = cls(room, self.config, self._session_closed, self._room_state)
             self.routers[room] = router
         return router
 
@@ -145,6 +148,8 @@ class Worker:
                 candidate = candidate_from_sdp(str(line).removeprefix("a=").removeprefix("candidate:"))
             except (ValueError, IndexError) as exc:
                 raise BadOffer(f"bad candidate line: {line!r}") from exc
+            if not candidate_reachable(candidate.ip, aiortc_private.host_addresses()):
+                continue  # a loopback-only node never checks other addresses
             candidate.sdpMid = mid
             candidate.sdpMLineIndex = 0
             await participant.pc.addIceCandidate(candidate)

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 from urllib.parse import quote
 
 from sfu.config import ConfigError, SfuConfig
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--stream-key", dest="demo_stream_key",
                        help="the demo room's stream key (RELAYCAST_STREAM_KEY; random if unset)")
     serve.add_argument("--ice-gather", help="comma-separated local IPs for ICE host candidates (RELAYCAST_ICE_GATHER)")
+    serve.add_argument("--mode", choices=["forward", "relay"],
+                       help="SFU mode (RELAYCAST_SFU_MODE): forward packets (default) or the naive "
+                            "MediaRelay decode/re-encode baseline used by `loadtest fanout`")
     serve.add_argument("--no-embedded-sfu", action="store_true",
                        help="do not run an SFU worker in this process; wait for `relaycast sfu` nodes")
 
@@ -67,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                 demo_stream_key=args.demo_stream_key, ice_gather=_gather(args.ice_gather),
                 embedded_sfu=False if args.no_embedded_sfu else None,
             )
+            if args.mode:
+                config = replace(config, sfu=replace(config.sfu, mode=args.mode))
             return asyncio.run(_serve(config))
         return asyncio.run(_sfu_node(args))
     except ConfigError as exc:
@@ -115,8 +121,6 @@ async def _sfu_node(args: argparse.Namespace) -> int:
     if args.ice_gather:
         overrides["ice_gather"] = _gather(args.ice_gather)
     if overrides:
-        from dataclasses import replace
-
         config = replace(config, **overrides)
     async with Worker(config) as worker:
         link = SignalingLink(worker, args.signaling, config.node_id, secret)

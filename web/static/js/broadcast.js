@@ -129,14 +129,18 @@ async function publish(signal, token) {
   return s;
 }
 
-/** Close the pc and DELETE the session resource (RFC 9725 §4.3). Idempotent. */
+/** DELETE the session resource (RFC 9725 §4.2), then close the pc. Idempotent. */
 async function teardown(s, { keepalive = false } = {}) {
   if (!s || s.closed) return;
   s.closed = true;
   s.cleanup.forEach((fn) => fn());
-  s.pc.close();
   if (session === s) session = null;
-  await deleteSession(s.location, s.token, { keepalive });
+  // DELETE first, then close: closing the pc sends a DTLS close_notify, on which
+  // the server ends the session by itself and a DELETE sent after it races that
+  // (404). On pagehide (keepalive) nothing can be awaited: best effort.
+  const deleted = deleteSession(s.location, s.token, { keepalive });
+  if (!keepalive) await deleted;
+  s.pc.close();
 }
 
 /** Resolves with a reason once the session is lost, or "stopped" on abort. */
@@ -259,6 +263,10 @@ function onResolutionChange() {
   track?.applyConstraints({ width: { ideal: width }, height: { ideal: height }, frameRate: { ideal: 30 } })
     .catch(onDeviceChange);
 }
+
+// Debug/test hook: the current WHIP session's RTCPeerConnection (null between
+// sessions), for getStats() from devtools or the end-to-end tests.
+window.__relaycast = { get pc() { return session?.pc ?? null; } };
 
 async function init() {
   ui.room.textContent = room;

@@ -71,14 +71,18 @@ async function play(signal) {
   return s;
 }
 
-/** Close the pc and DELETE the WHEP session resource. Idempotent. */
+/** DELETE the WHEP session resource, then close the pc. Idempotent. */
 async function teardown(s, { keepalive = false } = {}) {
   if (!s || s.closed) return;
   s.closed = true;
   s.cleanup.forEach((fn) => fn());
-  s.pc.close();
   if (session === s) session = null;
-  await deleteSession(s.location, token, { keepalive });
+  // DELETE first, then close: closing the pc sends a DTLS close_notify, on which
+  // the server ends the session by itself and a DELETE sent after it races that
+  // (404). On pagehide (keepalive) nothing can be awaited: best effort.
+  const deleted = deleteSession(s.location, token, { keepalive });
+  if (!keepalive) await deleted;
+  s.pc.close();
 }
 
 function untilLost(s, signal, onConnectedExtra) {
@@ -159,6 +163,10 @@ function renderStats(report, prev, dt) {
 function syncUnmute() {
   ui.unmute.hidden = !ui.video.muted;
 }
+
+// Debug/test hook: the current WHEP session's RTCPeerConnection (null between
+// sessions), for getStats() from devtools or the end-to-end tests.
+window.__relaycast = { get pc() { return session?.pc ?? null; } };
 
 function init() {
   ui.room.textContent = room;

@@ -120,12 +120,15 @@ export async function postOffer(endpoint, sdp, token) {
   return { location, answer: await res.text() };
 }
 
-/** DELETE the session resource (tears the session down on the server). Never throws. */
-export async function deleteSession(url, token, { keepalive = false } = {}) {
+/**
+ * DELETE the session resource (tears the session down on the server). Never
+ * throws; gives up after timeoutMs so a hung server cannot block a teardown.
+ */
+export async function deleteSession(url, token, { keepalive = false, timeoutMs = 5000 } = {}) {
   if (!url) return;
   const headers = token ? { Authorization: `Bearer ${token}` } : {};
   try {
-    await fetch(url, { method: "DELETE", headers, keepalive });
+    await fetch(url, { method: "DELETE", headers, keepalive, signal: AbortSignal.timeout(timeoutMs) });
   } catch {
     /* best effort */
   }

@@ -1,0 +1,91 @@
+"""``python -m loadtest`` / ``relaycast-loadtest``: ``fanout`` benchmark and ``publish``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from . import publish
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError("counts must be positive integers")
+    return values
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, _, h = text.lower().partition("x")
+    try:
+        width, height = int(w), int(h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT") from None
+    if width % 2 or height % 2 or width < 112:
+        raise argparse.ArgumentTypeError("width and height must be even, width >= 112")
+    return width, height
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relaycast-loadtest", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fan = sub.add_parser("fanout", help="SFU fan-out benchmark: one publisher, N subscribers, relay baseline",
+                         description="Starts `relaycast serve`, a publisher and subscriber pools on 127.0.0.1 "
+                                     "and measures the SFU from outside. See docs/benchmarks.md.")
+    fan.add_argument("--counts", type=_ints, default=[1, 10, 50, 100, 200],
+                     help="subscriber counts for forward mode (default 1,10,50,100,200)")
+    fan.add_argument("--relay-counts", type=_ints, default=[1, 2, 4, 6, 8],
+                     help="bounded search for the relay baseline; stops when it saturates (default 1,2,4,6,8)")
+    fan.add_argument("--mode", choices=["forward", "relay", "both"], default="both")
+    fan.add_argument("--seconds", type=float, default=10.0, help="steady measurement window per step (default 10)")
+    fan.add_argument("--settle", type=float, default=3.0, help="seconds after joins before measuring (default 3)")
+    fan.add_argument("--size", type=_size, default=(1280, 720), help="publisher resolution (default 1280x720)")
+    fan.add_argument("--fps", type=float, default=30.0, help="publisher frame rate (default 30)")
+    fan.add_argument("--bitrate", type=int, default=1_500_000, help="publisher VP8 target bits/s (default 1500000)")
+    fan.add_argument("--subscriber-procs", type=int, default=0,
+                     help="subscriber processes (default: one per 100 subscribers)")
+    fan.add_argument("--decode-every", type=int, default=10, help="every k-th subscriber decodes (default 10)")
+    fan.add_argument("--max-decoders", type=int, default=4, help="at most this many decoding subscribers (default 4)")
+    fan.add_argument("--join-concurrency", type=int, default=8, help="WHEP joins in flight (default 8)")
+    fan.add_argument("--profile-at", type=int, default=None,
+                     help="py-spy the forward-mode SFU after the step with this N")
+    fan.add_argument("--out", type=Path, default=Path("loadtest/results"), help="results folder")
+
+    pub = sub.add_parser("publish", help="publish a file or the synthetic pattern over WHIP")
+    publish.add_arguments(pub)
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "publish":
+        try:
+            return publish.main(args)
+        except KeyboardInterrupt:
+            return 130
+    from .fanout import FanoutOptions, run_fanout
+
+    opts = FanoutOptions(
+        counts=args.counts, relay_counts=args.relay_counts, mode=args.mode, seconds=args.seconds,
+        settle=args.settle, width=args.size[0], height=args.size[1], fps=args.fps, bitrate=args.bitrate,
+        subscriber_procs=args.subscriber_procs, decode_every=args.decode_every, max_decoders=args.max_decoders,
+        join_concurrency=args.join_concurrency, profile_at=args.profile_at, out=args.out)
+    try:
+        asyncio.run(run_fanout(opts))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

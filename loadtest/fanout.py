@@ -1,0 +1,570 @@
+"""``loadtest fanout``: one publisher, N lightweight subscribers, the SFU measured from outside.
+
+Processes (all on 127.0.0.1, ICE pinned to loopback):
+
+* the SFU: ``relaycast serve --mode forward|relay`` (a separate process, so its
+  CPU and RSS are its own: read from /proc);
+* the publisher: ``python -m loadtest publish --pattern --json`` (720p30 VP8
+  pattern carrying capture times + Opus tone);
+* subscriber pools: ``python -m loadtest.subscriber`` (see
+  :mod:`loadtest.subscriber`), counting RTP; a sample decodes.
+
+Per step the subscriber count is raised to N (joins are timed), then after a
+settle period a steady window of ``--seconds`` is measured:
+
+* SFU CPU % (of one core) and CPU µs per forwarded packet — packets forwarded
+  are counted at the subscribers: a consumer's output sequence numbers are
+  continuous, so ``Σ (highest − first + 1)`` over the window is what the SFU
+  sent, plus the retransmissions that arrived;
+* delivered fps (complete frames per subscriber per second; median and min), loss %
+  after NACK/RTX repair;
+* glass-to-glass latency (decoded − captured) and join time (WHEP POST → first
+  decoded frame) on the sampled subscribers;
+* SFU RSS and memory per subscriber ``(RSS(N) − RSS(0)) / N``.
+
+The relay baseline (``--mode relay``: aiortc ``MediaRelay``, decode once and encode
+per viewer) runs a bounded search ``--relay-counts`` and stops at the first step
+where it saturates (CPU ≥ 95 % of one core, or median fps < 25).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import procstat
+
+logger = logging.getLogger(__name__)
+
+ROOM = "bench"
+TARGET_LOSS_PCT = 1.0
+TARGET_FPS = 29.0
+RELAY_SATURATED_CPU_PCT = 95.0
+RELAY_SATURATED_FPS = 25.0
+
+
+@dataclass
+class FanoutOptions:
+    """What ``loadtest fanout`` runs; times in seconds, bitrate in bits/s."""
+
+    counts: list[int] = field(default_factory=lambda: [1, 10, 50, 100, 200])
+    relay_counts: list[int] = field(default_factory=lambda: [1, 2, 4, 6, 8])
+    mode: str = "both"  # forward | relay | both
+    seconds: float = 10.0
+    settle: float = 3.0
+    baseline_seconds: float = 5.0
+    width: int = 1280
+    height: int = 720
+    fps: float = 30.0
+    bitrate: int = 1_500_000
+    subscriber_procs: int = 0  # 0 = one per 100 subscribers (at least 1)
+    decode_every: int = 10
+    max_decoders: int = 4
+    join_concurrency: int = 8
+    join_timeout: float = 20.0
+    stop_loss_pct: float = 20.0  # stop raising N past this (the machine is the limit)
+    profile_at: int | None = None  # forward-mode N to profile with py-spy
+    profile_seconds: float = 10.0
+    out: Path = Path("loadtest/results")
+
+
+# --------------------------------------------------------------- processes
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _relaycast_command() -> list[str]:
+    exe = shutil.which("relaycast")
+    return [exe] if exe else [sys.executable, "-m", "signaling.cli"]
+
+
+class SfuProcess:
+    """``relaycast serve`` on a free loopback port with a known stream key."""
+
+    def __init__(self, mode: str, log_path: Path) -> None:
+        self.mode = mode
+        self.log_path = log_path
+        self.key = "sk_bench_" + secrets.token_urlsafe(18)
+        self.url = ""
+        self.proc: asyncio.subprocess.Process | None = None
+        self._drain: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def start(self, timeout: float = 30.0) -> None:
+        port = _free_port()
+        env = dict(os.environ, RELAYCAST_REQUEST_RATE="100000", RELAYCAST_REQUEST_BURST="100000",
+                   RELAYCAST_MAX_SESSIONS="100000", PYTHONUNBUFFERED="1")
+        env.pop("RELAYCAST_SFU_MODE", None)
+        cmd = [*_relaycast_command(), "--log-level", "warning", "serve", "--host", "127.0.0.1",
+               "--port", str(port), "--ice-gather", "127.0.0.1", "--room", ROOM,
+               "--stream-key", self.key, "--mode", self.mode]
+        log = self.log_path.open("ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            *cmd, stdout=asyncio.subprocess.PIPE, stderr=log, env=env)
+        log.close()
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while not self.url:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"relaycast serve did not start; see {self.log_path}")
+            line = await asyncio.wait_for(self.proc.stdout.readline(), remaining)
+            if not line:
+                raise RuntimeError(f"relaycast serve exited ({self.proc.returncode}); see {self.log_path}")
+            text = line.decode(errors="replace").strip()
+            if text.startswith("relaycast listening on "):
+                self.url = text.split()[-1]
+        self._drain = asyncio.create_task(self._drain_stdout())
+
+    async def _drain_stdout(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        while await self.proc.stdout.readline():
+            pass
+
+    async def stop(self) -> None:
+        await _terminate(self.proc)
+        if self._drain is not None:
+            self._drain.cancel()
+
+
+class PublisherProcess:
+    """``python -m loadtest publish --pattern --json``; keeps every progress line."""
+
+    def __init__(self, whip_url: str, key: str, opts: FanoutOptions, log_path: Path) -> None:
+        self.cmd = [sys.executable, "-m", "loadtest", "publish", whip_url, "--token", key, "--pattern",
+                    "--width", str(opts.width), "--height", str(opts.height), "--fps", str(opts.fps),
+                    "--bitrate", str(opts.bitrate), "--json"]
+        self.log_path = log_path
+        self.lines: list[dict[str, Any]] = []
+        self.proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 30.0) -> None:
+        log = self.log_path.open("ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.cmd, stdout=asyncio.subprocess.PIPE, stderr=log, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        log.close()
+        self._reader = asyncio.create_task(self._read())
+        deadline = time.monotonic() + timeout
+        while True:  # connected, encoder bitrate set, and sending video
+            last = self.lines[-1] if self.lines else {}
+            if (last.get("state") == "connected" and last.get("bitrate_target")
+                    and last.get("video", {}).get("pps", 0) > 0):
+                return
+            if self.proc.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"publisher did not start; see {self.log_path}")
+            await asyncio.sleep(0.1)
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            try:
+                self.lines.append(json.loads(line))
+            except ValueError:
+                continue
+
+    def window(self, t0: float, t1: float) -> dict[str, Any]:
+        """Publisher send rates between two wall-clock instants."""
+        inside = [ln for ln in self.lines if t0 - 0.5 <= ln["t"] <= t1 + 0.5]
+        if len(inside) < 2:
+            return {}
+        a, b = inside[0], inside[-1]
+        dt = b["t"] - a["t"]
+        out: dict[str, Any] = {"fps": round((b.get("frames", 0) - a.get("frames", 0)) / dt, 2)}
+        for kind in ("video", "audio"):
+            if kind in a and kind in b:
+                out[f"{kind}_kbps"] = round((b[kind]["bytes"] - a[kind]["bytes"]) * 8 / dt / 1000, 1)
+                out[f"{kind}_pps"] = round((b[kind]["packets"] - a[kind]["packets"]) / dt, 1)
+        return out
+
+    async def stop(self) -> None:
+        await _terminate(self.proc, signal_first=True)
+        if self._reader is not None:
+            self._reader.cancel()
+
+
+class SubscriberProcess:
+    """One ``python -m loadtest.subscriber`` pool driven over JSON lines."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.count = 0
+        self._lock = asyncio.Lock()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "loadtest.subscriber", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=log, limit=64 << 20)
+        log.close()
+        hello = await self._readline(30)
+        if not hello.get("ready"):
+            raise RuntimeError(f"subscriber pool did not start; see {self.log_path}")
+
+    async def _readline(self, timeout: float) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not line:
+            raise RuntimeError(f"subscriber pool exited; see {self.log_path}")
+        return dict(json.loads(line))
+
+    async def call(self, request: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin is not None
+        async with self._lock:
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            await self.proc.stdin.drain()
+            reply = await self._readline(timeout)
+        if "error" in reply and isinstance(reply["error"], str):
+            raise RuntimeError(f"subscriber pool: {reply['error']}")
+        return reply
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                await self.call({"cmd": "quit"}, timeout=30)
+            except (RuntimeError, TimeoutError, ConnectionError, ValueError):
+                pass
+        await _terminate(self.proc)
+
+
+async def _terminate(proc: asyncio.subprocess.Process | None, signal_first: bool = True) -> None:
+    if proc is None or proc.returncode is not None:
+        return
+    if signal_first:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+            return
+        except TimeoutError:
+            pass
+    proc.kill()
+    await proc.wait()
+
+
+# ---------------------------------------------------------------- metrics
+def _pct(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) or None for no data."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _r(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+@dataclass
+class Sample:
+    """Everything read at one instant of a step."""
+
+    t: float
+    sfu_cpu_s: float
+    sfu_rss: int
+    sfu_drops: int
+    sub_drops: int
+    pub_cpu_s: float
+    subs: list[dict[str, Any]]  # per subscriber, across pools
+    pool_cpu_s: float
+
+
+def window_metrics(a: Sample, b: Sample, latency: list[tuple[float, float]], baseline: dict[str, Any] | None,
+                   joined: list[dict[str, Any]]) -> dict[str, Any]:
+    """Compare two samples of one step (see the module docstring for the definitions)."""
+    dt = b.t - a.t
+    prev = {(s["pool"], s["index"]): s for s in a.subs}
+    expected = received = repaired = 0
+    video_expected = video_received = 0
+    fps: list[float] = []
+    worst_loss = 0.0
+    for s in b.subs:
+        p = prev.get((s["pool"], s["index"]))
+        if p is None or not s["ok"]:
+            continue
+        sub_expected = sub_received = 0
+        for kind in ("video", "audio"):
+            e = s[kind]["expected"] - p[kind]["expected"]
+            r = s[kind]["received"] - p[kind]["received"]
+            repaired += (s[kind]["late"] - p[kind]["late"]) + (s[kind]["duplicates"] - p[kind]["duplicates"])
+            sub_expected += e
+            sub_received += min(r, e)
+            if kind == "video":
+                video_expected += e
+                video_received += min(r, e)
+        expected += sub_expected
+        received += sub_received
+        if sub_expected:
+            worst_loss = max(worst_loss, 100.0 * (sub_expected - sub_received) / sub_expected)
+        fps.append((s["frames"] - p["frames"]) / dt)
+    n = len(fps)
+    cpu = b.sfu_cpu_s - a.sfu_cpu_s
+    forwarded = expected + repaired
+    inside = [ms for t, ms in latency if a.t <= t <= b.t]
+    out: dict[str, Any] = {
+        "n": n,
+        "window_s": round(dt, 2),
+        "sfu_cpu_pct": round(100.0 * cpu / dt, 1),
+        "forwarded_packets": forwarded,
+        "forwarded_pps": round(forwarded / dt, 1),
+        "us_per_packet": _r(1e6 * cpu / forwarded, 2) if forwarded else None,
+        "loss_pct": _r(100.0 * (expected - received) / expected, 3) if expected else None,
+        "video_loss_pct": _r(100.0 * (video_expected - video_received) / video_expected, 3)
+        if video_expected else None,
+        "worst_subscriber_loss_pct": round(worst_loss, 3),
+        "repaired_packets": repaired,
+        "fps_median": _r(statistics.median(fps), 2) if fps else None,
+        "fps_min": _r(min(fps), 2) if fps else None,
+        "latency_samples": len(inside),
+        "latency_p50_ms": _r(_pct(inside, 50)),
+        "latency_p95_ms": _r(_pct(inside, 95)),
+        "sfu_rss_mb": round(b.sfu_rss / 2**20, 1),
+        "sfu_udp_drops": b.sfu_drops - a.sfu_drops,
+        "subscriber_udp_drops": b.sub_drops - a.sub_drops,
+        "subscriber_cpu_pct": round(100.0 * (b.pool_cpu_s - a.pool_cpu_s) / dt, 1),
+        "publisher_cpu_pct": round(100.0 * (b.pub_cpu_s - a.pub_cpu_s) / dt, 1),
+    }
+    if baseline and forwarded:
+        extra = cpu - baseline["sfu_cpu_pct"] / 100.0 * dt
+        out["us_per_packet_marginal"] = round(1e6 * extra / forwarded, 2)
+    if baseline and n:
+        out["mem_per_subscriber_kb"] = round((b.sfu_rss - baseline["sfu_rss"]) / n / 1024, 1)
+    decoded_join = [(j["t_first_decoded"] - j["t_post"]) * 1000 for j in joined
+                    if j.get("t_first_decoded") and j.get("t_post")]
+    key_join = [(j["t_first_keyframe"] - j["t_post"]) * 1000 for j in joined
+                if j.get("t_first_keyframe") and j.get("t_post")]
+    conn = [(j["t_connected"] - j["t_post"]) * 1000 for j in joined if j.get("t_connected") and j.get("t_post")]
+    out.update({
+        "joined": len(joined),
+        "join_failed": sum(1 for j in joined if j.get("error")),
+        "join_decoded_samples": len(decoded_join),
+        "join_decoded_p50_ms": _r(_pct(decoded_join, 50)),
+        "join_decoded_p95_ms": _r(_pct(decoded_join, 95)),
+        "join_keyframe_p50_ms": _r(_pct(key_join, 50)),
+        "join_keyframe_p95_ms": _r(_pct(key_join, 95)),
+        "join_connected_p50_ms": _r(_pct(conn, 50)),
+    })
+    return out
+
+
+# ------------------------------------------------------------------ runner
+class FanoutRun:
+    """One mode (forward or relay): SFU + publisher + subscriber pools, step by step."""
+
+    def __init__(self, mode: str, opts: FanoutOptions, log_dir: Path) -> None:
+        self.mode = mode
+        self.opts = opts
+        self.log_dir = log_dir
+        self.sfu = SfuProcess(mode, log_dir / f"sfu-{mode}.log")
+        self.publisher: PublisherProcess | None = None
+        self.pools: list[SubscriberProcess] = []
+        self.latency: list[tuple[float, float]] = []
+        self.baseline: dict[str, Any] | None = None
+        self.decoders = 0
+        self.total = 0
+
+    async def __aenter__(self) -> FanoutRun:
+        await self.sfu.start()
+        self.publisher = PublisherProcess(f"{self.sfu.url}/whip/{ROOM}", self.sfu.key, self.opts,
+                                          self.log_dir / f"publisher-{self.mode}.log")
+        await self.publisher.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.gather(*(p.stop() for p in self.pools), return_exceptions=True)
+        if self.publisher is not None:
+            await self.publisher.stop()
+        await self.sfu.stop()
+
+    async def _ensure_pools(self, target: int) -> None:
+        per = 100 if self.opts.subscriber_procs <= 0 else math.ceil(max(self.opts.counts) / self.opts.subscriber_procs)
+        wanted = max(1, math.ceil(target / max(1, per)))
+        if self.opts.subscriber_procs > 0:
+            wanted = self.opts.subscriber_procs
+        while len(self.pools) < wanted:
+            pool = SubscriberProcess(self.log_dir / f"subscribers-{self.mode}-{len(self.pools)}.log")
+            await pool.start()
+            self.pools.append(pool)
+
+    async def sample(self) -> Sample:
+        assert self.publisher is not None and self.publisher.proc is not None
+        snaps = await asyncio.gather(*(p.call({"cmd": "snapshot"}) for p in self.pools))
+        subs = []
+        for i, snap in enumerate(snaps):
+            for s in snap["subs"]:
+                s["pool"] = i
+                subs.append(s)
+            self.latency.extend((t, ms) for _, t, ms in snap["latency"])
+        pid = self.sfu.pid
+        return Sample(
+            t=time.time(), sfu_cpu_s=procstat.cpu_seconds(pid), sfu_rss=procstat.rss_bytes(pid),
+            sfu_drops=procstat.udp_drops(pid), sub_drops=sum(procstat.udp_drops(p.pid) for p in self.pools),
+            pub_cpu_s=procstat.cpu_seconds(self.publisher.proc.pid), subs=subs,
+            pool_cpu_s=sum(s["cpu_s"] for s in snaps))
+
+    async def measure_baseline(self) -> dict[str, Any]:
+        """Publisher only, no viewers: the SFU's idle cost and RSS."""
+        assert self.publisher is not None
+        await asyncio.sleep(self.opts.settle)
+        pid = self.sfu.pid
+        t0, c0 = time.time(), procstat.cpu_seconds(pid)
+        await asyncio.sleep(self.opts.baseline_seconds)
+        t1, c1 = time.time(), procstat.cpu_seconds(pid)
+        self.baseline = {"n": 0, "sfu_cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 1),
+                         "sfu_rss": procstat.rss_bytes(pid), "publisher": self.publisher.window(t0, t1)}
+        self.baseline["sfu_rss_mb"] = round(self.baseline["sfu_rss"] / 2**20, 1)
+        return self.baseline
+
+    async def grow(self, target: int) -> list[dict[str, Any]]:
+        """Add subscribers up to ``target``; returns the new subscribers' join records."""
+        await self._ensure_pools(target)
+        add = target - self.total
+        if add <= 0:
+            return []
+        plan: list[list[bool]] = [[] for _ in self.pools]
+        for i in range(add):
+            index = self.total + i
+            decode = index % max(1, self.opts.decode_every) == 0 and self.decoders < self.opts.max_decoders
+            self.decoders += decode
+            pool = min(range(len(self.pools)), key=lambda k: self.pools[k].count + len(plan[k]))
+            plan[pool].append(decode)
+        before = [pool.count for pool in self.pools]
+        calls = []
+        for pool, decode in zip(self.pools, plan, strict=True):
+            if decode:
+                pool.count += len(decode)
+                calls.append(pool.call({"cmd": "join", "url": f"{self.sfu.url}/whep/{ROOM}", "decode": decode,
+                                        "concurrency": max(1, self.opts.join_concurrency // len(self.pools))},
+                                       timeout=self.opts.join_timeout + 5 * add))
+        await asyncio.gather(*calls)
+        self.total = target
+        await asyncio.gather(*(p.call({"cmd": "wait_media", "timeout": self.opts.join_timeout},
+                                      timeout=self.opts.join_timeout + 10) for p in self.pools))
+        snap = await self.sample()
+        return [s for s in snap.subs if s["index"] >= before[s["pool"]]]
+
+    async def step(self, target: int) -> dict[str, Any]:
+        joined = await self.grow(target)
+        await asyncio.sleep(self.opts.settle)
+        a = await self.sample()
+        await asyncio.sleep(self.opts.seconds)
+        b = await self.sample()
+        assert self.publisher is not None
+        result = window_metrics(a, b, self.latency, self.baseline, joined)
+        result["target_n"] = target
+        result["publisher"] = self.publisher.window(a.t, b.t)
+        return result
+
+    async def profile(self, label: str) -> dict[str, Any]:
+        """py-spy the SFU for ``profile_seconds`` (flame graph SVG + collapsed stacks + top list)."""
+        exe = shutil.which("py-spy")
+        if exe is None:
+            return {"error": "py-spy is not installed (pip install py-spy)"}
+        out = self.opts.out
+        svg, raw = out / f"profile-{label}.svg", out / f"profile-{label}.txt"
+        secs = str(int(self.opts.profile_seconds))
+        results = {}
+        for path, fmt in ((raw, "raw"), (svg, "flamegraph")):
+            proc = await asyncio.create_subprocess_exec(
+                exe, "record", "-p", str(self.sfu.pid), "-d", secs, "-r", "200", "--nonblocking",
+                "-f", fmt, "-o", str(path), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            _, err = await asyncio.wait_for(proc.communicate(), self.opts.profile_seconds + 30)
+            if proc.returncode != 0:
+                return {"error": err.decode(errors="replace")[-500:]}
+            results[fmt] = str(path)
+        from .report import summarize_collapsed
+
+        results["top"] = summarize_collapsed(raw.read_text())
+        return results
+
+
+def _saturated(step: dict[str, Any]) -> bool:
+    fps = step.get("fps_median") or 0.0
+    return step["sfu_cpu_pct"] >= RELAY_SATURATED_CPU_PCT or fps < RELAY_SATURATED_FPS
+
+
+def meets_targets(step: dict[str, Any]) -> bool:
+    loss = step.get("loss_pct")
+    fps = step.get("fps_median")
+    return (step.get("join_failed", 0) == 0 and loss is not None and loss <= TARGET_LOSS_PCT
+            and fps is not None and fps >= TARGET_FPS)
+
+
+async def run_mode(mode: str, opts: FanoutOptions, log_dir: Path) -> dict[str, Any]:
+    counts = opts.relay_counts if mode == "relay" else opts.counts
+    steps: list[dict[str, Any]] = []
+    result: dict[str, Any] = {"mode": mode, "steps": steps}
+    async with FanoutRun(mode, opts, log_dir) as run:
+        baseline = await run.measure_baseline()
+        result["baseline"] = {k: v for k, v in baseline.items() if k != "sfu_rss"}
+        print(f"[{mode}] N=0: SFU {baseline['sfu_cpu_pct']} % CPU, RSS {baseline['sfu_rss_mb']} MB, "
+              f"publisher {baseline['publisher']}", flush=True)
+        for n in sorted(set(counts)):
+            step = await run.step(n)
+            step["meets_targets"] = meets_targets(step)
+            steps.append(step)
+            print(f"[{mode}] N={n}: " + ", ".join(f"{k}={step[k]}" for k in (
+                "n", "sfu_cpu_pct", "us_per_packet", "fps_median", "fps_min", "loss_pct",
+                "latency_p50_ms", "latency_p95_ms", "join_decoded_p95_ms", "mem_per_subscriber_kb")), flush=True)
+            if mode == "forward" and opts.profile_at == n:
+                result["profile"] = {"n": n, **await run.profile(f"{mode}-{n}")}
+            if mode == "relay" and _saturated(step):
+                result["saturated_at"] = n
+                break
+            if (step.get("loss_pct") or 0) > opts.stop_loss_pct or step["n"] < n * 0.9:
+                result["stopped_at"] = n
+                print(f"[{mode}] stopping: the machine cannot hold N={n}", flush=True)
+                break
+    return result
+
+
+async def run_fanout(opts: FanoutOptions) -> dict[str, Any]:
+    """Run the benchmark; writes JSON (+ plot) under ``opts.out`` and returns the results."""
+    from . import report
+
+    opts.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_dir = opts.out / f"logs-{stamp}"
+    log_dir.mkdir()
+    modes = ["forward", "relay"] if opts.mode == "both" else [opts.mode]
+    results: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"nproc": os.cpu_count(), "cpu": procstat.cpu_model(), "python": sys.version.split()[0]},
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+        "targets": {"loss_pct": TARGET_LOSS_PCT, "fps_median": TARGET_FPS},
+    }
+    for mode in modes:
+        results[mode] = await run_mode(mode, opts, log_dir)
+    results["summary"] = report.summarize(results)
+    path = opts.out / f"fanout-{stamp}.json"
+    path.write_text(json.dumps(results, indent=2))
+    results["json_path"] = str(path)
+    plot = report.plot(results, opts.out / f"fanout-{stamp}.png")
+    results["plot_path"] = plot
+    print(report.markdown(results), flush=True)
+    print(f"results: {path}" + (f", plot: {plot}" if plot else " (no plot)"), flush=True)
+    return results

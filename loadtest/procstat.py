@@ -1,0 +1,77 @@
+"""Process CPU, memory and UDP drop counters from /proc (psutil when it is installed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+try:  # optional: the same numbers, read more portably
+    import psutil
+except ImportError:  # pragma: no cover - depends on the environment
+    psutil = None
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads)."""
+    if psutil is not None:
+        times = psutil.Process(pid).cpu_times()
+        return float(times.user + times.system)
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` in bytes."""
+    if psutil is not None:
+        return int(psutil.Process(pid).memory_info().rss)
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        entries = list(fd_dir.iterdir())
+    except OSError:
+        return inodes
+    for entry in entries:
+        try:
+            target = os.readlink(entry)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def udp_drops(pid: int) -> int:
+    """Datagrams the kernel dropped on ``pid``'s UDP sockets (receive buffer full), cumulative."""
+    inodes = _socket_inodes(pid)
+    total = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) >= 13 and cols[9] in inodes:
+                total += int(cols[12])
+    return total
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"

@@ -1,0 +1,211 @@
+"""Fan-out benchmark reporting: target check, markdown tables, PNG plot, py-spy summary."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TARGETS = {
+    "subscribers": 100,  # with loss <= 1 % and median fps >= 29
+    "ratio": 25.0,  # forward max N / relay saturation N
+    "us_per_packet": 15.0,
+    "latency_p50_ms": 60.0,  # at 10 subscribers
+    "latency_p95_ms": 100.0,
+    "join_p95_ms": 500.0,
+    "mem_per_subscriber_kb": 1024.0,
+}
+
+
+def _step(result: dict[str, Any] | None, n: int) -> dict[str, Any] | None:
+    for step in (result or {}).get("steps", []):
+        if step["target_n"] == n:
+            return step
+    return None
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """Headline figures and which targets are met (``None`` = not measured in this run)."""
+    forward, relay = results.get("forward"), results.get("relay")
+    out: dict[str, Any] = {}
+    checks: dict[str, Any] = {}
+    if forward:
+        good = [s for s in forward["steps"] if s.get("meets_targets")]
+        best = max(good, key=lambda s: s["n"]) if good else None
+        out["forward_max_n_at_targets"] = best["n"] if best else 0
+        checks["subscribers"] = {"value": out["forward_max_n_at_targets"],
+                                 "met": out["forward_max_n_at_targets"] >= TARGETS["subscribers"]}
+        ref = _step(forward, 100) or best
+        if ref is not None and ref.get("us_per_packet") is not None:
+            checks["us_per_packet"] = {"n": ref["n"], "value": ref["us_per_packet"],
+                                       "marginal": ref.get("us_per_packet_marginal"),
+                                       "met": ref["us_per_packet"] <= TARGETS["us_per_packet"]}
+            if ref["us_per_packet"] > 0:
+                # 1.5 Mbps video ≈ 1.5e6 / 8 / ~1100 B + 50 audio packets per viewer per second
+                pps = ref["forwarded_pps"] / max(1, ref["n"])
+                out["projected_viewers_per_core"] = round(1e6 / (ref["us_per_packet"] * pps))
+        ten = _step(forward, 10)
+        if ten is not None and ten.get("latency_p50_ms") is not None:
+            checks["latency"] = {"n": ten["n"], "p50": ten["latency_p50_ms"], "p95": ten["latency_p95_ms"],
+                                 "met": ten["latency_p50_ms"] <= TARGETS["latency_p50_ms"]
+                                 and ten["latency_p95_ms"] <= TARGETS["latency_p95_ms"]}
+        joins = [s for s in forward["steps"] if s.get("join_decoded_p95_ms") is not None]
+        if joins:
+            worst = max(joins, key=lambda s: s["join_decoded_p95_ms"])
+            checks["join_p95_ms"] = {"worst_step_n": worst["target_n"], "value": worst["join_decoded_p95_ms"],
+                                     "per_step": {s["target_n"]: s["join_decoded_p95_ms"] for s in joins},
+                                     "met": worst["join_decoded_p95_ms"] <= TARGETS["join_p95_ms"]}
+        mem = [s for s in forward["steps"] if s.get("mem_per_subscriber_kb") is not None and s["n"] >= 10]
+        if mem:
+            big = max(mem, key=lambda s: s["n"])
+            checks["mem_per_subscriber_kb"] = {"n": big["n"], "value": big["mem_per_subscriber_kb"],
+                                               "met": big["mem_per_subscriber_kb"] <= TARGETS["mem_per_subscriber_kb"]}
+    if relay:
+        out["relay_saturated_at"] = relay.get("saturated_at")
+        unsat = [s["n"] for s in relay["steps"] if s["target_n"] != relay.get("saturated_at")]
+        out["relay_max_n_unsaturated"] = max(unsat) if unsat else 0
+    if forward and relay and out.get("relay_saturated_at"):
+        ratio = out["forward_max_n_at_targets"] / out["relay_saturated_at"]
+        out["ratio_vs_relay_saturation"] = round(ratio, 1)
+        checks["ratio"] = {"value": out["ratio_vs_relay_saturation"], "met": ratio >= TARGETS["ratio"]}
+    out["checks"] = checks
+    return out
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(result: dict[str, Any]) -> str:
+    """One markdown table for a mode's steps."""
+    head = ("| N | SFU CPU % | µs/pkt (total / marginal) | fwd pkt/s | fps median / min | loss % "
+            "| g2g p50 / p95 ms (samples) | join p50 / p95 ms (decoded) | RSS MB | KB/sub | sub. CPU % | pub. kbps |")
+    rows = [head, "|" + "---|" * 12]
+    base = result.get("baseline") or {}
+    if base:
+        rows.append(f"| 0 | {_fmt(base.get('sfu_cpu_pct'))} | – | – | – | – | – | – | {_fmt(base.get('sfu_rss_mb'))} "
+                    f"| – | – | {_fmt((base.get('publisher') or {}).get('video_kbps'), 0)} |")
+    for s in result.get("steps", []):
+        rows.append(
+            f"| {s['n']} | {_fmt(s['sfu_cpu_pct'])} | {_fmt(s.get('us_per_packet'))} / "
+            f"{_fmt(s.get('us_per_packet_marginal'))} | {_fmt(s['forwarded_pps'], 0)} "
+            f"| {_fmt(s.get('fps_median'))} / {_fmt(s.get('fps_min'))} | {_fmt(s.get('loss_pct'), 2)} "
+            f"| {_fmt(s.get('latency_p50_ms'), 0)} / {_fmt(s.get('latency_p95_ms'), 0)} ({s['latency_samples']}) "
+            f"| {_fmt(s.get('join_decoded_p50_ms'), 0)} / {_fmt(s.get('join_decoded_p95_ms'), 0)} "
+            f"({s['join_decoded_samples']}) | {_fmt(s['sfu_rss_mb'])} | {_fmt(s.get('mem_per_subscriber_kb'), 0)} "
+            f"| {_fmt(s['subscriber_cpu_pct'], 0)} | {_fmt((s.get('publisher') or {}).get('video_kbps'), 0)} |")
+    return "\n".join(rows)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    parts = []
+    for mode in ("forward", "relay"):
+        if mode in results:
+            parts.append(f"### {mode}\n\n{table(results[mode])}\n")
+    summary = results.get("summary") or {}
+    lines = [f"- {k}: {v}" for k, v in summary.items() if k != "checks"]
+    for name, check in (summary.get("checks") or {}).items():
+        verdict = "met" if check.get("met") else "MISSED"
+        detail = ", ".join(f"{k}={v}" for k, v in check.items() if k != "met")
+        lines.append(f"- target {name}: {verdict} ({detail})")
+    parts.append("\n".join(lines))
+    return "\n".join(parts)
+
+
+# -------------------------------------------------------------------- plot
+def plot(results: dict[str, Any], path: Path) -> str | None:
+    """SFU CPU % and median fps against N for both modes (matplotlib, else OpenCV)."""
+    series = {m: results[m]["steps"] for m in ("forward", "relay") if results.get(m, {}).get("steps")}
+    if not series:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return _plot_cv2(series, path)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for mode, steps in series.items():
+        ns = [s["n"] for s in steps]
+        axes[0].plot(ns, [s["sfu_cpu_pct"] for s in steps], marker="o", label=mode)
+        axes[1].plot(ns, [s.get("fps_median") or 0 for s in steps], marker="o", label=mode)
+    axes[0].set(xlabel="subscribers", ylabel="SFU CPU % of one core", title="SFU CPU")
+    axes[1].set(xlabel="subscribers", ylabel="median delivered fps", title="Delivered frame rate")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+def _plot_cv2(series: dict[str, list[dict[str, Any]]], path: Path) -> str | None:
+    import cv2
+
+    width, height, margin = 560, 360, 50
+    colors = {"forward": (200, 90, 20), "relay": (30, 30, 210)}
+    panels = []
+    for key, title in (("sfu_cpu_pct", "SFU CPU % of one core"), ("fps_median", "median delivered fps")):
+        img = np.full((height, width, 3), 255, np.uint8)
+        points = {m: [(s["n"], s.get(key) or 0.0) for s in steps] for m, steps in series.items()}
+        xmax = max(max(n for n, _ in p) for p in points.values()) or 1
+        ymax = max(max(v for _, v in p) for p in points.values()) * 1.1 or 1
+
+        def xy(n: float, v: float, xmax: float = xmax, ymax: float = ymax) -> tuple[int, int]:
+            return (int(margin + n / xmax * (width - 2 * margin)),
+                    int(height - margin - v / ymax * (height - 2 * margin)))
+
+        cv2.line(img, xy(0, 0), xy(xmax, 0), (0, 0, 0), 1)
+        cv2.line(img, xy(0, 0), xy(0, ymax), (0, 0, 0), 1)
+        for i in range(5):
+            v = ymax * i / 4
+            cv2.putText(img, f"{v:.0f}", (5, xy(0, v)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
+            n = xmax * i / 4
+            cv2.putText(img, f"{n:.0f}", (xy(n, 0)[0] - 8, height - margin + 15), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.35, (0, 0, 0), 1)
+        for row, (mode, pts) in enumerate(points.items()):
+            color = colors.get(mode, (0, 120, 0))
+            coords = [xy(n, v) for n, v in pts]
+            for a, b in zip(coords, coords[1:], strict=False):
+                cv2.line(img, a, b, color, 2, cv2.LINE_AA)
+            for c in coords:
+                cv2.circle(img, c, 4, color, -1, cv2.LINE_AA)
+            cv2.putText(img, mode, (width - 120, 30 + 18 * row), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1)
+        cv2.putText(img, title, (margin, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1)
+        cv2.putText(img, "subscribers", (width // 2 - 40, height - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    (0, 0, 0), 1)
+        panels.append(img)
+    return str(path) if cv2.imwrite(str(path), np.hstack(panels)) else None
+
+
+# ------------------------------------------------------------------ py-spy
+def summarize_collapsed(text: str, top: int = 25) -> dict[str, list[tuple[float, str]]]:
+    """Self and inclusive time shares per function from py-spy ``--format raw`` output."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    if not total:
+        return {"self": [], "inclusive": []}
+
+    def share(counter: Counter[str]) -> list[tuple[float, str]]:
+        return [(round(100.0 * c / total, 1), name) for name, c in counter.most_common(top)]
+
+    return {"samples": [(float(total), "samples")], "self": share(own), "inclusive": share(inclusive)}

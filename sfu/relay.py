@@ -1,0 +1,123 @@
+"""RelayRouter: the naive aiortc "SFU" — decode once, encode per viewer (a benchmark baseline).
+
+This is what a user of aiortc builds from its examples: the publisher's tracks
+are received and **decoded** by aiortc as usual, and every viewer gets
+``MediaRelay().subscribe(track)``, so aiortc's ``RTCRtpSender`` re-encodes the
+decoded frames once per viewer (VP8 at aiortc's default 500 kbps target, Opus).
+It exists so ``loadtest fanout --mode relay`` can measure the packet-forwarding
+:class:`~sfu.router.Router` against it in the same run; select it with
+``relaycast serve --mode relay`` (``RELAYCAST_SFU_MODE=relay``).  It is not
+meant for production: no key-frame gating, no NACK cache, per-viewer queues
+grow without bound when the encoders fall behind.
+
+Simplifications against :class:`Router`: when the publisher leaves or is
+replaced, the viewers are closed (their players re-POST WHEP) instead of
+waiting and resuming.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamTrack
+
+from . import aiortc_private
+from .chat import Identity
+from .errors import RoomNotLive, UnsupportedMedia
+from .negotiation import check_track_counts, choose_publish_codec, parse_offer
+from .router import Router, _answer, _set_offer
+from .transport import Participant, new_peer_connection
+
+logger = logging.getLogger(__name__)
+
+
+class RelayRouter(Router):
+    """One room served by ``MediaRelay`` (decode + per-viewer encode), same RPC surface as Router."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._relay = MediaRelay()
+        self._sources: dict[str, MediaStreamTrack] = {}
+
+    @property
+    def live(self) -> bool:
+        return bool(self._sources)
+
+    async def publish(self, session_id: str, offer_sdp: str, identity: Identity) -> str:
+        """WHIP ingest with aiortc's normal (decoding) receivers."""
+        desc = parse_offer(offer_sdp)
+        check_track_counts(desc, publish=True)
+        pc = new_peer_connection()
+        participant = Participant(session_id, self.room, identity, pc, self._failed)
+        try:
+            await _set_offer(pc, offer_sdp)
+            sources: dict[str, MediaStreamTrack] = {}
+            for transceiver in pc.getTransceivers():
+                codecs = choose_publish_codec(
+                    transceiver.kind, aiortc_private.negotiated_codecs(transceiver)
+                )
+                aiortc_private.restrict_codecs(transceiver, codecs)
+                transceiver.direction = "recvonly"
+                sources[transceiver.kind] = transceiver.receiver.track
+            self._watch_chat(participant)
+            answer = await _answer(pc, self.config)
+        except BaseException:
+            await participant.close()
+            raise
+        old = self.publisher
+        if old is not None:
+            await self._drop(old, "replaced by a new publisher session")
+        self.publisher = participant
+        self._relay = MediaRelay()
+        self._sources = sources
+        self._publish_state()
+        return answer
+
+    async def subscribe(self, session_id: str, offer_sdp: str, identity: Identity) -> str:
+        """WHEP egress: one ``MediaRelay`` proxy per track, encoded by aiortc for this viewer."""
+        desc = parse_offer(offer_sdp)
+        check_track_counts(desc, publish=False)
+        if not self.live:
+            raise RoomNotLive(f"room {self.room!r} has no publisher yet")
+        if not any(m.kind in self._sources and m.port for m in desc.media):
+            raise UnsupportedMedia("the offer receives none of the room's tracks")
+        pc = new_peer_connection()
+        participant = Participant(session_id, self.room, identity, pc, self._failed)
+        try:
+            await _set_offer(pc, offer_sdp)
+            for transceiver in pc.getTransceivers():
+                source = self._sources.get(transceiver.kind)
+                if source is None:
+                    if transceiver.kind in ("audio", "video"):
+                        transceiver.direction = "inactive"
+                    continue
+                proxy = self._relay.subscribe(source)
+                participant.tracks.append(proxy)  # type: ignore[arg-type]  # stopped on close
+                pc.addTrack(proxy)
+                transceiver.direction = "sendonly"
+            self._watch_chat(participant)
+            answer = await _answer(pc, self.config)
+        except BaseException:
+            await participant.close()
+            raise
+        self.viewers[session_id] = participant
+        self._publish_state()
+        return answer
+
+    async def _remove(self, participant: Participant) -> None:
+        self.chat.leave(participant.identity.id)
+        if participant is self.publisher:
+            self.publisher = None
+            self._sources = {}
+            await participant.close()
+            for viewer in list(self.viewers.values()):
+                await self._drop(viewer, "publisher left (relay mode does not resume)")
+        else:
+            self.viewers.pop(participant.session_id, None)
+            await participant.close()
+        self._publish_state()
+
+    def tick(self) -> None:
+        """Nothing to do: aiortc's own senders emit reports and answer PLI/NACK."""

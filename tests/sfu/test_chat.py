@@ -1,0 +1,421 @@
+"""Data-channel chat: aiortc participants through the real service, plus ChatRoom units.
+
+Message shapes are documented in docs/chat.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiortc import RTCPeerConnection
+from aiortc.rtcdatachannel import RTCDataChannel
+from sfu_helpers import publish_pattern, stream_key
+
+from loadtest import whip_client
+from sfu.chat import ChatRoom, Identity, TokenBucket
+from signaling.config import SignalingConfig
+from signaling.service import Service
+
+Message = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+def chat_channels(monkeypatch: pytest.MonkeyPatch) -> dict[RTCPeerConnection, RTCDataChannel]:
+    """whip_client creates the "chat" channel but does not return it: record it here."""
+    channels: dict[RTCPeerConnection, RTCDataChannel] = {}
+    original = RTCPeerConnection.createDataChannel
+
+    def create(self: RTCPeerConnection, label: str, *args: Any, **kwargs: Any) -> RTCDataChannel:
+        channel = original(self, label, *args, **kwargs)
+        channels[self] = channel
+        return channel
+
+    monkeypatch.setattr(RTCPeerConnection, "createDataChannel", create)
+    return channels
+
+
+class ChatClient:
+    """One participant's chat channel: every received message, parsed, in order."""
+
+    def __init__(self, session: whip_client.WhipSession, channel: RTCDataChannel) -> None:
+        self.session = session
+        self.channel = channel
+        self.messages: list[Message] = []
+        self._arrived = asyncio.Event()
+        channel.on("message", self._on_message)
+
+    def _on_message(self, raw: str | bytes) -> None:
+        self.messages.append(json.loads(raw))
+        self._arrived.set()
+
+    def send(self, payload: Message | str) -> None:
+        self.channel.send(payload if isinstance(payload, str) else json.dumps(payload))
+
+    def chat(self, text: str) -> None:
+        self.send({"type": "chat", "text": text})
+
+    def of_type(self, kind: str) -> list[Message]:
+        return [m for m in self.messages if m["type"] == kind]
+
+    async def until(self, predicate: Callable[[list[Message]], Any], timeout: float = 10.0) -> Any:
+        """Wait until ``predicate(messages)`` is truthy and return it."""
+        deadline = time.monotonic() + timeout
+        while not (result := predicate(self.messages)):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"timed out; got {self.messages[-5:]}")
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except TimeoutError:
+                pass
+        return result
+
+    async def first(self, kind: str, timeout: float = 10.0, **fields: Any) -> Message:
+        def match(messages: list[Message]) -> Message | None:
+            for m in messages:
+                if m["type"] == kind and all(m.get(k) == v for k, v in fields.items()):
+                    return m
+            return None
+
+        return await self.until(match, timeout)
+
+    async def chats(self, count: int, timeout: float = 10.0) -> list[Message]:
+        return await self.until(lambda ms: len(self.of_type("chat")) >= count and self.of_type("chat"), timeout)
+
+
+async def join(
+    svc: Service, channels: dict[RTCPeerConnection, RTCDataChannel], *, publisher: bool = False
+) -> ChatClient:
+    if publisher:
+        session = await publish_pattern(svc, audio=False, chat=True)
+    else:
+        session = await whip_client.view(f"{svc.url}/whep/demo", chat=True)
+        await whip_client.wait_connected(session.pc)
+    client = ChatClient(session, channels[session.pc])
+    await client.first("history")  # welcome comes first, then the replay
+    return client
+
+
+# ----------------------------------------------------------------------- end to end
+
+
+async def test_chat_between_publisher_and_two_viewers(service: Service, chat_channels: Any) -> None:
+    pub = await join(service, chat_channels, publisher=True)
+    v1 = v2 = None
+    try:
+        welcome = pub.messages[0]
+        assert welcome["type"] == "welcome"
+        assert welcome["room"] == "demo" and welcome["live"] is True and welcome["viewers"] == 0
+        me = welcome["participant"]
+        assert me["role"] == "publisher" and me["name"] == "demo"
+        assert re.fullmatch(r"[0-9a-f]{12}", me["id"])
+        assert pub.messages[1] == {"type": "history", "messages": []}
+
+        v1 = await join(service, chat_channels)
+        w1 = v1.messages[0]
+        assert w1["participant"]["role"] == "viewer"
+        assert re.fullmatch(r"[a-z]+-[a-z]+-\d{1,2}", w1["participant"]["name"])
+        assert w1["viewers"] == 1 and w1["live"] is True
+        assert v1.messages[1]["type"] == "history"
+        await pub.first("presence", viewers=1)
+
+        v2 = await join(service, chat_channels)
+        w2 = v2.messages[0]
+        assert w2["viewers"] == 2
+        assert len({me["id"], w1["participant"]["id"], w2["participant"]["id"]}) == 3
+        for client in (pub, v1):
+            assert await client.first("presence", viewers=2) == {"type": "presence", "live": True, "viewers": 2}
+
+        # Messages from everybody: one per-room sequence, server-stamped sender.
+        pub.chat("  hello from the stage  ")
+        await pub.chats(1)
+        v1.send({"type": "chat", "text": "I am the publisher", "from": me, "seq": 999, "id": "x"})
+        await v1.chats(2)
+        v2.chat("hi all")
+        seen = [await c.chats(3) for c in (pub, v1, v2)]
+        assert seen[0] == seen[1] == seen[2], "everybody sees the same messages in the same order"
+        msgs = seen[0]
+        first_seq = msgs[0]["seq"]
+        assert [m["seq"] for m in msgs] == [first_seq, first_seq + 1, first_seq + 2]
+        assert [m["text"] for m in msgs] == ["hello from the stage", "I am the publisher", "hi all"]
+        assert [m["from"] for m in msgs] == [me, w1["participant"], w2["participant"]], "from is stamped"
+        for m in msgs:
+            assert set(m) == {"type", "seq", "id", "ts", "from", "text"}
+            assert re.fullmatch(r"[0-9a-f]{32}", m["id"]) and m["id"] != "x"
+            assert abs(m["ts"] - time.time() * 1000) < 60_000
+
+        # Too long: an error to the sender only; exactly max_chars is fine.
+        v1.chat("x" * 501)
+        err = await v1.first("error")
+        assert err == {"type": "error", "code": "too_long", "detail": "at most 500 characters"}
+        v1.chat("y" * 500)
+        assert (await v2.chats(4))[-1]["text"] == "y" * 500
+
+        # Not JSON / not a chat object / empty text: bad_message.
+        for bad in ("not json {", "[1, 2]", '{"type": "chat"}', '{"type": "chat", "text": "   "}',
+                    '{"type": "shout", "text": "hey"}'):
+            v2.send(bad)
+        await v2.until(lambda ms: len([m for m in ms if m["type"] == "error"]) >= 5)
+        assert [m["code"] for m in v2.of_type("error")] == ["bad_message"] * 5
+
+        # Rate limit: burst 10 at 3/s; v2 spent one token on "hi all".
+        for i in range(15):
+            v2.chat(f"flood {i}")
+        await v2.until(lambda ms: sum(1 for m in ms if m["type"] == "chat" and m["text"].startswith("flood"))
+                       + sum(1 for m in ms if m.get("code") == "rate_limited") >= 15)
+        accepted = [m for m in v2.of_type("chat") if m["text"].startswith("flood")]
+        limited = [m for m in v2.of_type("error") if m["code"] == "rate_limited"]
+        print(f"\nflood of 15: {len(accepted)} accepted, {len(limited)} rate_limited")
+        assert 8 <= len(accepted) <= 12 and len(accepted) + len(limited) == 15
+        assert limited[0] == {"type": "error", "code": "rate_limited", "detail": "at most 3 messages/s"}
+        # Only accepted messages reach the others; the errors stay with the sender.
+        total = 4 + len(accepted)
+        assert len(await pub.chats(total)) == total
+        assert [m["text"] for m in (await v1.chats(total))[4:]] == [m["text"] for m in accepted]
+        assert pub.of_type("error") == []
+        assert [e["code"] for e in v1.of_type("error")] == ["too_long"]
+
+        # A viewer leaves: the others see the new count.
+        assert await v2.session.close() == 200
+        v2 = None
+        for client in (pub, v1):
+            assert await client.first("presence", viewers=1) == {"type": "presence", "live": True, "viewers": 1}
+    finally:
+        for client in (v2, v1, pub):
+            if client is not None:
+                await client.session.close()
+
+
+@pytest.fixture
+async def roomy_service() -> AsyncIterator[Service]:
+    """A service whose chat limit does not get in the way of sending 55 messages."""
+    config = SignalingConfig.from_env(
+        {"RELAYCAST_CHAT_RATE": "1000", "RELAYCAST_CHAT_BURST": "1000"},
+        host="127.0.0.1", port=0, demo_stream_key="sk_chat_" + "y" * 24,
+    )
+    async with Service(config) as svc:
+        yield svc
+
+
+async def test_newcomer_gets_last_50_messages(roomy_service: Service, chat_channels: Any) -> None:
+    assert stream_key(roomy_service)
+    pub = await join(roomy_service, chat_channels, publisher=True)
+    viewer = None
+    try:
+        for i in range(55):
+            pub.chat(f"m{i}")
+        sent = await pub.chats(55)
+        assert [m["seq"] for m in sent] == list(range(1, 56))
+        viewer = await join(roomy_service, chat_channels)
+        assert [m["type"] for m in viewer.messages[:2]] == ["welcome", "history"]
+        history = viewer.messages[1]["messages"]
+        assert len(history) == 50
+        assert history == sent[5:], "the last 50, oldest first, exactly as sent"
+        # Live messages continue the sequence after the replay.
+        pub.chat("after")
+        live = await viewer.chats(1)
+        assert live[0]["seq"] == 56 and live[0]["text"] == "after"
+    finally:
+        if viewer is not None:
+            await viewer.session.close()
+        await pub.session.close()
+
+
+# ---------------------------------------------------------------------------- units
+
+
+class FakeChannel:
+    def __init__(self, state: str = "open", fail: bool = False) -> None:
+        self.readyState = state
+        self.fail = fail
+        self.sent: list[Message] = []
+
+    def send(self, data: str) -> None:
+        if self.fail:
+            raise ConnectionError("association closing")
+        self.sent.append(json.loads(data))
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "takes", "expected"),
+    [
+        pytest.param(1.0, 3, [0, 0, 0, 0], [True, True, True, False], id="burst-then-empty"),
+        pytest.param(1.0, 3, [0, 0, 0, 1.0, 1.0], [True, True, True, True, False], id="refill-one"),
+        pytest.param(1.0, 2, [0, 0, 100, 100, 100], [True, True, True, True, False], id="refill-capped"),
+        pytest.param(0.5, 1, [0, 1.0, 2.0, 2.0], [True, False, True, False], id="slow-rate"),
+        pytest.param(3.0, 10, [0.0] * 10 + [0.1, 0.34], [True] * 10 + [False, True], id="default-3-per-s"),
+    ],
+)
+def test_token_bucket(rate: float, burst: int, takes: list[float], expected: list[bool]) -> None:
+    bucket = TokenBucket(rate, burst, now=lambda: 0.0)
+    assert [bucket.take(t) for t in takes] == expected
+
+
+PUB = Identity("p1", "demo", "publisher")
+V1 = Identity("v1", "calm-otter-1", "viewer")
+
+
+def _room(**kwargs: Any) -> tuple[ChatRoom, FakeClock, FakeChannel, FakeChannel]:
+    clock = FakeClock()
+    room = ChatRoom("demo", clock=clock, **kwargs)
+    a, b = FakeChannel(), FakeChannel()
+    room.join(PUB, a, {"live": True, "viewers": 1})
+    room.join(V1, b, {"live": True, "viewers": 1})
+    return room, clock, a, b
+
+
+def test_chat_room_welcome_and_history_on_join() -> None:
+    room, _, a, _ = _room(history=3)
+    assert a.sent == [
+        {"type": "welcome", "participant": {"id": "p1", "name": "demo", "role": "publisher"},
+         "room": "demo", "live": True, "viewers": 1},
+        {"type": "history", "messages": []},
+    ]
+    for i in range(5):
+        room.receive("p1", json.dumps({"type": "chat", "text": f"t{i}"}))
+    late = FakeChannel()
+    room.join(Identity("v2", "x", "viewer"), late, {"live": True, "viewers": 2})
+    assert [m["text"] for m in late.sent[1]["messages"]] == ["t2", "t3", "t4"]
+    assert [m["seq"] for m in late.sent[1]["messages"]] == [3, 4, 5]
+
+
+def test_chat_room_stamps_and_fans_out() -> None:
+    room, _, a, b = _room()
+    a.sent.clear(), b.sent.clear()
+    forged = {"type": "chat", "text": " hi ", "from": PUB.to_dict(), "seq": 77, "ts": 1, "id": "z"}
+    stamped = room.receive("v1", json.dumps(forged).encode())
+    assert stamped is not None
+    assert stamped["from"] == V1.to_dict() and stamped["seq"] == 1 and stamped["text"] == "hi"
+    assert stamped["id"] != "z" and stamped["ts"] > 1
+    assert a.sent == b.sent == [stamped], "everybody, the sender included, gets the stamped copy"
+    assert room.receive("nobody", '{"type":"chat","text":"x"}') is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("not json", "bad_message"),
+        (b"\xc3\x28", "bad_message"),  # not UTF-8
+        ("[]", "bad_message"),
+        ('"text"', "bad_message"),
+        ('{"type":"chat"}', "bad_message"),
+        ('{"type":"chat","text":5}', "bad_message"),
+        ('{"type":"other","text":"x"}', "bad_message"),
+        ('{"type":"chat","text":"  \\n "}', "bad_message"),
+        (json.dumps({"type": "chat", "text": "x" * 11}), "too_long"),
+    ],
+)
+def test_chat_room_rejects_to_sender_only(raw: str | bytes, code: str) -> None:
+    room, _, a, b = _room(max_chars=10)
+    a.sent.clear(), b.sent.clear()
+    assert room.receive("v1", raw) is None
+    assert [m["type"] for m in b.sent] == ["error"] and b.sent[0]["code"] == code
+    assert isinstance(b.sent[0]["detail"], str) and b.sent[0]["detail"]
+    assert a.sent == [] and room.seq == 0 and not room.history
+
+
+def test_chat_room_max_chars_counts_stripped_text() -> None:
+    room, _, _, b = _room(max_chars=10)
+    assert room.receive("v1", json.dumps({"type": "chat", "text": "   " + "x" * 10 + "  "})) is not None
+
+
+def test_chat_room_rate_limit_with_fake_clock() -> None:
+    room, clock, a, b = _room(rate=1.0, burst=2)
+    a.sent.clear(), b.sent.clear()
+    msg = '{"type":"chat","text":"x"}'
+    results = [room.receive("v1", msg) is not None for _ in range(3)]
+    assert results == [True, True, False]
+    assert b.sent[-1] == {"type": "error", "code": "rate_limited", "detail": "at most 1 messages/s"}
+    assert room.receive("p1", msg) is not None, "buckets are per participant"
+    clock.now = 0.99
+    assert room.receive("v1", msg) is None
+    clock.now = 2.0
+    assert room.receive("v1", msg) is not None
+    assert [m["seq"] for m in a.sent if m["type"] == "chat"] == [1, 2, 3, 4]
+
+
+def test_chat_room_leave_and_broken_channels() -> None:
+    room, _, a, b = _room()
+    broken = FakeChannel(fail=True)
+    closing = FakeChannel(state="closing")
+    room.join(Identity("v2", "x", "viewer"), broken, {})
+    room.join(Identity("v3", "y", "viewer"), closing, {})
+    assert len(room) == 4
+    a.sent.clear(), b.sent.clear()
+    room.broadcast({"type": "presence", "live": True, "viewers": 3})
+    assert a.sent == b.sent == [{"type": "presence", "live": True, "viewers": 3}]
+    assert closing.sent == [] and broken.sent == []
+    room.leave("v1")
+    room.leave("v1")  # idempotent
+    assert len(room) == 3
+    room.receive("p1", '{"type":"chat","text":"bye"}')
+    assert b.sent[-1]["type"] == "presence", "a member that left gets nothing more"
+    assert room.receive("v1", '{"type":"chat","text":"x"}') is None
+
+
+def test_chat_room_history_is_split_below_the_sctp_message_size() -> None:
+    """50 long non-ASCII messages (~100 KB of JSON) replay in several small messages."""
+    room, _, a, _ = _room(max_chars=500, rate=1000, burst=1000, history=50)
+    for i in range(55):
+        room.receive("p1", json.dumps({"type": "chat", "text": f"{i:02d}" + "😀" * 498}))
+    assert "😀" in json.dumps(a.sent[-1], ensure_ascii=False)
+    newcomer = _RawChannel()
+    room.join(Identity("v9", "z", "viewer"), newcomer, {})
+    welcome, *replay = newcomer.raw
+    assert json.loads(welcome)["type"] == "welcome"
+    assert len(replay) > 1, "one message would be ~100 KB"
+    assert all(len(r.encode()) <= 20 * 1024 for r in replay), [len(r.encode()) for r in replay]
+    assert "\\ud83d" not in replay[0], "UTF-8 is sent as is, not as \\u escapes"
+    messages = [m for r in replay for m in json.loads(r)["messages"]]
+    assert [m["seq"] for m in messages] == list(range(6, 56))
+    assert all(json.loads(r)["type"] == "history" for r in replay)
+
+
+def test_chat_room_empty_history_is_one_empty_message() -> None:
+    room = ChatRoom("demo")
+    channel = _RawChannel()
+    room.join(V1, channel, {})
+    assert [json.loads(r)["type"] for r in channel.raw] == ["welcome", "history"]
+    assert json.loads(channel.raw[1])["messages"] == []
+
+
+def test_chat_room_reopened_channel_keeps_the_rate_limit() -> None:
+    room, _, _, b = _room(rate=1.0, burst=2)
+    msg = '{"type":"chat","text":"x"}'
+    assert [room.receive("v1", msg) is not None for _ in range(3)] == [True, True, False]
+    second = FakeChannel()
+    room.join(V1, second, {})  # the same participant opens another "chat" channel
+    assert room.receive("v1", msg) is None, "a fresh channel must not refill the bucket"
+    assert second.sent[-1]["code"] == "rate_limited"
+    room.leave("v1", b)  # the old channel closing does not remove the new one
+    assert len(room) == 2
+    room.leave("v1", second)
+    assert len(room) == 1
+
+
+class _RawChannel:
+    readyState = "open"
+
+    def __init__(self) -> None:
+        self.raw: list[str] = []
+
+    def send(self, data: str) -> None:
+        self.raw.append(data)
