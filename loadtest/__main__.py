@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     fan.add_argument("--decode-every", type=int, default=10, help="every k-th subscriber decodes (default 10)")
     fan.add_argument("--max-decoders", type=int, default=4, help="at most this many decoding subscribers (default 4)")
     fan.add_argument("--join-concurrency", type=int, default=8, help="WHEP joins in flight (default 8)")
+    fan.add_argument("--aiortc-receive", action="store_true",
+                     help="subscribers keep aiortc's full receive path (~3x their CPU) instead of the socket fast path")
     fan.add_argument("--profile-at", type=int, default=None,
                      help="py-spy the forward-mode SFU after the step with this N")
     fan.add_argument("--out", type=Path, default=Path("loadtest/results"), help="results folder")
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         counts=args.counts, relay_counts=args.relay_counts, mode=args.mode, seconds=args.seconds,
         settle=args.settle, width=args.size[0], height=args.size[1], fps=args.fps, bitrate=args.bitrate,
         subscriber_procs=args.subscriber_procs, decode_every=args.decode_every, max_decoders=args.max_decoders,
-        join_concurrency=args.join_concurrency, profile_at=args.profile_at, out=args.out)
+        join_concurrency=args.join_concurrency, fast_receive=not args.aiortc_receive,
+        profile_at=args.profile_at, out=args.out)
     try:
         asyncio.run(run_fanout(opts))
     except KeyboardInterrupt:

@@ -73,6 +73,7 @@ class FanoutOptions:
     decode_every: int = 10
     max_decoders: int = 4
     join_concurrency: int = 8
+    fast_receive: bool = True  # subscribers read RTP straight from the socket once connected
     join_timeout: float = 20.0
     stop_loss_pct: float = 20.0  # stop raising N past this (the machine is the limit)
     profile_at: int | None = None  # forward-mode N to profile with py-spy
@@ -291,6 +292,7 @@ class Sample:
     pub_cpu_s: float
     subs: list[dict[str, Any]]  # per subscriber, across pools
     pool_cpu_s: float
+    machine_cpu_s: float
 
 
 def window_metrics(a: Sample, b: Sample, latency: list[tuple[float, float]], baseline: dict[str, Any] | None,
@@ -347,7 +349,10 @@ def window_metrics(a: Sample, b: Sample, latency: list[tuple[float, float]], bas
         "subscriber_udp_drops": b.sub_drops - a.sub_drops,
         "subscriber_cpu_pct": round(100.0 * (b.pool_cpu_s - a.pool_cpu_s) / dt, 1),
         "publisher_cpu_pct": round(100.0 * (b.pub_cpu_s - a.pub_cpu_s) / dt, 1),
+        "machine_cpu_pct": round(100.0 * (b.machine_cpu_s - a.machine_cpu_s) / dt, 1),
     }
+    ours = cpu + (b.pool_cpu_s - a.pool_cpu_s) + (b.pub_cpu_s - a.pub_cpu_s)
+    out["other_processes_cpu_pct"] = round(100.0 * ((b.machine_cpu_s - a.machine_cpu_s) - ours) / dt, 1)
     if baseline and forwarded:
         extra = cpu - baseline["sfu_cpu_pct"] / 100.0 * dt
         out["us_per_packet_marginal"] = round(1e6 * extra / forwarded, 2)
@@ -424,7 +429,7 @@ class FanoutRun:
             t=time.time(), sfu_cpu_s=procstat.cpu_seconds(pid), sfu_rss=procstat.rss_bytes(pid),
             sfu_drops=procstat.udp_drops(pid), sub_drops=sum(procstat.udp_drops(p.pid) for p in self.pools),
             pub_cpu_s=procstat.cpu_seconds(self.publisher.proc.pid), subs=subs,
-            pool_cpu_s=sum(s["cpu_s"] for s in snaps))
+            pool_cpu_s=sum(s["cpu_s"] for s in snaps), machine_cpu_s=procstat.machine_cpu_seconds())
 
     async def measure_baseline(self) -> dict[str, Any]:
         """Publisher only, no viewers: the SFU's idle cost and RSS."""
@@ -458,7 +463,8 @@ class FanoutRun:
             if decode:
                 pool.count += len(decode)
                 calls.append(pool.call({"cmd": "join", "url": f"{self.sfu.url}/whep/{ROOM}", "decode": decode,
-                                        "concurrency": max(1, self.opts.join_concurrency // len(self.pools))},
+                                        "concurrency": max(1, self.opts.join_concurrency // len(self.pools)),
+                                        "fast": self.opts.fast_receive},
                                        timeout=self.opts.join_timeout + 5 * add))
         await asyncio.gather(*calls)
         self.total = target
@@ -527,7 +533,7 @@ async def run_mode(mode: str, opts: FanoutOptions, log_dir: Path) -> dict[str, A
             step = await run.step(n)
             step["meets_targets"] = meets_targets(step)
             steps.append(step)
-            print(f"[{mode}] N={n}: " + ", ".join(f"{k}={step[k]}" for k in (
+            print(f"[{mode}] N={n}: " + ", ".join(f"{k}={step.get(k)}" for k in (
                 "n", "sfu_cpu_pct", "us_per_packet", "fps_median", "fps_min", "loss_pct",
                 "latency_p50_ms", "latency_p95_ms", "join_decoded_p95_ms", "mem_per_subscriber_kb")), flush=True)
             if mode == "forward" and opts.profile_at == n:

@@ -67,6 +67,17 @@ def udp_drops(pid: int) -> int:
     return total
 
 
+def machine_cpu_seconds() -> float:
+    """Busy CPU seconds of the whole machine (all cores, from /proc/stat), cumulative."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0
+    values = [int(v) for v in fields[:8]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values) - idle) / _TICKS
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -2,8 +2,13 @@
 
 A :class:`LightSubscriber` is an aiortc peer connection (``whip_client.view``)
 whose receivers do not decode: :func:`sfu.aiortc_private.install_forwarding_receiver`
-hands every SRTP-unprotected, RTX-unwrapped RTP packet to a counter, and aiortc
-still sends receiver reports and NACKs.  Per stream it keeps
+hands every SRTP-unprotected, RTX-unwrapped RTP packet to a counter while the
+connection comes up.  Once connected, the subscriber switches to
+:func:`sfu.aiortc_private.install_raw_rtp_receiver` — SRTP unprotect right in the
+socket callback, header parsed here, video NACKs (RFC 4585) sent here — because
+aiortc's own receive path (~30 µs a packet) would make the subscribers, not the
+SFU, the limit on a 2-core machine (``fast=False`` keeps aiortc's path).  Per
+stream it keeps
 
 * ``expected`` (extended highest − first sequence number + 1: exactly the packets
   the SFU sent, because a consumer's output sequence numbers are continuous),
@@ -22,7 +27,7 @@ the join time (WHEP POST sent → first decoded frame).
 lines on stdin (one reply line per command on stdout); ``loadtest fanout`` starts
 one or more of these processes.  Commands::
 
-    {"cmd": "join", "url": U, "count": k, "decode": [bool, ...], "concurrency": c}
+    {"cmd": "join", "url": U, "decode": [bool, ...], "concurrency": c, "fast": true}
     {"cmd": "wait_media", "timeout": s}
     {"cmd": "snapshot"}
     {"cmd": "quit"}
@@ -35,6 +40,8 @@ import asyncio
 import json
 import logging
 import os
+import random
+import struct
 import sys
 import time
 from typing import Any
@@ -42,8 +49,8 @@ from typing import Any
 import aiohttp
 import av
 from aiortc import RTCRtpCodecParameters
-from aiortc.codecs import depayload
-from aiortc.rtp import RtpPacket
+from aiortc.codecs import depayload, is_rtx
+from aiortc.rtp import RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket, RtpPacket
 
 from sfu import aiortc_private
 from sfu.rtp import vp8_is_keyframe_start
@@ -56,6 +63,9 @@ logger = logging.getLogger(__name__)
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 _RING = 4096  # sequence numbers remembered for duplicate detection
 _MAX_OPEN_FRAMES = 48  # incomplete frames tracked per subscriber
+_GAP_GIVE_UP_S = 0.5  # a sampled decoder waits this long for a repair before asking for a key frame
+_RECEIVE_BUFFER = 1 << 20  # SO_RCVBUF per subscriber socket: rides out scheduling hiccups
+_RTP = struct.Struct("!HII")  # sequence number, timestamp, SSRC
 
 
 class SeqCounter:
@@ -114,40 +124,30 @@ class _Frame:
 
 
 class SampleDecoder:
-    """libvpx decoder for one sampled subscriber; reads the capture-time code of each frame."""
+    """libvpx decoder for one sampled subscriber; reads the capture-time code of each picture."""
 
     def __init__(self) -> None:
         self.codec = av.CodecContext.create("libvpx", "r")
-        self.started = False
-        self.last_timestamp = -1
         self.decoded = 0
         self.unreadable = 0
         self.errors = 0
 
-    def decode(self, frame: _Frame, timestamp: int) -> int | None:
-        """Decode one complete frame; returns the code read from the newest picture, if any."""
-        if not self.started:
-            if not frame.key:
-                return None
-            self.started = True
-        elif ((timestamp - self.last_timestamp) & 0xFFFFFFFF) >= 0x80000000:
-            return None  # older than what was already decoded (completed late by RTX)
-        self.last_timestamp = timestamp
+    def decode(self, frame: _Frame) -> tuple[bool, int | None]:
+        """Decode one complete frame: ``(ok, code of the newest picture or None)``."""
         assert frame.parts is not None
         data = b"".join(depayload(VP8, frame.parts[k]) for k in sorted(frame.parts))
         try:
             pictures = self.codec.decode(av.Packet(data))
         except av.error.FFmpegError:
             self.errors += 1
-            self.started = False  # wait for the next key frame
-            return None
+            return False, None
         code = None
         for picture in pictures:
             self.decoded += 1
             code = read_code(picture)
             if code is None:
                 self.unreadable += 1
-        return code
+        return True, code
 
 
 class LightSubscriber:
@@ -169,11 +169,28 @@ class LightSubscriber:
         self.t_first_decoded: float | None = None
         self.decoder = SampleDecoder() if decode else None
         self.latency_ms: list[tuple[float, float]] = []  # (decoded at, glass-to-glass ms)
+        self.nacks_sent = 0
+        self.plis_sent = 0
+        self.fast_path = False
+        self._pending: dict[int, tuple[_Frame, float]] = {}  # start seq -> frame waiting for a gap
+        self._next_start: int | None = None  # first sequence number of the next decodable frame
+        self._waiting_since: float | None = None
+        self._last_pli = -1e9
         self._frames: dict[int, _Frame] = {}
+        self._pts: dict[int, tuple[str, bool]] = {}
+        self._rtcp: aiortc_private.RawRtpSender | None = None
+        self._rtcp_ssrc = random.getrandbits(32)
+        self._video_ssrc = 0
 
     # ------------------------------------------------------------ joining
-    async def join(self, url: str, http: aiohttp.ClientSession, timeout: float = 20.0) -> None:
-        """WHEP POST, install the counting receivers, wait until connected."""
+    async def join(self, url: str, http: aiohttp.ClientSession, timeout: float = 20.0,
+                   fast: bool = True) -> None:
+        """WHEP POST, install the counting receivers, wait until connected.
+
+        Packets go through aiortc's receive path and
+        :func:`~sfu.aiortc_private.install_forwarding_receiver` until the
+        connection is up; then (``fast``) straight from the socket.
+        """
         self.t_post = time.time()
         session = await asyncio.wait_for(whip_client.view(url, http=http), timeout)
         self.session = session
@@ -188,6 +205,12 @@ class LightSubscriber:
         self.t_answer = time.time()
         await whip_client.wait_connected(session.pc, timeout)
         self.t_connected = time.time()
+        if fast:
+            for _ in range(100):  # "connected" is set in the same step as DTLS; bounded retry
+                if self._start_fast_path():
+                    self.fast_path = True
+                    break
+                await asyncio.sleep(0.01)
 
     async def close(self, http: aiohttp.ClientSession) -> None:
         if self.session is not None:
@@ -209,13 +232,69 @@ class LightSubscriber:
         self.audio.add(packet.sequence_number)
 
     def _on_video(self, packet: RtpPacket, arrival_time_ms: int) -> None:
-        ext = self.video.add(packet.sequence_number)
+        self._video(packet.sequence_number, packet.timestamp, packet.marker, packet.payload)
+
+    def _start_fast_path(self) -> bool:
+        """Switch to :func:`sfu.aiortc_private.install_raw_rtp_receiver` once connected."""
+        assert self.session is not None
+        pts: dict[int, tuple[str, bool]] = {}
+        dtls = None
+        for transceiver in self.session.pc.getTransceivers():
+            if transceiver.kind not in ("audio", "video"):
+                continue
+            dtls = aiortc_private.dtls_transport_of(transceiver)
+            for codec in aiortc_private.negotiated_codecs(transceiver):
+                pts[codec.payloadType] = (transceiver.kind, is_rtx(codec))
+        if dtls is None or not aiortc_private.install_raw_rtp_receiver(
+                dtls, self._on_raw, receive_buffer=_RECEIVE_BUFFER):
+            return False
+        self._pts = pts
+        self._rtcp = aiortc_private.RawRtpSender(dtls)
+        return True
+
+    def _on_raw(self, data: bytes) -> None:
+        """One SRTP-unprotected RTP packet (RFC 3550 §5.1; RTX per RFC 4588 §4)."""
+        info = self._pts.get(data[1] & 0x7F)
+        if info is None:
+            return
+        seq, timestamp, ssrc = _RTP.unpack_from(data, 2)
+        first = data[0]
+        offset = 12 + 4 * (first & 0x0F)
+        if first & 0x10:  # header extension
+            offset += 4 + 4 * ((data[offset + 2] << 8) | data[offset + 3])
+        end = len(data) - (data[-1] if first & 0x20 else 0)
+        kind, rtx = info
+        if rtx:
+            if end - offset < 2:
+                return
+            seq = (data[offset] << 8) | data[offset + 1]
+            offset += 2
+        if kind == "audio":
+            self.audio.add(seq)
+            return
+        if not rtx:
+            self._video_ssrc = ssrc
+        highest = self.video.highest
+        self._video(seq, timestamp, data[1] >> 7, data[offset:end])
+        if self._rtcp is not None and highest >= 0 and self.video.highest > highest + 1:
+            self._nack(highest + 1, self.video.highest)
+
+    def _nack(self, first: int, end: int) -> None:
+        """Generic NACK (RFC 4585 §6.2.1) for extended sequence numbers [first, end)."""
+        lost = [ext & 0xFFFF for ext in range(first, min(end, first + 128))]
+        packet = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=self._rtcp_ssrc, media_ssrc=self._video_ssrc,
+                                 lost=lost)
+        assert self._rtcp is not None
+        self._rtcp.send_rtcp(bytes(packet))
+        self.nacks_sent += 1
+
+    def _video(self, seq: int, timestamp: int, marker: int, payload: bytes) -> None:
+        ext = self.video.add(seq)
         if ext < 0:
             return
         if self.t_first_packet is None:
             self.t_first_packet = time.time()
         frames = self._frames
-        timestamp = packet.timestamp
         frame = frames.get(timestamp)
         if frame is None:
             frame = frames[timestamp] = _Frame()
@@ -223,12 +302,11 @@ class LightSubscriber:
                 frame.parts = {}
             while len(frames) > _MAX_OPEN_FRAMES:
                 del frames[next(iter(frames))]
-        payload = packet.payload
         frame.count += 1
         if payload and payload[0] & 0x17 == 0x10:  # S bit set, partition index 0
             frame.start = ext
             frame.key = vp8_is_keyframe_start(payload)
-        if packet.marker:
+        if marker:
             frame.end = ext
         if frame.parts is not None:
             frame.parts[ext] = payload
@@ -242,15 +320,63 @@ class LightSubscriber:
             self.keyframes += 1
             if self.t_first_keyframe is None:
                 self.t_first_keyframe = time.time()
-        if self.decoder is None:
+        if self.decoder is not None:
+            self._feed_decoder(frame)
+
+    def _feed_decoder(self, frame: _Frame) -> None:
+        """A minimal jitter buffer: decode frames in sequence order, never across a gap.
+
+        A frame is decodable when it is a key frame or starts right after the last
+        decoded one; later frames wait for the gap to be repaired (NACK/RTX).  When
+        it is not repaired within :data:`_GAP_GIVE_UP_S`, or the decoder fails, the
+        subscriber waits for a key frame and asks for one (PLI).
+        """
+        now = time.monotonic()
+        pending = self._pending
+        if frame.key:
+            for start in [s for s in pending if s < frame.start]:
+                del pending[start]
+        elif self._next_start is None or frame.start > self._next_start:
+            if self._next_start is not None:
+                pending[frame.start] = (frame, now)
+            if now - min((t for _, t in pending.values()), default=now) > _GAP_GIVE_UP_S or (
+                    self._next_start is None and now - (self._waiting_since or now) > _GAP_GIVE_UP_S):
+                pending.clear()
+                self._next_start = None
+                self._request_keyframe(now)
+            if self._next_start is None and self._waiting_since is None:
+                self._waiting_since = now
             return
-        code = self.decoder.decode(frame, timestamp)
+        elif frame.start < self._next_start:
+            return  # already skipped
+        self._decode(frame)
+        while self._next_start in pending:
+            self._decode(pending.pop(self._next_start)[0])
+
+    def _decode(self, frame: _Frame) -> None:
+        assert self.decoder is not None
+        ok, code = self.decoder.decode(frame)
+        if not ok:
+            self._next_start = None
+            self._waiting_since = time.monotonic()
+            return
+        self._next_start = frame.end + 1
+        self._waiting_since = None
         if code is None:
             return
         now = time.time()
         if self.t_first_decoded is None:
             self.t_first_decoded = now
         self.latency_ms.append((now, (now - code_to_capture_time(code, now)) * 1000.0))
+
+    def _request_keyframe(self, now: float) -> None:
+        """PLI (RFC 4585 §6.3.1), at most once a second."""
+        if self._rtcp is None or now - self._last_pli < 1.0:
+            return
+        self._last_pli = now
+        self._rtcp.send_rtcp(bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self._rtcp_ssrc,
+                                                  media_ssrc=self._video_ssrc)))
+        self.plis_sent += 1
 
     # ------------------------------------------------------------- report
     def snapshot(self) -> dict[str, Any]:
@@ -266,6 +392,9 @@ class LightSubscriber:
             "keyframes": self.keyframes,
             "decode": decoder is not None,
             "decoded": decoder.decoded if decoder else 0,
+            "fast_path": self.fast_path,
+            "nacks_sent": self.nacks_sent,
+            "plis_sent": self.plis_sent,
             "unreadable": decoder.unreadable if decoder else 0,
             "t_post": self.t_post,
             "t_connected": self.t_connected,
@@ -291,7 +420,8 @@ class SubscriberPool:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         return self._http
 
-    async def join(self, url: str, decode: list[bool], concurrency: int = 4) -> list[dict[str, Any]]:
+    async def join(self, url: str, decode: list[bool], concurrency: int = 4,
+                   fast: bool = True) -> list[dict[str, Any]]:
         """Add ``len(decode)`` subscribers, at most ``concurrency`` joining at once."""
         http = await self._session()
         limit = asyncio.Semaphore(max(1, concurrency))
@@ -301,7 +431,7 @@ class SubscriberPool:
         async def one(sub: LightSubscriber) -> None:
             async with limit:
                 try:
-                    await sub.join(url, http)
+                    await sub.join(url, http, fast=fast)
                 except Exception as exc:  # reported, never fatal for the pool
                     sub.error = f"{type(exc).__name__}: {exc}"
 
@@ -367,7 +497,7 @@ async def serve_stdio(pool: SubscriberPool) -> None:
                 if cmd == "join":
                     result: dict[str, Any] = {"joined": await pool.join(
                         request["url"], [bool(d) for d in request["decode"]],
-                        int(request.get("concurrency", 4)))}
+                        int(request.get("concurrency", 4)), bool(request.get("fast", True)))}
                 elif cmd == "wait_media":
                     result = await pool.wait_media(float(request.get("timeout", 10)))
                 elif cmd == "snapshot":

@@ -21,11 +21,15 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import random
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from types import MethodType
 from typing import Any
 
 import aioice.ice
+import aioice.stun
+import pylibsrtp
 from aiortc import RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc import codecs as aiortc_codecs
 from aiortc.codecs import is_rtx
@@ -68,6 +72,67 @@ def set_host_addresses(addresses: Sequence[str] | None) -> None:
 def host_addresses() -> list[str] | None:
     """The addresses pinned by :func:`set_host_addresses` (``None``: aioice's own choice)."""
     return None if _host_addresses is None else list(_host_addresses)
+
+
+_PEER_CHECKS = "_relaycast_peer_checks"  # Connection attribute: remote addr -> monotonic time
+
+
+def accept_peer_consent_checks() -> None:
+    """Let a peer's own authenticated checks keep ICE consent fresh (process-wide, idempotent).
+
+    aioice sends a consent check on the nominated pair every ~5 s and closes the
+    connection after 6 unanswered ones (RFC 7675, ~30 s).  FFmpeg's WHIP muxer
+    (8.1) stops answering binding requests once its handshake is done, but keeps
+    sending its own authenticated consent checks, as an ICE-lite client would;
+    without this every FFmpeg publisher was dropped after ~35 s.  Here a
+    consent round whose check goes unanswered still counts as fresh when the
+    peer sent a binding request that passed MESSAGE-INTEGRITY with our password,
+    from the pair's remote address, since the previous round — the liveness rule
+    ICE-lite servers (mediasoup, Janus) apply.  Peers that answer checks see no
+    change; peers that neither answer nor send checks still expire after ~30 s.
+    """
+    connection_cls = aioice.ice.Connection
+    if getattr(connection_cls, "_relaycast_consent", False):
+        return
+    original_check_incoming = connection_cls.check_incoming
+
+    def check_incoming(self: Any, message: Any, addr: tuple[str, int], protocol: Any) -> None:
+        # aioice calls this only for authenticated binding requests it answered.
+        checks = self.__dict__.setdefault(_PEER_CHECKS, {})
+        checks[(addr[0], addr[1])] = asyncio.get_running_loop().time()
+        original_check_incoming(self, message, addr, protocol)
+
+    async def query_consent(self: Any) -> None:
+        # aioice 0.13 Connection.query_consent, plus the peer-check rule above.
+        assert self.remote_password is not None
+        failures = 0
+        loop = asyncio.get_running_loop()
+        last_round = loop.time()
+        while True:
+            await asyncio.sleep(aioice.ice.CONSENT_INTERVAL * (0.8 + 0.4 * random.random()))
+            for pair in self._nominated.values():
+                request = self.build_request(pair, nominate=False)
+                try:
+                    await pair.protocol.request(
+                        request,
+                        pair.remote_addr,
+                        integrity_key=self.remote_password.encode("utf8"),
+                        retransmissions=0,
+                    )
+                    failures = 0
+                except aioice.stun.TransactionError:
+                    seen = self.__dict__.get(_PEER_CHECKS, {}).get(tuple(pair.remote_addr[:2]))
+                    failures = 0 if seen is not None and seen >= last_round else failures + 1
+                if failures >= aioice.ice.CONSENT_FAILURES:
+                    logger.info("ICE consent expired for %s", pair.remote_addr)
+                    self._query_consent_task = None
+                    await self.close()
+                    return
+            last_round = loop.time()
+
+    connection_cls.check_incoming = check_incoming  # type: ignore[method-assign]
+    connection_cls.query_consent = query_consent  # type: ignore[method-assign]
+    connection_cls._relaycast_consent = True  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------ capabilities
@@ -298,6 +363,47 @@ class RawRtpSender:
     @property
     def connected(self) -> bool:
         return self._route() is not None
+
+
+def install_raw_rtp_receiver(
+    dtls: RTCDtlsTransport, on_rtp: Callable[[bytes], None], receive_buffer: int = 0
+) -> bool:
+    """Receive RTP straight from a connected transport's socket (load-test subscribers only).
+
+    aiortc's receive path (aioice queue → DTLS read loop → ``RtpPacket.parse`` →
+    receiver) costs ~30 µs a packet, too much to host 100+ viewers beside the SFU
+    on a small machine.  This makes the nominated candidate pair's datagram
+    callback SRTP-unprotect RTP itself and call ``on_rtp(plain_rtp_bytes)``; STUN,
+    DTLS and RTCP (payload types 192..223, RFC 5761 §4) keep aiortc's path.
+    aiortc's receivers then see no RTP (no receiver statistics, no NACKs): the
+    caller does its own accounting.  ``receive_buffer`` (bytes, when > 0) raises the
+    socket's ``SO_RCVBUF`` (capped by ``net.core.rmem_max``).  Returns False when
+    not connected yet.
+    """
+    if dtls._state != State.CONNECTED or dtls._rx_srtp is None:
+        return False
+    pair = dtls.transport._connection._nominated.get(1)
+    if pair is None or pair.protocol is None:
+        return False
+    protocol = pair.protocol
+    original = protocol.datagram_received
+    unprotect = dtls._rx_srtp.unprotect
+    sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
+    if receive_buffer > 0 and sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+
+    def datagram_received(data: bytes, addr: Any) -> None:
+        if len(data) > 12 and 127 < data[0] < 192 and not 191 < data[1] < 224:
+            try:
+                plain = unprotect(data)
+            except pylibsrtp.Error:
+                return
+            on_rtp(plain)
+        else:
+            original(data, addr)
+
+    protocol.datagram_received = datagram_received
+    return True
 
 
 def set_encoder_target_bitrate(sender: RTCRtpSender, bitrate: int) -> bool:

@@ -150,16 +150,21 @@ class ChatRoom:
         try:
             msg = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
-            return self._error(member, "bad_message", "messages are JSON objects")
+            self._error(member, "bad_message", "messages are JSON objects")
+            return None
         if not isinstance(msg, dict) or msg.get("type") != "chat" or not isinstance(msg.get("text"), str):
-            return self._error(member, "bad_message", 'expected {"type":"chat","text":"..."}')
+            self._error(member, "bad_message", 'expected {"type":"chat","text":"..."}')
+            return None
         text = msg["text"].strip()
         if not text:
-            return self._error(member, "bad_message", "empty message")
+            self._error(member, "bad_message", "empty message")
+            return None
         if len(text) > self.max_chars:
-            return self._error(member, "too_long", f"at most {self.max_chars} characters")
+            self._error(member, "too_long", f"at most {self.max_chars} characters")
+            return None
         if not member.bucket.take(self._clock()):
-            return self._error(member, "rate_limited", f"at most {self.rate:g} messages/s")
+            self._error(member, "rate_limited", f"at most {self.rate:g} messages/s")
+            return None
         self.seq += 1
         stamped = {
             "type": "chat",
@@ -180,7 +185,6 @@ class ChatRoom:
 
     def _error(self, member: _Member, code: str, detail: str) -> None:
         self._send(member.channel, {"type": "error", "code": code, "detail": detail})
-        return None
 
     def _send(self, channel: Channel, message: dict[str, Any]) -> None:
         self._send_raw(channel, _encode(message))

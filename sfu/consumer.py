@@ -97,7 +97,7 @@ class Consumer:
     def on_sender_started(self, params: aiortc_private.SendParameters, raw: aiortc_private.RawRtpSender) -> None:
         self.params = params
         self.raw = raw
-        self._pt = params.codec.payloadType
+        self._pt = params.codec.payloadType or 0  # always set once negotiated
         self._ssrc = params.ssrc
         ext = params.extensions
         mid_id = ext.get(URI_MID, 0)

@@ -44,6 +44,7 @@ class Worker:
         self.draining = False
         aiortc_private.set_host_addresses(config.ice_gather or None)
         aiortc_private.extend_codec_capabilities()
+        aiortc_private.accept_peer_consent_checks()
 
     async def __aenter__(self) -> Worker:
         self._tick_task = asyncio.create_task(self._run_tick(), name="sfu-tick")
@@ -146,7 +147,7 @@ class Worker:
         for line in candidates:
             try:
                 candidate = candidate_from_sdp(str(line).removeprefix("a=").removeprefix("candidate:"))
-            except (ValueError, IndexError) as exc:
+            except (ValueError, IndexError, AssertionError) as exc:
                 raise BadOffer(f"bad candidate line: {line!r}") from exc
             if not candidate_reachable(candidate.ip, aiortc_private.host_addresses()):
                 continue  # a loopback-only node never checks other addresses

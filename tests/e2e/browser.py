@@ -142,3 +142,22 @@ async () => {
 async def page_stats(page: Any) -> dict[str, Any] | None:
     """:data:`PAGE_STATS_JS` evaluated in ``page``; ``None`` while there is no session."""
     return await page.evaluate(PAGE_STATS_JS)
+
+
+async def wait_for_page_stats(
+    page: Any, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str
+) -> dict[str, Any]:
+    """Poll :func:`page_stats` until ``predicate(stats)`` holds; returns those stats.
+
+    (``page.wait_for_function`` cannot do this: it treats the Promise an async
+    predicate returns as truthy and returns at once.)
+    """
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] | None = None
+    while True:
+        last = await page_stats(page)
+        if last is not None and predicate(last):
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last stats: {last}")
+        await asyncio.sleep(0.2)

@@ -20,7 +20,6 @@ import asyncio
 import ipaddress
 import json
 import re
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from browser import (
     page_stats,
     screenshot,
     tid,
+    wait_for_page_stats,
     wait_until,
 )
 from conftest import STREAM_KEY
@@ -182,25 +182,16 @@ async def test_broadcast_page_live_to_aiortc_viewer(service, clip) -> None:
             await viewer.close()
 
 
-async def test_ffmpeg_publisher_watch_page_and_chat(service, clip) -> None:
-    from loadtest.ffmpeg_whip import publish_with_ffmpeg
+async def test_ffmpeg_publisher_watch_page_and_chat(service) -> None:
+    # FFmpeg's muxer runs in a child process: PyAV keeps the GIL during the WHIP
+    # handshake, which would starve this process's event loop (the server).
+    from loadtest.ffmpeg_whip import FfmpegWhipProcess
 
     svc = service
-    stop = threading.Event()
-    connected = threading.Event()
-    result: dict[str, object] = {}
-
-    def run() -> None:
-        result["stats"] = publish_with_ffmpeg(
-            f"{svc.url}/whip/demo", STREAM_KEY, 50, 640, 360, 30,
-            stop=stop, connected=connected,
-        )
-
-    publisher = threading.Thread(target=run, name="ffmpeg-whip", daemon=True)
-    publisher.start()
+    publisher = await FfmpegWhipProcess.start(f"{svc.url}/whip/demo", STREAM_KEY, 50, 640, 360, 30)
     participant = None
     try:
-        assert await asyncio.to_thread(connected.wait, 20), result
+        await publisher.wait_connected(30)
         router = svc.worker.routers["demo"]
         assert {k: p.codec.mimeType for k, p in router.producers.items()} == {
             "video": "video/H264",
@@ -220,23 +211,29 @@ async def test_ffmpeg_publisher_watch_page_and_chat(service, clip) -> None:
             )
             first = await page_stats(page)
             decoded0 = first["inbound"]["video"]["framesDecoded"]
-            await page.wait_for_function(
-                """async (n) => {
-                    const r = await window.__relaycast.pc.getStats();
-                    return [...r.values()].some(s => s.type === 'inbound-rtp' && s.kind === 'video'
-                                                 && s.framesDecoded >= n);
-                }""",
-                arg=decoded0 + 30,
-                polling=200,
+            stats = await wait_for_page_stats(
+                page,
+                lambda st: st["inbound"]["video"]["framesDecoded"] >= decoded0 + 30,
+                timeout=15,
+                what="30 more decoded frames",
             )
-            stats = await page_stats(page)
-            video_in = stats["inbound"]["video"]
+            video_in, audio_in = stats["inbound"]["video"], stats["inbound"]["audio"]
             assert stats["codecs"][video_in["codecId"]] == "video/H264"
-            assert stats["codecs"][stats["inbound"]["audio"]["codecId"]] == "audio/opus"
-            assert stats["inbound"]["audio"]["totalSamplesReceived"] > 0
+            assert stats["codecs"][audio_in["codecId"]] == "audio/opus"
             assert stats["selectedRemote"] == "127.0.0.1"
-            print(f"watch: frames decoded {video_in['framesDecoded']}, "
-                  f"audio level {stats['inbound']['audio'].get('audioLevel')}")
+            # Audio: the tone is heard (audioLevel is measured on playout, so unmute).
+            await tid(page, "unmute").click()
+            await expect(tid(page, "unmute")).to_be_hidden()
+            stats = await wait_for_page_stats(
+                page,
+                lambda st: st["inbound"]["audio"].get("audioLevel", 0) > 0.05,
+                timeout=15,
+                what="an audible tone",
+            )
+            audio_in = stats["inbound"]["audio"]
+            print(f"watch: {video_in['framesDecoded']} frames decoded "
+                  f"({video_in['frameWidth']}x{video_in['frameHeight']}), "
+                  f"audio level {audio_in.get('audioLevel')}")
 
             # Chat: the page and an aiortc participant talk through the SFU's chat room.
             participant = await whip_client.view(
@@ -260,19 +257,20 @@ async def test_ffmpeg_publisher_watch_page_and_chat(service, clip) -> None:
             got = await next_chat("hello from chromium")
             assert got["from"]["role"] == "viewer"
             channel.send(json.dumps({"type": "chat", "text": "hi back from aiortc"}))
-            await next_chat("hi back from aiortc")  # the SFU echoes to everyone, sender included
+            reply = await next_chat("hi back from aiortc")  # echoed to everyone, sender included
+            assert reply["from"]["id"] != got["from"]["id"]
             log = tid(page, "chat-log")
             await expect(log.locator("[data-seq]")).to_have_count(2)
             await expect(log.locator("[data-seq]").nth(0)).to_contain_text("hello from chromium")
             await expect(log.locator("[data-seq]").nth(1)).to_contain_text("hi back from aiortc")
+            assert not await log.locator("[data-seq]").nth(1).evaluate(
+                "e => e.classList.contains('from-me')"
+            )
             await screenshot(page, "live-watch")
             assert errors.errors == []
     finally:
         if participant is not None:
             await participant.close()
-        stop.set()
-        await asyncio.to_thread(publisher.join, 15)
-    stats = result["stats"]
-    assert not publisher.is_alive()
-    assert stats.error is None, stats
-    assert stats.video_frames > 0 and stats.audio_frames > 0
+        final = await publisher.stop()
+    assert final.error is None, (final, list(publisher.stderr_tail))
+    assert publisher.proc.returncode == 0, list(publisher.stderr_tail)

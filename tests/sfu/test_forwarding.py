@@ -445,3 +445,20 @@ async def test_keyframe_requester_close_cancels_pending() -> None:
     requester.close()
     assert pending.cancelled() and requester._pending is None
     assert plis == [1]
+
+
+def test_consumer_asks_for_a_keyframe_once_it_can_send() -> None:
+    """A PLI at attach time, before the viewer is connected, would be wasted."""
+    consumer = Consumer("video", 90000, "viewer")
+    producer = FakeProducer()
+    consumer.attach(producer)  # type: ignore[arg-type]
+    assert producer.keyframe_requests == 0 and consumer.waiting_for_keyframe
+    params = SimpleNamespace(
+        codec=SimpleNamespace(payloadType=96), ssrc=0x1234, extensions={}, mid="0", rtx_ssrc=0x5678,
+        rtx_payload_type=97,
+    )
+    consumer.on_sender_started(params, FakeRaw())  # type: ignore[arg-type]
+    assert producer.keyframe_requests == 1
+    consumer.detach()
+    consumer.attach(FakeProducer())  # type: ignore[arg-type]
+    assert consumer.producer.keyframe_requests == 1, "a connected consumer asks at once"  # type: ignore[union-attr]
