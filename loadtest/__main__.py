@@ -51,11 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     fan.add_argument("--bitrate", type=int, default=1_500_000, help="publisher VP8 target bits/s (default 1500000)")
     fan.add_argument("--subscriber-procs", type=int, default=0,
                      help="subscriber processes (default: one per 100 subscribers)")
-    fan.add_argument("--decode-every", type=int, default=10, help="every k-th subscriber decodes (default 10)")
-    fan.add_argument("--max-decoders", type=int, default=4, help="at most this many decoding subscribers (default 4)")
+    fan.add_argument("--decode-every", type=int, default=0,
+                     help="besides the first joiner of each step, every k-th subscriber decodes (default 0: none)")
+    fan.add_argument("--max-decoders", type=int, default=5,
+                     help="at most this many decoding subscribers in all (default 5; ~7 %% CPU each at 720p)")
     fan.add_argument("--join-concurrency", type=int, default=8, help="WHEP joins in flight (default 8)")
     fan.add_argument("--aiortc-receive", action="store_true",
                      help="subscribers keep aiortc's full receive path (~3x their CPU) instead of the socket fast path")
+    fan.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                     help="before each mode, wait up to SECONDS for other processes to go idle")
     fan.add_argument("--profile-at", type=int, default=None,
                      help="py-spy the forward-mode SFU after the step with this N")
     fan.add_argument("--out", type=Path, default=Path("loadtest/results"), help="results folder")
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         settle=args.settle, width=args.size[0], height=args.size[1], fps=args.fps, bitrate=args.bitrate,
         subscriber_procs=args.subscriber_procs, decode_every=args.decode_every, max_decoders=args.max_decoders,
         join_concurrency=args.join_concurrency, fast_receive=not args.aiortc_receive,
-        profile_at=args.profile_at, out=args.out)
+        wait_quiet=args.wait_quiet, profile_at=args.profile_at, out=args.out)
     try:
         asyncio.run(run_fanout(opts))
     except KeyboardInterrupt:

@@ -70,12 +70,13 @@ class FanoutOptions:
     fps: float = 30.0
     bitrate: int = 1_500_000
     subscriber_procs: int = 0  # 0 = one per 100 subscribers (at least 1)
-    decode_every: int = 10
-    max_decoders: int = 4
+    decode_every: int = 0  # also every k-th subscriber decodes (0 = only the first joiner of each step)
+    max_decoders: int = 5
     join_concurrency: int = 8
     fast_receive: bool = True  # subscribers read RTP straight from the socket once connected
     join_timeout: float = 20.0
     stop_loss_pct: float = 20.0  # stop raising N past this (the machine is the limit)
+    wait_quiet: float = 0.0  # wait up to this long for other processes to go idle before a mode
     profile_at: int | None = None  # forward-mode N to profile with py-spy
     profile_seconds: float = 10.0
     out: Path = Path("loadtest/results")
@@ -286,6 +287,7 @@ class Sample:
 
     t: float
     sfu_cpu_s: float
+    sfu_sys_s: float
     sfu_rss: int
     sfu_drops: int
     sub_drops: int
@@ -331,6 +333,7 @@ def window_metrics(a: Sample, b: Sample, latency: list[tuple[float, float]], bas
         "n": n,
         "window_s": round(dt, 2),
         "sfu_cpu_pct": round(100.0 * cpu / dt, 1),
+        "sfu_kernel_cpu_pct": round(100.0 * (b.sfu_sys_s - a.sfu_sys_s) / dt, 1),
         "forwarded_packets": forwarded,
         "forwarded_pps": round(forwarded / dt, 1),
         "us_per_packet": _r(1e6 * cpu / forwarded, 2) if forwarded else None,
@@ -425,8 +428,9 @@ class FanoutRun:
                 subs.append(s)
             self.latency.extend((t, ms) for _, t, ms in snap["latency"])
         pid = self.sfu.pid
+        user, system = procstat.cpu_times(pid)
         return Sample(
-            t=time.time(), sfu_cpu_s=procstat.cpu_seconds(pid), sfu_rss=procstat.rss_bytes(pid),
+            t=time.time(), sfu_cpu_s=user + system, sfu_sys_s=system, sfu_rss=procstat.rss_bytes(pid),
             sfu_drops=procstat.udp_drops(pid), sub_drops=sum(procstat.udp_drops(p.pid) for p in self.pools),
             pub_cpu_s=procstat.cpu_seconds(self.publisher.proc.pid), subs=subs,
             pool_cpu_s=sum(s["cpu_s"] for s in snaps), machine_cpu_s=procstat.machine_cpu_seconds())
@@ -453,7 +457,9 @@ class FanoutRun:
         plan: list[list[bool]] = [[] for _ in self.pools]
         for i in range(add):
             index = self.total + i
-            decode = index % max(1, self.opts.decode_every) == 0 and self.decoders < self.opts.max_decoders
+            every = self.opts.decode_every
+            sampled = i == 0 or (every > 0 and index % every == 0)  # the first joiner of each step
+            decode = sampled and self.decoders < self.opts.max_decoders
             self.decoders += decode
             pool = min(range(len(self.pools)), key=lambda k: self.pools[k].count + len(plan[k]))
             plan[pool].append(decode)
@@ -520,10 +526,28 @@ def meets_targets(step: dict[str, Any]) -> bool:
             and fps is not None and fps >= TARGET_FPS)
 
 
+async def background_cpu(seconds: float = 2.0) -> float:
+    """Machine-wide busy CPU % (100 = one core) over ``seconds``."""
+    c0, t0 = procstat.machine_cpu_seconds(), time.monotonic()
+    await asyncio.sleep(seconds)
+    return round(100.0 * (procstat.machine_cpu_seconds() - c0) / (time.monotonic() - t0), 1)
+
+
+async def wait_for_quiet(limit_s: float, threshold_pct: float = 25.0) -> float:
+    """Wait (at most ``limit_s``) until the machine is nearly idle; returns the last reading."""
+    deadline = time.monotonic() + limit_s
+    busy = await background_cpu()
+    while busy > threshold_pct and time.monotonic() < deadline:
+        print(f"waiting for a quiet machine: {busy} % CPU busy", flush=True)
+        busy = await background_cpu(5.0)
+    return busy
+
+
 async def run_mode(mode: str, opts: FanoutOptions, log_dir: Path) -> dict[str, Any]:
     counts = opts.relay_counts if mode == "relay" else opts.counts
     steps: list[dict[str, Any]] = []
     result: dict[str, Any] = {"mode": mode, "steps": steps}
+    result["background_cpu_pct_before"] = await wait_for_quiet(opts.wait_quiet)
     async with FanoutRun(mode, opts, log_dir) as run:
         baseline = await run.measure_baseline()
         result["baseline"] = {k: v for k, v in baseline.items() if k != "sfu_rss"}

@@ -12,12 +12,16 @@ implementation that shares nothing with aiortc.  What it does and needs:
   ``typ host`` candidate; FFmpeg dials the *first* such candidate only and
   sends STUN binding requests with USE-CANDIDATE to it (it is the controlling
   side; the SFU learns FFmpeg's address as a peer-reflexive candidate).
+* After the handshake FFmpeg no longer answers STUN binding requests; it sends
+  its own consent checks every 5 s instead (the SFU counts those as consent:
+  ``sfu.aiortc_private.accept_peer_consent_checks``).
 * H.264 must have no B-frames (the muxer refuses ``video_delay > 0``); Annex B
   with SPS/PPS as global extradata is re-sent by the muxer before every IDR.
-  FFmpeg answers NACKs from its RTP history but ignores PLI, so a viewer that
-  joins waits for the next periodic key frame (``gop``).
+  FFmpeg answers NACKs with RTX from its RTP history (the RTX SSRC is only in
+  ``a=ssrc-group:FID``) but ignores PLI, so a viewer that joins waits for the
+  next periodic key frame (``gop``).
 * DTLS certificate: FFmpeg builds that use GnuTLS (the PyAV wheels do)
-  generate an ECDSA **P-224** certificate.  RFC 8827 §6.5 only requires P-256,
+  generate an ECDSA **P-224** certificate.  RFC 8827 §6.5 mandates P-256,
   and OpenSSL 4 (what aiortc's DTLS runs on here) no longer knows P-224 as a
   TLS group, so the handshake dies with ``illegal_parameter`` whichever side is
   the DTLS client.  :func:`publish_with_ffmpeg` therefore hands the muxer a

@@ -209,11 +209,18 @@ def install_forwarding_receiver(
     ``on_rtp(packet, arrival_time_ms)`` gets each media packet (RTX unwrapped);
     ``on_rtcp(packet)`` each RTCP packet routed to this receiver (SR, BYE).
     Receiver reports and NACKs for lost packets keep going upstream via aiortc.
+
+    aiortc learns a publisher's RTX SSRC only from a second ``a=ssrc`` line.
+    FFmpeg's WHIP muxer names it in ``a=ssrc-group:FID`` alone (RFC 5576 §4),
+    so an RTX packet from an unknown SSRC is mapped to the media SSRC of its
+    ``apt`` payload type (signalled, else the one seen) — without that every
+    retransmission FFmpeg sent was dropped and losses were never repaired.
     """
     name = "_RTCRtpReceiver__"
     kind = getattr(receiver, name + "kind")
     nack_generator = NackGenerator() if kind == "video" else None
     original_rtcp = receiver._handle_rtcp_packet
+    media_ssrc: dict[int, int] = {}  # media payload type -> SSRC, for unsignalled RTX
 
     async def receive(self: RTCRtpReceiver, parameters: Any) -> None:
         if getattr(self, name + "started"):
@@ -225,6 +232,8 @@ def install_forwarding_receiver(
         for encoding in parameters.encodings:
             if encoding.rtx:
                 rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
+            if encoding.ssrc:
+                media_ssrc[encoding.payloadType] = encoding.ssrc
         # No decoder thread: this is the whole point.
         self.transport._register_rtp_receiver(self, parameters)
         setattr(self, name + "rtcp_task", asyncio.ensure_future(self._run_rtcp()))
@@ -241,11 +250,18 @@ def install_forwarding_receiver(
             stats = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
         stats.add(packet)
         if is_rtx(codec):
-            original_ssrc = getattr(self, name + "rtx_ssrc").get(packet.ssrc)
+            rtx_ssrc = getattr(self, name + "rtx_ssrc")
+            original_ssrc = rtx_ssrc.get(packet.ssrc)
             apt = codec.parameters.get("apt")
+            if original_ssrc is None and isinstance(apt, int):
+                original_ssrc = media_ssrc.get(apt)  # RTX SSRC only in a=ssrc-group:FID
+                if original_ssrc is not None:
+                    rtx_ssrc[packet.ssrc] = original_ssrc
             if original_ssrc is None or len(packet.payload) < 2 or apt not in codecs:
                 return
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
+        elif packet.payload_type not in media_ssrc:
+            media_ssrc[packet.payload_type] = packet.ssrc
         if nack_generator is not None and nack_generator.add(packet):
             await self._send_rtcp_nack(packet.ssrc, sorted(nack_generator.missing))
         on_rtp(packet, arrival_time_ms)
@@ -265,7 +281,7 @@ def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> Awaitable[None]:
 
 
 def receiver_has_started(receiver: RTCRtpReceiver) -> bool:
-    return bool(getattr(receiver, "_RTCRtpReceiver__started"))
+    return bool(receiver._RTCRtpReceiver__started)
 
 
 # ---------------------------------------------------------------- consume side

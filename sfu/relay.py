@@ -10,6 +10,12 @@ It exists so ``loadtest fanout --mode relay`` can measure the packet-forwarding
 meant for production: no key-frame gating, no NACK cache, per-viewer queues
 grow without bound when the encoders fall behind.
 
+aiortc's receiver decodes every frame even when nobody reads the track and
+queues the pictures without bound, so the relay keeps one sink subscription
+draining each source from the moment the publisher arrives (as aiortc's
+examples do with ``MediaBlackhole``); otherwise the first viewer would be
+served seconds of stale backlog.
+
 Simplifications against :class:`Router`: when the publisher leaves or is
 replaced, the viewers are closed (their players re-POST WHEP) instead of
 waiting and resuming.
@@ -17,11 +23,13 @@ waiting and resuming.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
 from aiortc.contrib.media import MediaRelay
-from aiortc.mediastreams import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from . import aiortc_private
 from .chat import Identity
@@ -40,6 +48,7 @@ class RelayRouter(Router):
         super().__init__(*args, **kwargs)
         self._relay = MediaRelay()
         self._sources: dict[str, MediaStreamTrack] = {}
+        self._sinks: list[asyncio.Task[None]] = []
 
     @property
     def live(self) -> bool:
@@ -72,6 +81,8 @@ class RelayRouter(Router):
         self.publisher = participant
         self._relay = MediaRelay()
         self._sources = sources
+        self._sinks = [asyncio.create_task(_drain(self._relay.subscribe(track, buffered=False)))
+                       for track in sources.values()]
         self._publish_state()
         return answer
 
@@ -111,6 +122,9 @@ class RelayRouter(Router):
         if participant is self.publisher:
             self.publisher = None
             self._sources = {}
+            for sink in self._sinks:
+                sink.cancel()
+            self._sinks = []
             await participant.close()
             for viewer in list(self.viewers.values()):
                 await self._drop(viewer, "publisher left (relay mode does not resume)")
@@ -121,3 +135,10 @@ class RelayRouter(Router):
 
     def tick(self) -> None:
         """Nothing to do: aiortc's own senders emit reports and answer PLI/NACK."""
+
+
+async def _drain(track: MediaStreamTrack) -> None:
+    """Read and discard ``track`` until it ends (keeps the source's queue empty)."""
+    with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
+        while True:
+            await track.recv()

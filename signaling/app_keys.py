@@ -15,5 +15,5 @@ if TYPE_CHECKING:
 
 CONFIG = web.AppKey("config", SignalingConfig)
 ROOMS = web.AppKey("rooms", RoomRegistry)
-SESSIONS: web.AppKey[dict[str, "Session"]] = web.AppKey("sessions", dict)
-NAMESPACE_KEY: web.AppKey["SfuNamespace"] = web.AppKey("sfu_namespace", object)  # type: ignore[arg-type]
+SESSIONS: web.AppKey[dict[str, Session]] = web.AppKey("sessions", dict)
+NAMESPACE_KEY: web.AppKey[SfuNamespace] = web.AppKey("sfu_namespace", object)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from conftest import SEEN_CANDIDATE_ADDRESSES, STREAM_KEY
+
 from loadtest import whip_client
 from loadtest.sources import PatternVideoTrack
 

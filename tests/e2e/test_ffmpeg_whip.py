@@ -130,11 +130,150 @@ async def test_ffmpeg_whip_muxer_publishes_h264_and_opus(service, sfu_answers) -
     finally:
         stats = await publisher.stop()
 
-    # SIGTERM made FFmpeg close the muxer, which DELETEs its WHIP session.
+    # SIGTERM made FFmpeg close the muxer (which DELETEs its WHIP session) and exit.
     assert stats.error is None, (stats, list(publisher.stderr_tail))
     assert stats.video_frames > FRAMES_TO_CHECK and stats.audio_frames > AUDIO_FRAMES_TO_CHECK
     router = svc.worker.routers.get("demo")
     assert router is None or (router.publisher is None and not router.live)
+
+
+class LossyUdpProxy:
+    """FFmpeg <-> SFU UDP relay on 127.0.0.1 that drops some of FFmpeg's video RTP.
+
+    Sits where the SFU's answer candidate points FFmpeg (see the test).  Every
+    ``drop_every``-th new media packet of ``media_pt`` is dropped once; the
+    headers that stay in clear under SRTP/SRTCP (RFC 3711 §3.1) are enough to
+    count FFmpeg's RTX packets and the SFU's RTCP NACKs (RTPFB, FMT 1).
+    """
+
+    def __init__(self, media_pt: int, rtx_pt: int, drop_every: int) -> None:
+        self.media_pt, self.rtx_pt, self.drop_every = media_pt, rtx_pt, drop_every
+        self.upstream: tuple[str, int] | None = None  # the SFU's candidate
+        self.client: tuple[str, int] | None = None  # FFmpeg's socket
+        self.media = self.dropped = self.rtx = self.nacks = 0
+        self._front: asyncio.DatagramTransport | None = None
+        self._back: asyncio.DatagramTransport | None = None
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._front, _ = await loop.create_datagram_endpoint(
+            lambda: _Endpoint(self._from_client), local_addr=("127.0.0.1", 0))
+        self._back, _ = await loop.create_datagram_endpoint(
+            lambda: _Endpoint(self._from_server), local_addr=("127.0.0.1", 0))
+        return self._front.get_extra_info("sockname")[1]
+
+    def _from_client(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.client = addr
+        if len(data) >= 12 and 128 <= data[0] < 192 and not 192 <= data[1] <= 223:
+            pt = data[1] & 0x7F
+            if pt == self.media_pt:
+                self.media += 1
+                if self.media > 60 and self.media % self.drop_every == 0:
+                    self.dropped += 1
+                    return
+            elif pt == self.rtx_pt:
+                self.rtx += 1
+        if self.upstream is not None and self._back is not None:
+            self._back.sendto(data, self.upstream)
+
+    def _from_server(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) >= 8 and 128 <= data[0] < 192 and data[1] == 205 and data[0] & 0x1F == 1:
+            self.nacks += 1
+        if self.client is not None and self._front is not None:
+            self._front.sendto(data, self.client)
+
+    def close(self) -> None:
+        for transport in (self._front, self._back):
+            if transport is not None:
+                transport.close()
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram) -> None:  # type: ignore[no-untyped-def]
+        self.on_datagram = on_datagram
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.on_datagram(data, addr)
+
+
+async def test_ffmpeg_retransmits_what_the_sfu_nacks(service, monkeypatch) -> None:
+    """Loss between FFmpeg and the SFU: the SFU NACKs, FFmpeg resends as RTX (PT 105),
+    the SFU unwraps it, and the viewer decodes an unbroken frame sequence."""
+    from sfu import router as router_module
+
+    proxy = LossyUdpProxy(media_pt=106, rtx_pt=105, drop_every=25)  # FFmpeg's fixed PTs
+    proxy_port = await proxy.start()
+    original = router_module._answer
+
+    async def answer_via_proxy(pc, config):  # type: ignore[no-untyped-def]
+        sdp = await original(pc, config)
+        if proxy.upstream is not None:  # only the first answer (FFmpeg's WHIP session)
+            return sdp
+        m = _CANDIDATE.search(sdp)
+        assert m is not None
+        proxy.upstream = (m.group(2), int(m.group(3)))
+        return re.sub(rf"^(a=candidate:\S+ \d+ \S+ \d+ \S+ ){m.group(3)}( typ host)",
+                      rf"\g<1>{proxy_port}\2", sdp, flags=re.MULTILINE)
+
+    monkeypatch.setattr(router_module, "_answer", answer_via_proxy)
+    publisher = await FfmpegWhipProcess.start(
+        f"{service.url}/whip/demo", STREAM_KEY, seconds=60, width=640, height=360, fps=30,
+        args=["--gop", "30"],
+    )
+    try:
+        await publisher.wait_connected(timeout=30)
+        viewer = await whip_client.view(f"{service.url}/whep/demo", kinds=("video",))
+        try:
+            track = viewer.pc.getTransceivers()[0].receiver.track
+            codes = [read_code(await _recv(track, 15))]
+            dropped_before = proxy.dropped
+            for _ in range(FRAMES_TO_CHECK * 2 - 1):
+                codes.append(read_code(await _recv(track, 10)))
+        finally:
+            await viewer.close()
+    finally:
+        stats = await publisher.stop()
+        proxy.close()
+    assert stats.error is None, (stats, list(publisher.stderr_tail))
+    assert proxy.dropped - dropped_before >= 3, vars(proxy)
+    assert proxy.nacks > 0 and proxy.rtx > 0, vars(proxy)
+    readable = [c for c in codes if c is not None]
+    assert len(readable) >= 0.9 * len(codes), codes
+    # Every frame arrived: consecutive counter codes despite the dropped packets.
+    assert readable == list(range(readable[0], readable[0] + len(readable))), codes
+    print(f"\nloss: dropped {proxy.dropped} of {proxy.media} video packets, "
+          f"{proxy.nacks} NACKs, {proxy.rtx} RTX packets back")
+
+
+async def test_ffmpeg_publisher_outlives_the_ice_consent_window(service, monkeypatch) -> None:
+    """FFmpeg stops answering STUN after its handshake but sends consent checks every 5 s.
+
+    aioice's consent freshness (RFC 7675) used to drop such a publisher once
+    CONSENT_FAILURES checks in a row went unanswered (~30 s by default).  The
+    window is shrunk to ~8 s here so that the regression shows in a short run.
+    """
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 1)
+    monkeypatch.setattr(aioice.ice, "CONSENT_FAILURES", 8)
+    seconds = 16  # two consent windows
+    publisher = await FfmpegWhipProcess.start(
+        f"{service.url}/whip/demo", STREAM_KEY, seconds=seconds, width=320, height=180, fps=15
+    )
+    try:
+        await publisher.wait_connected(timeout=30)
+        session = service.worker.routers["demo"].publisher
+        assert session is not None
+        states: list[str] = []
+        session.pc.on("connectionstatechange", lambda: states.append(session.pc.connectionState))
+        stats = await publisher.wait(timeout=seconds + 30)  # ends on its own, then DELETEs
+    finally:
+        await publisher.stop()
+    # Had the SFU closed the ICE connection, FFmpeg's sends would have failed
+    # (ECONNREFUSED) and the SFU would have reported the pc failed.
+    assert stats.error is None, (stats, list(publisher.stderr_tail))
+    assert stats.video_frames >= seconds * 15 - 1, stats
+    assert "failed" not in states, states
 
 
 async def test_ffmpeg_whip_wrong_stream_key_is_refused(service) -> None:
