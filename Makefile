@@ -35,3 +35,4 @@ test: $(STAMP)/install-test
 
 lint:
 	ruff check sfu signaling loadtest tests
+	mypy sfu signaling --ignore-missing-imports

@@ -100,13 +100,21 @@ async def publish(
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     for track in tracks:
         pc.addTransceiver(track, direction="sendonly")
+    session = await _negotiate(pc, url, token, chat, http)
+    session.tracks = list(tracks)
+    return session
+
+
+async def _negotiate(
+    pc: RTCPeerConnection, url: str, token: str | None, chat: bool, http: aiohttp.ClientSession | None
+) -> WhipSession:
     channel = pc.createDataChannel("chat", ordered=True) if chat else None
     try:
         location, answer, etag = await _post_offer(pc, url, token, http)
     except BaseException:
         await pc.close()
         raise
-    return WhipSession(pc, location, answer, etag, list(tracks), channel)
+    return WhipSession(pc, location, answer, etag, channel=channel)
 
 
 async def view(
@@ -121,13 +129,7 @@ async def view(
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     for kind in kinds:
         pc.addTransceiver(kind, direction="recvonly")
-    channel = pc.createDataChannel("chat", ordered=True) if chat else None
-    try:
-        location, answer, etag = await _post_offer(pc, url, token, http)
-    except BaseException:
-        await pc.close()
-        raise
-    return WhipSession(pc, location, answer, etag, channel=channel)
+    return await _negotiate(pc, url, token, chat, http)
 
 
 async def wait_connected(pc: RTCPeerConnection, timeout: float = 10.0) -> None:

@@ -153,7 +153,7 @@ def extend_codec_capabilities() -> None:
         for c in video
         if c.mimeType.lower() == "video/h264"
     }
-    pt = max(c.payloadType for c in video) + 1
+    pt = max(c.payloadType or 0 for c in video) + 1
     for profile in _H264_EXTRA_PROFILES:
         if profile in present:
             continue
@@ -281,7 +281,7 @@ def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> Awaitable[None]:
 
 
 def receiver_has_started(receiver: RTCRtpReceiver) -> bool:
-    return bool(receiver._RTCRtpReceiver__started)
+    return bool(getattr(receiver, "_RTCRtpReceiver__started"))  # noqa: B009 (name-mangled)
 
 
 # ---------------------------------------------------------------- consume side
@@ -338,47 +338,84 @@ def install_forwarding_sender(
     sender._handle_rtcp_packet = MethodType(handle_rtcp, sender)  # type: ignore[method-assign]
 
 
+class _Route:
+    __slots__ = ("protect", "protect_rtcp", "sock_sendto", "transport", "addr")
+
+    def __init__(self, srtp: Any, transport: Any, addr: Any) -> None:
+        self.protect = srtp.protect
+        self.protect_rtcp = srtp.protect_rtcp
+        self.transport = transport
+        self.addr = addr
+        # asyncio's DatagramTransport.sendto adds ~1 µs of checks per call; the
+        # raw socket's sendto is used directly and the transport only when the
+        # socket buffer is full (it then queues, as it would have anyway).
+        sock = getattr(transport, "_sock", None)
+        self.sock_sendto = sock.sendto if sock is not None else None
+
+
 class RawRtpSender:
     """Synchronous SRTP-protect-and-send on a connected DTLS transport.
 
     Skips aiortc's coroutine chain (``_send_rtp`` → ``Connection.send`` →
-    ``sendto``): one ``protect`` and one ``DatagramTransport.sendto`` per packet.
-    Errors (transport closed, no nominated pair) are swallowed and counted.
+    ``sendto``): one ``protect`` and one ``sendto`` on the nominated ICE pair's
+    socket per packet.  The route is resolved once and reused while the DTLS
+    transport stays connected (no ICE restart exists to move it).  Errors
+    (transport closed, no nominated pair, socket errors) are counted in
+    ``dropped``, never raised.
     """
 
-    __slots__ = ("_dtls", "dropped")
+    __slots__ = ("_dtls", "_route", "dropped")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
+        self._route: _Route | None = None
         self.dropped = 0
 
-    def _route(self) -> tuple[Any, Any] | None:
+    def _resolve(self) -> _Route | None:
+        self._route = None
         dtls = self._dtls
         if dtls._state != State.CONNECTED or dtls._tx_srtp is None:
             return None
         pair = dtls.transport._connection._nominated.get(1)
         if pair is None or pair.protocol.transport is None:
             return None
-        return pair.protocol.transport, pair.remote_addr
+        self._route = _Route(dtls._tx_srtp, pair.protocol.transport, pair.remote_addr)
+        return self._route
 
-    def send_rtp(self, data: bytes) -> bool:
-        route = self._route()
-        if route is None:
+    def _send(self, route: _Route, data: bytes) -> bool:
+        try:
+            if route.sock_sendto is None or route.transport._buffer:
+                route.transport.sendto(data, route.addr)
+            else:
+                route.sock_sendto(data, route.addr)
+            return True
+        except (BlockingIOError, InterruptedError):
+            route.transport.sendto(data, route.addr)
+            return True
+        except OSError:
             self.dropped += 1
             return False
-        route[0].sendto(self._dtls._tx_srtp.protect(data), route[1])
-        return True
+
+    def send_rtp(self, data: bytes) -> bool:
+        route = self._route
+        if route is None or self._dtls._state is not State.CONNECTED:
+            route = self._resolve()
+            if route is None:
+                self.dropped += 1
+                return False
+        return self._send(route, route.protect(data))
 
     def send_rtcp(self, data: bytes) -> bool:
-        route = self._route()
-        if route is None:
-            return False
-        route[0].sendto(self._dtls._tx_srtp.protect_rtcp(data), route[1])
-        return True
+        route = self._route
+        if route is None or self._dtls._state is not State.CONNECTED:
+            route = self._resolve()
+            if route is None:
+                return False
+        return self._send(route, route.protect_rtcp(data))
 
     @property
     def connected(self) -> bool:
-        return self._route() is not None
+        return self._resolve() is not None
 
 
 def install_raw_rtp_receiver(
@@ -418,7 +455,7 @@ def install_raw_rtp_receiver(
         else:
             original(data, addr)
 
-    protocol.datagram_received = datagram_received
+    protocol.datagram_received = datagram_received  # type: ignore[method-assign,assignment]
     return True
 
 

@@ -26,14 +26,20 @@ def _addresses(name: str, raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _number(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+def env_number(
+    env: Mapping[str, str], name: str, default: float, lo: float, hi: float, *, integer: bool = False
+) -> float:
+    """``env[name]`` as a number in ``[lo, hi]`` (``default`` when unset).
+
+    :raises ConfigError: naming the variable when the value is not a number or out of range.
+    """
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = float(raw)
+        value = int(raw) if integer else float(raw)
     except ValueError as exc:
-        raise ConfigError(f"{name}: {raw!r} is not a number") from exc
+        raise ConfigError(f"{name}: {raw!r} is not {'an integer' if integer else 'a number'}") from exc
     if not lo <= value <= hi:
         raise ConfigError(f"{name}: {value} is outside [{lo}, {hi}]")
     return value
@@ -86,11 +92,11 @@ class SfuConfig:
         return cls(
             ice_gather=_addresses("RELAYCAST_ICE_GATHER", env.get("RELAYCAST_ICE_GATHER", "")),
             ice_announce=announce,
-            chat_max_chars=int(_number(env, "RELAYCAST_CHAT_MAX_CHARS", 500, 1, 15000)),
-            chat_rate=_number(env, "RELAYCAST_CHAT_RATE", 3.0, 0.01, 1000),
-            chat_burst=int(_number(env, "RELAYCAST_CHAT_BURST", 10, 1, 1000)),
-            chat_history=int(_number(env, "RELAYCAST_CHAT_HISTORY", 50, 0, 1000)),
-            max_sessions=int(_number(env, "RELAYCAST_MAX_SESSIONS", 500, 1, 100000)),
+            chat_max_chars=int(env_number(env, "RELAYCAST_CHAT_MAX_CHARS", 500, 1, 15000)),
+            chat_rate=env_number(env, "RELAYCAST_CHAT_RATE", 3.0, 0.01, 1000),
+            chat_burst=int(env_number(env, "RELAYCAST_CHAT_BURST", 10, 1, 1000)),
+            chat_history=int(env_number(env, "RELAYCAST_CHAT_HISTORY", 50, 0, 1000)),
+            max_sessions=int(env_number(env, "RELAYCAST_MAX_SESSIONS", 500, 1, 100000)),
             node_id=env.get("RELAYCAST_NODE_ID", "sfu-1"),
             mode=_mode(env.get("RELAYCAST_SFU_MODE") or "forward"),
         )

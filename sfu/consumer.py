@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 _ids = itertools.count(1)
 _HEADER = struct.Struct("!BBHII")
 _HEADER_X = struct.Struct("!BBHIIHH")
-NTP_EPOCH_OFFSET = 2208988800
 
 
 class Consumer:
@@ -90,7 +89,7 @@ class Consumer:
         self._pt = 0
         self._ssrc = 0
         self._ext_static = b""
-        self._ast_id = 0
+        self._ast_element = b""  # one-byte-header element prefix for abs-send-time
         self._level_id = 0
 
     # ------------------------------------------------------------ lifecycle
@@ -104,7 +103,8 @@ class Consumer:
         if mid_id and params.mid and 1 <= mid_id <= 14:
             mid = params.mid.encode()
             self._ext_static = bytes([(mid_id << 4) | (len(mid) - 1)]) + mid
-        self._ast_id = ext.get(URI_ABS_SEND_TIME, 0) if 1 <= ext.get(URI_ABS_SEND_TIME, 0) <= 14 else 0
+        ast_id = ext.get(URI_ABS_SEND_TIME, 0)
+        self._ast_element = bytes([(ast_id << 4) | 2]) if 1 <= ast_id <= 14 else b""
         self._level_id = ext.get(URI_AUDIO_LEVEL, 0) if 1 <= ext.get(URI_AUDIO_LEVEL, 0) <= 14 else 0
         self._rtx_seq = self.forwarder.last_seq_out ^ 0x5A5A
         if self.producer is not None:
@@ -154,9 +154,8 @@ class Consumer:
     # ------------------------------------------------------------ fast path
     def _extension(self, media: MediaPacket) -> bytes:
         body = self._ext_static
-        if self._ast_id:
-            ntp = int((time.time() + NTP_EPOCH_OFFSET) * 262144) & 0xFFFFFF
-            body += bytes((self._ast_id << 4 | 2, ntp >> 16, (ntp >> 8) & 0xFF, ntp & 0xFF))
+        if self._ast_element:
+            body += self._ast_element + media.abs_send_time
         if self._level_id and media.audio_level is not None:
             body += bytes((self._level_id << 4, media.audio_level))
         return body

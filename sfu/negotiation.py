@@ -42,7 +42,7 @@ def parse_offer(sdp: str) -> aiortc_sdp.SessionDescription:
             raise UnsupportedMedia(f"media kind {media.kind!r} is not supported")
         if media.port == 0:
             continue
-        if not (media.ice.usernameFragment and media.ice.password):
+        if media.ice is None or not (media.ice.usernameFragment and media.ice.password):
             raise BadOffer(f"m={media.kind} section lacks a=ice-ufrag/a=ice-pwd")
         if not media.dtls or not media.dtls.fingerprints:
             raise BadOffer(f"m={media.kind} section lacks a=fingerprint")
@@ -171,7 +171,7 @@ def _is_loopback(address: str) -> bool:
 
 def loopback_only(local_addresses: Sequence[str] | None) -> bool:
     """True when ICE gathers on loopback addresses only (``None``/empty: all interfaces)."""
-    return bool(local_addresses) and all(_is_loopback(a) for a in local_addresses)
+    return bool(local_addresses) and all(_is_loopback(a) for a in local_addresses or ())
 
 
 def candidate_reachable(address: str, local_addresses: Sequence[str] | None) -> bool:

@@ -18,7 +18,7 @@ from aiortc.rtp import AnyRtcpPacket, RtcpByePacket, RtcpSrPacket, RtpPacket
 
 from . import aiortc_private
 from .keyframe import KeyFrameRequester
-from .rtp import is_keyframe_start
+from .rtp import abs_send_time_now, is_keyframe_start
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -34,7 +34,7 @@ class MediaPacket:
     ``audio_level`` is the RFC 6464 level byte (V bit + -dBov) or ``None``.
     """
 
-    __slots__ = ("seq", "timestamp", "marker", "payload", "keyframe", "audio_level")
+    __slots__ = ("seq", "timestamp", "marker", "payload", "keyframe", "audio_level", "abs_send_time")
 
     def __init__(
         self,
@@ -51,6 +51,9 @@ class MediaPacket:
         self.payload = payload
         self.keyframe = keyframe
         self.audio_level = audio_level
+        # abs-send-time (6.18 fixed-point NTP seconds, 3 bytes), stamped once for
+        # all consumers: they send within microseconds of each other.
+        self.abs_send_time = abs_send_time_now()
 
 
 class SenderClock:

@@ -100,24 +100,19 @@ class Worker:
             raise Overloaded(f"this SFU node is full ({self.config.max_sessions} sessions)")
 
     async def _publish(self, data: dict[str, Any]) -> dict[str, Any]:
-        self._admit()
-        room, session_id, sdp, identity = _session_args(data)
-        router = self._router(room)
-        self._session_rooms[session_id] = room
-        try:
-            answer = await router.publish(session_id, sdp, identity)
-        except BaseException:
-            self._forget(session_id)
-            raise
-        return {"sdp": answer}
+        return await self._open_session(data, publish=True)
 
     async def _subscribe(self, data: dict[str, Any]) -> dict[str, Any]:
+        return await self._open_session(data, publish=False)
+
+    async def _open_session(self, data: dict[str, Any], *, publish: bool) -> dict[str, Any]:
         self._admit()
         room, session_id, sdp, identity = _session_args(data)
         router = self._router(room)
         self._session_rooms[session_id] = room
         try:
-            answer = await router.subscribe(session_id, sdp, identity)
+            open_session = router.publish if publish else router.subscribe
+            answer = await open_session(session_id, sdp, identity)
         except BaseException:
             self._forget(session_id)
             raise
@@ -161,7 +156,7 @@ class Worker:
     def _forget(self, session_id: str) -> None:
         room = self._session_rooms.pop(session_id, None)
         router = self.routers.get(room) if room else None
-        if router is not None and router.empty:
+        if room is not None and router is not None and router.empty:
             self.routers.pop(room, None)
 
     # -------------------------------------------------------------- events

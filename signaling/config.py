@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sfu.config import ConfigError, SfuConfig
+from sfu.config import ConfigError, SfuConfig, env_number
 
 ROOM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -40,16 +40,7 @@ class IceServer:
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name}: {raw!r} is not an integer") from exc
-    if not lo <= value <= hi:
-        raise ConfigError(f"{name}: {value} is outside [{lo}, {hi}]")
-    return value
+    return int(env_number(env, name, default, lo, hi, integer=True))
 
 
 @dataclass(frozen=True)

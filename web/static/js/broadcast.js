@@ -2,8 +2,8 @@
 // (RFC 9725) to POST /whip/{room}, plus the "chat" data channel.
 import { attachChat, mountChat } from "./chat.js";
 import {
-  HttpError, backoffDelay, deleteSession, fetchIceServers, pollStats, postOffer,
-  roomFromPath, setState, sleep, waitForIceGathering, watchConnection,
+  HttpError, backoffDelay, closeSession, fetchIceServers, negotiate, pollStats,
+  roomFromPath, setState, sleep, watchConnection,
 } from "./webrtc.js";
 
 const $ = (id) => document.querySelector(`[data-testid="${id}"]`);
@@ -113,14 +113,7 @@ async function publish(signal, token) {
   const chat = attachChat(dc, ui.chat, { onPresence });
   s.cleanup.push(() => chat.detach());
   try {
-    await pc.setLocalDescription(await pc.createOffer());
-    await waitForIceGathering(pc, 2000);
-    if (signal.aborted) throw new DOMException("stopped", "AbortError");
-    const endpoint = `/whip/${encodeURIComponent(room)}`;
-    const { location: url, answer } = await postOffer(endpoint, pc.localDescription.sdp, token);
-    s.location = url;
-    if (signal.aborted) throw new DOMException("stopped", "AbortError");
-    await pc.setRemoteDescription({ type: "answer", sdp: answer });
+    await negotiate(s, `/whip/${encodeURIComponent(room)}`, token, signal);
   } catch (err) {
     await teardown(s);
     throw err;
@@ -135,12 +128,7 @@ async function teardown(s, { keepalive = false } = {}) {
   s.closed = true;
   s.cleanup.forEach((fn) => fn());
   if (session === s) session = null;
-  // DELETE first, then close: closing the pc sends a DTLS close_notify, on which
-  // the server ends the session by itself and a DELETE sent after it races that
-  // (404). On pagehide (keepalive) nothing can be awaited: best effort.
-  const deleted = deleteSession(s.location, s.token, { keepalive });
-  if (!keepalive) await deleted;
-  s.pc.close();
+  await closeSession(s, s.token, { keepalive });
 }
 
 /** Resolves with a reason once the session is lost, or "stopped" on abort. */

@@ -2,8 +2,8 @@
 // plus the "chat" data channel.
 import { attachChat, mountChat } from "./chat.js";
 import {
-  HttpError, backoffDelay, deleteSession, fetchIceServers, pollStats, postOffer,
-  roomFromPath, setState, sleep, waitForIceGathering, watchConnection,
+  HttpError, backoffDelay, closeSession, fetchIceServers, negotiate, pollStats,
+  roomFromPath, setState, sleep, watchConnection,
 } from "./webrtc.js";
 
 const $ = (id) => document.querySelector(`[data-testid="${id}"]`);
@@ -55,14 +55,7 @@ async function play(signal) {
   const chat = attachChat(dc, ui.chat, { onPresence });
   s.cleanup.push(() => chat.detach());
   try {
-    await pc.setLocalDescription(await pc.createOffer());
-    await waitForIceGathering(pc, 2000);
-    if (signal.aborted) throw new DOMException("stopped", "AbortError");
-    const endpoint = `/whep/${encodeURIComponent(room)}`;
-    const { location: url, answer } = await postOffer(endpoint, pc.localDescription.sdp, token);
-    s.location = url;
-    if (signal.aborted) throw new DOMException("stopped", "AbortError");
-    await pc.setRemoteDescription({ type: "answer", sdp: answer });
+    await negotiate(s, `/whep/${encodeURIComponent(room)}`, token, signal);
   } catch (err) {
     await teardown(s);
     throw err;
@@ -77,12 +70,7 @@ async function teardown(s, { keepalive = false } = {}) {
   s.closed = true;
   s.cleanup.forEach((fn) => fn());
   if (session === s) session = null;
-  // DELETE first, then close: closing the pc sends a DTLS close_notify, on which
-  // the server ends the session by itself and a DELETE sent after it races that
-  // (404). On pagehide (keepalive) nothing can be awaited: best effort.
-  const deleted = deleteSession(s.location, token, { keepalive });
-  if (!keepalive) await deleted;
-  s.pc.close();
+  await closeSession(s, token, { keepalive });
 }
 
 function untilLost(s, signal, onConnectedExtra) {

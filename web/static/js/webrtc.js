@@ -135,6 +135,36 @@ export async function deleteSession(url, token, { keepalive = false, timeoutMs =
 }
 
 /** Exponential backoff in ms: 1 s, 2 s, 4 s, 8 s, then 10 s forever. */
+/**
+ * Offer, wait for ICE gathering (no trickle), POST to the WHIP/WHEP endpoint
+ * (RFC 9725 §4.2) and apply the answer. ``s.location`` is set as soon as the
+ * resource exists, so a failure after that can still DELETE it.
+ */
+export async function negotiate(s, endpoint, token, signal) {
+  const aborted = () => {
+    if (signal.aborted) throw new DOMException("stopped", "AbortError");
+  };
+  await s.pc.setLocalDescription(await s.pc.createOffer());
+  await waitForIceGathering(s.pc, 2000);
+  aborted();
+  const { location: url, answer } = await postOffer(endpoint, s.pc.localDescription.sdp, token);
+  s.location = url;
+  aborted();
+  await s.pc.setRemoteDescription({ type: "answer", sdp: answer });
+}
+
+/**
+ * DELETE the session resource, then close the pc. Closing first would send a
+ * DTLS close_notify on which the server ends the session itself, and the
+ * DELETE would race that (404). On pagehide (keepalive) nothing can be
+ * awaited: best effort.
+ */
+export async function closeSession(s, token, { keepalive = false } = {}) {
+  const deleted = deleteSession(s.location, token, { keepalive });
+  if (!keepalive) await deleted;
+  s.pc.close();
+}
+
 export function backoffDelay(attempt, baseMs = 1000, maxMs = 10000) {
   return Math.min(maxMs, baseMs * 2 ** Math.max(0, attempt));
 }
