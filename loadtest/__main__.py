@@ -39,10 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     fan = sub.add_parser("fanout", help="SFU fan-out benchmark: one publisher, N subscribers, relay baseline",
                          description="Starts `relaycast serve`, a publisher and subscriber pools on 127.0.0.1 "
                                      "and measures the SFU from outside. See docs/benchmarks.md.")
-    fan.add_argument("--counts", type=_ints, default=[1, 10, 50, 100, 200],
-                     help="subscriber counts for forward mode (default 1,10,50,100,200)")
+    fan.add_argument("--counts", type=_ints, default=[1, 10, 50, 100, 150, 200],
+                     help="subscriber counts for forward mode (default 1,10,50,100,150,200)")
     fan.add_argument("--relay-counts", type=_ints, default=[1, 2, 4, 6, 8],
-                     help="bounded search for the relay baseline; stops when it saturates (default 1,2,4,6,8)")
+                     help="bounded search for the relay baseline; goes past one-core saturation until it "
+                          "misses the delivery targets (default 1,2,4,6,8)")
     fan.add_argument("--mode", choices=["forward", "relay", "both"], default="both")
     fan.add_argument("--seconds", type=float, default=10.0, help="steady measurement window per step (default 10)")
     fan.add_argument("--settle", type=float, default=3.0, help="seconds after joins before measuring (default 3)")
@@ -55,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="besides the first joiner of each step, every k-th subscriber decodes (default 0: none)")
     fan.add_argument("--max-decoders", type=int, default=5,
                      help="at most this many decoding subscribers in all (default 5; ~7 %% CPU each at 720p)")
+    fan.add_argument("--probes", type=int, default=10,
+                     help="join-time probes per step: sequential decoding viewers that join and leave (default 10)")
     fan.add_argument("--join-concurrency", type=int, default=8, help="WHEP joins in flight (default 8)")
     fan.add_argument("--aiortc-receive", action="store_true",
                      help="subscribers keep aiortc's full receive path (~3x their CPU) instead of the socket fast path")
@@ -62,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="before each mode, wait up to SECONDS for other processes to go idle")
     fan.add_argument("--profile-at", type=int, default=None,
                      help="py-spy the forward-mode SFU after the step with this N")
+    fan.add_argument("--profile-joins-at", type=int, default=None,
+                     help="py-spy the SFU while the join probes of the step with this N run")
     fan.add_argument("--out", type=Path, default=Path("loadtest/results"), help="results folder")
 
     pub = sub.add_parser("publish", help="publish a file or the synthetic pattern over WHIP")
@@ -85,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         counts=args.counts, relay_counts=args.relay_counts, mode=args.mode, seconds=args.seconds,
         settle=args.settle, width=args.size[0], height=args.size[1], fps=args.fps, bitrate=args.bitrate,
         subscriber_procs=args.subscriber_procs, decode_every=args.decode_every, max_decoders=args.max_decoders,
-        join_concurrency=args.join_concurrency, fast_receive=not args.aiortc_receive,
-        wait_quiet=args.wait_quiet, profile_at=args.profile_at, out=args.out)
+        join_concurrency=args.join_concurrency, probes=args.probes, fast_receive=not args.aiortc_receive,
+        wait_quiet=args.wait_quiet, profile_at=args.profile_at,
+        profile_joins_at=args.profile_joins_at, out=args.out)
     try:
         asyncio.run(run_fanout(opts))
     except KeyboardInterrupt:

@@ -23,8 +23,10 @@ settle period a steady window of ``--seconds`` is measured:
 * SFU RSS and memory per subscriber ``(RSS(N) − RSS(0)) / N``.
 
 The relay baseline (``--mode relay``: aiortc ``MediaRelay``, decode once and encode
-per viewer) runs a bounded search ``--relay-counts`` and stops at the first step
-where it saturates (CPU ≥ 95 % of one core, or median fps < 25).
+per viewer) runs a bounded search ``--relay-counts``: it records where it saturates
+(CPU ≥ 95 % of one core, or median fps < 25) and goes on until it misses the
+delivery targets (loss ≤ 1 %, median fps ≥ 29), since its encoder threads can use
+the second core.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import os
 import secrets
 import shutil
 import socket
-import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from . import procstat
+from .report import Sample, percentile, rounded, window_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ RELAY_SATURATED_FPS = 25.0
 class FanoutOptions:
     """What ``loadtest fanout`` runs; times in seconds, bitrate in bits/s."""
 
-    counts: list[int] = field(default_factory=lambda: [1, 10, 50, 100, 200])
+    counts: list[int] = field(default_factory=lambda: [1, 10, 50, 100, 150, 200])
     relay_counts: list[int] = field(default_factory=lambda: [1, 2, 4, 6, 8])
     mode: str = "both"  # forward | relay | both
     seconds: float = 10.0
@@ -75,10 +78,12 @@ class FanoutOptions:
     join_concurrency: int = 8
     fast_receive: bool = True  # subscribers read RTP straight from the socket once connected
     join_timeout: float = 20.0
+    probes: int = 10  # join-time probes per step (sequential decoding viewers that leave)
     stop_loss_pct: float = 20.0  # stop raising N past this (the machine is the limit)
     wait_quiet: float = 0.0  # wait up to this long for other processes to go idle before a mode
     profile_at: int | None = None  # forward-mode N to profile with py-spy
     profile_seconds: float = 10.0
+    profile_joins_at: int | None = None  # forward/relay N whose join probes run under py-spy
     out: Path = Path("loadtest/results")
 
 
@@ -267,118 +272,6 @@ async def _terminate(proc: asyncio.subprocess.Process | None, signal_first: bool
     await proc.wait()
 
 
-# ---------------------------------------------------------------- metrics
-def _pct(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100) or None for no data."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def _r(value: float | None, digits: int = 1) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-@dataclass
-class Sample:
-    """Everything read at one instant of a step."""
-
-    t: float
-    sfu_cpu_s: float
-    sfu_sys_s: float
-    sfu_rss: int
-    sfu_drops: int
-    sub_drops: int
-    pub_cpu_s: float
-    subs: list[dict[str, Any]]  # per subscriber, across pools
-    pool_cpu_s: float
-    machine_cpu_s: float
-
-
-def window_metrics(a: Sample, b: Sample, latency: list[tuple[float, float]], baseline: dict[str, Any] | None,
-                   joined: list[dict[str, Any]]) -> dict[str, Any]:
-    """Compare two samples of one step (see the module docstring for the definitions)."""
-    dt = b.t - a.t
-    prev = {(s["pool"], s["index"]): s for s in a.subs}
-    expected = received = repaired = 0
-    video_expected = video_received = 0
-    fps: list[float] = []
-    worst_loss = 0.0
-    for s in b.subs:
-        p = prev.get((s["pool"], s["index"]))
-        if p is None or not s["ok"]:
-            continue
-        sub_expected = sub_received = 0
-        for kind in ("video", "audio"):
-            e = s[kind]["expected"] - p[kind]["expected"]
-            r = s[kind]["received"] - p[kind]["received"]
-            repaired += (s[kind]["late"] - p[kind]["late"]) + (s[kind]["duplicates"] - p[kind]["duplicates"])
-            sub_expected += e
-            sub_received += min(r, e)
-            if kind == "video":
-                video_expected += e
-                video_received += min(r, e)
-        expected += sub_expected
-        received += sub_received
-        if sub_expected:
-            worst_loss = max(worst_loss, 100.0 * (sub_expected - sub_received) / sub_expected)
-        fps.append((s["frames"] - p["frames"]) / dt)
-    n = len(fps)
-    cpu = b.sfu_cpu_s - a.sfu_cpu_s
-    forwarded = expected + repaired
-    inside = [ms for t, ms in latency if a.t <= t <= b.t]
-    out: dict[str, Any] = {
-        "n": n,
-        "window_s": round(dt, 2),
-        "sfu_cpu_pct": round(100.0 * cpu / dt, 1),
-        "sfu_kernel_cpu_pct": round(100.0 * (b.sfu_sys_s - a.sfu_sys_s) / dt, 1),
-        "forwarded_packets": forwarded,
-        "forwarded_pps": round(forwarded / dt, 1),
-        "us_per_packet": _r(1e6 * cpu / forwarded, 2) if forwarded else None,
-        "loss_pct": _r(100.0 * (expected - received) / expected, 3) if expected else None,
-        "video_loss_pct": _r(100.0 * (video_expected - video_received) / video_expected, 3)
-        if video_expected else None,
-        "worst_subscriber_loss_pct": round(worst_loss, 3),
-        "repaired_packets": repaired,
-        "fps_median": _r(statistics.median(fps), 2) if fps else None,
-        "fps_min": _r(min(fps), 2) if fps else None,
-        "latency_samples": len(inside),
-        "latency_p50_ms": _r(_pct(inside, 50)),
-        "latency_p95_ms": _r(_pct(inside, 95)),
-        "sfu_rss_mb": round(b.sfu_rss / 2**20, 1),
-        "sfu_udp_drops": b.sfu_drops - a.sfu_drops,
-        "subscriber_udp_drops": b.sub_drops - a.sub_drops,
-        "subscriber_cpu_pct": round(100.0 * (b.pool_cpu_s - a.pool_cpu_s) / dt, 1),
-        "publisher_cpu_pct": round(100.0 * (b.pub_cpu_s - a.pub_cpu_s) / dt, 1),
-        "machine_cpu_pct": round(100.0 * (b.machine_cpu_s - a.machine_cpu_s) / dt, 1),
-    }
-    ours = cpu + (b.pool_cpu_s - a.pool_cpu_s) + (b.pub_cpu_s - a.pub_cpu_s)
-    out["other_processes_cpu_pct"] = round(100.0 * ((b.machine_cpu_s - a.machine_cpu_s) - ours) / dt, 1)
-    if baseline and forwarded:
-        extra = cpu - baseline["sfu_cpu_pct"] / 100.0 * dt
-        out["us_per_packet_marginal"] = round(1e6 * extra / forwarded, 2)
-    if baseline and n:
-        out["mem_per_subscriber_kb"] = round((b.sfu_rss - baseline["sfu_rss"]) / n / 1024, 1)
-    decoded_join = [(j["t_first_decoded"] - j["t_post"]) * 1000 for j in joined
-                    if j.get("t_first_decoded") and j.get("t_post")]
-    key_join = [(j["t_first_keyframe"] - j["t_post"]) * 1000 for j in joined
-                if j.get("t_first_keyframe") and j.get("t_post")]
-    conn = [(j["t_connected"] - j["t_post"]) * 1000 for j in joined if j.get("t_connected") and j.get("t_post")]
-    out.update({
-        "joined": len(joined),
-        "join_failed": sum(1 for j in joined if j.get("error")),
-        "join_decoded_samples": len(decoded_join),
-        "join_decoded_p50_ms": _r(_pct(decoded_join, 50)),
-        "join_decoded_p95_ms": _r(_pct(decoded_join, 95)),
-        "join_keyframe_p50_ms": _r(_pct(key_join, 50)),
-        "join_keyframe_p95_ms": _r(_pct(key_join, 95)),
-        "join_connected_p50_ms": _r(_pct(conn, 50)),
-    })
-    return out
-
-
 # ------------------------------------------------------------------ runner
 class FanoutRun:
     """One mode (forward or relay): SFU + publisher + subscriber pools, step by step."""
@@ -489,7 +382,34 @@ class FanoutRun:
         result = window_metrics(a, b, self.latency, self.baseline, joined)
         result["target_n"] = target
         result["publisher"] = self.publisher.window(a.t, b.t)
+        if self.opts.probes > 0:
+            if self.opts.profile_joins_at == target:
+                profile = asyncio.create_task(self.profile(f"{self.mode}-{target}-joins"))
+                result.update(await self.probe_joins())
+                result["join_profile"] = await profile
+            else:
+                result.update(await self.probe_joins())
         return result
+
+    async def probe_joins(self) -> dict[str, Any]:
+        """Join time into the loaded room, measured by sequential probe viewers (after the window)."""
+        reply = await self.pools[0].call(
+            {"cmd": "probe", "url": f"{self.sfu.url}/whep/{ROOM}", "count": self.opts.probes},
+            timeout=self.opts.probes * 25 + 10)
+        probes = reply["probes"]
+
+        def since_post(key: str) -> list[float]:
+            return [(p[key] - p["t_post"]) * 1000 for p in probes if p.get(key) and p.get("t_post")]
+
+        decoded = since_post("t_first_decoded")
+        out: dict[str, Any] = {
+            "join_probes": len(probes), "join_probe_failed": sum(1 for p in probes if p["error"]),
+            "join_probe_p50_ms": rounded(percentile(decoded, 50)), "join_probe_p95_ms": rounded(percentile(decoded, 95)),
+            "join_probe_max_ms": rounded(max(decoded)) if decoded else None}
+        # Where a join's time goes: POST → 201 answer → ICE+DTLS up → first packet → decoded.
+        for stage in ("answer", "connected", "first_packet", "first_keyframe"):
+            out[f"join_probe_{stage}_p50_ms"] = rounded(percentile(since_post(f"t_{stage}"), 50))
+        return out
 
     async def profile(self, label: str) -> dict[str, Any]:
         """py-spy the SFU for ``profile_seconds`` (flame graph SVG + collapsed stacks + top list)."""
@@ -559,17 +479,33 @@ async def run_mode(mode: str, opts: FanoutOptions, log_dir: Path) -> dict[str, A
             steps.append(step)
             print(f"[{mode}] N={n}: " + ", ".join(f"{k}={step.get(k)}" for k in (
                 "n", "sfu_cpu_pct", "us_per_packet", "fps_median", "fps_min", "loss_pct",
-                "latency_p50_ms", "latency_p95_ms", "join_decoded_p95_ms", "mem_per_subscriber_kb")), flush=True)
+                "latency_p50_ms", "latency_p95_ms", "join_probe_p95_ms", "mem_per_subscriber_kb")), flush=True)
             if mode == "forward" and opts.profile_at == n:
                 result["profile"] = {"n": n, **await run.profile(f"{mode}-{n}")}
-            if mode == "relay" and _saturated(step):
-                result["saturated_at"] = n
-                break
+            if mode == "relay":
+                if _saturated(step) and "saturated_at" not in result:
+                    result["saturated_at"] = n  # one core busy, or fps < 25
+                if not step["meets_targets"]:
+                    result["fails_targets_at"] = n  # past saturation it may still use the 2nd core
+                    break
             if (step.get("loss_pct") or 0) > opts.stop_loss_pct or step["n"] < n * 0.9:
                 result["stopped_at"] = n
                 print(f"[{mode}] stopping: the machine cannot hold N={n}", flush=True)
                 break
     return result
+
+
+def _source_state() -> dict[str, Any]:
+    """The commit measured and the files that differed from it (best effort, no git = empty)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "sfu", "signaling", "loadtest"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": commit, "modified": [line[3:] for line in dirty if line.strip()]}
 
 
 async def run_fanout(opts: FanoutOptions) -> dict[str, Any]:
@@ -586,6 +522,7 @@ async def run_fanout(opts: FanoutOptions) -> dict[str, Any]:
         "machine": {"nproc": os.cpu_count(), "cpu": procstat.cpu_model(), "python": sys.version.split()[0]},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
         "targets": {"loss_pct": TARGET_LOSS_PCT, "fps_median": TARGET_FPS},
+        "source": _source_state(),
     }
     for mode in modes:
         results[mode] = await run_mode(mode, opts, log_dir)

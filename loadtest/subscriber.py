@@ -28,6 +28,7 @@ lines on stdin (one reply line per command on stdout); ``loadtest fanout`` start
 one or more of these processes.  Commands::
 
     {"cmd": "join", "url": U, "decode": [bool, ...], "concurrency": c, "fast": true}
+    {"cmd": "probe", "url": U, "count": k}  (join time: sequential decoding viewers that leave)
     {"cmd": "wait_media", "timeout": s}
     {"cmd": "snapshot"}
     {"cmd": "quit"}
@@ -64,6 +65,7 @@ VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=9
 _RING = 4096  # sequence numbers remembered for duplicate detection
 _MAX_OPEN_FRAMES = 48  # incomplete frames tracked per subscriber
 _GAP_GIVE_UP_S = 0.5  # a sampled decoder waits this long for a repair before asking for a key frame
+_PROBE_SPACING_S = 0.5
 _RECEIVE_BUFFER = 1 << 20  # SO_RCVBUF per subscriber socket: rides out scheduling hiccups
 _RTP = struct.Struct("!HII")  # sequence number, timestamp, SSRC
 
@@ -169,6 +171,7 @@ class LightSubscriber:
         self.t_first_decoded: float | None = None
         self.decoder = SampleDecoder() if decode else None
         self.latency_ms: list[tuple[float, float]] = []  # (decoded at, glass-to-glass ms)
+        self.decoded_event = asyncio.Event()  # set on the first decoded, readable frame
         self.nacks_sent = 0
         self.plis_sent = 0
         self.fast_path = False
@@ -367,6 +370,7 @@ class LightSubscriber:
         now = time.time()
         if self.t_first_decoded is None:
             self.t_first_decoded = now
+            self.decoded_event.set()
         self.latency_ms.append((now, (now - code_to_capture_time(code, now)) * 1000.0))
 
     def _request_keyframe(self, now: float) -> None:
@@ -439,6 +443,31 @@ class SubscriberPool:
         return [{"index": s.index, "error": s.error, "t_post": s.t_post,
                  "t_connected": s.t_connected} for s in new]
 
+    async def probe(self, url: str, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Join time into the running room: ``count`` decoding viewers, one after the other.
+
+        Each probe POSTs WHEP, waits for its first decoded frame (bounded), and
+        leaves; probes are :data:`_PROBE_SPACING_S` apart.  Returns ``{t_post, t_connected, t_first_keyframe, t_first_decoded, error}``.
+        """
+        http = await self._session()
+        out = []
+        for i in range(count):
+            if i:
+                # Let the SFU's key-frame throttle window (300 ms) lapse, as for a lone
+                # arrival; back-to-back probes would each wait for the throttled PLI.
+                await asyncio.sleep(_PROBE_SPACING_S)
+            sub = LightSubscriber(-1, decode=True)
+            try:
+                await sub.join(url, http, timeout)
+                await asyncio.wait_for(sub.decoded_event.wait(), timeout)
+            except Exception as exc:  # reported per probe
+                sub.error = f"{type(exc).__name__}: {exc}"
+            out.append({"t_post": sub.t_post, "t_answer": sub.t_answer, "t_connected": sub.t_connected,
+                        "t_first_packet": sub.t_first_packet, "t_first_keyframe": sub.t_first_keyframe,
+                        "t_first_decoded": sub.t_first_decoded, "error": sub.error})
+            await sub.close(http)
+        return out
+
     async def wait_media(self, timeout: float) -> dict[str, int]:
         """Wait (bounded) until every joined subscriber is :attr:`LightSubscriber.ready`."""
         deadline = time.monotonic() + timeout
@@ -498,6 +527,9 @@ async def serve_stdio(pool: SubscriberPool) -> None:
                     result: dict[str, Any] = {"joined": await pool.join(
                         request["url"], [bool(d) for d in request["decode"]],
                         int(request.get("concurrency", 4)), bool(request.get("fast", True)))}
+                elif cmd == "probe":
+                    result = {"probes": await pool.probe(request["url"], int(request.get("count", 1)),
+                                                         float(request.get("timeout", 10)))}
                 elif cmd == "wait_media":
                     result = await pool.wait_media(float(request.get("timeout", 10)))
                 elif cmd == "snapshot":

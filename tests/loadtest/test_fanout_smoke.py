@@ -19,7 +19,7 @@ from loadtest.subscriber import LightSubscriber, SeqCounter, SubscriberPool
 def _options(tmp_path: Path, mode: str, counts: list[int]) -> FanoutOptions:
     return FanoutOptions(
         counts=counts, relay_counts=counts, mode=mode, seconds=3.0, settle=1.0, baseline_seconds=1.0,
-        width=320, height=180, decode_every=1, max_decoders=1, out=tmp_path)
+        width=320, height=180, decode_every=1, max_decoders=1, probes=2, out=tmp_path)
 
 
 async def test_fanout_forward_harness_reports_sane_figures(tmp_path: Path) -> None:
@@ -32,6 +32,7 @@ async def test_fanout_forward_harness_reports_sane_figures(tmp_path: Path) -> No
     assert step["fps_median"] > 10  # the publisher sends 30 fps; generous for a loaded machine
     assert step["latency_samples"] > 0 and 0 < step["latency_p50_ms"] < 5000
     assert step["join_decoded_samples"] == 1 and step["join_decoded_p50_ms"] > 0
+    assert step["join_probes"] == 2 and step["join_probe_failed"] == 0 and step["join_probe_p95_ms"] > 0
     assert step["sfu_cpu_pct"] > 0 and step["us_per_packet"] > 0
     assert step["sfu_rss_mb"] > 10
     assert step["publisher"]["video_kbps"] > 100
