@@ -476,3 +476,29 @@ def set_encoder_target_bitrate(sender: RTCRtpSender, bitrate: int) -> bool:
 def dtls_transport_of(transceiver: RTCRtpTransceiver) -> RTCDtlsTransport:
     return transceiver.sender.transport
 
+
+
+def set_receive_buffer(pc: Any, size: int) -> int:
+    """Raise ``SO_RCVBUF`` (bytes, capped by ``net.core.rmem_max``) on every ICE socket of ``pc``.
+
+    A publisher's key frame arrives as a burst of ~100 packets while the event
+    loop may be busy fanning out the previous ones; the kernel default
+    (~208 KiB) then drops ingest packets at a few hundred viewers.  Returns the
+    number of sockets changed.
+    """
+    changed = 0
+    seen: set[int] = set()
+    for transceiver in pc.getTransceivers():
+        connection = transceiver.receiver.transport.transport._connection
+        for protocol in getattr(connection, "_protocols", []):
+            transport = getattr(protocol, "transport", None)
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if sock is None or id(sock) in seen:
+                continue
+            seen.add(id(sock))
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+                changed += 1
+            except OSError:
+                pass
+    return changed

@@ -38,6 +38,7 @@ from .transport import Participant, PlaceholderTrack, new_peer_connection
 
 logger = logging.getLogger(__name__)
 
+INGEST_RECEIVE_BUFFER = 2 * 1024 * 1024  # bytes: absorbs key-frame bursts at high fan-out
 SessionClosed = Callable[[str, str, str], None]  # (room, session_id, reason)
 
 
@@ -115,6 +116,7 @@ class Router:
             participant.producers = producers
             self._watch_chat(participant)
             answer = await _answer(pc, self.config)
+            aiortc_private.set_receive_buffer(pc, INGEST_RECEIVE_BUFFER)
         except BaseException:
             await participant.close()
             raise
