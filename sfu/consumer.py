@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 _ids = itertools.count(1)
 _HEADER = struct.Struct("!BBHII")
-_HEADER_X = struct.Struct("!BBHIIHH")
 
 
 class Consumer:
@@ -153,12 +152,22 @@ class Consumer:
 
     # ------------------------------------------------------------ fast path
     def _extension(self, media: MediaPacket) -> bytes:
-        body = self._ext_static
-        if self._ast_element:
-            body += self._ast_element + media.abs_send_time
-        if self._level_id and media.audio_level is not None:
-            body += bytes((self._level_id << 4, media.audio_level))
-        return body
+        """The whole RFC 8285 one-byte-header block (0xBEDE, length, elements, padding)."""
+        layout = (self._ext_static, self._ast_element, self._level_id)
+        block = media.extensions.get(layout)
+        if block is None:
+            body = self._ext_static
+            if self._ast_element:
+                body += self._ast_element + media.abs_send_time
+            if self._level_id and media.audio_level is not None:
+                body += bytes((self._level_id << 4, media.audio_level))
+            if body:
+                body += b"\x00" * (-len(body) % 4)
+                block = struct.pack("!HH", 0xBEDE, len(body) >> 2) + body
+            else:
+                block = b""
+            media.extensions[layout] = block
+        return block
 
     def forward(self, media: MediaPacket) -> None:
         """Rewrite and send one packet (the hot path; no allocation beyond the datagram)."""
@@ -182,14 +191,9 @@ class Consumer:
         raw = self.raw
         if raw is None:
             return
-        body = self._extension(media)
-        marker_pt = (media.marker << 7) | pt
-        if body:
-            body += b"\x00" * (-len(body) % 4)
-            header = _HEADER_X.pack(0x90, marker_pt, seq, ts, ssrc, 0xBEDE, len(body) >> 2) + body
-        else:
-            header = _HEADER.pack(0x80, marker_pt, seq, ts, ssrc)
-        if raw.send_rtp(header + prefix + media.payload):
+        block = self._extension(media)
+        header = _HEADER.pack(0x90 if block else 0x80, (media.marker << 7) | pt, seq, ts, ssrc)
+        if raw.send_rtp(b"".join((header, block, prefix, media.payload))):
             self.packets_sent += 1
             self.octets_sent += len(media.payload)
 

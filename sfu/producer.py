@@ -34,7 +34,9 @@ class MediaPacket:
     ``audio_level`` is the RFC 6464 level byte (V bit + -dBov) or ``None``.
     """
 
-    __slots__ = ("seq", "timestamp", "marker", "payload", "keyframe", "audio_level", "abs_send_time")
+    __slots__ = (
+        "seq", "timestamp", "marker", "payload", "keyframe", "audio_level", "abs_send_time", "extensions"
+    )
 
     def __init__(
         self,
@@ -54,6 +56,9 @@ class MediaPacket:
         # abs-send-time (6.18 fixed-point NTP seconds, 3 bytes), stamped once for
         # all consumers: they send within microseconds of each other.
         self.abs_send_time = abs_send_time_now()
+        # RFC 8285 blocks already built for this packet, by consumer extension layout:
+        # consumers that negotiated the same ids share one block.
+        self.extensions: dict[tuple[bytes, bytes, int], bytes] = {}
 
 
 class SenderClock:
