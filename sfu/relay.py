@@ -33,10 +33,9 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from . import aiortc_private
 from .chat import Identity
-from .errors import RoomNotLive, UnsupportedMedia
-from .negotiation import check_track_counts, choose_publish_codec, parse_offer
-from .router import Router, _answer, _set_offer
-from .transport import Participant, new_peer_connection
+from .negotiation import choose_publish_codec
+from .router import Router
+from .transport import Participant
 
 logger = logging.getLogger(__name__)
 
@@ -54,27 +53,26 @@ class RelayRouter(Router):
     def live(self) -> bool:
         return bool(self._sources)
 
+    @property
+    def track_kinds(self) -> set[str]:
+        return set(self._sources)
+
     async def publish(self, session_id: str, offer_sdp: str, identity: Identity) -> str:
         """WHIP ingest with aiortc's normal (decoding) receivers."""
-        desc = parse_offer(offer_sdp)
-        check_track_counts(desc, publish=True)
-        pc = new_peer_connection()
-        participant = Participant(session_id, self.room, identity, pc, self._failed)
-        try:
-            await _set_offer(pc, offer_sdp)
-            sources: dict[str, MediaStreamTrack] = {}
-            for transceiver in pc.getTransceivers():
+        sources: dict[str, MediaStreamTrack] = {}
+
+        def decode_tracks(participant: Participant) -> None:
+            for transceiver in participant.pc.getTransceivers():
                 codecs = choose_publish_codec(
                     transceiver.kind, aiortc_private.negotiated_codecs(transceiver)
                 )
                 aiortc_private.restrict_codecs(transceiver, codecs)
                 transceiver.direction = "recvonly"
                 sources[transceiver.kind] = transceiver.receiver.track
-            self._watch_chat(participant)
-            answer = await _answer(pc, self.config)
-        except BaseException:
-            await participant.close()
-            raise
+
+        participant, answer = await self._open_session(
+            session_id, offer_sdp, identity, publish=True, configure=decode_tracks
+        )
         old = self.publisher
         if old is not None:
             await self._drop(old, "replaced by a new publisher session")
@@ -88,17 +86,8 @@ class RelayRouter(Router):
 
     async def subscribe(self, session_id: str, offer_sdp: str, identity: Identity) -> str:
         """WHEP egress: one ``MediaRelay`` proxy per track, encoded by aiortc for this viewer."""
-        desc = parse_offer(offer_sdp)
-        check_track_counts(desc, publish=False)
-        if not self.live:
-            raise RoomNotLive(f"room {self.room!r} has no publisher yet")
-        if not any(m.kind in self._sources and m.port for m in desc.media):
-            raise UnsupportedMedia("the offer receives none of the room's tracks")
-        pc = new_peer_connection()
-        participant = Participant(session_id, self.room, identity, pc, self._failed)
-        try:
-            await _set_offer(pc, offer_sdp)
-            for transceiver in pc.getTransceivers():
+        def relay_tracks(participant: Participant) -> None:
+            for transceiver in participant.pc.getTransceivers():
                 source = self._sources.get(transceiver.kind)
                 if source is None:
                     if transceiver.kind in ("audio", "video"):
@@ -106,13 +95,12 @@ class RelayRouter(Router):
                     continue
                 proxy = self._relay.subscribe(source)
                 participant.tracks.append(proxy)  # type: ignore[arg-type]  # stopped on close
-                pc.addTrack(proxy)
+                participant.pc.addTrack(proxy)
                 transceiver.direction = "sendonly"
-            self._watch_chat(participant)
-            answer = await _answer(pc, self.config)
-        except BaseException:
-            await participant.close()
-            raise
+
+        participant, answer = await self._open_session(
+            session_id, offer_sdp, identity, publish=False, configure=relay_tracks
+        )
         self.viewers[session_id] = participant
         self._publish_state()
         return answer

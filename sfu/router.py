@@ -77,6 +77,11 @@ class Router:
     def live(self) -> bool:
         return bool(self.producers)
 
+    @property
+    def track_kinds(self) -> set[str]:
+        """Kinds ("audio", "video") the room currently publishes."""
+        return set(self.producers)
+
     def state(self) -> dict[str, Any]:
         return {"live": self.live, "viewers": len(self.viewers)}
 
@@ -99,27 +104,10 @@ class Router:
         :returns: the SDP answer.
         :raises BadOffer, UnsupportedMedia: nothing is allocated in that case.
         """
-        desc = parse_offer(offer_sdp)
-        check_track_counts(desc, publish=True)
-        pc = new_peer_connection()
-        participant = Participant(session_id, self.room, identity, pc, self._failed)
-        try:
-            await _set_offer(pc, offer_sdp)
-            producers: dict[str, Producer] = {}
-            for transceiver in pc.getTransceivers():
-                codecs = choose_publish_codec(transceiver.kind, aiortc_private.negotiated_codecs(transceiver))
-                aiortc_private.restrict_codecs(transceiver, codecs)
-                transceiver.direction = "recvonly"
-                producers[transceiver.kind] = Producer(
-                    transceiver.kind, codecs[0], transceiver.receiver, session_id
-                )
-            participant.producers = producers
-            self._watch_chat(participant)
-            answer = await _answer(pc, self.config)
-            aiortc_private.set_receive_buffer(pc, INGEST_RECEIVE_BUFFER)
-        except BaseException:
-            await participant.close()
-            raise
+        participant, answer = await self._open_session(
+            session_id, offer_sdp, identity, publish=True, configure=self._add_producers
+        )
+        aiortc_private.set_receive_buffer(participant.pc, INGEST_RECEIVE_BUFFER)
         old = self.publisher
         self.publisher = participant
         for producer in self.producers.values():
@@ -130,6 +118,49 @@ class Router:
         await self._reattach_viewers()
         self._publish_state()
         return answer
+
+    @staticmethod
+    def _add_producers(participant: Participant) -> None:
+        for transceiver in participant.pc.getTransceivers():
+            codecs = choose_publish_codec(transceiver.kind, aiortc_private.negotiated_codecs(transceiver))
+            aiortc_private.restrict_codecs(transceiver, codecs)
+            transceiver.direction = "recvonly"
+            participant.producers[transceiver.kind] = Producer(
+                transceiver.kind, codecs[0], transceiver.receiver, participant.session_id
+            )
+
+    async def _open_session(
+        self,
+        session_id: str,
+        offer_sdp: str,
+        identity: Identity,
+        *,
+        publish: bool,
+        configure: Callable[[Participant], None],
+    ) -> tuple[Participant, str]:
+        """Validate the offer, negotiate, let ``configure`` set up the transceivers, answer.
+
+        Everything is released again if any step fails (no partial sessions).
+        """
+        desc = parse_offer(offer_sdp)
+        check_track_counts(desc, publish=publish)
+        if not publish:
+            if not self.live:
+                raise RoomNotLive(f"room {self.room!r} has no publisher yet")
+            if not any(m.kind in self.track_kinds and m.port for m in desc.media):
+                raise UnsupportedMedia("the offer receives none of the room's tracks ("
+                                       + ", ".join(sorted(self.track_kinds)) + ")")
+        pc = new_peer_connection()
+        participant = Participant(session_id, self.room, identity, pc, self._failed)
+        try:
+            await _set_offer(pc, offer_sdp)
+            configure(participant)
+            self._watch_chat(participant)
+            answer = await _answer(pc, self.config)
+        except BaseException:
+            await participant.close()
+            raise
+        return participant, answer
 
     async def _reattach_viewers(self) -> None:
         for viewer in list(self.viewers.values()):
@@ -150,37 +181,9 @@ class Router:
         :raises RoomNotLive: nobody is publishing (signaling answers 409).
         :raises UnsupportedMedia: the viewer cannot receive the stream's codec.
         """
-        desc = parse_offer(offer_sdp)
-        check_track_counts(desc, publish=False)
-        if not self.live:
-            raise RoomNotLive(f"room {self.room!r} has no publisher yet")
-        if not any(m.kind in self.producers and m.port for m in desc.media):
-            raise UnsupportedMedia("the offer receives none of the room's tracks ("
-                                   + ", ".join(sorted(self.producers)) + ")")
-        pc = new_peer_connection()
-        participant = Participant(session_id, self.room, identity, pc, self._failed)
-        try:
-            await _set_offer(pc, offer_sdp)
-            for transceiver in pc.getTransceivers():
-                producer = self.producers.get(transceiver.kind)
-                if producer is None:
-                    transceiver.direction = "inactive"
-                    continue
-                codecs = choose_consumer_codec(producer.codec, aiortc_private.negotiated_codecs(transceiver))
-                aiortc_private.restrict_codecs(transceiver, codecs)
-                track = PlaceholderTrack(transceiver.kind)
-                participant.tracks.append(track)
-                pc.addTrack(track)
-                transceiver.direction = "sendonly"
-                consumer = Consumer(transceiver.kind, codecs[0].clockRate, session_id)
-                consumer.codec = codecs[0]
-                self._install_consumer(consumer, transceiver)
-                participant.consumers[transceiver.kind] = consumer
-            self._watch_chat(participant)
-            answer = await _answer(pc, self.config)
-        except BaseException:
-            await participant.close()
-            raise
+        participant, answer = await self._open_session(
+            session_id, offer_sdp, identity, publish=False, configure=self._add_consumers
+        )
         self.viewers[session_id] = participant
         for kind, consumer in participant.consumers.items():
             producer = self.producers.get(kind)
@@ -188,6 +191,23 @@ class Router:
                 consumer.attach(producer)
         self._publish_state()
         return answer
+
+    def _add_consumers(self, participant: Participant) -> None:
+        for transceiver in participant.pc.getTransceivers():
+            producer = self.producers.get(transceiver.kind)
+            if producer is None:
+                transceiver.direction = "inactive"
+                continue
+            codecs = choose_consumer_codec(producer.codec, aiortc_private.negotiated_codecs(transceiver))
+            aiortc_private.restrict_codecs(transceiver, codecs)
+            track = PlaceholderTrack(transceiver.kind)
+            participant.tracks.append(track)
+            participant.pc.addTrack(track)
+            transceiver.direction = "sendonly"
+            consumer = Consumer(transceiver.kind, codecs[0].clockRate, participant.session_id)
+            consumer.codec = codecs[0]
+            self._install_consumer(consumer, transceiver)
+            participant.consumers[transceiver.kind] = consumer
 
     @staticmethod
     def _install_consumer(consumer: Consumer, transceiver: Any) -> None:
