@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 
 from loadtest import whip_client
@@ -47,6 +48,13 @@ def make_config(**overrides: object) -> SignalingConfig:
     values: dict[str, object] = {"host": "127.0.0.1", "port": 0, "demo_stream_key": STREAM_KEY}
     values.update(overrides)
     return SignalingConfig.from_env({}, **values)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client for talking to the service."""
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 @pytest.fixture

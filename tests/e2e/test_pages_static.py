@@ -16,21 +16,11 @@ import pytest
 
 pytest.importorskip("playwright.async_api")
 from aiohttp import web  # noqa: E402
+from browser import BASE_ARGS, CHROMIUM, SHOTS_DIR  # noqa: E402
 from playwright.async_api import async_playwright, expect  # noqa: E402
 
-CHROMIUM = Path("/usr/lib/chromium/chromium-headless-shell")
 STATIC_DIR = Path(__file__).resolve().parents[2] / "web" / "static"
-SHOTS_DIR = Path("/tmp/relaycast-shots")
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
+LAUNCH_ARGS = list(BASE_ARGS)
 ROOMS = [
     {"room": "demo", "live": True, "viewers": 3},
     {"room": "quiet <room>", "live": False, "viewers": 0},

@@ -26,12 +26,6 @@ MakeOffer = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
 async def make_offer() -> AsyncIterator[MakeOffer]:
     """``await make_offer(kinds, direction="sendonly", codecs=...)`` → a real aiortc offer."""
     pcs: list[RTCPeerConnection] = []
