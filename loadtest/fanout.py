@@ -283,6 +283,9 @@ class FanoutRun:
         self.sfu = SfuProcess(mode, log_dir / f"sfu-{mode}.log")
         self.publisher: PublisherProcess | None = None
         self.pools: list[SubscriberProcess] = []
+        # Join probes run in a process of their own, like a real viewer's client,
+        # so the time measured is the SFU's, not a busy load-generator's.
+        self.prober: SubscriberProcess | None = None
         self.latency: list[tuple[float, float]] = []
         self.baseline: dict[str, Any] | None = None
         self.decoders = 0
@@ -296,7 +299,8 @@ class FanoutRun:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await asyncio.gather(*(p.stop() for p in self.pools), return_exceptions=True)
+        probers = [self.prober] if self.prober is not None else []
+        await asyncio.gather(*(p.stop() for p in [*self.pools, *probers]), return_exceptions=True)
         if self.publisher is not None:
             await self.publisher.stop()
         await self.sfu.stop()
@@ -393,7 +397,10 @@ class FanoutRun:
 
     async def probe_joins(self) -> dict[str, Any]:
         """Join time into the loaded room, measured by sequential probe viewers (after the window)."""
-        reply = await self.pools[0].call(
+        if self.prober is None:
+            self.prober = SubscriberProcess(self.log_dir / f"prober-{self.mode}.log")
+            await self.prober.start()
+        reply = await self.prober.call(
             {"cmd": "probe", "url": f"{self.sfu.url}/whep/{ROOM}", "count": self.opts.probes},
             timeout=self.opts.probes * 25 + 10)
         probes = reply["probes"]
