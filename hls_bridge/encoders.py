@@ -37,6 +37,8 @@ from av.codec.hwaccel import HWAccel
 from av.video.codeccontext import VideoCodecContext
 from av.video.frame import PictureType, VideoFrame
 
+from .errors import HlsBridgeError
+
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "RELAYCAST_HLS_ENCODER"
@@ -70,7 +72,8 @@ __all__ = [
 ]
 
 
-class EncoderError(Exception):
+
+class EncoderError(HlsBridgeError):
     """Base error of the encoder selection."""
 
 
