@@ -1,0 +1,201 @@
+"""LL-HLS origin: serves :class:`~hls_bridge.store.RoomStore` contents over HTTP.
+
+Mount it as a sub-application::
+
+    rooms: dict[str, RoomStore] = {}
+    app.add_subapp("/hls", create_origin_app(rooms))
+
+Routes (relative to the mount point):
+
+- ``GET /{room}/index.m3u8`` — multivariant playlist.
+- ``GET /{room}/{rendition}/index.m3u8`` — media playlist; ``_HLS_msn``/``_HLS_part``
+  block until that part (segment) exists and return the whole playlist (§6.2.5.2);
+  ``_HLS_skip=YES|v2`` asks for a delta update (§6.2.5.1).
+- ``GET /{room}/{rendition}/init.mp4``, ``seg{msn}.m4s``, ``part{msn}.{part}.m4s`` —
+  media from memory; the preload-hinted part waits until it is published (§4.4.5.3).
+
+Caching is CDN-friendly: media are immutable for a year; playlists live about one part
+target (blocking responses are keyed by their query string, which CDNs include in the
+cache key); errors are ``no-store``.  Every response carries
+``Access-Control-Allow-Origin: *``; errors are RFC 9457 problem+json.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, MutableMapping
+
+from aiohttp import web
+
+from hls_bridge.playlist import (
+    BadDeliveryDirective,
+    blocking_timeout,
+    check_blocking_request,
+)
+from hls_bridge.store import RenditionStore, RoomStore
+from signaling.errors import HttpProblem, problem_middleware
+
+__all__ = ["ROOMS", "create_origin_app"]
+
+logger = logging.getLogger(__name__)
+
+ROOMS = web.AppKey("hls_rooms", MutableMapping[str, RoomStore])
+
+PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
+INIT_TYPE = "video/mp4"
+MEDIA_TYPE = "video/iso.segment"
+IMMUTABLE = "public, max-age=31536000, immutable"
+NO_STORE = "no-store"
+
+
+@web.middleware
+async def _cors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """``Access-Control-Allow-Origin: *`` on every answer; errors are never cached."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers["Access-Control-Allow-Origin"] = "*"
+        if exc.status >= 400:
+            exc.headers["Cache-Control"] = NO_STORE
+        raise
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+def create_origin_app(rooms: MutableMapping[str, RoomStore]) -> web.Application:
+    """The origin sub-application serving ``rooms`` (room name → store, live-updated)."""
+    app = web.Application(middlewares=[_cors_middleware, problem_middleware])
+    app[ROOMS] = rooms
+    app.router.add_get("/{room}/index.m3u8", _multivariant)
+    app.router.add_get("/{room}/{rendition}/index.m3u8", _media_playlist)
+    app.router.add_get("/{room}/{rendition}/init.mp4", _init)
+    app.router.add_get(r"/{room}/{rendition}/seg{msn:\d+}.m4s", _segment)
+    app.router.add_get(r"/{room}/{rendition}/part{msn:\d+}.{part:\d+}.m4s", _part)
+    return app
+
+
+# -- lookups ------------------------------------------------------------------------
+
+
+def _room(request: web.Request) -> RoomStore:
+    name = request.match_info["room"]
+    room = request.config_dict[ROOMS].get(name)
+    if room is None:
+        raise HttpProblem(404, detail=f"no HLS stream for room {name!r}")
+    return room
+
+
+def _rendition(request: web.Request) -> tuple[RoomStore, RenditionStore]:
+    room = _room(request)
+    name = request.match_info["rendition"]
+    store = room.renditions.get(name)
+    if store is None:
+        raise HttpProblem(404, detail=f"no rendition {name!r}")
+    return room, store
+
+
+def _int_query(request: web.Request, key: str) -> int | None:
+    value = request.query.get(key)
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise HttpProblem(400, detail=f"{key} must be a non-negative integer")
+    return int(value)
+
+
+def _playlist_response(text: str, max_age: int) -> web.Response:
+    return web.Response(
+        text=text,
+        content_type=PLAYLIST_TYPE,
+        charset=None,
+        headers={"Cache-Control": f"public, max-age={max_age}"},
+    )
+
+
+def _media_response(data: bytes, content_type: str) -> web.Response:
+    return web.Response(body=data, content_type=content_type, headers={"Cache-Control": IMMUTABLE})
+
+
+# -- handlers -----------------------------------------------------------------------
+
+
+async def _multivariant(request: web.Request) -> web.Response:
+    room = _room(request)
+    if room.multivariant is None:
+        raise HttpProblem(404, detail="the multivariant playlist is not ready")
+    return _playlist_response(room.multivariant, 1)
+
+
+async def _media_playlist(request: web.Request) -> web.Response:
+    """Media playlist, with Blocking Playlist Reload and Delta Updates (§6.2.5)."""
+    room, store = _rendition(request)
+    playlist = store.playlist
+    msn = _int_query(request, "_HLS_msn")
+    part = _int_query(request, "_HLS_part")
+    skip_value = request.query.get("_HLS_skip")
+    if skip_value not in (None, "YES", "v2"):
+        raise HttpProblem(400, detail="_HLS_skip must be YES or v2")
+
+    def ready() -> bool:
+        return check_blocking_request(playlist, msn, part) == "ready"
+
+    try:
+        if not ready():
+            timeout = blocking_timeout(playlist)
+            if not await store.wait_until(ready, timeout):
+                raise HttpProblem(
+                    503,
+                    detail=f"the requested part did not appear within {timeout:g} s",
+                    headers={"Retry-After": "1"},
+                )
+    except BadDeliveryDirective as exc:
+        raise HttpProblem(400, detail=str(exc)) from None
+    text = room.render_media(store.name, skip=skip_value is not None)
+    max_age = max(1, math.ceil(playlist.part_target))
+    if msn is not None and not playlist.ended:
+        # The answer to a blocking request stays correct for its query key: it holds
+        # the requested part, so a CDN may serve it to every player asking the same.
+        max_age = 3 * playlist.target_duration
+    return _playlist_response(text, max_age)
+
+
+async def _init(request: web.Request) -> web.Response:
+    _, store = _rendition(request)
+    if store.init is None:
+        raise HttpProblem(404, detail="the init segment is not ready")
+    return _media_response(store.init, INIT_TYPE)
+
+
+async def _segment(request: web.Request) -> web.Response:
+    _, store = _rendition(request)
+    msn = int(request.match_info["msn"])
+    data = store.segment(msn)
+    if data is None:
+        raise HttpProblem(404, detail=f"segment {msn} is unknown or expired")
+    return _media_response(data, MEDIA_TYPE)
+
+
+async def _part(request: web.Request) -> web.Response:
+    """A part; the preload-hinted next part is answered as soon as it is published."""
+    _, store = _rendition(request)
+    msn, index = int(request.match_info["msn"]), int(request.match_info["part"])
+    data = store.part(msn, index)
+    if data is None and store.is_hinted(msn, index):
+        timeout = blocking_timeout(store.playlist)
+
+        def settled() -> bool:
+            return store.part(msn, index) is not None or not store.is_hinted(msn, index)
+
+        if not await store.wait_until(settled, timeout):
+            raise HttpProblem(
+                503,
+                detail=f"part {msn}.{index} did not appear within {timeout:g} s",
+                headers={"Retry-After": "1"},
+            )
+        data = store.part(msn, index)
+    if data is None:
+        raise HttpProblem(404, detail=f"part {msn}.{index} is unknown or expired")
+    return _media_response(data, MEDIA_TYPE)

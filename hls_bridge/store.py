@@ -1,0 +1,292 @@
+"""In-memory LL-HLS media store: what the origin serves (draft-pantos-hls-rfc8216bis).
+
+A :class:`RenditionStore` owns one rendition's :class:`~hls_bridge.model.MediaPlaylist`
+plus the bytes of its init segment, parts and segments, each written once and served
+from memory.  Retention follows §6.2.2: a part that leaves the playlist stays fetchable
+for ``grace`` seconds (3 target durations by default), a segment likewise after it
+slides out of the window; after that both answer 404.
+
+Every change (part, segment, end) wakes the coroutines blocked in
+:meth:`RenditionStore.wait_until` (blocking playlist reload, preload-hinted parts).
+
+Resource names are relative to the media playlist at ``{rendition}/index.m3u8``:
+``init.mp4``, ``seg{msn}.m4s``, ``part{msn}.{part}.m4s``.  A :class:`RoomStore` groups
+renditions and the multivariant playlist (``index.m3u8`` one level up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from hls_bridge.errors import HlsBridgeError
+from hls_bridge.model import MediaPlaylist, Part, Segment, ServerControl
+from hls_bridge.playlist import (
+    AudioRendition,
+    VariantStream,
+    render,
+    render_multivariant,
+    rendition_report,
+)
+
+__all__ = [
+    "INIT_URI",
+    "PLAYLIST_NAME",
+    "RenditionStore",
+    "RoomStore",
+    "StoreError",
+    "part_uri",
+    "segment_uri",
+]
+
+PLAYLIST_NAME = "index.m3u8"
+INIT_URI = "init.mp4"
+
+
+def segment_uri(msn: int) -> str:
+    """URI of segment ``msn``, relative to its media playlist."""
+    return f"seg{msn}.m4s"
+
+
+def part_uri(msn: int, part: int) -> str:
+    """URI of part ``part`` of segment ``msn``, relative to its media playlist."""
+    return f"part{msn}.{part}.m4s"
+
+
+class StoreError(HlsBridgeError):
+    """A store call that would rewrite published media or name an unknown rendition."""
+
+
+class RenditionStore:
+    """One rendition's playlist and media bytes, kept in memory.
+
+    - ``target_duration``/``part_target``/``window_segments``/``server_control``/
+      ``first_msn``: passed to :class:`MediaPlaylist` (use one ``server_control`` for
+      every rendition of a room, §4.4.3.8).
+    - ``grace``: seconds a part (segment) stays fetchable after leaving the playlist
+      (the window); default 3 × target duration (§6.2.2).
+    - ``clock``: monotonic seconds, replaceable in tests.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        target_duration: int,
+        part_target: float,
+        window_segments: int = 12,
+        server_control: ServerControl | None = None,
+        first_msn: int = 0,
+        grace: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not name or "/" in name:
+            raise StoreError(f"bad rendition name {name!r}")
+        self.name = name
+        self.playlist = MediaPlaylist(
+            target_duration=target_duration,
+            part_target=part_target,
+            init_uri=INIT_URI,
+            window_segments=window_segments,
+            server_control=server_control,
+            first_msn=first_msn,
+        )
+        self.grace = 3.0 * target_duration if grace is None else float(grace)
+        self._clock = clock
+        self._init: bytes | None = None
+        self._parts: dict[int, list[bytes]] = {}
+        self._segments: dict[int, bytes] = {}
+        self._part_expiry: dict[int, float] = {}
+        self._segment_expiry: dict[int, float] = {}
+        self._changed = asyncio.Event()
+        self._waiters = 0
+        self.version = 0
+        """Bumped on every change; lets callers cache rendered text."""
+
+    # -- writing -------------------------------------------------------------------
+
+    def set_init(self, data: bytes) -> None:
+        """Store the init segment (written once; the same bytes again are accepted)."""
+        if self._init is not None and self._init != data:
+            raise StoreError(f"{self.name}: the init segment is already written")
+        self._init = bytes(data)
+        self._notify()
+
+    def publish_part(self, data: bytes, duration: float, independent: bool) -> Part:
+        """Append a finished part (a CMAF chunk) to the in-progress segment.
+
+        The playlist's preload hint then names the next part of the same segment.
+        Raises PlaylistStateError (see :meth:`MediaPlaylist.add_part`).
+        """
+        pl = self.playlist
+        msn, index = pl.next_msn, len(pl.pending_parts)
+        part = pl.add_part(
+            duration, part_uri(msn, index), independent, hint=part_uri(msn, index + 1)
+        )
+        self._parts.setdefault(msn, []).append(bytes(data))
+        self._changed_state()
+        return part
+
+    def close_segment(self, program_date_time: datetime | None = None) -> Segment:
+        """Close the in-progress segment; its body is the concatenation of its parts.
+
+        Call it right after publishing the segment's last part, without awaiting in
+        between (see :class:`MediaPlaylist`).  The preload hint moves to the next
+        segment's first part.
+        """
+        pl = self.playlist
+        msn = pl.next_msn
+        segment = pl.close_segment(segment_uri(msn), program_date_time, hint=part_uri(msn + 1, 0))
+        self._segments[msn] = b"".join(self._parts.get(msn, ()))
+        self._changed_state()
+        return segment
+
+    def end(self) -> None:
+        """Mark the stream ended (EXT-X-ENDLIST); wakes every waiter."""
+        self.playlist.end()
+        self._changed_state()
+
+    # -- reading -------------------------------------------------------------------
+
+    @property
+    def init(self) -> bytes | None:
+        """The init segment, or None before :meth:`set_init`."""
+        return self._init
+
+    def part(self, msn: int, index: int) -> bytes | None:
+        """Bytes of a part, or None if unknown, not yet published or expired."""
+        if self._expired(self._part_expiry, msn):
+            return None
+        parts = self._parts.get(msn)
+        if parts is None or not 0 <= index < len(parts):
+            return None
+        return parts[index]
+
+    def segment(self, msn: int) -> bytes | None:
+        """Bytes of a closed segment, or None if unknown, still open or expired."""
+        if self._expired(self._segment_expiry, msn):
+            return None
+        return self._segments.get(msn)
+
+    def is_hinted(self, msn: int, index: int) -> bool:
+        """True if that part is the next one to be published (the preload hint, §4.4.5.3)."""
+        pl = self.playlist
+        return not pl.ended and msn == pl.next_msn and index == len(pl.pending_parts)
+
+    @property
+    def waiters(self) -> int:
+        """How many coroutines are blocked in :meth:`wait_until` right now."""
+        return self._waiters
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` holds, re-checked after every change.
+
+        Returns False if it still does not hold after ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._waiters += 1
+        try:
+            while not predicate():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except TimeoutError:
+                    return predicate()
+            return True
+        finally:
+            self._waiters -= 1
+
+    # -- internals -----------------------------------------------------------------
+
+    def _expired(self, expiry: dict[int, float], msn: int) -> bool:
+        deadline = expiry.get(msn)
+        return deadline is not None and deadline <= self._clock()
+
+    def _changed_state(self) -> None:
+        self._retain()
+        self._notify()
+
+    def _notify(self) -> None:
+        self.version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _retain(self) -> None:
+        """Start the grace period of unlisted parts and segments; drop expired ones."""
+        now = self._clock()
+        pl = self.playlist
+        listed_from = pl.parts_listed_from()
+        for msn in self._parts:
+            if msn < listed_from:
+                self._part_expiry.setdefault(msn, now + self.grace)
+        first = pl.media_sequence
+        for msn in self._segments:
+            if msn < first:
+                self._segment_expiry.setdefault(msn, now + self.grace)
+        for msn, deadline in list(self._part_expiry.items()):
+            if deadline <= now:
+                del self._part_expiry[msn]
+                self._parts.pop(msn, None)
+        for msn, deadline in list(self._segment_expiry.items()):
+            if deadline <= now:
+                del self._segment_expiry[msn]
+                self._segments.pop(msn, None)
+
+
+class RoomStore:
+    """A room's renditions and its multivariant playlist.
+
+    All renditions share one :class:`ServerControl` (§4.4.3.8), made from the first
+    rendition's targets unless given.
+    """
+
+    def __init__(self, server_control: ServerControl | None = None) -> None:
+        self.server_control = server_control
+        self.renditions: dict[str, RenditionStore] = {}
+        self.multivariant: str | None = None
+        """Multivariant playlist text, or None until :meth:`set_variants`."""
+
+    def add_rendition(
+        self, name: str, *, target_duration: int, part_target: float, **kwargs: Any
+    ) -> RenditionStore:
+        """Create rendition ``name`` (other keyword arguments as for :class:`RenditionStore`)."""
+        if name in self.renditions:
+            raise StoreError(f"rendition {name!r} already exists")
+        if self.server_control is None:
+            self.server_control = ServerControl.for_targets(target_duration, part_target)
+        kwargs.setdefault("server_control", self.server_control)
+        store = RenditionStore(
+            name, target_duration=target_duration, part_target=part_target, **kwargs
+        )
+        self.renditions[name] = store
+        return store
+
+    def set_variants(
+        self, variants: Sequence[VariantStream], audio: Sequence[AudioRendition] = ()
+    ) -> None:
+        """Write the multivariant playlist; URIs are relative to it (``v0/index.m3u8``)."""
+        self.multivariant = render_multivariant(variants, audio)
+
+    def render_media(self, name: str, *, skip: bool = False) -> str:
+        """Rendition ``name``'s playlist text with reports of the other renditions."""
+        store = self.renditions.get(name)
+        if store is None:
+            raise StoreError(f"no rendition {name!r}")
+        reports = [
+            rendition_report(other.playlist, f"../{other_name}/{PLAYLIST_NAME}")
+            for other_name, other in self.renditions.items()
+            if other_name != name
+        ]
+        return render(store.playlist, skip=skip, rendition_reports=reports)
+
+    def end(self) -> None:
+        """End every rendition (EXT-X-ENDLIST)."""
+        for store in self.renditions.values():
+            if not store.playlist.ended:
+                store.end()
