@@ -1,0 +1,560 @@
+"""Decoded frames -> an ABR ladder of LL-HLS renditions in a `RoomStore`.
+
+`LadderTranscoder` takes the room's decoded video (`av.VideoFrame`, any size, pts in
+any time base) and audio (`av.AudioFrame`, e.g. 48 kHz stereo s16 from Opus) and
+publishes one H.264 rendition per ladder rung (``v0`` = largest, ``v1``, ...) and one
+AAC audio-only rendition ``a0`` that every variant names as its ``AUDIO`` group.
+
+Video timing: every frame is put on a constant-frame-rate grid of ``fps`` slots from
+its own media time relative to its first frame (slot ``n = round((t - t0) * fps)``). A frame landing on a slot
+already used is dropped (a faster source), a missing slot is filled by repeating the
+previous picture (a slower source or a lost frame), and a jump of more than
+``max_gap_s`` (a publisher restart) re-bases the grid so output stays continuous. Slot
+``n`` is a keyframe exactly when ``n`` is a multiple of the segment length in frames,
+i.e. at media time ``k * segment_s``; the same decision feeds every rung, so keyframes,
+parts and segments are aligned across renditions. A part holds
+``floor(part_s * fps)`` frames; the advertised PART-TARGET (`part_target`) is exactly
+that duration, so every part is <= PART-TARGET and every non-final part equals it.
+
+Audio is resampled to fltp 48 kHz stereo, cut into 1024-sample AAC frames with
+contiguous timestamps (input gaps are not filled), and packed ``floor(part_target /
+(1024/48000))`` frames per part; an audio segment ends with the AAC frame that reaches
+the next ``k * segment`` boundary, so its parts are independent and its segments track
+the video ones within one AAC frame.
+
+Threading: `feed_video`, `feed_audio` (or `feed`) and `end` are synchronous and do the
+scaling and encoding; call them from one worker thread. Store changes (RoomStore
+waiters are asyncio based) are handed to the event loop with
+``loop.call_soon_threadsafe``, one batch per call, so a segment's last part and its
+``close_segment`` are applied together. `run` drives all of it from an async iterator
+of frames through a single-thread executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+from functools import partial
+from typing import Any
+
+import av
+from av.audio.codeccontext import AudioCodecContext
+from av.video.codeccontext import VideoCodecContext
+from av.video.frame import PictureType
+
+from .encoders import EncoderChoice, choose_encoder, open_video_encoder
+from .errors import HlsBridgeError
+from .fmp4 import (
+    TrackPackager,
+    aac_audio_specific_config,
+    codecs_string_aac,
+    codecs_string_avc,
+    h264_parameter_sets,
+    init_segment_audio,
+    init_segment_video,
+)
+from .ladder import Rung, plan_ladder
+from .playlist import AudioRendition, VariantStream
+from .store import PLAYLIST_NAME, RoomStore
+
+__all__ = [
+    "AUDIO_CHANNELS",
+    "AUDIO_GROUP",
+    "AUDIO_RATE",
+    "AUDIO_RENDITION",
+    "LadderTranscoder",
+    "TranscoderError",
+]
+
+logger = logging.getLogger(__name__)
+
+AUDIO_RATE = 48_000
+AUDIO_CHANNELS = 2
+AAC_FRAME = 1024
+AUDIO_RENDITION = "a0"
+AUDIO_GROUP = "audio"
+VIDEO_TIMESCALE = 90_000
+PEAK_FACTOR = 1.25
+"""BANDWIDTH = PEAK_FACTOR x nominal video bitrate + audio (VBV allows short peaks)."""
+
+
+class TranscoderError(HlsBridgeError):
+    """Bad transcoder settings, or a store update that failed on the event loop."""
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+@dataclass
+class _VideoOutput:
+    """One rung's encoder, packager and progress (worker-thread state)."""
+
+    name: str
+    rung: Rung
+    ctx: VideoCodecContext
+    packager: TrackPackager
+    last_picture: av.VideoFrame | None = None
+    codecs: str | None = None
+    segment_start: int = 0
+    parts_open: int = 0
+    bytes_out: int = 0
+
+
+@dataclass
+class _Stats:
+    video_slots: int = 0
+    dropped_frames: int = 0
+    repeated_frames: int = 0
+    rebases: int = 0
+    audio_samples: int = 0
+    bytes_out: dict[str, int] = field(default_factory=dict)
+
+
+class LadderTranscoder:
+    """Scale, encode and package a room's media into a `RoomStore`.
+
+    - ``rungs``: the ladder; rungs without a width (``Rung.width == 0``, as parsed from
+      config) are fitted to the first video frame with `plan_ladder`; planned rungs are
+      used as given.
+    - ``fps``: output frame rate (constant); ``segment_s``/``part_s``: target segment
+      and part durations in seconds.
+    - ``encoder_choice``: H.264 encoder, default `choose_encoder()` (probed lazily in
+      the worker thread).
+    - ``audio``: publish the ``a0`` AAC rendition and name it in the variants.
+    - ``loop``: the event loop owning ``room_store`` (default: the running loop at
+      construction, else the one `run` runs on; with none, store updates are applied
+      at once in the calling thread).
+    """
+
+    def __init__(
+        self,
+        room_store: RoomStore,
+        rungs: Sequence[Rung],
+        *,
+        fps: int | Fraction = 30,
+        segment_s: float = 1.0,
+        part_s: float = 0.2,
+        encoder_choice: EncoderChoice | None = None,
+        audio: bool = True,
+        audio_bitrate: int = 128_000,
+        window_segments: int = 12,
+        max_gap_s: float = 2.0,
+        loop: asyncio.AbstractEventLoop | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.fps = Fraction(fps)
+        if self.fps <= 0 or not rungs:
+            raise TranscoderError("fps must be positive and the ladder not empty")
+        self.segment_frames = round(segment_s * self.fps)
+        self.part_frames = math.floor(part_s * self.fps + Fraction(1, 1000))
+        if self.part_frames < 1 or self.segment_frames < self.part_frames:
+            raise TranscoderError(
+                f"need 1 <= frames per part ({part_s} s) <= frames per segment ({segment_s} s)"
+                f" at {float(self.fps):g} fps"
+            )
+        self.segment_duration = Fraction(self.segment_frames) / self.fps
+        self.part_target = float(Fraction(self.part_frames) / self.fps)
+        """PART-TARGET in seconds: exactly ``part_frames`` frames."""
+        self.audio_part_frames = math.floor(self.part_target * AUDIO_RATE / AAC_FRAME)
+        if audio and self.audio_part_frames < 1:
+            raise TranscoderError(f"part target {self.part_target} s is shorter than an AAC frame")
+        self.target_duration = max(
+            1, round(float(self.segment_duration) + AAC_FRAME / AUDIO_RATE + 1e-6)
+        )
+        self.rungs = list(rungs)
+        self._room = room_store
+        self._encoder_choice = encoder_choice
+        self._audio_enabled = audio
+        self.audio_bitrate = audio_bitrate
+        self._window_segments = window_segments
+        self._max_gap_slots = max(1, round(max_gap_s * self.fps))
+        self._loop = loop if loop is not None else _running_loop()
+        self._clock = clock
+        self._executor: ThreadPoolExecutor | None = None
+        self._anchor: datetime | None = None
+        """Wall clock at the first frame of either kind: the PDT of media time 0."""
+        self._store_error: BaseException | None = None
+        self._ended = False
+        self.stats = _Stats()
+        self.worker_seconds = 0.0
+        """Wall seconds spent awaiting the worker thread in `run`/`aend`."""
+
+        # video state (worker thread)
+        self._outputs: list[_VideoOutput] | None = None
+        self._video_origin: Fraction | None = None
+        self._slot_offset = 0
+        self._last_slot = -1
+        self._variants_set = False
+
+        # audio state (worker thread)
+        self._resampler: av.AudioResampler | None = None
+        self._audio_ctx: AudioCodecContext | None = None
+        self._audio_packager: TrackPackager | None = None
+        self._audio_codecs = ""
+        self._audio_packets = 0
+        self._audio_parts_open = 0
+        self._audio_segment_start = 0
+        if audio:
+            self._open_audio()
+
+    # -- public API ----------------------------------------------------------------
+
+    @property
+    def video_names(self) -> list[str]:
+        """Rendition names of the video rungs (``v0`` = largest); empty before planning."""
+        return [o.name for o in self._outputs or ()]
+
+    def measured_bitrates(self) -> dict[str, float]:
+        """Bits per second of packaged media per rendition so far (fMP4 overhead included)."""
+        video_s = self.stats.video_slots / self.fps
+        audio_s = Fraction(self.stats.audio_samples, AUDIO_RATE)
+        out = {}
+        for name, size in self.stats.bytes_out.items():
+            seconds = audio_s if name == AUDIO_RENDITION else video_s
+            out[name] = float(size * 8 / seconds) if seconds else 0.0
+        return out
+
+    def feed(self, frame: av.VideoFrame | av.AudioFrame) -> None:
+        """`feed_video` or `feed_audio`, by frame type (worker thread)."""
+        if isinstance(frame, av.VideoFrame):
+            self.feed_video(frame)
+        elif isinstance(frame, av.AudioFrame):
+            self.feed_audio(frame)
+        else:
+            raise TypeError(f"expected an av.VideoFrame or av.AudioFrame, got {type(frame)!r}")
+
+    def feed_video(self, frame: av.VideoFrame) -> None:
+        """Scale and encode one decoded video frame for every rung (worker thread)."""
+        self._check_running()
+        ops: list[Callable[[], Any]] = []
+        if self._outputs is None:
+            self._outputs = self._open_video(frame, ops)
+        if self._anchor is None:
+            self._anchor = self._clock()
+        slot = self._slot_for(frame)
+        if slot is not None:
+            for missing in range(self._last_slot + 1, slot):
+                for output in self._outputs:
+                    self._encode(output, None, missing, ops)
+                self.stats.repeated_frames += 1
+            for output in self._outputs:
+                self._encode(output, frame, slot, ops)
+            self._last_slot = slot
+            self.stats.video_slots = slot + 1
+        self._post(ops)
+
+    def feed_audio(self, frame: av.AudioFrame) -> None:
+        """Resample and AAC-encode one decoded audio frame (worker thread)."""
+        self._check_running()
+        if not self._audio_enabled:
+            return
+        assert self._resampler is not None
+        if self._anchor is None:
+            self._anchor = self._clock()
+        ops: list[Callable[[], Any]] = []
+        for chunk in self._resampler.resample(frame):
+            self._encode_audio(chunk, ops)
+        self._post(ops)
+
+    def end(self) -> None:
+        """Flush the encoders, publish the last parts, close the segments, end all renditions."""
+        if self._ended:
+            return
+        self._check_running()
+        self._ended = True
+        ops: list[Callable[[], Any]] = []
+        for output in self._outputs or ():
+            for packet in output.ctx.encode(None):
+                self._package_video(output, packet, ops)
+            self._flush_video(output, ops, close=True)
+        if self._audio_enabled and self._resampler is not None:
+            for chunk in self._resampler.resample(None):
+                self._encode_audio(chunk, ops)
+            self._encode_audio(None, ops)
+            self._flush_audio(ops, close=True)
+        ops.append(self._room.end)
+        self._post(ops)
+
+    async def run(
+        self, frames: AsyncIterable[av.VideoFrame | av.AudioFrame], *, end: bool = True
+    ) -> None:
+        """Feed every frame of ``frames`` through one worker thread; then `end` if asked.
+
+        Each frame is awaited before the next is read (back-pressure on the source).
+        Store updates are applied on this loop before each await returns.
+        """
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise TranscoderError("run() on a different event loop than the store's")
+        async for frame in frames:
+            await self._in_worker(self.feed, frame)
+        if end:
+            await self.aend()
+
+    async def aend(self) -> None:
+        """`end` in the worker thread; returns once the store has ended."""
+        await self._in_worker(self.end)
+        self._check_running()
+
+    def close(self) -> None:
+        """Release the worker thread (does not end the renditions)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    # -- video ---------------------------------------------------------------------
+
+    def _open_video(self, frame: av.VideoFrame, ops: list[Callable[[], Any]]) -> list[_VideoOutput]:
+        if any(r.width == 0 for r in self.rungs):
+            self.rungs = plan_ladder(frame.width, frame.height, self.rungs)
+        choice = self._encoder_choice or choose_encoder()
+        self._encoder_choice = choice
+        time_base = 1 / self.fps
+        outputs = []
+        for index, rung in enumerate(self.rungs):
+            name = f"v{index}"
+            ctx = open_video_encoder(
+                choice, rung.width, rung.height, self.fps, rung.video_bitrate,
+                4 * self.segment_frames, time_base=time_base,
+            )
+            outputs.append(
+                _VideoOutput(name, rung, ctx, TrackPackager(1, VIDEO_TIMESCALE, h264=True))
+            )
+            ops.append(partial(self._add_rendition, name))
+        logger.info(
+            "transcoding %dx%d to %s with %s",
+            frame.width, frame.height,
+            ", ".join(f"{o.name}={o.rung.width}x{o.rung.height}@{o.rung.video_bitrate}"
+                      for o in outputs),
+            choice.name,
+        )
+        return outputs
+
+    def _slot_for(self, frame: av.VideoFrame) -> int | None:
+        """The output slot of ``frame``, or None to drop it (see the module docstring)."""
+        if frame.pts is None or frame.time_base is None:
+            return self._last_slot + 1
+        t = frame.pts * frame.time_base
+        if self._video_origin is None:
+            self._video_origin = t
+        slot = math.floor((t - self._video_origin) * self.fps + Fraction(1, 2)) + self._slot_offset
+        if slot > self._last_slot + self._max_gap_slots or slot < self._last_slot - self._max_gap_slots:
+            self._slot_offset += self._last_slot + 1 - slot
+            self.stats.rebases += 1
+            logger.info("video timestamps jumped by %d frames; re-based", slot - self._last_slot - 1)
+            return self._last_slot + 1
+        if slot <= self._last_slot:
+            self.stats.dropped_frames += 1
+            return None
+        return slot
+
+    def _encode(
+        self, output: _VideoOutput, frame: av.VideoFrame | None, slot: int,
+        ops: list[Callable[[], Any]],
+    ) -> None:
+        rung = output.rung
+        if frame is None:  # repeat the previous picture
+            picture = output.last_picture
+            assert picture is not None
+        else:
+            picture = frame.reformat(rung.width, rung.height, format="yuv420p")
+            output.last_picture = picture
+        picture.pts = slot
+        picture.time_base = output.ctx.time_base
+        keyframe = slot % self.segment_frames == 0
+        picture.pict_type = PictureType.I if keyframe else PictureType.NONE
+        for packet in output.ctx.encode(picture):
+            self._package_video(output, packet, ops)
+
+    def _package_video(
+        self, output: _VideoOutput, packet: av.Packet, ops: list[Callable[[], Any]]
+    ) -> None:
+        packet.time_base = packet.time_base or output.ctx.time_base
+        packet.duration = 1
+        slot = packet.pts
+        assert slot is not None
+        if slot % self.segment_frames == 0 and not packet.is_keyframe:
+            raise TranscoderError(f"{output.ctx.name} ignored the forced keyframe at frame {slot}")
+        if output.codecs is None:
+            sps, pps = h264_parameter_sets(output.ctx.extradata or bytes(packet))
+            output.codecs = codecs_string_avc(sps)
+            init = init_segment_video(
+                output.rung.width, output.rung.height, sps, pps, timescale=VIDEO_TIMESCALE
+            )
+            ops.append(partial(self._call, output.name, "set_init", init))
+            self._maybe_set_variants(ops)
+        output.packager.add(packet)
+        position = slot % self.segment_frames
+        if position == 0:
+            output.segment_start = slot
+        if position == self.segment_frames - 1:
+            self._flush_video(output, ops, close=True)
+        elif position % self.part_frames == self.part_frames - 1:
+            self._flush_video(output, ops, close=False)
+
+    def _flush_video(self, output: _VideoOutput, ops: list[Callable[[], Any]], *, close: bool) -> None:
+        part = output.packager.flush_part()
+        if part is not None:
+            ops.append(partial(self._call, output.name, "publish_part",
+                               part.data, part.duration, part.independent))
+            output.parts_open += 1
+            self._count(output.name, len(part.data))
+        if close and output.parts_open:
+            assert self._anchor is not None
+            pdt = self._anchor + timedelta(seconds=float(output.segment_start / self.fps))
+            ops.append(partial(self._call, output.name, "close_segment", pdt))
+            output.parts_open = 0
+
+    def _maybe_set_variants(self, ops: list[Callable[[], Any]]) -> None:
+        if self._variants_set or any(o.codecs is None for o in self._outputs or ()):
+            return
+        self._variants_set = True
+        audio = []
+        if self._audio_enabled:
+            audio.append(AudioRendition(
+                AUDIO_GROUP, "audio", f"{AUDIO_RENDITION}/{PLAYLIST_NAME}",
+                channels=str(AUDIO_CHANNELS),
+            ))
+        variants = []
+        for output in self._outputs or ():
+            audio_bits = self.audio_bitrate if self._audio_enabled else 0
+            codecs = output.codecs or ""
+            if self._audio_enabled:
+                codecs += f",{self._audio_codecs}"
+            variants.append(VariantStream(
+                uri=f"{output.name}/{PLAYLIST_NAME}",
+                bandwidth=round(output.rung.video_bitrate * PEAK_FACTOR) + audio_bits,
+                average_bandwidth=output.rung.video_bitrate + audio_bits,
+                codecs=codecs,
+                resolution=(output.rung.width, output.rung.height),
+                frame_rate=float(self.fps),
+                audio=AUDIO_GROUP if self._audio_enabled else None,
+            ))
+        ops.append(partial(self._room.set_variants, variants, audio))
+
+    # -- audio ---------------------------------------------------------------------
+
+    def _open_audio(self) -> None:
+        ctx = av.CodecContext.create("aac", "w")
+        assert isinstance(ctx, AudioCodecContext)
+        ctx.sample_rate = AUDIO_RATE
+        ctx.layout = "stereo"
+        ctx.format = "fltp"
+        ctx.time_base = Fraction(1, AUDIO_RATE)
+        ctx.bit_rate = self.audio_bitrate
+        ctx.open()
+        asc = aac_audio_specific_config(ctx.extradata, sample_rate=AUDIO_RATE,
+                                        channels=AUDIO_CHANNELS)
+        self._audio_ctx = ctx
+        self._audio_codecs = codecs_string_aac(asc)
+        self._resampler = av.AudioResampler(
+            format="fltp", layout="stereo", rate=AUDIO_RATE, frame_size=AAC_FRAME
+        )
+        self._audio_packager = TrackPackager(1, AUDIO_RATE, h264=False, start_time=Fraction(0))
+        store = self._room.add_rendition(
+            AUDIO_RENDITION, target_duration=self.target_duration,
+            part_target=self.part_target, window_segments=self._window_segments,
+        )
+        store.set_init(init_segment_audio(AUDIO_RATE, AUDIO_CHANNELS, asc,
+                                          bitrate=self.audio_bitrate))
+
+    def _encode_audio(self, chunk: av.AudioFrame | None, ops: list[Callable[[], Any]]) -> None:
+        ctx = self._audio_ctx
+        assert ctx is not None
+        if chunk is not None:
+            chunk.pts = self.stats.audio_samples
+            chunk.time_base = ctx.time_base
+            self.stats.audio_samples += chunk.samples
+        for packet in ctx.encode(chunk):
+            # Contiguous timestamps from the packet count (the encoder's priming delay
+            # would otherwise start the track at -1024).
+            index = self._audio_packets
+            self._audio_packets += 1
+            packet.pts = packet.dts = index * AAC_FRAME
+            packet.duration = AAC_FRAME
+            packet.time_base = Fraction(1, AUDIO_RATE)
+            assert self._audio_packager is not None
+            self._audio_packager.add(packet)
+            segment_samples = self.segment_duration * AUDIO_RATE
+            this_segment = (index * AAC_FRAME) // segment_samples
+            if ((index + 1) * AAC_FRAME) // segment_samples > this_segment:
+                self._flush_audio(ops, close=True)
+                self._audio_segment_start = (index + 1) * AAC_FRAME
+            elif self._audio_packager.pending_count >= self.audio_part_frames:
+                self._flush_audio(ops, close=False)
+
+    def _flush_audio(self, ops: list[Callable[[], Any]], *, close: bool) -> None:
+        assert self._audio_packager is not None
+        part = self._audio_packager.flush_part()
+        if part is not None:
+            ops.append(partial(self._call, AUDIO_RENDITION, "publish_part",
+                               part.data, part.duration, part.independent))
+            self._audio_parts_open += 1
+            self._count(AUDIO_RENDITION, len(part.data))
+        if close and self._audio_parts_open:
+            assert self._anchor is not None
+            pdt = self._anchor + timedelta(seconds=self._audio_segment_start / AUDIO_RATE)
+            ops.append(partial(self._call, AUDIO_RENDITION, "close_segment", pdt))
+            self._audio_parts_open = 0
+
+    # -- store updates (event loop) ------------------------------------------------
+
+    def _count(self, name: str, size: int) -> None:
+        self.stats.bytes_out[name] = self.stats.bytes_out.get(name, 0) + size
+
+    def _add_rendition(self, name: str) -> None:
+        self._room.add_rendition(
+            name, target_duration=self.target_duration, part_target=self.part_target,
+            window_segments=self._window_segments,
+        )
+
+    def _call(self, name: str, method: str, *args: Any) -> None:
+        getattr(self._room.renditions[name], method)(*args)
+
+    def _post(self, ops: list[Callable[[], Any]]) -> None:
+        """Apply ``ops`` in order on the store's loop (at once if already on it)."""
+        if not ops:
+            return
+        loop = self._loop
+        if loop is None or _running_loop() is loop:
+            self._apply(ops)
+        else:
+            loop.call_soon_threadsafe(self._apply, ops)
+
+    def _apply(self, ops: list[Callable[[], Any]]) -> None:
+        if self._store_error is not None:
+            return
+        for op in ops:
+            try:
+                op()
+            except Exception as exc:  # surfaced by the next feed_*/end call
+                logger.exception("LL-HLS store update failed")
+                self._store_error = exc
+                return
+
+    def _check_running(self) -> None:
+        if self._store_error is not None:
+            raise TranscoderError(f"store update failed: {self._store_error!r}") from (
+                self._store_error
+            )
+
+    async def _in_worker(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="hls-transcode")
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        await loop.run_in_executor(self._executor, fn, *args)
+        self.worker_seconds += time.perf_counter() - start
