@@ -34,5 +34,5 @@ test: $(STAMP)/install-test
 	$(PYTHON) -m pytest -q
 
 lint:
-	ruff check sfu signaling loadtest tests
-	mypy sfu signaling --ignore-missing-imports
+	ruff check sfu signaling hls_bridge loadtest tests
+	mypy sfu signaling hls_bridge --ignore-missing-imports

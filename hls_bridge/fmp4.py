@@ -215,11 +215,16 @@ def codecs_string_aac(asc: bytes) -> str:
 class PacketLike(Protocol):
     """What `TrackPackager.add` reads from a PyAV ``av.Packet``."""
 
-    pts: int | None
-    dts: int | None
-    duration: int | None
-    time_base: Fraction | None
-    is_keyframe: bool
+    @property
+    def pts(self) -> int | None: ...
+    @property
+    def dts(self) -> int | None: ...
+    @property
+    def duration(self) -> int | None: ...
+    @property
+    def time_base(self) -> Fraction | None: ...
+    @property
+    def is_keyframe(self) -> bool: ...
 
     def __bytes__(self) -> bytes: ...
 

@@ -459,7 +459,7 @@ class ProducerTap:
         )
         self._loop = asyncio.get_running_loop()
         self._last_request = 0.0
-        producer.add_consumer(self)  # type: ignore[arg-type]  # duck-typed consumer
+        producer.add_consumer(self)
         self._request_keyframe()
         self._timer = self._loop.call_later(KEYFRAME_RETRY_S, self._tick)
 
@@ -500,7 +500,7 @@ class ProducerTap:
             return
         self.closed = True
         self._timer.cancel()
-        self.producer.remove_consumer(self)  # type: ignore[arg-type]
+        self.producer.remove_consumer(self)
         self.decoder.close()
 
     async def wait_closed(self, timeout: float = 5.0) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiortc import RTCRtpCodecParameters, RTCRtpReceiver
 from aiortc.rtp import AnyRtcpPacket, RtcpByePacket, RtcpSrPacket, RtpPacket
@@ -19,9 +19,6 @@ from aiortc.rtp import AnyRtcpPacket, RtcpByePacket, RtcpSrPacket, RtpPacket
 from . import aiortc_private
 from .keyframe import KeyFrameRequester
 from .rtp import abs_send_time_now, is_keyframe_start
-
-if TYPE_CHECKING:
-    from .consumer import Consumer
 
 logger = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -61,6 +58,14 @@ class MediaPacket:
         self.extensions: dict[tuple[bytes, bytes, int], bytes] = {}
 
 
+class PacketSink(Protocol):
+    """Anything a Producer fans out to: a :class:`~sfu.consumer.Consumer`, or an
+    in-process tap such as the HLS bridge's ``ProducerTap``.  ``forward`` runs on
+    the forwarding path and must not block."""
+
+    def forward(self, media: MediaPacket) -> None: ...
+
+
 class SenderClock:
     """The publisher's last sender report: NTP ↔ RTP mapping (RFC 3550 §6.4.1)."""
 
@@ -86,7 +91,7 @@ class Producer:
         self.kind = kind
         self.codec = codec
         self.publisher_id = publisher_id
-        self.consumers: list[Consumer] = []
+        self.consumers: list[PacketSink] = []
         self.ssrc: int | None = None
         self.sender_clock: SenderClock | None = None
         self.packets = 0
@@ -132,12 +137,12 @@ class Producer:
             logger.debug("producer %s: RTCP BYE", self.id)
 
     # ------------------------------------------------------------ consumers
-    def add_consumer(self, consumer: Consumer) -> None:
+    def add_consumer(self, consumer: PacketSink) -> None:
         if consumer not in self.consumers:
             # Copy-on-write so fan-out iteration never sees a mutation.
             self.consumers = [*self.consumers, consumer]
 
-    def remove_consumer(self, consumer: Consumer) -> None:
+    def remove_consumer(self, consumer: PacketSink) -> None:
         if consumer in self.consumers:
             self.consumers = [c for c in self.consumers if c is not consumer]
 
