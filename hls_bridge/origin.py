@@ -5,6 +5,9 @@ Mount it as a sub-application::
     rooms: dict[str, RoomStore] = {}
     app.add_subapp("/hls", create_origin_app(rooms))
 
+``rooms`` may instead be a :class:`RoomProvider` (``async get(room) -> RoomStore |
+None``), asked on every request; a provider may start a room's stream lazily.
+
 Routes (relative to the mount point):
 
 - ``GET /{room}/index.m3u8`` — multivariant playlist.
@@ -24,7 +27,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 from aiohttp import web
 
@@ -36,11 +40,27 @@ from hls_bridge.playlist import (
 from hls_bridge.store import RenditionStore, RoomStore
 from signaling.errors import HttpProblem, problem_middleware
 
-__all__ = ["ROOMS", "create_origin_app"]
+__all__ = ["PROVIDER", "RoomProvider", "create_origin_app"]
 
 logger = logging.getLogger(__name__)
 
-ROOMS = web.AppKey("hls_rooms", MutableMapping[str, RoomStore])
+
+
+class RoomProvider(Protocol):
+    """Looks up (or lazily starts) a room's store; None when the room has no stream."""
+
+    async def get(self, room: str) -> RoomStore | None: ...
+
+
+class _MappingProvider:
+    def __init__(self, rooms: Mapping[str, RoomStore]) -> None:
+        self.rooms = rooms
+
+    async def get(self, room: str) -> RoomStore | None:
+        return self.rooms.get(room)
+
+
+PROVIDER = web.AppKey("hls_room_provider", RoomProvider)
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 INIT_TYPE = "video/mp4"
@@ -65,10 +85,13 @@ async def _cors_middleware(
     return response
 
 
-def create_origin_app(rooms: MutableMapping[str, RoomStore]) -> web.Application:
-    """The origin sub-application serving ``rooms`` (room name → store, live-updated)."""
+def create_origin_app(rooms: Mapping[str, RoomStore] | RoomProvider) -> web.Application:
+    """The origin sub-application serving ``rooms``.
+
+    ``rooms``: a mapping room name → store (live-updated) or a `RoomProvider`.
+    """
     app = web.Application(middlewares=[_cors_middleware, problem_middleware])
-    app[ROOMS] = rooms
+    app[PROVIDER] = _MappingProvider(rooms) if isinstance(rooms, Mapping) else rooms
     app.router.add_get("/{room}/index.m3u8", _multivariant)
     app.router.add_get("/{room}/{rendition}/index.m3u8", _media_playlist)
     app.router.add_get("/{room}/{rendition}/init.mp4", _init)
@@ -80,16 +103,16 @@ def create_origin_app(rooms: MutableMapping[str, RoomStore]) -> web.Application:
 # -- lookups ------------------------------------------------------------------------
 
 
-def _room(request: web.Request) -> RoomStore:
+async def _room(request: web.Request) -> RoomStore:
     name = request.match_info["room"]
-    room = request.config_dict[ROOMS].get(name)
+    room = await request.config_dict[PROVIDER].get(name)
     if room is None:
         raise HttpProblem(404, detail=f"no HLS stream for room {name!r}")
     return room
 
 
-def _rendition(request: web.Request) -> tuple[RoomStore, RenditionStore]:
-    room = _room(request)
+async def _rendition(request: web.Request) -> tuple[RoomStore, RenditionStore]:
+    room = await _room(request)
     name = request.match_info["rendition"]
     store = room.renditions.get(name)
     if store is None:
@@ -123,7 +146,7 @@ def _media_response(data: bytes, content_type: str) -> web.Response:
 
 
 async def _multivariant(request: web.Request) -> web.Response:
-    room = _room(request)
+    room = await _room(request)
     if room.multivariant is None:
         raise HttpProblem(404, detail="the multivariant playlist is not ready")
     return _playlist_response(room.multivariant, 1)
@@ -131,7 +154,7 @@ async def _multivariant(request: web.Request) -> web.Response:
 
 async def _media_playlist(request: web.Request) -> web.Response:
     """Media playlist, with Blocking Playlist Reload and Delta Updates (§6.2.5)."""
-    room, store = _rendition(request)
+    room, store = await _rendition(request)
     playlist = store.playlist
     msn = _int_query(request, "_HLS_msn")
     part = _int_query(request, "_HLS_part")
@@ -163,14 +186,14 @@ async def _media_playlist(request: web.Request) -> web.Response:
 
 
 async def _init(request: web.Request) -> web.Response:
-    _, store = _rendition(request)
+    _, store = await _rendition(request)
     if store.init is None:
         raise HttpProblem(404, detail="the init segment is not ready")
     return _media_response(store.init, INIT_TYPE)
 
 
 async def _segment(request: web.Request) -> web.Response:
-    _, store = _rendition(request)
+    _, store = await _rendition(request)
     msn = int(request.match_info["msn"])
     data = store.segment(msn)
     if data is None:
@@ -180,7 +203,7 @@ async def _segment(request: web.Request) -> web.Response:
 
 async def _part(request: web.Request) -> web.Response:
     """A part; the preload-hinted next part is answered as soon as it is published."""
-    _, store = _rendition(request)
+    _, store = await _rendition(request)
     msn, index = int(request.match_info["msn"]), int(request.match_info["part"])
     data = store.part(msn, index)
     if data is None and store.is_hinted(msn, index):

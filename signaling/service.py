@@ -8,6 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
+from hls_bridge.bridge import BridgeManager, HlsConfig
+from hls_bridge.origin import create_origin_app
 from sfu.node import SignalingLink
 from sfu.worker import Worker
 
@@ -39,6 +41,11 @@ class Service:
         self.link: SignalingLink | None = None
         self.url = ""
         self.demo_stream_key: str | None = None
+        self.hls: BridgeManager | None = None
+        if config.embedded_sfu:
+            # Mounted now (the app freezes at start-up); the worker is attached in start().
+            self.hls = BridgeManager(None, HlsConfig.from_env())
+            self.app.add_subapp("/hls", create_origin_app(self.hls))
 
     async def __aenter__(self) -> Service:
         await self.start()
@@ -61,10 +68,14 @@ class Service:
         if config.embedded_sfu:
             self.worker = Worker(config.sfu)
             await self.worker.__aenter__()
+            if self.hls is not None:
+                self.hls.worker = self.worker
             self.link = SignalingLink(self.worker, self.url, config.sfu.node_id, config.node_secret)
             await self.link.start()
 
     async def stop(self) -> None:
+        if self.hls is not None:
+            await self.hls.close()
         if self.link is not None:
             await self.link.stop()
             self.link = None

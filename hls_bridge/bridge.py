@@ -1,0 +1,312 @@
+"""Room → LL-HLS: ProducerTaps → LadderTranscoder → RoomStore, started on demand.
+
+`RoomBridge` runs one live room's bridge: a `ProducerTap` on the room's video and
+audio producers, their decoded frames merged into one `LadderTranscoder` (ladder
+planned from the first video frame, never upscaling) that writes a `RoomStore`.
+`BridgeManager` starts a bridge on a room's first HLS request (it is the origin's
+`RoomProvider`), and stops it after `HlsConfig.idle_s` without requests or when the
+room's publisher leaves (producers gone, closed or replaced).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import av
+
+from sfu.config import ConfigError
+
+from .encoders import EncoderChoice, choose_encoder
+from .ingest import ProducerTap
+from .ladder import parse_ladder
+from .store import RoomStore
+from .transcoder import LadderTranscoder
+
+if TYPE_CHECKING:
+    from sfu.producer import Producer
+    from sfu.router import Router
+    from sfu.worker import Worker
+
+__all__ = ["BridgeManager", "HlsConfig", "RoomBridge"]
+
+logger = logging.getLogger(__name__)
+
+_END = object()
+
+
+@dataclass(frozen=True)
+class HlsConfig:
+    """LL-HLS bridge settings (``RELAYCAST_HLS_*``)."""
+
+    ladder: str = "720p,480p,360p"
+    part_s: float = 0.2
+    segment_s: float = 1.0
+    idle_s: float = 30.0
+    fps: int = 30
+    ready_timeout_s: float = 10.0
+    """How long a first request waits for the multivariant playlist."""
+    check_interval_s: float = 0.5
+    """How often the manager looks for idle bridges and departed publishers."""
+
+    def __post_init__(self) -> None:
+        parse_ladder(self.ladder)  # raises ValueError naming the bad entry
+        if not 0 < self.part_s <= self.segment_s:
+            raise ValueError(f"need 0 < part ({self.part_s} s) <= segment ({self.segment_s} s)")
+        if self.idle_s <= 0 or self.ready_timeout_s <= 0 or self.check_interval_s <= 0:
+            raise ValueError("idle, ready and check intervals must be positive")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> HlsConfig:
+        """``RELAYCAST_HLS_LADDER``, ``_PART_S``, ``_SEGMENT_S``, ``_IDLE_S``; then overrides."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        if ladder := env.get("RELAYCAST_HLS_LADDER", "").strip():
+            values["ladder"] = ladder
+        for key, name in (("PART_S", "part_s"), ("SEGMENT_S", "segment_s"), ("IDLE_S", "idle_s")):
+            text = env.get(f"RELAYCAST_HLS_{key}", "").strip()
+            if text:
+                try:
+                    values[name] = float(text)
+                except ValueError:
+                    raise ConfigError(f"RELAYCAST_HLS_{key}={text!r} is not a number") from None
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            raise ConfigError(f"RELAYCAST_HLS_*: {exc}") from exc
+
+
+class RoomBridge:
+    """One live room's bridge; `start` it, `stop` it (idempotent)."""
+
+    def __init__(self, room: str, router: Router, room_store: RoomStore, config: HlsConfig) -> None:
+        self.room = room
+        self.router = router
+        self.store = room_store
+        self.config = config
+        self.encoder: EncoderChoice | None = None
+        self.taps: dict[str, ProducerTap] = {}
+        self.transcoder: LadderTranscoder | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.stopped = False
+        self._pumps: list[asyncio.Task[None]] = []
+
+    @property
+    def encoder_name(self) -> str | None:
+        return self.encoder.name if self.encoder is not None else None
+
+    @property
+    def done(self) -> bool:
+        """True when the transcoding task ended (stream over or failed)."""
+        return self.task is not None and self.task.done()
+
+    def publisher_gone(self) -> bool:
+        """The producers we tap were closed or are no longer the room's."""
+        if not self.taps:
+            return False
+        return any(
+            tap.closed or tap.producer.closed or self.router.producers.get(kind) is not tap.producer
+            for kind, tap in self.taps.items()
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "room": self.room,
+            "encoder": self.encoder_name,
+            "renditions": sorted(self.store.renditions),
+            "running": not self.stopped and not self.done,
+        }
+
+    async def start(self) -> None:
+        """Pick the encoder (cached after the first probe), attach taps, start transcoding."""
+        self.encoder = await asyncio.to_thread(choose_encoder)
+        if self.stopped:
+            return
+        producers: dict[str, Producer] = {
+            kind: p for kind, p in self.router.producers.items() if kind in ("video", "audio")
+        }
+        if "video" not in producers:
+            raise RuntimeError(f"room {self.room!r} has no video producer")
+        self.transcoder = LadderTranscoder(
+            self.store,
+            parse_ladder(self.config.ladder),
+            fps=self.config.fps,
+            segment_s=self.config.segment_s,
+            part_s=self.config.part_s,
+            encoder_choice=self.encoder,
+            audio="audio" in producers,
+        )
+        for kind, producer in producers.items():
+            self.taps[kind] = ProducerTap(producer, max_queue=16 if kind == "audio" else 8)
+        self.task = asyncio.create_task(self._run(), name=f"hls-bridge-{self.room}")
+        logger.info("HLS bridge for room %r started (encoder %s)", self.room, self.encoder.name)
+
+    async def _run(self) -> None:
+        assert self.transcoder is not None
+        try:
+            await self.transcoder.run(self._merged())
+        except Exception:
+            logger.exception("HLS bridge for room %r failed", self.room)
+        finally:
+            self.store.end()
+
+    async def _merged(self) -> AsyncIterator[av.VideoFrame | av.AudioFrame]:
+        """Frames of all taps in arrival order, until every tap has ended."""
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=32)
+
+        async def pump(tap: ProducerTap) -> None:
+            try:
+                async for frame in tap.frames():
+                    await queue.put(frame)
+            finally:
+                await queue.put(_END)
+
+        self._pumps = [asyncio.create_task(pump(tap)) for tap in self.taps.values()]
+        remaining = len(self._pumps)
+        try:
+            while remaining:
+                item = await queue.get()
+                if item is _END:
+                    remaining -= 1
+                else:
+                    yield item
+        finally:
+            for task in self._pumps:
+                task.cancel()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Close the taps, let the transcoder flush and end the store; bounded by ``timeout``."""
+        self.stopped = True
+        for tap in self.taps.values():
+            tap.close()
+        if self.task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self.task), timeout)
+            except TimeoutError:
+                logger.warning("HLS bridge for room %r did not end in %g s", self.room, timeout)
+                self.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.task
+        for tap in self.taps.values():
+            with contextlib.suppress(Exception):
+                await tap.wait_closed()
+        if self.transcoder is not None:
+            await asyncio.to_thread(self.transcoder.close)
+        self.store.end()
+        logger.info("HLS bridge for room %r stopped", self.room)
+
+
+class BridgeManager:
+    """Starts bridges on demand, stops idle ones; the origin's `RoomProvider`.
+
+    ``worker`` may be None at construction and set later (``manager.worker = ...``).
+    """
+
+    def __init__(self, worker: Worker | None, config: HlsConfig | None = None) -> None:
+        self.worker = worker
+        self.config = config or HlsConfig.from_env()
+        self.bridges: dict[str, RoomBridge] = {}
+        self.last_request: dict[str, float] = {}
+        self._starting: dict[str, asyncio.Task[None]] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def _router(self, room: str) -> Router | None:
+        if self.worker is None:
+            return None
+        router = self.worker.routers.get(room)
+        return router if router is not None and router.live else None
+
+    async def ensure(self, room: str) -> RoomStore | None:
+        """The room's store, starting its bridge if needed; None if the room is not live."""
+        if self._closed:
+            return None
+        bridge = self.bridges.get(room)
+        if bridge is not None and (bridge.stopped or bridge.done or bridge.publisher_gone()):
+            await self._stop(room)
+            bridge = None
+        router = self._router(room)
+        if router is None:
+            return None
+        self.last_request[room] = time.monotonic()
+        if bridge is None:
+            bridge = self.bridges[room] = RoomBridge(room, router, RoomStore(), self.config)
+            self._starting[room] = asyncio.create_task(bridge.start())
+            self._start_watcher()
+        starting = self._starting.get(room)
+        if starting is not None:
+            try:
+                await asyncio.shield(starting)
+            except Exception:
+                logger.exception("HLS bridge for room %r could not start", room)
+                await self._stop(room)
+                return None
+            finally:
+                if starting.done():
+                    self._starting.pop(room, None)
+        return bridge.store
+
+    async def get(self, room: str) -> RoomStore | None:
+        """`RoomProvider`: `ensure`, then wait (bounded) for the multivariant playlist."""
+        store = await self.ensure(room)
+        if store is None or store.multivariant is not None:
+            return store
+        bridge = self.bridges.get(room)
+        deadline = time.monotonic() + self.config.ready_timeout_s
+        # The store has no event for its multivariant playlist: poll, bounded.
+        while store.multivariant is None and time.monotonic() < deadline:
+            if bridge is None or bridge.done or bridge.stopped:
+                break
+            await asyncio.sleep(0.05)
+        return store
+
+    def to_json(self) -> dict[str, Any]:
+        return {room: bridge.to_json() for room, bridge in self.bridges.items()}
+
+    def _start_watcher(self) -> None:
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch(), name="hls-bridge-watcher")
+
+    async def _watch(self) -> None:
+        """Stop bridges idle for ``idle_s`` or whose publisher left; ends when none remain."""
+        while self.bridges and not self._closed:
+            await asyncio.sleep(self.config.check_interval_s)
+            now = time.monotonic()
+            for room, bridge in list(self.bridges.items()):
+                if room in self._starting:
+                    continue
+                idle = now - self.last_request.get(room, now) > self.config.idle_s
+                if idle or bridge.done or bridge.publisher_gone() or self._router(room) is None:
+                    reason = "idle" if idle else "publisher left"
+                    logger.info("stopping HLS bridge for room %r (%s)", room, reason)
+                    await self._stop(room)
+
+    async def _stop(self, room: str) -> None:
+        bridge = self.bridges.pop(room, None)
+        self.last_request.pop(room, None)
+        starting = self._starting.pop(room, None)
+        if bridge is None:
+            return
+        if starting is not None and not starting.done():
+            bridge.stopped = True
+            with contextlib.suppress(Exception):
+                await starting
+        await bridge.stop()
+
+    async def close(self) -> None:
+        """Stop every bridge and the watcher."""
+        self._closed = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        for room in list(self.bridges):
+            await self._stop(room)
