@@ -34,7 +34,7 @@ from aiortc import RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender, RTCRtpTr
 from aiortc import codecs as aiortc_codecs
 from aiortc.codecs import is_rtx
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
-from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpHeaderExtensionParameters
+from aiortc.rtcrtpparameters import RTCRtcpFeedback
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import AnyRtcpPacket, RtpPacket, unwrap_rtx
 
@@ -190,12 +190,6 @@ def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParamet
 def restrict_codecs(transceiver: RTCRtpTransceiver, codecs: list[RTCRtpCodecParameters]) -> None:
     """Replace the negotiated codecs before ``createAnswer`` (no partial answers)."""
     transceiver._codecs = [copy.deepcopy(c) for c in codecs]
-
-
-def negotiated_header_extensions(
-    transceiver: RTCRtpTransceiver,
-) -> list[RTCRtpHeaderExtensionParameters]:
-    return list(transceiver._headerExtensions)
 
 
 # ----------------------------------------------------------------- publish side

@@ -5,48 +5,11 @@ Everything here works on bytes and ints; nothing decodes media.
 
 from __future__ import annotations
 
-import struct
 import time
-
-RTP_VERSION_BITS = 0x80
-_HEADER = struct.Struct("!BBHII")
 
 URI_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 URI_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 URI_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
-
-
-def build_header(marker: int, payload_type: int, seq: int, timestamp: int, ssrc: int) -> bytes:
-    """A 12-byte RTP fixed header (RFC 3550 §5.1), no CSRC, no extension bit."""
-    return _HEADER.pack(RTP_VERSION_BITS, (marker << 7) | payload_type, seq, timestamp, ssrc)
-
-
-def build_header_with_extension(
-    marker: int, payload_type: int, seq: int, timestamp: int, ssrc: int, extension: bytes
-) -> bytes:
-    """RTP fixed header with the X bit set, followed by ``extension`` (a full RFC 8285 block)."""
-    if not extension:
-        return build_header(marker, payload_type, seq, timestamp, ssrc)
-    return (
-        _HEADER.pack(RTP_VERSION_BITS | 0x10, (marker << 7) | payload_type, seq, timestamp, ssrc)
-        + extension
-    )
-
-
-def one_byte_extension_block(elements: list[tuple[int, bytes]]) -> bytes:
-    """Serialize RFC 8285 §4.2 one-byte header extension elements (id 1..14, 1..16 bytes)."""
-    if not elements:
-        return b""
-    body = bytearray()
-    for ext_id, value in elements:
-        if not 1 <= ext_id <= 14 or not 1 <= len(value) <= 16:
-            continue
-        body.append((ext_id << 4) | (len(value) - 1))
-        body += value
-    if not body:
-        return b""
-    body += b"\x00" * (-len(body) % 4)
-    return struct.pack("!HH", 0xBEDE, len(body) // 4) + bytes(body)
 
 
 def abs_send_time_now() -> bytes:
@@ -115,10 +78,6 @@ def is_keyframe_start(mime_type: str, payload: bytes) -> bool:
     if mime == "video/h264":
         return h264_is_keyframe_start(payload)
     return not mime.startswith("video/")
-
-
-def seq_add(seq: int, delta: int) -> int:
-    return (seq + delta) & 0xFFFF
 
 
 def seq_newer(a: int, b: int) -> bool:
