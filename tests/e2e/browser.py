@@ -78,11 +78,13 @@ class PageErrors:
             self.errors.append(f"console: {msg.text}")
 
 
-async def open_page(browser: Any, url: str, expected_statuses: Sequence[int] = ()):
+async def open_page(
+    browser: Any, url: str, expected_statuses: Sequence[int] = (), *, timeout_ms: int = 20_000
+):
     """New context + page at ``url`` (1280x860); returns ``(page, PageErrors)``."""
     context = await browser.new_context(viewport={"width": 1280, "height": 860})
     page = await context.new_page()
-    page.set_default_timeout(20_000)
+    page.set_default_timeout(timeout_ms)
     errors = PageErrors(page, expected_statuses)
     await page.goto(url)
     return page, errors

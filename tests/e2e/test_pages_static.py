@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("playwright.async_api")
 from aiohttp import web  # noqa: E402
 from browser import BASE_ARGS, CHROMIUM, SHOTS_DIR  # noqa: E402
+from browser import open_page as _open_page  # noqa: E402
 from playwright.async_api import async_playwright, expect  # noqa: E402
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "web" / "static"
@@ -121,35 +122,8 @@ async def browser():
         await b.close()
 
 
-class PageErrors:
-    """Collects console errors and uncaught page errors.
-
-    Chrome logs every non-2xx fetch as a console error ("Failed to load
-    resource: ... status of 409"); statuses a test provokes on purpose are
-    passed in ``expected_statuses`` and ignored.
-    """
-
-    def __init__(self, page, expected_statuses=()):
-        self.errors: list[str] = []
-        self._expected = [f"status of {s} " for s in expected_statuses]
-        page.on("console", self._on_console)
-        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
-
-    def _on_console(self, msg) -> None:
-        if msg.type != "error":
-            return
-        if any(e in msg.text for e in self._expected):
-            return
-        self.errors.append(f"console: {msg.text}")
-
-
 async def open_page(browser, url: str, expected_statuses=()):
-    context = await browser.new_context(viewport={"width": 1280, "height": 860})
-    page = await context.new_page()
-    page.set_default_timeout(15_000)
-    errors = PageErrors(page, expected_statuses)
-    await page.goto(url)
-    return page, errors
+    return await _open_page(browser, url, expected_statuses, timeout_ms=15_000)
 
 
 async def screenshot(page, name: str) -> None:
