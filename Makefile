@@ -3,25 +3,29 @@
 #   make test    install system + Python test dependencies (once) and run the test suite
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
-APT_PACKAGES := ffmpeg chromium-headless-shell
+APT_PACKAGES := ffmpeg chromium-headless-shell nginx
 STAMP := .make
 
 .PHONY: serve test install install-test lint
 
-$(STAMP)/install: pyproject.toml
+$(STAMP)/install: pyproject.toml web/package.json web/package-lock.json
 	@mkdir -p $(STAMP)
 	$(PIP) install -q -e .
+	@if command -v npm >/dev/null; then npm ci --prefix web --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the watch page's hls.js fallback is unavailable"; fi
 	@touch $@
 
-$(STAMP)/install-test: pyproject.toml
+$(STAMP)/install-test: pyproject.toml web/package.json web/package-lock.json
 	@mkdir -p $(STAMP)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends $$missing; \
+	  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends $$missing; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) sh -c 'pgrep -x nginx >/dev/null && nginx -s stop 2>/dev/null || true'; \
 	fi
 	$(PIP) install -q -e ".[test]"
+	npm ci --prefix web --no-audit --no-fund --loglevel=error
 	@touch $@ $(STAMP)/install
 
 install: $(STAMP)/install
