@@ -39,6 +39,8 @@ __all__ = ["BridgeManager", "HlsConfig", "RoomBridge"]
 logger = logging.getLogger(__name__)
 
 _END = object()
+RETRY_AFTER_FAILURE_S = 10.0
+"""The policy does not restart a room's bridge sooner than this after a failed start."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ class HlsConfig:
     part_s: float = 0.2
     segment_s: float = 1.0
     idle_s: float = 30.0
+    """Stop a bridge after this long without HLS requests (and below the threshold)."""
+    viewer_threshold: int = 50
+    """Start a room's bridge when its WebRTC viewers reach this count; 0 = only on request."""
     fps: int = 30
     ready_timeout_s: float = 10.0
     """How long a first request waits for the multivariant playlist."""
@@ -61,10 +66,13 @@ class HlsConfig:
             raise ValueError(f"need 0 < part ({self.part_s} s) <= segment ({self.segment_s} s)")
         if self.idle_s <= 0 or self.ready_timeout_s <= 0 or self.check_interval_s <= 0:
             raise ValueError("idle, ready and check intervals must be positive")
+        if self.viewer_threshold < 0:
+            raise ValueError(f"viewer threshold {self.viewer_threshold} must be >= 0")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> HlsConfig:
-        """``RELAYCAST_HLS_LADDER``, ``_PART_S``, ``_SEGMENT_S``, ``_IDLE_S``; then overrides."""
+        """``RELAYCAST_HLS_LADDER``, ``_PART_S``, ``_SEGMENT_S``, ``_IDLE_S``,
+        ``_VIEWER_THRESHOLD``; then ``overrides``.  Raises ConfigError on bad values."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         if ladder := env.get("RELAYCAST_HLS_LADDER", "").strip():
@@ -76,6 +84,12 @@ class HlsConfig:
                     values[name] = float(text)
                 except ValueError:
                     raise ConfigError(f"RELAYCAST_HLS_{key}={text!r} is not a number") from None
+        if text := env.get("RELAYCAST_HLS_VIEWER_THRESHOLD", "").strip():
+            try:
+                values["viewer_threshold"] = int(text)
+            except ValueError:
+                raise ConfigError(
+                    f"RELAYCAST_HLS_VIEWER_THRESHOLD={text!r} is not a whole number") from None
         values.update(overrides)
         try:
             return cls(**values)
@@ -86,8 +100,17 @@ class HlsConfig:
 class RoomBridge:
     """One live room's bridge; `start` it, `stop` it (idempotent)."""
 
-    def __init__(self, room: str, router: Router, room_store: RoomStore, config: HlsConfig) -> None:
+    def __init__(
+        self, room: str, router: Router, room_store: RoomStore, config: HlsConfig,
+        started_by: str = "request",
+    ) -> None:
         self.room = room
+        self.started_by = started_by
+        """Why it started: ``"request"`` (first HLS request) or ``"viewers"`` (threshold)."""
+        self.started_at = time.monotonic()
+        self._cpu_mark = (self.started_at, 0.0)
+        self.cpu = 0.0
+        """Cores used by the transcoder thread since the previous `to_json` (0.0–1.0+)."""
         self.router = router
         self.store = room_store
         self.config = config
@@ -117,11 +140,28 @@ class RoomBridge:
         )
 
     def to_json(self) -> dict[str, Any]:
+        """``{room, encoder, renditions, running, started_by, uptime_s, cpu, realtime_factor,
+        media_s, dropped_frames}``; ``cpu`` is cores used by the transcoder thread since the
+        previous call, ``realtime_factor`` media seconds per transcoder-thread second."""
+        now = time.monotonic()
+        transcoder = self.transcoder
+        busy = transcoder.worker_seconds if transcoder is not None else 0.0
+        mark_time, mark_busy = self._cpu_mark
+        if now - mark_time >= 0.5:
+            self.cpu = (busy - mark_busy) / (now - mark_time)
+            self._cpu_mark = (now, busy)
+        media_s = float(transcoder.stats.video_slots / transcoder.fps) if transcoder else 0.0
         return {
             "room": self.room,
             "encoder": self.encoder_name,
             "renditions": sorted(self.store.renditions),
             "running": not self.stopped and not self.done,
+            "started_by": self.started_by,
+            "uptime_s": round(now - self.started_at, 1),
+            "cpu": round(self.cpu, 3),
+            "realtime_factor": round(media_s / busy, 2) if busy > 0 else None,
+            "media_s": round(media_s, 1),
+            "dropped_frames": transcoder.stats.dropped_frames if transcoder else 0,
         }
 
     async def start(self) -> None:
@@ -204,19 +244,34 @@ class RoomBridge:
 
 
 class BridgeManager:
-    """Starts bridges on demand, stops idle ones; the origin's `RoomProvider`.
+    """A node's bridges: the popular-room policy and the origin's `RoomProvider`.
 
-    ``worker`` may be None at construction and set later (``manager.worker = ...``).
+    A room's bridge starts on its first HLS request (`get`) or when its WebRTC viewer
+    count reaches ``config.viewer_threshold``; it stops when the publisher leaves, or
+    once the room has had no HLS request for ``config.idle_s`` while below the threshold.
+    ``worker`` may be None at construction and set later with `attach`.
     """
 
     def __init__(self, worker: Worker | None, config: HlsConfig | None = None) -> None:
-        self.worker = worker
+        self.worker: Worker | None = None
         self.config = config or HlsConfig.from_env()
         self.bridges: dict[str, RoomBridge] = {}
         self.last_request: dict[str, float] = {}
+        self.encoder: EncoderChoice | None = None
+        """The encoder the last bridge chose (with every probe's reason), for reports."""
         self._starting: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._failed: dict[str, float] = {}
+        """Room → when its bridge last failed to start (the policy waits before retrying)."""
         self._watcher: asyncio.Task[None] | None = None
         self._closed = False
+        if worker is not None:
+            self.attach(worker)
+
+    def attach(self, worker: Worker) -> None:
+        """Serve ``worker``'s rooms and add an ``"hls"`` section to its load reports."""
+        self.worker = worker
+        worker.load_reporters["hls"] = self.report
 
     def _router(self, room: str) -> Router | None:
         if self.worker is None:
@@ -224,7 +279,11 @@ class BridgeManager:
         router = self.worker.routers.get(room)
         return router if router is not None and router.live else None
 
-    async def ensure(self, room: str) -> RoomStore | None:
+    def _popular(self, router: Router) -> bool:
+        threshold = self.config.viewer_threshold
+        return threshold > 0 and len(router.viewers) >= threshold
+
+    async def ensure(self, room: str, *, started_by: str = "request") -> RoomStore | None:
         """The room's store, starting its bridge if needed; None if the room is not live."""
         if self._closed:
             return None
@@ -235,22 +294,32 @@ class BridgeManager:
         router = self._router(room)
         if router is None:
             return None
-        self.last_request[room] = time.monotonic()
+        if started_by == "request":
+            self.last_request[room] = time.monotonic()
+        else:
+            self.last_request.setdefault(room, time.monotonic())
         if bridge is None:
-            bridge = self.bridges[room] = RoomBridge(room, router, RoomStore(), self.config)
+            bridge = RoomBridge(room, router, RoomStore(), self.config, started_by=started_by)
+            self.bridges[room] = bridge
             self._starting[room] = asyncio.create_task(bridge.start())
-            self._start_watcher()
+            logger.info("starting HLS bridge for room %r (%s)", room,
+                        "first HLS request" if started_by == "request"
+                        else f"{len(router.viewers)} viewers >= {self.config.viewer_threshold}")
+        self.start()
         starting = self._starting.get(room)
         if starting is not None:
             try:
                 await asyncio.shield(starting)
             except Exception:
                 logger.exception("HLS bridge for room %r could not start", room)
+                self._failed[room] = time.monotonic()
                 await self._stop(room)
                 return None
             finally:
                 if starting.done():
                     self._starting.pop(room, None)
+            if bridge.encoder is not None:
+                self.encoder = bridge.encoder
         return bridge.store
 
     async def get(self, room: str) -> RoomStore | None:
@@ -270,23 +339,63 @@ class BridgeManager:
     def to_json(self) -> dict[str, Any]:
         return {room: bridge.to_json() for room, bridge in self.bridges.items()}
 
-    def _start_watcher(self) -> None:
+    def report(self) -> dict[str, Any]:
+        """The node's HLS section: ``{"encoder": {"name", "probes": [{name, available,
+        reason}]} | None, "viewer_threshold", "bridges": [RoomBridge.to_json()...]}``."""
+        encoder = None
+        if self.encoder is not None:
+            encoder = {
+                "name": self.encoder.name,
+                "probes": [
+                    {"name": r.name, "available": r.available, "reason": r.reason}
+                    for r in self.encoder.results
+                ],
+            }
+        return {
+            "encoder": encoder,
+            "viewer_threshold": self.config.viewer_threshold,
+            "bridges": [bridge.to_json() for bridge in self.bridges.values()],
+        }
+
+    def start(self) -> None:
+        """Start the policy loop (idempotent; `ensure` calls it too)."""
+        if self._closed:
+            return
         if self._watcher is None or self._watcher.done():
-            self._watcher = asyncio.create_task(self._watch(), name="hls-bridge-watcher")
+            self._watcher = asyncio.create_task(self._watch(), name="hls-bridge-policy")
 
     async def _watch(self) -> None:
-        """Stop bridges idle for ``idle_s`` or whose publisher left; ends when none remain."""
-        while self.bridges and not self._closed:
+        """Every ``check_interval_s``: start popular rooms' bridges, stop idle or orphaned ones."""
+        while not self._closed:
+            try:
+                await self._check()
+            except Exception:
+                logger.exception("HLS bridge policy check failed")
             await asyncio.sleep(self.config.check_interval_s)
-            now = time.monotonic()
-            for room, bridge in list(self.bridges.items()):
-                if room in self._starting:
+
+    async def _check(self) -> None:
+        now = time.monotonic()
+        if self.worker is not None:
+            for room, router in list(self.worker.routers.items()):
+                if (room in self.bridges or not router.live or not self._popular(router)
+                        or now - self._failed.get(room, -RETRY_AFTER_FAILURE_S) < RETRY_AFTER_FAILURE_S):
                     continue
-                idle = now - self.last_request.get(room, now) > self.config.idle_s
-                if idle or bridge.done or bridge.publisher_gone() or self._router(room) is None:
-                    reason = "idle" if idle else "publisher left"
-                    logger.info("stopping HLS bridge for room %r (%s)", room, reason)
-                    await self._stop(room)
+                # Started in the background: the policy loop must not wait for it.
+                task = asyncio.create_task(self.ensure(room, started_by="viewers"))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+        for room, bridge in list(self.bridges.items()):
+            if room in self._starting:
+                continue
+            router = self._router(room)
+            idle = now - self.last_request.get(room, now) > self.config.idle_s
+            if router is not None and self._popular(router):
+                idle = False
+                self.last_request[room] = now  # the idle time counts from when it stops being popular
+            if idle or bridge.done or bridge.publisher_gone() or router is None:
+                reason = "idle" if idle else "publisher left"
+                logger.info("stopping HLS bridge for room %r (%s)", room, reason)
+                await self._stop(room)
 
     async def _stop(self, room: str) -> None:
         bridge = self.bridges.pop(room, None)
@@ -301,8 +410,11 @@ class BridgeManager:
         await bridge.stop()
 
     async def close(self) -> None:
-        """Stop every bridge and the watcher."""
+        """Stop every bridge and the policy loop."""
         self._closed = True
+        for task in list(self._background):
+            with contextlib.suppress(Exception):
+                await task
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -42,6 +42,8 @@ class Worker:
         self._emit = emit
         self._tick_task: asyncio.Task[None] | None = None
         self.draining = False
+        self.load_reporters: dict[str, Callable[[], Any]] = {}
+        """Extra sections of `load()`, e.g. ``{"hls": bridge_manager.report}`` (JSON values)."""
         aiortc_private.set_host_addresses(config.ice_gather or None)
         aiortc_private.extend_codec_capabilities()
         aiortc_private.accept_peer_consent_checks()
@@ -189,8 +191,15 @@ class Worker:
 
     def load(self) -> dict[str, Any]:
         viewers = sum(len(r.viewers) for r in self.routers.values())
-        return {"sessions": len(self._session_rooms), "rooms": len(self.routers), "viewers": viewers,
-                "capacity": self.config.max_sessions, "draining": self.draining}
+        load: dict[str, Any] = {"sessions": len(self._session_rooms), "rooms": len(self.routers),
+                                "viewers": viewers, "capacity": self.config.max_sessions,
+                                "draining": self.draining}
+        for section, reporter in self.load_reporters.items():
+            try:
+                load[section] = reporter()
+            except Exception:
+                logger.exception("load reporter %r failed", section)
+        return load
 
     async def close(self) -> None:
         if self._tick_task is not None:

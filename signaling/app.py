@@ -11,6 +11,7 @@ from aiohttp import web
 
 from web import STATIC_DIR
 
+from . import hls_api
 from .app_keys import CONFIG, NAMESPACE_KEY, ROOMS, SESSIONS
 from .config import SignalingConfig
 from .errors import HttpProblem, problem_middleware
@@ -75,7 +76,10 @@ def create_app(config: SignalingConfig) -> web.Application:
         web.get("/", page("index.html")),
         web.get("/broadcast/{room}", page("broadcast.html")),
         web.get("/watch/{room}", page("watch.html")),
+        # hls.js for the watch page's LL-HLS fallback, from the npm install (no CDN).
+        web.get("/static/vendor/{name}", vendor_file),
     ])
+    hls_api.add_routes(app)
     app.router.add_static("/static/", STATIC_DIR, show_index=False)
     return app
 
@@ -131,6 +135,31 @@ async def readyz(request: web.Request) -> web.Response:
     nodes = request.app[NAMESPACE_KEY].router.nodes
     body = {"status": "ready" if nodes else "no SFU node", "nodes": len(nodes)}
     return web.json_response(body, status=200 if nodes else 503)
+
+
+# Files of web/node_modules (``npm ci --prefix web``) the pages may load.
+_VENDOR_DIR = STATIC_DIR.parent / "node_modules"
+VENDOR_FILES = {
+    "hls.min.js": _VENDOR_DIR / "hls.js" / "dist" / "hls.min.js",
+    "hls.min.js.map": _VENDOR_DIR / "hls.js" / "dist" / "hls.min.js.map",
+}
+
+
+async def vendor_file(request: web.Request) -> web.StreamResponse:
+    """``GET /static/vendor/{name}``: an allow-listed file of the npm install.
+
+    404 problem+json when the name is not listed or ``npm ci --prefix web`` was not
+    run; the watch page then says the LL-HLS fallback is unavailable.
+    """
+    name = request.match_info["name"]
+    path = VENDOR_FILES.get(name)
+    if path is None or not path.is_file():
+        detail = f"{name} is not installed (run: npm ci --prefix web)" if path else f"no vendor file {name!r}"
+        raise HttpProblem(404, "Not Found", detail)
+    content_type = "text/javascript" if name.endswith(".js") else "application/json"
+    return web.FileResponse(
+        path, headers={"Content-Type": content_type, "Cache-Control": "public, max-age=3600"}
+    )
 
 
 def page(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

@@ -69,7 +69,8 @@ class Service:
             self.worker = Worker(config.sfu)
             await self.worker.__aenter__()
             if self.hls is not None:
-                self.hls.worker = self.worker
+                self.hls.attach(self.worker)
+                self.hls.start()
             self.link = SignalingLink(self.worker, self.url, config.sfu.node_id, config.node_secret)
             await self.link.start()
 

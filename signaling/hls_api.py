@@ -1,0 +1,109 @@
+"""LL-HLS bridge reports at the signaling edge: ``GET /api/hls`` and ``GET /metrics``.
+
+Each SFU node's load report (every second over ``/sfu``) carries an ``"hls"`` section
+written by its `hls_bridge.bridge.BridgeManager`: the chosen H.264 encoder with every
+probe's reason, the viewer threshold, and one entry per running bridge (room, encoder,
+renditions, what started it, transcoder CPU in cores, real-time factor).  This module
+shows those sections per node as JSON and as Prometheus metrics (prometheus_client,
+collected at scrape time from the node registry, so nothing goes stale).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from .app_keys import NAMESPACE_KEY, ROOMS
+
+__all__ = ["add_routes", "hls_nodes"]
+
+
+def hls_nodes(app: web.Application) -> list[dict[str, Any]]:
+    """``[{"node", "encoder", "viewer_threshold", "bridges": [...]}]``, one per SFU node
+    that reported an ``hls`` section (see `BridgeManager.report`)."""
+    nodes = []
+    for node in app[NAMESPACE_KEY].router.nodes.values():
+        section = node.load.get("hls")
+        if isinstance(section, dict):
+            nodes.append({"node": node.node_id, **section})
+    return nodes
+
+
+async def get_hls(request: web.Request) -> web.Response:
+    """``GET /api/hls``: ``{"nodes": [...], "bridges": [{..., "node", "url"}]}``; ``url`` is
+    the room's multivariant playlist path."""
+    nodes = hls_nodes(request.app)
+    bridges = [
+        {**bridge, "node": node["node"], "url": f"/hls/{bridge['room']}/index.m3u8"}
+        for node in nodes for bridge in node.get("bridges", [])
+    ]
+    return web.json_response({"nodes": nodes, "bridges": bridges},
+                             headers={"Cache-Control": "no-store"})
+
+
+class _Collector(Collector):
+    """Reads the registry at scrape time: rooms, nodes and their HLS bridges."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Any]:
+        app = self.app
+        nodes = list(app[NAMESPACE_KEY].router.nodes.values())
+        sessions = GaugeMetricFamily("relaycast_sfu_sessions", "WebRTC sessions on an SFU node",
+                                     labels=["node"])
+        for node in nodes:
+            sessions.add_metric([node.node_id], node.sessions)
+        yield sessions
+        viewers = GaugeMetricFamily("relaycast_room_viewers", "WebRTC viewers of a live room",
+                                    labels=["room"])
+        for room in app[ROOMS].rooms.values():
+            if room.live:
+                viewers.add_metric([room.name], room.viewers)
+        yield viewers
+        encoder = InfoMetricFamily("relaycast_hls_encoder", "H.264 encoder an SFU node's HLS "
+                                   "bridges chose", labels=["node"])
+        bridges = GaugeMetricFamily("relaycast_hls_bridges", "Running LL-HLS bridges",
+                                    labels=["node", "encoder"])
+        cpu = GaugeMetricFamily("relaycast_hls_bridge_cpu_cores", "Cores used by a bridge's "
+                                "transcoder", labels=["node", "room", "encoder"])
+        factor = GaugeMetricFamily("relaycast_hls_bridge_realtime_factor", "Media seconds "
+                                   "transcoded per transcoder-thread second",
+                                   labels=["node", "room", "encoder"])
+        for node in hls_nodes(app):
+            chosen = (node.get("encoder") or {}).get("name")
+            if chosen:
+                encoder.add_metric([node["node"]], {"name": chosen})
+            counts: dict[str, int] = {}
+            for bridge in node.get("bridges", []):
+                name = bridge.get("encoder") or "none"
+                counts[name] = counts.get(name, 0) + 1
+                labels = [node["node"], str(bridge.get("room")), name]
+                cpu.add_metric(labels, float(bridge.get("cpu") or 0.0))
+                if bridge.get("realtime_factor") is not None:
+                    factor.add_metric(labels, float(bridge["realtime_factor"]))
+            for name, count in counts.items():
+                bridges.add_metric([node["node"], name], count)
+        yield from (encoder, bridges, cpu, factor)
+
+
+_REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus text exposition format."""
+    body = generate_latest(request.app[_REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def add_routes(app: web.Application) -> None:
+    """Register ``GET /api/hls`` and ``GET /metrics`` on the signaling app."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(app))
+    app[_REGISTRY] = registry
+    app.router.add_routes([web.get("/api/hls", get_hls), web.get("/metrics", metrics)])
