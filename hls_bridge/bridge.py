@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -39,6 +40,7 @@ __all__ = ["BridgeManager", "HlsConfig", "RoomBridge"]
 logger = logging.getLogger(__name__)
 
 _END = object()
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium")
 RETRY_AFTER_FAILURE_S = 10.0
 """The policy does not restart a room's bridge sooner than this after a failed start."""
 
@@ -55,6 +57,9 @@ class HlsConfig:
     viewer_threshold: int = 50
     """Start a room's bridge when its WebRTC viewers reach this count; 0 = only on request."""
     fps: int = 30
+    x264_preset: str = "veryfast"
+    """libx264 preset when no hardware encoder is present: ``veryfast`` (default) or a
+    faster one (``superfast``, ``ultrafast``) for more rooms per core at lower quality."""
     ready_timeout_s: float = 10.0
     """How long a first request waits for the multivariant playlist."""
     check_interval_s: float = 0.5
@@ -66,13 +71,15 @@ class HlsConfig:
             raise ValueError(f"need 0 < part ({self.part_s} s) <= segment ({self.segment_s} s)")
         if self.idle_s <= 0 or self.ready_timeout_s <= 0 or self.check_interval_s <= 0:
             raise ValueError("idle, ready and check intervals must be positive")
+        if self.x264_preset not in X264_PRESETS:
+            raise ValueError(f"x264 preset {self.x264_preset!r}: expected one of {', '.join(X264_PRESETS)}")
         if self.viewer_threshold < 0:
             raise ValueError(f"viewer threshold {self.viewer_threshold} must be >= 0")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> HlsConfig:
         """``RELAYCAST_HLS_LADDER``, ``_PART_S``, ``_SEGMENT_S``, ``_IDLE_S``,
-        ``_VIEWER_THRESHOLD``; then ``overrides``.  Raises ConfigError on bad values."""
+        ``_VIEWER_THRESHOLD``, ``_X264_PRESET``; then ``overrides``.  Raises ConfigError on bad values."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         if ladder := env.get("RELAYCAST_HLS_LADDER", "").strip():
@@ -84,6 +91,8 @@ class HlsConfig:
                     values[name] = float(text)
                 except ValueError:
                     raise ConfigError(f"RELAYCAST_HLS_{key}={text!r} is not a number") from None
+        if preset := env.get("RELAYCAST_HLS_X264_PRESET", "").strip():
+            values["x264_preset"] = preset
         if text := env.get("RELAYCAST_HLS_VIEWER_THRESHOLD", "").strip():
             try:
                 values["viewer_threshold"] = int(text)
@@ -95,6 +104,13 @@ class HlsConfig:
             return cls(**values)
         except ValueError as exc:
             raise ConfigError(f"RELAYCAST_HLS_*: {exc}") from exc
+
+
+def with_x264_preset(choice: EncoderChoice, preset: str) -> EncoderChoice:
+    """``choice`` with libx264's ``preset`` option replaced (other encoders unchanged)."""
+    if choice.name != "libx264" or choice.options.get("preset") == preset:
+        return choice
+    return dataclasses.replace(choice, options={**choice.options, "preset": preset})
 
 
 class RoomBridge:
@@ -166,7 +182,8 @@ class RoomBridge:
 
     async def start(self) -> None:
         """Pick the encoder (cached after the first probe), attach taps, start transcoding."""
-        self.encoder = await asyncio.to_thread(choose_encoder)
+        self.encoder = with_x264_preset(await asyncio.to_thread(choose_encoder),
+                                        self.config.x264_preset)
         if self.stopped:
             return
         producers: dict[str, Producer] = {

@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     pub = sub.add_parser("publish", help="publish a file or the synthetic pattern over WHIP")
     publish.add_arguments(pub)
+
+    from . import transcode
+    tc = sub.add_parser("transcode", help="LL-HLS transcode capacity: ladders per core in real time",
+                        description=(transcode.__doc__ or "").split("\n\n")[0])
+    transcode.add_arguments(tc)
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -84,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             return publish.main(args)
         except KeyboardInterrupt:
             return 130
+    if args.command == "transcode":
+        from . import transcode
+        return transcode.main(args)
     from .fanout import FanoutOptions, run_fanout
 
     opts = FanoutOptions(
