@@ -31,6 +31,8 @@ from .store import RoomStore
 from .transcoder import LadderTranscoder
 
 if TYPE_CHECKING:
+    from hls_bridge.recording import Recorder
+    from hls_bridge.vod import RecordingLibrary
     from sfu.producer import Producer
     from sfu.router import Router
     from sfu.worker import Worker
@@ -122,7 +124,8 @@ class RoomBridge:
     ) -> None:
         self.room = room
         self.started_by = started_by
-        """Why it started: ``"request"`` (first HLS request) or ``"viewers"`` (threshold)."""
+        """Why it started: ``"request"`` (first HLS request), ``"viewers"`` (threshold) or
+        ``"recording"`` (recording on: every live room)."""
         self.started_at = time.monotonic()
         self._cpu_mark = (self.started_at, 0.0)
         self.cpu = 0.0
@@ -257,6 +260,16 @@ class RoomBridge:
         if self.transcoder is not None:
             await asyncio.to_thread(self.transcoder.close)
         self.store.end()
+        recorder: Recorder | None = self.store.recorder  # type: ignore[assignment]
+        if recorder is not None:
+            try:
+                manifest = await asyncio.wait_for(recorder.finish(), timeout)
+            except Exception:
+                logger.exception("recording of room %r did not finish", self.room)
+            else:
+                if manifest is not None:
+                    logger.info("recording %s of room %r published (%.1f s)", manifest["id"],
+                                self.room, manifest["duration_s"])
         logger.info("HLS bridge for room %r stopped", self.room)
 
 
@@ -266,12 +279,20 @@ class BridgeManager:
     A room's bridge starts on its first HLS request (`get`) or when its WebRTC viewer
     count reaches ``config.viewer_threshold``; it stops when the publisher leaves, or
     once the room has had no HLS request for ``config.idle_s`` while below the threshold.
+    With ``recordings`` (recording on), every live room is bridged from when it goes
+    live until its publisher leaves, so the recording holds the whole stream.
     ``worker`` may be None at construction and set later with `attach`.
     """
 
-    def __init__(self, worker: Worker | None, config: HlsConfig | None = None) -> None:
+    def __init__(
+        self, worker: Worker | None, config: HlsConfig | None = None,
+        recordings: RecordingLibrary | None = None,
+    ) -> None:
         self.worker: Worker | None = None
         self.config = config or HlsConfig.from_env()
+        self.recordings = recordings
+        """When set, every live room is bridged for as long as it is published and its
+        segments are recorded (a VOD is published when the stream ends)."""
         self.bridges: dict[str, RoomBridge] = {}
         self.last_request: dict[str, float] = {}
         self.encoder: EncoderChoice | None = None
@@ -297,6 +318,9 @@ class BridgeManager:
         return router if router is not None and router.live else None
 
     def _popular(self, router: Router) -> bool:
+        """Keep (or start) this room's bridge regardless of HLS requests?"""
+        if self.recordings is not None:
+            return True
         threshold = self.config.viewer_threshold
         return threshold > 0 and len(router.viewers) >= threshold
 
@@ -316,11 +340,14 @@ class BridgeManager:
         else:
             self.last_request.setdefault(room, time.monotonic())
         if bridge is None:
-            bridge = RoomBridge(room, router, RoomStore(), self.config, started_by=started_by)
+            recorder = self.recordings.recorder(room) if self.recordings is not None else None
+            bridge = RoomBridge(room, router, RoomStore(recorder=recorder), self.config,
+                                started_by=started_by)
             self.bridges[room] = bridge
             self._starting[room] = asyncio.create_task(bridge.start())
             logger.info("starting HLS bridge for room %r (%s)", room,
-                        "first HLS request" if started_by == "request"
+                        "first HLS request" if started_by == "request" else "recording"
+                        if self.recordings is not None
                         else f"{len(router.viewers)} viewers >= {self.config.viewer_threshold}")
         self.start()
         starting = self._starting.get(room)
@@ -371,6 +398,7 @@ class BridgeManager:
         return {
             "encoder": encoder,
             "viewer_threshold": self.config.viewer_threshold,
+            "recording": self.recordings is not None,
             "bridges": [bridge.to_json() for bridge in self.bridges.values()],
         }
 
@@ -398,18 +426,19 @@ class BridgeManager:
                         or now - self._failed.get(room, -RETRY_AFTER_FAILURE_S) < RETRY_AFTER_FAILURE_S):
                     continue
                 # Started in the background: the policy loop must not wait for it.
-                task = asyncio.create_task(self.ensure(room, started_by="viewers"))
+                reason = "recording" if self.recordings is not None else "viewers"
+                task = asyncio.create_task(self.ensure(room, started_by=reason))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
         for room, bridge in list(self.bridges.items()):
             if room in self._starting:
                 continue
-            router = self._router(room)
+            live_router = self._router(room)
             idle = now - self.last_request.get(room, now) > self.config.idle_s
-            if router is not None and self._popular(router):
+            if live_router is not None and self._popular(live_router):
                 idle = False
                 self.last_request[room] = now  # the idle time counts from when it stops being popular
-            if idle or bridge.done or bridge.publisher_gone() or router is None:
+            if idle or bridge.done or bridge.publisher_gone() or live_router is None:
                 reason = "idle" if idle else "publisher left"
                 logger.info("stopping HLS bridge for room %r (%s)", room, reason)
                 await self._stop(room)

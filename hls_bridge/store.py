@@ -12,15 +12,21 @@ Every change (part, segment, end) wakes the coroutines blocked in
 Resource names are relative to the media playlist at ``{rendition}/index.m3u8``:
 ``init.mp4``, ``seg{msn}.m4s``, ``part{msn}.{part}.m4s``.  A :class:`RoomStore` groups
 renditions and the multivariant playlist (``index.m3u8`` one level up).
+
+A :class:`StoreRecorder` (e.g. :class:`hls_bridge.recording.Recorder`) set on a
+:class:`RoomStore` is told, on the event loop, about every init segment, closed
+segment, multivariant playlist and the end of the stream; its exceptions are logged and
+never reach the live path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from hls_bridge.errors import HlsBridgeError
 from hls_bridge.model import MediaPlaylist, Part, Segment, ServerControl
@@ -38,9 +44,12 @@ __all__ = [
     "RenditionStore",
     "RoomStore",
     "StoreError",
+    "StoreRecorder",
     "part_uri",
     "segment_uri",
 ]
+
+logger = logging.getLogger(__name__)
 
 PLAYLIST_NAME = "index.m3u8"
 INIT_URI = "init.mp4"
@@ -58,6 +67,39 @@ def part_uri(msn: int, part: int) -> str:
 
 class StoreError(HlsBridgeError):
     """A store call that would rewrite published media or name an unknown rendition."""
+
+
+class StoreRecorder(Protocol):
+    """Told about what a :class:`RoomStore` publishes (called on the event loop).
+
+    Implementations must return quickly (hand disk I/O to a thread); an exception is
+    logged by the store and otherwise ignored.  ``on_end`` is called once.
+    """
+
+    def on_init(self, rendition: str, data: bytes) -> None:
+        """Rendition ``rendition``'s init segment (``init.mp4``) was set."""
+
+    def on_segment(self, rendition: str, segment: Segment, data: bytes) -> None:
+        """Segment ``segment.msn`` (``seg{msn}.m4s``, ``segment.duration`` seconds,
+        ``segment.program_date_time``) was closed; ``data`` is its body."""
+
+    def on_variants(
+        self, text: str, variants: Sequence[VariantStream], audio: Sequence[AudioRendition]
+    ) -> None:
+        """The multivariant playlist was set: its text and what it was rendered from."""
+
+    def on_end(self) -> None:
+        """The room's stream ended (:meth:`RoomStore.end`)."""
+
+
+def _tell(recorder: StoreRecorder | None, method: str, *args: Any) -> None:
+    """Call ``recorder.method(*args)``; a failing recorder never breaks the live store."""
+    if recorder is None:
+        return
+    try:
+        getattr(recorder, method)(*args)
+    except Exception:
+        logger.exception("HLS recorder %s failed", method)
 
 
 class RenditionStore:
@@ -105,6 +147,8 @@ class RenditionStore:
         self._waiters = 0
         self.version = 0
         """Bumped on every change; lets callers cache rendered text."""
+        self.recorder: StoreRecorder | None = None
+        """Told about the init segment and closed segments (set by :class:`RoomStore`)."""
 
     # -- writing -------------------------------------------------------------------
 
@@ -112,8 +156,11 @@ class RenditionStore:
         """Store the init segment (written once; the same bytes again are accepted)."""
         if self._init is not None and self._init != data:
             raise StoreError(f"{self.name}: the init segment is already written")
+        first = self._init is None
         self._init = bytes(data)
         self._notify()
+        if first:
+            _tell(self.recorder, "on_init", self.name, self._init)
 
     def publish_part(self, data: bytes, duration: float, independent: bool) -> Part:
         """Append a finished part (a CMAF chunk) to the in-progress segment.
@@ -140,8 +187,9 @@ class RenditionStore:
         pl = self.playlist
         msn = pl.next_msn
         segment = pl.close_segment(segment_uri(msn), program_date_time, hint=part_uri(msn + 1, 0))
-        self._segments[msn] = b"".join(self._parts.get(msn, ()))
+        body = self._segments[msn] = b"".join(self._parts.get(msn, ()))
         self._changed_state()
+        _tell(self.recorder, "on_segment", self.name, segment, body)
         return segment
 
     def end(self) -> None:
@@ -244,13 +292,49 @@ class RoomStore:
 
     All renditions share one :class:`ServerControl` (§4.4.3.8), made from the first
     rendition's targets unless given.
+
+    ``recorder`` (optional, also settable later through :attr:`recorder`) is told about
+    every init segment, closed segment, the multivariant playlist and the end; see
+    :class:`StoreRecorder`.
     """
 
-    def __init__(self, server_control: ServerControl | None = None) -> None:
+    def __init__(
+        self,
+        server_control: ServerControl | None = None,
+        *,
+        recorder: StoreRecorder | None = None,
+    ) -> None:
         self.server_control = server_control
         self.renditions: dict[str, RenditionStore] = {}
         self.multivariant: str | None = None
         """Multivariant playlist text, or None until :meth:`set_variants`."""
+        self.ended = False
+        """True after :meth:`end`."""
+        self._variants: tuple[Sequence[VariantStream], Sequence[AudioRendition]] | None = None
+        self._recorder: StoreRecorder | None = None
+        self.recorder = recorder
+
+    @property
+    def recorder(self) -> StoreRecorder | None:
+        """The :class:`StoreRecorder`, or None (the default: nothing is recorded)."""
+        return self._recorder
+
+    @recorder.setter
+    def recorder(self, recorder: StoreRecorder | None) -> None:
+        """Attach (or detach with None) a recorder.
+
+        A recorder attached mid-stream is first told the init segments and the
+        multivariant playlist already set; it records from the next closed segment.
+        """
+        self._recorder = recorder
+        for store in self.renditions.values():
+            store.recorder = recorder
+            if store.init is not None:
+                _tell(recorder, "on_init", store.name, store.init)
+        if self._variants is not None and self.multivariant is not None:
+            _tell(recorder, "on_variants", self.multivariant, *self._variants)
+        if self.ended:
+            _tell(recorder, "on_end")
 
     def add_rendition(
         self, name: str, *, target_duration: int, part_target: float, **kwargs: Any
@@ -264,6 +348,7 @@ class RoomStore:
         store = RenditionStore(
             name, target_duration=target_duration, part_target=part_target, **kwargs
         )
+        store.recorder = self._recorder
         self.renditions[name] = store
         return store
 
@@ -272,6 +357,8 @@ class RoomStore:
     ) -> None:
         """Write the multivariant playlist; URIs are relative to it (``v0/index.m3u8``)."""
         self.multivariant = render_multivariant(variants, audio)
+        self._variants = (tuple(variants), tuple(audio))
+        _tell(self._recorder, "on_variants", self.multivariant, *self._variants)
 
     def render_media(self, name: str, *, skip: bool = False) -> str:
         """Rendition ``name``'s playlist text with reports of the other renditions."""
@@ -286,7 +373,13 @@ class RoomStore:
         return render(store.playlist, skip=skip, rendition_reports=reports)
 
     def end(self) -> None:
-        """End every rendition (EXT-X-ENDLIST)."""
-        for store in self.renditions.values():
-            if not store.playlist.ended:
-                store.end()
+        """End every rendition (EXT-X-ENDLIST); the recorder is told once, even if a
+        rendition refuses to end (PlaylistStateError: a segment still in progress)."""
+        try:
+            for store in self.renditions.values():
+                if not store.playlist.ended:
+                    store.end()
+        finally:
+            if not self.ended:
+                self.ended = True
+                _tell(self._recorder, "on_end")

@@ -10,6 +10,8 @@ from .config import SignalingConfig
 from .rooms import RoomRegistry
 
 if TYPE_CHECKING:
+    from hls_bridge.vod import RecordingLibrary
+
     from .nodes import SfuNamespace
     from .whip import Session
 
@@ -17,3 +19,5 @@ CONFIG = web.AppKey("config", SignalingConfig)
 ROOMS = web.AppKey("rooms", RoomRegistry)
 SESSIONS: web.AppKey[dict[str, Session]] = web.AppKey("sessions", dict)
 NAMESPACE_KEY: web.AppKey[SfuNamespace] = web.AppKey("sfu_namespace", object)  # type: ignore[arg-type]
+RECORDINGS: web.AppKey[RecordingLibrary] = web.AppKey("recordings", object)  # type: ignore[arg-type]
+"""The node's recording library, set only when recording is on (RELAYCAST_HLS_RECORD_DIR)."""

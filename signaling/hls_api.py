@@ -10,6 +10,7 @@ collected at scrape time from the node registry, so nothing goes stale).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,9 +19,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from .app_keys import NAMESPACE_KEY, ROOMS
+from .app_keys import NAMESPACE_KEY, RECORDINGS, ROOMS
+from .config import ROOM_RE
+from .errors import HttpProblem
 
-__all__ = ["add_routes", "hls_nodes"]
+__all__ = ["add_routes", "hls_nodes", "list_recordings"]
 
 
 def hls_nodes(app: web.Application) -> list[dict[str, Any]]:
@@ -43,6 +46,22 @@ async def get_hls(request: web.Request) -> web.Response:
         for node in nodes for bridge in node.get("bridges", [])
     ]
     return web.json_response({"nodes": nodes, "bridges": bridges},
+                             headers={"Cache-Control": "no-store"})
+
+
+async def list_recordings(request: web.Request) -> web.Response:
+    """``GET /api/recordings[?room=NAME]``: ``{"enabled", "recordings": [...]}``, newest
+    first; each recording has room, id, started, ended, duration_s, bytes, renditions,
+    truncated, expires and ``url`` (``/vod/{room}/{id}/index.m3u8``)."""
+    library = request.app.get(RECORDINGS)
+    room = request.query.get("room")
+    if room is not None and not ROOM_RE.fullmatch(room):
+        raise HttpProblem(400, "Bad Request", "room must be a room name")
+    if library is None:
+        recordings: list[dict[str, Any]] = []
+    else:
+        recordings = await asyncio.to_thread(library.list, room)
+    return web.json_response({"enabled": library is not None, "recordings": recordings},
                              headers={"Cache-Control": "no-store"})
 
 
@@ -75,20 +94,20 @@ class _Collector(Collector):
         factor = GaugeMetricFamily("relaycast_hls_bridge_realtime_factor", "Media seconds "
                                    "transcoded per transcoder-thread second",
                                    labels=["node", "room", "encoder"])
-        for node in hls_nodes(app):
-            chosen = (node.get("encoder") or {}).get("name")
+        for report in hls_nodes(app):
+            chosen = (report.get("encoder") or {}).get("name")
             if chosen:
-                encoder.add_metric([node["node"]], {"name": chosen})
+                encoder.add_metric([report["node"]], {"name": chosen})
             counts: dict[str, int] = {}
-            for bridge in node.get("bridges", []):
+            for bridge in report.get("bridges", []):
                 name = bridge.get("encoder") or "none"
                 counts[name] = counts.get(name, 0) + 1
-                labels = [node["node"], str(bridge.get("room")), name]
+                labels = [report["node"], str(bridge.get("room")), name]
                 cpu.add_metric(labels, float(bridge.get("cpu") or 0.0))
                 if bridge.get("realtime_factor") is not None:
                     factor.add_metric(labels, float(bridge["realtime_factor"]))
             for name, count in counts.items():
-                bridges.add_metric([node["node"], name], count)
+                bridges.add_metric([report["node"], name], count)
         yield from (encoder, bridges, cpu, factor)
 
 
@@ -102,8 +121,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    """Register ``GET /api/hls`` and ``GET /metrics`` on the signaling app."""
+    """Register ``GET /api/hls``, ``GET /api/recordings`` and ``GET /metrics``."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(app))
     app[_REGISTRY] = registry
-    app.router.add_routes([web.get("/api/hls", get_hls), web.get("/metrics", metrics)])
+    app.router.add_routes([web.get("/api/hls", get_hls), web.get("/api/recordings", list_recordings),
+                           web.get("/metrics", metrics)])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -10,11 +12,12 @@ from aiohttp import web
 
 from hls_bridge.bridge import BridgeManager, HlsConfig
 from hls_bridge.origin import create_origin_app
+from hls_bridge.vod import RecordingConfig, create_vod_app
 from sfu.node import SignalingLink
 from sfu.worker import Worker
 
 from .app import create_app
-from .app_keys import ROOMS
+from .app_keys import RECORDINGS, ROOMS
 from .config import SignalingConfig
 
 logger = logging.getLogger(__name__)
@@ -42,10 +45,16 @@ class Service:
         self.url = ""
         self.demo_stream_key: str | None = None
         self.hls: BridgeManager | None = None
+        self.recordings = RecordingConfig.from_env()
+        self._sweeper: asyncio.Task[None] | None = None
         if config.embedded_sfu:
             # Mounted now (the app freezes at start-up); the worker is attached in start().
-            self.hls = BridgeManager(None, HlsConfig.from_env())
+            library = self.recordings.library()
+            self.hls = BridgeManager(None, HlsConfig.from_env(), recordings=library)
             self.app.add_subapp("/hls", create_origin_app(self.hls))
+            if library is not None:
+                self.app[RECORDINGS] = library
+                self.app.add_subapp("/vod", create_vod_app(library))
 
     async def __aenter__(self) -> Service:
         await self.start()
@@ -71,10 +80,17 @@ class Service:
             if self.hls is not None:
                 self.hls.attach(self.worker)
                 self.hls.start()
+                if self.hls.recordings is not None:
+                    self._sweeper = asyncio.create_task(
+                        self.hls.recordings.sweep_forever(self.recordings.sweep_interval_s))
             self.link = SignalingLink(self.worker, self.url, config.sfu.node_id, config.node_secret)
             await self.link.start()
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         if self.hls is not None:
             await self.hls.close()
         if self.link is not None:
