@@ -1,0 +1,270 @@
+"""LL-HLS latency: capture time drawn in the frames vs. when a player has them.
+
+``python -m loadtest hls-latency --seconds 20 [--edge] [--browser]``
+
+Starts ``relaycast serve`` (its LL-HLS bridge mounted at /hls/) and a WHIP publisher of
+the capture-time pattern (`loadtest.sources.PatternVideoTrack` draws ``time.time()`` in
+ms into every frame), optionally a real nginx edge (`loadtest.nginx_edge`), and then
+measures, per frame of the top rendition:
+
+- **player**: `loadtest.llhls_player.LlhlsPlayer` follows the live edge with blocking
+  playlist reload and preload hints; latency = the wall-clock time the part holding the
+  frame was fully received − the capture time decoded from the frame (parts are kept in
+  memory during the run and decoded with PyAV afterwards, so decoding does not delay
+  the player);
+- **hls.js** (``--browser``): hls.js 1.7 (``lowLatencyMode``) in headless Chromium plays
+  the multivariant playlist pinned to the top rendition; a ``requestVideoFrameCallback``
+  copies the code strip of every 3rd frame presented (with the presentation time,
+  ``performance.timeOrigin + expectedDisplayTime``); latency = that time − the capture
+  time read from the strip.
+
+Both clocks are this machine's wall clock.  Output: p50/p95/max per measure, a JSON
+report in ``--out``.  Bounded by ``--seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import av
+import numpy as np
+
+from .fanout import ROOM, PublisherProcess, SfuProcess
+from .llhls_player import LlhlsPlayer, PartRecord
+from .pattern import code_to_capture_time, read_code
+
+__all__ = ["decode_part_latencies", "main", "percentiles"]
+
+BROWSER = "/usr/lib/chromium/chromium-headless-shell"
+
+
+def percentiles(values: list[float]) -> dict[str, float | int | None]:
+    """``{"n", "p50", "p95", "max"}`` in ms (None when empty)."""
+    if not values:
+        return {"n": 0, "p50": None, "p95": None, "max": None}
+    ordered = sorted(values)
+    q = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else ordered * 99
+    return {"n": len(ordered), "p50": round(q[49] * 1000, 1), "p95": round(q[94] * 1000, 1),
+            "max": round(ordered[-1] * 1000, 1)}
+
+
+def decode_part_latencies(init: bytes, parts: list[tuple[PartRecord, bytes]]) -> list[float]:
+    """Latency (s) of every decodable frame: its part's ``received`` − its capture time.
+
+    ``parts`` in playlist order, starting with an independent part.  init + parts are one
+    fragmented MP4 stream; a packet belongs to the part whose byte range holds its
+    position.
+    """
+    data = bytearray(init)
+    ranges: list[tuple[int, PartRecord]] = []
+    for record, body in parts:
+        ranges.append((len(data), record))
+        data += body
+    starts = [start for start, _ in ranges]
+    latencies: list[float] = []
+    with av.open(io.BytesIO(bytes(data)), format="mp4") as container:
+        stream = container.streams.video[0]
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.pos is None or packet.pos < 0:
+                continue
+            index = int(np.searchsorted(starts, packet.pos, side="right")) - 1
+            if index < 0:
+                continue
+            record = ranges[index][1]
+            for frame in packet.decode():
+                code = read_code(frame)
+                if code is not None:
+                    latencies.append(record.received - code_to_capture_time(code, record.received))
+    return latencies
+
+
+HLSJS_CONFIG: dict[str, Any] = {"lowLatencyMode": True, "backBufferLength": 4}
+"""The hls.js settings measured by default (the watch page's)."""
+
+# hls.js page: pinned to the top level; samples the code strip of every 3rd frame.
+_PAGE = """<!doctype html><meta charset="utf-8"><title>hls.js latency</title>
+<video id="v" muted autoplay playsinline></video>
+<script src="/static/vendor/hls.min.js"></script>
+<script>
+window.samples = []; window.state = {errors: []};
+const video = document.getElementById('v');
+const hls = window.hls = new Hls(HLS_CONFIG);
+hls.on(Hls.Events.MANIFEST_PARSED, (_, data) => {
+  hls.currentLevel = data.levels.length - 1;  // levels ascend by bitrate: the top rung
+  video.play().catch(e => window.state.errors.push(String(e)));
+});
+hls.on(Hls.Events.ERROR, (_, d) => { if (d.fatal) window.state.errors.push(d.type + ':' + d.details); });
+hls.loadSource(URL_PLACEHOLDER);
+hls.attachMedia(video);
+const canvas = document.createElement('canvas');
+const ctx = canvas.getContext('2d', {willReadFrequently: true});
+let n = 0;
+function onFrame(now, meta) {
+  if (n++ % 3 === 0 && window.samples.length < 600 && video.videoWidth) {
+    const w = video.videoWidth, h = Math.round(2 * w / 28) + 2;
+    canvas.width = w; canvas.height = h;
+    ctx.drawImage(video, 0, 0, w, h, 0, 0, w, h);
+    const rgba = ctx.getImageData(0, 0, w, h).data;
+    const luma = new Uint8Array(w * h);
+    for (let i = 0, j = 0; i < luma.length; i++, j += 4)
+      luma[i] = (0.299 * rgba[j] + 0.587 * rgba[j + 1] + 0.114 * rgba[j + 2]) | 0;
+    let bin = ''; for (let i = 0; i < luma.length; i++) bin += String.fromCharCode(luma[i]);
+    window.samples.push({t: performance.timeOrigin + meta.expectedDisplayTime, w, h,
+                         level: hls.currentLevel, data: btoa(bin)});
+  }
+  video.requestVideoFrameCallback(onFrame);
+}
+video.requestVideoFrameCallback(onFrame);
+</script>"""
+
+
+async def run_browser(
+    base_url: str, playlist_url: str, seconds: float, hls_config: dict[str, Any]
+) -> dict[str, Any]:
+    """hls.js in headless Chromium for ``seconds``; latencies (s) of the frames it showed."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=BROWSER if os.path.exists(BROWSER) else None,
+            args=["--autoplay-policy=no-user-gesture-required"])
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{base_url}/healthz")
+            await page.set_content(_PAGE.replace("URL_PLACEHOLDER", json.dumps(playlist_url))
+                                   .replace("HLS_CONFIG", json.dumps(hls_config)))
+            await asyncio.sleep(seconds)
+            samples = await page.evaluate("window.samples")
+            state = await page.evaluate(
+                "({errors: window.state.errors, currentTime: document.getElementById('v').currentTime,"
+                " targetLatency: window.hls.targetLatency, latency: window.hls.latency,"
+                " drift: window.hls.drift, playbackRate: document.getElementById('v').playbackRate})")
+        finally:
+            await browser.close()
+    latencies = []
+    for sample in samples:
+        luma = np.frombuffer(base64.b64decode(sample["data"]), dtype=np.uint8)
+        code = read_code(luma.reshape(sample["h"], sample["w"]))
+        if code is not None:
+            t = sample["t"] / 1000.0
+            latencies.append(t - code_to_capture_time(code, t))
+    return {"samples": len(samples), "read": len(latencies), "latencies": latencies, **state}
+
+
+@dataclass
+class _Captured:
+    init: dict[str, bytes]
+    parts: dict[str, list[tuple[PartRecord, bytes]]]
+
+
+async def run_player(playlist_url: str, seconds: float) -> tuple[LlhlsPlayer, list[float]]:
+    captured = _Captured({}, {})
+
+    def on_init(rendition: str, data: bytes) -> None:
+        captured.init[rendition] = data
+
+    def on_part(record: PartRecord, data: bytes) -> None:
+        captured.parts.setdefault(record.rendition, []).append((record, data))
+
+    player = LlhlsPlayer(playlist_url, variant=0, duration=seconds, on_init=on_init, on_part=on_part)
+    await player.run()
+    latencies: list[float] = []
+    for rendition, parts in captured.parts.items():
+        live = [(r, d) for r, d in parts if not r.catchup]
+        first = next((i for i, (r, _) in enumerate(live) if r.independent), None)
+        if first is None or rendition not in captured.init:
+            continue
+        latencies += await asyncio.to_thread(
+            decode_part_latencies, captured.init[rendition], live[first:])
+    return player, latencies
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.update({"RELAYCAST_HLS_LADDER": args.ladder, "RELAYCAST_HLS_PART_S": str(args.part_s),
+                       "RELAYCAST_HLS_SEGMENT_S": str(args.segment_s)})
+    sfu = SfuProcess("forward", out / "serve.log")
+    await sfu.start()
+    report: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items() if k != "func"}}
+    edge = None
+    publisher: PublisherProcess | None = None
+    try:
+        width, _, height = args.size.partition("x")
+        opts = SimpleNamespace(width=int(width), height=int(height), fps=args.fps, bitrate=args.bitrate)
+        publisher = PublisherProcess(f"{sfu.url}/whip/{ROOM}", sfu.key, opts,  # type: ignore[arg-type]
+                                     out / "publisher.log")
+        await publisher.start()
+        base = sfu.url
+        if args.edge:
+            from .nginx_edge import NginxEdge
+            edge = NginxEdge(sfu.url, out / "edge")
+            await edge.start()
+            base = edge.url
+        playlist = f"{base}/hls/{ROOM}/index.m3u8"
+        # Start the bridge and let it settle (first playlist, encoder warm-up).
+        warm = LlhlsPlayer(playlist, duration=args.warmup, max_parts=10_000)
+        await warm.run()
+        print(f"bridge up: {len(warm.records)} parts in {args.warmup:g} s warm-up", flush=True)
+
+        player, latencies = await run_player(playlist, args.seconds)
+        report["player"] = {
+            "frames": percentiles(latencies), "parts": len(player.records),
+            "part_latency_pdt": percentiles([r.latency for r in player.records
+                                             if r.latency is not None and not r.catchup]),
+            "errors": len(player.errors), "resyncs": player.resyncs,
+        }
+        print(f"player (blocking reload): frames {report['player']['frames']}", flush=True)
+        if args.browser:
+            hls_config = json.loads(args.hls_config)
+            result = await run_browser(base, playlist, args.seconds, hls_config)
+            report["hlsjs"] = {"frames": percentiles(result["latencies"]), "samples": result["samples"],
+                               "read": result["read"], "errors": result["errors"],
+                               "current_time": result["currentTime"], "hls_config": hls_config,
+                               **{k: result.get(k) for k in ("targetLatency", "latency", "drift",
+                                                             "playbackRate")}}
+            print(f"hls.js: frames {report['hlsjs']['frames']} ({result['read']}/{result['samples']} "
+                  f"samples read; errors {result['errors']})", flush=True)
+    finally:
+        if publisher is not None:
+            await publisher.stop()
+        if edge is not None:
+            await edge.stop()
+        await sfu.stop()
+    (out / "hls_latency.json").write_text(json.dumps(report, indent=2))
+    print(f"wrote {out / 'hls_latency.json'}")
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=float, default=20.0, help="measurement window (default 20)")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of playback before measuring (default 5)")
+    parser.add_argument("--size", default="1280x720", help="publisher WIDTHxHEIGHT (default 1280x720)")
+    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--bitrate", type=int, default=1_500_000, help="publisher VP8 bps (default 1500000)")
+    parser.add_argument("--ladder", default="720p,480p,360p", help="RELAYCAST_HLS_LADDER (default 720p,480p,360p)")
+    parser.add_argument("--part-s", type=float, default=0.2, help="part target, s (default 0.2)")
+    parser.add_argument("--segment-s", type=float, default=1.0, help="segment target, s (default 1.0)")
+    parser.add_argument("--edge", action="store_true", help="play through a real nginx edge")
+    parser.add_argument("--browser", action="store_true", help="also measure hls.js in headless Chromium")
+    parser.add_argument("--hls-config", default=json.dumps(HLSJS_CONFIG),
+                        help=f"hls.js config, JSON (default {json.dumps(HLSJS_CONFIG)})")
+    parser.add_argument("--out", type=Path, default=Path("loadtest/results/hls-latency"))
+
+
+def main(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    asyncio.run(run(args))
+    print(f"done in {time.monotonic() - started:.0f} s")
+    return 0
