@@ -64,6 +64,9 @@ class HlsConfig:
     faster one (``superfast``, ``ultrafast``) for more rooms per core at lower quality."""
     ready_timeout_s: float = 10.0
     """How long a first request waits for the multivariant playlist."""
+    ended_grace_s: float = 30.0
+    """How long a stopped bridge's store stays served (ENDLIST, its last parts) while the
+    room has no live bridge, so players fetch the end of the stream instead of 404s."""
     check_interval_s: float = 0.5
     """How often the manager looks for idle bridges and departed publishers."""
 
@@ -299,6 +302,8 @@ class BridgeManager:
         """The encoder the last bridge chose (with every probe's reason), for reports."""
         self._starting: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._ended: dict[str, tuple[RoomStore, float]] = {}
+        """Room → (store of its last, stopped bridge, monotonic time it stops being served)."""
         self._failed: dict[str, float] = {}
         """Room → when its bridge last failed to start (the policy waits before retrying)."""
         self._watcher: asyncio.Task[None] | None = None
@@ -334,6 +339,9 @@ class BridgeManager:
             bridge = None
         router = self._router(room)
         if router is None:
+            ended = self._ended.get(room)
+            if started_by == "request" and ended is not None and ended[1] > time.monotonic():
+                return ended[0]
             return None
         if started_by == "request":
             self.last_request[room] = time.monotonic()
@@ -420,6 +428,9 @@ class BridgeManager:
 
     async def _check(self) -> None:
         now = time.monotonic()
+        for room, (_, until) in list(self._ended.items()):
+            if until <= now:
+                del self._ended[room]
         if self.worker is not None:
             for room, router in list(self.worker.routers.items()):
                 if (room in self.bridges or not router.live or not self._popular(router)
@@ -454,6 +465,8 @@ class BridgeManager:
             with contextlib.suppress(Exception):
                 await starting
         await bridge.stop()
+        if bridge.store.renditions:
+            self._ended[room] = (bridge.store, time.monotonic() + self.config.ended_grace_s)
 
     async def close(self) -> None:
         """Stop every bridge and the policy loop."""

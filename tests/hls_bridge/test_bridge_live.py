@@ -112,6 +112,7 @@ async def test_live_room_is_served_as_ll_hls(service, http, tmp_path: Path) -> N
         assert len(frames) >= 15
         assert {(f["width"], f["height"]) for f in frames} == {(640, 360)}
         assert frames[0]["key_frame"] == 1
+        svc.hls.config = HlsConfig(ended_grace_s=3.0)
     finally:
         await pub.close()
 
@@ -121,8 +122,19 @@ async def test_live_room_is_served_as_ll_hls(service, http, tmp_path: Path) -> N
         while "demo" in svc.hls.bridges or not bridge.stopped:
             await asyncio.sleep(0.1)
     assert all(r.playlist.ended for r in store.renditions.values())
-    status, _, body = await get(http, f"{base}/index.m3u8")
-    assert status == 404, body
+    # For a grace period the ended stream stays served: ENDLIST and its last parts, so
+    # players reach the end instead of 404s; then the room answers 404.
+    status, _, body = await get(http, f"{base}/v0/index.m3u8")
+    assert status == 200, body
+    ended = m3u8.loads(body.decode())
+    assert ended.is_endlist
+    last_part = ended.segments[-1].parts[-1] if ended.segments[-1].parts else None
+    if last_part is not None:
+        status, _, _ = await get(http, f"{base}/v0/{last_part.uri}")
+        assert status == 200
+    async with asyncio.timeout(10):
+        while (await get(http, f"{base}/index.m3u8"))[0] != 404:
+            await asyncio.sleep(0.2)
 
 
 async def test_bridge_stops_after_idle_seconds_without_requests(service, http) -> None:
