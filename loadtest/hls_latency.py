@@ -89,7 +89,8 @@ def decode_part_latencies(init: bytes, parts: list[tuple[PartRecord, bytes]]) ->
     return latencies
 
 
-HLSJS_CONFIG: dict[str, Any] = {"lowLatencyMode": True, "backBufferLength": 4}
+HLSJS_CONFIG: dict[str, Any] = {"lowLatencyMode": True, "liveDurationInfinity": True,
+                                "backBufferLength": 30, "maxLiveSyncPlaybackRate": 1.5}
 """The hls.js settings measured by default (the watch page's)."""
 
 # hls.js page: pinned to the top level; samples the code strip of every 3rd frame.

@@ -1,4 +1,4 @@
-"""LL-HLS bridge reports at the signaling edge: ``GET /api/hls`` and ``GET /metrics``.
+"""LL-HLS at the signaling edge: ``GET /api/hls``, ``GET /api/recordings``, ``GET /metrics``.
 
 Each SFU node's load report (every second over ``/sfu``) carries an ``"hls"`` section
 written by its `hls_bridge.bridge.BridgeManager`: the chosen H.264 encoder with every
@@ -6,6 +6,8 @@ probe's reason, the viewer threshold, and one entry per running bridge (room, en
 renditions, what started it, transcoder CPU in cores, real-time factor).  This module
 shows those sections per node as JSON and as Prometheus metrics (prometheus_client,
 collected at scrape time from the node registry, so nothing goes stale).
+``/api/recordings`` lists the finished recordings of the node's `RecordingLibrary`
+(``RELAYCAST_HLS_RECORD_DIR``; empty with ``"enabled": false`` when recording is off).
 """
 
 from __future__ import annotations
