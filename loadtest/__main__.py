@@ -1,4 +1,4 @@
-"""``python -m loadtest`` / ``relaycast-loadtest``: ``fanout`` benchmark and ``publish``."""
+"""``python -m loadtest`` / ``relaycast-loadtest``: ``fanout`` and ``cdn`` benchmarks, ``publish``."""
 
 from __future__ import annotations
 
@@ -69,6 +69,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="py-spy the SFU while the join probes of the step with this N run")
     fan.add_argument("--out", type=Path, default=Path("loadtest/results"), help="results folder")
 
+    cdn = sub.add_parser("cdn", help="LL-HLS CDN fan-out: N emulated LL-HLS players through a real nginx edge",
+                         description="Starts the service, a WHIP publisher, the deploy/nginx edge and player "
+                                     "processes on 127.0.0.1; 1 player (baseline), then N. See docs/benchmarks.md.")
+    cdn.add_argument("--players", type=int, default=300, help="players in the fan-out phase (default 300)")
+    cdn.add_argument("--seconds", type=float, default=20.0, help="measurement window per phase (default 20)")
+    cdn.add_argument("--settle", type=float, default=3.0, help="seconds after the joins before measuring (default 3)")
+    cdn.add_argument("--ramp", type=float, default=3.0, help="players join spread over this many seconds (default 3)")
+    cdn.add_argument("--procs", type=int, default=0, help="player processes (default: one per 100 players)")
+    cdn.add_argument("--size", type=_size, default=(320, 180), help="publisher resolution (default 320x180)")
+    cdn.add_argument("--ladder", default="180:300k",
+                     help="RELAYCAST_HLS_LADDER for the bridge (default 180:300k: one low rung)")
+    cdn.add_argument("--audio", action="store_true", help="publish audio too and have players follow it")
+    cdn.add_argument("--no-preload-hint", action="store_true",
+                     help="players do not request the preload-hinted part early")
+    cdn.add_argument("--edge-workers", type=int, default=1, help="nginx worker processes (default 1)")
+    cdn.add_argument("--no-cache-lock", action="store_true",
+                     help="comparison only: run the edge with proxy_cache_lock off (no collapsed forwarding)")
+    cdn.add_argument("--edge-dir", type=Path, default=None,
+                     help="keep nginx's config, logs and cache in this folder (default: a temporary one)")
+    cdn.add_argument("--out", type=Path, default=Path("loadtest/results"), help="results folder")
+
     pub = sub.add_parser("publish", help="publish a file or the synthetic pattern over WHIP")
     publish.add_arguments(pub)
 
@@ -76,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     tc = sub.add_parser("transcode", help="LL-HLS transcode capacity: ladders per core in real time",
                         description=(transcode.__doc__ or "").split("\n\n")[0])
     transcode.add_arguments(tc)
+
+    from . import hls_latency
+    hl = sub.add_parser("hls-latency", help="LL-HLS latency: capture time in frames vs player/hls.js",
+                        description=(hls_latency.__doc__ or "").split("\n\n")[0])
+    hls_latency.add_arguments(hl)
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -92,6 +118,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "transcode":
         from . import transcode
         return transcode.main(args)
+    if args.command == "hls-latency":
+        from . import hls_latency
+        return hls_latency.main(args)
+    if args.command == "cdn":
+        from .cdn_fanout import CdnOptions, run_cdn
+
+        if args.players < 1 or args.seconds <= 0:
+            raise SystemExit("--players must be >= 1 and --seconds > 0")
+        cdn_opts = CdnOptions(players=args.players, seconds=args.seconds, settle=args.settle, ramp=args.ramp,
+                              procs=args.procs, width=args.size[0], height=args.size[1], ladder=args.ladder,
+                              audio=args.audio, preload_hint=not args.no_preload_hint,
+                              edge_workers=args.edge_workers, cache_lock=not args.no_cache_lock,
+                              workdir=args.edge_dir, out=args.out)
+        try:
+            asyncio.run(run_cdn(cdn_opts))
+        except KeyboardInterrupt:
+            return 130
+        return 0
     from .fanout import FanoutOptions, run_fanout
 
     opts = FanoutOptions(
