@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from collections.abc import AsyncIterable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,7 @@ import av
 from av.audio.codeccontext import AudioCodecContext
 from av.video.codeccontext import VideoCodecContext
 from av.video.frame import PictureType
+from av.video.reformatter import VideoReformatter
 
 from .encoders import EncoderChoice, choose_encoder, open_video_encoder
 from .errors import HlsBridgeError
@@ -109,6 +111,7 @@ class _VideoOutput:
     segment_start: int = 0
     parts_open: int = 0
     bytes_out: int = 0
+    reformatter: VideoReformatter = field(default_factory=VideoReformatter)
 
 
 @dataclass
@@ -152,6 +155,7 @@ class LadderTranscoder:
         max_gap_s: float = 2.0,
         loop: asyncio.AbstractEventLoop | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        parallel_rungs: bool = True,
     ) -> None:
         self.fps = Fraction(fps)
         if self.fps <= 0 or not rungs:
@@ -182,6 +186,11 @@ class LadderTranscoder:
         self._loop = loop if loop is not None else _running_loop()
         self._clock = clock
         self._executor: ThreadPoolExecutor | None = None
+        self._parallel_rungs = parallel_rungs
+        self._rung_pool: ThreadPoolExecutor | None = None
+        """Threads scaling + encoding rungs 1.. while the worker does rung 0 (PyAV releases
+        the GIL in sws_scale and the encoder): a frame's wall time is its slowest rung."""
+        self._variants_lock = threading.Lock()
         self._anchor: datetime | None = None
         """Wall clock at the first frame of either kind: the PDT of media time 0."""
         self._store_error: BaseException | None = None
@@ -245,11 +254,9 @@ class LadderTranscoder:
         slot = self._slot_for(frame)
         if slot is not None:
             for missing in range(self._last_slot + 1, slot):
-                for output in self._outputs:
-                    self._encode(output, None, missing, ops)
+                self._encode_rungs(None, missing, ops)
                 self.stats.repeated_frames += 1
-            for output in self._outputs:
-                self._encode(output, frame, slot, ops)
+            self._encode_rungs(frame, slot, ops)
             self._last_slot = slot
             self.stats.video_slots = slot + 1
         self._post(ops)
@@ -310,10 +317,13 @@ class LadderTranscoder:
         self._check_running()
 
     def close(self) -> None:
-        """Release the worker thread (does not end the renditions)."""
+        """Release the worker threads (does not end the renditions)."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._rung_pool is not None:
+            self._rung_pool.shutdown(wait=True)
+            self._rung_pool = None
 
     # -- video ---------------------------------------------------------------------
 
@@ -334,6 +344,8 @@ class LadderTranscoder:
                 _VideoOutput(name, rung, ctx, TrackPackager(1, VIDEO_TIMESCALE, h264=True))
             )
             ops.append(partial(self._add_rendition, name))
+        if self._parallel_rungs and len(outputs) > 1:
+            self._rung_pool = ThreadPoolExecutor(len(outputs) - 1, thread_name_prefix="hls-rung")
         logger.info(
             "transcoding %dx%d to %s with %s",
             frame.width, frame.height,
@@ -361,6 +373,30 @@ class LadderTranscoder:
             return None
         return slot
 
+    def _encode_rungs(
+        self, frame: av.VideoFrame | None, slot: int, ops: list[Callable[[], Any]]
+    ) -> None:
+        """`_encode` ``frame`` for every rung, rungs 1.. in the rung pool; store ops are
+        appended in rung order (each rung's own ops keep their order)."""
+        outputs = self._outputs
+        assert outputs is not None
+        if self._rung_pool is None:
+            for output in outputs:
+                self._encode(output, frame, slot, ops)
+            return
+        per_rung: list[list[Callable[[], Any]]] = [[] for _ in outputs]
+        futures = [
+            self._rung_pool.submit(self._encode, output, frame, slot, per_rung[index])
+            for index, output in enumerate(outputs) if index > 0
+        ]
+        try:
+            self._encode(outputs[0], frame, slot, per_rung[0])
+        finally:
+            for future in futures:
+                future.result()  # re-raises a rung's TranscoderError
+        for rung_ops in per_rung:
+            ops.extend(rung_ops)
+
     def _encode(
         self, output: _VideoOutput, frame: av.VideoFrame | None, slot: int,
         ops: list[Callable[[], Any]],
@@ -370,7 +406,10 @@ class LadderTranscoder:
             picture = output.last_picture
             assert picture is not None
         else:
-            picture = frame.reformat(rung.width, rung.height, format="yuv420p")
+            # One reformatter per rung: a frame's own (frame.reformat) must not be shared
+            # by the rung threads.
+            picture = output.reformatter.reformat(
+                frame, width=rung.width, height=rung.height, format="yuv420p")
             output.last_picture = picture
         picture.pts = slot
         picture.time_base = output.ctx.time_base
@@ -419,9 +458,10 @@ class LadderTranscoder:
             output.parts_open = 0
 
     def _maybe_set_variants(self, ops: list[Callable[[], Any]]) -> None:
-        if self._variants_set or any(o.codecs is None for o in self._outputs or ()):
-            return
-        self._variants_set = True
+        with self._variants_lock:  # rungs finish their first packet in different threads
+            if self._variants_set or any(o.codecs is None for o in self._outputs or ()):
+                return
+            self._variants_set = True
         audio = []
         if self._audio_enabled:
             audio.append(AudioRendition(
