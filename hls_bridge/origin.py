@@ -11,10 +11,12 @@ None``), asked on every request; a provider may start a room's stream lazily.
 Routes (relative to the mount point):
 
 - ``GET /{room}/index.m3u8`` — multivariant playlist.
-- ``GET /{room}/{rendition}/index.m3u8`` — media playlist; ``_HLS_msn``/``_HLS_part``
+- ``GET /{room}/{stream}/{rendition}/index.m3u8`` — media playlist (``stream`` is the
+  store's `RoomStore.stream_id`, named by the multivariant playlist; another stream's
+  id answers 404); ``_HLS_msn``/``_HLS_part``
   block until that part (segment) exists and return the whole playlist (§6.2.5.2);
   ``_HLS_skip=YES|v2`` asks for a delta update (§6.2.5.1).
-- ``GET /{room}/{rendition}/init.mp4``, ``seg{msn}.m4s``, ``part{msn}.{part}.m4s`` —
+- ``GET /{room}/{stream}/{rendition}/init.mp4``, ``seg{msn}.m4s``, ``part{msn}.{part}.m4s`` —
   media from memory; the preload-hinted part waits until it is published (§4.4.5.3).
 
 Caching is CDN-friendly: media are immutable for a year; playlists live about one part
@@ -93,10 +95,10 @@ def create_origin_app(rooms: Mapping[str, RoomStore] | RoomProvider) -> web.Appl
     app = web.Application(middlewares=[_cors_middleware, problem_middleware])
     app[PROVIDER] = _MappingProvider(rooms) if isinstance(rooms, Mapping) else rooms
     app.router.add_get("/{room}/index.m3u8", _multivariant)
-    app.router.add_get("/{room}/{rendition}/index.m3u8", _media_playlist)
-    app.router.add_get("/{room}/{rendition}/init.mp4", _init)
-    app.router.add_get(r"/{room}/{rendition}/seg{msn:\d+}.m4s", _segment)
-    app.router.add_get(r"/{room}/{rendition}/part{msn:\d+}.{part:\d+}.m4s", _part)
+    app.router.add_get("/{room}/{stream}/{rendition}/index.m3u8", _media_playlist)
+    app.router.add_get("/{room}/{stream}/{rendition}/init.mp4", _init)
+    app.router.add_get(r"/{room}/{stream}/{rendition}/seg{msn:\d+}.m4s", _segment)
+    app.router.add_get(r"/{room}/{stream}/{rendition}/part{msn:\d+}.{part:\d+}.m4s", _part)
     return app
 
 
@@ -113,6 +115,8 @@ async def _room(request: web.Request) -> RoomStore:
 
 async def _rendition(request: web.Request) -> tuple[RoomStore, RenditionStore]:
     room = await _room(request)
+    if request.match_info["stream"] != room.stream_id:
+        raise HttpProblem(404, detail="that stream of the room is over")
     name = request.match_info["rendition"]
     store = room.renditions.get(name)
     if store is None:

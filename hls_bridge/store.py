@@ -11,7 +11,9 @@ Every change (part, segment, end) wakes the coroutines blocked in
 
 Resource names are relative to the media playlist at ``{rendition}/index.m3u8``:
 ``init.mp4``, ``seg{msn}.m4s``, ``part{msn}.{part}.m4s``.  A :class:`RoomStore` groups
-renditions and the multivariant playlist (``index.m3u8`` one level up).
+renditions and the multivariant playlist (``index.m3u8``), which names each rendition's
+playlist under the store's :attr:`RoomStore.stream_id` (``{stream_id}/v0/index.m3u8``):
+a new stream of the same room gets new media URLs.
 
 A :class:`StoreRecorder` (e.g. :class:`hls_bridge.recording.Recorder`) set on a
 :class:`RoomStore` is told, on the event loop, about every init segment, closed
@@ -22,7 +24,10 @@ never reach the live path.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import re
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -45,6 +50,7 @@ __all__ = [
     "RoomStore",
     "StoreError",
     "StoreRecorder",
+    "new_stream_id",
     "part_uri",
     "segment_uri",
 ]
@@ -63,6 +69,19 @@ def segment_uri(msn: int) -> str:
 def part_uri(msn: int, part: int) -> str:
     """URI of part ``part`` of segment ``msn``, relative to its media playlist."""
     return f"part{msn}.{part}.m4s"
+
+
+STREAM_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def new_stream_id() -> str:
+    """A fresh stream id: ``s`` + UTC time in ms (base 36) + 32 random bits (hex)."""
+    millis = int(time.time() * 1000)
+    digits = ""
+    while millis:
+        millis, digit = divmod(millis, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[digit] + digits
+    return f"s{digits}{secrets.token_hex(4)}"
 
 
 class StoreError(HlsBridgeError):
@@ -303,7 +322,14 @@ class RoomStore:
         server_control: ServerControl | None = None,
         *,
         recorder: StoreRecorder | None = None,
+        stream_id: str | None = None,
     ) -> None:
+        self.stream_id = stream_id if stream_id is not None else new_stream_id()
+        """Path segment naming this stream's media (``/hls/{room}/{stream_id}/v0/…``): a
+        room's next stream gets new URLs, so media cached as immutable by a CDN never
+        outlives the stream it belongs to."""
+        if not STREAM_ID_RE.fullmatch(self.stream_id):
+            raise StoreError(f"bad stream id {self.stream_id!r}")
         self.server_control = server_control
         self.renditions: dict[str, RenditionStore] = {}
         self.multivariant: str | None = None
@@ -355,8 +381,14 @@ class RoomStore:
     def set_variants(
         self, variants: Sequence[VariantStream], audio: Sequence[AudioRendition] = ()
     ) -> None:
-        """Write the multivariant playlist; URIs are relative to it (``v0/index.m3u8``)."""
-        self.multivariant = render_multivariant(variants, audio)
+        """Write the multivariant playlist.  ``variants``/``audio`` URIs are relative to
+        the stream folder (``v0/index.m3u8``); the playlist names them under
+        :attr:`stream_id` (``{stream_id}/v0/index.m3u8``)."""
+        prefix = f"{self.stream_id}/"
+        self.multivariant = render_multivariant(
+            [dataclasses.replace(v, uri=prefix + v.uri) for v in variants],
+            [dataclasses.replace(a, uri=prefix + a.uri) for a in audio],
+        )
         self._variants = (tuple(variants), tuple(audio))
         _tell(self._recorder, "on_variants", self.multivariant, *self._variants)
 

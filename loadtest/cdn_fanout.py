@@ -397,8 +397,10 @@ async def _phases(opts: CdnOptions, svc: Any, edge: Any, pool: PlayerPool, http_
     url = f"{edge.url}/hls/{ROOM}/index.m3u8"
     http = http_cls(timeout=15.0)
     try:
-        await _wait_live(http.get, url)
-        media_url = f"{edge.url}/hls/{ROOM}/v0/index.m3u8"
+        master = await _wait_live(http.get, url)
+        # The first variant's playlist: {stream}/v0/index.m3u8 (media URLs are per stream).
+        first = next(line for line in master.splitlines() if line and not line.startswith("#"))
+        media_url = f"{edge.url}/hls/{ROOM}/{first}"
         # Let a few segments exist so joining players find an independent part.
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -12,8 +12,10 @@ measures, per frame of the top rendition:
   frame was fully received − the capture time decoded from the frame (parts are kept in
   memory during the run and decoded with PyAV afterwards, so decoding does not delay
   the player);
-- **hls.js** (``--browser``): hls.js 1.7 (``lowLatencyMode``) in headless Chromium plays
-  the multivariant playlist pinned to the top rendition; a ``requestVideoFrameCallback``
+- **hls.js** (``--browser``): hls.js 1.7 with the watch page's settings
+  (``lowLatencyMode``, catch-up up to 1.5×) in headless Chromium plays the multivariant
+  playlist pinned to one rendition (``--level``); after ``--warmup`` seconds of
+  playback (start-up is not measured) a ``requestVideoFrameCallback``
   copies the code strip of every 3rd frame presented (with the presentation time,
   ``performance.timeOrigin + expectedDisplayTime``); latency = that time − the capture
   time read from the strip.
@@ -43,6 +45,7 @@ import numpy as np
 from .fanout import ROOM, PublisherProcess, SfuProcess
 from .llhls_player import LlhlsPlayer, PartRecord
 from .pattern import code_to_capture_time, read_code
+from .procstat import cpu_seconds, machine_cpu_seconds
 
 __all__ = ["decode_part_latencies", "main", "percentiles"]
 
@@ -98,24 +101,33 @@ _PAGE = """<!doctype html><meta charset="utf-8"><title>hls.js latency</title>
 <video id="v" muted autoplay playsinline></video>
 <script src="/static/vendor/hls.min.js"></script>
 <script>
-window.samples = []; window.state = {errors: []};
+window.samples = []; window.sampling = false; window.state = {errors: []};
 const video = document.getElementById('v');
 const hls = window.hls = new Hls(HLS_CONFIG);
 hls.on(Hls.Events.MANIFEST_PARSED, (_, data) => {
-  hls.currentLevel = data.levels.length - 1;  // levels ascend by bitrate: the top rung
+  // levels ascend by bitrate: "top" pins the top rung, "bottom" the lowest, "auto" = ABR
+  if (LEVEL !== 'auto') hls.currentLevel = LEVEL === 'top' ? data.levels.length - 1 : 0;
   video.play().catch(e => window.state.errors.push(String(e)));
 });
-hls.on(Hls.Events.ERROR, (_, d) => { if (d.fatal) window.state.errors.push(d.type + ':' + d.details); });
+hls.on(Hls.Events.ERROR, (_, d) => {
+  const b = video.buffered, end = b.length ? b.end(b.length - 1) : 0;
+  window.state.errors.push((d.fatal ? 'fatal ' : '') + d.details + ' at ' +
+    (performance.now() / 1000).toFixed(1) + ' s, media ' + video.currentTime.toFixed(2) +
+    ' buffered to ' + end.toFixed(2) + ' latency ' + (hls.latency || 0).toFixed(2));
+});
 hls.loadSource(URL_PLACEHOLDER);
 hls.attachMedia(video);
 const canvas = document.createElement('canvas');
 const ctx = canvas.getContext('2d', {willReadFrequently: true});
 let n = 0;
 function onFrame(now, meta) {
-  if (n++ % 3 === 0 && window.samples.length < 600 && video.videoWidth) {
-    const w = video.videoWidth, h = Math.round(2 * w / 28) + 2;
+  if (window.sampling && n++ % 3 === 0 && window.samples.length < 600 && video.videoWidth) {
+    // The code layout is relative to the width: read it from a 448 px wide copy of the
+    // strip (16 px blocks) to keep the page's own CPU use small.
+    const vw = video.videoWidth, vh = Math.ceil(2 * vw / 28) + 2;
+    const w = 448, h = Math.ceil(2 * w / 28) + 2;
     canvas.width = w; canvas.height = h;
-    ctx.drawImage(video, 0, 0, w, h, 0, 0, w, h);
+    ctx.drawImage(video, 0, 0, vw, vh, 0, 0, w, h);
     const rgba = ctx.getImageData(0, 0, w, h).data;
     const luma = new Uint8Array(w * h);
     for (let i = 0, j = 0; i < luma.length; i++, j += 4)
@@ -131,9 +143,11 @@ video.requestVideoFrameCallback(onFrame);
 
 
 async def run_browser(
-    base_url: str, playlist_url: str, seconds: float, hls_config: dict[str, Any]
+    base_url: str, playlist_url: str, seconds: float, hls_config: dict[str, Any],
+    warmup: float = 5.0, level: str = "top",
 ) -> dict[str, Any]:
-    """hls.js in headless Chromium for ``seconds``; latencies (s) of the frames it showed."""
+    """hls.js in headless Chromium: ``warmup`` seconds of playback (start-up and hls.js's
+    catch-up, not measured), then ``seconds`` measured; latencies (s) of frames shown."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
@@ -144,7 +158,10 @@ async def run_browser(
             page = await browser.new_page()
             await page.goto(f"{base_url}/healthz")
             await page.set_content(_PAGE.replace("URL_PLACEHOLDER", json.dumps(playlist_url))
-                                   .replace("HLS_CONFIG", json.dumps(hls_config)))
+                                   .replace("HLS_CONFIG", json.dumps(hls_config))
+                                   .replace("LEVEL", json.dumps(level)))
+            await asyncio.sleep(warmup)
+            await page.evaluate("window.samples.length = 0; window.sampling = true")
             await asyncio.sleep(seconds)
             samples = await page.evaluate("window.samples")
             state = await page.evaluate(
@@ -191,11 +208,21 @@ async def run_player(playlist_url: str, seconds: float) -> tuple[LlhlsPlayer, li
     return player, latencies
 
 
+async def bridge_report(base_url: str) -> dict[str, Any] | None:
+    """The room's bridge entry of ``GET /api/hls`` (encoder, cpu, realtime_factor, ...)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.get(f"{base_url}/api/hls") as resp:
+        body = await resp.json()
+    return next((b for b in body.get("bridges", []) if b.get("room") == ROOM), None)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     os.environ.update({"RELAYCAST_HLS_LADDER": args.ladder, "RELAYCAST_HLS_PART_S": str(args.part_s),
                        "RELAYCAST_HLS_SEGMENT_S": str(args.segment_s)})
+    clock_offset = time.time() - time.monotonic()
     sfu = SfuProcess("forward", out / "serve.log")
     await sfu.start()
     report: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items() if k != "func"}}
@@ -219,8 +246,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await warm.run()
         print(f"bridge up: {len(warm.records)} parts in {args.warmup:g} s warm-up", flush=True)
 
+        cpu0, wall0 = machine_cpu_seconds(), time.monotonic()
+        serve0 = cpu_seconds(sfu.pid)
         player, latencies = await run_player(playlist, args.seconds)
-        report["player"] = {
+        wall = time.monotonic() - wall0
+        report["cpu_cores"] = {"machine": round((machine_cpu_seconds() - cpu0) / wall, 2),
+                               "serve": round((cpu_seconds(sfu.pid) - serve0) / wall, 2)}
+        report["player"] = {}
+        report["bridge_after_player"] = await bridge_report(sfu.url)
+        print(f"CPU during the player window: {report['cpu_cores']} cores; bridge "
+              f"{report['bridge_after_player']}", flush=True)
+        report["player"] |= {
             "frames": percentiles(latencies), "parts": len(player.records),
             "part_latency_pdt": percentiles([r.latency for r in player.records
                                              if r.latency is not None and not r.catchup]),
@@ -229,8 +265,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"player (blocking reload): frames {report['player']['frames']}", flush=True)
         if args.browser:
             hls_config = json.loads(args.hls_config)
-            result = await run_browser(base, playlist, args.seconds, hls_config)
-            report["hlsjs"] = {"frames": percentiles(result["latencies"]), "samples": result["samples"],
+            cpu0, wall0 = machine_cpu_seconds(), time.monotonic()
+            result = await run_browser(base, playlist, args.seconds, hls_config,
+                                       warmup=args.warmup, level=args.level)
+            browser_cpu = round((machine_cpu_seconds() - cpu0) / (time.monotonic() - wall0), 2)
+            report["bridge_after_browser"] = await bridge_report(sfu.url)
+            print(f"machine CPU with the browser: {browser_cpu} cores; bridge "
+                  f"{report['bridge_after_browser']}", flush=True)
+            report["hlsjs"] = {"frames": percentiles(result["latencies"]), "machine_cpu": browser_cpu,
+                               "samples": result["samples"],
                                "read": result["read"], "errors": result["errors"],
                                "current_time": result["currentTime"], "hls_config": hls_config,
                                **{k: result.get(k) for k in ("targetLatency", "latency", "drift",
@@ -243,6 +286,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if edge is not None:
             await edge.stop()
         await sfu.stop()
+    step = time.time() - time.monotonic() - clock_offset
+    report["wall_clock_step_s"] = round(step, 3)
+    if abs(step) > 0.05:
+        print(f"WARNING: the wall clock was stepped by {step:+.3f} s during the run: "
+              "latencies mixing both sides of the step are wrong; run again", flush=True)
     (out / "hls_latency.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {out / 'hls_latency.json'}")
     return report
@@ -259,6 +307,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segment-s", type=float, default=1.0, help="segment target, s (default 1.0)")
     parser.add_argument("--edge", action="store_true", help="play through a real nginx edge")
     parser.add_argument("--browser", action="store_true", help="also measure hls.js in headless Chromium")
+    parser.add_argument("--level", choices=["top", "bottom", "auto"], default="top",
+                        help="hls.js rendition: top rung, bottom rung or ABR (default top)")
     parser.add_argument("--hls-config", default=json.dumps(HLSJS_CONFIG),
                         help=f"hls.js config, JSON (default {json.dumps(HLSJS_CONFIG)})")
     parser.add_argument("--out", type=Path, default=Path("loadtest/results/hls-latency"))

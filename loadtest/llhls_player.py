@@ -381,11 +381,12 @@ def parse_multivariant(text: str, base_url: str) -> tuple[list[Variant], dict[st
 
 
 def rendition_name(playlist_url: str, multivariant_url: str) -> str:
-    """``.../room/v0/index.m3u8`` -> ``v0`` (the folder under the multivariant playlist)."""
+    """``.../room/{stream}/v0/index.m3u8`` -> ``v0`` (the folder holding the playlist)."""
     base = multivariant_url.rsplit("/", 1)[0] + "/"
     rel = playlist_url[len(base):] if playlist_url.startswith(base) else playlist_url
     rel = rel.split("?", 1)[0]
-    return rel.split("/", 1)[0] if "/" in rel else rel
+    folders = rel.split("/")[:-1]
+    return folders[-1] if folders else rel
 
 
 # ------------------------------------------------------------------ the player

@@ -135,10 +135,11 @@ async def test_llhls_through_the_nginx_edge(service: Service, edge: NginxEdge, h
         assert headers["Access-Control-Allow-Origin"] == "*"
         assert headers["Cache-Control"] == "public, max-age=1"
         assert headers["X-Cache-Status"] in ("MISS", "EXPIRED")
-        assert "v0/index.m3u8" in body.decode()
+        stream = service.hls.bridges["demo"].store.stream_id
+        assert f"{stream}/v0/index.m3u8" in body.decode()
 
         # Media playlist (plain): wait until it lists a few parts.
-        media = f"{base}/v0/index.m3u8"
+        media = f"{base}/{stream}/v0/index.m3u8"
         async with asyncio.timeout(20):
             while True:
                 status, headers, body = await fetch(http, media)
@@ -181,7 +182,7 @@ async def test_llhls_through_the_nginx_edge(service: Service, edge: NginxEdge, h
         # yet (two parts ahead) and 20 for the preload-hinted part: each URL reaches the
         # origin once; the other 19 wait at the edge and get the cached answer.
         # (The current state is read from the origin itself: the edge's copy may be older.)
-        status, _, body = await fetch(http, f"{service.url}/hls/demo/v0/index.m3u8")
+        status, _, body = await fetch(http, f"{service.url}/hls/demo/{stream}/v0/index.m3u8")
         assert status == 200
         now = parse_media_playlist(body.decode(), media)  # URIs resolved against the edge
         last = now.parts[-1]
@@ -209,7 +210,7 @@ async def test_llhls_through_the_nginx_edge(service: Service, edge: NginxEdge, h
         assert float(origin_line.upstream_time) > 0.05
 
         # Errors are never cached (no-store): each 404 goes to the origin.
-        missing = f"{base}/v0/part999999.0.m4s"
+        missing = f"{base}/{stream}/v0/part999999.0.m4s"
         for _ in range(2):
             status, headers, _ = await fetch(http, missing)
             assert status == 404 and headers["Cache-Control"] == "no-store"

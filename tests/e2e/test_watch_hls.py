@@ -60,7 +60,7 @@ NO_NATIVE_HLS = """
 NO_MSE = "delete window.MediaSource; delete window.ManagedMediaSource;"
 PLAY_TIMEOUT_MS = 60_000  # first bridge playlist + hls.js start on a loaded 2-core machine
 MAX_HLS_LATENCY_MS = 6_000  # LL-HLS measures ~0.7 s here; plain HLS would be 3+ segments
-PART_RE = re.compile(r"/hls/demo/[^/]+/part\d+\.\d+\.m4s")
+PART_RE = re.compile(r"/hls/demo/(?:[^/]+/)+part\d+\.\d+\.m4s")
 
 
 class Requests:
@@ -125,7 +125,7 @@ async def check_hls_playing(page: Any, requests: Requests) -> int:
     # Low-latency mode at work: parts and blocking playlist reloads (RFC 8216bis §6.2.5.2).
     assert requests.matching(r"/hls/demo/index\.m3u8$"), requests.seen
     assert requests.matching(PART_RE.pattern), "no LL-HLS part was requested"
-    assert requests.matching(r"/hls/demo/[^/]+/index\.m3u8\?.*_HLS_msn="), "no blocking reload"
+    assert requests.matching(r"/hls/demo/(?:[^/]+/)+index\.m3u8\?.*_HLS_msn="), "no blocking reload"
     ms = await shown_latency_ms(page)
     await expect(tid(page, "latency-method")).to_contain_text("program date time")
     assert 0 < ms < MAX_HLS_LATENCY_MS, ms

@@ -75,20 +75,22 @@ async def test_live_room_is_served_as_ll_hls(service, http, tmp_path: Path) -> N
         master = m3u8.loads(body.decode())
         # A 360p source gets only the 360p rung of 720p,480p,360p: never upscaled.
         assert [p.stream_info.resolution for p in master.playlists] == [(640, 360)]
-        assert [p.uri for p in master.playlists] == ["v0/index.m3u8"]
-        assert [m.uri for m in master.media if m.type == "AUDIO"] == ["a0/index.m3u8"]
         bridge = svc.hls.bridges["demo"]
+        stream = bridge.store.stream_id  # media URLs are per stream: /hls/demo/{stream}/v0/…
+        assert [p.uri for p in master.playlists] == [f"{stream}/v0/index.m3u8"]
+        assert [m.uri for m in master.media if m.type == "AUDIO"] == [f"{stream}/a0/index.m3u8"]
+        media_base = f"{base}/{stream}"
         assert bridge.encoder_name  # the probed H.264 encoder, for the API
         assert svc.hls.to_json()["demo"]["encoder"] == bridge.encoder_name
 
         # Blocking playlist reload two parts past the last one returns once it exists.
-        status, _, body = await get(http, f"{base}/v0/index.m3u8")
+        status, _, body = await get(http, f"{media_base}/v0/index.m3u8")
         assert status == 200
         msn, part = last_msn_part(m3u8.loads(body.decode())) or (0, None)
         want = msn * PARTS_PER_SEGMENT + (-1 if part is None else part) + 2
         want_msn, want_part = divmod(want, PARTS_PER_SEGMENT)
         status, _, body = await get(
-            http, f"{base}/v0/index.m3u8?_HLS_msn={want_msn}&_HLS_part={want_part}"
+            http, f"{media_base}/v0/index.m3u8?_HLS_msn={want_msn}&_HLS_part={want_part}"
         )
         assert status == 200, body
         playlist = check_media(body.decode())
@@ -97,14 +99,14 @@ async def test_live_room_is_served_as_ll_hls(service, http, tmp_path: Path) -> N
 
         # The first listed segment, once complete, decodes with ffprobe.
         first = entries(playlist)[0].msn
-        status, _, body = await get(http, f"{base}/v0/index.m3u8?_HLS_msn={first}")
+        status, _, body = await get(http, f"{media_base}/v0/index.m3u8?_HLS_msn={first}")
         assert status == 200, body
         playlist = check_media(body.decode())
         segment = next(e for e in entries(playlist) if e.msn == first)
         assert segment.uri == f"seg{first}.m4s"
-        status, ctype, init = await get(http, f"{base}/v0/init.mp4")
+        status, ctype, init = await get(http, f"{media_base}/v0/init.mp4")
         assert status == 200 and ctype == "video/mp4"
-        status, ctype, media = await get(http, f"{base}/v0/{segment.uri}")
+        status, ctype, media = await get(http, f"{media_base}/v0/{segment.uri}")
         assert status == 200 and ctype == "video/iso.segment"
         path = tmp_path / "v0.mp4"
         path.write_bytes(init + media)
@@ -124,13 +126,13 @@ async def test_live_room_is_served_as_ll_hls(service, http, tmp_path: Path) -> N
     assert all(r.playlist.ended for r in store.renditions.values())
     # For a grace period the ended stream stays served: ENDLIST and its last parts, so
     # players reach the end instead of 404s; then the room answers 404.
-    status, _, body = await get(http, f"{base}/v0/index.m3u8")
+    status, _, body = await get(http, f"{media_base}/v0/index.m3u8")
     assert status == 200, body
     ended = m3u8.loads(body.decode())
     assert ended.is_endlist
     last_part = ended.segments[-1].parts[-1] if ended.segments[-1].parts else None
     if last_part is not None:
-        status, _, _ = await get(http, f"{base}/v0/{last_part.uri}")
+        status, _, _ = await get(http, f"{media_base}/v0/{last_part.uri}")
         assert status == 200
     async with asyncio.timeout(10):
         while (await get(http, f"{base}/index.m3u8"))[0] != 404:

@@ -143,11 +143,12 @@ async def test_blocking_reload_rules_through_the_service(service, http) -> None:
     svc = service
     track = GatedVideoTrack(320, 180, 15, code="counter")
     pub = await whip_client.publish(f"{svc.url}/whip/demo", STREAM_KEY, [track])
-    base = f"{svc.url}/hls/demo/v0/index.m3u8"
     try:
         await whip_client.wait_connected(pub.pc)
         async with http.get(f"{svc.url}/hls/demo/index.m3u8", timeout=TIMEOUT) as resp:
             assert resp.status == 200
+            master = m3u8.loads(await resp.text())
+        base = f"{svc.url}/hls/demo/{master.playlists[0].uri}"
 
         async def current() -> m3u8.M3U8:
             async with http.get(base, timeout=TIMEOUT) as resp:
@@ -223,11 +224,14 @@ async def test_each_rendition_decodes_with_aligned_keyframes(service, http, tmp_
         async with http.get(f"{svc.url}/hls/demo/index.m3u8", timeout=TIMEOUT) as resp:
             assert resp.status == 200
             master = m3u8.loads(await resp.text())
-        sizes = {p.uri.split("/")[0]: p.stream_info.resolution for p in master.playlists}
-        assert sizes == {"v0": (640, 360), "v1": (426, 240), "v2": (320, 180)}
+        stream = svc.hls.bridges["demo"].store.stream_id
+        sizes = {p.uri: p.stream_info.resolution for p in master.playlists}
+        assert sizes == {f"{stream}/v0/index.m3u8": (640, 360), f"{stream}/v1/index.m3u8": (426, 240),
+                         f"{stream}/v2/index.m3u8": (320, 180)}
         keyframes = {}
-        for name, size in sizes.items():
-            url = f"{svc.url}/hls/demo/{name}"
+        for uri, size in sizes.items():
+            name = uri.split("/")[1]
+            url = f"{svc.url}/hls/demo/{stream}/{name}"
             # Wait for three whole segments (blocking reloads, one MSN at a time: an MSN
             # more than two past the last one would be a 400).
             for msn in range(3):

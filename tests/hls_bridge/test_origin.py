@@ -28,6 +28,8 @@ PARTS_PER_SEGMENT = 5
 RENDITIONS = ("v0", "v1")
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 BASE = "/hls/demo"
+STREAM = "s1"
+MEDIA = f"{BASE}/{STREAM}"  # rendition folders live under the stream id
 
 
 def payload(rendition: str, msn: int, index: int) -> bytes:
@@ -80,7 +82,7 @@ class Feeder:
 
 
 def make_room(clock: Callable[[], float], **kwargs: object) -> RoomStore:
-    room = RoomStore()
+    room = RoomStore(stream_id=STREAM)
     for name in RENDITIONS:
         store = room.add_rendition(
             name, target_duration=TARGET, part_target=PART, clock=clock, **kwargs
@@ -132,7 +134,7 @@ async def get_playlist(
     client: TestClient, rendition: str = "v0", **query: str | int
 ) -> tuple[aiohttp.ClientResponse, str]:
     """GET a media playlist, assert 200 + headers + LL-HLS conformance."""
-    resp = await client.get(f"{BASE}/{rendition}/index.m3u8", params=query)
+    resp = await client.get(f"{MEDIA}/{rendition}/index.m3u8", params=query)
     text = await resp.text()
     assert resp.status == 200, text
     assert resp.content_type == "application/vnd.apple.mpegurl"
@@ -199,23 +201,23 @@ async def test_bad_delivery_directives_are_400(
     feeder.segments(2)
     feeder.step()  # last = (2, 0)
     body = await assert_problem(
-        await client.get(f"{BASE}/v0/index.m3u8", params={"_HLS_part": 1}), 400
+        await client.get(f"{MEDIA}/v0/index.m3u8", params={"_HLS_part": 1}), 400
     )
     assert "_HLS_msn" in body["detail"]
     # msn > last + 2
     await assert_problem(
-        await client.get(f"{BASE}/v0/index.m3u8", params={"_HLS_msn": 5, "_HLS_part": 0}), 400
+        await client.get(f"{MEDIA}/v0/index.m3u8", params={"_HLS_msn": 5, "_HLS_part": 0}), 400
     )
-    await assert_problem(await client.get(f"{BASE}/v0/index.m3u8?_HLS_msn=5"), 400)
+    await assert_problem(await client.get(f"{MEDIA}/v0/index.m3u8?_HLS_msn=5"), 400)
     # a part far past the last one of the current segment
     await assert_problem(
-        await client.get(f"{BASE}/v0/index.m3u8", params={"_HLS_msn": 2, "_HLS_part": 40}), 400
+        await client.get(f"{MEDIA}/v0/index.m3u8", params={"_HLS_msn": 2, "_HLS_part": 40}), 400
     )
-    await assert_problem(await client.get(f"{BASE}/v0/index.m3u8?_HLS_msn=x"), 400)
-    await assert_problem(await client.get(f"{BASE}/v0/index.m3u8?_HLS_skip=maybe"), 400)
+    await assert_problem(await client.get(f"{MEDIA}/v0/index.m3u8?_HLS_msn=x"), 400)
+    await assert_problem(await client.get(f"{MEDIA}/v0/index.m3u8?_HLS_skip=maybe"), 400)
     # msn = last + 2 is allowed: it blocks (here until the stream ends)
     store = room.renditions["v0"]
-    pending = asyncio.create_task(client.get(f"{BASE}/v0/index.m3u8?_HLS_msn=4"))
+    pending = asyncio.create_task(client.get(f"{MEDIA}/v0/index.m3u8?_HLS_msn=4"))
     await until(lambda: store.waiters == 1)
     for _ in range(PARTS_PER_SEGMENT - 1):
         feeder.step()
@@ -231,7 +233,7 @@ async def test_blocked_past_three_target_durations_is_503(
     feeder.segments(1)
     store = room.renditions["v0"]
     started = time.monotonic()
-    resp = await client.get(f"{BASE}/v0/index.m3u8", params={"_HLS_msn": 1, "_HLS_part": 0})
+    resp = await client.get(f"{MEDIA}/v0/index.m3u8", params={"_HLS_msn": 1, "_HLS_part": 0})
     elapsed = time.monotonic() - started
     await assert_problem(resp, 503)
     assert 3 * TARGET - 0.05 <= elapsed < 3 * TARGET + 2.0
@@ -245,7 +247,7 @@ async def test_endlist_ignores_blocking_directives(
     store = room.renditions["v0"]
     # a request blocked on a part that never comes is released by the end of the stream
     pending = asyncio.create_task(
-        client.get(f"{BASE}/v0/index.m3u8", params={"_HLS_msn": 3, "_HLS_part": 0})
+        client.get(f"{MEDIA}/v0/index.m3u8", params={"_HLS_msn": 3, "_HLS_part": 0})
     )
     await until(lambda: store.waiters == 1)
     room.end()
@@ -277,7 +279,7 @@ async def test_preload_hinted_part_is_answered_once_published(
     assert hint == "part1.1.m4s"
     store = room.renditions["v0"]
 
-    pending = asyncio.create_task(client.get(f"{BASE}/v0/{hint}"))
+    pending = asyncio.create_task(client.get(f"{MEDIA}/v0/{hint}"))
     await until(lambda: store.waiters == 1)
     assert not pending.done()
     published = time.monotonic()
@@ -289,11 +291,11 @@ async def test_preload_hinted_part_is_answered_once_published(
     assert resp.headers["Cache-Control"] == "public, max-age=31536000, immutable"
 
     # a part further ahead than the hint is simply unknown
-    await assert_problem(await client.get(f"{BASE}/v0/part1.3.m4s"), 404)
+    await assert_problem(await client.get(f"{MEDIA}/v0/part1.3.m4s"), 404)
 
     # a hinted part that the segment closes without is answered 404, not held
     other = room.renditions["v1"]
-    pending = asyncio.create_task(client.get(f"{BASE}/v1/part1.2.m4s"))
+    pending = asyncio.create_task(client.get(f"{MEDIA}/v1/part1.2.m4s"))
     await until(lambda: other.waiters == 1)
     other.close_segment(T0 + timedelta(seconds=1))
     await assert_problem(await asyncio.wait_for(pending, 5), 404)
@@ -309,32 +311,36 @@ async def test_media_is_served_byte_exact_with_headers(
     feeder.step()
     feeder.step()
     for name in RENDITIONS:
-        resp = await client.get(f"{BASE}/{name}/init.mp4")
+        resp = await client.get(f"{MEDIA}/{name}/init.mp4")
         assert resp.status == 200 and resp.content_type == "video/mp4"
         assert await resp.read() == init_bytes(name)
         assert resp.headers["Cache-Control"] == "public, max-age=31536000, immutable"
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
         for msn in (0, 1):
-            resp = await client.get(f"{BASE}/{name}/seg{msn}.m4s")
+            resp = await client.get(f"{MEDIA}/{name}/seg{msn}.m4s")
             assert resp.status == 200 and resp.content_type == "video/iso.segment"
             expected = b"".join(payload(name, msn, i) for i in range(PARTS_PER_SEGMENT))
             assert await resp.read() == expected
             assert resp.headers["Cache-Control"] == "public, max-age=31536000, immutable"
             assert resp.headers["Access-Control-Allow-Origin"] == "*"
         for msn, index in ((0, 0), (1, 4), (2, 1)):
-            resp = await client.get(f"{BASE}/{name}/part{msn}.{index}.m4s")
+            resp = await client.get(f"{MEDIA}/{name}/part{msn}.{index}.m4s")
             assert resp.status == 200 and resp.content_type == "video/iso.segment"
             assert await resp.read() == payload(name, msn, index)
             assert resp.headers["Cache-Control"] == "public, max-age=31536000, immutable"
-        head = await client.head(f"{BASE}/{name}/part2.0.m4s")
+        head = await client.head(f"{MEDIA}/{name}/part2.0.m4s")
         assert head.status == 200
         assert int(head.headers["Content-Length"]) == len(payload(name, 2, 0))
 
     # the in-progress segment, unknown media, renditions and rooms
     for path in ("v0/seg2.m4s", "v0/seg99.m4s", "v0/part0.9.m4s", "v9/index.m3u8", "v9/init.mp4"):
-        await assert_problem(await client.get(f"{BASE}/{path}"), 404)
+        await assert_problem(await client.get(f"{MEDIA}/{path}"), 404)
     await assert_problem(await client.get("/hls/nope/index.m3u8"), 404)
-    await assert_problem(await client.get("/hls/nope/v0/index.m3u8"), 404)
+    await assert_problem(await client.get("/hls/nope/s1/v0/index.m3u8"), 404)
+    # another stream of the room (an earlier one, cached URLs): 404, never its media
+    await assert_problem(await client.get(f"{BASE}/s0/v0/index.m3u8"), 404)
+    await assert_problem(await client.get(f"{BASE}/s0/v0/part2.0.m4s"), 404)
+    await assert_problem(await client.get(f"{BASE}/v0/part2.0.m4s"), 404)
 
     # playlists: short-lived caching, every listed URI resolves
     resp = await client.get(f"{BASE}/index.m3u8")
@@ -345,7 +351,8 @@ async def test_media_is_served_byte_exact_with_headers(
     variants = checker.check_multivariant(text)
     texts = {}
     for variant in variants.playlists:
-        name = variant.uri.split("/")[0]
+        stream, name = variant.uri.split("/")[:2]
+        assert stream == STREAM
         resp, media = await get_playlist(client, name)
         assert resp.headers["Cache-Control"] == "public, max-age=1"
         texts[f"../{name}/index.m3u8"] = media
@@ -354,7 +361,7 @@ async def test_media_is_served_byte_exact_with_headers(
         uris += [s.uri for s in parsed.segments if s.uri]
         uris += [p.uri for s in parsed.segments for p in s.parts]
         for uri in uris:
-            resp = await client.get(f"{BASE}/{name}/{uri}")
+            resp = await client.get(f"{MEDIA}/{name}/{uri}")
             assert resp.status == 200, uri
     checker.check_renditions(texts)
 
@@ -400,15 +407,15 @@ async def test_parts_and_segments_expire_after_the_grace_window(
     # unlisted, but still inside the grace window (3 target durations)
     clock.now = 3 * TARGET - 0.1
     for path in ("part0.0.m4s", "part2.4.m4s", "seg0.m4s", "seg2.m4s"):
-        resp = await client.get(f"{BASE}/v0/{path}")
+        resp = await client.get(f"{MEDIA}/v0/{path}")
         assert resp.status == 200, path
 
     clock.now = 3 * TARGET + 0.1
     for path in ("part0.0.m4s", "part2.4.m4s", "seg0.m4s", "seg2.m4s"):
-        await assert_problem(await client.get(f"{BASE}/v0/{path}"), 404)
+        await assert_problem(await client.get(f"{MEDIA}/v0/{path}"), 404)
     # still listed: still served
     for path in ("part3.0.m4s", "seg3.m4s", "seg5.m4s"):
-        resp = await client.get(f"{BASE}/v0/{path}")
+        resp = await client.get(f"{MEDIA}/v0/{path}")
         assert resp.status == 200, path
 
     # the next change forgets the expired media; newer unlisted parts get their own grace
@@ -431,3 +438,7 @@ def test_store_rejects_rewrites() -> None:
     room.add_rendition("v0", target_duration=TARGET, part_target=PART)
     with pytest.raises(StoreError):
         room.add_rendition("v0", target_duration=TARGET, part_target=PART)
+    # every stream gets its own media URLs
+    assert room.stream_id != RoomStore().stream_id
+    with pytest.raises(StoreError):
+        RoomStore(stream_id="../x")

@@ -200,7 +200,8 @@ async def test_ladder_transcode_aligned_keyframes(tmp_path: Path, x264, capsys) 
     # multivariant: 3 variants, resolutions, codecs, audio group
     assert room.multivariant is not None
     mv = check_multivariant(room.multivariant)
-    assert [p.uri for p in mv.playlists] == [f"v{i}/{PLAYLIST_NAME}" for i in range(3)]
+    stream = room.stream_id
+    assert [p.uri for p in mv.playlists] == [f"{stream}/v{i}/{PLAYLIST_NAME}" for i in range(3)]
     assert [p.stream_info.resolution for p in mv.playlists] == [(1280, 720), (854, 480), (640, 360)]
     audio_codec = codecs_string_aac(bytes.fromhex("1190"))
     for p in mv.playlists:
@@ -209,7 +210,8 @@ async def test_ladder_transcode_aligned_keyframes(tmp_path: Path, x264, capsys) 
         assert acodec == audio_codec
         assert p.stream_info.audio == "audio"
         assert p.stream_info.frame_rate == pytest.approx(30.0)
-    assert [(m.type, m.uri) for m in mv.media] == [("AUDIO", f"{AUDIO_RENDITION}/{PLAYLIST_NAME}")]
+    assert [(m.type, m.uri) for m in mv.media] == [
+        ("AUDIO", f"{stream}/{AUDIO_RENDITION}/{PLAYLIST_NAME}")]
 
     # media playlists: LL-HLS rules, 0.2 s parts, 1 s segments
     names = ["v0", "v1", "v2", AUDIO_RENDITION]
