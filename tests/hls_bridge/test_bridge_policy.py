@@ -136,6 +136,21 @@ def test_viewer_threshold_config() -> None:
         HlsConfig.from_env({"RELAYCAST_HLS_VIEWER_THRESHOLD": "many"})
     with pytest.raises(ValueError, match="threshold"):
         HlsConfig.from_env({"RELAYCAST_HLS_VIEWER_THRESHOLD": "-1"})
+    assert HlsConfig.from_env({"RELAYCAST_HLS_X264_PRESET": "superfast"}).x264_preset == "superfast"
+    with pytest.raises(ValueError, match="preset"):
+        HlsConfig.from_env({"RELAYCAST_HLS_X264_PRESET": "placebo-ish"})
+
+
+def test_x264_preset_replaces_only_libx264_options() -> None:
+    from hls_bridge.bridge import with_x264_preset
+    from hls_bridge.encoders import EncoderChoice
+
+    x264 = EncoderChoice("libx264", {"preset": "veryfast", "tune": "zerolatency"})
+    faster = with_x264_preset(x264, "superfast")
+    assert faster.options == {"preset": "superfast", "tune": "zerolatency"}
+    assert x264.options["preset"] == "veryfast"  # the probed choice is not changed
+    nvenc = EncoderChoice("h264_nvenc", {"preset": "p1"})
+    assert with_x264_preset(nvenc, "superfast") is nvenc
 
 
 async def test_blocking_reload_rules_through_the_service(service, http) -> None:
