@@ -42,7 +42,7 @@ from hls_bridge.playlist import (
 from hls_bridge.store import RenditionStore, RoomStore
 from signaling.errors import HttpProblem, problem_middleware
 
-__all__ = ["PROVIDER", "RoomProvider", "create_origin_app"]
+__all__ = ["PROVIDER", "RoomProvider", "create_origin_app", "media_cors_middleware"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ NO_STORE = "no-store"
 
 
 @web.middleware
-async def _cors_middleware(
+async def media_cors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """``Access-Control-Allow-Origin: *`` on every answer; errors are never cached."""
@@ -92,7 +92,7 @@ def create_origin_app(rooms: Mapping[str, RoomStore] | RoomProvider) -> web.Appl
 
     ``rooms``: a mapping room name → store (live-updated) or a `RoomProvider`.
     """
-    app = web.Application(middlewares=[_cors_middleware, problem_middleware])
+    app = web.Application(middlewares=[media_cors_middleware, problem_middleware])
     app[PROVIDER] = _MappingProvider(rooms) if isinstance(rooms, Mapping) else rooms
     app.router.add_get("/{room}/index.m3u8", _multivariant)
     app.router.add_get("/{room}/{stream}/{rendition}/index.m3u8", _media_playlist)

@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,7 +32,7 @@ from sfu.config import ConfigError
 from signaling.config import ROOM_RE
 from signaling.errors import HttpProblem, problem_middleware
 
-from .origin import INIT_TYPE, MEDIA_TYPE, NO_STORE, PLAYLIST_TYPE
+from .origin import INIT_TYPE, MEDIA_TYPE, PLAYLIST_TYPE, media_cors_middleware
 from .recording import (
     _FILE_RE,
     MANIFEST_NAME,
@@ -327,22 +327,6 @@ LIBRARY = web.AppKey("vod_library", RecordingLibrary)
 _TYPES = {PLAYLIST_NAME: PLAYLIST_TYPE, INIT_URI: INIT_TYPE}
 
 
-@web.middleware
-async def _cors_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """``Access-Control-Allow-Origin: *`` on every answer; errors are never cached."""
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        exc.headers["Access-Control-Allow-Origin"] = "*"
-        if exc.status >= 400:
-            exc.headers["Cache-Control"] = NO_STORE
-        raise
-    response.headers["Access-Control-Allow-Origin"] = "*"
-    return response
-
-
 def create_vod_app(library: RecordingLibrary) -> web.Application:
     """The VOD sub-application serving ``library``'s finished recordings (mount at ``/vod``).
 
@@ -355,7 +339,7 @@ def create_vod_app(library: RecordingLibrary) -> web.Application:
     Responses are cacheable (``immutable``) until the recording expires; anything else
     (unknown, unfinished or expired recordings, bad names) is a 404 problem+json.
     """
-    app = web.Application(middlewares=[_cors_middleware, problem_middleware])
+    app = web.Application(middlewares=[media_cors_middleware, problem_middleware])
     app[LIBRARY] = library
     app.router.add_get("/{room}/{id}/index.m3u8", _serve)
     app.router.add_get("/{room}/{id}/{rendition}/{name}", _serve)

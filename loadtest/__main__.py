@@ -1,4 +1,4 @@
-"""``python -m loadtest`` / ``relaycast-loadtest``: ``fanout`` and ``cdn`` benchmarks, ``publish``."""
+"""``python -m loadtest`` / ``relaycast-loadtest``: benchmarks ``fanout`` (SFU), ``transcode``, ``hls-latency`` and ``cdn`` (LL-HLS); ``publish``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from . import publish
 
@@ -131,11 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                               audio=args.audio, preload_hint=not args.no_preload_hint,
                               edge_workers=args.edge_workers, cache_lock=not args.no_cache_lock,
                               workdir=args.edge_dir, out=args.out)
-        try:
-            asyncio.run(run_cdn(cdn_opts))
-        except KeyboardInterrupt:
-            return 130
-        return 0
+        return _run(run_cdn(cdn_opts))
     from .fanout import FanoutOptions, run_fanout
 
     opts = FanoutOptions(
@@ -145,8 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         join_concurrency=args.join_concurrency, probes=args.probes, fast_receive=not args.aiortc_receive,
         wait_quiet=args.wait_quiet, profile_at=args.profile_at,
         profile_joins_at=args.profile_joins_at, out=args.out)
+    return _run(run_fanout(opts))
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> int:
+    """Run a benchmark coroutine; 130 on Ctrl-C."""
     try:
-        asyncio.run(run_fanout(opts))
+        asyncio.run(coro)
     except KeyboardInterrupt:
         return 130
     return 0

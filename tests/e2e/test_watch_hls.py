@@ -34,6 +34,7 @@ from conftest import STREAM_KEY
 
 import signaling.app as signaling_app
 from loadtest import whip_client
+from loadtest.clips import make_counter_y4m, make_tone_wav
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
 
 pytest.importorskip("playwright.async_api")
@@ -399,3 +400,35 @@ async def test_hls_through_nginx_edge(service, publisher, tmp_path: Path) -> Non
     assert any(PART_RE.search(u) or u.endswith("init.mp4") for u in shared), sorted(by_uri)[:20]
     print(f"edge: {len(hls)} HLS requests, {len(shared)} objects shared by both viewers "
           f"with one origin fetch, {sum(e.cache_status == 'HIT' for e in hls)} HITs")
+
+
+async def test_broadcast_page_watched_by_hls_js_through_nginx(service, tmp_path: Path) -> None:
+    """The issue's end-to-end: a room live from the broadcast page (Chromium, fake camera
+    and microphone, WHIP through the edge) watched with hls.js through the nginx edge."""
+    nginx_edge = pytest.importorskip("loadtest.nginx_edge")
+    if nginx_edge.find_nginx() is None:
+        pytest.skip("nginx is not installed")
+    video = make_counter_y4m(tmp_path / "counter.y4m", 640, 360, fps=30, frames=60)
+    audio = make_tone_wav(tmp_path / "tone.wav", seconds=2, frequency=440)
+    async with nginx_edge.NginxEdge(service.url, tmp_path / "edge") as edge:
+        async with chromium(chromium_args(video, audio)) as browser:
+            studio, studio_errors, _ = await new_page(
+                browser, f"{edge.url}/broadcast/demo?key={STREAM_KEY}")
+            await studio.wait_for_function(
+                "document.querySelector('[data-testid=preview]').videoWidth > 0")
+            await tid(studio, "resolution").select_option("360p")
+            await tid(studio, "go-live").click()
+            await expect(tid(studio, "state")).to_have_text("live", timeout=PLAY_TIMEOUT_MS)
+
+            page, errors, requests = await new_page(browser, f"{edge.url}/watch/demo?path=hls")
+            ms = await check_hls_playing(page, requests)
+            http_urls = [u for _, u in requests.seen if u.startswith("http")]
+            assert all(u.startswith(edge.url) for u in http_urls), http_urls
+            # Let hls.js settle on its target latency, then read the figure again.
+            await wait_advancing(page, 4.0)
+            settled = await shown_latency_ms(page)
+            print(f"broadcast page -> nginx -> hls.js: latency shown {ms} ms, "
+                  f"after 4 s more {settled} ms")
+            assert settled < MAX_HLS_LATENCY_MS, settled
+            await screenshot(page, "watch-hls-from-broadcast-page")
+            assert errors.errors == [] and studio_errors.errors == []
