@@ -3,7 +3,7 @@
 #   make test    install system + Python test dependencies (once) and run the test suite
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
-APT_PACKAGES := ffmpeg chromium-headless-shell nginx
+APT_PACKAGES := ffmpeg chromium-headless-shell nginx redis-server coturn
 STAMP := .make
 
 .PHONY: serve test install install-test lint
@@ -22,7 +22,7 @@ $(STAMP)/install-test: pyproject.toml web/package.json web/package-lock.json
 	  echo "installing Debian packages:$$missing"; \
 	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends $$missing; \
-	  $(if $(filter 0,$(shell id -u)),,sudo) sh -c 'pgrep -x nginx >/dev/null && nginx -s stop 2>/dev/null || true'; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) sh -c 'pgrep -x nginx >/dev/null && nginx -s stop 2>/dev/null; pkill -x redis-server; pkill -x turnserver; true'; \
 	fi
 	$(PIP) install -q -e ".[test]"
 	npm ci --prefix web --no-audit --no-fund --loglevel=error
