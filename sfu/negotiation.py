@@ -12,7 +12,7 @@ import ipaddress
 import re
 from collections.abc import Sequence
 
-from aiortc import RTCRtpCodecParameters
+from aiortc import RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpSender
 from aiortc import sdp as aiortc_sdp
 from aiortc.codecs import is_rtx
 
@@ -92,16 +92,20 @@ def choose_publish_codec(kind: str, negotiated: list[RTCRtpCodecParameters]) -> 
     )
 
 
-def _h264_mode(codec: RTCRtpCodecParameters) -> str:
+Codec = RTCRtpCodecParameters | RTCRtpCodecCapability
+"""Negotiated parameters or a capability: both carry mimeType, clockRate, parameters."""
+
+
+def _h264_mode(codec: Codec) -> str:
     return str(codec.parameters.get("packetization-mode", "0"))
 
 
-def _h264_profile(codec: RTCRtpCodecParameters) -> str:
+def _h264_profile(codec: Codec) -> str:
     """profile_idc + constraint byte (hex), level ignored: decoders accept lower levels."""
     return str(codec.parameters.get("profile-level-id", "42e01f"))[:4].lower()
 
 
-def codecs_compatible(sent: RTCRtpCodecParameters, accepted: RTCRtpCodecParameters) -> bool:
+def codecs_compatible(sent: Codec, accepted: Codec) -> bool:
     """Can a receiver that negotiated ``accepted`` decode packets encoded as ``sent``?"""
     if sent.mimeType.lower() != accepted.mimeType.lower() or sent.clockRate != accepted.clockRate:
         return False
@@ -129,6 +133,22 @@ def choose_consumer_codec(
         + (f" ({producer_codec.parameters.get('profile-level-id')})" if "h264" in producer_codec.mimeType.lower() else "")
         + "; the offer cannot receive it and this path does not transcode"
     )
+
+
+def pipe_codec_preferences(kind: str, producer_codec: RTCRtpCodecParameters) -> list[RTCRtpCodecCapability]:
+    """Codec preferences for a node-to-node pipe offering ``producer_codec``: the exact
+    capability (H.264 profile and packetization mode included) plus RTX for video.
+
+    :raises UnsupportedMedia: this node cannot offer the codec.
+    """
+    capabilities = RTCRtpSender.getCapabilities(kind).codecs
+    exact = [c for c in capabilities if not is_rtx(c) and codecs_compatible(producer_codec, c)
+             and (c.mimeType.lower() != "video/h264"
+                  or _h264_profile(c) == _h264_profile(producer_codec))]
+    base = exact or [c for c in capabilities if not is_rtx(c) and codecs_compatible(producer_codec, c)]
+    if not base:
+        raise UnsupportedMedia(f"cannot pipe {producer_codec.mimeType}")
+    return [base[0], *[c for c in capabilities if is_rtx(c)][:1]]
 
 
 _CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( \d+ typ host.*)$", re.MULTILINE)

@@ -32,6 +32,7 @@ from .negotiation import (
     codecs_compatible,
     drop_unreachable_candidates,
     parse_offer,
+    pipe_codec_preferences,
 )
 from .producer import Producer
 from .transport import Participant, PlaceholderTrack, new_peer_connection
@@ -61,6 +62,8 @@ class Router:
         self.config = config
         self.publisher: Participant | None = None
         self.viewers: dict[str, Participant] = {}
+        self.pipes: dict[str, Participant] = {}
+        """Node-to-node pipes this room feeds (:meth:`pipe_offer`), by session id."""
         self.producers: dict[str, Producer] = {}
         self.chat = ChatRoom(
             room,
@@ -92,10 +95,15 @@ class Router:
 
     @property
     def empty(self) -> bool:
-        return self.publisher is None and not self.viewers
+        return self.publisher is None and not self.viewers and not self.pipes
 
     def sessions(self) -> list[Participant]:
-        return ([self.publisher] if self.publisher else []) + list(self.viewers.values())
+        return (([self.publisher] if self.publisher else []) + list(self.viewers.values())
+                + list(self.pipes.values()))
+
+    def _outputs(self) -> list[Participant]:
+        """Sessions this room forwards to: viewers and node pipes."""
+        return [*self.viewers.values(), *self.pipes.values()]
 
     # -------------------------------------------------------------- publish
     async def publish(self, session_id: str, offer_sdp: str, identity: Identity) -> str:
@@ -163,7 +171,7 @@ class Router:
         return participant, answer
 
     async def _reattach_viewers(self) -> None:
-        for viewer in list(self.viewers.values()):
+        for viewer in self._outputs():
             for kind, consumer in viewer.consumers.items():
                 producer = self.producers.get(kind)
                 if producer is None:
@@ -218,6 +226,62 @@ class Router:
 
         aiortc_private.install_forwarding_sender(sender, started, consumer.on_rtcp)
 
+    # ------------------------------------------------------------ node pipe
+    async def pipe_offer(self, session_id: str, identity: Identity) -> str:
+        """Origin side of a node-to-node pipe (mediasoup ``pipeToRouter``): offer the room's
+        producers ``sendonly`` to another SFU node, which answers through its own
+        :meth:`publish` and so gets local Producers for its viewers.  Complete it with
+        :meth:`pipe_answer`.  The pipe is a consumer session here: PLIs and NACKs from the
+        other node reach this node's producers like a viewer's, and it resumes with
+        continuous seq/ts when the publisher comes back.
+
+        :returns: the SDP offer.
+        :raises RoomNotLive: nobody publishes in this room.
+        """
+        if not self.live:
+            raise RoomNotLive(f"room {self.room!r} has no publisher yet")
+        pc = new_peer_connection()
+        participant = Participant(session_id, self.room, identity, pc, self._failed)
+        try:
+            for kind, producer in self.producers.items():
+                track = PlaceholderTrack(kind)
+                participant.tracks.append(track)
+                transceiver = pc.addTransceiver(track, direction="sendonly")
+                transceiver.setCodecPreferences(pipe_codec_preferences(kind, producer.codec))
+                consumer = Consumer(kind, producer.codec.clockRate, session_id)
+                consumer.codec = producer.codec
+                self._install_consumer(consumer, transceiver)
+                participant.consumers[kind] = consumer
+            await pc.setLocalDescription(await pc.createOffer())
+        except BaseException:
+            await participant.close()
+            raise
+        self.pipes[session_id] = participant
+        return announce_address(pc.localDescription.sdp, self.config.ice_announce)
+
+    async def pipe_answer(self, session_id: str, answer_sdp: str) -> None:
+        """Complete :meth:`pipe_offer` with the other node's answer; forwarding starts.
+
+        :raises BadOffer: no such pending pipe, or the answer is not usable.
+        """
+        participant = self.pipes.get(session_id)
+        if participant is None:
+            raise BadOffer("no pipe offer pending for this session")
+        sdp = drop_unreachable_candidates(answer_sdp, aiortc_private.host_addresses())
+        try:
+            await participant.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        except Exception as exc:
+            await self._remove(participant)
+            raise BadOffer(f"pipe answer refused: {exc}") from exc
+        for transceiver in participant.pc.getTransceivers():
+            consumer = participant.consumers.get(transceiver.kind)
+            producer = self.producers.get(transceiver.kind)
+            if consumer is None or producer is None:
+                continue
+            consumer.codec = choose_consumer_codec(
+                producer.codec, aiortc_private.negotiated_codecs(transceiver))[0]
+            consumer.attach(producer)
+
     # ----------------------------------------------------------------- chat
     def _watch_chat(self, participant: Participant) -> None:
         @participant.pc.on("datachannel")
@@ -245,7 +309,7 @@ class Router:
     def find(self, session_id: str) -> Participant | None:
         if self.publisher is not None and self.publisher.session_id == session_id:
             return self.publisher
-        return self.viewers.get(session_id)
+        return self.viewers.get(session_id) or self.pipes.get(session_id)
 
     async def close_session(self, session_id: str) -> bool:
         """End a session (WHIP/WHEP DELETE).  Returns False when unknown."""
@@ -262,11 +326,12 @@ class Router:
             for producer in self.producers.values():
                 producer.close()
             self.producers = {}
-            for viewer in self.viewers.values():
+            for viewer in self._outputs():
                 for consumer in viewer.consumers.values():
                     consumer.detach()
         else:
             self.viewers.pop(participant.session_id, None)
+            self.pipes.pop(participant.session_id, None)
         await participant.close()
         self._publish_state()
 
@@ -288,7 +353,7 @@ class Router:
     def tick(self) -> None:
         """Once a second: sender reports, key-frame retries for gated consumers."""
         now = time.monotonic()
-        for viewer in self.viewers.values():
+        for viewer in self._outputs():
             for consumer in viewer.consumers.values():
                 consumer.send_sender_report()
                 if consumer.needs_keyframe_retry(now) and consumer.producer is not None:

@@ -18,7 +18,7 @@ from aiortc.sdp import candidate_from_sdp
 from . import aiortc_private
 from .chat import Identity
 from .config import SfuConfig
-from .errors import BadOffer, Overloaded, SessionNotFound, SfuError
+from .errors import BadOffer, Overloaded, RoomNotLive, SessionNotFound, SfuError
 from .negotiation import candidate_reachable
 from .relay import RelayRouter
 from .router import Router
@@ -67,6 +67,16 @@ class Worker:
 
     async def close_session(self, data: dict[str, Any]) -> dict[str, Any]:
         return await self._rpc(self._close, data)
+
+    async def pipe_offer(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Origin side of a node-to-node pipe: ``{room, session_id, identity?}`` →
+        ``{"sdp": offer}``; the other node answers it with ``publish`` (see
+        :meth:`Router.pipe_offer`)."""
+        return await self._rpc(self._pipe_offer, data)
+
+    async def pipe_answer(self, data: dict[str, Any]) -> dict[str, Any]:
+        """``{session_id, sdp: answer}`` → ``{"ok": true}``: the pipe starts forwarding."""
+        return await self._rpc(self._pipe_answer, data)
 
     async def trickle(self, data: dict[str, Any]) -> dict[str, Any]:
         return await self._rpc(self._trickle, data)
@@ -119,6 +129,38 @@ class Worker:
             self._forget(session_id)
             raise
         return {"sdp": answer}
+
+    async def _pipe_offer(self, data: dict[str, Any]) -> dict[str, Any]:
+        self._admit()
+        room, session_id = data.get("room"), data.get("session_id")
+        if not (isinstance(room, str) and isinstance(session_id, str)):
+            raise BadOffer("room and session_id are required strings")
+        router = self.routers.get(room)
+        if router is None or not router.live:
+            raise RoomNotLive(f"room {room!r} has no publisher on this node")
+        ident = data.get("identity")
+        if not isinstance(ident, dict):
+            ident = {}
+        identity = Identity(id=str(ident.get("id") or f"pipe-{session_id[:8]}"),
+                            name=str(ident.get("name") or "node pipe")[:64], role="pipe")
+        self._session_rooms[session_id] = room
+        try:
+            offer = await router.pipe_offer(session_id, identity)
+        except BaseException:
+            self._forget(session_id)
+            raise
+        return {"sdp": offer}
+
+    async def _pipe_answer(self, data: dict[str, Any]) -> dict[str, Any]:
+        session_id, sdp = data.get("session_id"), data.get("sdp")
+        if not (isinstance(session_id, str) and isinstance(sdp, str)):
+            raise BadOffer("session_id and sdp are required strings")
+        room = self._session_rooms.get(session_id)
+        router = self.routers.get(room) if room else None
+        if router is None:
+            raise SessionNotFound("no such pipe on this node")
+        await router.pipe_answer(session_id, sdp)
+        return {"ok": True}
 
     async def _close(self, data: dict[str, Any]) -> dict[str, Any]:
         session_id = str(data.get("session_id", ""))
