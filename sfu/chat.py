@@ -6,10 +6,16 @@ choose who they are), caps its length, rate-limits each participant with a
 token bucket, assigns a per-room sequence number and server time, and fans it
 out to everybody in the room.  A newcomer first gets ``welcome`` and the last
 ``history`` messages.  The JSON schema is in docs/chat.md.
+
+With a chat bus (:class:`sfu.chat_bus.RedisChatBus`, Redis mode) the room does not
+number messages itself: accepted messages go to the bus, which stamps the room-wide
+sequence number in Redis and publishes them to every node; :meth:`ChatRoom.deliver`
+fans them out locally, and newcomers get the history from Redis.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -77,6 +83,14 @@ class _Member:
         self.bucket = bucket
 
 
+class ChatBus(Protocol):
+    """What a room needs from a shared chat store (see :mod:`sfu.chat_bus`)."""
+
+    async def append(self, room: str, message: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def history(self, room: str, count: int) -> list[dict[str, Any]]: ...
+
+
 class ChatRoom:
     """Chat state of one room: members, sequence counter, bounded history.
 
@@ -84,6 +98,7 @@ class ChatRoom:
     :param rate: per-participant refill rate, messages/s.
     :param burst: per-participant bucket size, messages.
     :param history: messages kept and replayed to newcomers.
+    :param bus: shared store across nodes (Redis mode); None = this room alone.
     """
 
     def __init__(
@@ -95,8 +110,13 @@ class ChatRoom:
         burst: int = 10,
         history: int = 50,
         clock: Callable[[], float] = time.monotonic,
+        bus: ChatBus | None = None,
     ) -> None:
         self.room = room
+        self.bus = bus
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._append_lock = asyncio.Lock()
+        """Appends go to the bus one at a time: a sender's messages keep their order."""
         self.max_chars = max_chars
         self.rate = rate
         self.burst = burst
@@ -121,13 +141,34 @@ class ChatRoom:
         bucket = existing.bucket if existing else TokenBucket(self.rate, self.burst, self._clock)
         self._members[identity.id] = _Member(identity, channel, bucket)
         self._send(channel, {"type": "welcome", "participant": identity.to_dict(), "room": self.room, **state})
-        for batch in self._history_batches():
+        if self.bus is not None:
+            self._spawn(self._replay_from_bus(channel))
+            return
+        for batch in self._history_batches(self.history):
             self._send(channel, {"type": "history", "messages": batch})
 
-    def _history_batches(self) -> list[list[dict[str, Any]]]:
+    async def _replay_from_bus(self, channel: Channel) -> None:
+        assert self.bus is not None
+        try:
+            messages = await self.bus.history(self.room, self.history.maxlen or 0)
+        except Exception as exc:
+            logger.warning("chat history of room %s unavailable: %s", self.room, exc)
+            self._send(channel, {"type": "error", "code": "unavailable",
+                                 "detail": "chat history is unavailable"})
+            return
+        for batch in self._history_batches(messages):
+            self._send(channel, {"type": "history", "messages": batch})
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def _history_batches(history: Any) -> list[list[dict[str, Any]]]:
         batches: list[list[dict[str, Any]]] = [[]]
         size = 0
-        for message in self.history:
+        for message in history:
             n = len(_encode(message).encode()) + 1
             if batches[-1] and size + n > HISTORY_CHUNK_BYTES:
                 batches.append([])
@@ -165,18 +206,39 @@ class ChatRoom:
         if not member.bucket.take(self._clock()):
             self._error(member, "rate_limited", f"at most {self.rate:g} messages/s")
             return None
-        self.seq += 1
-        stamped = {
+        message = {
             "type": "chat",
-            "seq": self.seq,
             "id": uuid.uuid4().hex,
             "ts": int(time.time() * 1000),
             "from": member.identity.to_dict(),
             "text": text,
         }
-        self.history.append(stamped)
-        self.broadcast(stamped)
+        if self.bus is not None:
+            # Numbered and fanned out by the bus (every node, this one included).
+            self._spawn(self._append_to_bus(member, message))
+            return message
+        self.seq += 1
+        stamped = {"type": "chat", "seq": self.seq, **{k: v for k, v in message.items() if k != "type"}}
+        self.deliver(stamped)
         return stamped
+
+    async def _append_to_bus(self, member: _Member, message: dict[str, Any]) -> None:
+        assert self.bus is not None
+        try:
+            async with self._append_lock:
+                await self.bus.append(self.room, message)
+        except Exception as exc:
+            logger.warning("chat message in room %s not stored: %s", self.room, exc)
+            self._error(member, "unavailable", "chat is unavailable right now; not sent")
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        """Keep a stamped message in the history and send it to every local member
+        (called for local messages, and by the bus for every node's messages)."""
+        seq = message.get("seq")
+        if isinstance(seq, int):
+            self.seq = max(self.seq, seq)
+        self.history.append(message)
+        self.broadcast(message)
 
     def broadcast(self, message: dict[str, Any]) -> None:
         data = _encode(message)

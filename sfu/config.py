@@ -48,6 +48,15 @@ def env_number(
 SFU_MODES = ("forward", "relay")
 
 
+def _redis_url(raw: str) -> str | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"REDIS_URL={raw!r}: expected redis://host:port[/db]")
+    return raw
+
+
 def _mode(raw: str) -> str:
     if raw not in SFU_MODES:
         raise ConfigError(f"RELAYCAST_SFU_MODE: {raw!r} is not one of {', '.join(SFU_MODES)}")
@@ -82,6 +91,8 @@ class SfuConfig:
     max_sessions: int = 500
     node_id: str = field(default="sfu-1")
     mode: str = "forward"
+    redis_url: str | None = None
+    """Redis for chat across nodes (``REDIS_URL`` / ``RELAYCAST_REDIS_URL``); None = local."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SfuConfig:
@@ -99,4 +110,5 @@ class SfuConfig:
             max_sessions=int(env_number(env, "RELAYCAST_MAX_SESSIONS", 500, 1, 100000)),
             node_id=env.get("RELAYCAST_NODE_ID", "sfu-1"),
             mode=_mode(env.get("RELAYCAST_SFU_MODE") or "forward"),
+            redis_url=_redis_url(env.get("RELAYCAST_REDIS_URL") or env.get("REDIS_URL") or ""),
         )

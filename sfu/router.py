@@ -20,7 +20,7 @@ from typing import Any
 from aiortc import RTCSessionDescription
 
 from . import aiortc_private
-from .chat import CHAT_LABEL, ChatRoom, Identity
+from .chat import CHAT_LABEL, ChatBus, ChatRoom, Identity
 from .config import SfuConfig
 from .consumer import Consumer
 from .errors import BadOffer, RoomNotLive, SfuError, UnsupportedMedia
@@ -57,6 +57,7 @@ class Router:
         config: SfuConfig,
         on_session_closed: SessionClosed,
         on_state: Callable[[dict[str, Any]], None],
+        chat_bus: ChatBus | None = None,
     ) -> None:
         self.room = room
         self.config = config
@@ -71,6 +72,7 @@ class Router:
             rate=config.chat_rate,
             burst=config.chat_burst,
             history=config.chat_history,
+            bus=chat_bus,
         )
         self._on_session_closed = on_session_closed
         self._on_state = on_state

@@ -17,6 +17,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from . import aiortc_private
 from .chat import Identity
+from .chat_bus import RedisChatBus
 from .config import SfuConfig
 from .errors import BadOffer, Overloaded, RoomNotLive, SessionNotFound, SfuError
 from .negotiation import candidate_reachable
@@ -42,15 +43,28 @@ class Worker:
         self._emit = emit
         self._tick_task: asyncio.Task[None] | None = None
         self.draining = False
+        self._sessions_changed = asyncio.Event()
         self.load_reporters: dict[str, Callable[[], Any]] = {}
         """Extra sections of `load()`, e.g. ``{"hls": bridge_manager.report}`` (JSON values)."""
+        self.chat_bus: RedisChatBus | None = None
+        """Chat shared across nodes through Redis (``config.redis_url`` set)."""
+        if config.redis_url:
+            self.chat_bus = RedisChatBus(config.redis_url, history=config.chat_history)
+            self.chat_bus.on_message = self._deliver_chat
         aiortc_private.set_host_addresses(config.ice_gather or None)
         aiortc_private.extend_codec_capabilities()
         aiortc_private.accept_peer_consent_checks()
 
     async def __aenter__(self) -> Worker:
         self._tick_task = asyncio.create_task(self._run_tick(), name="sfu-tick")
+        if self.chat_bus is not None:
+            await self.chat_bus.start()
         return self
+
+    def _deliver_chat(self, room: str, message: dict[str, Any]) -> None:
+        router = self.routers.get(room)
+        if router is not None:
+            router.chat.deliver(message)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -101,7 +115,8 @@ class Worker:
         router = self.routers.get(room)
         if router is None:
             cls = RelayRouter if self.config.mode == "relay" else Router
-            router = cls(room, self.config, self._session_closed, self._room_state)
+            router = cls(room, self.config, self._session_closed, self._room_state,
+                         chat_bus=self.chat_bus)
             self.routers[room] = router
         return router
 
@@ -199,6 +214,7 @@ class Worker:
 
     def _forget(self, session_id: str) -> None:
         room = self._session_rooms.pop(session_id, None)
+        self._sessions_changed.set()
         router = self.routers.get(room) if room else None
         if room is not None and router is not None and router.empty:
             self.routers.pop(room, None)
@@ -231,6 +247,20 @@ class Worker:
         except asyncio.CancelledError:
             pass
 
+    async def drain(self, deadline_s: float) -> bool:
+        """Refuse new sessions (``draining``, RPCs answer 503) and wait up to ``deadline_s``
+        for the existing ones to end.  :returns: whether they all ended in time."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + deadline_s
+        while self._session_rooms and loop.time() < deadline:
+            self._sessions_changed.clear()
+            try:
+                await asyncio.wait_for(self._sessions_changed.wait(), deadline - loop.time())
+            except TimeoutError:
+                break
+        return not self._session_rooms
+
     def load(self) -> dict[str, Any]:
         viewers = sum(len(r.viewers) for r in self.routers.values())
         load: dict[str, Any] = {"sessions": len(self._session_rooms), "rooms": len(self.routers),
@@ -255,6 +285,8 @@ class Worker:
             await router.close()
         self.routers.clear()
         self._session_rooms.clear()
+        if self.chat_bus is not None:
+            await self.chat_bus.close()
 
 
 def _session_args(data: dict[str, Any]) -> tuple[str, str, str, Identity]:

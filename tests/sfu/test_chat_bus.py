@@ -1,0 +1,183 @@
+"""Chat across SFU nodes through a real Redis (started on 127.0.0.1 by the fixture):
+two nodes' ChatRooms for one room share sequence numbers, order and history."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from sfu.chat import ChatRoom, Identity
+from sfu.chat_bus import RedisChatBus, room_keys
+
+REDIS = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(REDIS is None, reason="needs Debian redis-server")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisProcess:
+    """redis-server on 127.0.0.1:port, no persistence; stop/start keep the port."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert REDIS is not None
+        self.proc = subprocess.Popen(
+            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisProcess]:
+    server = RedisProcess()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class FakeChannel:
+    """A data channel that records what the SFU sent."""
+
+    readyState = "open"
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, data: str) -> None:
+        self.sent.append(json.loads(data))
+
+    def chats(self) -> list[dict[str, Any]]:
+        return [m for m in self.sent if m["type"] == "chat"]
+
+
+@pytest.fixture
+async def nodes(redis_server: RedisProcess) -> AsyncIterator[list[tuple[RedisChatBus, ChatRoom]]]:
+    """Two nodes: each a bus + the room's ChatRoom, wired like Worker does."""
+    out = []
+    for _ in range(2):
+        bus = RedisChatBus(redis_server.url, history=5, timeout=1.0)
+        room = ChatRoom("demo", rate=1000, burst=1000, history=5, bus=bus)
+        bus.on_message = lambda name, message, room=room: room.deliver(message)
+        await bus.start()
+        out.append((bus, room))
+    yield out
+    for bus, _ in out:
+        await bus.close()
+
+
+async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+def member(name: str) -> Identity:
+    return Identity(id=name, name=name, role="viewer")
+
+
+async def test_messages_reach_every_node_in_one_sequence(nodes) -> None:
+    (_, room_a), (_, room_b) = nodes
+    alice, bob = FakeChannel(), FakeChannel()
+    room_a.join(member("alice"), alice, {"live": True})
+    room_b.join(member("bob"), bob, {"live": True})
+    # Interleaved senders on both nodes: one room-wide order, the same on both nodes.
+    for i in range(10):
+        sender, name = (room_a, "alice") if i % 2 == 0 else (room_b, "bob")
+        sender.receive(name, json.dumps({"type": "chat", "text": f"m{i}"}))
+    await wait_until(lambda: len(alice.chats()) == 10 and len(bob.chats()) == 10)
+    seqs_a = [m["seq"] for m in alice.chats()]
+    assert seqs_a == sorted(seqs_a) == list(range(1, 11))
+    assert [m["id"] for m in alice.chats()] == [m["id"] for m in bob.chats()]
+    # Identity is stamped by the sending node, never taken from the client.
+    assert {m["from"]["id"] for m in bob.chats()} == {"alice", "bob"}
+    assert room_a.seq == room_b.seq == 10
+
+
+async def test_newcomer_on_a_fresh_node_gets_the_history_from_redis(redis_server, nodes) -> None:
+    (_, room_a), _ = nodes
+    alice = FakeChannel()
+    room_a.join(member("alice"), alice, {})
+    for i in range(7):
+        room_a.receive("alice", json.dumps({"type": "chat", "text": f"h{i}"}))
+    await wait_until(lambda: len(alice.chats()) == 7)
+    # A node started after the messages were sent (nothing in its memory).
+    bus = RedisChatBus(redis_server.url, history=5)
+    await bus.start()
+    try:
+        late_room = ChatRoom("demo", history=5, bus=bus)
+        carol = FakeChannel()
+        late_room.join(member("carol"), carol, {})
+        await wait_until(lambda: any(m["type"] == "history" for m in carol.sent))
+        history = next(m for m in carol.sent if m["type"] == "history")["messages"]
+        assert [m["text"] for m in history] == ["h2", "h3", "h4", "h5", "h6"]  # bounded: last 5
+        assert [m["seq"] for m in history] == [3, 4, 5, 6, 7]
+    finally:
+        await bus.close()
+    # The stream is bounded in Redis too.
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(redis_server.url)
+    try:
+        assert await client.xlen(room_keys("demo")[1]) == 5
+    finally:
+        await client.aclose()
+
+
+async def test_redis_outage_tells_the_sender_and_recovers(redis_server, nodes) -> None:
+    (_, room_a), (_, room_b) = nodes
+    alice, bob = FakeChannel(), FakeChannel()
+    room_a.join(member("alice"), alice, {})
+    room_b.join(member("bob"), bob, {})
+    room_a.receive("alice", json.dumps({"type": "chat", "text": "before"}))
+    await wait_until(lambda: len(bob.chats()) == 1)
+
+    redis_server.stop()
+    room_a.receive("alice", json.dumps({"type": "chat", "text": "during"}))
+    await wait_until(lambda: any(m["type"] == "error" for m in alice.sent), timeout=10)
+    error = next(m for m in alice.sent if m["type"] == "error")
+    assert error["code"] == "unavailable"  # not silently lost: the sender is told
+
+    redis_server.start()  # same port, empty (no persistence)
+    # The subscribers reconnect with backoff; then chat flows again.
+    async def delivered() -> bool:
+        room_a.receive("alice", json.dumps({"type": "chat", "text": "after"}))
+        await asyncio.sleep(0.5)
+        return any(m["text"] == "after" for m in bob.chats())
+
+    async with asyncio.timeout(20):
+        while not await delivered():
+            pass
+    assert [m["text"] for m in bob.chats()][0] == "before"
