@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
                         description=(transcode.__doc__ or "").split("\n\n")[0])
     transcode.add_arguments(tc)
 
+    from . import pipe_hop
+    ph = sub.add_parser("pipe-hop", help="latency added by a node-to-node pipe (cascading)",
+                        description=(pipe_hop.__doc__ or "").split("\n\n")[0])
+    pipe_hop.add_arguments(ph)
+
     from . import hls_latency
     hl = sub.add_parser("hls-latency", help="LL-HLS latency: capture time in frames vs player/hls.js",
                         description=(hls_latency.__doc__ or "").split("\n\n")[0])
@@ -120,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "transcode":
         from . import transcode
         return transcode.main(args)
+    if args.command == "pipe-hop":
+        from . import pipe_hop
+        return pipe_hop.main(args)
     if args.command == "hls-latency":
         from . import hls_latency
         return hls_latency.main(args)
