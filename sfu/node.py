@@ -13,14 +13,22 @@ event          request                                     ack
 ``stats``      ``{}``                                      worker stats
 =============  ==========================================  =========================
 
-It emits ``session_closed``, ``room_state`` and ``load`` (every second).  The
-embedded default uses this same link over loopback, so running SFU nodes as
-separate processes is configuration, not a rewrite.
+It emits ``session_closed``, ``room_state`` and ``load`` (every second, and at once
+after connecting or when draining starts).  ``load`` is the node's heartbeat: the
+worker's load plus ``room_states`` (``{room: {live, viewers}}``), so signaling can
+rebuild where rooms live after a signaling or Redis restart.  The embedded default
+uses this same link over loopback, so running SFU nodes as separate processes is
+configuration, not a rewrite.
+
+Drain (`SignalingLink.drain`, on SIGTERM for ``relaycast sfu``): the node reports
+``draining: true`` at once, refuses new sessions (503) and lets existing ones run until
+they end or a deadline passes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -36,39 +44,60 @@ NAMESPACE = "/sfu"
 class SignalingLink:
     """Keeps one worker registered with signaling.
 
-    :param url: signaling base URL, e.g. ``http://127.0.0.1:8080``.
+    :param url: signaling base URL, e.g. ``http://127.0.0.1:8080``; several separated by
+        commas (Redis mode: instances sharing one Redis) are tried in turn, so the node
+        moves to another instance when its instance goes away.
     :param node_id: this node's id.
     :param secret: the shared node secret (never logged).
     """
 
     def __init__(self, worker: Worker, url: str, node_id: str, secret: str, address: str = "") -> None:
         self.worker = worker
-        self.url = url
+        self.urls = [u.strip() for u in url.split(",") if u.strip()]
+        self.url = self.urls[0]
         self.node_id = node_id
         self._secret = secret
         self.address = address
-        self.sio = socketio.AsyncClient(reconnection=True, reconnection_delay=0.5,
-                                        reconnection_delay_max=5, logger=False, engineio_logger=False)
         self.connected = asyncio.Event()
         self._load_task: asyncio.Task[None] | None = None
-        self._register_handlers()
+        self._rejoin: asyncio.Future[None] | None = None
+        self._stopping = False
+        self.sio = self._new_client()
         worker.set_emitter(self._emit)
 
-    def _register_handlers(self) -> None:
-        sio, worker = self.sio, self.worker
+    def _new_client(self) -> socketio.AsyncClient:
+        # Reconnection is ours (`_reconnect`): python-socketio does not reconnect after a
+        # server-side disconnect (signaling shutting down, or dropping a silent node).
+        sio = socketio.AsyncClient(reconnection=False, logger=False, engineio_logger=False)
+        self._register_handlers(sio)
+        return sio
+
+    def _register_handlers(self, sio: socketio.AsyncClient) -> None:
+        worker = self.worker
         sio.on("publish", worker.publish, namespace=NAMESPACE)
         sio.on("subscribe", worker.subscribe, namespace=NAMESPACE)
         sio.on("close", worker.close_session, namespace=NAMESPACE)
         sio.on("trickle", worker.trickle, namespace=NAMESPACE)
         sio.on("stats", worker.stats, namespace=NAMESPACE)
+        sio.on("pipe_offer", worker.pipe_offer, namespace=NAMESPACE)
+        sio.on("pipe_answer", worker.pipe_answer, namespace=NAMESPACE)
 
         async def on_connect() -> None:
             logger.info("SFU node %s registered with signaling %s", self.node_id, self.url)
             self.connected.set()
+            # Re-assert this node's rooms at once (signaling may have restarted).
+            task = asyncio.ensure_future(self.report_now())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-        async def on_disconnect(*_: Any) -> None:
+        async def on_disconnect(reason: Any = None, *_: Any) -> None:
+            if sio is not self.sio:
+                return  # a replaced client finishing its close
             self.connected.clear()
-            logger.warning("SFU node %s lost signaling; reconnecting", self.node_id)
+            if self._stopping:
+                return
+            logger.warning("SFU node %s lost signaling (%s); reconnecting", self.node_id, reason)
+            if self._rejoin is None or self._rejoin.done():
+                self._rejoin = asyncio.ensure_future(self._reconnect())
 
         sio.on("connect", on_connect, namespace=NAMESPACE)
         sio.on("disconnect", on_disconnect, namespace=NAMESPACE)
@@ -80,14 +109,44 @@ class SignalingLink:
             except socketio.exceptions.BadNamespaceError:
                 pass
 
+    def _auth(self) -> dict[str, str]:
+        return {"node_id": self.node_id, "secret": self._secret, "address": self.address}
+
+    async def _connect_next(self) -> None:
+        """One attempt, on the next signaling URL after a failure."""
+        try:
+            await self.sio.connect(self.url, namespaces=[NAMESPACE], auth=self._auth(),
+                                   transports=["websocket"], wait_timeout=5)
+        except BaseException:
+            self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
+            raise
+
+    async def _reconnect(self) -> None:
+        """Reconnect until connected: every URL once per round, rounds 0.5 s apart, then
+        doubling up to 5 s."""
+        delay, tried = 0.5, 0
+        while not self._stopping and not self.sio.connected:
+            if tried % len(self.urls) == 0:
+                await asyncio.sleep(delay)  # (also lets the client finish closing)
+                delay = min(delay * 2, 5.0)
+            tried += 1
+            try:
+                await self._connect_next()
+            except socketio.exceptions.ConnectionError:
+                pass
+            except ValueError:
+                # The old connection is still closing (its close handshake can wait on a
+                # signaling instance that is shutting down): use a fresh client.
+                old, self.sio = self.sio, self._new_client()
+                task = asyncio.ensure_future(old.disconnect())
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
     async def start(self, timeout: float = 10.0) -> None:
         """Connect (retrying until ``timeout``) and start load reports."""
-        auth = {"node_id": self.node_id, "secret": self._secret, "address": self.address}
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             try:
-                await self.sio.connect(self.url, namespaces=[NAMESPACE], auth=auth,
-                                       transports=["websocket"], wait_timeout=5)
+                await self._connect_next()
                 break
             except socketio.exceptions.ConnectionError as exc:
                 if asyncio.get_running_loop().time() > deadline:
@@ -96,15 +155,37 @@ class SignalingLink:
         await asyncio.wait_for(self.connected.wait(), timeout)
         self._load_task = asyncio.create_task(self._report_load(), name="sfu-load")
 
+    def load(self) -> dict[str, Any]:
+        """The load report: the worker's load and each room's ``{live, viewers}``."""
+        states = {name: router.state() for name, router in self.worker.routers.items()}
+        return {**self.worker.load(), "room_states": states}
+
+    async def report_now(self) -> None:
+        await self._emit("load", self.load())
+
     async def _report_load(self) -> None:
         try:
             while True:
-                await self._emit("load", self.worker.load())
+                await self.report_now()
                 await asyncio.sleep(1.0)
         except asyncio.CancelledError:
             pass
 
+    async def drain(self, deadline_s: float) -> bool:
+        """Stop taking sessions, tell signaling now, wait for the sessions to end.
+
+        :returns: whether every session ended before ``deadline_s``.
+        """
+        self.worker.draining = True
+        await self.report_now()
+        return await self.worker.drain(deadline_s)
+
     async def stop(self) -> None:
+        self._stopping = True
+        if self._rejoin is not None:
+            self._rejoin.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._rejoin
         if self._load_task is not None:
             self._load_task.cancel()
             try:

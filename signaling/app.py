@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,7 +16,7 @@ from . import hls_api
 from .app_keys import CONFIG, NAMESPACE_KEY, ROOMS, SESSIONS
 from .config import SignalingConfig
 from .errors import HttpProblem, problem_middleware
-from .nodes import NodeRouter, SfuNamespace, SfuNode
+from .nodes import MemoryNodeRouter, NodeRouter, PlacementStrategy, SfuNamespace, SfuNode
 from .rooms import RoomRegistry
 from .whip import LIMITER, MediaResources, TokenBuckets
 
@@ -50,20 +51,28 @@ async def cors_middleware(
     return response
 
 
-def create_app(config: SignalingConfig) -> web.Application:
-    """Build the signaling app.  Embedded SFU startup lives in :mod:`signaling.service`."""
+def create_app(config: SignalingConfig, placement: PlacementStrategy | None = None) -> web.Application:
+    """Build the signaling app.  Embedded SFU startup lives in :mod:`signaling.service`.
+
+    :param placement: node placement strategy (default `signaling.nodes.least_loaded`).
+    """
     app = web.Application(middlewares=[cors_middleware, problem_middleware], client_max_size=1024 * 1024)
     app[CONFIG] = config
     app[ROOMS] = RoomRegistry()
     app[SESSIONS] = {}
     app[LIMITER] = TokenBuckets(config.request_rate, config.request_burst)
 
-    sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins=[], logger=False, engineio_logger=False)
+    router, manager = _node_router(config, app[ROOMS], placement)
+    sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=manager, cors_allowed_origins=[],
+                               logger=False, engineio_logger=False)
     sio.attach(app)
     app[SIO] = sio
-    namespace = SfuNamespace(config.node_secret, NodeRouter(), lambda event, node, data: _on_node_event(app, event, node, data))
+    namespace = SfuNamespace(config.node_secret, router, lambda event, node, data: _on_node_event(app, event, node, data))
     sio.register_namespace(namespace)
     app[NAMESPACE_KEY] = namespace
+    app.on_startup.append(_start_router)
+    app.on_shutdown.append(_closing_router)
+    app.on_cleanup.append(_close_router)
 
     for kind in ("whip", "whep"):
         app.router.add_routes(MediaResources(kind).routes())
@@ -84,6 +93,56 @@ def create_app(config: SignalingConfig) -> web.Application:
     return app
 
 
+def _node_router(
+    config: SignalingConfig, rooms: RoomRegistry, placement: PlacementStrategy | None
+) -> tuple[NodeRouter, socketio.AsyncManager | None]:
+    """In memory without ``REDIS_URL``; else Redis for nodes/rooms and Socket.IO."""
+    if not config.redis_url:
+        return MemoryNodeRouter(placement), None
+    from .redis_state import RedisNodeRouter, SocketIORedisManager
+
+    manager = SocketIORedisManager(config.redis_url)
+    router = RedisNodeRouter(config.redis_url, placement=placement, rooms=rooms, extra_check=manager.problem)
+    return router, manager
+
+
+async def _start_router(app: web.Application) -> None:
+    start = getattr(app[SIO].manager, "start", None)
+    if start is not None:  # Redis mode: listen before any node connects
+        start(app[SIO])
+    await app[NAMESPACE_KEY].router.start()
+
+
+async def _closing_router(app: web.Application) -> None:
+    """Shutdown: stop the router first (in Redis mode this instance stops counting as alive,
+    so its nodes may register elsewhere at once), then let the nodes connected here go: they
+    reconnect and are not declared lost; an open connection would hold the shutdown up."""
+    await app[NAMESPACE_KEY].router.close()
+    eio = app[SIO].eio
+    sockets = list(eio.sockets.values())
+    if sockets:
+        # WebSocket peers (SFU nodes, pages) get a graceful close, so they reconnect at
+        # once; a polling client that never polls again would hold that close forever,
+        # so polling-only sockets are aborted, and every close is bounded.
+        async def close(sock: Any) -> None:
+            if getattr(sock, "upgraded", False):
+                await asyncio.wait_for(sock.close(reason=eio.reason.SERVER_DISCONNECT), 3)
+            else:
+                await sock.close(wait=False, abort=True, reason=eio.reason.SERVER_DISCONNECT)
+
+        results = await asyncio.gather(*(close(s) for s in sockets), return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                logger.debug("closing an Engine.IO socket: %r", result)
+        eio.sockets = {}
+
+
+async def _close_router(app: web.Application) -> None:
+    close = getattr(app[SIO].manager, "close", None)
+    if close is not None:
+        await close()
+
+
 async def _on_node_event(app: web.Application, event: str, node: SfuNode, data: dict[str, Any]) -> None:
     sessions = app[SESSIONS]
     rooms = app[ROOMS]
@@ -97,8 +156,6 @@ async def _on_node_event(app: web.Application, event: str, node: SfuNode, data: 
             room.live = bool(data.get("live"))
             room.viewers = int(data.get("viewers") or 0)
             room.node = node.node_id
-            if not room.live and room.viewers == 0:
-                app[NAMESPACE_KEY].router.release_room(room.name)
     elif event == "node_lost":
         for sid in [s.id for s in sessions.values() if s.node_sid == node.sid]:
             del sessions[sid]
@@ -121,8 +178,12 @@ async def get_room(request: web.Request) -> web.Response:
 
 
 async def ice_servers(request: web.Request) -> web.Response:
-    """``{"iceServers": [RTCIceServer...]}`` for the pages' peer connections."""
-    return web.json_response({"iceServers": [s.to_json() for s in request.app[CONFIG].ice_servers]},
+    """``{"iceServers": [RTCIceServer...]}`` for the pages' peer connections.
+
+    With TURN REST configured every answer carries freshly minted credentials
+    (:mod:`turn.credentials`), hence ``Cache-Control: no-store``.
+    """
+    return web.json_response({"iceServers": request.app[CONFIG].client_ice_servers()},
                              headers={"Cache-Control": "no-store"})
 
 
@@ -131,10 +192,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 when at least one SFU node is registered, else 503."""
-    nodes = request.app[NAMESPACE_KEY].router.nodes
-    body = {"status": "ready" if nodes else "no SFU node", "nodes": len(nodes)}
-    return web.json_response(body, status=200 if nodes else 503)
+    """200 when at least one SFU node is registered and (Redis mode) Redis is reachable;
+    else 503 with the reason in ``status``.  ``/healthz`` never depends on Redis."""
+    router = request.app[NAMESPACE_KEY].router
+    problem = await router.check()
+    nodes = router.nodes
+    body: dict[str, Any] = {"status": problem or ("ready" if nodes else "no SFU node"), "nodes": len(nodes),
+                            "node_ids": sorted({n.node_id for n in nodes.values()})}
+    if request.app[CONFIG].redis_url:
+        body["redis"] = "unavailable" if problem else "ok"
+    return web.json_response(body, status=200 if nodes and not problem else 503,
+                             headers={"Cache-Control": "no-store"})
 
 
 # Files of web/node_modules (``npm ci --prefix web``) the pages may load.

@@ -7,11 +7,13 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from dataclasses import replace
+from typing import Any
 from urllib.parse import quote
 
-from sfu.config import ConfigError, SfuConfig
+from sfu.config import ConfigError, SfuConfig, env_number
 
 from .config import SignalingConfig
 
@@ -53,11 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
                             "MediaRelay decode/re-encode baseline used by `loadtest fanout`")
     serve.add_argument("--no-embedded-sfu", action="store_true",
                        help="do not run an SFU worker in this process; wait for `relaycast sfu` nodes")
+    serve.add_argument("--redis-url", help="Redis mode: share nodes and rooms with other signaling "
+                                           "instances (RELAYCAST_REDIS_URL or REDIS_URL)")
 
     node = sub.add_parser("sfu", help="run an SFU node that registers with a signaling server")
-    node.add_argument("--signaling", required=True, help="signaling base URL, e.g. http://127.0.0.1:8080")
-    node.add_argument("--node-id", default=None, help="node id (RELAYCAST_NODE_ID)")
+    node.add_argument("--signaling", required=True,
+                      help="signaling base URL, e.g. http://127.0.0.1:8080; in Redis mode several, "
+                           "comma-separated, tried in turn when one goes away")
+    node.add_argument("--node-id", default=None,
+                      help="node id (RELAYCAST_NODE_ID; default sfu-HOSTNAME-PID, unique per process)")
     node.add_argument("--ice-gather", help="comma-separated local IPs for ICE host candidates")
+
+    from turn import cli as turn_cli  # `relaycast turn`: coturn for development / config rendering
+
+    turn_cli.add_parser(sub)
     return parser
 
 
@@ -65,11 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     try:
+        if args.command == "turn":
+            from turn import cli as turn_cli
+
+            return turn_cli.main(args)
         if args.command == "serve":
             config = SignalingConfig.from_env(
                 host=args.host, port=args.port, demo_room=args.demo_room,
                 demo_stream_key=args.demo_stream_key, ice_gather=_gather(args.ice_gather),
-                embedded_sfu=False if args.no_embedded_sfu else None,
+                embedded_sfu=False if args.no_embedded_sfu else None, redis_url=args.redis_url,
             )
             if args.mode:
                 config = replace(config, sfu=replace(config.sfu, mode=args.mode))
@@ -88,6 +103,19 @@ async def _wait_for_signal() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+class _Signals:
+    """SIGINT/SIGTERM as events: ``first`` on the first one, ``second`` on the next."""
+
+    def __init__(self) -> None:
+        self.first, self.second = asyncio.Event(), asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._fired)
+
+    def _fired(self) -> None:
+        (self.second if self.first.is_set() else self.first).set()
 
 
 async def _serve(config: SignalingConfig) -> int:
@@ -114,21 +142,37 @@ async def _sfu_node(args: argparse.Namespace) -> int:
     secret = os.environ.get("RELAYCAST_NODE_SECRET", "")
     if len(secret) < 16:
         raise ConfigError("RELAYCAST_NODE_SECRET (>= 16 characters) is required for `relaycast sfu`")
+    drain_s = env_number(os.environ, "RELAYCAST_DRAIN_S", 30.0, 0, 86400)
     config = SfuConfig.from_env()
-    overrides = {}
+    overrides: dict[str, Any] = {}
     if args.node_id:
         overrides["node_id"] = args.node_id
+    elif not os.environ.get("RELAYCAST_NODE_ID"):
+        overrides["node_id"] = f"sfu-{socket.gethostname()}-{os.getpid()}"
     if args.ice_gather:
         overrides["ice_gather"] = _gather(args.ice_gather)
     if overrides:
         config = replace(config, **overrides)
     async with Worker(config) as worker:
         link = SignalingLink(worker, args.signaling, config.node_id, secret)
+        signals = _Signals()
         await link.start(timeout=30)
         print(f"SFU node {config.node_id} registered with {args.signaling}", flush=True)
-        await _wait_for_signal()
-        worker.draining = True
-        await link.stop()
+        await signals.first.wait()
+        # Drain: no new sessions (503), existing ones run until they end or the deadline;
+        # a second signal cuts it short.
+        sessions = worker.load()["sessions"]
+        print(f"SFU node {config.node_id} draining: {sessions} sessions, up to {drain_s:g} s", flush=True)
+        drain = asyncio.ensure_future(link.drain(drain_s))
+        cut = asyncio.ensure_future(signals.second.wait())
+        await asyncio.wait([drain, cut], return_when=asyncio.FIRST_COMPLETED)
+        cut.cancel()
+        ended = drain.done() and drain.result()
+        drain.cancel()
+        left = worker.load()["sessions"]
+        print(f"SFU node {config.node_id} " + ("drained" if ended else f"closing {left} sessions"), flush=True)
+        await worker.close()
+        await link.stop()  # signaling forgets the node's sessions on the disconnect
     return 0
 
 

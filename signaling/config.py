@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sfu.config import ConfigError, SfuConfig, env_number
+from turn import credentials as turn_credentials
 
 ROOM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -55,9 +56,15 @@ class SignalingConfig:
     :ivar embedded_sfu: run one SFU worker in this process (``RELAYCAST_EMBEDDED_SFU``).
     :ivar ice_servers: STUN/TURN servers for clients (``RELAYCAST_ICE_SERVERS``,
         comma-separated ``url|user|pass``).
+    :ivar turn_urls/turn_secret/turn_ttl_s: TURN REST (``RELAYCAST_TURN_URLS``,
+        ``RELAYCAST_TURN_SECRET``, ``RELAYCAST_TURN_TTL_S``): every session gets
+        credentials minted for it (:meth:`client_ice_servers`).
     :ivar request_rate/request_burst: per-client-IP token bucket for POST/PATCH/DELETE
         on WHIP/WHEP (RFC 9725 §5).
     :ivar retry_after_s: ``Retry-After`` for 409 (room not live) and 503.
+    :ivar redis_url: Redis mode (``RELAYCAST_REDIS_URL``, else ``REDIS_URL``): SFU nodes,
+        room placement and Socket.IO shared with other signaling instances; ``None`` =
+        the in-memory embedded default.
     """
 
     host: str = "127.0.0.1"
@@ -67,11 +74,15 @@ class SignalingConfig:
     node_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     embedded_sfu: bool = True
     ice_servers: tuple[IceServer, ...] = ()
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str | None = field(default=None, repr=False)
+    turn_ttl_s: int = turn_credentials.DEFAULT_TTL_S
     cors_origin: str = "*"
     request_rate: float = 20.0
     request_burst: int = 100
     retry_after_s: int = 3
     rpc_timeout_s: float = 15.0
+    redis_url: str | None = field(default=None, repr=False)
     sfu: SfuConfig = field(default_factory=SfuConfig)
 
     @classmethod
@@ -87,10 +98,17 @@ class SignalingConfig:
             "ice_servers": tuple(
                 IceServer.parse(s.strip()) for s in env.get("RELAYCAST_ICE_SERVERS", "").split(",") if s.strip()
             ),
+            "turn_urls": tuple(u.strip() for u in env.get("RELAYCAST_TURN_URLS", "").split(",") if u.strip()),
+            "turn_secret": env.get("RELAYCAST_TURN_SECRET") or None,
+            "turn_ttl_s": _int(env, "RELAYCAST_TURN_TTL_S", turn_credentials.DEFAULT_TTL_S,
+                               turn_credentials.MIN_TTL_S, turn_credentials.MAX_TTL_S),
             "cors_origin": env.get("RELAYCAST_CORS_ORIGIN", "*"),
             "request_rate": float(_int(env, "RELAYCAST_REQUEST_RATE", 20, 1, 100000)),
             "request_burst": _int(env, "RELAYCAST_REQUEST_BURST", 100, 1, 1000000),
         }
+        redis_var = "RELAYCAST_REDIS_URL" if env.get("RELAYCAST_REDIS_URL") else "REDIS_URL"
+        if env.get(redis_var):
+            values["redis_url"] = check_redis_url(env[redis_var], redis_var)
         if env.get("RELAYCAST_NODE_SECRET"):
             values["node_secret"] = env["RELAYCAST_NODE_SECRET"]
         sfu = SfuConfig.from_env(env)
@@ -114,6 +132,55 @@ class SignalingConfig:
             raise ConfigError("RELAYCAST_NODE_SECRET: use at least 16 characters")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is out of range")
+        if self.redis_url is not None:
+            check_redis_url(self.redis_url, "RELAYCAST_REDIS_URL")
+        self._validate_turn()
+
+    def _validate_turn(self) -> None:
+        try:
+            urls = turn_credentials.check_urls(self.turn_urls, "RELAYCAST_TURN_URLS")
+            if self.turn_secret is not None:
+                turn_credentials.check_secret(self.turn_secret, "RELAYCAST_TURN_SECRET")
+            turn_credentials.check_ttl(self.turn_ttl_s, "RELAYCAST_TURN_TTL_S")
+        except turn_credentials.TurnError as exc:
+            raise ConfigError(str(exc)) from None
+        if any(u.startswith(("turn:", "turns:")) for u in urls) and not self.turn_secret:
+            raise ConfigError("RELAYCAST_TURN_URLS has turn: URLs: set RELAYCAST_TURN_SECRET (coturn's static-auth-secret)")
+        if self.turn_secret and not urls:
+            raise ConfigError("RELAYCAST_TURN_SECRET is set but RELAYCAST_TURN_URLS is empty")
+
+    def client_ice_servers(self, user_id: str | None = None) -> list[dict[str, Any]]:
+        """``RTCIceServer`` dicts for one session: the static ``ice_servers`` and, with
+        TURN REST configured, ``turn_urls`` with credentials minted now for ``user_id``
+        (random when ``None``; it is visible to coturn, never use a secret)."""
+        out = [s.to_json() for s in self.ice_servers]
+        out += turn_credentials.ice_servers(self.turn_urls, self.turn_secret, user_id, self.turn_ttl_s)
+        return out
+
+
+def check_redis_url(url: str, name: str) -> str:
+    """``redis://[user:pass@]host[:port][/db]``, ``rediss://...`` or ``unix:///path``.
+
+    :raises ConfigError: naming ``name`` (the password is never echoed).
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{name}: not a valid URL ({exc})") from None
+    shown = f"{parts.scheme}://{parts.hostname or ''}{f':{port}' if port else ''}{parts.path}"
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"{name}: {shown!r} must be a redis://, rediss:// or unix:// URL")
+    if parts.scheme == "unix":
+        if not parts.path.startswith("/"):
+            raise ConfigError(f"{name}: a unix:// URL needs an absolute socket path")
+    elif not parts.hostname:
+        raise ConfigError(f"{name}: {shown!r} has no host")
+    elif parts.path not in ("", "/") and not parts.path[1:].isdigit():
+        raise ConfigError(f"{name}: the path of {shown!r} must be a database number")
+    return url.strip()
 
 
 def _is_loopback(host: str) -> bool:

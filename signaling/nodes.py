@@ -1,16 +1,30 @@
 """SFU nodes as seen by signaling: the ``/sfu`` Socket.IO namespace and node placement.
 
-``NodeRouter`` decides which node hosts a room (in-memory here; a Redis
-implementation arrives with scale-out).  ``SfuNamespace`` authenticates nodes,
-tracks their load and forwards their events to the app.
+``NodeRouter`` is the interface signaling places sessions through.  Two implementations:
+
+* `MemoryNodeRouter` (here): one signaling process, the embedded default.
+* `signaling.redis_state.RedisNodeRouter`: several signaling instances sharing SFU
+  nodes, the room → node map and room state through Redis (``REDIS_URL``).
+
+Both place a room on the node already hosting it (sticky), else on the node a
+`PlacementStrategy` picks among the available ones (`least_loaded` by default), and
+forget a node — releasing its rooms — when its Socket.IO connection drops or when its
+load reports (every second, the heartbeat) stop for ``ttl`` seconds.
+
+``SfuNamespace`` authenticates nodes with the shared node secret, feeds their load
+reports and room states to the router, and hands their events to the app (and, through
+the router, to the other signaling instances).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,59 +33,250 @@ import socketio
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "/sfu"
+DEFAULT_NODE_TTL_S = 4.0
+"""A node whose last load report is older than this is gone (reports come every second)."""
 
 
 @dataclass
 class SfuNode:
+    """A registered SFU node.
+
+    :ivar sid: its Socket.IO session id on the ``/sfu`` namespace (RPC address; works from
+        any signaling instance in Redis mode).
+    :ivar load: its last load report (``sessions``, ``capacity``, ``draining``, ...).
+    :ivar seen: ``time.monotonic()`` of the last report received by this instance.
+    :ivar local: connected to this signaling instance.
+    """
+
     sid: str
     node_id: str
     address: str = ""
     load: dict[str, Any] = field(default_factory=dict)
     seen: float = field(default_factory=time.monotonic)
+    local: bool = True
 
     @property
     def sessions(self) -> int:
         return int(self.load.get("sessions", 0))
 
     @property
+    def capacity(self) -> int:
+        return int(self.load.get("capacity", 1 << 30))
+
+    @property
+    def draining(self) -> bool:
+        return bool(self.load.get("draining"))
+
+    @property
     def available(self) -> bool:
-        return not self.load.get("draining") and self.sessions < int(self.load.get("capacity", 1 << 30))
+        return not self.draining and self.sessions < self.capacity
 
 
 class NoNodeAvailable(Exception):
     """No SFU node is registered (or all are full/draining)."""
 
 
-class NodeRouter:
-    """In-memory node registry with least-loaded placement and sticky rooms."""
+class RouterUnavailable(NoNodeAvailable):
+    """The shared state (Redis) cannot be reached: placement is impossible for now."""
 
-    def __init__(self) -> None:
+
+class NodeIdInUse(Exception):
+    """Another live connection already registered this node id."""
+
+
+PlacementStrategy = Callable[[str, Sequence[SfuNode]], SfuNode]
+"""``strategy(room, candidates) -> node``: picks the node for a room not placed yet.
+``candidates`` is never empty and holds only available (not full, not draining) nodes."""
+
+
+def least_loaded(room: str, candidates: Sequence[SfuNode]) -> SfuNode:
+    """The default strategy: lowest sessions/capacity, then fewest sessions, then node id."""
+    return min(candidates, key=lambda n: (n.sessions / max(1, n.capacity), n.sessions, n.node_id))
+
+
+NodeEventListener = Callable[[str, SfuNode, dict[str, Any]], Any]
+"""``listener(event, node, data)`` with event ``session_closed``, ``room_state`` or ``node_lost``."""
+
+
+class NodeRouter(ABC):
+    """Where SFU nodes are registered and rooms are placed.
+
+    :ivar nodes: the live nodes this instance knows, by Socket.IO sid (in Redis mode the
+        whole cluster's, refreshed about every ``ttl / 8`` s); read synchronously by
+        the HTTP handlers, metrics and ``/readyz``.
+    :ivar listener: delivers node events to this instance's app (set by `SfuNamespace`).
+    :ivar disconnect: closes a node's Socket.IO connection (set by `SfuNamespace`); used
+        when a connected node stops reporting.
+    """
+
+    def __init__(self, placement: PlacementStrategy | None = None, ttl: float = DEFAULT_NODE_TTL_S) -> None:
+        self.placement: PlacementStrategy = placement or least_loaded
+        self.ttl = ttl
         self.nodes: dict[str, SfuNode] = {}
-        self.room_nodes: dict[str, str] = {}
+        self.listener: NodeEventListener | None = None
+        self.disconnect: Callable[[str], Awaitable[None]] | None = None
+        self.closing = False
 
-    def add(self, node: SfuNode) -> None:
+    # ----------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        """Start background work (expiry; in Redis mode sync and the event bus)."""
+        return None
+
+    async def close(self) -> None:
+        """Stop background work.  Nodes that disconnect from now on are not declared lost
+        (they reconnect to another instance or to this one after its restart)."""
+        self.closing = True
+
+    # ------------------------------------------------------------- nodes
+    @abstractmethod
+    async def register(self, node: SfuNode) -> None:
+        """A node connected to this instance.  :raises NodeIdInUse:"""
+
+    @abstractmethod
+    async def heartbeat(self, sid: str, load: dict[str, Any]) -> SfuNode | None:
+        """A load report from a node connected here; it refreshes the node's heartbeat.
+
+        ``load["room_states"]`` (``{room: {"live", "viewers"}}``), when present, re-asserts
+        the rooms the node hosts, so room state heals after a Redis restart."""
+
+    @abstractmethod
+    async def unregister(self, sid: str) -> SfuNode | None:
+        """The node's connection dropped: forget it and release its rooms (unless closing).
+
+        :returns: the node, or ``None`` when it was not registered (any more)."""
+
+    # ------------------------------------------------------------- rooms
+    @abstractmethod
+    async def node_for_room(self, room: str) -> SfuNode:
+        """The node hosting ``room``, else the one `placement` picks (then sticky).
+
+        :raises NoNodeAvailable: no available node.
+        :raises RouterUnavailable: the shared state cannot be reached (Redis mode)."""
+
+    @abstractmethod
+    async def release_room(self, room: str, node: SfuNode | None = None) -> None:
+        """Forget where ``room`` is placed (only if on ``node`` when given)."""
+
+    @abstractmethod
+    async def update_room(self, node: SfuNode, room: str, live: bool, viewers: int) -> None:
+        """A node's room state; an idle room (not live, no viewers) is released."""
+
+    # ------------------------------------------------------------- events
+    async def broadcast(self, event: str, node: SfuNode, data: dict[str, Any]) -> None:
+        """Send a node event to the other signaling instances (none in memory)."""
+        return None
+
+    async def check(self) -> str | None:
+        """``None`` when the shared state is usable, else why not (for ``/readyz``)."""
+        return None
+
+    def reachable(self, node: SfuNode) -> bool:
+        """Whether an RPC to ``node`` can be delivered now."""
+        return True
+
+    # ------------------------------------------------------------ helpers
+    async def _deliver(self, event: str, node: SfuNode, data: dict[str, Any]) -> None:
+        if self.listener is not None:
+            try:
+                await _maybe_await(self.listener(event, node, data))
+            except Exception:
+                logger.exception("node event %s failed", event)
+
+    async def _disconnect(self, sid: str) -> None:
+        if self.disconnect is not None:
+            with contextlib.suppress(Exception):
+                await self.disconnect(sid)
+
+
+class _ExpiryClock:
+    """Tells stale nodes from a stalled event loop: if this process itself was stalled
+    (a tick came much later than scheduled), reports could not be received either, so
+    the local nodes get a fresh ``seen`` instead of being declared lost."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.last = time.monotonic()
+
+    def stalled(self) -> bool:
+        now = time.monotonic()
+        late = now - self.last - self.interval
+        self.last = now
+        return late > 1.0
+
+
+class MemoryNodeRouter(NodeRouter):
+    """In-memory registry (one signaling process): nodes by sid, rooms by sid."""
+
+    def __init__(self, placement: PlacementStrategy | None = None, ttl: float = DEFAULT_NODE_TTL_S) -> None:
+        super().__init__(placement, ttl)
+        self.room_nodes: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._expire_forever(), name="node-expiry")
+
+    async def close(self) -> None:
+        await super().close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def register(self, node: SfuNode) -> None:
         self.nodes[node.sid] = node
 
-    def remove(self, sid: str) -> SfuNode | None:
+    async def heartbeat(self, sid: str, load: dict[str, Any]) -> SfuNode | None:
+        node = self.nodes.get(sid)
+        if node is not None:
+            node.load = {k: v for k, v in load.items() if k != "room_states"}
+            node.seen = time.monotonic()
+        return node
+
+    async def unregister(self, sid: str) -> SfuNode | None:
         node = self.nodes.pop(sid, None)
         for room in [r for r, s in self.room_nodes.items() if s == sid]:
             del self.room_nodes[room]
         return node
 
-    def node_for_room(self, room: str) -> SfuNode:
-        """The node already hosting ``room``, else the least-loaded available one."""
+    async def node_for_room(self, room: str) -> SfuNode:
         sid = self.room_nodes.get(room)
         if sid is not None and sid in self.nodes:
             return self.nodes[sid]
         candidates = [n for n in self.nodes.values() if n.available]
         if not candidates:
             raise NoNodeAvailable("no SFU node is available")
-        node = min(candidates, key=lambda n: n.sessions)
+        node = self.placement(room, candidates)
         self.room_nodes[room] = node.sid
         return node
 
-    def release_room(self, room: str) -> None:
-        self.room_nodes.pop(room, None)
+    async def release_room(self, room: str, node: SfuNode | None = None) -> None:
+        if node is None or self.room_nodes.get(room) == node.sid:
+            self.room_nodes.pop(room, None)
+
+    async def update_room(self, node: SfuNode, room: str, live: bool, viewers: int) -> None:
+        if not live and viewers == 0:
+            await self.release_room(room, node)
+        elif self.room_nodes.get(room) not in self.nodes:  # e.g. the node reconnected
+            self.room_nodes[room] = node.sid
+
+    async def _expire_forever(self) -> None:
+        interval = min(1.0, self.ttl / 4)
+        clock = _ExpiryClock(interval)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if clock.stalled():
+                for node in self.nodes.values():
+                    node.seen = now
+                continue
+            for node in [n for n in self.nodes.values() if now - n.seen > self.ttl]:
+                if await self.unregister(node.sid) is not None:
+                    logger.warning("SFU node %s missed its heartbeats for %.1f s: gone",
+                                   node.node_id, now - node.seen)
+                    await self._deliver("node_lost", node, {})
+                    await self._disconnect(node.sid)
 
 
 class SfuNamespace(socketio.AsyncNamespace):
@@ -81,12 +286,22 @@ class SfuNamespace(socketio.AsyncNamespace):
         self,
         secret: str,
         router: NodeRouter,
-        on_event: Callable[[str, SfuNode, dict[str, Any]], Any],
+        on_event: NodeEventListener,
     ) -> None:
         super().__init__(NAMESPACE)
         self._secret = secret
         self.router = router
         self._on_event = on_event
+        router.listener = on_event
+        router.disconnect = self._disconnect_node
+
+    async def _disconnect_node(self, sid: str) -> None:
+        await self.server.disconnect(sid, namespace=NAMESPACE)
+
+    async def _dispatch(self, event: str, node: SfuNode, data: dict[str, Any]) -> None:
+        """An event of a node connected here: this instance's app, then the others."""
+        await _maybe_await(self._on_event(event, node, data))
+        await self.router.broadcast(event, node, data)
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         if not isinstance(auth, dict) or not isinstance(auth.get("secret"), str):
@@ -95,33 +310,54 @@ class SfuNamespace(socketio.AsyncNamespace):
             logger.warning("refused SFU node with a bad secret from %s", environ.get("REMOTE_ADDR"))
             raise socketio.exceptions.ConnectionRefusedError("bad node credentials")
         node = SfuNode(sid=sid, node_id=str(auth.get("node_id") or sid), address=str(auth.get("address") or ""))
-        self.router.add(node)
+        try:
+            await self.router.register(node)
+        except NodeIdInUse as exc:
+            logger.warning("refused SFU node %s: %s", node.node_id, exc)
+            raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
         logger.info("SFU node %s registered", node.node_id)
 
     async def on_disconnect(self, sid: str, *args: Any) -> None:
-        node = self.router.remove(sid)
+        node = await self.router.unregister(sid)
         if node is not None:
             logger.warning("SFU node %s disconnected", node.node_id)
-            await _maybe_await(self._on_event("node_lost", node, {}))
+            await self._dispatch("node_lost", node, {})
 
     async def on_load(self, sid: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            return
         node = self.router.nodes.get(sid)
-        if node is not None and isinstance(data, dict):
-            node.load = data
-            node.seen = time.monotonic()
+        first = node is not None and node.local and not node.load
+        await self.router.heartbeat(sid, data)
+        states = data.get("room_states")
+        if first and isinstance(states, dict):
+            # A node (re)connecting says which rooms it hosts: every instance learns it now.
+            for room, state in states.items():
+                if isinstance(state, dict) and (state.get("live") or state.get("viewers")):
+                    await self.on_room_state(sid, {**state, "room": room})
 
     async def on_session_closed(self, sid: str, data: Any) -> None:
         node = self.router.nodes.get(sid)
         if node is not None and isinstance(data, dict):
-            await _maybe_await(self._on_event("session_closed", node, data))
+            await self._dispatch("session_closed", node, data)
 
     async def on_room_state(self, sid: str, data: Any) -> None:
         node = self.router.nodes.get(sid)
-        if node is not None and isinstance(data, dict):
-            await _maybe_await(self._on_event("room_state", node, data))
+        if node is None or not isinstance(data, dict) or not isinstance(data.get("room"), str):
+            return
+        try:
+            viewers = max(0, int(data.get("viewers") or 0))
+        except (TypeError, ValueError):
+            viewers = 0
+        await self.router.update_room(node, data["room"], bool(data.get("live")), viewers)
+        await self._dispatch("room_state", node, data)
 
     async def call(self, node: SfuNode, event: str, data: dict[str, Any], timeout: float) -> dict[str, Any]:
         """RPC to a node; the ack is the result dict (``{"error": ...}`` on failure)."""
+        if not self.router.reachable(node):
+            return {"error": {"status": 503, "title": "SFU unavailable",
+                              "detail": f"node {node.node_id} is connected to another signaling "
+                                        "instance and Redis is unreachable"}}
         try:
             result = await self.server.call(event, data, to=node.sid, namespace=NAMESPACE, timeout=timeout)
         except socketio.exceptions.TimeoutError:

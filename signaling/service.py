@@ -19,6 +19,7 @@ from sfu.worker import Worker
 from .app import create_app
 from .app_keys import RECORDINGS, ROOMS
 from .config import SignalingConfig
+from .nodes import PlacementStrategy
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +34,16 @@ class ServiceInfo:
 class Service:
     """``async with Service(config) as svc``: listening server, embedded SFU registered.
 
-    ``svc.url`` is the base URL (``port=0`` picks a free port).
+    ``svc.url`` is the base URL (``port=0`` picks a free port).  With
+    ``config.redis_url`` the instance shares SFU nodes and rooms with the other
+    instances on that Redis (``embedded_sfu=False`` for signaling-only instances;
+    an embedded worker needs a node id unique in the cluster).
+    ``placement`` overrides the node placement strategy (default least-loaded).
     """
 
-    def __init__(self, config: SignalingConfig) -> None:
+    def __init__(self, config: SignalingConfig, placement: PlacementStrategy | None = None) -> None:
         self.config = config
-        self.app = create_app(config)
+        self.app = create_app(config, placement)
         self.runner = web.AppRunner(self.app, access_log=None)
         self.worker: Worker | None = None
         self.link: SignalingLink | None = None

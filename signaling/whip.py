@@ -20,6 +20,7 @@ Choices where the specs leave room (documented in docs/whip-whep.md):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import secrets
@@ -205,17 +206,20 @@ class MediaResources:
             raise HttpProblem(404, None, "no such session (it ended or never existed)")
         return session
 
-    def _ice_links(self, request: web.Request) -> list[str]:
+    def _ice_links(self, request: web.Request, user_id: str) -> list[str]:
+        """``Link: <url>; rel="ice-server"`` per URL (RFC 9725 §4.6): the static servers and
+        TURN REST credentials minted for this session (``user_id`` is not a secret)."""
         links = []
-        for server in request.app[CONFIG].ice_servers:
-            link = f'<{server.url}>; rel="ice-server"'
-            if server.username is not None:
-                link += (
-                    f"; username={quoted_string(server.username)}"
-                    f"; credential={quoted_string(server.credential or '')}"
-                    '; credential-type="password"'
-                )
-            links.append(link)
+        for server in request.app[CONFIG].client_ice_servers(user_id):
+            for url in server["urls"]:
+                link = f'<{url}>; rel="ice-server"'
+                if "username" in server:
+                    link += (
+                        f"; username={quoted_string(server['username'])}"
+                        f"; credential={quoted_string(server.get('credential') or '')}"
+                        '; credential-type="password"'
+                    )
+                links.append(link)
         return links
 
     @staticmethod
@@ -255,12 +259,12 @@ class MediaResources:
         offer = await self._read_offer(request)
         namespace = request.app[NAMESPACE_KEY]
         try:
-            node = namespace.router.node_for_room(room_name)
-        except NoNodeAvailable:
+            node = await namespace.router.node_for_room(room_name)
+        except NoNodeAvailable as exc:  # RouterUnavailable too: Redis unreachable
             raise HttpProblem(
                 503,
                 None,
-                "no SFU node is available",
+                str(exc) or "no SFU node is available",
                 headers={"Retry-After": str(config.retry_after_s)},
             ) from None
         session_id = secrets.token_urlsafe(24)  # 192 bits from a CSPRNG (RFC 9725 §5)
@@ -286,10 +290,11 @@ class MediaResources:
                 await namespace.call(
                     node, "close", {"session_id": session_id}, timeout=config.rpc_timeout_s
                 )
-            if not room.live and not any(
+            if not room.live and not room.viewers and not any(
                 s.room == room_name for s in request.app[SESSIONS].values()
             ):
-                namespace.router.release_room(room_name)
+                with contextlib.suppress(NoNodeAvailable):
+                    await namespace.router.release_room(room_name, node)
             raise self._sfu_error(result, config.retry_after_s)
         ufrag, pwd = _UFRAG.search(offer), _PWD.search(offer)
         session = Session(
@@ -310,7 +315,7 @@ class MediaResources:
             "Accept-Patch": SDPFRAG,
         }
         response = web.Response(status=201, text=result["sdp"], content_type=SDP, headers=headers)
-        for link in self._ice_links(request):
+        for link in self._ice_links(request, f"{self.kind}-{identity.id}"):
             response.headers.add("Link", link)
         logger.info(
             "%s session %s… created in room %s", self.kind.upper(), session_id[:6], room_name

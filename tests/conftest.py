@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
@@ -62,3 +62,14 @@ async def service() -> AsyncIterator[Service]:
     """A running service: ``service.url``, demo room ``demo`` with :data:`STREAM_KEY`."""
     async with Service(make_config()) as svc:
         yield svc
+
+
+@pytest.fixture
+def redis_server() -> Iterator[object]:
+    """A private ``redis-server`` on 127.0.0.1 (``.url``; ``.stop()``/``.start()`` for an outage)."""
+    from redis_server import RedisServer
+
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()

@@ -2,7 +2,7 @@
 // (RFC 9725) to POST /whip/{room}, plus the "chat" data channel.
 import { attachChat, mountChat } from "./chat.js";
 import {
-  HttpError, backoffDelay, closeSession, fetchIceServers, negotiate, pollStats,
+  HttpError, backoffDelay, closeSession, rtcConfiguration, negotiate, pollStats,
   roomFromPath, setState, sleep, watchConnection,
 } from "./webrtc.js";
 
@@ -102,7 +102,7 @@ function hasLiveMedia() {
 
 // ---- WHIP session ------------------------------------------------------------
 async function publish(signal, token) {
-  const pc = new RTCPeerConnection({ iceServers: await fetchIceServers() });
+  const pc = new RTCPeerConnection(await rtcConfiguration());
   for (const track of stream.getTracks()) {
     pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
   }

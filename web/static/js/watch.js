@@ -14,7 +14,7 @@
 import { attachChat, mountChat } from "./chat.js";
 import { HlsPlayer, hlsSupport } from "./hls-player.js";
 import {
-  HttpError, backoffDelay, closeSession, fetchIceServers, negotiate, pollStats,
+  HttpError, backoffDelay, closeSession, rtcConfiguration, negotiate, pollStats,
   roomFromPath, setState, sleep, watchConnection,
 } from "./webrtc.js";
 
@@ -76,7 +76,7 @@ function showPlayState() {
 // ------------------------------------------------------------------ WebRTC (WHEP)
 
 async function play(signal) {
-  const pc = new RTCPeerConnection({ iceServers: await fetchIceServers() });
+  const pc = new RTCPeerConnection(await rtcConfiguration());
   // WHEP: the client sends the offer, with receive-only media sections.
   pc.addTransceiver("video", { direction: "recvonly" });
   pc.addTransceiver("audio", { direction: "recvonly" });

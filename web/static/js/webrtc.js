@@ -29,6 +29,29 @@ export async function fetchIceServers() {
 }
 
 /**
+ * The RTCConfiguration for a session: ICE servers from GET /api/ice-servers
+ * (TURN credentials there are minted per request, so call this per session).
+ * ``?relay=1`` in the page URL sets iceTransportPolicy "relay": only TURN relay
+ * candidates are used, for testing and debugging a TURN deployment (the
+ * connection fails when the server advertises no TURN server).
+ */
+export async function rtcConfiguration(search = location.search) {
+  const config = { iceServers: await fetchIceServers() };
+  if (relayOnly(search)) {
+    config.iceTransportPolicy = "relay";
+    if (!config.iceServers.some((s) => [s.urls].flat().some((u) => /^turns?:/.test(u)))) {
+      console.warn("relaycast: ?relay=1 but the server advertises no TURN server; ICE will fail");
+    }
+  }
+  return config;
+}
+
+/** ``?relay=1`` (or ``true``/``yes``): TURN relay candidates only. */
+export function relayOnly(search = location.search) {
+  return ["1", "true", "yes"].includes(new URLSearchParams(search).get("relay") ?? "");
+}
+
+/**
  * Resolve once ICE gathering is complete, or after timeoutMs, whichever is first.
  * WHIP/WHEP clients may trickle candidates with PATCH, but we do "non-trickle":
  * the offer POSTed to the server already carries every candidate we gathered.
