@@ -119,6 +119,11 @@ async def check_hls_playing(page: Any, requests: Requests) -> int:
     await wait_advancing(page, 2.0)
     assert await page.evaluate("window.relaycastWatch.engine") == "hls.js"
     assert await page.evaluate("document.querySelector('[data-testid=video]').srcObject") is None
+    # Frames keep being decoded (counted since the element's source was set; a loaded
+    # machine may need longer than the 2 s above to show 30 of them).
+    await page.wait_for_function(
+        "document.querySelector('[data-testid=video]').getVideoPlaybackQuality()"
+        ".totalVideoFrames > 30", timeout=PLAY_TIMEOUT_MS)
     quality = await tid(page, "video").evaluate(
         "v => [v.videoWidth, v.videoHeight, v.getVideoPlaybackQuality().totalVideoFrames]"
     )

@@ -1,71 +1,18 @@
-"""Chat across SFU nodes through a real Redis (started on 127.0.0.1 by the fixture):
-two nodes' ChatRooms for one room share sequence numbers, order and history."""
+"""Chat across SFU nodes through a real Redis (the ``redis_server`` fixture of
+tests/conftest.py, 127.0.0.1): two nodes' ChatRooms for one room share sequence
+numbers, order and history."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from sfu.chat import ChatRoom, Identity
 from sfu.chat_bus import RedisChatBus, room_keys
-
-REDIS = shutil.which("redis-server")
-pytestmark = pytest.mark.skipif(REDIS is None, reason="needs Debian redis-server")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisProcess:
-    """redis-server on 127.0.0.1:port, no persistence; stop/start keep the port."""
-
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert REDIS is not None
-        self.proc = subprocess.Popen(
-            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisProcess]:
-    server = RedisProcess()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class FakeChannel:
@@ -84,7 +31,7 @@ class FakeChannel:
 
 
 @pytest.fixture
-async def nodes(redis_server: RedisProcess) -> AsyncIterator[list[tuple[RedisChatBus, ChatRoom]]]:
+async def nodes(redis_server: Any) -> AsyncIterator[list[tuple[RedisChatBus, ChatRoom]]]:
     """Two nodes: each a bus + the room's ChatRoom, wired like Worker does."""
     out = []
     for _ in range(2):
