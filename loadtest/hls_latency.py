@@ -32,7 +32,6 @@ import base64
 import io
 import json
 import os
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,20 +45,11 @@ from .fanout import ROOM, PublisherProcess, SfuProcess
 from .llhls_player import LlhlsPlayer, PartRecord
 from .pattern import code_to_capture_time, read_code
 from .procstat import cpu_seconds, machine_cpu_seconds
+from .report import ms_percentiles
 
-__all__ = ["decode_part_latencies", "main", "percentiles"]
+__all__ = ["decode_part_latencies", "main"]
 
 BROWSER = "/usr/lib/chromium/chromium-headless-shell"
-
-
-def percentiles(values: list[float]) -> dict[str, float | int | None]:
-    """``{"n", "p50", "p95", "max"}`` in ms (None when empty)."""
-    if not values:
-        return {"n": 0, "p50": None, "p95": None, "max": None}
-    ordered = sorted(values)
-    q = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else ordered * 99
-    return {"n": len(ordered), "p50": round(q[49] * 1000, 1), "p95": round(q[94] * 1000, 1),
-            "max": round(ordered[-1] * 1000, 1)}
 
 
 def decode_part_latencies(init: bytes, parts: list[tuple[PartRecord, bytes]]) -> list[float]:
@@ -252,13 +242,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         wall = time.monotonic() - wall0
         report["cpu_cores"] = {"machine": round((machine_cpu_seconds() - cpu0) / wall, 2),
                                "serve": round((cpu_seconds(sfu.pid) - serve0) / wall, 2)}
-        report["player"] = {}
         report["bridge_after_player"] = await bridge_report(sfu.url)
         print(f"CPU during the player window: {report['cpu_cores']} cores; bridge "
               f"{report['bridge_after_player']}", flush=True)
-        report["player"] |= {
-            "frames": percentiles(latencies), "parts": len(player.records),
-            "part_latency_pdt": percentiles([r.latency for r in player.records
+        report["player"] = {
+            "frames": ms_percentiles(latencies), "parts": len(player.records),
+            "part_latency_pdt": ms_percentiles([r.latency for r in player.records
                                              if r.latency is not None and not r.catchup]),
             "errors": len(player.errors), "resyncs": player.resyncs,
         }
@@ -272,7 +261,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             report["bridge_after_browser"] = await bridge_report(sfu.url)
             print(f"machine CPU with the browser: {browser_cpu} cores; bridge "
                   f"{report['bridge_after_browser']}", flush=True)
-            report["hlsjs"] = {"frames": percentiles(result["latencies"]), "machine_cpu": browser_cpu,
+            report["hlsjs"] = {"frames": ms_percentiles(result["latencies"]), "machine_cpu": browser_cpu,
                                "samples": result["samples"],
                                "read": result["read"], "errors": result["errors"],
                                "current_time": result["currentTime"], "hls_config": hls_config,

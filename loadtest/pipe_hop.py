@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -27,19 +26,12 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from . import whip_client
 from .pattern import code_to_capture_time, read_code
+from .report import ms_percentiles
 from .sources import PatternVideoTrack
 
 __all__ = ["main"]
 
 PIPE_ID = "pipe-bench-0000000000000000000000"
-
-
-def _pct(values: list[float]) -> dict[str, float | int | None]:
-    if len(values) < 2:
-        return {"n": len(values), "p50": None, "p95": None}
-    q = statistics.quantiles(sorted(values), n=100, method="inclusive")
-    return {"n": len(values), "p50": round(q[49] * 1000, 2), "p95": round(q[94] * 1000, 2),
-            "max": round(max(values) * 1000, 2)}
 
 
 async def _viewer(worker: Any, session_id: str) -> RTCPeerConnection:
@@ -114,9 +106,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     report = {
         "config": {"size": f"{args.width}x{args.height}", "fps": args.fps, "seconds": args.seconds},
         "frames": {"origin": len(on_origin), "edge": len(on_edge), "both": len(common)},
-        "hop_ms": _pct(hop),
-        "capture_to_decoded_origin_ms": _pct(g2g_origin),
-        "capture_to_decoded_edge_ms": _pct(g2g_edge),
+        "hop_ms": ms_percentiles(hop, digits=2),
+        "capture_to_decoded_origin_ms": ms_percentiles(g2g_origin, digits=2),
+        "capture_to_decoded_edge_ms": ms_percentiles(g2g_edge, digits=2),
     }
     print(json.dumps(report, indent=2))
     if args.out is not None:

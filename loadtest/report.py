@@ -32,6 +32,17 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
+def ms_percentiles(values: list[float], digits: int = 1) -> dict[str, float | int | None]:
+    """``{"n", "p50", "p95", "max"}`` of ``values`` (seconds) in ms, rounded to
+    ``digits``; interpolated quantiles (``statistics.quantiles``, inclusive); None when empty."""
+    if not values:
+        return {"n": 0, "p50": None, "p95": None, "max": None}
+    ordered = sorted(values)
+    q = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else ordered * 99
+    return {"n": len(ordered), "p50": round(q[49] * 1000, digits),
+            "p95": round(q[94] * 1000, digits), "max": round(ordered[-1] * 1000, digits)}
+
+
 def rounded(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
 

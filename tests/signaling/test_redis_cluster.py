@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -23,6 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 from conftest import STREAM_KEY, make_config
 from node_process import NodeProcess
+from polling import wait_for
 from redis_server import RedisServer
 
 from loadtest import whip_client
@@ -32,19 +33,6 @@ from signaling.app_keys import NAMESPACE_KEY, ROOMS, SESSIONS
 from signaling.service import Service
 
 SECRET = "node-secret-for-redis-tests"
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> float:
-    """Poll an async/sync predicate every 50 ms; the seconds it took."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return time.monotonic() - start
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Cluster:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from polling import wait_for
 from redis_server import RedisServer, free_port
 
 from sfu.config import ConfigError
@@ -19,19 +20,6 @@ from signaling.nodes import NodeIdInUse, NoNodeAvailable, RouterUnavailable, Sfu
 from signaling.redis_state import RedisNodeRouter
 
 TTL = 1.0  # short TTLs keep these tests quick; production uses 4 s
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> float:
-    """Poll an async/sync predicate every 50 ms; the seconds it took."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return time.monotonic() - start
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture
