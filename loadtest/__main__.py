@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     hl = sub.add_parser("hls-latency", help="LL-HLS latency: capture time in frames vs player/hls.js",
                         description=(hls_latency.__doc__ or "").split("\n\n")[0])
     hls_latency.add_arguments(hl)
+
+    from . import sio_fanout
+    sf = sub.add_parser("sio-fanout", help="Socket.IO room-state fan-out across two signaling instances (Redis)",
+                        description=(sio_fanout.__doc__ or "").split("\n\n")[0])
+    sio_fanout.add_arguments(sf)
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -128,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "pipe-hop":
         from . import pipe_hop
         return pipe_hop.main(args)
+    if args.command == "sio-fanout":
+        from . import sio_fanout
+        return sio_fanout.main(args)
     if args.command == "hls-latency":
         from . import hls_latency
         return hls_latency.main(args)

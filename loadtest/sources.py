@@ -51,7 +51,7 @@ class PatternVideoTrack(MediaStreamTrack):
     steps of 3000 at 30 fps).  ``code="capture_time"`` draws
     :func:`~loadtest.pattern.capture_time_code` of ``time.time()`` taken right
     when the frame is produced (ms since the epoch, 48 bits); ``code="counter"``
-    draws the frame index (0, 1, 2, ...).  ``last_code`` / ``frames_produced``
+    draws the frame index plus ``first_code`` (0, 1, 2, ... by default).  ``last_code`` / ``frames_produced``
     expose what was sent; ``last_gen_ms`` is the CPU time of the last frame build.
     """
 
@@ -63,8 +63,10 @@ class PatternVideoTrack(MediaStreamTrack):
         height: int = 720,
         fps: float = 30,
         code: CodeMode = "capture_time",
+        first_code: int = 0,
     ) -> None:
         super().__init__()
+        self.first_code = first_code
         if code not in ("capture_time", "counter"):
             raise ValueError(f"code must be 'capture_time' or 'counter', not {code!r}")
         if fps <= 0:
@@ -100,7 +102,7 @@ class PatternVideoTrack(MediaStreamTrack):
         if self.code_mode == "capture_time":
             code = capture_time_code(time.time())
         else:
-            code = index & MAX_VALUE
+            code = (self.first_code + index) & MAX_VALUE
         frame = self.make_frame(index, code)
         frame.pts = pts
         frame.time_base = VIDEO_TIME_BASE

@@ -93,6 +93,9 @@ class SfuConfig:
     mode: str = "forward"
     redis_url: str | None = None
     """Redis for chat across nodes (``REDIS_URL`` / ``RELAYCAST_REDIS_URL``); None = local."""
+    pipe_linger_s: float = 10.0
+    """An edge node closes its pipe of a room after this many seconds without a viewer
+    there (``RELAYCAST_PIPE_LINGER_S``)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SfuConfig:
@@ -110,5 +113,6 @@ class SfuConfig:
             max_sessions=int(env_number(env, "RELAYCAST_MAX_SESSIONS", 500, 1, 100000)),
             node_id=env.get("RELAYCAST_NODE_ID", "sfu-1"),
             mode=_mode(env.get("RELAYCAST_SFU_MODE") or "forward"),
+            pipe_linger_s=env_number(env, "RELAYCAST_PIPE_LINGER_S", 10.0, 0, 3600),
             redis_url=_redis_url(env.get("RELAYCAST_REDIS_URL") or env.get("REDIS_URL") or ""),
         )

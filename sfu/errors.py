@@ -41,6 +41,13 @@ class RoomNotLive(SfuError):
     title = "Room is not live"
 
 
+class RoomConflict(SfuError):
+    """A node pipe into a room that has its own publisher on this node (409)."""
+
+    status = 409
+    title = "Room has a publisher here"
+
+
 class SessionNotFound(SfuError):
     status = 404
     title = "Unknown session"

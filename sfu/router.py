@@ -23,7 +23,7 @@ from . import aiortc_private
 from .chat import CHAT_LABEL, ChatBus, ChatRoom, Identity
 from .config import SfuConfig
 from .consumer import Consumer
-from .errors import BadOffer, RoomNotLive, SfuError, UnsupportedMedia
+from .errors import BadOffer, RoomConflict, RoomNotLive, SfuError, UnsupportedMedia
 from .negotiation import (
     announce_address,
     check_track_counts,
@@ -76,6 +76,7 @@ class Router:
         )
         self._on_session_closed = on_session_closed
         self._on_state = on_state
+        self._pipe_idle_since: float | None = None
 
     # ---------------------------------------------------------------- state
     @property
@@ -87,13 +88,27 @@ class Router:
         """Kinds ("audio", "video") the room currently publishes."""
         return set(self.producers)
 
-    def state(self) -> dict[str, Any]:
+    @property
+    def pipe_fed(self) -> bool:
+        """This node is an edge for the room: its publisher is a pipe from the origin node."""
+        return self.publisher is not None and self.publisher.identity.role == "pipe"
+
+    def presence(self) -> dict[str, Any]:
+        """What the room's chat participants see: ``{"live", "viewers"}`` (viewers here)."""
         return {"live": self.live, "viewers": len(self.viewers)}
 
+    def state(self) -> dict[str, Any]:
+        """The room's state for signaling: ``{"live", "viewers", "pipes"}``, plus
+        ``"pipe": true`` on an edge node (fed by a pipe; signaling must not take it for
+        the room's origin).  ``pipes`` counts the edges this node feeds."""
+        state = {**self.presence(), "pipes": len(self.pipes)}
+        if self.pipe_fed:
+            state["pipe"] = True
+        return state
+
     def _publish_state(self) -> None:
-        state = self.state()
-        self.chat.broadcast({"type": "presence", **state})
-        self._on_state({"room": self.room, **state})
+        self.chat.broadcast({"type": "presence", **self.presence()})
+        self._on_state({"room": self.room, **self.state()})
 
     @property
     def empty(self) -> bool:
@@ -111,9 +126,15 @@ class Router:
     async def publish(self, session_id: str, offer_sdp: str, identity: Identity) -> str:
         """WHIP ingest: answer ``recvonly`` with one codec per track (RFC 9725 §4.2, §4.4).
 
+        A pipe from another node (identity role ``"pipe"``) makes this node an edge for
+        the room; it never replaces a real publisher here.
+
         :returns: the SDP answer.
         :raises BadOffer, UnsupportedMedia: nothing is allocated in that case.
+        :raises RoomConflict: a pipe for a room that has its own publisher on this node.
         """
+        if identity.role == "pipe" and self.publisher is not None and not self.pipe_fed:
+            raise RoomConflict(f"room {self.room!r} has its own publisher on this node")
         participant, answer = await self._open_session(
             session_id, offer_sdp, identity, publish=True, configure=self._add_producers
         )
@@ -292,7 +313,7 @@ class Router:
                 return
 
             def _open() -> None:
-                self.chat.join(participant.identity, channel, self.state())
+                self.chat.join(participant.identity, channel, self.presence())
 
             if channel.readyState == "open":
                 _open()
@@ -353,8 +374,18 @@ class Router:
 
     # ----------------------------------------------------------------- tick
     def tick(self) -> None:
-        """Once a second: sender reports, key-frame retries for gated consumers."""
+        """Twice a second: sender reports, key-frame retries for gated consumers, and on
+        an edge node the end of a pipe nobody watched for ``config.pipe_linger_s``."""
         now = time.monotonic()
+        if self.pipe_fed and not self.viewers:
+            if self._pipe_idle_since is None:
+                self._pipe_idle_since = now
+            elif now - self._pipe_idle_since >= self.config.pipe_linger_s and self.publisher is not None:
+                self._pipe_idle_since = None
+                task = asyncio.ensure_future(self._drop(self.publisher, "edge without viewers"))
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        else:
+            self._pipe_idle_since = None
         for viewer in self._outputs():
             for consumer in viewer.consumers.values():
                 consumer.send_sender_report()

@@ -299,6 +299,6 @@ def _session_args(data: dict[str, Any]) -> tuple[str, str, str, Identity]:
     identity = Identity(
         id=str(ident.get("id") or session_id[:12]),
         name=str(ident.get("name") or "anonymous")[:64],
-        role="publisher" if ident.get("role") == "publisher" else "viewer",
+        role=ident["role"] if ident.get("role") in ("publisher", "pipe") else "viewer",
     )
     return room, session_id, sdp, identity

@@ -12,8 +12,9 @@ from aiohttp import web
 
 from web import STATIC_DIR
 
-from . import hls_api
-from .app_keys import CONFIG, NAMESPACE_KEY, ROOMS, SESSIONS
+from . import browser, hls_api
+from .app_keys import CASCADE, CONFIG, NAMESPACE_KEY, ROOMS, SESSIONS, SIO
+from .cascade import Cascade, MemoryPipeRegistry, PipeRegistry, RedisPipeRegistry
 from .config import SignalingConfig
 from .errors import HttpProblem, problem_middleware
 from .nodes import MemoryNodeRouter, NodeRouter, PlacementStrategy, SfuNamespace, SfuNode
@@ -22,7 +23,6 @@ from .whip import LIMITER, MediaResources, TokenBuckets
 
 logger = logging.getLogger(__name__)
 
-SIO = web.AppKey("sio", socketio.AsyncServer)
 _CORS_PREFIXES = ("/whip/", "/whep/", "/api/")
 _EXPOSE = "Location, ETag, Link, Accept-Post, Accept-Patch, Retry-After, WWW-Authenticate"
 
@@ -70,6 +70,9 @@ def create_app(config: SignalingConfig, placement: PlacementStrategy | None = No
     namespace = SfuNamespace(config.node_secret, router, lambda event, node, data: _on_node_event(app, event, node, data))
     sio.register_namespace(namespace)
     app[NAMESPACE_KEY] = namespace
+    app[CASCADE] = Cascade(namespace, _pipe_registry(router), viewers_per_node=config.viewers_per_node,
+                           rpc_timeout_s=config.rpc_timeout_s, rooms=app[ROOMS])
+    browser.register(app)
     app.on_startup.append(_start_router)
     app.on_shutdown.append(_closing_router)
     app.on_cleanup.append(_close_router)
@@ -106,6 +109,12 @@ def _node_router(
     return router, manager
 
 
+def _pipe_registry(router: NodeRouter) -> PipeRegistry:
+    from .redis_state import RedisNodeRouter
+
+    return RedisPipeRegistry(router) if isinstance(router, RedisNodeRouter) else MemoryPipeRegistry()
+
+
 async def _start_router(app: web.Application) -> None:
     start = getattr(app[SIO].manager, "start", None)
     if start is not None:  # Redis mode: listen before any node connects
@@ -138,6 +147,7 @@ async def _closing_router(app: web.Application) -> None:
 
 
 async def _close_router(app: web.Application) -> None:
+    await app[CASCADE].close()
     close = getattr(app[SIO].manager, "close", None)
     if close is not None:
         await close()
@@ -146,6 +156,9 @@ async def _close_router(app: web.Application) -> None:
 async def _on_node_event(app: web.Application, event: str, node: SfuNode, data: dict[str, Any]) -> None:
     sessions = app[SESSIONS]
     rooms = app[ROOMS]
+    # Every instance gets every node event; the one the node is connected to (or that
+    # noticed its loss: "here") tells the pages, through the Socket.IO manager, once.
+    origin = node.local or bool(data.get("here"))
     if event == "session_closed":
         session = sessions.get(str(data.get("session_id")))
         if session is not None and session.node_sid == node.sid:
@@ -153,15 +166,15 @@ async def _on_node_event(app: web.Application, event: str, node: SfuNode, data: 
     elif event == "room_state":
         room = rooms.get(str(data.get("room")))
         if room is not None:
-            room.live = bool(data.get("live"))
-            room.viewers = int(data.get("viewers") or 0)
-            room.node = node.node_id
+            room.apply_state(node.node_id, data)
+            await browser.announce_room(app, room.name, origin)
     elif event == "node_lost":
         for sid in [s.id for s in sessions.values() if s.node_sid == node.sid]:
             del sessions[sid]
-        for room in rooms.rooms.values():
-            if room.node == node.node_id:
-                room.live, room.viewers, room.node = False, 0, None
+        for room in list(rooms.rooms.values()):
+            if room.forget_node(node.node_id):
+                await browser.announce_room(app, room.name, origin)
+    await app[CASCADE].on_node_event(event, node, data)
 
 
 # ------------------------------------------------------------------ API

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import socketio
 from aiohttp import web
 
 from .config import SignalingConfig
@@ -12,12 +13,16 @@ from .rooms import RoomRegistry
 if TYPE_CHECKING:
     from hls_bridge.vod import RecordingLibrary
 
+    from .cascade import Cascade
     from .nodes import SfuNamespace
     from .whip import Session
 
 CONFIG = web.AppKey("config", SignalingConfig)
 ROOMS = web.AppKey("rooms", RoomRegistry)
+SIO = web.AppKey("sio", socketio.AsyncServer)
 SESSIONS: web.AppKey[dict[str, Session]] = web.AppKey("sessions", dict)
 NAMESPACE_KEY: web.AppKey[SfuNamespace] = web.AppKey("sfu_namespace", object)  # type: ignore[arg-type]
 RECORDINGS: web.AppKey[RecordingLibrary] = web.AppKey("recordings", object)  # type: ignore[arg-type]
 """The node's recording library, set only when recording is on (RELAYCAST_HLS_RECORD_DIR)."""
+CASCADE: web.AppKey[Cascade] = web.AppKey("cascade", object)  # type: ignore[arg-type]
+"""Viewer placement across nodes and the rooms' node pipes (:mod:`signaling.cascade`)."""

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     from turn import cli as turn_cli  # `relaycast turn`: coturn for development / config rendering
 
     turn_cli.add_parser(sub)
+    from . import cluster  # `relaycast cluster`: the scaled topology as local processes
+
+    cluster.add_parser(sub)
     return parser
 
 
@@ -80,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             from turn import cli as turn_cli
 
             return turn_cli.main(args)
+        if args.command == "cluster":
+            from . import cluster
+
+            return cluster.main(args)
         if args.command == "serve":
             config = SignalingConfig.from_env(
                 host=args.host, port=args.port, demo_room=args.demo_room,

@@ -65,6 +65,9 @@ class SignalingConfig:
     :ivar redis_url: Redis mode (``RELAYCAST_REDIS_URL``, else ``REDIS_URL``): SFU nodes,
         room placement and Socket.IO shared with other signaling instances; ``None`` =
         the in-memory embedded default.
+    :ivar viewers_per_node: cascading: at most this many viewers of one room on one node
+        before new viewers go to another node (``RELAYCAST_VIEWERS_PER_NODE``; 0 = only
+        when the node is full or draining).
     """
 
     host: str = "127.0.0.1"
@@ -83,6 +86,7 @@ class SignalingConfig:
     retry_after_s: int = 3
     rpc_timeout_s: float = 15.0
     redis_url: str | None = field(default=None, repr=False)
+    viewers_per_node: int = 0
     sfu: SfuConfig = field(default_factory=SfuConfig)
 
     @classmethod
@@ -105,6 +109,7 @@ class SignalingConfig:
             "cors_origin": env.get("RELAYCAST_CORS_ORIGIN", "*"),
             "request_rate": float(_int(env, "RELAYCAST_REQUEST_RATE", 20, 1, 100000)),
             "request_burst": _int(env, "RELAYCAST_REQUEST_BURST", 100, 1, 1000000),
+            "viewers_per_node": _int(env, "RELAYCAST_VIEWERS_PER_NODE", 0, 0, 1000000),
         }
         redis_var = "RELAYCAST_REDIS_URL" if env.get("RELAYCAST_REDIS_URL") else "REDIS_URL"
         if env.get(redis_var):

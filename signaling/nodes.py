@@ -71,6 +71,29 @@ class SfuNode:
     def available(self) -> bool:
         return not self.draining and self.sessions < self.capacity
 
+    def room_viewers(self, room: str) -> int:
+        """Viewers of ``room`` on this node, as of its last load report."""
+        return int((self.load.get("room_viewers") or {}).get(room, 0))
+
+
+def load_view(load: dict[str, Any]) -> dict[str, Any]:
+    """A node's load report as kept by signaling: ``room_states`` shrunk to
+    ``room_viewers`` (``{room: viewers}`` for rooms with viewers on the node)."""
+    view = {k: v for k, v in load.items() if k != "room_states"}
+    states = load.get("room_states")
+    if isinstance(states, dict):
+        view["room_viewers"] = {
+            room: int(state["viewers"]) for room, state in states.items()
+            if isinstance(state, dict) and isinstance(state.get("viewers"), int) and state["viewers"] > 0
+        }
+    return view
+
+
+def occupied(state: dict[str, Any]) -> bool:
+    """Whether a node's room state keeps the room placed on it: a publisher, viewers or
+    pipes to edges, and the node is the room's origin (not an edge fed by a pipe)."""
+    return not state.get("pipe") and bool(state.get("live") or state.get("viewers") or state.get("pipes"))
+
 
 class NoNodeAvailable(Exception):
     """No SFU node is registered (or all are full/draining)."""
@@ -158,8 +181,9 @@ class NodeRouter(ABC):
         """Forget where ``room`` is placed (only if on ``node`` when given)."""
 
     @abstractmethod
-    async def update_room(self, node: SfuNode, room: str, live: bool, viewers: int) -> None:
-        """A node's room state; an idle room (not live, no viewers) is released."""
+    async def update_room(self, node: SfuNode, room: str, state: dict[str, Any]) -> None:
+        """A node's room state ``{live, viewers, pipes, pipe?}``: the room is placed on the
+        node while `occupied`, released when idle; an edge's state (``pipe``) is ignored."""
 
     # ------------------------------------------------------------- events
     async def broadcast(self, event: str, node: SfuNode, data: dict[str, Any]) -> None:
@@ -230,7 +254,7 @@ class MemoryNodeRouter(NodeRouter):
     async def heartbeat(self, sid: str, load: dict[str, Any]) -> SfuNode | None:
         node = self.nodes.get(sid)
         if node is not None:
-            node.load = {k: v for k, v in load.items() if k != "room_states"}
+            node.load = load_view(load)
             node.seen = time.monotonic()
         return node
 
@@ -255,8 +279,10 @@ class MemoryNodeRouter(NodeRouter):
         if node is None or self.room_nodes.get(room) == node.sid:
             self.room_nodes.pop(room, None)
 
-    async def update_room(self, node: SfuNode, room: str, live: bool, viewers: int) -> None:
-        if not live and viewers == 0:
+    async def update_room(self, node: SfuNode, room: str, state: dict[str, Any]) -> None:
+        if state.get("pipe"):
+            return
+        if not occupied(state):
             await self.release_room(room, node)
         elif self.room_nodes.get(room) not in self.nodes:  # e.g. the node reconnected
             self.room_nodes[room] = node.sid
@@ -294,6 +320,7 @@ class SfuNamespace(socketio.AsyncNamespace):
         self._on_event = on_event
         router.listener = on_event
         router.disconnect = self._disconnect_node
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def _disconnect_node(self, sid: str) -> None:
         await self.server.disconnect(sid, namespace=NAMESPACE)
@@ -318,10 +345,21 @@ class SfuNamespace(socketio.AsyncNamespace):
         logger.info("SFU node %s registered", node.node_id)
 
     async def on_disconnect(self, sid: str, *args: Any) -> None:
+        self._locks.pop(sid, None)
         node = await self.router.unregister(sid)
         if node is not None:
             logger.warning("SFU node %s disconnected", node.node_id)
             await self._dispatch("node_lost", node, {})
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        """python-socketio runs every event in its own task; a node's events must be
+        handled in the order it sent them (a burst of room states would otherwise end
+        on a stale one), so each node's events go through its own lock."""
+        if event in ("load", "room_state", "session_closed") and args:
+            lock = self._locks.setdefault(args[0], asyncio.Lock())
+            async with lock:
+                return await super().trigger_event(event, *args)
+        return await super().trigger_event(event, *args)
 
     async def on_load(self, sid: str, data: Any) -> None:
         if not isinstance(data, dict):
@@ -333,7 +371,7 @@ class SfuNamespace(socketio.AsyncNamespace):
         if first and isinstance(states, dict):
             # A node (re)connecting says which rooms it hosts: every instance learns it now.
             for room, state in states.items():
-                if isinstance(state, dict) and (state.get("live") or state.get("viewers")):
+                if isinstance(state, dict) and (occupied(state) or state.get("pipe")):
                     await self.on_room_state(sid, {**state, "room": room})
 
     async def on_session_closed(self, sid: str, data: Any) -> None:
@@ -345,12 +383,12 @@ class SfuNamespace(socketio.AsyncNamespace):
         node = self.router.nodes.get(sid)
         if node is None or not isinstance(data, dict) or not isinstance(data.get("room"), str):
             return
-        try:
-            viewers = max(0, int(data.get("viewers") or 0))
-        except (TypeError, ValueError):
-            viewers = 0
-        await self.router.update_room(node, data["room"], bool(data.get("live")), viewers)
-        await self._dispatch("room_state", node, data)
+        state = {"live": bool(data.get("live")), "viewers": _count(data.get("viewers")),
+                 "pipes": _count(data.get("pipes"))}
+        if data.get("pipe"):
+            state["pipe"] = True
+        await self.router.update_room(node, data["room"], state)
+        await self._dispatch("room_state", node, {**state, "room": data["room"]})
 
     async def call(self, node: SfuNode, event: str, data: dict[str, Any], timeout: float) -> dict[str, Any]:
         """RPC to a node; the ack is the result dict (``{"error": ...}`` on failure)."""
@@ -367,6 +405,13 @@ class SfuNamespace(socketio.AsyncNamespace):
         if not isinstance(result, dict):
             return {"error": {"status": 502, "title": "Bad SFU reply", "detail": f"{event} returned {type(result).__name__}"}}
         return result
+
+
+def _count(value: Any) -> int:
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 async def _maybe_await(value: Any) -> None:

@@ -13,6 +13,8 @@ key                                type    content                              
 ``relaycast:nodes``                zset    node ids (score: last heartbeat, ms)            ``ttl``
 ``relaycast:room:{room}``          hash    node (origin node id), live (0/1), viewers,     ``ttl``
                                            updated (ms)
+``relaycast:pipes:{room}``         hash    the room's node pipes: edge node id → JSON      ``ttl``
+                                           {origin, session, ready, t}
 ``relaycast:instance:{id}``        string  a signaling instance is alive                   ``ttl``
 ``relaycast:events``               pubsub  node events between signaling instances         —
 ``relaycast:socketio``             pubsub  python-socketio's manager channel               —
@@ -20,7 +22,8 @@ key                                type    content                              
 
 A node's load report (every second, through the signaling instance it is connected
 to) is its heartbeat: it rewrites the node hash and re-asserts the rooms the node
-reports (``room_states``), refreshing all their TTLs.  A node is gone when its
+reports (``room_states``), refreshing all their TTLs (an edge node's pipe-fed rooms
+refresh the rooms' pipe records instead).  A node is gone when its
 connection drops (that instance releases it at once) or when its hash expires
 (the first instance whose sync loop sees it missing releases its rooms).  Room state
 therefore survives a signaling restart and heals within a second of a Redis restart.
@@ -59,6 +62,8 @@ from .nodes import (
     RouterUnavailable,
     SfuNode,
     _ExpiryClock,
+    load_view,
+    occupied,
 )
 
 if TYPE_CHECKING:
@@ -198,6 +203,9 @@ class RedisNodeRouter(NodeRouter):
     def k_room(self, room: str) -> str:
         return f"{self.prefix}room:{room}"
 
+    def k_pipes(self, room: str) -> str:
+        return f"{self.prefix}pipes:{room}"
+
     @property
     def k_nodes(self) -> str:
         return f"{self.prefix}nodes"
@@ -307,7 +315,7 @@ class RedisNodeRouter(NodeRouter):
         if node is None or self.closing:
             return node
         room_states = load.get("room_states")
-        node.load = {k: v for k, v in load.items() if k != "room_states"}
+        node.load = load_view(load)
         node.seen = time.monotonic()
         if sid in self._writing:  # a slow write is still pending; the next report refreshes
             return node
@@ -335,9 +343,11 @@ class RedisNodeRouter(NodeRouter):
         for room, state in room_states.items():
             if not isinstance(room, str) or not isinstance(state, dict):
                 continue
-            live, viewers = bool(state.get("live")), _int(state.get("viewers"))
-            if live or viewers:
-                self._claim(pipe, room, node.node_id, live, viewers, now_ms)
+            if state.get("pipe"):  # an edge: keeps the room's pipe records alive
+                pipe.pexpire(self.k_pipes(room), self._ttl_ms)
+            elif occupied(state):
+                self._claim(pipe, room, node.node_id, bool(state.get("live")),
+                            _int(state.get("viewers")), now_ms)
         pipe.pexpire(self.k_node_rooms(node.node_id), self._ttl_ms)
         await self._op(pipe.execute())
 
@@ -410,13 +420,15 @@ class RedisNodeRouter(NodeRouter):
         node_id = node.node_id if node is not None else ""
         await self._op(self.redis.eval(_RELEASE, 1, self.k_room(room), node_id, room, self.prefix))
 
-    async def update_room(self, node: SfuNode, room: str, live: bool, viewers: int) -> None:
+    async def update_room(self, node: SfuNode, room: str, state: dict[str, Any]) -> None:
+        if state.get("pipe"):
+            return
         try:
-            if not live and viewers == 0:
+            if not occupied(state):
                 await self.release_room(room, node)
             else:
-                await self._op(self._claim(self.redis, room, node.node_id, live, viewers,
-                                           int(time.time() * 1000)))
+                await self._op(self._claim(self.redis, room, node.node_id, bool(state.get("live")),
+                                           _int(state.get("viewers")), int(time.time() * 1000)))
         except RouterUnavailable:
             pass  # the node's next heartbeats re-assert it
 
@@ -440,9 +452,11 @@ class RedisNodeRouter(NodeRouter):
             room = self.rooms.get(name)
             if room is None:
                 continue
-            room.node = data.get("node") or None
-            room.live = data.get("live") == "1"
-            room.viewers = _int(data.get("viewers"))
+            node_id = data.get("node")
+            if node_id:
+                room.apply_state(node_id, {"live": data.get("live") == "1", "viewers": _int(data.get("viewers"))})
+            elif room.node is not None:
+                room.forget_node(room.node)
 
     # -------------------------------------------------------------- events
     async def broadcast(self, event: str, node: SfuNode, data: dict[str, Any]) -> None:
@@ -579,7 +593,9 @@ class RedisNodeRouter(NodeRouter):
         await self._announce_lost(node)
 
     async def _announce_lost(self, node: SfuNode) -> None:
-        await self._deliver("node_lost", node, {})
+        # "here": this instance noticed the loss, so it is the one that cleans up after
+        # the node (its pipes); the other instances get the event without it.
+        await self._deliver("node_lost", node, {"here": True})
         await self.broadcast("node_lost", node, {})
 
     # ----------------------------------------------------------- readiness

@@ -13,8 +13,10 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from .config import ROOM_RE
 
@@ -39,10 +41,37 @@ class Room:
     key_digest: bytes = field(repr=False)
     live: bool = False
     viewers: int = 0
-    node: str | None = None  # SFU node currently hosting the room
+    """Viewers on every node (origin and edges)."""
+    node: str | None = None
+    """The room's origin node: the SFU node hosting its publisher."""
+    node_viewers: dict[str, int] = field(default_factory=dict, repr=False)
+    """Viewers per node id (nodes that reported some)."""
 
     def to_json(self) -> dict[str, object]:
         return {"room": self.name, "live": self.live, "viewers": self.viewers}
+
+    def apply_state(self, node_id: str, state: Mapping[str, Any]) -> None:
+        """A node's report of this room, ``{live, viewers, pipes?, pipe?}``: viewers add up
+        over nodes; ``live`` and ``node`` follow the origin (a report without ``pipe``)."""
+        viewers = int(state.get("viewers") or 0)
+        if viewers > 0:
+            self.node_viewers[node_id] = viewers
+        else:
+            self.node_viewers.pop(node_id, None)
+        if not state.get("pipe"):
+            if state.get("live") or viewers or state.get("pipes"):
+                self.live, self.node = bool(state.get("live")), node_id
+            elif self.node == node_id:
+                self.live, self.node = False, None
+        self.viewers = sum(self.node_viewers.values())
+
+    def forget_node(self, node_id: str) -> bool:
+        """The node is gone.  :returns: whether the room's state changed."""
+        changed = self.node_viewers.pop(node_id, None) is not None
+        if self.node == node_id:
+            self.live, self.node, changed = False, None, True
+        self.viewers = sum(self.node_viewers.values())
+        return changed
 
 
 class RoomRegistry:

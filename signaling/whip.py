@@ -32,7 +32,8 @@ from aiohttp import web
 
 from sfu.chat import Identity
 
-from .app_keys import CONFIG, NAMESPACE_KEY, ROOMS, SESSIONS
+from .app_keys import CASCADE, CONFIG, NAMESPACE_KEY, ROOMS, SESSIONS
+from .cascade import PipeFailed
 from .errors import HttpProblem, reason
 from .names import viewer_name
 from .nodes import NoNodeAvailable
@@ -245,6 +246,7 @@ class MediaResources:
         (WHIP), 413 over 64 KiB, 400 not a UTF-8 SDP offer, 422 unsupported
         media (SFU), 409 + ``Retry-After`` WHEP before a publisher, 503 +
         ``Retry-After`` no SFU capacity.  Nothing stays allocated after an error.
+        A WHEP viewer may be placed on an edge node (:mod:`signaling.cascade`).
         """
         self._limit(request)
         config = request.app[CONFIG]
@@ -260,6 +262,10 @@ class MediaResources:
         namespace = request.app[NAMESPACE_KEY]
         try:
             node = await namespace.router.node_for_room(room_name)
+            if self.kind == "whep":  # the origin, or an edge node piped from it
+                node = await request.app[CASCADE].node_for_viewer(room_name, node)
+        except PipeFailed as exc:
+            raise self._sfu_error(exc.result, config.retry_after_s) from None
         except NoNodeAvailable as exc:  # RouterUnavailable too: Redis unreachable
             raise HttpProblem(
                 503,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
+from aiortc import RTCPeerConnection
+from aiortc.rtcdatachannel import RTCDataChannel
 
 from loadtest import whip_client
 from signaling.config import SignalingConfig
@@ -73,3 +76,18 @@ def redis_server() -> Iterator[object]:
     server.start()
     yield server
     server.close()
+
+
+@pytest.fixture
+def chat_channels(monkeypatch: pytest.MonkeyPatch) -> dict[RTCPeerConnection, RTCDataChannel]:
+    """whip_client creates the "chat" channel but does not return it: record it here."""
+    channels: dict[RTCPeerConnection, RTCDataChannel] = {}
+    original = RTCPeerConnection.createDataChannel
+
+    def create(self: RTCPeerConnection, label: str, *args: Any, **kwargs: Any) -> RTCDataChannel:
+        channel = original(self, label, *args, **kwargs)
+        channels[self] = channel
+        return channel
+
+    monkeypatch.setattr(RTCPeerConnection, "createDataChannel", create)
+    return channels

@@ -22,11 +22,7 @@ class OffsetPatternTrack(PatternVideoTrack):
     """PatternVideoTrack whose counter starts at ``offset`` (tells publishers apart)."""
 
     def __init__(self, offset: int, width: int = 640, height: int = 360, fps: float = 30) -> None:
-        super().__init__(width, height, fps, code="counter")
-        self.offset = offset
-
-    def make_frame(self, index: int, code: int) -> Any:
-        return super().make_frame(index, code + self.offset)
+        super().__init__(width, height, fps, code="counter", first_code=offset)
 
 
 def stream_key(svc: Service) -> str:

@@ -21,80 +21,21 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from cluster import SECRET, Cluster, frames, listed, publish, room_live, running_cluster
 from conftest import STREAM_KEY, make_config
 from node_process import NodeProcess
 from polling import wait_for
 from redis_server import RedisServer
 
 from loadtest import whip_client
-from loadtest.pattern import read_code
-from loadtest.sources import PatternVideoTrack, ToneAudioTrack
-from signaling.app_keys import NAMESPACE_KEY, ROOMS, SESSIONS
+from signaling.app_keys import ROOMS, SESSIONS
 from signaling.service import Service
-
-SECRET = "node-secret-for-redis-tests"
-
-
-class Cluster:
-    def __init__(self, redis: RedisServer, a: Service, b: Service, http: aiohttp.ClientSession) -> None:
-        self.redis_server, self.a, self.b, self.http = redis, a, b, http
-        self.nodes: list[NodeProcess] = []
-
-    async def node(self, node_id: str, via: Service, **env: str) -> NodeProcess:
-        node = NodeProcess(via.url, node_id, SECRET, **env)
-        self.nodes.append(node)
-        await node.start()
-        for svc in (self.a, self.b):  # both instances see it (B through Redis)
-            await wait_for(lambda s=svc: node_id in listed(s), 10, f"{node_id} listed")
-        return node
-
-    async def status(self, svc: Service, path: str) -> tuple[int, dict[str, Any]]:
-        async with self.http.get(f"{svc.url}{path}") as resp:
-            return resp.status, await resp.json(content_type=None)
-
-
-def listed(svc: Service) -> set[str]:
-    return {n.node_id for n in svc.app[NAMESPACE_KEY].router.nodes.values()}
 
 
 @pytest.fixture
 async def cluster(redis_server: RedisServer) -> AsyncIterator[Cluster]:
-    config = make_config(embedded_sfu=False, redis_url=redis_server.url, node_secret=SECRET)
-    async with aiohttp.ClientSession() as http, Service(config) as a, Service(config) as b:
-        c = Cluster(redis_server, a, b, http)
-        try:
-            yield c
-        finally:
-            for node in c.nodes:
-                await node.close()
-
-
-async def frames(session: whip_client.WhipSession, count: int, timeout: float = 30) -> list[int]:
-    """The frame counters of the next ``count`` decoded video frames."""
-    track = next(t.receiver.track for t in session.pc.getTransceivers() if t.kind == "video")
-    codes: list[int] = []
-
-    async def read() -> None:
-        while len(codes) < count:
-            code = read_code(await track.recv())
-            if code is not None:
-                codes.append(code)
-
-    await asyncio.wait_for(read(), timeout)
-    return codes
-
-
-async def publish(svc: Service) -> whip_client.WhipSession:
-    pub = await whip_client.publish(
-        f"{svc.url}/whip/demo", STREAM_KEY, [PatternVideoTrack(320, 180, 15, code="counter"), ToneAudioTrack()]
-    )
-    await whip_client.wait_connected(pub.pc, timeout=20)
-    return pub
-
-
-async def room_live(svc: Service) -> bool:
-    async with aiohttp.ClientSession() as http, http.get(f"{svc.url}/api/rooms/demo") as resp:
-        return bool((await resp.json())["live"])
+    async with running_cluster(redis_server) as c:
+        yield c
 
 
 # ---------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ async def test_heartbeat_keys_have_ttls_and_nothing_outlives_them(make_router, r
     router = await make_router()
     node = await add_node(router, "n1", sessions=2)
     assert (await router.node_for_room("r1")).node_id == "n1"
-    await router.update_room(node, "r1", True, 3)
+    await router.update_room(node, "r1", {"live": True, "viewers": 3})
 
     keys = await relaycast_keys(redis)
     assert keys == sorted([
@@ -126,7 +126,7 @@ async def test_expired_node_is_released_by_another_instance(make_router, redis) 
     b.listener = lambda event, node, data: lost.append((event, node.node_id))
     node = await add_node(a, "n1")
     await a.node_for_room("r1")
-    await a.update_room(node, "r1", True, 0)
+    await a.update_room(node, "r1", {"live": True, "viewers": 0})
     await wait_for(lambda: any(n.node_id == "n1" for n in b.nodes.values()), 5, "b to see n1")
 
     await crash(a)  # a's process dies with its node connection: only the TTL tells
@@ -253,16 +253,16 @@ async def test_release_and_room_state(make_router, redis) -> None:
     n1 = await add_node(a, "n1")
     n2 = await add_node(a, "n2", sessions=5)
     assert (await a.node_for_room("r1")).node_id == "n1"
-    await a.update_room(n1, "r1", True, 2)
+    await a.update_room(n1, "r1", {"live": True, "viewers": 2})
     assert await a.room_state("r1") == {"node": "n1", "live": True, "viewers": 2}
 
     await a.release_room("r1", n2)  # not its node: nothing happens
     assert (await a.room_state("r1") or {}).get("node") == "n1"
-    await a.update_room(n2, "r1", True, 1)  # n2 cannot take a room n1 (alive) holds
+    await a.update_room(n2, "r1", {"live": True, "viewers": 1})  # n2 cannot take a room n1 (alive) holds
     assert (await a.room_state("r1") or {}).get("node") == "n1"
-    await a.update_room(n1, "r1", False, 1)  # viewers waiting for the publisher: kept
+    await a.update_room(n1, "r1", {"live": False, "viewers": 1})  # viewers waiting for the publisher: kept
     assert await a.room_state("r1") == {"node": "n1", "live": False, "viewers": 1}
-    await a.update_room(n1, "r1", False, 0)  # idle: released
+    await a.update_room(n1, "r1", {"live": False, "viewers": 0})  # idle: released
     assert await a.room_state("r1") is None
     assert not await redis.sismember("relaycast:node:n1:rooms", "r1")
 

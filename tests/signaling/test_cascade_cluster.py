@@ -1,0 +1,139 @@
+"""Cascading end to end (issue 4): two signaling instances, two real ``relaycast sfu``
+node processes and a real redis-server.  The publisher is on node A; viewers beyond
+``viewers_per_node`` go to node B, which pulls the room from A over one node pipe and
+serves its viewers from it; chat from a viewer on B reaches the publisher on A in order;
+the pipe closes when B has no viewers left."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+from chat_client import ChatClient
+from cluster import Cluster, frames, running_cluster
+from conftest import STREAM_KEY
+from polling import wait_for
+from redis_server import RedisServer
+
+from loadtest import whip_client
+from loadtest.sources import PatternVideoTrack
+from signaling.app_keys import NAMESPACE_KEY, SESSIONS
+from signaling.service import Service
+
+NODE_ENV = {"RELAYCAST_PIPE_LINGER_S": "1"}
+
+
+def room_viewers(svc: Service, node_id: str, room: str = "demo") -> int:
+    """Viewers of ``room`` on ``node_id`` as ``svc`` knows them (from load reports)."""
+    for node in svc.app[NAMESPACE_KEY].router.nodes.values():
+        if node.node_id == node_id:
+            return node.room_viewers(room)
+    return -1
+
+
+def node_of(svc: Service, session: whip_client.WhipSession) -> str:
+    """The node id a WHEP/WHIP session created through ``svc`` was placed on."""
+    record = svc.app[SESSIONS][session.location.rsplit("/", 1)[1]]
+    return svc.app[NAMESPACE_KEY].router.nodes[record.node_sid].node_id
+
+
+async def view(cluster: Cluster, svc: Service, chat: bool = False) -> whip_client.WhipSession:
+    viewer = await whip_client.view(f"{svc.url}/whep/demo", chat=chat)
+    await whip_client.wait_connected(viewer.pc, timeout=20)
+    return viewer
+
+
+async def pipes(redis: aioredis.Redis) -> dict[str, dict[str, Any]]:
+    return {edge: json.loads(raw) for edge, raw in (await redis.hgetall("relaycast:pipes:demo")).items()}
+
+
+async def test_viewers_beyond_the_origin_are_served_by_a_second_node(
+    redis_server: RedisServer, chat_channels: Any
+) -> None:
+    env = {**NODE_ENV, "REDIS_URL": redis_server.url}  # chat across nodes through Redis
+    sessions: list[whip_client.WhipSession] = []
+    redis = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    async with running_cluster(redis_server, viewers_per_node=2) as cluster:
+        try:
+            await cluster.node("node-a", via=cluster.a, **env)
+            await cluster.node("node-b", via=cluster.b, **env)
+            publisher = await whip_client.publish(
+                f"{cluster.a.url}/whip/demo", STREAM_KEY,
+                [PatternVideoTrack(320, 180, 15, code="counter")], chat=True)
+            sessions.append(publisher)
+            await whip_client.wait_connected(publisher.pc, timeout=20)
+            assert node_of(cluster.a, publisher) == "node-a"  # least loaded, then by id
+            pub_chat = ChatClient(publisher, chat_channels[publisher.pc])
+
+            # Two viewers fit on the origin (one through each instance) ...
+            placed = []
+            for n, svc in enumerate((cluster.a, cluster.b), start=1):
+                sessions.append(await view(cluster, svc))
+                placed.append(node_of(svc, sessions[-1]))
+                for s in (cluster.a, cluster.b):
+                    await wait_for(lambda s=s, n=n: room_viewers(s, "node-a") == n, 10, "the load report")
+            # ... the next two go to node B, the first one opening the pipe.
+            started = time.monotonic()
+            edge_viewer = await view(cluster, cluster.b, chat=True)
+            edge_chat = ChatClient(edge_viewer, chat_channels[edge_viewer.pc])
+            print(f"first edge viewer connected {(time.monotonic() - started) * 1000:.0f} ms after its POST "
+                  "(pipe included)")
+            sessions.append(edge_viewer)
+            placed.append(node_of(cluster.b, edge_viewer))
+            sessions.append(await view(cluster, cluster.a))
+            placed.append(node_of(cluster.a, sessions[-1]))
+            assert placed == ["node-a", "node-a", "node-b", "node-b"]
+            records = await pipes(redis)
+            assert list(records) == ["node-b"] and records["node-b"]["origin"] == "node-a", records
+            assert records["node-b"]["ready"] is True
+            assert 0 < await redis.pttl("relaycast:pipes:demo") <= 15000
+
+            # Every viewer, on either node, decodes the publisher's frames in order.
+            for viewer in sessions[1:]:
+                codes = await frames(viewer, 10)
+                assert codes == sorted(codes) and codes[-1] > codes[0], codes
+            for svc in (cluster.a, cluster.b):
+                await wait_for(lambda s=svc: _viewers(s, 4), 10, "4 viewers counted on both instances")
+
+            # Chat from the viewer on B reaches the publisher on A, in order, one sequence.
+            await edge_chat.first("history")
+            for i in range(5):
+                edge_chat.chat(f"from B #{i}")
+            got = await pub_chat.chats(5, timeout=10)
+            assert [m["text"] for m in got] == [f"from B #{i}" for i in range(5)]
+            seqs = [m["seq"] for m in got]
+            assert seqs == list(range(seqs[0], seqs[0] + 5)), seqs
+            pub_chat.chat("from A")
+            echoed = await edge_chat.until(lambda ms: [m for m in ms if m.get("text") == "from A"])
+            assert echoed[0]["seq"] == seqs[-1] + 1
+
+            # B's viewers leave: after the linger B closes its pipe and A frees its side.
+            for viewer in sessions[3:]:
+                assert await viewer.close() == 200
+            del sessions[3:]
+            took = await wait_for(lambda: _no_pipes(redis), 15, "the pipe record to go")
+            await wait_for(lambda: _sessions(redis, "node-a", 3), 10, "node A to end its side of the pipe")
+            await wait_for(lambda: _sessions(redis, "node-b", 0), 10, "node B to end the pipe")
+            print(f"pipe closed {took:.1f} s after the edge's last viewer left (linger 1 s)")
+            codes = await frames(sessions[1], 5)  # the origin's viewers are unaffected
+            assert codes == sorted(codes)
+        finally:
+            await redis.aclose()
+            for session in sessions:
+                await session.close()
+
+
+async def _viewers(svc: Service, n: int) -> bool:
+    async with aiohttp.ClientSession() as http, http.get(f"{svc.url}/api/rooms/demo") as resp:
+        return (await resp.json())["viewers"] == n
+
+
+async def _no_pipes(redis: aioredis.Redis) -> bool:
+    return not await redis.hgetall("relaycast:pipes:demo")
+
+
+async def _sessions(redis: aioredis.Redis, node_id: str, n: int) -> bool:
+    return await redis.hget(f"relaycast:node:{node_id}", "sessions") == str(n)

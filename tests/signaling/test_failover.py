@@ -1,0 +1,97 @@
+"""Failover (issue 4): ``kill -9`` of the SFU node holding a cascaded room's publisher.
+
+Two signaling instances, two real ``relaycast sfu`` processes, real redis-server.  The
+publisher and two viewers are on node A, two more viewers on node B (piped from A).
+Node A is killed; signaling notices (Socket.IO disconnect), releases A's rooms, closes
+B's dead pipe; the clients notice on their own (`loadtest.resilient`: stalled frames,
+missing receiver reports) and POST again: the publisher lands on B (which still hosts
+the room's edge viewers), A's viewers too; B's viewers are served again either way (their
+sessions survive, but with a 1 s stall detector they usually re-POST before the
+publisher, whose receiver-report detector needs 2 s, is back).
+"""
+
+from __future__ import annotations
+
+import signal
+import statistics
+import time
+
+import redis.asyncio as aioredis
+from cluster import running_cluster
+from conftest import STREAM_KEY
+from polling import wait_for
+from redis_server import RedisServer
+
+from loadtest.resilient import ReconnectingPublisher, ReconnectingViewer
+from loadtest.sources import PatternVideoTrack
+from signaling.app_keys import NAMESPACE_KEY, ROOMS, SESSIONS
+from signaling.service import Service
+
+RECOVERY_BOUND_S = 15.0
+"""Generous: client detection (1–2 s) + node loss (≈0.1 s) + new sessions (≈1 s) on 2 cores."""
+
+
+def node_of(svc: Service, location: str) -> str | None:
+    record = svc.app[SESSIONS].get(location.rsplit("/", 1)[1])
+    node = svc.app[NAMESPACE_KEY].router.nodes.get(record.node_sid) if record else None
+    return node.node_id if node else None
+
+
+async def test_kill_9_of_the_origin_node_mid_stream(redis_server: RedisServer) -> None:
+    redis = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    offsets = iter(range(0, 10_000_000, 100_000))
+    publisher = ReconnectingPublisher(
+        "", STREAM_KEY, lambda: [PatternVideoTrack(320, 180, 15, code="counter", first_code=next(offsets))])
+    viewers: list[ReconnectingViewer] = []
+    async with running_cluster(redis_server, viewers_per_node=2) as cluster:
+        try:
+            victim = await cluster.node("node-a", via=cluster.a)
+            await cluster.node("node-b", via=cluster.b)
+            publisher.url = f"{cluster.a.url}/whip/demo"
+            await publisher.start()
+            assert publisher.session and node_of(cluster.a, publisher.session.location) == "node-a"
+            for i in range(4):
+                svc = (cluster.a, cluster.b)[i % 2]
+                viewer = ReconnectingViewer(f"{svc.url}/whep/demo")
+                await viewer.start()
+                viewers.append(viewer)
+                await wait_for(lambda v=viewer: bool(v.frames), 15, "the viewer's first frame")
+                await wait_for(lambda n=i + 1: _room_viewers(cluster.a, n), 10, "the load reports")
+            placed = [node_of(svc, v.session.location) for v, svc in zip(viewers, (cluster.a, cluster.b) * 2,
+                                                                           strict=True) if v.session]
+            assert placed == ["node-a", "node-a", "node-b", "node-b"], placed
+
+            killed = time.monotonic()
+            victim.send(signal.SIGKILL)
+            for viewer in viewers:  # every viewer plays the new publisher session's frames
+                await wait_for(lambda v=viewer: v.first_frame_after(killed, 100_000) is not None,
+                               RECOVERY_BOUND_S + 5, "every viewer to receive again")
+            recovered = [v.first_frame_after(killed, 100_000) - killed for v in viewers]  # type: ignore[operator]
+            republished = publisher.log.sessions[-1] - killed
+            print(f"kill -9 of the origin: publisher re-published after {republished:.2f} s; viewers "
+                  f"receiving again after {', '.join(f'{t:.2f}' for t in recovered)} s "
+                  f"(median {statistics.median(recovered):.2f}); reasons {publisher.log.reasons} "
+                  f"{[v.log.reasons for v in viewers]}")
+            assert max(recovered) <= RECOVERY_BOUND_S, recovered
+            assert publisher.session and node_of(cluster.a, publisher.session.location) == "node-b"
+            # A's viewers had to come back with new sessions (B's may keep theirs: re-piped).
+            assert all(len(v.log.sessions) == 2 for v in viewers[:2]), [v.log.reasons for v in viewers]
+
+            # No stale keys: after the TTL nothing of node A is left in Redis.
+            await wait_for(lambda: _no_keys(redis, "relaycast:*node-a*"), 10, "node A's keys to expire")
+            assert await redis.zscore("relaycast:nodes", "node-a") is None
+            assert await redis.hget("relaycast:room:demo", "node") == "node-b"
+            assert not await redis.hgetall("relaycast:pipes:demo")  # B is the origin now
+        finally:
+            await redis.aclose()
+            for client in [*viewers, publisher]:
+                await client.stop()
+
+
+def _room_viewers(svc: Service, n: int) -> bool:
+    room = svc.app[ROOMS].get("demo")
+    return room is not None and room.viewers == n
+
+
+async def _no_keys(redis: aioredis.Redis, pattern: str) -> bool:
+    return not [k async for k in redis.scan_iter(pattern)]
