@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     sf = sub.add_parser("sio-fanout", help="Socket.IO room-state fan-out across two signaling instances (Redis)",
                         description=(sio_fanout.__doc__ or "").split("\n\n")[0])
     sio_fanout.add_arguments(sf)
+    from . import scaleout
+    scaleout.add_arguments(sub)  # cascade-cpu, failover
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -133,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "pipe-hop":
         from . import pipe_hop
         return pipe_hop.main(args)
+    if args.command in ("cascade-cpu", "failover"):
+        from . import scaleout
+        return scaleout.main(args)
     if args.command == "sio-fanout":
         from . import sio_fanout
         return sio_fanout.main(args)

@@ -39,8 +39,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import secrets
-import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -50,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from . import procstat
+from .cluster_procs import RedisProcess, ServeProcess
 from .report import ms_percentiles
 
 __all__ = ["add_arguments", "main", "run"]
@@ -57,117 +56,6 @@ __all__ = ["add_arguments", "main", "run"]
 ROOM = "demo"
 NODE_ID = "bench-node"
 LABELS = ("A", "B")
-
-
-# ------------------------------------------------------------------ processes
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _relaycast_command() -> list[str]:
-    """``relaycast`` run by this interpreter (the console script may lack the checkout)."""
-    return [sys.executable, "-m", "signaling.cli"]
-
-
-async def _stop(proc: asyncio.subprocess.Process | None, timeout: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
-    if proc is None or proc.returncode is not None:
-        return
-    proc.terminate()
-    try:
-        await asyncio.wait_for(proc.wait(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-
-
-class RedisProcess:
-    """A private ``redis-server`` on a free 127.0.0.1 port, no persistence."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = _free_port()
-        self.workdir = workdir
-        self.proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self, timeout: float = 15.0) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        self.proc = await asyncio.create_subprocess_exec(
-            exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(self.workdir), "--protected-mode", "yes",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.returncode is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.write(b"PING\r\n")
-                pong = await asyncio.wait_for(reader.read(16), 1)
-                writer.close()
-                if pong.startswith(b"+PONG"):
-                    return
-            except OSError:
-                pass
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"redis-server did not answer within {timeout} s")
-
-    async def stop(self) -> None:
-        await _stop(self.proc, 2)
-
-
-class ServeProcess:
-    """``relaycast serve --no-embedded-sfu`` in Redis mode; ``url`` once it listens."""
-
-    def __init__(self, label: str, redis_url: str, secret: str, log_path: Path) -> None:
-        self.label, self.redis_url, self.secret, self.log_path = label, redis_url, secret, log_path
-        self.url = ""
-        self.proc: asyncio.subprocess.Process | None = None
-        self._drain: asyncio.Task[None] | None = None
-
-    async def start(self, timeout: float = 30.0) -> None:
-        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-        env = dict(os.environ, RELAYCAST_NODE_SECRET=self.secret, PYTHONUNBUFFERED="1", PYTHONPATH=path)
-        for var in ("REDIS_URL", "RELAYCAST_REDIS_URL", "RELAYCAST_DEMO_ROOM"):
-            env.pop(var, None)
-        cmd = [*_relaycast_command(), "--log-level", "warning", "serve", "--host", "127.0.0.1",
-               "--port", str(_free_port()), "--room", ROOM, "--no-embedded-sfu", "--redis-url", self.redis_url]
-        with self.log_path.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=log,
-                                                             env=env)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while not self.url:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RuntimeError(f"relaycast serve ({self.label}) did not start; see {self.log_path}")
-            line = await asyncio.wait_for(self.proc.stdout.readline(), remaining)
-            if not line:
-                raise RuntimeError(f"relaycast serve ({self.label}) exited; see {self.log_path}")
-            text = line.decode(errors="replace").strip()
-            if text.startswith("relaycast listening on "):
-                self.url = text.split()[-1]
-        self._drain = asyncio.create_task(self._discard())
-
-    async def _discard(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        while await self.proc.stdout.readline():
-            pass
-
-    async def stop(self) -> None:
-        await _stop(self.proc)
-        if self._drain is not None:
-            self._drain.cancel()
 
 
 class FakeNode:
@@ -414,7 +302,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         redis = RedisProcess(Path(workdir))
         try:
             await redis.start()
-            servers = [ServeProcess(label, redis.url, secret, out / f"serve_{label}.log") for label in LABELS]
+            servers = [ServeProcess(label, redis.url, secret, out / f"serve_{label}.log", room=ROOM)
+                       for label in LABELS]
             for server in servers:
                 await server.start()
             _log(f"redis {redis.url}; A {servers[0].url}; B {servers[1].url}")
