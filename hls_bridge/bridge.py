@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -308,6 +308,9 @@ class BridgeManager:
         """Room → when its bridge last failed to start (the policy waits before retrying)."""
         self._watcher: asyncio.Task[None] | None = None
         self._closed = False
+        self.pull: Callable[[str], Awaitable[bool]] | None = None
+        """``pull(room)``: ask signaling to pipe a room live on another SFU node into this
+        node (cascading), so an HLS request here can bridge it; ``True`` when it did."""
         if worker is not None:
             self.attach(worker)
 
@@ -338,6 +341,8 @@ class BridgeManager:
             await self._stop(room)
             bridge = None
         router = self._router(room)
+        if router is None and started_by == "request" and self.pull is not None and await self.pull(room):
+            router = self._router(room)
         if router is None:
             ended = self._ended.get(room)
             if started_by == "request" and ended is not None and ended[1] > time.monotonic():
@@ -352,6 +357,7 @@ class BridgeManager:
             bridge = RoomBridge(room, router, RoomStore(recorder=recorder), self.config,
                                 started_by=started_by)
             self.bridges[room] = bridge
+            router.holders.add("hls")
             self._starting[room] = asyncio.create_task(bridge.start())
             logger.info("starting HLS bridge for room %r (%s)", room,
                         "first HLS request" if started_by == "request" else "recording"
@@ -456,6 +462,9 @@ class BridgeManager:
 
     async def _stop(self, room: str) -> None:
         bridge = self.bridges.pop(room, None)
+        router = self.worker.routers.get(room) if self.worker is not None else None
+        if router is not None:
+            router.holders.discard("hls")
         self.last_request.pop(room, None)
         starting = self._starting.pop(room, None)
         if bridge is None:

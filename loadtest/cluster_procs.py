@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -83,61 +84,12 @@ class RedisProcess:
         await stop_process(self.proc, 2)
 
 
-class ServeProcess:
-    """``relaycast serve --no-embedded-sfu`` in Redis mode; ``url`` once it listens."""
+class RelaycastProcess:
+    """A ``relaycast`` child process (this interpreter, ``python -m signaling.cli``): its
+    stdout is read until a line says it is up, then discarded; stderr goes to ``log_path``."""
 
-    def __init__(self, label: str, redis_url: str, secret: str, log_path: Path, *, room: str = "demo",
-                 env: dict[str, str] | None = None) -> None:
-        self.label, self.redis_url, self.secret, self.log_path = label, redis_url, secret, log_path
-        self.room, self.extra_env = room, env or {}
-        self.url = ""
-        self.proc: asyncio.subprocess.Process | None = None
-        self._drain: asyncio.Task[None] | None = None
-
-    async def start(self, timeout: float = 30.0) -> None:
-        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-        env = dict(os.environ, RELAYCAST_NODE_SECRET=self.secret, PYTHONUNBUFFERED="1", PYTHONPATH=path)
-        for var in ("REDIS_URL", "RELAYCAST_REDIS_URL", "RELAYCAST_DEMO_ROOM"):
-            env.pop(var, None)
-        env.update(self.extra_env)
-        cmd = [*relaycast_command(), "--log-level", "warning", "serve", "--host", "127.0.0.1",
-               "--port", str(free_port()), "--room", self.room, "--no-embedded-sfu", "--redis-url", self.redis_url]
-        with self.log_path.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=log,
-                                                             env=env)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while not self.url:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RuntimeError(f"relaycast serve ({self.label}) did not start; see {self.log_path}")
-            line = await asyncio.wait_for(self.proc.stdout.readline(), remaining)
-            if not line:
-                raise RuntimeError(f"relaycast serve ({self.label}) exited; see {self.log_path}")
-            text = line.decode(errors="replace").strip()
-            if text.startswith("relaycast listening on "):
-                self.url = text.split()[-1]
-        self._drain = asyncio.create_task(self._discard())
-
-    async def _discard(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        while await self.proc.stdout.readline():
-            pass
-
-    async def stop(self) -> None:
-        await stop_process(self.proc)
-        if self._drain is not None:
-            self._drain.cancel()
-
-
-class SfuNodeProcess:
-    """``relaycast sfu --node-id ID --ice-gather 127.0.0.1`` registered with ``signaling``
-    (comma-separated URLs); ``pid`` for CPU readings, `kill` for failover runs."""
-
-    def __init__(self, node_id: str, signaling: str, secret: str, log_path: Path,
-                 env: dict[str, str] | None = None) -> None:
-        self.node_id, self.signaling, self.secret, self.log_path = node_id, signaling, secret, log_path
-        self.extra_env = env or {}
+    def __init__(self, name: str, log_path: Path) -> None:
+        self.name, self.log_path = name, log_path
         self.proc: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None
 
@@ -146,23 +98,28 @@ class SfuNodeProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    async def start(self, timeout: float = 30.0) -> None:
-        env = dict(os.environ, RELAYCAST_NODE_SECRET=self.secret, PYTHONUNBUFFERED="1", **self.extra_env)
-        cmd = [*relaycast_command(), "--log-level", "warning", "sfu", "--signaling", self.signaling,
-               "--node-id", self.node_id, "--ice-gather", "127.0.0.1"]
+    async def launch(self, args: list[str], env: dict[str, str], up: Callable[[str], bool],
+                     timeout: float = 30.0) -> str:
+        """Start ``relaycast ARGS`` and return the first stdout line ``up`` accepts.
+
+        :raises RuntimeError: the process exited or said nothing of the kind in ``timeout`` s.
+        """
         with self.log_path.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=log,
-                                                             env=env)
+            self.proc = await asyncio.create_subprocess_exec(
+                *relaycast_command(), *args, stdout=asyncio.subprocess.PIPE, stderr=log, env=env)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            line = await asyncio.wait_for(self.proc.stdout.readline(), max(0.01, remaining))
+            if remaining <= 0:
+                raise RuntimeError(f"{self.name} did not start; see {self.log_path}")
+            line = await asyncio.wait_for(self.proc.stdout.readline(), remaining)
             if not line:
-                raise RuntimeError(f"SFU node {self.node_id} exited; see {self.log_path}")
-            if b"registered with" in line:
-                break
-        self._drain = asyncio.create_task(self._discard())
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}); see {self.log_path}")
+            text = line.decode(errors="replace").strip()
+            if up(text):
+                self._drain = asyncio.create_task(self._discard())
+                return text
 
     async def _discard(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -175,7 +132,49 @@ class SfuNodeProcess:
             self.proc.send_signal(signal.SIGKILL)
             await self.proc.wait()
 
-    async def stop(self) -> None:
-        await stop_process(self.proc)
+    async def stop(self, timeout: float = 5.0) -> None:
+        await stop_process(self.proc, timeout)
         if self._drain is not None:
             self._drain.cancel()
+
+
+def listening(line: str) -> bool:
+    """``relaycast serve``'s "listening" line (the URL is its last word)."""
+    return line.startswith("relaycast listening on ")
+
+
+class ServeProcess(RelaycastProcess):
+    """``relaycast serve --no-embedded-sfu`` in Redis mode; ``url`` once it listens."""
+
+    def __init__(self, label: str, redis_url: str, secret: str, log_path: Path, *, room: str = "demo",
+                 env: dict[str, str] | None = None) -> None:
+        super().__init__(f"relaycast serve ({label})", log_path)
+        self.label = label
+        self.redis_url, self.secret, self.room, self.extra_env = redis_url, secret, room, env or {}
+        self.url = ""
+
+    async def start(self, timeout: float = 30.0) -> None:
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        env = dict(os.environ, RELAYCAST_NODE_SECRET=self.secret, PYTHONUNBUFFERED="1", PYTHONPATH=path)
+        for var in ("REDIS_URL", "RELAYCAST_REDIS_URL", "RELAYCAST_DEMO_ROOM"):
+            env.pop(var, None)
+        env.update(self.extra_env)
+        args = ["--log-level", "warning", "serve", "--host", "127.0.0.1", "--port", str(free_port()),
+                "--room", self.room, "--no-embedded-sfu", "--redis-url", self.redis_url]
+        self.url = (await self.launch(args, env, listening, timeout)).split()[-1]
+
+
+class SfuNodeProcess(RelaycastProcess):
+    """``relaycast sfu --node-id ID --ice-gather 127.0.0.1`` registered with ``signaling``
+    (comma-separated URLs); ``pid`` for CPU readings, `kill` for failover runs."""
+
+    def __init__(self, node_id: str, signaling: str, secret: str, log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
+        super().__init__(f"SFU node {node_id}", log_path)
+        self.node_id, self.signaling, self.secret, self.extra_env = node_id, signaling, secret, env or {}
+
+    async def start(self, timeout: float = 30.0) -> None:
+        env = dict(os.environ, RELAYCAST_NODE_SECRET=self.secret, PYTHONUNBUFFERED="1", **self.extra_env)
+        args = ["--log-level", "warning", "sfu", "--signaling", self.signaling, "--node-id", self.node_id,
+                "--ice-gather", "127.0.0.1"]
+        await self.launch(args, env, lambda line: "registered with" in line, timeout)

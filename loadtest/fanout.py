@@ -38,7 +38,6 @@ import math
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from . import procstat
+from .cluster_procs import RelaycastProcess, free_port, listening
 from .report import Sample, percentile, rounded, window_metrics
 
 logger = logging.getLogger(__name__)
@@ -88,68 +88,25 @@ class FanoutOptions:
 
 
 # --------------------------------------------------------------- processes
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _relaycast_command() -> list[str]:
-    exe = shutil.which("relaycast")
-    return [exe] if exe else [sys.executable, "-m", "signaling.cli"]
-
-
-class SfuProcess:
+class SfuProcess(RelaycastProcess):
     """``relaycast serve`` on a free loopback port with a known stream key."""
 
     def __init__(self, mode: str, log_path: Path) -> None:
+        super().__init__("relaycast serve", log_path)
         self.mode = mode
-        self.log_path = log_path
         self.key = "sk_bench_" + secrets.token_urlsafe(18)
         self.url = ""
-        self.proc: asyncio.subprocess.Process | None = None
-        self._drain: asyncio.Task[None] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     async def start(self, timeout: float = 30.0) -> None:
-        port = _free_port()
         env = dict(os.environ, RELAYCAST_REQUEST_RATE="100000", RELAYCAST_REQUEST_BURST="100000",
                    RELAYCAST_MAX_SESSIONS="100000", PYTHONUNBUFFERED="1")
         env.pop("RELAYCAST_SFU_MODE", None)
-        cmd = [*_relaycast_command(), "--log-level", "warning", "serve", "--host", "127.0.0.1",
-               "--port", str(port), "--ice-gather", "127.0.0.1", "--room", ROOM,
-               "--stream-key", self.key, "--mode", self.mode]
-        log = self.log_path.open("ab")
-        self.proc = await asyncio.create_subprocess_exec(
-            *cmd, stdout=asyncio.subprocess.PIPE, stderr=log, env=env)
-        log.close()
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while not self.url:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RuntimeError(f"relaycast serve did not start; see {self.log_path}")
-            line = await asyncio.wait_for(self.proc.stdout.readline(), remaining)
-            if not line:
-                raise RuntimeError(f"relaycast serve exited ({self.proc.returncode}); see {self.log_path}")
-            text = line.decode(errors="replace").strip()
-            if text.startswith("relaycast listening on "):
-                self.url = text.split()[-1]
-        self._drain = asyncio.create_task(self._drain_stdout())
+        args = ["--log-level", "warning", "serve", "--host", "127.0.0.1", "--port", str(free_port()),
+                "--ice-gather", "127.0.0.1", "--room", ROOM, "--stream-key", self.key, "--mode", self.mode]
+        self.url = (await self.launch(args, env, listening, timeout)).split()[-1]
 
-    async def _drain_stdout(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        while await self.proc.stdout.readline():
-            pass
-
-    async def stop(self) -> None:
-        await _terminate(self.proc)
-        if self._drain is not None:
-            self._drain.cancel()
+    async def stop(self, timeout: float = 15.0) -> None:
+        await super().stop(timeout)
 
 
 class PublisherProcess:

@@ -77,6 +77,9 @@ class Router:
         self._on_session_closed = on_session_closed
         self._on_state = on_state
         self._pipe_idle_since: float | None = None
+        self.holders: set[str] = set()
+        """Local consumers other than viewers that need the room's producers (the LL-HLS
+        bridge): an edge keeps its pipe open while any is registered."""
 
     # ---------------------------------------------------------------- state
     @property
@@ -377,7 +380,7 @@ class Router:
         """Twice a second: sender reports, key-frame retries for gated consumers, and on
         an edge node the end of a pipe nobody watched for ``config.pipe_linger_s``."""
         now = time.monotonic()
-        if self.pipe_fed and not self.viewers:
+        if self.pipe_fed and not self.viewers and not self.holders:
             if self._pipe_idle_since is None:
                 self._pipe_idle_since = now
             elif now - self._pipe_idle_since >= self.config.pipe_linger_s and self.publisher is not None:

@@ -295,6 +295,23 @@ class Cascade:
         await self.ensure_pipe(room, origin, edge)
         return edge
 
+    async def pull_into(self, room: str, node_id: str) -> bool:
+        """Pipe ``room`` from its origin into node ``node_id`` (an LL-HLS bridge's own
+        node) when the room is live on another node.  :returns: whether it is piped."""
+        record = self.rooms.get(room) if self.rooms is not None else None
+        if record is None or not record.live or record.node in (None, node_id):
+            return False
+        nodes = self._nodes_by_id()
+        origin, here = nodes.get(record.node or ""), nodes.get(node_id)
+        if origin is None or here is None:
+            return False
+        try:
+            await self.ensure_pipe(room, origin, here)
+        except (PipeFailed, NoNodeAvailable) as exc:
+            logger.warning("room %s: no pipe into %s for LL-HLS: %s", room, node_id, exc)
+            return False
+        return True
+
     # --------------------------------------------------------------- pipes
     async def ensure_pipe(self, room: str, origin: SfuNode, edge: SfuNode) -> None:
         """Make ``edge`` serve ``room`` from a pipe from ``origin`` (no-op when it does).

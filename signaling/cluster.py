@@ -357,7 +357,7 @@ def _print_ready(children: list[Child], took: float, args: argparse.Namespace) -
     print(f"  publish (WHIP, Bearer RELAYCAST_STREAM_KEY): {signaling[0].url}/whip/{room}", flush=True)
     print(f"  watch: {signaling[-1].url}/watch/{room}", flush=True)
     if hls:
-        print(f"  LL-HLS (rooms placed on hls-1): {hls[0].url}/hls/{room}/index.m3u8", flush=True)
+        print(f"  LL-HLS (any live room, pulled into hls-1): {hls[0].url}/hls/{room}/index.m3u8", flush=True)
     print("  Ctrl-C stops the cluster", flush=True)
 
 

@@ -17,7 +17,7 @@ from sfu.node import SignalingLink
 from sfu.worker import Worker
 
 from .app import create_app
-from .app_keys import RECORDINGS, ROOMS
+from .app_keys import CASCADE, RECORDINGS, ROOMS
 from .config import SignalingConfig
 from .nodes import PlacementStrategy
 
@@ -84,6 +84,8 @@ class Service:
             await self.worker.__aenter__()
             if self.hls is not None:
                 self.hls.attach(self.worker)
+                cascade, node_id = self.app[CASCADE], config.sfu.node_id
+                self.hls.pull = lambda room: cascade.pull_into(room, node_id)
                 self.hls.start()
                 if self.hls.recordings is not None:
                     self._sweeper = asyncio.create_task(

@@ -6,15 +6,19 @@ the pipe closes when B has no viewers left."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
+import pytest
 import redis.asyncio as aioredis
 from chat_client import ChatClient
-from cluster import Cluster, frames, running_cluster
-from conftest import STREAM_KEY
+from cluster import SECRET, Cluster, frames, listed, publish, room_live, running_cluster
+from conftest import STREAM_KEY, make_config
+from node_process import NodeProcess
 from polling import wait_for
 from redis_server import RedisServer
 
@@ -137,3 +141,58 @@ async def _no_pipes(redis: aioredis.Redis) -> bool:
 
 async def _sessions(redis: aioredis.Redis, node_id: str, n: int) -> bool:
     return await redis.hget(f"relaycast:node:{node_id}", "sessions") == str(n)
+
+
+async def test_llhls_bridge_pulls_a_room_live_on_another_node(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scaled deployment's LL-HLS bridge (an instance with an embedded SFU, node
+    ``hls-1``) serves a room whose publisher is on node A: the first HLS request pipes
+    the room into ``hls-1``, and the bridge keeps the pipe open (it is no WebRTC viewer)."""
+    monkeypatch.setenv("RELAYCAST_HLS_LADDER", "180:300k")
+
+    def on_node_a(room: str, candidates: Any) -> Any:
+        return next((n for n in candidates if n.node_id == "node-a"), candidates[0])
+
+    config = make_config(embedded_sfu=False, redis_url=redis_server.url, node_secret=SECRET)
+    bridge_config = make_config(redis_url=redis_server.url, node_secret=SECRET)
+    bridge_config = replace(bridge_config, sfu=replace(bridge_config.sfu, node_id="hls-1", pipe_linger_s=1.0))
+    redis = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    node = NodeProcess("", "node-a", SECRET)
+    publisher = None
+    async with (aiohttp.ClientSession() as http, Service(config, placement=on_node_a) as a,
+                Service(bridge_config, placement=on_node_a) as h):
+        try:
+            node.signaling_url = a.url
+            await node.start()
+            await wait_for(lambda: {"node-a", "hls-1"} <= listed(a) and {"node-a", "hls-1"} <= listed(h),
+                           10, "both nodes listed everywhere")
+            publisher = await publish(a)
+            assert node_of(a, publisher) == "node-a"
+            await wait_for(lambda: room_live(h), 10, "the room live on the bridge's instance")
+
+            body = ""
+
+            async def multivariant() -> bool:
+                nonlocal body
+                async with http.get(f"{h.url}/hls/demo/index.m3u8") as resp:
+                    body = await resp.text()
+                    return resp.status == 200
+
+            await wait_for(multivariant, 30, "the bridge's multivariant playlist")
+            assert body.startswith("#EXTM3U"), body
+            records = await pipes(redis)
+            assert records["hls-1"]["origin"] == "node-a" and records["hls-1"]["ready"], records
+            media = next(line for line in body.splitlines() if line and not line.startswith("#"))
+            blocking = media + ("&" if "?" in media else "?") + "_HLS_msn=0&_HLS_part=1"
+            async with http.get(f"{h.url}/hls/demo/{blocking}") as resp:  # until the part exists
+                assert resp.status == 200
+                assert "#EXT-X-PART:" in await resp.text()
+            await asyncio.sleep(2.5)  # > the edge's pipe linger: the bridge holds the pipe
+            assert "hls-1" in await pipes(redis)
+            assert h.worker is not None and h.worker.routers["demo"].pipe_fed
+        finally:
+            await redis.aclose()
+            if publisher is not None:
+                await publisher.close()
+            await node.close()
