@@ -95,25 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     pub = sub.add_parser("publish", help="publish a file or the synthetic pattern over WHIP")
     publish.add_arguments(pub)
 
-    from . import transcode
-    tc = sub.add_parser("transcode", help="LL-HLS transcode capacity: ladders per core in real time",
-                        description=(transcode.__doc__ or "").split("\n\n")[0])
-    transcode.add_arguments(tc)
-
-    from . import pipe_hop
-    ph = sub.add_parser("pipe-hop", help="latency added by a node-to-node pipe (cascading)",
-                        description=(pipe_hop.__doc__ or "").split("\n\n")[0])
-    pipe_hop.add_arguments(ph)
-
-    from . import hls_latency
-    hl = sub.add_parser("hls-latency", help="LL-HLS latency: capture time in frames vs player/hls.js",
-                        description=(hls_latency.__doc__ or "").split("\n\n")[0])
-    hls_latency.add_arguments(hl)
-
-    from . import sio_fanout
-    sf = sub.add_parser("sio-fanout", help="Socket.IO room-state fan-out across two signaling instances (Redis)",
-                        description=(sio_fanout.__doc__ or "").split("\n\n")[0])
-    sio_fanout.add_arguments(sf)
+    # Subcommands in their own modules: each has add_arguments(parser) and main(args).
+    from . import hls_latency, pipe_hop, sio_fanout, transcode
+    for name, module, text in (
+        ("transcode", transcode, "LL-HLS transcode capacity: ladders per core in real time"),
+        ("pipe-hop", pipe_hop, "latency added by a node-to-node pipe (cascading)"),
+        ("hls-latency", hls_latency, "LL-HLS latency: capture time in frames vs player/hls.js"),
+        ("sio-fanout", sio_fanout, "Socket.IO room-state fan-out across two signaling instances (Redis)"),
+    ):
+        command = sub.add_parser(name, help=text, description=(module.__doc__ or "").split("\n\n")[0])
+        module.add_arguments(command)
+        command.set_defaults(run=module.main)
     from . import scaleout
     scaleout.add_arguments(sub)  # cascade-cpu, failover
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
@@ -129,21 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             return publish.main(args)
         except KeyboardInterrupt:
             return 130
-    if args.command == "transcode":
-        from . import transcode
-        return transcode.main(args)
-    if args.command == "pipe-hop":
-        from . import pipe_hop
-        return pipe_hop.main(args)
-    if args.command in ("cascade-cpu", "failover"):
-        from . import scaleout
-        return scaleout.main(args)
-    if args.command == "sio-fanout":
-        from . import sio_fanout
-        return sio_fanout.main(args)
-    if args.command == "hls-latency":
-        from . import hls_latency
-        return hls_latency.main(args)
+    run = getattr(args, "run", None)
+    if run is not None:
+        return int(run(args))
     if args.command == "cdn":
         from .cdn_fanout import CdnOptions, run_cdn
 

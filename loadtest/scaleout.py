@@ -251,6 +251,8 @@ def add_arguments(sub: Any) -> None:
     fail.add_argument("--kills", type=int, default=5, help="kills (default 5)")
     fail.add_argument("--viewers", type=int, default=4, help="reconnecting viewers (default 4)")
     fail.add_argument("--out", default="loadtest/results/failover")
+    for parser in (cpu, fail):
+        parser.set_defaults(run=main)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from .app_keys import CASCADE, CONFIG, NAMESPACE_KEY, ROOMS, SESSIONS, SIO
 from .cascade import Cascade, MemoryPipeRegistry, PipeRegistry, RedisPipeRegistry
 from .config import SignalingConfig
 from .errors import HttpProblem, problem_middleware
-from .nodes import MemoryNodeRouter, NodeRouter, PlacementStrategy, SfuNamespace, SfuNode
+from .nodes import MemoryNodeRouter, NodeRouter, PlacementStrategy, SfuNamespace, SfuNode, acts_on
 from .rooms import RoomRegistry
 from .whip import LIMITER, MediaResources, TokenBuckets
 
@@ -156,9 +156,7 @@ async def _close_router(app: web.Application) -> None:
 async def _on_node_event(app: web.Application, event: str, node: SfuNode, data: dict[str, Any]) -> None:
     sessions = app[SESSIONS]
     rooms = app[ROOMS]
-    # Every instance gets every node event; the one the node is connected to (or that
-    # noticed its loss: "here") tells the pages, through the Socket.IO manager, once.
-    origin = node.local or bool(data.get("here"))
+    origin = acts_on(node, data)  # tells the pages, through the Socket.IO manager, once
     if event == "session_closed":
         session = sessions.get(str(data.get("session_id")))
         if session is not None and session.node_sid == node.sid:

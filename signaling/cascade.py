@@ -43,7 +43,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .nodes import NoNodeAvailable, PlacementStrategy, SfuNode, least_loaded
+from .nodes import NoNodeAvailable, PlacementStrategy, SfuNode, acts_on, least_loaded
 
 if TYPE_CHECKING:
     from .nodes import SfuNamespace
@@ -401,9 +401,8 @@ class Cascade:
 
     # -------------------------------------------------------------- events
     async def on_node_event(self, event: str, node: SfuNode, data: dict[str, Any]) -> None:
-        """Node events (every instance gets each one; only the instance the node is
-        connected to — or that noticed the loss — acts, so nothing is done twice)."""
-        if not (node.local or data.get("here")):
+        """Node events; only the instance that `acts_on` them does anything."""
+        if not acts_on(node, data):
             return
         try:
             if event == "session_closed" and str(data.get("session_id", "")).startswith("pipe-"):

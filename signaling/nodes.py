@@ -117,6 +117,13 @@ def least_loaded(room: str, candidates: Sequence[SfuNode]) -> SfuNode:
     return min(candidates, key=lambda n: (n.sessions / max(1, n.capacity), n.sessions, n.node_id))
 
 
+def acts_on(node: SfuNode, data: dict[str, Any]) -> bool:
+    """Every signaling instance gets every node event; the one that acts on it (tells the
+    pages, cleans up pipes) is the instance the node is connected to, or for a lost node
+    the one that noticed the loss (``data["here"]``), so nothing is done twice."""
+    return node.local or bool(data.get("here"))
+
+
 NodeEventListener = Callable[[str, SfuNode, dict[str, Any]], Any]
 """``listener(event, node, data)`` with event ``session_closed``, ``room_state`` or ``node_lost``."""
 

@@ -17,7 +17,7 @@ from redis_server import RedisServer
 from loadtest import whip_client
 from loadtest.pattern import read_code
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
-from signaling.app_keys import NAMESPACE_KEY
+from signaling.app_keys import NAMESPACE_KEY, SESSIONS
 from signaling.service import Service
 
 SECRET = "node-secret-for-redis-tests"
@@ -85,5 +85,18 @@ async def publish(svc: Service) -> whip_client.WhipSession:
 async def room_live(svc: Service) -> bool:
     async with aiohttp.ClientSession() as http, http.get(f"{svc.url}/api/rooms/demo") as resp:
         return bool((await resp.json())["live"])
+
+
+async def viewers_are(svc: Service, n: int) -> bool:
+    """``GET /api/rooms/demo`` on ``svc`` counts ``n`` viewers (all nodes)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{svc.url}/api/rooms/demo") as resp:
+        return (await resp.json())["viewers"] == n
+
+
+def node_of(svc: Service, location: str) -> str | None:
+    """The node id the WHIP/WHEP session at ``location``, created through ``svc``, is on."""
+    record = svc.app[SESSIONS].get(location.rsplit("/", 1)[1])
+    node = svc.app[NAMESPACE_KEY].router.nodes.get(record.node_sid) if record else None
+    return node.node_id if node else None
 
 

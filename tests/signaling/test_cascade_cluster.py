@@ -16,7 +16,17 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from chat_client import ChatClient
-from cluster import SECRET, Cluster, frames, listed, publish, room_live, running_cluster
+from cluster import (
+    SECRET,
+    Cluster,
+    frames,
+    listed,
+    node_of,
+    publish,
+    room_live,
+    running_cluster,
+    viewers_are,
+)
 from conftest import STREAM_KEY, make_config
 from node_process import NodeProcess
 from polling import wait_for
@@ -24,7 +34,7 @@ from redis_server import RedisServer
 
 from loadtest import whip_client
 from loadtest.sources import PatternVideoTrack
-from signaling.app_keys import NAMESPACE_KEY, SESSIONS
+from signaling.app_keys import NAMESPACE_KEY
 from signaling.service import Service
 
 NODE_ENV = {"RELAYCAST_PIPE_LINGER_S": "1"}
@@ -36,12 +46,6 @@ def room_viewers(svc: Service, node_id: str, room: str = "demo") -> int:
         if node.node_id == node_id:
             return node.room_viewers(room)
     return -1
-
-
-def node_of(svc: Service, session: whip_client.WhipSession) -> str:
-    """The node id a WHEP/WHIP session created through ``svc`` was placed on."""
-    record = svc.app[SESSIONS][session.location.rsplit("/", 1)[1]]
-    return svc.app[NAMESPACE_KEY].router.nodes[record.node_sid].node_id
 
 
 async def view(cluster: Cluster, svc: Service, chat: bool = False) -> whip_client.WhipSession:
@@ -69,14 +73,14 @@ async def test_viewers_beyond_the_origin_are_served_by_a_second_node(
                 [PatternVideoTrack(320, 180, 15, code="counter")], chat=True)
             sessions.append(publisher)
             await whip_client.wait_connected(publisher.pc, timeout=20)
-            assert node_of(cluster.a, publisher) == "node-a"  # least loaded, then by id
+            assert node_of(cluster.a, publisher.location) == "node-a"  # least loaded, then by id
             pub_chat = ChatClient(publisher, chat_channels[publisher.pc])
 
             # Two viewers fit on the origin (one through each instance) ...
             placed = []
             for n, svc in enumerate((cluster.a, cluster.b), start=1):
                 sessions.append(await view(cluster, svc))
-                placed.append(node_of(svc, sessions[-1]))
+                placed.append(node_of(svc, sessions[-1].location))
                 for s in (cluster.a, cluster.b):
                     await wait_for(lambda s=s, n=n: room_viewers(s, "node-a") == n, 10, "the load report")
             # ... the next two go to node B, the first one opening the pipe.
@@ -86,9 +90,9 @@ async def test_viewers_beyond_the_origin_are_served_by_a_second_node(
             print(f"first edge viewer connected {(time.monotonic() - started) * 1000:.0f} ms after its POST "
                   "(pipe included)")
             sessions.append(edge_viewer)
-            placed.append(node_of(cluster.b, edge_viewer))
+            placed.append(node_of(cluster.b, edge_viewer.location))
             sessions.append(await view(cluster, cluster.a))
-            placed.append(node_of(cluster.a, sessions[-1]))
+            placed.append(node_of(cluster.a, sessions[-1].location))
             assert placed == ["node-a", "node-a", "node-b", "node-b"]
             records = await pipes(redis)
             assert list(records) == ["node-b"] and records["node-b"]["origin"] == "node-a", records
@@ -100,7 +104,7 @@ async def test_viewers_beyond_the_origin_are_served_by_a_second_node(
                 codes = await frames(viewer, 10)
                 assert codes == sorted(codes) and codes[-1] > codes[0], codes
             for svc in (cluster.a, cluster.b):
-                await wait_for(lambda s=svc: _viewers(s, 4), 10, "4 viewers counted on both instances")
+                await wait_for(lambda s=svc: viewers_are(s, 4), 10, "4 viewers counted on both instances")
 
             # Chat from the viewer on B reaches the publisher on A, in order, one sequence.
             await edge_chat.first("history")
@@ -128,11 +132,6 @@ async def test_viewers_beyond_the_origin_are_served_by_a_second_node(
             await redis.aclose()
             for session in sessions:
                 await session.close()
-
-
-async def _viewers(svc: Service, n: int) -> bool:
-    async with aiohttp.ClientSession() as http, http.get(f"{svc.url}/api/rooms/demo") as resp:
-        return (await resp.json())["viewers"] == n
 
 
 async def _no_pipes(redis: aioredis.Redis) -> bool:
@@ -168,7 +167,7 @@ async def test_llhls_bridge_pulls_a_room_live_on_another_node(
             await wait_for(lambda: {"node-a", "hls-1"} <= listed(a) and {"node-a", "hls-1"} <= listed(h),
                            10, "both nodes listed everywhere")
             publisher = await publish(a)
-            assert node_of(a, publisher) == "node-a"
+            assert node_of(a, publisher.location) == "node-a"
             await wait_for(lambda: room_live(h), 10, "the room live on the bridge's instance")
 
             body = ""

@@ -18,10 +18,18 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from cluster import SECRET, Cluster, frames, listed, publish, room_live, running_cluster
+from cluster import (
+    SECRET,
+    Cluster,
+    frames,
+    listed,
+    publish,
+    room_live,
+    running_cluster,
+    viewers_are,
+)
 from conftest import STREAM_KEY, make_config
 from node_process import NodeProcess
 from polling import wait_for
@@ -56,18 +64,13 @@ async def test_publish_through_b_plays_through_a(cluster: Cluster) -> None:
         await whip_client.wait_connected(viewer.pc, timeout=20)
         codes = await frames(viewer, 10)
         assert codes == sorted(codes) and codes[-1] > codes[0]
-        await wait_for(lambda: _viewers(cluster.b, 1), 10, "B to count the viewer")
+        await wait_for(lambda: viewers_are(cluster.b, 1), 10, "B to count the viewer")
     finally:
         if viewer is not None:
             assert await viewer.close() == 200
         assert await pub.close() == 200  # DELETE through B, RPC to A's node through Redis
     for svc in (cluster.a, cluster.b):
         await wait_for(lambda s=svc: _not(room_live(s)), 10, "the room to end everywhere")
-
-
-async def _viewers(svc: Service, n: int) -> bool:
-    async with aiohttp.ClientSession() as http, http.get(f"{svc.url}/api/rooms/demo") as resp:
-        return (await resp.json())["viewers"] == n
 
 
 async def _not(value: Any) -> bool:
