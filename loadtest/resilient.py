@@ -39,6 +39,7 @@ class Reconnects:
     sessions: list[float] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     attempts: int = 0
+    last_error: str = ""
 
 
 class _Client:
@@ -75,6 +76,7 @@ class _Client:
                 await whip_client.wait_connected(session.pc, timeout=10)
             except (whip_client.WhipError, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 logger.debug("%s: %r; retrying", self.url, exc)
+                self.log.last_error = repr(exc)[:300]
                 await asyncio.sleep(self.retry_s)
                 continue
             self.session = session

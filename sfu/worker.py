@@ -213,10 +213,14 @@ class Worker:
         return {"ok": True}
 
     def _forget(self, session_id: str) -> None:
+        """Drop a session; its room's Router goes too once nothing uses it — neither a
+        session in it nor one still being opened for the room (it is registered here
+        before its SDP is answered, while `Router.empty` cannot see it yet)."""
         room = self._session_rooms.pop(session_id, None)
         self._sessions_changed.set()
         router = self.routers.get(room) if room else None
-        if room is not None and router is not None and router.empty:
+        if (room is not None and router is not None and router.empty
+                and room not in self._session_rooms.values()):
             self.routers.pop(room, None)
 
     # -------------------------------------------------------------- events

@@ -115,3 +115,40 @@ async def test_pipe_offer_needs_a_live_room_and_answer_needs_an_offer(service: A
     assert reply["error"]["status"] == 404, reply
     reply = await origin.pipe_offer({"room": 7})
     assert reply["error"]["status"] == 400, reply
+
+
+async def _publish_offer() -> RTCPeerConnection:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver(OffsetPatternTrack(0), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc
+
+
+async def test_room_router_survives_while_a_session_is_being_opened(service: Any) -> None:
+    """A session of a room ending while another one is still being opened there (its SDP
+    not answered yet) must not drop the room's Router: the new session would end up on
+    a Router no later viewer reaches (seen as a failover flake: the re-published room
+    answered every viewer 409 "no publisher")."""
+    config = dataclasses.replace(service.config.sfu, node_id="sfu-race")
+    clients: list[RTCPeerConnection] = []
+    async with Worker(config) as worker:
+        try:
+            clients.append(await _publish_offer())
+            first = await worker.publish({"room": "demo", "session_id": "pub-" + "1" * 28,
+                                          "sdp": clients[0].localDescription.sdp,
+                                          "identity": {"role": "publisher"}})
+            assert "sdp" in first, first
+            clients.append(await _publish_offer())
+            second = asyncio.ensure_future(worker.publish({
+                "room": "demo", "session_id": "pub-" + "2" * 28, "sdp": clients[1].localDescription.sdp,
+                "identity": {"role": "publisher"}}))
+            await asyncio.sleep(0)  # the second session is registered, its answer not made yet
+            assert not second.done()
+            assert await worker.close_session({"session_id": "pub-" + "1" * 28}) == {"ok": True}
+            assert "sdp" in await second
+            router = worker.routers.get("demo")
+            assert router is not None and router.live, "the room's Router was dropped under the new session"
+            assert router.publisher is not None and router.publisher.session_id == "pub-" + "2" * 28
+        finally:
+            for pc in clients:
+                await pc.close()

@@ -17,24 +17,18 @@ import statistics
 import time
 
 import redis.asyncio as aioredis
-from cluster import running_cluster
+from cluster import node_of, running_cluster
 from conftest import STREAM_KEY
 from polling import wait_for
 from redis_server import RedisServer
 
 from loadtest.resilient import ReconnectingPublisher, ReconnectingViewer
 from loadtest.sources import PatternVideoTrack
-from signaling.app_keys import NAMESPACE_KEY, ROOMS, SESSIONS
+from signaling.app_keys import ROOMS
 from signaling.service import Service
 
 RECOVERY_BOUND_S = 15.0
 """Generous: client detection (1–2 s) + node loss (≈0.1 s) + new sessions (≈1 s) on 2 cores."""
-
-
-def node_of(svc: Service, location: str) -> str | None:
-    record = svc.app[SESSIONS].get(location.rsplit("/", 1)[1])
-    node = svc.app[NAMESPACE_KEY].router.nodes.get(record.node_sid) if record else None
-    return node.node_id if node else None
 
 
 async def test_kill_9_of_the_origin_node_mid_stream(redis_server: RedisServer) -> None:
@@ -64,8 +58,16 @@ async def test_kill_9_of_the_origin_node_mid_stream(redis_server: RedisServer) -
             killed = time.monotonic()
             victim.send(signal.SIGKILL)
             for viewer in viewers:  # every viewer plays the new publisher session's frames
-                await wait_for(lambda v=viewer: v.first_frame_after(killed, 100_000) is not None,
-                               RECOVERY_BOUND_S + 5, "every viewer to receive again")
+                try:
+                    await wait_for(lambda v=viewer: v.first_frame_after(killed, 100_000) is not None,
+                                   RECOVERY_BOUND_S + 5, "every viewer to receive again")
+                except AssertionError:
+                    state = [(v.log.attempts, v.log.reasons, v.log.last_error, v.frames[-1:] if v.frames else None,
+                              v.session and node_of(cluster.a if i % 2 == 0 else cluster.b, v.session.location))
+                             for i, v in enumerate(viewers)]
+                    raise AssertionError(f"viewers (attempts, reasons, last error, last frame, node): {state}; "
+                                         f"publisher {publisher.log.reasons} on "
+                                         f"{publisher.session and node_of(cluster.a, publisher.session.location)}") from None
             recovered = [v.first_frame_after(killed, 100_000) - killed for v in viewers]  # type: ignore[operator]
             republished = publisher.log.sessions[-1] - killed
             print(f"kill -9 of the origin: publisher re-published after {republished:.2f} s; viewers "
