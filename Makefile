@@ -38,5 +38,5 @@ test: $(STAMP)/install-test
 	$(PYTHON) -m pytest -q
 
 lint:
-	ruff check sfu signaling hls_bridge loadtest tests
-	mypy sfu signaling hls_bridge --ignore-missing-imports
+	ruff check relaycast common sfu signaling turn hls_bridge loadtest tests
+	mypy relaycast common sfu signaling turn hls_bridge --ignore-missing-imports

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import av
 
-from sfu.config import ConfigError
+from common.config import ConfigError
 
 from .encoders import EncoderChoice, choose_encoder
 from .ingest import ProducerTap

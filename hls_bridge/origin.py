@@ -34,13 +34,13 @@ from typing import Protocol
 
 from aiohttp import web
 
+from common.problems import HttpProblem, problem_middleware
 from hls_bridge.playlist import (
     BadDeliveryDirective,
     blocking_timeout,
     check_blocking_request,
 )
 from hls_bridge.store import RenditionStore, RoomStore
-from signaling.errors import HttpProblem, problem_middleware
 
 __all__ = ["PROVIDER", "RoomProvider", "create_origin_app", "media_cors_middleware"]
 

@@ -66,7 +66,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from signaling.config import ROOM_RE
+from common.names import ROOM_RE
 
 from .errors import HlsBridgeError
 from .model import Segment
@@ -126,7 +126,7 @@ def new_recording_id(now: datetime | None = None) -> str:
 
 
 def check_room(room: str) -> str:
-    """``room`` if it is a valid room name (``signaling.config.ROOM_RE``: no path tricks)."""
+    """``room`` if it is a valid room name (``common.names.ROOM_RE``: no path tricks)."""
     if not isinstance(room, str) or not ROOM_RE.fullmatch(room):
         raise RecordingError(f"room name {room!r} must match {ROOM_RE.pattern}")
     return room

@@ -28,9 +28,9 @@ from typing import Any
 
 from aiohttp import web
 
-from sfu.config import ConfigError
-from signaling.config import ROOM_RE
-from signaling.errors import HttpProblem, problem_middleware
+from common.config import ConfigError
+from common.names import ROOM_RE
+from common.problems import HttpProblem, problem_middleware
 
 from .origin import INIT_TYPE, MEDIA_TYPE, PLAYLIST_TYPE, media_cors_middleware
 from .recording import (

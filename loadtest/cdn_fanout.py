@@ -349,8 +349,8 @@ async def _wait_live(http_get: Any, url: str, timeout: float = 30.0) -> str:
 async def run_cdn(opts: CdnOptions) -> dict[str, Any]:
     """Run both phases; print the table; write JSON; return the result."""
     os.environ["RELAYCAST_HLS_LADDER"] = opts.ladder
+    from relaycast.service import Service
     from signaling.config import SignalingConfig
-    from signaling.service import Service
 
     from . import whip_client
     from .llhls_player import HttpClient, parse_media_playlist

@@ -1,7 +1,7 @@
 """Local processes for the scale-out benchmarks: a private ``redis-server``, ``relaycast
 serve`` instances in Redis mode and ``relaycast sfu`` nodes, all on 127.0.0.1.
 
-Everything is started with this interpreter (``python -m signaling.cli``) and stopped
+Everything is started with this interpreter (``python -m relaycast.cli``) and stopped
 with SIGTERM, then SIGKILL after a bound; logs go to files named by the caller.
 """
 
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def relaycast_command() -> list[str]:
     """``relaycast`` run by this interpreter (the console script may lack the checkout)."""
-    return [sys.executable, "-m", "signaling.cli"]
+    return [sys.executable, "-m", "relaycast.cli"]
 
 
 async def stop_process(proc: asyncio.subprocess.Process | None, timeout: float = 5.0) -> None:
@@ -85,7 +85,7 @@ class RedisProcess:
 
 
 class RelaycastProcess:
-    """A ``relaycast`` child process (this interpreter, ``python -m signaling.cli``): its
+    """A ``relaycast`` child process (this interpreter, ``python -m relaycast.cli``): its
     stdout is read until a line says it is up, then discarded; stderr goes to ``log_path``."""
 
     def __init__(self, name: str, log_path: Path) -> None:

@@ -66,9 +66,9 @@ async def _collect(pc: RTCPeerConnection, settle: float, seconds: float) -> dict
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    from relaycast.service import Service
     from sfu.worker import Worker
     from signaling.config import SignalingConfig
-    from signaling.service import Service
 
     whip_client.pin_loopback()
     key = "sk_pipe_hop_bench_0123456789"

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from common.ratelimit import TokenBucket
+
 logger = logging.getLogger(__name__)
 
 CHAT_LABEL = "chat"
@@ -52,26 +54,6 @@ class Identity:
 
     def to_dict(self) -> dict[str, str]:
         return {"id": self.id, "name": self.name, "role": self.role}
-
-
-class TokenBucket:
-    """Classic token bucket: ``rate`` tokens/s, at most ``burst`` stored."""
-
-    __slots__ = ("rate", "burst", "tokens", "stamp")
-
-    def __init__(self, rate: float, burst: int, now: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = float(burst)
-        self.stamp = now()
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
 
 
 class _Member:

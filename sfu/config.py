@@ -7,9 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the variable."""
+from common.config import ConfigError, env_number
 
 
 def _addresses(name: str, raw: str) -> tuple[str, ...]:
@@ -24,25 +22,6 @@ def _addresses(name: str, raw: str) -> tuple[str, ...]:
             raise ConfigError(f"{name}: {part!r} is not an IP address") from exc
         out.append(part)
     return tuple(out)
-
-
-def env_number(
-    env: Mapping[str, str], name: str, default: float, lo: float, hi: float, *, integer: bool = False
-) -> float:
-    """``env[name]`` as a number in ``[lo, hi]`` (``default`` when unset).
-
-    :raises ConfigError: naming the variable when the value is not a number or out of range.
-    """
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name}: {raw!r} is not {'an integer' if integer else 'a number'}") from exc
-    if not lo <= value <= hi:
-        raise ConfigError(f"{name}: {value} is outside [{lo}, {hi}]")
-    return value
 
 
 SFU_MODES = ("forward", "relay")

@@ -10,16 +10,17 @@ from typing import Any
 import socketio
 from aiohttp import web
 
+from common.problems import HttpProblem, problem_middleware
+from common.ratelimit import TokenBuckets
 from web import STATIC_DIR
 
 from . import browser, hls_api
-from .app_keys import CASCADE, CONFIG, NAMESPACE_KEY, ROOMS, SESSIONS, SIO
+from .app_keys import CASCADE, CONFIG, LIMITER, NAMESPACE_KEY, ROOMS, SESSIONS, SIO
 from .cascade import Cascade, MemoryPipeRegistry, PipeRegistry, RedisPipeRegistry
 from .config import SignalingConfig
-from .errors import HttpProblem, problem_middleware
 from .nodes import MemoryNodeRouter, NodeRouter, PlacementStrategy, SfuNamespace, SfuNode, acts_on
 from .rooms import RoomRegistry
-from .whip import LIMITER, MediaResources, TokenBuckets
+from .whip import MediaResources
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ async def cors_middleware(
 
 
 def create_app(config: SignalingConfig, placement: PlacementStrategy | None = None) -> web.Application:
-    """Build the signaling app.  Embedded SFU startup lives in :mod:`signaling.service`.
+    """Build the signaling app.  Embedded SFU startup lives in :mod:`relaycast.service`.
 
     :param placement: node placement strategy (default `signaling.nodes.least_loaded`).
     """

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import socketio
 from aiohttp import web
 
+from common.ratelimit import TokenBuckets
+
 from .config import SignalingConfig
 from .rooms import RoomRegistry
 
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
 CONFIG = web.AppKey("config", SignalingConfig)
 ROOMS = web.AppKey("rooms", RoomRegistry)
 SIO = web.AppKey("sio", socketio.AsyncServer)
+LIMITER = web.AppKey("limiter", TokenBuckets)
+"""Per-client request limiter for WHIP/WHEP POST/PATCH/DELETE (RFC 9725 §5)."""
 SESSIONS: web.AppKey[dict[str, Session]] = web.AppKey("sessions", dict)
 NAMESPACE_KEY: web.AppKey[SfuNamespace] = web.AppKey("sfu_namespace", object)  # type: ignore[arg-type]
 RECORDINGS: web.AppKey[RecordingLibrary] = web.AppKey("recordings", object)  # type: ignore[arg-type]

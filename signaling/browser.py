@@ -27,8 +27,9 @@ from typing import Any
 import socketio
 from aiohttp import web
 
+from common.ratelimit import TokenBuckets
+
 from .app_keys import ROOMS, SIO
-from .whip import TokenBuckets
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sfu.config import ConfigError, SfuConfig, env_number
+from common.client_address import Network, parse_trusted_proxies
+from common.config import ConfigError, env_number
+from common.names import ROOM_RE
+from sfu.config import SfuConfig
 from turn import credentials as turn_credentials
-
-ROOM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ class SignalingConfig:
     :ivar redis_url: Redis mode (``RELAYCAST_REDIS_URL``, else ``REDIS_URL``): SFU nodes,
         room placement and Socket.IO shared with other signaling instances; ``None`` =
         the in-memory embedded default.
+    :ivar trusted_proxies: reverse proxies whose ``Forwarded`` / ``X-Forwarded-For`` name the
+        client (``RELAYCAST_TRUSTED_PROXIES``, comma-separated addresses or CIDR networks;
+        default none: the TCP peer is the client).  Rate limits and stream-key failure
+        throttles are keyed by that client address (:mod:`common.client_address`).
     :ivar viewers_per_node: cascading: at most this many viewers of one room on one node
         before new viewers go to another node (``RELAYCAST_VIEWERS_PER_NODE``; 0 = only
         when the node is full or draining).
@@ -87,6 +92,7 @@ class SignalingConfig:
     rpc_timeout_s: float = 15.0
     redis_url: str | None = field(default=None, repr=False)
     viewers_per_node: int = 0
+    trusted_proxies: tuple[Network, ...] = ()
     sfu: SfuConfig = field(default_factory=SfuConfig)
 
     @classmethod
@@ -110,6 +116,7 @@ class SignalingConfig:
             "request_rate": float(_int(env, "RELAYCAST_REQUEST_RATE", 20, 1, 100000)),
             "request_burst": _int(env, "RELAYCAST_REQUEST_BURST", 100, 1, 1000000),
             "viewers_per_node": _int(env, "RELAYCAST_VIEWERS_PER_NODE", 0, 0, 1000000),
+            "trusted_proxies": parse_trusted_proxies(env.get("RELAYCAST_TRUSTED_PROXIES", "")),
         }
         redis_var = "RELAYCAST_REDIS_URL" if env.get("RELAYCAST_REDIS_URL") else "REDIS_URL"
         if env.get(redis_var):

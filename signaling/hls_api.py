@@ -21,9 +21,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from common.names import ROOM_RE
+from common.problems import HttpProblem
+
 from .app_keys import NAMESPACE_KEY, RECORDINGS, ROOMS
-from .config import ROOM_RE
-from .errors import HttpProblem
 
 __all__ = ["add_routes", "hls_nodes", "list_recordings"]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from .config import ROOM_RE
+from common.names import ROOM_RE
 
 
 class KeyCheck(Enum):

@@ -30,11 +30,12 @@ from typing import Any
 
 from aiohttp import web
 
+from common.problems import HttpProblem, reason
 from sfu.chat import Identity
 
-from .app_keys import CASCADE, CONFIG, NAMESPACE_KEY, ROOMS, SESSIONS
+from .app_keys import CASCADE, CONFIG, LIMITER, NAMESPACE_KEY, ROOMS, SESSIONS
 from .cascade import PipeFailed
-from .errors import HttpProblem, reason
+from .client_ip import client_of
 from .names import viewer_name
 from .nodes import NoNodeAvailable
 from .rooms import KeyCheck
@@ -112,27 +113,6 @@ class Session:
     created: float
 
 
-class TokenBuckets:
-    """Per-client request limiter for POST/PATCH/DELETE (RFC 9725 §5)."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, client: str) -> float:
-        """0 when allowed, else seconds until a token is available."""
-        now = time.monotonic()
-        tokens, stamp = self._buckets.get(client, (float(self.burst), now))
-        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
-        if tokens < 1:
-            self._buckets[client] = (tokens, now)
-            return (1 - tokens) / self.rate
-        self._buckets[client] = (tokens - 1, now)
-        if len(self._buckets) > 10000:  # bounded memory under address churn
-            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
-        return 0.0
-
-
 class MediaResources:
     """Handlers for one of ``whip`` or ``whep``."""
 
@@ -155,7 +135,7 @@ class MediaResources:
 
     # ----------------------------------------------------------- helpers
     def _limit(self, request: web.Request) -> None:
-        wait = request.app[LIMITER].take(request.remote or "?")
+        wait = request.app[LIMITER].take(client_of(request))
         if wait > 0:
             raise HttpProblem(
                 429, None, "slow down", headers={"Retry-After": str(max(1, int(wait + 0.999)))}
@@ -164,7 +144,7 @@ class MediaResources:
     def _authorize(self, request: web.Request, room: str) -> None:
         """Bearer stream key (RFC 6750 §3, RFC 9725 §4.7)."""
         rooms = request.app[ROOMS]
-        client = request.remote or "?"
+        client = client_of(request)
         realm = 'Bearer realm="relaycast"'
         if rooms.blocked(client):
             raise HttpProblem(
@@ -447,5 +427,3 @@ class MediaResources:
             },
         )
 
-
-LIMITER = web.AppKey("limiter", TokenBuckets)

@@ -17,8 +17,8 @@ from redis_server import RedisServer
 from loadtest import whip_client
 from loadtest.pattern import read_code
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
+from relaycast.service import Service
 from signaling.app_keys import NAMESPACE_KEY, SESSIONS
-from signaling.service import Service
 
 SECRET = "node-secret-for-redis-tests"
 

@@ -12,8 +12,8 @@ from aiortc import RTCPeerConnection
 from aiortc.rtcdatachannel import RTCDataChannel
 
 from loadtest import whip_client
+from relaycast.service import Service
 from signaling.config import SignalingConfig
-from signaling.service import Service
 
 STREAM_KEY = "sk_test_" + "x" * 24
 _CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) \d+ typ", re.MULTILINE)

@@ -28,7 +28,7 @@ class NodeProcess:
 
     async def start(self, timeout: float = 60.0) -> NodeProcess:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "signaling.cli", "sfu", "--signaling", self.signaling_url,
+            sys.executable, "-m", "relaycast.cli", "sfu", "--signaling", self.signaling_url,
             "--node-id", self.node_id, "--ice-gather", "127.0.0.1",
             stdout=asyncio.subprocess.PIPE, stderr=self._log, env=self.env,
         )

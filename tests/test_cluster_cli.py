@@ -15,9 +15,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sfu.config import ConfigError
-from signaling import cluster
-from signaling.cli import build_parser, main
+from common.config import ConfigError
+from relaycast import cluster
+from relaycast.cli import build_parser, main
 from tests.redis_server import REDIS_SERVER
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def cmdline(pid: int) -> str:
 
 
 class Launcher:
-    """``python -m signaling.cli cluster ...`` with its stdout read line by line."""
+    """``python -m relaycast.cli cluster ...`` with its stdout read line by line."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.args = args
@@ -84,7 +84,7 @@ class Launcher:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "signaling.cli", "cluster", *self.args, cwd=ROOT, env=self.env,
+            sys.executable, "-m", "relaycast.cli", "cluster", *self.args, cwd=ROOT, env=self.env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
 
     async def wait_line(self, text: str, timeout: float) -> str:
@@ -125,7 +125,7 @@ class Launcher:
             self.proc.kill()
             await self.proc.wait()
         for pid, _ in self.children.values():
-            if alive(pid) and ("signaling.cli" in cmdline(pid) or "redis-server" in cmdline(pid)):
+            if alive(pid) and ("relaycast.cli" in cmdline(pid) or "redis-server" in cmdline(pid)):
                 os.killpg(pid, signal.SIGKILL)
 
 
@@ -147,7 +147,7 @@ async def test_cluster_starts_serves_and_stops_cleanly(tmp_path: Path) -> None:
         assert launcher.children["sfu-1"][1] == ",".join(urls)
         assert launcher.children["sfu-2"][1] == ",".join(reversed(urls))
         assert "redis-server" in cmdline(launcher.children["redis"][0])
-        assert all("signaling.cli" in cmdline(pid) for name, (pid, _) in launcher.children.items() if name != "redis")
+        assert all("relaycast.cli" in cmdline(pid) for name, (pid, _) in launcher.children.items() if name != "redis")
         assert (tmp_path / "sfu-1.log").exists() and (tmp_path / "signaling-2.log").exists()
 
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:

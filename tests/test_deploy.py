@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from loadtest.nginx_edge import render_template
-from signaling.cli import build_parser
+from relaycast.cli import build_parser
 from turn import cli as turn_cli
 from turn.config import DEFAULT_PORT as TURN_DEFAULT_PORT
 

@@ -19,7 +19,7 @@ from loadtest import whip_client
 from loadtest.llhls_player import LlhlsPlayer, parse_media_playlist
 from loadtest.nginx_edge import TEMPLATE, NginxEdge, find_nginx, parse_access_log, render_template
 from loadtest.sources import PatternVideoTrack
-from signaling.service import Service
+from relaycast.service import Service
 from tests.conftest import STREAM_KEY
 
 NGINX = find_nginx()

@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
+from common.config import ConfigError
 from hls_bridge.encoders import choose_encoder
 from hls_bridge.ladder import Rung
 from hls_bridge.model import PlaylistStateError
@@ -36,7 +37,6 @@ from hls_bridge.store import RoomStore
 from hls_bridge.transcoder import AUDIO_RENDITION, LadderTranscoder
 from hls_bridge.vod import RecordingConfig, RecordingLibrary, create_vod_app
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
-from sfu.config import ConfigError
 
 FFPROBE = "/usr/bin/ffprobe"
 needs_ffprobe = pytest.mark.skipif(shutil.which(FFPROBE) is None, reason="needs Debian ffprobe")

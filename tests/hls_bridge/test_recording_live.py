@@ -16,7 +16,7 @@ import pytest
 
 from loadtest import whip_client
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
-from signaling.service import Service
+from relaycast.service import Service
 from tests.conftest import STREAM_KEY, make_config
 
 FFPROBE = "/usr/bin/ffprobe"

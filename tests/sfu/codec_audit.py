@@ -89,7 +89,7 @@ def main() -> int:
     parser.add_argument("--report", required=True)
     args = parser.parse_args()
     install()
-    from signaling import cli
+    from relaycast import cli
 
     rc = 1
     try:

@@ -13,7 +13,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from loadtest import whip_client
 from loadtest.pattern import read_code
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
-from signaling.service import Service
+from relaycast.service import Service
 
 FRAME_TICKS = 3000  # 90 kHz ticks per frame at 30 fps
 

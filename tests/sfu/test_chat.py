@@ -18,9 +18,9 @@ from chat_client import ChatClient, Message
 from sfu_helpers import publish_pattern, stream_key
 
 from loadtest import whip_client
+from relaycast.service import Service
 from sfu.chat import ChatRoom, Identity, TokenBucket
 from signaling.config import SignalingConfig
-from signaling.service import Service
 
 # --------------------------------------------------------------------------- helpers
 

@@ -14,9 +14,9 @@ from conftest import make_config
 from polling import wait_for
 from redis_server import RedisServer
 
+from relaycast.service import Service
 from signaling import browser
 from signaling.app_keys import NAMESPACE_KEY
-from signaling.service import Service
 
 SECRET = "node-secret-for-browser-tests"
 

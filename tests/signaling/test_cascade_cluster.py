@@ -34,8 +34,8 @@ from redis_server import RedisServer
 
 from loadtest import whip_client
 from loadtest.sources import PatternVideoTrack
+from relaycast.service import Service
 from signaling.app_keys import NAMESPACE_KEY
-from signaling.service import Service
 
 NODE_ENV = {"RELAYCAST_PIPE_LINGER_S": "1"}
 

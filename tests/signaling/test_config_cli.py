@@ -12,7 +12,8 @@ import urllib.request
 
 import pytest
 
-from sfu.config import ConfigError, SfuConfig
+from common.config import ConfigError
+from sfu.config import SfuConfig
 from signaling.config import IceServer, SignalingConfig
 
 
@@ -59,13 +60,13 @@ def _free_port() -> int:
 
 
 def test_cli_help_lists_commands() -> None:
-    out = subprocess.run([sys.executable, "-m", "signaling.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "relaycast.cli", "--help"], capture_output=True, text=True, check=True)
     assert "serve" in out.stdout and "sfu" in out.stdout
 
 
 def test_cli_reports_bad_config_clearly() -> None:
     env = {**os.environ, "RELAYCAST_PORT": "nope"}
-    out = subprocess.run([sys.executable, "-m", "signaling.cli", "serve"], capture_output=True, text=True, env=env)
+    out = subprocess.run([sys.executable, "-m", "relaycast.cli", "serve"], capture_output=True, text=True, env=env)
     assert out.returncode == 2
     assert "configuration error" in out.stderr and "RELAYCAST_PORT" in out.stderr
 
@@ -74,7 +75,7 @@ def test_serve_prints_urls_and_key_then_stops_on_sigterm() -> None:
     port = _free_port()
     key = "sk_cli_test_key_0123456789"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "signaling.cli", "serve", "--port", str(port), "--stream-key", key],
+        [sys.executable, "-m", "relaycast.cli", "serve", "--port", str(port), "--stream-key", key],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

@@ -24,8 +24,8 @@ from redis_server import RedisServer
 
 from loadtest.resilient import ReconnectingPublisher, ReconnectingViewer
 from loadtest.sources import PatternVideoTrack
+from relaycast.service import Service
 from signaling.app_keys import ROOMS
-from signaling.service import Service
 
 RECOVERY_BOUND_S = 15.0
 """Generous: client detection (1–2 s) + node loss (≈0.1 s) + new sessions (≈1 s) on 2 cores."""

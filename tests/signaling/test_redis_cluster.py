@@ -36,8 +36,8 @@ from polling import wait_for
 from redis_server import RedisServer
 
 from loadtest import whip_client
+from relaycast.service import Service
 from signaling.app_keys import ROOMS, SESSIONS
-from signaling.service import Service
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from polling import wait_for
 from redis_server import RedisServer, free_port
 
-from sfu.config import ConfigError
+from common.config import ConfigError
 from signaling.config import SignalingConfig
 from signaling.nodes import NodeIdInUse, NoNodeAvailable, RouterUnavailable, SfuNode
 from signaling.redis_state import RedisNodeRouter

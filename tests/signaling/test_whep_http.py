@@ -19,9 +19,9 @@ from whip_helpers import FRAG, SDP, STRONG_ETAG, check_answer, new_offer, proble
 from loadtest import whip_client
 from loadtest.pattern import read_code
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
+from relaycast.service import Service
 from signaling.app_keys import SESSIONS
 from signaling.config import IceServer
-from signaling.service import Service
 
 AUTH = {"Authorization": f"Bearer {STREAM_KEY}"}
 SESSION_PATH = re.compile(r"^/whep/demo/([A-Za-z0-9_-]{32})$")

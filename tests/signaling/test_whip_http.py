@@ -16,9 +16,9 @@ from aiortc import RTCPeerConnection
 from conftest import STREAM_KEY, make_config
 from whip_helpers import FRAG, SDP, STRONG_ETAG, check_answer, new_offer, problem, sdpfrag
 
+from relaycast.service import Service
 from signaling.app_keys import ROOMS, SESSIONS
 from signaling.config import IceServer
-from signaling.service import Service
 
 AUTH = {"Authorization": f"Bearer {STREAM_KEY}"}
 SESSION_PATH = re.compile(r"^/whip/demo/([A-Za-z0-9_-]{32})$")  # token_urlsafe(24): 192 bits

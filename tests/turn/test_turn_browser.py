@@ -16,7 +16,7 @@ import pytest
 from conftest import STREAM_KEY, make_config
 
 from loadtest.clips import make_counter_y4m, make_tone_wav
-from signaling.service import Service
+from relaycast.service import Service
 from turn.server import DEV_MAX_PORT, DEV_MIN_PORT, TurnServer, find_turnserver
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))

@@ -1,6 +1,6 @@
 """``relaycast turn``: the development coturn in the foreground and ``--print-config``.
 
-Run as ``python -m signaling.cli`` from the checkout, the code under test.
+Run as ``python -m relaycast.cli`` from the checkout, the code under test.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ SECRET = "cli-turn-secret-" + "w" * 10
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "signaling.cli", "turn", *args], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "relaycast.cli", "turn", *args], cwd=ROOT, capture_output=True, text=True,
         timeout=60, env={**os.environ, **(env or {})},
     )
 
@@ -74,7 +74,7 @@ async def test_relaycast_turn_runs_coturn_in_the_foreground_until_sigterm() -> N
     port = free_port(avoid=range(61000, 65536))
     env = {**os.environ, "RELAYCAST_TURN_SECRET": SECRET}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "signaling.cli", "turn", "--port", str(port), cwd=ROOT, env=env,
+        sys.executable, "-m", "relaycast.cli", "turn", "--port", str(port), cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     output = ""

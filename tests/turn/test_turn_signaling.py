@@ -14,9 +14,9 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from conftest import STREAM_KEY, make_config
 from turn_probe import TurnProbe
 
-from sfu.config import ConfigError
+from common.config import ConfigError
+from relaycast.service import Service
 from signaling.config import IceServer, SignalingConfig
-from signaling.service import Service
 from turn.credentials import verify
 from turn.server import TurnServer, find_turnserver
 

@@ -47,9 +47,8 @@ from typing import Any
 
 import aiohttp
 
-from sfu.config import ConfigError
-
-from .config import check_redis_url
+from common.config import ConfigError
+from signaling.config import check_redis_url
 
 # Start order; children are stopped tier by tier in reverse.
 REDIS, TURN, SERVE, SFU = range(4)
@@ -141,7 +140,7 @@ def plan(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[list[Child],
     for name, make in makers.items():
         if not base.get(name):
             base[name] = generated[name] = make()
-    python = [sys.executable, "-m", "signaling.cli", "--log-level", args.log_level]
+    python = [sys.executable, "-m", "relaycast.cli", "--log-level", args.log_level]
     children: list[Child] = []
 
     redis_url = args.redis_url or env.get("RELAYCAST_REDIS_URL") or env.get("REDIS_URL")

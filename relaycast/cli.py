@@ -13,9 +13,9 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
-from sfu.config import ConfigError, SfuConfig, env_number
-
-from .config import SignalingConfig
+from common.config import ConfigError, env_number
+from sfu.config import SfuConfig
+from signaling.config import SignalingConfig
 
 
 def configure_logging(level: str) -> None:

@@ -15,11 +15,10 @@ from hls_bridge.origin import create_origin_app
 from hls_bridge.vod import RecordingConfig, create_vod_app
 from sfu.node import SignalingLink
 from sfu.worker import Worker
-
-from .app import create_app
-from .app_keys import CASCADE, RECORDINGS, ROOMS
-from .config import SignalingConfig
-from .nodes import PlacementStrategy
+from signaling.app import create_app
+from signaling.app_keys import CASCADE, RECORDINGS, ROOMS
+from signaling.config import SignalingConfig
+from signaling.nodes import PlacementStrategy
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,5 @@
+"""``python -m relaycast`` = the ``relaycast`` command."""
+
+from relaycast.cli import main
+
+raise SystemExit(main())
