@@ -96,12 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_arguments(pub)
 
     # Subcommands in their own modules: each has add_arguments(parser) and main(args).
-    from . import hls_latency, pipe_hop, sio_fanout, transcode
+    from . import hls_latency, pipe_hop, relay_serve, sio_fanout, transcode
     for name, module, text in (
         ("transcode", transcode, "LL-HLS transcode capacity: ladders per core in real time"),
         ("pipe-hop", pipe_hop, "latency added by a node-to-node pipe (cascading)"),
         ("hls-latency", hls_latency, "LL-HLS latency: capture time in frames vs player/hls.js"),
         ("sio-fanout", sio_fanout, "Socket.IO room-state fan-out across two signaling instances (Redis)"),
+        ("relay-serve", relay_serve, "the service with the naive MediaRelay baseline Router (fanout --mode relay)"),
     ):
         command = sub.add_parser(name, help=text, description=(module.__doc__ or "").split("\n\n")[0])
         module.add_arguments(command)

@@ -2,8 +2,8 @@
 
 Processes (all on 127.0.0.1, ICE pinned to loopback):
 
-* the SFU: ``relaycast serve --mode forward|relay`` (a separate process, so its
-  CPU and RSS are its own: read from /proc);
+* the SFU: ``relaycast serve`` (forward) or ``python -m loadtest relay-serve`` (the relay
+  baseline), a separate process, so its CPU and RSS are its own: read from /proc;
 * the publisher: ``python -m loadtest publish --pattern --json`` (720p30 VP8
   pattern carrying capture times + Opus tone);
 * subscriber pools: ``python -m loadtest.subscriber`` (see
@@ -100,10 +100,12 @@ class SfuProcess(RelaycastProcess):
     async def start(self, timeout: float = 30.0) -> None:
         env = dict(os.environ, RELAYCAST_REQUEST_RATE="100000", RELAYCAST_REQUEST_BURST="100000",
                    RELAYCAST_MAX_SESSIONS="100000", PYTHONUNBUFFERED="1")
-        env.pop("RELAYCAST_SFU_MODE", None)
-        args = ["--log-level", "warning", "serve", "--host", "127.0.0.1", "--port", str(free_port()),
-                "--ice-gather", "127.0.0.1", "--room", ROOM, "--stream-key", self.key, "--mode", self.mode]
-        self.url = (await self.launch(args, env, listening, timeout)).split()[-1]
+        # The relay baseline is not part of the product: loadtest serves it in its own process.
+        command = [sys.executable, "-m", "loadtest"] if self.mode == "relay" else None
+        args = ["--log-level", "warning", "relay-serve" if command else "serve", "--host", "127.0.0.1",
+                "--port", str(free_port()), "--ice-gather", "127.0.0.1", "--room", ROOM,
+                "--stream-key", self.key]
+        self.url = (await self.launch(args, env, listening, timeout, command)).split()[-1]
 
     async def stop(self, timeout: float = 15.0) -> None:
         await super().stop(timeout)

@@ -1,4 +1,4 @@
-"""Latency added by a node-to-node pipe (issue 4 cascading).
+"""Latency added by a node-to-node pipe (cascading).
 
 ``python -m loadtest pipe-hop --seconds 20``
 

@@ -26,9 +26,7 @@ from urllib.parse import urlparse
 from aiortc import RTCRtpSender
 from aiortc.mediastreams import MediaStreamTrack
 
-from sfu import aiortc_private
-
-from . import whip_client
+from . import aiortc_hooks, whip_client
 from .sources import PatternVideoTrack, ToneAudioTrack
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -100,7 +98,7 @@ async def run(args: argparse.Namespace) -> int:
             elapsed = time.monotonic() - started
             state = session.pc.connectionState
             if not bitrate_set:
-                bitrate_set = aiortc_private.set_encoder_target_bitrate(senders["video"], args.bitrate)
+                bitrate_set = aiortc_hooks.set_encoder_target_bitrate(senders["video"], args.bitrate)
             line: dict[str, Any] = {"t": time.time(), "elapsed": round(elapsed, 2), "state": state,
                                     "bitrate_target": args.bitrate if bitrate_set else None}
             for kind, sender in senders.items():

@@ -1,4 +1,4 @@
-"""Scale-out benchmarks (issue 4), all processes on 127.0.0.1:
+"""Scale-out benchmarks, all processes on 127.0.0.1:
 
 ``cascade-cpu``
     One publisher, N light WHEP subscribers (no decoding, `loadtest.subscriber`).  Run 1:

@@ -1,4 +1,4 @@
-"""Socket.IO fan-out of room state across two signaling instances (issue 4, Redis mode).
+"""Socket.IO fan-out of room state across two signaling instances (Redis mode).
 
 ``python -m loadtest sio-fanout --clients 1000 --seconds 10 --rate 20 --procs 2``
 

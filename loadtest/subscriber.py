@@ -4,7 +4,7 @@ A :class:`LightSubscriber` is an aiortc peer connection (``whip_client.view``)
 whose receivers do not decode: :func:`sfu.aiortc_private.install_forwarding_receiver`
 hands every SRTP-unprotected, RTX-unwrapped RTP packet to a counter while the
 connection comes up.  Once connected, the subscriber switches to
-:func:`sfu.aiortc_private.install_raw_rtp_receiver` — SRTP unprotect right in the
+:func:`loadtest.aiortc_hooks.install_raw_rtp_receiver` — SRTP unprotect right in the
 socket callback, header parsed here, video NACKs (RFC 4585) sent here — because
 aiortc's own receive path (~30 µs a packet) would make the subscribers, not the
 SFU, the limit on a 2-core machine (``fast=False`` keeps aiortc's path).  Per
@@ -56,7 +56,7 @@ from aiortc.rtp import RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfb
 from sfu import aiortc_private
 from sfu.rtp import vp8_is_keyframe_start
 
-from . import whip_client
+from . import aiortc_hooks, whip_client
 from .pattern import code_to_capture_time, read_code
 
 logger = logging.getLogger(__name__)
@@ -238,17 +238,17 @@ class LightSubscriber:
         self._video(packet.sequence_number, packet.timestamp, packet.marker, packet.payload)
 
     def _start_fast_path(self) -> bool:
-        """Switch to :func:`sfu.aiortc_private.install_raw_rtp_receiver` once connected."""
+        """Switch to :func:`loadtest.aiortc_hooks.install_raw_rtp_receiver` once connected."""
         assert self.session is not None
         pts: dict[int, tuple[str, bool]] = {}
         dtls = None
         for transceiver in self.session.pc.getTransceivers():
             if transceiver.kind not in ("audio", "video"):
                 continue
-            dtls = aiortc_private.dtls_transport_of(transceiver)
+            dtls = transceiver.sender.transport
             for codec in aiortc_private.negotiated_codecs(transceiver):
                 pts[codec.payloadType] = (transceiver.kind, is_rtx(codec))
-        if dtls is None or not aiortc_private.install_raw_rtp_receiver(
+        if dtls is None or not aiortc_hooks.install_raw_rtp_receiver(
                 dtls, self._on_raw, receive_buffer=_RECEIVE_BUFFER):
             return False
         self._pts = pts

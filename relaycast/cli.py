@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from common.config import ConfigError, env_number
 from sfu.config import SfuConfig
+from sfu.worker import RouterFactory
 from signaling.config import SignalingConfig
 
 
@@ -50,9 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--stream-key", dest="demo_stream_key",
                        help="the demo room's stream key (RELAYCAST_STREAM_KEY; random if unset)")
     serve.add_argument("--ice-gather", help="comma-separated local IPs for ICE host candidates (RELAYCAST_ICE_GATHER)")
-    serve.add_argument("--mode", choices=["forward", "relay"],
-                       help="SFU mode (RELAYCAST_SFU_MODE): forward packets (default) or the naive "
-                            "MediaRelay decode/re-encode baseline used by `loadtest fanout`")
     serve.add_argument("--no-embedded-sfu", action="store_true",
                        help="do not run an SFU worker in this process; wait for `relaycast sfu` nodes")
     serve.add_argument("--redis-url", help="Redis mode: share nodes and rooms with other signaling "
@@ -93,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 demo_stream_key=args.demo_stream_key, ice_gather=_gather(args.ice_gather),
                 embedded_sfu=False if args.no_embedded_sfu else None, redis_url=args.redis_url,
             )
-            if args.mode:
-                config = replace(config, sfu=replace(config.sfu, mode=args.mode))
-            return asyncio.run(_serve(config))
+            return asyncio.run(serve(config))
         return asyncio.run(_sfu_node(args))
     except ConfigError as exc:
         print(f"relaycast: configuration error: {exc}", file=sys.stderr)
@@ -125,10 +121,15 @@ class _Signals:
         (self.second if self.first.is_set() else self.first).set()
 
 
-async def _serve(config: SignalingConfig) -> int:
+async def serve(config: SignalingConfig, router_factory: RouterFactory | None = None) -> int:
+    """Run the service until SIGINT/SIGTERM, printing its URLs (and the demo stream key).
+
+    :param router_factory: the per-room Router class of the embedded worker (default
+        :class:`sfu.router.Router`).
+    """
     from .service import Service
 
-    async with Service(config) as service:
+    async with Service(config, router_factory=router_factory) as service:
         print(f"relaycast listening on {service.url}", flush=True)
         if config.demo_room:
             room = quote(config.demo_room)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -14,20 +13,14 @@ from hls_bridge.bridge import BridgeManager, HlsConfig
 from hls_bridge.origin import create_origin_app
 from hls_bridge.vod import RecordingConfig, create_vod_app
 from sfu.node import SignalingLink
-from sfu.worker import Worker
+from sfu.router import Router
+from sfu.worker import RouterFactory, Worker
 from signaling.app import create_app
 from signaling.app_keys import CASCADE, RECORDINGS, ROOMS
 from signaling.config import SignalingConfig
 from signaling.nodes import PlacementStrategy
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ServiceInfo:
-    base_url: str
-    demo_room: str | None
-    demo_stream_key: str | None
 
 
 class Service:
@@ -37,14 +30,22 @@ class Service:
     ``config.redis_url`` the instance shares SFU nodes and rooms with the other
     instances on that Redis (``embedded_sfu=False`` for signaling-only instances;
     an embedded worker needs a node id unique in the cluster).
-    ``placement`` overrides the node placement strategy (default least-loaded).
+    ``placement`` overrides the node placement strategy (default least-loaded);
+    ``router_factory`` the embedded worker's per-room Router (default :class:`sfu.router.Router`).
     """
 
-    def __init__(self, config: SignalingConfig, placement: PlacementStrategy | None = None) -> None:
+    def __init__(
+        self,
+        config: SignalingConfig,
+        placement: PlacementStrategy | None = None,
+        *,
+        router_factory: RouterFactory | None = None,
+    ) -> None:
         self.config = config
         self.app = create_app(config, placement)
         self.runner = web.AppRunner(self.app, access_log=None)
         self.worker: Worker | None = None
+        self.router_factory = router_factory
         self.link: SignalingLink | None = None
         self.url = ""
         self.demo_stream_key: str | None = None
@@ -79,7 +80,7 @@ class Service:
         shown = f"[{shown}]" if ":" in shown else shown
         self.url = f"http://{shown}:{port}"
         if config.embedded_sfu:
-            self.worker = Worker(config.sfu)
+            self.worker = Worker(config.sfu, router_factory=self.router_factory or Router)
             await self.worker.__aenter__()
             if self.hls is not None:
                 self.hls.attach(self.worker)

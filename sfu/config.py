@@ -24,21 +24,12 @@ def _addresses(name: str, raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-SFU_MODES = ("forward", "relay")
-
-
 def _redis_url(raw: str) -> str | None:
     raw = raw.strip()
     if not raw:
         return None
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"REDIS_URL={raw!r}: expected redis://host:port[/db]")
-    return raw
-
-
-def _mode(raw: str) -> str:
-    if raw not in SFU_MODES:
-        raise ConfigError(f"RELAYCAST_SFU_MODE: {raw!r} is not one of {', '.join(SFU_MODES)}")
     return raw
 
 
@@ -56,9 +47,6 @@ class SfuConfig:
     :ivar chat_burst: chat token-bucket size, messages.
     :ivar chat_history: messages a newcomer receives.
     :ivar max_sessions: sessions this node accepts before answering 503.
-    :ivar mode: ``"forward"`` (packet forwarding, the SFU) or ``"relay"`` (the
-        naive aiortc ``MediaRelay`` baseline: decode once, encode per viewer; for
-        benchmarks only).  ``RELAYCAST_SFU_MODE``.
     """
 
     ice_gather: tuple[str, ...] = ()
@@ -69,7 +57,6 @@ class SfuConfig:
     chat_history: int = 50
     max_sessions: int = 500
     node_id: str = field(default="sfu-1")
-    mode: str = "forward"
     redis_url: str | None = None
     """Redis for chat across nodes (``REDIS_URL`` / ``RELAYCAST_REDIS_URL``); None = local."""
     pipe_linger_s: float = 10.0
@@ -91,7 +78,6 @@ class SfuConfig:
             chat_history=int(env_number(env, "RELAYCAST_CHAT_HISTORY", 50, 0, 1000)),
             max_sessions=int(env_number(env, "RELAYCAST_MAX_SESSIONS", 500, 1, 100000)),
             node_id=env.get("RELAYCAST_NODE_ID", "sfu-1"),
-            mode=_mode(env.get("RELAYCAST_SFU_MODE") or "forward"),
             pipe_linger_s=env_number(env, "RELAYCAST_PIPE_LINGER_S", 10.0, 0, 3600),
             redis_url=_redis_url(env.get("RELAYCAST_REDIS_URL") or env.get("REDIS_URL") or ""),
         )

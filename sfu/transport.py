@@ -73,10 +73,6 @@ class Participant:
             if state in ("failed", "closed") and not self.closed:
                 self._on_failed(self)
 
-    @property
-    def is_publisher(self) -> bool:
-        return self.identity.role == "publisher"
-
     async def close(self) -> None:
         """Release everything: producers, consumers, tracks and the peer connection."""
         if self.closed:

@@ -21,8 +21,10 @@ from .chat_bus import RedisChatBus
 from .config import SfuConfig
 from .errors import BadOffer, Overloaded, RoomNotLive, SessionNotFound, SfuError
 from .negotiation import candidate_reachable
-from .relay import RelayRouter
 from .router import Router
+
+RouterFactory = Callable[..., Router]
+"""Builds a room's Router: ``factory(room, config, on_session_closed, on_room_state, chat_bus=...)``."""
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +38,11 @@ class Worker:
         ``{room, session_id, reason}`` and ``room_state`` ``{room, live, viewers}``.
     """
 
-    def __init__(self, config: SfuConfig, emit: EventSink | None = None) -> None:
+    def __init__(
+        self, config: SfuConfig, emit: EventSink | None = None, router_factory: RouterFactory = Router
+    ) -> None:
         self.config = config
+        self.router_factory = router_factory
         self.routers: dict[str, Router] = {}
         self._session_rooms: dict[str, str] = {}
         self._emit = emit
@@ -114,8 +119,7 @@ class Worker:
     def _router(self, room: str) -> Router:
         router = self.routers.get(room)
         if router is None:
-            cls = RelayRouter if self.config.mode == "relay" else Router
-            router = cls(room, self.config, self._session_closed, self._room_state,
+            router = self.router_factory(room, self.config, self._session_closed, self._room_state,
                          chat_bus=self.chat_bus)
             self.routers[room] = router
         return router

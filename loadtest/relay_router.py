@@ -5,9 +5,9 @@ are received and **decoded** by aiortc as usual, and every viewer gets
 ``MediaRelay().subscribe(track)``, so aiortc's ``RTCRtpSender`` re-encodes the
 decoded frames once per viewer (VP8 at aiortc's default 500 kbps target, Opus).
 It exists so ``loadtest fanout --mode relay`` can measure the packet-forwarding
-:class:`~sfu.router.Router` against it in the same run; select it with
-``relaycast serve --mode relay`` (``RELAYCAST_SFU_MODE=relay``).  It is not
-meant for production: no key-frame gating, no NACK cache, per-viewer queues
+:class:`~sfu.router.Router` against it in the same run: ``python -m loadtest relay-serve``
+runs the service with this Router in its own process (:mod:`loadtest.relay_serve`).  It is
+not part of the product and not meant for production: no key-frame gating, no NACK cache, per-viewer queues
 grow without bound when the encoders fall behind.
 
 aiortc's receiver decodes every frame even when nobody reads the track and
@@ -31,11 +31,11 @@ from typing import Any
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from . import aiortc_private
-from .chat import Identity
-from .negotiation import choose_publish_codec
-from .router import Router
-from .transport import Participant
+from sfu import aiortc_private
+from sfu.chat import Identity
+from sfu.negotiation import choose_publish_codec
+from sfu.router import Router
+from sfu.transport import Participant
 
 logger = logging.getLogger(__name__)
 
