@@ -1,7 +1,7 @@
 """Room → LL-HLS: ProducerTaps → LadderTranscoder → RoomStore, started on demand.
 
 `RoomBridge` runs one live room's bridge: a `ProducerTap` on the room's video and
-audio producers, their decoded frames merged into one `LadderTranscoder` (ladder
+audio tracks (tapped through the SFU's direct-consumer API, :mod:`sfu.direct`), their decoded frames merged into one `LadderTranscoder` (ladder
 planned from the first video frame, never upscaling) that writes a `RoomStore`.
 `BridgeManager` starts a bridge on a room's first HLS request (it is the origin's
 `RoomProvider`), and stops it after `HlsConfig.idle_s` without requests or when the
@@ -33,9 +33,7 @@ from .transcoder import LadderTranscoder
 if TYPE_CHECKING:
     from hls_bridge.recording import Recorder
     from hls_bridge.vod import RecordingLibrary
-    from sfu.producer import Producer
-    from sfu.router import Router
-    from sfu.worker import Worker
+    from sfu.direct import DirectTransport, RoomInfo, TrackTap
 
 __all__ = ["BridgeManager", "HlsConfig", "RoomBridge"]
 
@@ -122,7 +120,7 @@ class RoomBridge:
     """One live room's bridge; `start` it, `stop` it (idempotent)."""
 
     def __init__(
-        self, room: str, router: Router, room_store: RoomStore, config: HlsConfig,
+        self, room: str, direct: DirectTransport, room_store: RoomStore, config: HlsConfig,
         started_by: str = "request",
     ) -> None:
         self.room = room
@@ -133,7 +131,7 @@ class RoomBridge:
         self._cpu_mark = (self.started_at, 0.0)
         self.cpu = 0.0
         """Cores used by the transcoder thread since the previous `to_json` (0.0–1.0+)."""
-        self.router = router
+        self.direct = direct
         self.store = room_store
         self.config = config
         self.encoder: EncoderChoice | None = None
@@ -153,13 +151,10 @@ class RoomBridge:
         return self.task is not None and self.task.done()
 
     def publisher_gone(self) -> bool:
-        """The producers we tap were closed or are no longer the room's."""
+        """The tracks we tap ended or are no longer the room's."""
         if not self.taps:
             return False
-        return any(
-            tap.closed or tap.producer.closed or self.router.producers.get(kind) is not tap.producer
-            for kind, tap in self.taps.items()
-        )
+        return any(tap.closed or tap.producer.closed for tap in self.taps.values())
 
     def to_json(self) -> dict[str, Any]:
         """``{room, encoder, renditions, running, started_by, uptime_s, cpu, realtime_factor,
@@ -192,10 +187,12 @@ class RoomBridge:
                                         self.config.x264_preset)
         if self.stopped:
             return
-        producers: dict[str, Producer] = {
-            kind: p for kind, p in self.router.producers.items() if kind in ("video", "audio")
+        info = self.direct.room(self.room)
+        tracks: dict[str, TrackTap] = {
+            kind: self.direct.tap(self.room, kind)
+            for kind in (info.tracks if info is not None else ()) if kind in ("video", "audio")
         }
-        if "video" not in producers:
+        if "video" not in tracks:
             raise RuntimeError(f"room {self.room!r} has no video producer")
         self.transcoder = LadderTranscoder(
             self.store,
@@ -204,10 +201,10 @@ class RoomBridge:
             segment_s=self.config.segment_s,
             part_s=self.config.part_s,
             encoder_choice=self.encoder,
-            audio="audio" in producers,
+            audio="audio" in tracks,
         )
-        for kind, producer in producers.items():
-            self.taps[kind] = ProducerTap(producer, max_queue=16 if kind == "audio" else 8)
+        for kind, track in tracks.items():
+            self.taps[kind] = ProducerTap(track, max_queue=16 if kind == "audio" else 8)
         self.task = asyncio.create_task(self._run(), name=f"hls-bridge-{self.room}")
         logger.info("HLS bridge for room %r started (encoder %s)", self.room, self.encoder.name)
 
@@ -284,14 +281,15 @@ class BridgeManager:
     once the room has had no HLS request for ``config.idle_s`` while below the threshold.
     With ``recordings`` (recording on), every live room is bridged from when it goes
     live until its publisher leaves, so the recording holds the whole stream.
-    ``worker`` may be None at construction and set later with `attach`.
+    ``direct`` (the SFU worker's :class:`sfu.direct.DirectTransport`) may be None at
+    construction and set later with `attach`.
     """
 
     def __init__(
-        self, worker: Worker | None, config: HlsConfig | None = None,
+        self, direct: DirectTransport | None, config: HlsConfig | None = None,
         recordings: RecordingLibrary | None = None,
     ) -> None:
-        self.worker: Worker | None = None
+        self.direct: DirectTransport | None = None
         self.config = config or HlsConfig.from_env()
         self.recordings = recordings
         """When set, every live room is bridged for as long as it is published and its
@@ -311,26 +309,25 @@ class BridgeManager:
         self.pull: Callable[[str], Awaitable[bool]] | None = None
         """``pull(room)``: ask signaling to pipe a room live on another SFU node into this
         node (cascading), so an HLS request here can bridge it; ``True`` when it did."""
-        if worker is not None:
-            self.attach(worker)
+        if direct is not None:
+            self.attach(direct)
 
-    def attach(self, worker: Worker) -> None:
-        """Serve ``worker``'s rooms and add an ``"hls"`` section to its load reports."""
-        self.worker = worker
-        worker.load_reporters["hls"] = self.report
+    def attach(self, direct: DirectTransport) -> None:
+        """Serve the rooms of ``direct``'s worker and add an ``"hls"`` section to its load
+        reports."""
+        self.direct = direct
+        direct.add_load_section("hls", self.report)
 
-    def _router(self, room: str) -> Router | None:
-        if self.worker is None:
-            return None
-        router = self.worker.routers.get(room)
-        return router if router is not None and router.live else None
+    def _live(self, room: str) -> RoomInfo | None:
+        info = self.direct.room(room) if self.direct is not None else None
+        return info if info is not None and info.live else None
 
-    def _popular(self, router: Router) -> bool:
+    def _popular(self, room: RoomInfo) -> bool:
         """Keep (or start) this room's bridge regardless of HLS requests?"""
         if self.recordings is not None:
             return True
         threshold = self.config.viewer_threshold
-        return threshold > 0 and len(router.viewers) >= threshold
+        return threshold > 0 and room.viewers >= threshold
 
     async def ensure(self, room: str, *, started_by: str = "request") -> RoomStore | None:
         """The room's store, starting its bridge if needed; None if the room is not live."""
@@ -340,10 +337,10 @@ class BridgeManager:
         if bridge is not None and (bridge.stopped or bridge.done or bridge.publisher_gone()):
             await self._stop(room)
             bridge = None
-        router = self._router(room)
-        if router is None and started_by == "request" and self.pull is not None and await self.pull(room):
-            router = self._router(room)
-        if router is None:
+        info = self._live(room)
+        if info is None and started_by == "request" and self.pull is not None and await self.pull(room):
+            info = self._live(room)
+        if info is None or self.direct is None:
             ended = self._ended.get(room)
             if started_by == "request" and ended is not None and ended[1] > time.monotonic():
                 return ended[0]
@@ -354,15 +351,15 @@ class BridgeManager:
             self.last_request.setdefault(room, time.monotonic())
         if bridge is None:
             recorder = self.recordings.recorder(room) if self.recordings is not None else None
-            bridge = RoomBridge(room, router, RoomStore(recorder=recorder), self.config,
+            bridge = RoomBridge(room, self.direct, RoomStore(recorder=recorder), self.config,
                                 started_by=started_by)
             self.bridges[room] = bridge
-            router.holders.add("hls")
+            self.direct.hold(room, "hls")
             self._starting[room] = asyncio.create_task(bridge.start())
             logger.info("starting HLS bridge for room %r (%s)", room,
                         "first HLS request" if started_by == "request" else "recording"
                         if self.recordings is not None
-                        else f"{len(router.viewers)} viewers >= {self.config.viewer_threshold}")
+                        else f"{info.viewers} viewers >= {self.config.viewer_threshold}")
         self.start()
         starting = self._starting.get(room)
         if starting is not None:
@@ -437,9 +434,10 @@ class BridgeManager:
         for room, (_, until) in list(self._ended.items()):
             if until <= now:
                 del self._ended[room]
-        if self.worker is not None:
-            for room, router in list(self.worker.routers.items()):
-                if (room in self.bridges or not router.live or not self._popular(router)
+        if self.direct is not None:
+            for info in self.direct.rooms():
+                room = info.name
+                if (room in self.bridges or not info.live or not self._popular(info)
                         or now - self._failed.get(room, -RETRY_AFTER_FAILURE_S) < RETRY_AFTER_FAILURE_S):
                     continue
                 # Started in the background: the policy loop must not wait for it.
@@ -450,21 +448,20 @@ class BridgeManager:
         for room, bridge in list(self.bridges.items()):
             if room in self._starting:
                 continue
-            live_router = self._router(room)
+            live = self._live(room)
             idle = now - self.last_request.get(room, now) > self.config.idle_s
-            if live_router is not None and self._popular(live_router):
+            if live is not None and self._popular(live):
                 idle = False
                 self.last_request[room] = now  # the idle time counts from when it stops being popular
-            if idle or bridge.done or bridge.publisher_gone() or live_router is None:
+            if idle or bridge.done or bridge.publisher_gone() or live is None:
                 reason = "idle" if idle else "publisher left"
                 logger.info("stopping HLS bridge for room %r (%s)", room, reason)
                 await self._stop(room)
 
     async def _stop(self, room: str) -> None:
         bridge = self.bridges.pop(room, None)
-        router = self.worker.routers.get(room) if self.worker is not None else None
-        if router is not None:
-            router.holders.discard("hls")
+        if self.direct is not None:
+            self.direct.release(room, "hls")
         self.last_request.pop(room, None)
         starting = self._starting.pop(room, None)
         if bridge is None:

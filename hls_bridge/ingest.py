@@ -1,6 +1,7 @@
 """Ingest for the LL-HLS bridge: an in-process tap on an SFU Producer, decoded off the loop.
 
-:class:`ProducerTap` attaches to a :class:`sfu.producer.Producer` as one more
+:class:`ProducerTap` attaches to a track source — a :class:`sfu.direct.TrackTap` from the
+SFU's direct-consumer API (or a :class:`sfu.producer.Producer` itself) — as one more
 consumer (duck-typed: it only needs ``forward(media)``), so a bridge that runs
 in the SFU's process gets the publisher's packets with no extra network hop.
 
@@ -41,7 +42,7 @@ import av
 from aiortc import RTCRtpCodecParameters
 from aiortc.codecs import depayload
 
-from sfu.producer import MediaPacket, Producer
+from sfu.direct import MediaPacket, TrackSource
 from sfu.rtp import is_keyframe_start
 
 __all__ = ["EncodedFrame", "FrameAssembler", "FrameDecoder", "ProducerTap", "DecodedFrame"]
@@ -437,7 +438,7 @@ class ProducerTap:
 
     def __init__(
         self,
-        producer: Producer,
+        producer: TrackSource,
         *,
         max_queue: int = 8,
         max_delay: float = 0.25,

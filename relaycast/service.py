@@ -12,6 +12,7 @@ from aiohttp import web
 from hls_bridge.bridge import BridgeManager, HlsConfig
 from hls_bridge.origin import create_origin_app
 from hls_bridge.vod import RecordingConfig, create_vod_app
+from sfu.direct import DirectTransport
 from sfu.node import SignalingLink
 from sfu.router import Router
 from sfu.worker import RouterFactory, Worker
@@ -83,7 +84,7 @@ class Service:
             self.worker = Worker(config.sfu, router_factory=self.router_factory or Router)
             await self.worker.__aenter__()
             if self.hls is not None:
-                self.hls.attach(self.worker)
+                self.hls.attach(DirectTransport(self.worker))
                 cascade, node_id = self.app[CASCADE], config.sfu.node_id
                 self.hls.pull = lambda room: cascade.pull_into(room, node_id)
                 self.hls.start()
