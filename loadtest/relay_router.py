@@ -32,8 +32,8 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from sfu import aiortc_private
-from sfu.chat import Identity
 from sfu.negotiation import choose_publish_codec
+from sfu.protocol import Identity
 from sfu.router import Router
 from sfu.transport import Participant
 

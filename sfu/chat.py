@@ -22,10 +22,11 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from common.ratelimit import TokenBucket
+
+from .protocol import Identity
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +43,6 @@ class Channel(Protocol):
     readyState: str
 
     def send(self, data: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who a participant is, decided by signaling from the session's credentials."""
-
-    id: str
-    name: str
-    role: str  # "publisher" | "viewer"
-
-    def to_dict(self) -> dict[str, str]:
-        return {"id": self.id, "name": self.name, "role": self.role}
 
 
 class _Member:

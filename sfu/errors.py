@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+INVALID_SDP_TYPE = "tag:relaycast,2026:invalid-sdp"
+"""RFC 9457 problem ``type`` of an SDP offer that breaks a rule of the SDP or WebRTC specs
+(a stable identifier, not a locator: docs/whip-whep.md lists the rules)."""
+
+from .protocol import RpcError
+
 
 class SfuError(Exception):
     """Base error of the sfu package.
@@ -11,13 +17,16 @@ class SfuError(Exception):
 
     status = 500
     title = "SFU error"
+    problem_type: str | None = None
+    """RFC 9457 ``type`` URI; ``None`` means ``about:blank`` (``title`` is then the phrase)."""
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or self.title)
         self.detail = detail or self.title
 
-    def to_dict(self) -> dict[str, object]:
-        return {"status": self.status, "title": self.title, "detail": self.detail}
+    def to_rpc_error(self) -> RpcError:
+        """This error as the SFU protocol's error ack (:class:`sfu.protocol.RpcError`)."""
+        return RpcError(self.status, self.title, self.detail)
 
 
 class BadOffer(SfuError):
@@ -25,6 +34,16 @@ class BadOffer(SfuError):
 
     status = 400
     title = "Malformed SDP offer"
+
+
+class InvalidSdp(BadOffer):
+    """An SDP offer that breaks a rule of RFC 8866 (SDP) or of the WebRTC SDP specs: a
+    missing or duplicate ``a=mid``, a fingerprint hash other than SHA-2, a malformed
+    ``c=`` line... (400, problem type :data:`INVALID_SDP_TYPE`).  ``detail`` is short and
+    names the rule, never the offending text."""
+
+    title = "Invalid SDP offer"
+    problem_type = INVALID_SDP_TYPE
 
 
 class UnsupportedMedia(SfuError):

@@ -1,20 +1,30 @@
 """SFU node ↔ signaling link over Socket.IO (namespace ``/sfu``).
 
-The node connects to signaling as a Socket.IO client, authenticates with its
-node id and the shared node secret, and answers RPC events with acks:
+The node connects to signaling as a Socket.IO client on :data:`sfu.protocol.NAMESPACE`,
+authenticates with its node id and the shared node secret, and answers RPC events with
+acks.  Payloads are the dataclasses of :mod:`sfu.protocol` (their ``to_wire`` /
+``from_wire`` JSON objects); every failed RPC acks :class:`~sfu.protocol.RpcError`
+``{"error": {status, title, detail}}``:
 
-=============  ==========================================  =========================
-event          request                                     ack
-=============  ==========================================  =========================
-``publish``    ``{room, session_id, sdp, identity}``       ``{sdp}`` or ``{error}``
-``subscribe``  ``{room, session_id, sdp, identity}``       ``{sdp}`` or ``{error}``
-``close``      ``{session_id}``                            ``{ok}`` or ``{error}``
-``trickle``    ``{session_id, candidates, end_of_candidates}``  ``{ok}`` or ``{error}``
-``stats``      ``{}``                                      worker stats
-=============  ==========================================  =========================
+===============  ===============================================  =========================
+RPC              request                                          ack
+===============  ===============================================  =========================
+``publish``      ``OpenSession {room, session_id, sdp, identity}``  ``Answer {sdp}``
+``subscribe``    ``OpenSession {room, session_id, sdp, identity}``  ``Answer {sdp}``
+``trickle``      ``Trickle {session_id, candidates, end_of_candidates}``  ``{ok}``
+``close``        ``CloseSession {session_id}``                    ``{ok}``
+``pipe_offer``   ``PipeOffer {room, session_id, identity}``       ``Answer {sdp}`` (the offer)
+``pipe_answer``  ``PipeAnswer {session_id, sdp}``                 ``{ok}``
+``stats``        ``{}``                                           the worker's statistics
+===============  ===============================================  =========================
 
-It emits ``session_closed``, ``room_state`` and ``load`` (every second, and at once
-after connecting or when draining starts).  ``load`` is the node's heartbeat: the
+A pipe is opened by signaling in three RPCs: ``pipe_offer`` on the origin node,
+``publish`` with a ``pipe`` identity on the edge node (its answer), ``pipe_answer`` on the
+origin (:mod:`signaling.cascade`).
+
+The node emits ``session_closed`` (:class:`~sfu.protocol.SessionClosed`, with the session's
+kind), ``room_state`` (:class:`~sfu.protocol.RoomState`) and ``load`` (every second, and at
+once after connecting or when draining starts).  ``load`` is the node's heartbeat: the
 worker's load plus ``room_states`` (``{room: {live, viewers}}``), so signaling can
 rebuild where rooms live after a signaling or Redis restart.  The embedded default
 uses this same link over loopback, so running SFU nodes as separate processes is
@@ -34,11 +44,11 @@ from typing import Any
 
 import socketio
 
+from .protocol import NAMESPACE, NodeEvent, Rpc
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
 
-NAMESPACE = "/sfu"
 
 
 class SignalingLink:
@@ -74,13 +84,17 @@ class SignalingLink:
 
     def _register_handlers(self, sio: socketio.AsyncClient) -> None:
         worker = self.worker
-        sio.on("publish", worker.publish, namespace=NAMESPACE)
-        sio.on("subscribe", worker.subscribe, namespace=NAMESPACE)
-        sio.on("close", worker.close_session, namespace=NAMESPACE)
-        sio.on("trickle", worker.trickle, namespace=NAMESPACE)
-        sio.on("stats", worker.stats, namespace=NAMESPACE)
-        sio.on("pipe_offer", worker.pipe_offer, namespace=NAMESPACE)
-        sio.on("pipe_answer", worker.pipe_answer, namespace=NAMESPACE)
+        handlers = {
+            Rpc.PUBLISH: worker.publish,
+            Rpc.SUBSCRIBE: worker.subscribe,
+            Rpc.TRICKLE: worker.trickle,
+            Rpc.CLOSE: worker.close_session,
+            Rpc.PIPE_OFFER: worker.pipe_offer,
+            Rpc.PIPE_ANSWER: worker.pipe_answer,
+            Rpc.STATS: worker.stats,
+        }
+        for rpc, handler in handlers.items():
+            sio.on(str(rpc), handler, namespace=NAMESPACE)
 
         async def on_connect() -> None:
             logger.info("SFU node %s registered with signaling %s", self.node_id, self.url)
@@ -161,7 +175,7 @@ class SignalingLink:
         return {**self.worker.load(), "room_states": states}
 
     async def report_now(self) -> None:
-        await self._emit("load", self.load())
+        await self._emit(NodeEvent.LOAD, self.load())
 
     async def _report_load(self) -> None:
         try:

@@ -20,7 +20,7 @@ from typing import Any
 from aiortc import RTCSessionDescription
 
 from . import aiortc_private
-from .chat import CHAT_LABEL, ChatBus, ChatRoom, Identity
+from .chat import CHAT_LABEL, ChatBus, ChatRoom
 from .config import SfuConfig
 from .consumer import Consumer
 from .errors import BadOffer, RoomConflict, RoomNotLive, SfuError, UnsupportedMedia
@@ -35,6 +35,7 @@ from .negotiation import (
     pipe_codec_preferences,
 )
 from .producer import Producer
+from .protocol import Identity, SessionKind
 from .transport import Participant, PlaceholderTrack, new_peer_connection
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class Router:
     @property
     def pipe_fed(self) -> bool:
         """This node is an edge for the room: its publisher is a pipe from the origin node."""
-        return self.publisher is not None and self.publisher.identity.role == "pipe"
+        return self.publisher is not None and self.publisher.identity.role == SessionKind.PIPE
 
     def presence(self) -> dict[str, Any]:
         """What the room's chat participants see: ``{"live", "viewers"}`` (viewers here)."""
@@ -136,7 +137,7 @@ class Router:
         :raises BadOffer, UnsupportedMedia: nothing is allocated in that case.
         :raises RoomConflict: a pipe for a room that has its own publisher on this node.
         """
-        if identity.role == "pipe" and self.publisher is not None and not self.pipe_fed:
+        if identity.role == SessionKind.PIPE and self.publisher is not None and not self.pipe_fed:
             raise RoomConflict(f"room {self.room!r} has its own publisher on this node")
         participant, answer = await self._open_session(
             session_id, offer_sdp, identity, publish=True, configure=self._add_producers

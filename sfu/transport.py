@@ -9,9 +9,9 @@ from collections.abc import Callable
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamTrack
 
-from .chat import Identity
 from .consumer import Consumer
 from .producer import Producer
+from .protocol import Identity
 
 logger = logging.getLogger(__name__)
 

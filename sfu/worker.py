@@ -16,11 +16,24 @@ from typing import Any
 from aiortc.sdp import candidate_from_sdp
 
 from . import aiortc_private
-from .chat import Identity
 from .chat_bus import RedisChatBus
 from .config import SfuConfig
 from .errors import BadOffer, Overloaded, RoomNotLive, SessionNotFound, SfuError
 from .negotiation import candidate_reachable
+from .protocol import (
+    OK,
+    Answer,
+    CloseSession,
+    NodeEvent,
+    OpenSession,
+    PipeAnswer,
+    PipeOffer,
+    ProtocolError,
+    RpcError,
+    SessionClosed,
+    SessionKind,
+    Trickle,
+)
 from .router import Router
 
 RouterFactory = Callable[..., Router]
@@ -45,6 +58,7 @@ class Worker:
         self.router_factory = router_factory
         self.routers: dict[str, Router] = {}
         self._session_rooms: dict[str, str] = {}
+        self._session_kinds: dict[str, SessionKind] = {}
         self._emit = emit
         self._tick_task: asyncio.Task[None] | None = None
         self.draining = False
@@ -105,15 +119,19 @@ class Worker:
                 "rooms": {name: router.state() for name, router in self.routers.items()}}
 
     async def _rpc(self, fn: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]], data: Any) -> dict[str, Any]:
+        """Run one RPC: its ack, or :class:`~sfu.protocol.RpcError` on failure (a malformed
+        payload is a 400; an unexpected exception a 500 whose details stay in the log)."""
         try:
             if not isinstance(data, dict):
-                raise BadOffer("RPC payload must be an object")
+                raise ProtocolError("RPC payload must be an object")
             return await fn(data)
+        except ProtocolError as exc:
+            return RpcError(400, "Malformed request", str(exc)).to_wire()
         except SfuError as exc:
-            return {"error": exc.to_dict()}
-        except Exception as exc:
+            return exc.to_rpc_error().to_wire()
+        except Exception:
             logger.exception("SFU RPC failed")
-            return {"error": {"status": 500, "title": "SFU internal error", "detail": type(exc).__name__}}
+            return RpcError(500, "SFU internal error", "the error was logged").to_wire()
 
     # --------------------------------------------------------------- impl
     def _router(self, room: str) -> Router:
@@ -137,69 +155,62 @@ class Worker:
         return await self._open_session(data, publish=False)
 
     async def _open_session(self, data: dict[str, Any], *, publish: bool) -> dict[str, Any]:
+        request = OpenSession.from_wire(data)
         self._admit()
-        room, session_id, sdp, identity = _session_args(data)
+        room, session_id = request.room, request.session_id
         router = self._router(room)
         self._session_rooms[session_id] = room
         try:
             open_session = router.publish if publish else router.subscribe
-            answer = await open_session(session_id, sdp, identity)
+            answer = await open_session(session_id, request.sdp, request.identity)
         except BaseException:
             self._forget(session_id)
             raise
-        return {"sdp": answer}
+        self._session_kinds[session_id] = request.identity.role
+        return Answer(answer).to_wire()
 
     async def _pipe_offer(self, data: dict[str, Any]) -> dict[str, Any]:
+        request = PipeOffer.from_wire(data)
         self._admit()
-        room, session_id = data.get("room"), data.get("session_id")
-        if not (isinstance(room, str) and isinstance(session_id, str)):
-            raise BadOffer("room and session_id are required strings")
+        room, session_id = request.room, request.session_id
         router = self.routers.get(room)
         if router is None or not router.live:
             raise RoomNotLive(f"room {room!r} has no publisher on this node")
-        ident = data.get("identity")
-        if not isinstance(ident, dict):
-            ident = {}
-        identity = Identity(id=str(ident.get("id") or f"pipe-{session_id[:8]}"),
-                            name=str(ident.get("name") or "node pipe")[:64], role="pipe")
         self._session_rooms[session_id] = room
         try:
-            offer = await router.pipe_offer(session_id, identity)
+            offer = await router.pipe_offer(session_id, request.identity)
         except BaseException:
             self._forget(session_id)
             raise
-        return {"sdp": offer}
+        self._session_kinds[session_id] = SessionKind.PIPE
+        return Answer(offer).to_wire()
 
     async def _pipe_answer(self, data: dict[str, Any]) -> dict[str, Any]:
-        session_id, sdp = data.get("session_id"), data.get("sdp")
-        if not (isinstance(session_id, str) and isinstance(sdp, str)):
-            raise BadOffer("session_id and sdp are required strings")
-        room = self._session_rooms.get(session_id)
+        request = PipeAnswer.from_wire(data)
+        room = self._session_rooms.get(request.session_id)
         router = self.routers.get(room) if room else None
         if router is None:
             raise SessionNotFound("no such pipe on this node")
-        await router.pipe_answer(session_id, sdp)
-        return {"ok": True}
+        await router.pipe_answer(request.session_id, request.sdp)
+        return OK
 
     async def _close(self, data: dict[str, Any]) -> dict[str, Any]:
-        session_id = str(data.get("session_id", ""))
+        session_id = CloseSession.from_wire(data).session_id
         room = self._session_rooms.get(session_id)
         router = self.routers.get(room) if room else None
         if router is None or not await router.close_session(session_id):
             raise SessionNotFound("no such session on this node")
         self._forget(session_id)
-        return {"ok": True}
+        return OK
 
     async def _trickle(self, data: dict[str, Any]) -> dict[str, Any]:
         """Trickle ICE (RFC 9725 §4.3.2): remote candidates for an existing session."""
-        session_id = str(data.get("session_id", ""))
-        room = self._session_rooms.get(session_id)
-        participant = self.routers[room].find(session_id) if room in self.routers else None
+        request = Trickle.from_wire(data)
+        room = self._session_rooms.get(request.session_id)
+        participant = self.routers[room].find(request.session_id) if room in self.routers else None
         if participant is None:
             raise SessionNotFound("no such session on this node")
-        candidates = data.get("candidates") or []
-        if not isinstance(candidates, list):
-            raise BadOffer("candidates must be a list")
+        candidates = request.candidates
         transceivers = participant.pc.getTransceivers()
         mid = transceivers[0].mid if transceivers else None
         for line in candidates:
@@ -212,15 +223,16 @@ class Worker:
             candidate.sdpMid = mid
             candidate.sdpMLineIndex = 0
             await participant.pc.addIceCandidate(candidate)
-        if data.get("end_of_candidates"):
+        if request.end_of_candidates:
             await participant.pc.addIceCandidate(None)
-        return {"ok": True}
+        return OK
 
     def _forget(self, session_id: str) -> None:
         """Drop a session; its room's Router goes too once nothing uses it — neither a
         session in it nor one still being opened for the room (it is registered here
         before its SDP is answered, while `Router.empty` cannot see it yet)."""
         room = self._session_rooms.pop(session_id, None)
+        self._session_kinds.pop(session_id, None)
         self._sessions_changed.set()
         router = self.routers.get(room) if room else None
         if (room is not None and router is not None and router.empty
@@ -229,11 +241,12 @@ class Worker:
 
     # -------------------------------------------------------------- events
     def _session_closed(self, room: str, session_id: str, reason: str) -> None:
+        kind = self._session_kinds.get(session_id, SessionKind.VIEWER)
         self._forget(session_id)
-        self._send("session_closed", {"room": room, "session_id": session_id, "reason": reason})
+        self._send(NodeEvent.SESSION_CLOSED, SessionClosed(room, session_id, reason, kind).to_wire())
 
     def _room_state(self, state: dict[str, Any]) -> None:
-        self._send("room_state", state)
+        self._send(NodeEvent.ROOM_STATE, state)
 
     def _send(self, event: str, data: dict[str, Any]) -> None:
         if self._emit is None:
@@ -296,17 +309,3 @@ class Worker:
         if self.chat_bus is not None:
             await self.chat_bus.close()
 
-
-def _session_args(data: dict[str, Any]) -> tuple[str, str, str, Identity]:
-    room, session_id, sdp = data.get("room"), data.get("session_id"), data.get("sdp")
-    ident = data.get("identity") or {}
-    if not (isinstance(room, str) and isinstance(session_id, str) and isinstance(sdp, str)):
-        raise BadOffer("room, session_id and sdp are required strings")
-    if not isinstance(ident, dict):
-        raise BadOffer("identity must be an object")
-    identity = Identity(
-        id=str(ident.get("id") or session_id[:12]),
-        name=str(ident.get("name") or "anonymous")[:64],
-        role=ident["role"] if ident.get("role") in ("publisher", "pipe") else "viewer",
-    )
-    return room, session_id, sdp, identity

@@ -31,7 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from common.problems import HttpProblem, reason
-from sfu.chat import Identity
+from sfu.protocol import Identity
 
 from .app_keys import CASCADE, CONFIG, LIMITER, NAMESPACE_KEY, ROOMS, SESSIONS
 from .cascade import PipeFailed

@@ -1,0 +1,337 @@
+"""The signaling ↔ SFU node wire: one typed definition, imported by both sides.
+
+SFU nodes connect to signaling as Socket.IO clients on :data:`NAMESPACE`.  Signaling sends
+RPCs (:class:`Rpc`, acknowledged: the ack is the result), nodes emit events
+(:class:`NodeEvent`, not acknowledged).  Every payload is a JSON object built and read
+only by the dataclasses here; a malformed payload raises :class:`ProtocolError`, which the
+node answers as a 400 :class:`RpcError`.
+
+The RPCs, their payloads and acks are listed in :mod:`sfu.node`'s docstring.
+
+Events: ``load`` (every second: the node's heartbeat, its load and ``room_states``),
+``room_state`` (a room's ``{room, live, viewers, pipes[, pipe]}``), ``session_closed``
+(:class:`SessionClosed`: the node ended a session on its own).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+NAMESPACE = "/sfu"
+"""The Socket.IO namespace SFU nodes connect to (authenticated with the node secret)."""
+
+MAX_ID_CHARS = 64
+MAX_NAME_CHARS = 64
+
+
+class Rpc(StrEnum):
+    """Signaling → node requests (Socket.IO events with an ack)."""
+
+    PUBLISH = "publish"
+    SUBSCRIBE = "subscribe"
+    TRICKLE = "trickle"
+    CLOSE = "close"
+    PIPE_OFFER = "pipe_offer"
+    PIPE_ANSWER = "pipe_answer"
+    STATS = "stats"
+
+
+class NodeEvent(StrEnum):
+    """Node → signaling events; ``NODE_LOST`` is raised by signaling itself when a node's
+    connection or heartbeats stop."""
+
+    LOAD = "load"
+    ROOM_STATE = "room_state"
+    SESSION_CLOSED = "session_closed"
+    NODE_LOST = "node_lost"
+
+
+class SessionKind(StrEnum):
+    """What a session is: a WHIP publisher, a WHEP viewer, or a node-to-node pipe (the edge
+    side publishes the origin's media into its room; the origin side feeds it)."""
+
+    PUBLISHER = "publisher"
+    VIEWER = "viewer"
+    PIPE = "pipe"
+
+
+class ProtocolError(ValueError):
+    """A payload does not have the shape this module defines (answered as 400)."""
+
+
+def _text(data: dict[str, Any], key: str, *, max_chars: int | None = None, default: str | None = None) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str) or (value == "" and default is None):
+        raise ProtocolError(f"{key} must be a non-empty string")
+    if max_chars is not None and len(value) > max_chars:
+        raise ProtocolError(f"{key} is longer than {max_chars} characters")
+    return value
+
+
+def _object(data: Any, what: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{what} must be a JSON object")
+    return data
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a session is, decided by signaling from its credentials; the SFU trusts it
+    (chat sender names, roles).
+
+    :ivar id: participant id (unique in the room; at most 64 characters).
+    :ivar name: display name (at most 64 characters).
+    :ivar role: the session's :class:`SessionKind`.
+    """
+
+    id: str
+    name: str
+    role: SessionKind = SessionKind.VIEWER
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name, "role": str(self.role)}
+
+    @classmethod
+    def from_dict(cls, data: Any, default_id: str = "", default_name: str = "anonymous") -> Identity:
+        """Read an identity; a missing id or name takes the default, a name is cut to 64 characters.
+
+        :raises ProtocolError: not an object, an id that is not a 1–64 character string,
+            a name that is not a string, an unknown role.
+        """
+        data = _object(data if data is not None else {}, "identity")
+        try:
+            role = SessionKind(data.get("role", SessionKind.VIEWER))
+        except ValueError:
+            raise ProtocolError(f"identity role must be one of {[k.value for k in SessionKind]}") from None
+        name = data.get("name") or default_name
+        if not isinstance(name, str):
+            raise ProtocolError("identity name must be a string")
+        return cls(_text({"id": data.get("id") or default_id}, "id", max_chars=MAX_ID_CHARS),
+                   name[:MAX_NAME_CHARS], role)
+
+
+@dataclass(frozen=True)
+class OpenSession:
+    """``publish`` / ``subscribe``: open a session with an SDP offer (RFC 9725 §4.2).
+
+    :ivar session_id: signaling's id of the session resource (the node keys it by this).
+    :ivar sdp: the client's SDP offer (RFC 8866), at most 64 KiB.
+    """
+
+    room: str
+    session_id: str
+    sdp: str
+    identity: Identity
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"room": self.room, "session_id": self.session_id, "sdp": self.sdp,
+                "identity": self.identity.to_dict()}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> OpenSession:
+        data = _object(data, "the request")
+        session_id = _text(data, "session_id")
+        return cls(_text(data, "room"), session_id, _text(data, "sdp"),
+                   Identity.from_dict(data.get("identity"), default_id=session_id[:12]))
+
+
+@dataclass(frozen=True)
+class Trickle:
+    """``trickle``: remote ICE candidates for a session (RFC 9725 §4.3.2, RFC 8840 §4.4).
+
+    :ivar candidates: ``candidate:...`` attribute values (without ``a=``).
+    :ivar end_of_candidates: the client sent ``a=end-of-candidates``.
+    """
+
+    session_id: str
+    candidates: tuple[str, ...] = ()
+    end_of_candidates: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "candidates": list(self.candidates),
+                "end_of_candidates": self.end_of_candidates}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Trickle:
+        data = _object(data, "the request")
+        candidates = data.get("candidates") or []
+        if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
+            raise ProtocolError("candidates must be a list of strings")
+        return cls(_text(data, "session_id"), tuple(candidates), bool(data.get("end_of_candidates")))
+
+
+@dataclass(frozen=True)
+class CloseSession:
+    """``close``: end a session and free everything it holds."""
+
+    session_id: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"session_id": self.session_id}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> CloseSession:
+        return cls(_text(_object(data, "the request"), "session_id"))
+
+
+@dataclass(frozen=True)
+class PipeOffer:
+    """``pipe_offer`` (to the origin node): offer the room's producers to another node,
+    which answers through its own ``publish`` with a :attr:`SessionKind.PIPE` identity."""
+
+    room: str
+    session_id: str
+    identity: Identity
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"room": self.room, "session_id": self.session_id, "identity": self.identity.to_dict()}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> PipeOffer:
+        data = _object(data, "the request")
+        session_id = _text(data, "session_id")
+        identity = Identity.from_dict(
+            {**_object(data.get("identity") or {}, "identity"), "role": SessionKind.PIPE},
+            default_id=f"pipe-{session_id[:8]}", default_name="node pipe",
+        )
+        return cls(_text(data, "room"), session_id, identity)
+
+
+@dataclass(frozen=True)
+class PipeAnswer:
+    """``pipe_answer`` (to the origin node): the edge's SDP answer; forwarding starts."""
+
+    session_id: str
+    sdp: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "sdp": self.sdp}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> PipeAnswer:
+        data = _object(data, "the request")
+        return cls(_text(data, "session_id"), _text(data, "sdp"))
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An RPC's SDP result: the answer to an offer, or a pipe's offer."""
+
+    sdp: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"sdp": self.sdp}
+
+
+OK: dict[str, Any] = {"ok": True}
+"""The ack of an RPC that has no result."""
+
+
+@dataclass(frozen=True)
+class RpcError:
+    """A failed RPC: ``{"error": {status, title, detail[, type]}}``.
+
+    :ivar status: the HTTP status signaling answers with (400, 404, 409, 422, 503, 504...).
+    :ivar title: a short, stable summary of the kind of error.
+    :ivar detail: this occurrence, safe to show to the client (no exception text).
+    :ivar type: a problem type URI (RFC 9457 §3.1.1) when the error has one.
+    """
+
+    status: int
+    title: str
+    detail: str = ""
+    type: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"status": self.status, "title": self.title, "detail": self.detail}
+        if self.type:
+            error["type"] = self.type
+        return {"error": error}
+
+    @classmethod
+    def from_wire(cls, result: Any) -> RpcError | None:
+        """The error in an ack, ``None`` when the ack is not an error.  A malformed error
+        object becomes a 502 (the node misbehaved), never an exception."""
+        if not isinstance(result, dict) or "error" not in result:
+            return None
+        error = result["error"] if isinstance(result["error"], dict) else {}
+        try:
+            status = int(error.get("status", 502))
+        except (TypeError, ValueError):
+            status = 502
+        if not 400 <= status < 600:
+            status = 502
+        kind = error.get("type")
+        return cls(status, str(error.get("title") or ""), str(error.get("detail") or ""),
+                   kind if isinstance(kind, str) else None)
+
+
+@dataclass(frozen=True)
+class SessionClosed:
+    """Event ``session_closed``: the node ended a session on its own (ICE/DTLS failure,
+    replaced publisher, codec change, connect deadline) or after ``close``."""
+
+    room: str
+    session_id: str
+    reason: str = ""
+    kind: SessionKind = SessionKind.VIEWER
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"room": self.room, "session_id": self.session_id, "reason": self.reason,
+                "kind": str(self.kind)}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> SessionClosed:
+        data = _object(data, "the event")
+        try:
+            kind = SessionKind(data.get("kind", SessionKind.VIEWER))
+        except ValueError:
+            raise ProtocolError("unknown session kind") from None
+        reason = data.get("reason")
+        return cls(_text(data, "room"), _text(data, "session_id"),
+                   reason if isinstance(reason, str) else "", kind)
+
+
+@dataclass(frozen=True)
+class RoomState:
+    """Event ``room_state`` (and each entry of a load report's ``room_states``).
+
+    :ivar viewers: connected WebRTC viewers of the room on the node.
+    :ivar pipes: edges this node feeds the room to.
+    :ivar pipe: the node is an edge for the room (fed by a pipe, not the origin).
+    """
+
+    room: str
+    live: bool = False
+    viewers: int = 0
+    pipes: int = 0
+    pipe: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"room": self.room, "live": self.live, "viewers": self.viewers,
+                                 "pipes": self.pipes}
+        if self.pipe:
+            state["pipe"] = True
+        return state
+
+    @classmethod
+    def from_wire(cls, data: Any) -> RoomState:
+        data = _object(data, "the event")
+        return cls(_text(data, "room"), bool(data.get("live")), _count(data.get("viewers")),
+                   _count(data.get("pipes")), bool(data.get("pipe")))
+
+
+def _count(value: Any) -> int:
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+__all__ = [
+    "NAMESPACE", "OK", "Answer", "CloseSession", "Identity", "NodeEvent", "OpenSession",
+    "PipeAnswer", "PipeOffer", "ProtocolError", "RoomState", "Rpc", "RpcError", "SessionClosed",
+    "SessionKind", "Trickle",
+]
