@@ -1,10 +1,11 @@
 """Data-channel chat for one room.
 
 Every participant may open a reliable data channel labelled ``chat``.  The SFU
-stamps each message with the sender's identity from the session (clients cannot
-choose who they are), caps its length, rate-limits each participant with a
-token bucket, assigns a per-room sequence number and server time, and fans it
-out to everybody in the room.  A newcomer first gets ``welcome`` and the last
+rate-limits each participant with a token bucket (every message costs a token,
+valid or not), removes bidi and control characters (:mod:`sfu.chat_text`), caps the
+length, stamps each message with the sender's identity from the session (clients
+cannot choose who they are), assigns a per-room sequence number and server time,
+and fans it out to everybody in the room.  A newcomer first gets ``welcome`` and the last
 ``history`` messages.  The JSON schema is in docs/chat.md.
 
 With a chat bus (:class:`sfu.chat_bus.RedisChatBus`, Redis mode) the room does not
@@ -22,10 +23,12 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from common.ratelimit import TokenBucket
 
+from .chat_text import Rejected, clean_name, parse_chat
 from .protocol import Identity
 
 logger = logging.getLogger(__name__)
@@ -45,13 +48,24 @@ class Channel(Protocol):
     def send(self, data: str) -> None: ...
 
 
-class _Member:
-    __slots__ = ("identity", "channel", "bucket")
+class _Limit:
+    """One participant's rate limit: its token bucket and when it may next be told
+    ``rate_limited`` (monotonic s); it outlives a reopened channel."""
 
-    def __init__(self, identity: Identity, channel: Channel, bucket: TokenBucket) -> None:
+    __slots__ = ("bucket", "quiet_until")
+
+    def __init__(self, bucket: TokenBucket) -> None:
+        self.bucket = bucket
+        self.quiet_until = float("-inf")
+
+
+class _Member:
+    __slots__ = ("identity", "channel", "limit")
+
+    def __init__(self, identity: Identity, channel: Channel, limit: _Limit) -> None:
         self.identity = identity
         self.channel = channel
-        self.bucket = bucket
+        self.limit = limit
 
 
 class ChatBus(Protocol):
@@ -108,9 +122,10 @@ class ChatRoom:
         :data:`HISTORY_CHUNK_BYTES` each, so a full replay never exceeds the
         peer's SCTP max-message-size (64 KiB by default, RFC 8841).
         """
+        identity = replace(identity, name=clean_name(identity.name))
         existing = self._members.get(identity.id)
-        bucket = existing.bucket if existing else TokenBucket(self.rate, self.burst, self._clock)
-        self._members[identity.id] = _Member(identity, channel, bucket)
+        limit = existing.limit if existing else _Limit(TokenBucket(self.rate, self.burst, self._clock))
+        self._members[identity.id] = _Member(identity, channel, limit)
         self._send(channel, {"type": "welcome", "participant": identity.to_dict(), "room": self.room, **state})
         if self.bus is not None:
             self._spawn(self._replay_from_bus(channel))
@@ -155,27 +170,29 @@ class ChatRoom:
             del self._members[participant_id]
 
     def receive(self, participant_id: str, raw: str | bytes) -> dict[str, Any] | None:
-        """Handle one inbound message; returns the stamped message that was fanned out."""
+        """Handle one inbound message; returns the stamped message that was fanned out.
+
+        Every message costs the sender one token first, valid or not, so a flood of
+        anything is bounded by the bucket (``rate`` messages/s, ``burst``).  Over the
+        limit the message is dropped; the sender is told ``rate_limited`` at most once
+        per refill (until its bucket holds a token again), not once per message.  Then
+        the message is parsed and its text cleaned (:func:`sfu.chat_text.parse_chat`):
+        a rejection is answered with ``bad_message`` or ``too_long``.
+        Never raises for any ``raw``.
+        """
         member = self._members.get(participant_id)
         if member is None:
             return None
-        try:
-            msg = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            self._error(member, "bad_message", "messages are JSON objects")
+        now = self._clock()
+        wait_s = member.limit.bucket.wait(now)
+        if wait_s > 0:
+            if now >= member.limit.quiet_until:
+                member.limit.quiet_until = now + wait_s
+                self._error(member, "rate_limited", f"at most {self.rate:g} messages/s")
             return None
-        if not isinstance(msg, dict) or msg.get("type") != "chat" or not isinstance(msg.get("text"), str):
-            self._error(member, "bad_message", 'expected {"type":"chat","text":"..."}')
-            return None
-        text = msg["text"].strip()
-        if not text:
-            self._error(member, "bad_message", "empty message")
-            return None
-        if len(text) > self.max_chars:
-            self._error(member, "too_long", f"at most {self.max_chars} characters")
-            return None
-        if not member.bucket.take(self._clock()):
-            self._error(member, "rate_limited", f"at most {self.rate:g} messages/s")
+        text = parse_chat(raw, self.max_chars)
+        if isinstance(text, Rejected):
+            self._error(member, text.code, text.detail)
             return None
         message = {
             "type": "chat",

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
 from aiortc.rtcdatachannel import RTCDataChannel
 
 from loadtest import whip_client
+from tests.polling import wait_for
 
 Message = dict[str, Any]
 
@@ -40,18 +40,14 @@ class ChatClient:
         return [m for m in self.messages if m["type"] == kind]
 
     async def until(self, predicate: Callable[[list[Message]], Any], timeout: float = 10.0) -> Any:
-        """Wait until ``predicate(messages)`` is truthy and return it."""
-        deadline = time.monotonic() + timeout
-        while not (result := predicate(self.messages)):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"timed out; got {self.messages[-5:]}")
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), left)
-            except TimeoutError:
-                pass
-        return result
+        """Wait until ``predicate(messages)`` is truthy (re-checked on every arrival) and
+        return it.
+
+        :raises tests.polling.WaitTimeout: not within ``timeout`` seconds.
+        """
+        return await wait_for(lambda: predicate(self.messages), timeout,
+                              lambda: f"chat messages (last: {self.messages[-5:]})",
+                              interval_s=timeout, wake=self._arrived)
 
     async def first(self, kind: str, timeout: float = 10.0, **fields: Any) -> Message:
         def match(messages: list[Message]) -> Message | None:

@@ -47,7 +47,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     prod.add_argument("--relay-ip", help="comma-separated relay addresses (default: coturn's choice)")
     prod.add_argument("--external-ip", help="PUBLIC or PUBLIC/PRIVATE address when behind 1:1 NAT")
     prod.add_argument("--allowed-peer-ip", help="comma-separated SFU addresses or a-b ranges TURN may relay to "
-                                                "despite the private-range deny list")
+                                                "despite the deny list; each must lie inside one private "
+                                                "network (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7)")
     prod.add_argument("--user-quota", type=int, help="concurrent allocations per credential (default 12)")
     prod.add_argument("--total-quota", type=int, help="concurrent allocations in total (default 1200)")
     prod.add_argument("--max-bps", type=int, help="per-session bandwidth cap, bytes per second")

@@ -4,13 +4,15 @@ Both use TURN REST credentials (``use-auth-secret`` + ``static-auth-secret``,
 see :mod:`turn.credentials`).  They differ in what may be relayed to:
 
 * **production** denies every peer address that could reach the TURN host's own
-  network instead of the Internet — loopback, RFC 1918, CGNAT, link-local,
-  IPv6 ULA/link-local and IPv4-mapped IPv6 (``denied-peer-ip``; coturn refuses
-  the unspecified addresses itself;
+  network instead of the Internet (:data:`DENIED_NETWORKS`: loopback, RFC 1918,
+  CGNAT, link-local, reserved and benchmarking space, IPv6 ULA/link-local and the
+  IPv6 forms that carry an IPv4 address — mapped, NAT64, 6to4, Teredo;
+  ``denied-peer-ip``; coturn refuses the unspecified addresses itself;
   coturn CVE-2020-26262, CVE-2026-27624) — and never has
   ``allow-loopback-peers``.  SFU nodes on a private network must be listed in
   ``allowed_peer_ips`` (``allowed-peer-ip``, which coturn checks before the deny
-  list) or TURN users cannot reach them.
+  list) or TURN users cannot reach them; such an entry must lie wholly inside one
+  private network and overlap no other denied network (:func:`check_allowed_peer`).
 * **development** listens on loopback only and allows loopback peers, so tests
   and a laptop setup can relay to an SFU on 127.0.0.1.  It refuses any
   non-loopback listening address: a loopback-relaying TURN server on a public
@@ -27,29 +29,87 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from .credentials import TurnError, check_secret
 
-DENIED_PEER_NETWORKS: tuple[str, ...] = (
-    "0.0.0.0/8",  # "this network"
-    "127.0.0.0/8",  # loopback
-    "10.0.0.0/8",  # RFC 1918
-    "172.16.0.0/12",  # RFC 1918
-    "192.168.0.0/16",  # RFC 1918
-    "100.64.0.0/10",  # RFC 6598 shared address space (CGNAT)
-    "169.254.0.0/16",  # link-local (cloud metadata endpoints live here)
-    "::1/128",  # loopback
-    "fc00::/7",  # unique local
-    "fe80::/10",  # link-local
-    "::ffff:0:0/96",  # IPv4-mapped: ::ffff:127.0.0.1 is loopback in disguise (coturn 4.6.1 relays it)
-)
-"""Peer networks the production config refuses to relay to (standards.md, "TURN REST credentials").
 
-The unspecified addresses (``0.0.0.0``, ``::``) are refused by coturn itself
-(a zero peer address is never relayed).  ``::`` must not be written as a
-``denied-peer-ip``: coturn 4.6.1 reads a zero address as an open range bound,
-so ``denied-peer-ip=::`` denies *every* peer (tests/turn check both).
+class DeniedNetwork(NamedTuple):
+    """One ``denied-peer-ip`` network of the production config.
+
+    :ivar network: CIDR, e.g. ``"127.0.0.0/8"``.
+    :ivar what: its name in the IANA special-purpose address registry.
+    :ivar reference: the RFC (section) that defines it, as the registry cites it.
+    :ivar private: an SFU node may live here, so ``allowed-peer-ip`` may open
+        addresses inside it (RFC 1918, RFC 6598, RFC 4193 networks).  An
+        ``allowed-peer-ip`` entry must not overlap any other denied network.
+    """
+
+    network: str
+    what: str
+    reference: str
+    private: bool = False
+
+
+# Sources: IANA IPv4 and IPv6 Special-Purpose Address Registries (RFC 6890 §2.2.2, §2.2.3),
+# https://www.iana.org/assignments/iana-ipv4-special-registry and iana-ipv6-special-registry.
+DENIED_NETWORKS: tuple[DeniedNetwork, ...] = (
+    # IANA IPv4 registry: "This network", RFC 791 §3.2 (0.0.0.0 itself is refused by coturn).
+    DeniedNetwork("0.0.0.0/8", "this network", "RFC 791 §3.2"),
+    # IANA IPv4 registry: Loopback, RFC 1122 §3.2.1.3.
+    DeniedNetwork("127.0.0.0/8", "loopback", "RFC 1122 §3.2.1.3"),
+    # IANA IPv4 registry: Private-Use, RFC 1918 §3.
+    DeniedNetwork("10.0.0.0/8", "private-use", "RFC 1918 §3", private=True),
+    DeniedNetwork("172.16.0.0/12", "private-use", "RFC 1918 §3", private=True),
+    DeniedNetwork("192.168.0.0/16", "private-use", "RFC 1918 §3", private=True),
+    # IANA IPv4 registry: Shared Address Space (carrier-grade NAT), RFC 6598 §7.
+    DeniedNetwork("100.64.0.0/10", "shared address space", "RFC 6598 §7", private=True),
+    # IANA IPv4 registry: Link Local, RFC 3927 §2.1 (cloud metadata endpoints: 169.254.169.254).
+    DeniedNetwork("169.254.0.0/16", "link-local", "RFC 3927 §2.1"),
+    # IANA IPv4 registry: IETF Protocol Assignments, RFC 6890 §2.1 (DS-Lite, NAT64 discovery).
+    DeniedNetwork("192.0.0.0/24", "IETF protocol assignments", "RFC 6890 §2.1"),
+    # IANA IPv4 registry: Benchmarking, RFC 2544 §C.2.2 (not routed on the Internet).
+    DeniedNetwork("198.18.0.0/15", "benchmarking", "RFC 2544 §C.2.2"),
+    # IANA IPv4 registry: Reserved, RFC 1112 §4; includes limited broadcast 255.255.255.255
+    # (RFC 919 §7).
+    DeniedNetwork("240.0.0.0/4", "reserved", "RFC 1112 §4"),
+    # IANA IPv6 registry: Loopback Address, RFC 4291 §2.5.3 (:: itself is refused by coturn).
+    DeniedNetwork("::1/128", "loopback", "RFC 4291 §2.5.3"),
+    # IANA IPv6 registry: IPv4-mapped Address, RFC 4291 §2.5.5.2: ::ffff:127.0.0.1 is
+    # loopback in disguise (coturn 4.6.1 relays it unless denied).
+    DeniedNetwork("::ffff:0:0/96", "IPv4-mapped", "RFC 4291 §2.5.5.2"),
+    # IANA IPv6 registry: IPv4-IPv6 Translation (NAT64 well-known prefix), RFC 6052 §2.1:
+    # 64:ff9b::7f00:1 reaches 127.0.0.1 through a NAT64 on the TURN host's network.
+    DeniedNetwork("64:ff9b::/96", "IPv4-IPv6 translation", "RFC 6052 §2.1"),
+    # IANA IPv6 registry: IPv4-IPv6 Translation, local use, RFC 8215 §3 (the same risk).
+    DeniedNetwork("64:ff9b:1::/48", "IPv4-IPv6 translation (local use)", "RFC 8215 §3"),
+    # IANA IPv6 registry: TEREDO, RFC 4380 §2.6 (the address embeds the Teredo server and
+    # client IPv4 addresses).
+    DeniedNetwork("2001::/32", "Teredo", "RFC 4380 §2.6"),
+    # IANA IPv6 registry: 6to4, RFC 3056 §2: 2002:7f00:1:: embeds 127.0.0.1.
+    DeniedNetwork("2002::/16", "6to4", "RFC 3056 §2"),
+    # IANA IPv6 registry: Unique-Local, RFC 4193 §3.
+    DeniedNetwork("fc00::/7", "unique-local", "RFC 4193 §3", private=True),
+    # IANA IPv6 registry: Link-Local Unicast, RFC 4291 §2.5.6.
+    DeniedNetwork("fe80::/10", "link-local", "RFC 4291 §2.5.6"),
+)
+"""Peer networks the production config refuses to relay to (``denied-peer-ip``).
+
+Every network that leads into the TURN host's own networks instead of the Internet
+(CVE-2020-26262): loopback, private, shared, link-local and reserved space, and the
+IPv6 forms that carry an IPv4 address (mapped, NAT64, 6to4, Teredo).  The unspecified
+addresses (``0.0.0.0``, ``::``) are refused by coturn itself (a zero peer address is
+never relayed).  ``::`` must not be written as a ``denied-peer-ip``: coturn 4.6.1 reads
+a zero address as an open range bound, so ``denied-peer-ip=::`` denies *every* peer
+(tests/turn check both).
 """
+
+DENIED_PEER_NETWORKS: tuple[str, ...] = tuple(denied.network for denied in DENIED_NETWORKS)
+"""The CIDRs of :data:`DENIED_NETWORKS`, in rendering order."""
+
+_PRIVATE = tuple(denied.network for denied in DENIED_NETWORKS if denied.private)
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
 
 DEFAULT_PORT = 3478
 # Development relay ports lie above Linux's default ephemeral range (32768-60999), so a
@@ -79,21 +139,86 @@ def _check_port(name: str, port: int) -> None:
         raise TurnError(f"{name}: {port!r} is not a port number in [1, 65535]")
 
 
-def _check_ip(name: str, value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+def _check_ip(name: str, value: str) -> IPAddress:
     try:
         return ipaddress.ip_address(value)
     except ValueError:
         raise TurnError(f"{name}: {value!r} is not an IP address") from None
 
 
-def _check_peer_range(name: str, value: str) -> None:
-    """``a`` or ``a-b`` (coturn syntax); refuse loopback and unspecified addresses."""
-    ends = [_check_ip(name, part) for part in value.split("-", 1)]
-    if len(ends) == 2 and (ends[0].version != ends[1].version or ends[0] > ends[1]):  # type: ignore[operator]
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for: IPv4-mapped (RFC 4291 §2.5.5.2),
+    NAT64 well-known prefix (RFC 6052 §2.2), 6to4 (RFC 3056 §2) or Teredo client
+    (RFC 4380 §4); ``None`` otherwise."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.sixtofour is not None:
+        return address.sixtofour
+    return address.teredo[1] if address.teredo is not None else None
+
+
+def _denied_network_of(address: IPAddress) -> DeniedNetwork | None:
+    for denied in DENIED_NETWORKS:
+        if address in ipaddress.ip_network(denied.network):
+            return denied
+    return None
+
+
+def check_allowed_peer(value: str, name: str = "allowed-peer-ip") -> None:
+    """Validate one ``allowed-peer-ip`` entry: ``a`` or ``a-b`` (coturn syntax).
+
+    coturn checks ``allowed-peer-ip`` before ``denied-peer-ip``, so an allowed entry
+    reopens whatever it covers.  An entry must therefore lie outside every network of
+    :data:`DENIED_NETWORKS`, or wholly inside one private network (RFC 1918, RFC 6598,
+    RFC 4193: where SFU nodes on a private network live).  IPv6 forms that carry an IPv4
+    address (``::ffff:127.0.0.1``, NAT64, 6to4, Teredo) are refused with the IPv4
+    address named.
+
+    :raises TurnError: naming the entry and the denied network it overlaps; also for a
+        malformed entry, a range whose ends differ in family or are reversed, or an
+        unspecified address.
+    """
+    parts = value.split("-", 1)
+    ends = [_check_ip(name, part) for part in parts]
+    low, high = ends[0], ends[-1]
+    if low.version != high.version or low > high:  # type: ignore[operator]
         raise TurnError(f"{name}: {value!r} is not a range low-high of one address family")
-    for address in ends:
-        if address.is_loopback or address.is_unspecified:
-            raise TurnError(f"{name}: {value!r} would let TURN users reach the TURN host itself")
+    if low.is_unspecified:
+        raise TurnError(f"{name}: {value!r} starts at the unspecified address "
+                        "(it would let TURN users reach the TURN host itself)")
+    for denied in DENIED_NETWORKS:
+        net = ipaddress.ip_network(denied.network)
+        if net.version != low.version:
+            continue
+        if high < net.network_address or low > net.broadcast_address:  # type: ignore[operator]
+            continue
+        inside = net.network_address <= low and high <= net.broadcast_address  # type: ignore[operator]
+        if denied.private and inside:
+            continue
+        note = ""
+        for text, end in dict(zip(parts, ends, strict=True)).items():
+            v4 = _embedded_ipv4(end)
+            if v4 is None:
+                continue
+            where = _denied_network_of(v4)
+            note += f"; {text} stands for the IPv4 address {v4}"
+            if where is not None:
+                note += f" in {where.network} ({where.what})"
+                if where.private and len(parts) == 1:
+                    note += f": write {v4}"
+        raise TurnError(
+            f"{name}: {value!r} overlaps the denied network {denied.network} "
+            f"({denied.what}, {denied.reference}){note}. allowed-peer-ip overrides coturn's "
+            "deny list, so an entry must lie outside every denied network or wholly inside "
+            f"one private network ({', '.join(_PRIVATE)}) where an SFU node lives"
+        )
 
 
 @dataclass(frozen=True)
@@ -184,7 +309,7 @@ class CoturnConfig:
             for part in self.external_ip.split("/", 1):
                 _check_ip("external-ip", part)
         for peer_range in self.allowed_peer_ips:
-            _check_peer_range("allowed-peer-ip", peer_range)
+            check_allowed_peer(peer_range)
         tls = (self.tls_port, self.cert, self.pkey)
         if any(v is not None for v in tls) and not all(v is not None for v in tls):
             raise TurnError("TLS: give tls_port, cert and pkey together (or none of them)")
@@ -253,11 +378,16 @@ class CoturnConfig:
                 "no-software-attribute",
                 "no-rfc5780",
                 "no-stun-backward-compatibility",
-                "# never relay into the TURN host's own networks (standards.md; CVE-2020-26262).",
+                "# Never relay into the TURN host's own networks (CVE-2020-26262): the",
+                "# special-purpose ranges of the IANA IPv4/IPv6 registries (RFC 6890).",
                 "# 0.0.0.0 and :: are refused by coturn itself; do not add denied-peer-ip=:: here:",
                 "# coturn 4.6.1 reads it as an open range and then denies every peer.",
             ]
-            lines += [f"denied-peer-ip={coturn_range(net)}" for net in DENIED_PEER_NETWORKS]
+            for denied in DENIED_NETWORKS:
+                lines += [f"# {denied.network}: {denied.what} ({denied.reference})",
+                          f"denied-peer-ip={coturn_range(denied.network)}"]
+            lines.append("# SFU nodes on a private network (checked before the deny list)"
+                         if self.allowed_peer_ips else "# no allowed-peer-ip: SFU nodes are reached on public addresses")
             lines += [f"allowed-peer-ip={value}" for value in self.allowed_peer_ips]
         if self.log_file is not None:
             lines += [f"log-file={self.log_file}", "simple-log", "no-stdout-log"]

@@ -28,7 +28,9 @@ DEFAULT_TTL_S = 600
 """Default credential lifetime: 10 minutes."""
 MIN_TTL_S = 60
 MAX_TTL_S = 3600
-"""Lifetimes are bounded to [1 min, 1 h]: minutes, not a day (see standards.md)."""
+"""Lifetimes are bounded to [1 min, 1 h]: minutes, not a day (coturn checks the expiry
+only when an allocation is created, so a short lifetime bounds how long a leaked
+credential can open new allocations)."""
 MIN_SECRET_LENGTH = 16
 
 ICE_URL = re.compile(r"^(stun|stuns|turn|turns):[^\s,]+$")

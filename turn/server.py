@@ -173,10 +173,6 @@ class TurnServer:
         return (self.url, f"turn:{self._url_host}:{self.port}?transport=tcp")
 
     @property
-    def stun_url(self) -> str:
-        return f"stun:{self._url_host}:{self.port}"
-
-    @property
     def _url_host(self) -> str:
         return f"[{self.host}]" if ":" in self.host else self.host
 

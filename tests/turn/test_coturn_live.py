@@ -5,7 +5,8 @@
   ``turnutils_uclient``); expired and forged credentials are refused (401).
 * production config (also on 127.0.0.1: only the *peer* address is denied,
   the client reaches the server on loopback): CreatePermission to 127.0.0.1 and
-  to every private/link-local/mapped range is refused with 403 Forbidden IP,
+  to every private/link-local/reserved range and the IPv6 forms that carry an
+  IPv4 address (mapped, NAT64, 6to4, Teredo) is refused with 403 Forbidden IP,
   while a documentation-range public address is permitted (so the 403s come
   from the deny list, not from a server that refuses everything).
 """
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import re
 import socket
@@ -20,8 +22,8 @@ import stat
 import time
 
 import pytest
-from turn_probe import TurnProbe, TurnRefused
 
+from tests.turn.turn_probe import TurnProbe, TurnRefused
 from turn.credentials import mint
 from turn.server import DEV_MAX_PORT, DEV_MIN_PORT, TurnServer, TurnServerError, find_turnserver
 
@@ -127,14 +129,28 @@ async def test_turnutils_uclient_relays_with_minted_credentials(dev_turn: TurnSe
 
 
 DENIED_V4 = ["127.0.0.1", "127.1.2.3", "0.0.0.0", "0.1.2.3", "10.1.2.3", "172.16.0.1", "172.31.255.254",
-             "192.168.1.1", "100.64.0.1", "169.254.169.254"]
-DENIED_V6 = ["::", "::1", "fc00::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:8.8.8.8"]
+             "192.168.1.1", "100.64.0.1", "169.254.169.254", "192.0.0.9", "198.18.0.1", "198.19.255.254",
+             "240.0.0.1", "255.255.255.254"]
+DENIED_V6 = ["::", "::1", "fc00::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:8.8.8.8",
+             "64:ff9b::7f00:1", "64:ff9b:1::a9fe:a9fe", "2001:0:4136:e378:8000:63bf:3fff:fdd2", "2002:7f00:1::1"]
+NO_MULTICAST_PEERS = ipaddress.ip_network("224.0.0.0/3")
+"""coturn 4.6.1's ``no-multicast-peers`` refuses 224.0.0.0-255.255.255.255 (multicast and
+240.0.0.0/4) on its own; production denies 240.0.0.0/4 explicitly as well."""
+CONFIG_COMPLAINTS = re.compile(r"Bad configuration format|Wrong address format|ERROR", re.IGNORECASE)
+"""What coturn 4.6.1 logs for a config line it does not understand (and then starts anyway)."""
+
+
+def assert_config_accepted(turn: TurnServer) -> None:
+    """coturn ignores a bad config line after logging it: the log must have no complaint."""
+    complaints = [line for line in turn.log_tail(10_000).splitlines() if CONFIG_COMPLAINTS.search(line)]
+    assert complaints == [], complaints
 
 
 async def test_production_config_refuses_relaying_to_loopback_and_private_peers() -> None:
-    async with TurnServer(SECRET, production=True, allowed_peer_ips=("10.9.9.9",)) as turn:
+    async with TurnServer(SECRET, production=True, allowed_peer_ips=("10.9.9.9", "192.168.7.0-192.168.7.255")) as turn:
         config = (turn.workdir / "turnserver.conf").read_text()
         assert "allow-loopback-peers" not in config and "denied-peer-ip=127.0.0.0-127.255.255.255" in config
+        assert_config_accepted(turn)
         credential = mint(SECRET, "prod", 600)
         async with TurnProbe(("127.0.0.1", turn.port)) as client:
             await client.allocate(credential.username, credential.password)
@@ -146,6 +162,7 @@ async def test_production_config_refuses_relaying_to_loopback_and_private_peers(
             # allowed SFU address get their permission.  Nothing is sent to them.
             await client.create_permission("203.0.113.7")
             await client.create_permission("10.9.9.9")
+            await client.create_permission("192.168.7.200")
             with pytest.raises(TurnRefused, match="403"):
                 await client.create_permission("10.9.9.10")
 
@@ -154,7 +171,9 @@ async def test_production_config_refuses_relaying_to_loopback_and_private_peers(
 async def test_production_config_refuses_ipv6_and_ipv4_mapped_peers() -> None:
     """coturn 4.6.1 on its own relays to ::ffff:127.0.0.1; the deny list stops it."""
     ips = ("127.0.0.1", "::1")
-    async with TurnServer(SECRET, production=True, listening_ips=ips, relay_ips=ips) as turn:
+    async with TurnServer(SECRET, production=True, listening_ips=ips, relay_ips=ips,
+                          allowed_peer_ips=("fd00::9",)) as turn:
+        assert_config_accepted(turn)
         credential = mint(SECRET, "prod6", 600)
         async with TurnProbe(("127.0.0.1", turn.port)) as client:
             relayed = await client.allocate(credential.username, credential.password, family=6)
@@ -164,17 +183,20 @@ async def test_production_config_refuses_ipv6_and_ipv4_mapped_peers() -> None:
                     await client.create_permission(peer)
                 assert refused.value.code == 403, (peer, refused.value)
             await client.create_permission("2001:db8::7")
+            await client.create_permission("2001:1::7")  # next to Teredo's 2001::/32, public
+            await client.create_permission("fd00::9")  # the allowed SFU address
 
 
 async def test_dev_config_relays_where_production_refuses() -> None:
     """The same peers through the development config: all permitted (the contrast
-    that makes the production 403s meaningful), except the zero address."""
+    that makes the production 403s meaningful), except the zero address and what
+    ``no-multicast-peers`` (in both configs) refuses by itself."""
     async with TurnServer(SECRET) as turn:
         credential = mint(SECRET, "dev", 600)
         async with TurnProbe(("127.0.0.1", turn.port)) as client:
             await client.allocate(credential.username, credential.password)
             for peer in DENIED_V4:
-                if peer.startswith("0."):
+                if peer.startswith("0.") or ipaddress.ip_address(peer) in NO_MULTICAST_PEERS:
                     continue
                 await client.create_permission(peer)
 

@@ -9,18 +9,24 @@ by turn.credentials from the secret the coturn child process was started with.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import STREAM_KEY, make_config
 
 from loadtest.clips import make_counter_y4m, make_tone_wav
 from relaycast.service import Service
+from tests.e2e.browser import (
+    CHROMIUM,
+    chromium,
+    chromium_args,
+    enter_stream_key,
+    open_page,
+    screenshot,
+    tid,
+    wait_for_js,
+)
+from tests.services import STREAM_KEY, make_config
 from turn.server import DEV_MAX_PORT, DEV_MIN_PORT, TurnServer, find_turnserver
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from browser import CHROMIUM, chromium, chromium_args, open_page, screenshot, tid  # noqa: E402
 
 pytest.importorskip("playwright.async_api")
 from playwright.async_api import expect  # noqa: E402
@@ -57,7 +63,7 @@ async () => {
 
 
 async def _selected_pair(page) -> dict:
-    await page.wait_for_function("window.__relaycast?.pc?.connectionState === 'connected'", timeout=30_000)
+    await wait_for_js(page, "window.__relaycast?.pc?.connectionState === 'connected'", timeout=30_000)
     pair = await page.evaluate(SELECTED_PAIR_JS)
     assert pair is not None
     return pair
@@ -99,8 +105,9 @@ async def test_pages_publish_and_watch_through_coturn_relay_only(clip) -> None:
     async with TurnServer(SECRET) as turn, \
             Service(make_config(turn_urls=(turn.url,), turn_secret=SECRET)) as svc, \
             chromium(chromium_args(video_clip, audio_clip)) as browser:
-        broadcast, b_errors = await open_page(browser, f"{svc.url}/broadcast/demo?key={STREAM_KEY}&relay=1")
-        await broadcast.wait_for_function("document.querySelector('[data-testid=preview]').videoWidth > 0")
+        broadcast, b_errors = await open_page(browser, f"{svc.url}/broadcast/demo?relay=1")
+        await enter_stream_key(broadcast, STREAM_KEY)
+        await wait_for_js(broadcast, "document.querySelector('[data-testid=preview]').videoWidth > 0")
         await tid(broadcast, "go-live").click()
         await expect(tid(broadcast, "state")).to_have_text("live", timeout=30_000)
         pub_pair = await _selected_pair(broadcast)
@@ -119,7 +126,7 @@ async def test_pages_publish_and_watch_through_coturn_relay_only(clip) -> None:
 
         # Media plays through the relay: currentTime advances and frames are decoded.
         t0 = await tid(watch, "video").evaluate("v => v.currentTime")
-        await watch.wait_for_function(
+        await wait_for_js(watch,
             "t0 => document.querySelector('[data-testid=video]').currentTime > t0 + 2", arg=t0, timeout=30_000
         )
         decoded = await watch.evaluate(

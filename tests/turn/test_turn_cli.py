@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from turn_probe import TurnProbe
 
+from tests.turn.turn_probe import TurnProbe
 from turn.credentials import mint
 from turn.server import find_turnserver, free_port
 
@@ -56,7 +56,13 @@ def test_print_config_production_and_development(tmp_path: Path) -> None:
         (("--print-config",), {"RELAYCAST_TURN_SECRET": "short"}, "at least 16"),
         (("--print-config", "--port", "99999"), {"RELAYCAST_TURN_SECRET": SECRET}, "listening port"),
         (("--print-config", "--production", "--allowed-peer-ip", "127.0.0.1"), {"RELAYCAST_TURN_SECRET": SECRET},
-         "TURN host itself"),
+         "'127.0.0.1' overlaps the denied network 127.0.0.0/8 (loopback"),
+        (("--print-config", "--production", "--allowed-peer-ip", "10.0.0.7,126.0.0.0-128.0.0.0"),
+         {"RELAYCAST_TURN_SECRET": SECRET}, "'126.0.0.0-128.0.0.0' overlaps the denied network 127.0.0.0/8"),
+        (("--print-config", "--production", "--allowed-peer-ip", "::ffff:127.0.0.1"),
+         {"RELAYCAST_TURN_SECRET": SECRET}, "stands for the IPv4 address 127.0.0.1 in 127.0.0.0/8 (loopback)"),
+        (("--print-config", "--production", "--allowed-peer-ip", "169.254.169.254"),
+         {"RELAYCAST_TURN_SECRET": SECRET}, "'169.254.169.254' overlaps the denied network 169.254.0.0/16"),
         (("--production",), {"RELAYCAST_TURN_SECRET": SECRET}, "go with --print-config"),
         (("--listening-ip", "0.0.0.0"), {"RELAYCAST_TURN_SECRET": SECRET}, "production options"),
     ],

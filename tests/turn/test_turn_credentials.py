@@ -119,17 +119,30 @@ def test_production_config_lines() -> None:
         "192.168.0.0-192.168.255.255",
         "100.64.0.0-100.127.255.255",
         "169.254.0.0-169.254.255.255",
+        "192.0.0.0-192.0.0.255",
+        "198.18.0.0-198.19.255.255",
+        "240.0.0.0-255.255.255.255",
         "::1",
+        "::ffff:0:0-::ffff:ffff:ffff",
+        "64:ff9b::-64:ff9b::ffff:ffff",
+        "64:ff9b:1::-64:ff9b:1:ffff:ffff:ffff:ffff:ffff",
+        "2001::-2001:0:ffff:ffff:ffff:ffff:ffff:ffff",
+        "2002::-2002:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
         "fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
         "fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
-        "::ffff:0:0-::ffff:ffff:ffff",
     ]
+    # Each range is preceded by a comment naming it and its RFC (IANA special-purpose registry).
+    comments = [ln for ln in config.render().splitlines() if ln.startswith("#")]
+    for network in DENIED_PEER_NETWORKS:
+        assert any(ln.startswith(f"# {network}: ") and "RFC " in ln for ln in comments), network
+    assert not any("standards.md" in ln for ln in comments)
     # Never a zero-address bound: coturn 4.6.1 reads "::" as open and denies every peer.
     assert "::" not in denied
 
 
-def test_every_standards_range_is_covered() -> None:
-    """standards.md's list, checked address by address against the rendered ranges."""
+def test_every_special_purpose_range_is_covered() -> None:
+    """The IANA special-purpose ranges (RFC 6890) that lead into the TURN host's networks,
+    checked address by address against the rendered ranges."""
     denied = [ln.split("=", 1)[1] for ln in _lines(CoturnConfig.production(SECRET).render())
               if ln.startswith("denied-peer-ip=")]
 
@@ -143,12 +156,60 @@ def test_every_standards_range_is_covered() -> None:
         return False
 
     for address in ["0.1.2.3", "127.0.0.1", "127.255.255.254", "10.9.8.7", "172.16.0.1", "172.31.255.255",
-                    "192.168.1.1", "100.64.0.1", "100.127.255.255", "169.254.169.254", "::1", "fc00::1",
-                    "fd12:3456::1", "fe80::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1"]:
+                    "192.168.1.1", "100.64.0.1", "100.127.255.255", "169.254.169.254", "192.0.0.9",
+                    "198.18.0.1", "198.19.255.255", "240.0.0.1", "255.255.255.255", "::1", "fc00::1",
+                    "fd12:3456::1", "fe80::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "64:ff9b::7f00:1",
+                    "64:ff9b:1::a9fe:a9fe", "2001:0:4136:e378:8000:63bf:3fff:fdd2", "2002:7f00:1::1"]:
         assert covered(address), address
-    for address in ["8.8.8.8", "172.32.0.1", "100.128.0.1", "2001:db8::1", "203.0.113.5"]:
+    for address in ["8.8.8.8", "172.32.0.1", "100.128.0.1", "192.0.1.1", "198.20.0.1", "239.255.255.254",
+                    "2001:db8::1", "2001:1::1", "2003::1", "203.0.113.5"]:
         assert not covered(address), address
-    assert set(DENIED_PEER_NETWORKS) >= {"127.0.0.0/8", "::ffff:0:0/96", "fc00::/7"}
+    assert set(DENIED_PEER_NETWORKS) >= {"127.0.0.0/8", "::ffff:0:0/96", "fc00::/7", "64:ff9b::/96",
+                                         "2002::/16", "2001::/32", "192.0.0.0/24", "198.18.0.0/15",
+                                         "240.0.0.0/4"}
+
+
+@pytest.mark.parametrize(
+    ("entry", "network"),
+    [
+        ("126.0.0.0-128.0.0.0", "127.0.0.0/8"),  # both ends public, loopback in between
+        ("127.0.0.1", "127.0.0.0/8"),
+        ("0.0.0.1", "0.0.0.0/8"),
+        ("169.254.169.254", "169.254.0.0/16"),  # cloud metadata
+        ("::ffff:127.0.0.1", "::ffff:0:0/96"),
+        ("::ffff:10.0.0.7", "::ffff:0:0/96"),  # even a private SFU address: write it as IPv4
+        ("::1", "::1/128"),
+        ("::1-::ffff", "::1/128"),
+        ("fe80::1", "fe80::/10"),
+        ("64:ff9b::7f00:1", "64:ff9b::/96"),
+        ("2002:7f00:1::1", "2002::/16"),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001::/32"),
+        ("192.0.0.8", "192.0.0.0/24"),
+        ("198.18.0.1", "198.18.0.0/15"),
+        ("240.0.0.1", "240.0.0.0/4"),
+        ("9.255.255.0-10.0.0.5", "10.0.0.0/8"),  # private, but not wholly inside it
+        ("10.0.0.0-192.168.255.255", "127.0.0.0/8"),
+        ("fc00::1-fe80::1", "fc00::/7"),
+    ],
+)
+def test_allowed_peer_ip_may_not_reopen_a_denied_network(entry: str, network: str) -> None:
+    """coturn checks allowed-peer-ip before denied-peer-ip: an entry overlapping a denied
+    network (other than wholly inside one private network) is refused, naming both."""
+    with pytest.raises(TurnError) as refused:
+        CoturnConfig.production(SECRET, allowed_peer_ips=("10.0.0.7", entry))
+    message = str(refused.value)
+    assert f"allowed-peer-ip: {entry!r} overlaps the denied network {network} (" in message, message
+    if entry.startswith(("::ffff:", "64:ff9b", "2002:", "2001:0:")):
+        assert "stands for the IPv4 address" in message, message
+    with pytest.raises(TurnError, match="overlaps the denied network"):
+        CoturnConfig.for_development(SECRET, allowed_peer_ips=(entry,))
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.7", "10.0.1.0-10.0.1.255", "172.17.0.2", "192.168.1.5",
+                                   "100.64.0.9", "fd00::7", "fd00::1-fd00::9", "203.0.113.9", "2001:db8::5"])
+def test_allowed_peer_ip_inside_a_private_network_or_public_is_accepted(entry: str) -> None:
+    lines = _lines(CoturnConfig.production(SECRET, allowed_peer_ips=(entry,)).render())
+    assert f"allowed-peer-ip={entry}" in lines
 
 
 def test_development_config_is_loopback_only_and_allows_loopback_peers() -> None:
@@ -177,8 +238,10 @@ def test_development_config_is_loopback_only_and_allows_loopback_peers() -> None
         ({"total_quota": -1}, "total-quota"),
         ({"listening_ips": ("nope",)}, "listening-ip"),
         ({"external_ip": "1.2.3.4/bad"}, "external-ip"),
-        ({"allowed_peer_ips": ("127.0.0.1",)}, "TURN host itself"),
-        ({"allowed_peer_ips": ("0.0.0.0",)}, "TURN host itself"),
+        ({"allowed_peer_ips": ("127.0.0.1",)}, "overlaps the denied network 127.0.0.0/8"),
+        ({"allowed_peer_ips": ("0.0.0.0",)}, "unspecified address"),
+        ({"allowed_peer_ips": ("::",)}, "unspecified address"),
+        ({"allowed_peer_ips": ("10.0.0.1-fd00::1",)}, "low-high"),
         ({"allowed_peer_ips": ("10.0.0.9-10.0.0.1",)}, "low-high"),
         ({"tls_port": 5349}, "together"),
         ({"log_file": "/tmp/a b"}, "log-file"),

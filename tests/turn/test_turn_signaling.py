@@ -6,17 +6,16 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
-from conftest import STREAM_KEY, make_config
-from turn_probe import TurnProbe
 
 from common.config import ConfigError
 from relaycast.service import Service
 from signaling.config import IceServer, SignalingConfig
+from tests.services import STREAM_KEY, make_config
+from tests.turn.turn_probe import TurnProbe
 from turn.credentials import verify
 from turn.server import TurnServer, find_turnserver
 
@@ -48,14 +47,6 @@ async def _offer(pcs: list[RTCPeerConnection], direction: str) -> str:
         pc.addTransceiver(kind, direction=direction)
     await pc.setLocalDescription(await pc.createOffer())
     return pc.localDescription.sdp
-
-
-@pytest.fixture
-async def pcs() -> AsyncIterator[list[RTCPeerConnection]]:
-    created: list[RTCPeerConnection] = []
-    yield created
-    for pc in created:
-        await pc.close()
 
 
 def turn_config(**overrides: object) -> SignalingConfig:
