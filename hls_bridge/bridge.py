@@ -305,6 +305,10 @@ class BridgeManager:
         self._failed: dict[str, float] = {}
         """Room → when its bridge last failed to start (the policy waits before retrying)."""
         self._watcher: asyncio.Task[None] | None = None
+        self.policy_rounds = 0
+        """Policy checks completed so far (every ``config.check_interval_s``)."""
+        self.policy_checked = asyncio.Event()
+        """Set after every completed policy check (clear it to wait for the next one)."""
         self._closed = False
         self.pull: Callable[[str], Awaitable[bool]] | None = None
         """``pull(room)``: ask signaling to pipe a room live on another SFU node into this
@@ -396,13 +400,16 @@ class BridgeManager:
 
     def report(self) -> dict[str, Any]:
         """The node's HLS section: ``{"encoder": {"name", "probes": [{name, available,
-        reason}]} | None, "viewer_threshold", "bridges": [RoomBridge.to_json()...]}``."""
+        type}]} | None, "viewer_threshold", "recording", "bridges":
+        [RoomBridge.to_json()...]}``.  A rejected probe's ``type`` is its problem type URI
+        (:mod:`hls_bridge.problems`); the full reason (FFmpeg's error text) is only logged
+        (`choose_encoder`)."""
         encoder = None
         if self.encoder is not None:
             encoder = {
                 "name": self.encoder.name,
                 "probes": [
-                    {"name": r.name, "available": r.available, "reason": r.reason}
+                    {"name": r.name, "available": r.available, "type": r.problem}
                     for r in self.encoder.results
                 ],
             }
@@ -427,6 +434,8 @@ class BridgeManager:
                 await self._check()
             except Exception:
                 logger.exception("HLS bridge policy check failed")
+            self.policy_rounds += 1
+            self.policy_checked.set()
             await asyncio.sleep(self.config.check_interval_s)
 
     async def _check(self) -> None:

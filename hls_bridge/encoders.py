@@ -38,6 +38,13 @@ from av.video.codeccontext import VideoCodecContext
 from av.video.frame import PictureType, VideoFrame
 
 from .errors import HlsBridgeError
+from .problems import (
+    ENCODER_NO_DEVICE,
+    ENCODER_NO_OUTPUT,
+    ENCODER_NOT_BUILT,
+    ENCODER_OPEN_FAILED,
+    ProblemType,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -164,14 +171,17 @@ class ProbeResult:
     """Outcome of probing one encoder.
 
     ``reason`` says why it was rejected (exception type, message and the FFmpeg
-    error log) or what the successful test encode produced; ``seconds`` is the
-    wall time of the probe.
+    error log) or what the successful test encode produced — for the log only, it may
+    name library versions and device paths; ``problem`` is the stable problem type
+    URI of a rejection (:mod:`hls_bridge.problems`, None when available), what reports
+    show; ``seconds`` is the wall time of the probe.
     """
 
     name: str
     available: bool
     reason: str
     seconds: float
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -257,21 +267,24 @@ def probe_encoder(name: str) -> ProbeResult:
     spec = SPECS[_check_name(name, "probe_encoder")]
     start = time.perf_counter()
 
-    def result(available: bool, reason: str) -> ProbeResult:
-        return ProbeResult(name, available, reason, time.perf_counter() - start)
+    def result(available: bool, reason: str, problem: ProblemType | None = None) -> ProbeResult:
+        return ProbeResult(name, available, reason, time.perf_counter() - start,
+                           None if problem is None else problem.uri)
 
     if name not in av.codecs_available:
-        return result(False, f"not in this FFmpeg build ({av.ffmpeg_version_info})")
+        return result(False, f"not in this FFmpeg build ({av.ffmpeg_version_info})",
+                      ENCODER_NOT_BUILT)
     try:
         av.Codec(name, "w")
     except av.codec.codec.UnknownCodecError as exc:
-        return result(False, f"no encoder: {exc}")
+        return result(False, f"no encoder: {exc}", ENCODER_NOT_BUILT)
     if spec.needs_render_node:
         node = _render_node()
         if not os.path.exists(node):
-            return result(False, f"no DRI render node {node}")
+            return result(False, f"no DRI render node {node}", ENCODER_NO_DEVICE)
         if not os.access(node, os.R_OK | os.W_OK):
-            return result(False, f"DRI render node {node} not accessible (rw)")
+            return result(False, f"DRI render node {node} not accessible (rw)",
+                          ENCODER_NO_DEVICE)
 
     # FFmpeg logging is off in PyAV by default; turn it on for this thread only,
     # so the real cause ("Cannot load libcuda.so.1") lands in the reason.
@@ -289,11 +302,12 @@ def probe_encoder(name: str) -> ProbeResult:
                 reason = f"{type(exc).__name__}: {message}"
                 if detail:
                     reason += f" [ffmpeg: {detail}]"
-                return result(False, reason)
+                return result(False, reason, ENCODER_OPEN_FAILED)
     finally:
         av.logging.set_level(old_level)
     if packets == 0:
-        return result(False, f"encoded {PROBE_FRAMES} frames but produced no packet")
+        return result(False, f"encoded {PROBE_FRAMES} frames but produced no packet",
+                      ENCODER_NO_OUTPUT)
     return result(
         True,
         f"encoded {PROBE_FRAMES} {PROBE_WIDTH}x{PROBE_HEIGHT} frames into {packets} packets",

@@ -70,17 +70,6 @@ def iter_nal_units(data: bytes) -> Iterator[bytes]:
         start = end
 
 
-def _iter_avcc(data: bytes, length_size: int = 4) -> Iterator[bytes]:
-    pos = 0
-    while pos < len(data):
-        size = int.from_bytes(data[pos:pos + length_size], "big")
-        pos += length_size
-        if size == 0 or pos + size > len(data):
-            raise CmafError("truncated AVCC NAL unit")
-        yield data[pos:pos + size]
-        pos += size
-
-
 def annexb_to_avcc(data: bytes, *, keep_parameter_sets: bool = False) -> bytes:
     """Convert an Annex-B access unit to 4-byte length-prefixed NAL units (AVCC).
 

@@ -123,7 +123,8 @@ class MediaPlaylist:
     - ``part_target``: PART-TARGET, seconds; no part may be longer (§4.4.4.9).
     - ``window_segments``: sliding window, the number of closed segments kept listed.
     - ``part_window``: parts are listed for segments that start within this many
-      seconds of the playlist's end (default 3 × target duration, §6.2.2).
+      seconds of the playlist's end (default 3 × target duration, §4.4.4.9), and for
+      at most the last three segments of the playlist (see :meth:`parts_listed_from`).
     - ``server_control``: defaults to :meth:`ServerControl.for_targets`; use the same
       value for every rendition of a stream.
     - ``first_msn``: MSN of the first segment (e.g. to continue numbering after a
@@ -143,6 +144,7 @@ class MediaPlaylist:
     first_msn: int = 0
     segments: list[Segment] = field(init=False, default_factory=list)
     pending_parts: list[Part] = field(init=False, default_factory=list)
+    pending_program_date_time: datetime | None = field(init=False, default=None)
     preload_hint_uri: str | None = field(init=False, default=None)
     ended: bool = field(init=False, default=False)
     _next_msn: int = field(init=False)
@@ -163,11 +165,14 @@ class MediaPlaylist:
     # -- state changes -------------------------------------------------------------
 
     def add_part(
-        self, duration: float, uri: str, independent: bool, *, hint: str | None = None
+        self, duration: float, uri: str, independent: bool, *, hint: str | None = None,
+        program_date_time: datetime | None = None,
     ) -> Part:
         """Append a finished part to the in-progress segment (MSN :attr:`next_msn`).
 
         ``hint`` is the URI of the part after this one (EXT-X-PRELOAD-HINT) or None.
+        ``program_date_time``, given with a segment's first part, is listed as the
+        in-progress segment's EXT-X-PROGRAM-DATE-TIME (§4.4.4.6) until it closes.
         Raises PlaylistStateError after :meth:`end`, for a non-positive duration or one
         longer than PART-TARGET.
         """
@@ -178,6 +183,8 @@ class MediaPlaylist:
                 f"part duration {duration} s outside (0, PART-TARGET={self.part_target}]"
             )
         part = Part(len(self.pending_parts), float(duration), uri, bool(independent))
+        if not self.pending_parts:
+            self.pending_program_date_time = program_date_time
         self.pending_parts.append(part)
         self.preload_hint_uri = hint
         return part
@@ -187,7 +194,8 @@ class MediaPlaylist:
     ) -> Segment:
         """Turn the in-progress parts into segment :attr:`next_msn` and slide the window.
 
-        ``hint`` is the URI of the next segment's first part (EXT-X-PRELOAD-HINT).
+        ``hint`` is the URI of the next segment's first part (EXT-X-PRELOAD-HINT);
+        ``program_date_time`` defaults to the one given with the segment's first part.
         Raises PlaylistStateError with no pending parts, after :meth:`end`, or if the
         segment's rounded duration exceeds the target duration.
         """
@@ -200,11 +208,14 @@ class MediaPlaylist:
             raise PlaylistStateError(
                 f"segment duration {duration:.3f} s exceeds target duration {self.target_duration}"
             )
+        if program_date_time is None:
+            program_date_time = self.pending_program_date_time
         segment = Segment(
             self._next_msn, duration, uri, program_date_time, tuple(self.pending_parts)
         )
         self.segments.append(segment)
         self.pending_parts = []
+        self.pending_program_date_time = None
         self._next_msn += 1
         del self.segments[: max(0, len(self.segments) - self.window_segments)]
         self.preload_hint_uri = hint
@@ -265,10 +276,15 @@ class MediaPlaylist:
         return last_part is not None and last_part >= part
 
     def parts_listed_from(self) -> int:
-        """MSN of the oldest closed segment whose parts are still listed (§6.2.2).
+        """MSN of the oldest closed segment whose parts are still listed (§4.4.4.9).
 
-        Parts are listed for segments starting within ``part_window`` seconds of the
-        playlist's end; the in-progress segment's parts are always listed.
+        Parts older than three target durations from the end of the playlist are
+        removed: they are listed only for segments starting within ``part_window``
+        seconds of the playlist's end, and only for the last three segments the
+        playlist shows.  Until ENDLIST the in-progress segment is one of those three
+        (players count it as a segment even while only its EXT-X-PRELOAD-HINT is
+        listed), so at most two closed segments keep their parts.  The in-progress
+        segment's parts are always listed.
         """
         assert self.part_window is not None
         remaining = self.duration
@@ -278,4 +294,7 @@ class MediaPlaylist:
                 first = segment.msn
                 break
             remaining -= segment.duration
+        closed_with_parts = 3 if self.ended else 2
+        if len(self.segments) > closed_with_parts:
+            first = max(first, self.segments[-closed_with_parts].msn)
         return first

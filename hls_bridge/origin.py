@@ -15,37 +15,51 @@ Routes (relative to the mount point):
   store's `RoomStore.stream_id`, named by the multivariant playlist; another stream's
   id answers 404); ``_HLS_msn``/``_HLS_part``
   block until that part (segment) exists and return the whole playlist (§6.2.5.2);
-  ``_HLS_skip=YES|v2`` asks for a delta update (§6.2.5.1).
+  ``_HLS_skip=YES|v2`` asks for a delta update (§6.2.5.1).  A playlist is never served
+  before its first part exists: the request waits for it (at most
+  `~hls_bridge.playlist.blocking_timeout`, then 503 with ``Retry-After``).
 - ``GET /{room}/{stream}/{rendition}/init.mp4``, ``seg{msn}.m4s``, ``part{msn}.{part}.m4s`` —
   media from memory; the preload-hinted part waits until it is published (§4.4.5.3).
+
+Delivery directives are ``decimal-integer``s (§4.2: ASCII digits, at most
+:data:`MAX_DIGITS`); anything else is a 400.  Media names follow the same rule; any
+other name is a 404.
 
 Caching is CDN-friendly: media are immutable for a year; playlists live about one part
 target (blocking responses are keyed by their query string, which CDNs include in the
 cache key); errors are ``no-store``.  Every response carries
-``Access-Control-Allow-Origin: *``; errors are RFC 9457 problem+json.
+``Access-Control-Allow-Origin: *``; errors are RFC 9457 problem+json with the types of
+:mod:`hls_bridge.problems`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from aiohttp import web
 
-from common.problems import HttpProblem, problem_middleware
+from common.problems import problem_middleware
 from hls_bridge.playlist import (
     BadDeliveryDirective,
     blocking_timeout,
     check_blocking_request,
 )
+from hls_bridge.problems import BAD_DIRECTIVE, NOT_FOUND, NOT_READY, hls_problem
 from hls_bridge.store import RenditionStore, RoomStore
 
 __all__ = ["PROVIDER", "RoomProvider", "create_origin_app", "media_cors_middleware"]
 
 logger = logging.getLogger(__name__)
 
+MAX_DIGITS = 20
+"""Longest ``decimal-integer`` accepted in a directive or media name (2**64 - 1 has 20
+digits, §4.2)."""
+_NUMBER = rf"[0-9]{{1,{MAX_DIGITS}}}"
+_DECIMAL_INTEGER = re.compile(_NUMBER)
 
 
 class RoomProvider(Protocol):
@@ -97,8 +111,11 @@ def create_origin_app(rooms: Mapping[str, RoomStore] | RoomProvider) -> web.Appl
     app.router.add_get("/{room}/index.m3u8", _multivariant)
     app.router.add_get("/{room}/{stream}/{rendition}/index.m3u8", _media_playlist)
     app.router.add_get("/{room}/{stream}/{rendition}/init.mp4", _init)
-    app.router.add_get(r"/{room}/{stream}/{rendition}/seg{msn:\d+}.m4s", _segment)
-    app.router.add_get(r"/{room}/{stream}/{rendition}/part{msn:\d+}.{part:\d+}.m4s", _part)
+    app.router.add_get(f"/{{room}}/{{stream}}/{{rendition}}/seg{{msn:{_NUMBER}}}.m4s", _segment)
+    app.router.add_get(
+        f"/{{room}}/{{stream}}/{{rendition}}/part{{msn:{_NUMBER}}}.{{part:{_NUMBER}}}.m4s", _part
+    )
+    app.router.add_get("/{tail:.*}", _not_found)
     return app
 
 
@@ -109,28 +126,37 @@ async def _room(request: web.Request) -> RoomStore:
     name = request.match_info["room"]
     room = await request.config_dict[PROVIDER].get(name)
     if room is None:
-        raise HttpProblem(404, detail=f"no HLS stream for room {name!r}")
+        raise hls_problem(404, NOT_FOUND, "no HLS stream for that room")
     return room
 
 
 async def _rendition(request: web.Request) -> tuple[RoomStore, RenditionStore]:
     room = await _room(request)
     if request.match_info["stream"] != room.stream_id:
-        raise HttpProblem(404, detail="that stream of the room is over")
+        raise hls_problem(404, NOT_FOUND, "that stream of the room is over")
     name = request.match_info["rendition"]
     store = room.renditions.get(name)
     if store is None:
-        raise HttpProblem(404, detail=f"no rendition {name!r}")
+        raise hls_problem(404, NOT_FOUND, "no such rendition")
     return room, store
 
 
 def _int_query(request: web.Request, key: str) -> int | None:
-    value = request.query.get(key)
-    if value is None:
+    """Directive ``key`` as a ``decimal-integer`` (§4.2), None when absent.
+
+    Raises a 400 problem for anything but 1 to :data:`MAX_DIGITS` ASCII digits (no sign,
+    no other Unicode digits) and for a directive given twice.
+    """
+    values = request.query.getall(key, [])
+    if not values:
         return None
-    if not value.isdigit():
-        raise HttpProblem(400, detail=f"{key} must be a non-negative integer")
-    return int(value)
+    if len(values) > 1:
+        raise hls_problem(400, BAD_DIRECTIVE, f"{key} is given more than once")
+    if not _DECIMAL_INTEGER.fullmatch(values[0]):
+        raise hls_problem(
+            400, BAD_DIRECTIVE, f"{key} must be a decimal integer of 1 to {MAX_DIGITS} digits"
+        )
+    return int(values[0])
 
 
 def _playlist_response(text: str, max_age: int) -> web.Response:
@@ -152,34 +178,40 @@ def _media_response(data: bytes, content_type: str) -> web.Response:
 async def _multivariant(request: web.Request) -> web.Response:
     room = await _room(request)
     if room.multivariant is None:
-        raise HttpProblem(404, detail="the multivariant playlist is not ready")
+        raise hls_problem(404, NOT_FOUND, "the multivariant playlist is not ready")
     return _playlist_response(room.multivariant, 1)
 
 
 async def _media_playlist(request: web.Request) -> web.Response:
-    """Media playlist, with Blocking Playlist Reload and Delta Updates (§6.2.5)."""
+    """Media playlist, with Blocking Playlist Reload and Delta Updates (§6.2.5).
+
+    Before the rendition's first part exists there is nothing a player could use (no
+    part, no preload hint, §4.4.5.3): the request is held like a blocking reload until
+    that part is published, the stream ends, or `blocking_timeout` passes (503).
+    """
     room, store = await _rendition(request)
     playlist = store.playlist
     msn = _int_query(request, "_HLS_msn")
     part = _int_query(request, "_HLS_part")
     skip_value = request.query.get("_HLS_skip")
     if skip_value not in (None, "YES", "v2"):
-        raise HttpProblem(400, detail="_HLS_skip must be YES or v2")
+        raise hls_problem(400, BAD_DIRECTIVE, "_HLS_skip must be YES or v2")
 
     def ready() -> bool:
-        return check_blocking_request(playlist, msn, part) == "ready"
+        decision = check_blocking_request(playlist, msn, part)
+        return decision == "ready" and (store.has_media or playlist.ended)
 
     try:
         if not ready():
             timeout = blocking_timeout(playlist)
             if not await store.wait_until(ready, timeout):
-                raise HttpProblem(
-                    503,
-                    detail=f"the requested part did not appear within {timeout:g} s",
+                raise hls_problem(
+                    503, NOT_READY,
+                    f"the requested playlist or part did not appear within {timeout:g} s",
                     headers={"Retry-After": "1"},
                 )
     except BadDeliveryDirective as exc:
-        raise HttpProblem(400, detail=str(exc)) from None
+        raise hls_problem(400, BAD_DIRECTIVE, str(exc)) from None
     text = room.render_media(store.name, skip=skip_value is not None)
     max_age = max(1, math.ceil(playlist.part_target))
     if msn is not None and not playlist.ended:
@@ -192,7 +224,7 @@ async def _media_playlist(request: web.Request) -> web.Response:
 async def _init(request: web.Request) -> web.Response:
     _, store = await _rendition(request)
     if store.init is None:
-        raise HttpProblem(404, detail="the init segment is not ready")
+        raise hls_problem(404, NOT_FOUND, "the init segment is not ready")
     return _media_response(store.init, INIT_TYPE)
 
 
@@ -201,7 +233,7 @@ async def _segment(request: web.Request) -> web.Response:
     msn = int(request.match_info["msn"])
     data = store.segment(msn)
     if data is None:
-        raise HttpProblem(404, detail=f"segment {msn} is unknown or expired")
+        raise hls_problem(404, NOT_FOUND, f"segment {msn} is unknown or expired")
     return _media_response(data, MEDIA_TYPE)
 
 
@@ -217,12 +249,16 @@ async def _part(request: web.Request) -> web.Response:
             return store.part(msn, index) is not None or not store.is_hinted(msn, index)
 
         if not await store.wait_until(settled, timeout):
-            raise HttpProblem(
-                503,
-                detail=f"part {msn}.{index} did not appear within {timeout:g} s",
+            raise hls_problem(
+                503, NOT_READY, f"part {msn}.{index} did not appear within {timeout:g} s",
                 headers={"Retry-After": "1"},
             )
         data = store.part(msn, index)
     if data is None:
-        raise HttpProblem(404, detail=f"part {msn}.{index} is unknown or expired")
+        raise hls_problem(404, NOT_FOUND, f"part {msn}.{index} is unknown or expired")
     return _media_response(data, MEDIA_TYPE)
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    """Any other path: 404 (e.g. a media name that is not ``seg{msn}.m4s``/``part…``)."""
+    raise hls_problem(404, NOT_FOUND, "no HLS resource at that path")

@@ -137,6 +137,9 @@ def render(
     (a full playlist) when CAN-SKIP-UNTIL is unset or after ENDLIST.
     ``rendition_reports`` describe the *other* renditions (§4.4.5.4); None entries
     (a rendition with nothing listed yet, see :func:`rendition_report`) are left out.
+    EXT-X-PART tags are written for segments from :meth:`MediaPlaylist.parts_listed_from`
+    on (§4.4.4.9); the in-progress segment's EXT-X-PROGRAM-DATE-TIME (§4.4.4.6), when
+    known, precedes its first part.
     """
     control = playlist.server_control
     assert control is not None
@@ -177,6 +180,8 @@ def render(
             lines.extend(_part_line(p) for p in segment.parts)
         lines.append(f"#EXTINF:{_num(segment.duration)},")
         lines.append(segment.uri)
+    if playlist.pending_parts and playlist.pending_program_date_time is not None:
+        lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_pdt(playlist.pending_program_date_time)}")
     lines.extend(_part_line(p) for p in playlist.pending_parts)
     if playlist.ended:
         lines.append("#EXT-X-ENDLIST")

@@ -1,4 +1,4 @@
-"""Recording of LL-HLS streams and their VOD playback (issue 3).
+"""Recording of LL-HLS streams as VOD presentations (RFC 8216bis §4.4.3.5, §6.2.1).
 
 A :class:`Recorder` attached to a :class:`~hls_bridge.store.RoomStore` keeps every
 init segment and closed segment of every rendition on disk, under
@@ -66,7 +66,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common.names import ROOM_RE
+from common.names import ROOM_RE, is_room_name
 
 from .errors import HlsBridgeError
 from .model import Segment
@@ -126,8 +126,8 @@ def new_recording_id(now: datetime | None = None) -> str:
 
 
 def check_room(room: str) -> str:
-    """``room`` if it is a valid room name (``common.names.ROOM_RE``: no path tricks)."""
-    if not isinstance(room, str) or not ROOM_RE.fullmatch(room):
+    """``room`` if it is a valid room name (`common.names.is_room_name`: no path tricks)."""
+    if not is_room_name(room):
         raise RecordingError(f"room name {room!r} must match {ROOM_RE.pattern}")
     return room
 

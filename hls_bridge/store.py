@@ -181,8 +181,12 @@ class RenditionStore:
         if first:
             _tell(self.recorder, "on_init", self.name, self._init)
 
-    def publish_part(self, data: bytes, duration: float, independent: bool) -> Part:
-        """Append a finished part (a CMAF chunk) to the in-progress segment.
+    def publish_part(
+        self, data: bytes, duration: float, independent: bool, *,
+        program_date_time: datetime | None = None,
+    ) -> Part:
+        """Append a finished part (a CMAF chunk, ``duration`` seconds) to the in-progress
+        segment; ``program_date_time`` (with a segment's first part) dates the segment.
 
         The playlist's preload hint then names the next part of the same segment.
         Raises PlaylistStateError (see :meth:`MediaPlaylist.add_part`).
@@ -190,7 +194,8 @@ class RenditionStore:
         pl = self.playlist
         msn, index = pl.next_msn, len(pl.pending_parts)
         part = pl.add_part(
-            duration, part_uri(msn, index), independent, hint=part_uri(msn, index + 1)
+            duration, part_uri(msn, index), independent, hint=part_uri(msn, index + 1),
+            program_date_time=program_date_time,
         )
         self._parts.setdefault(msn, []).append(bytes(data))
         self._changed_state()
@@ -237,6 +242,12 @@ class RenditionStore:
         if self._expired(self._segment_expiry, msn):
             return None
         return self._segments.get(msn)
+
+    @property
+    def has_media(self) -> bool:
+        """True once a part has been published: the playlist lists a part and a preload
+        hint, the first revision a player can use (§4.4.5.3)."""
+        return self.playlist.last_msn_part() is not None
 
     def is_hinted(self, msn: int, index: int) -> bool:
         """True if that part is the next one to be published (the preload hint, §4.4.5.3)."""

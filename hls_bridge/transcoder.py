@@ -16,11 +16,18 @@ parts and segments are aligned across renditions. A part holds
 ``floor(part_s * fps)`` frames; the advertised PART-TARGET (`part_target`) is exactly
 that duration, so every part is <= PART-TARGET and every non-final part equals it.
 
-Audio is resampled to fltp 48 kHz stereo, cut into 1024-sample AAC frames with
-contiguous timestamps (input gaps are not filled), and packed ``floor(part_target /
-(1024/48000))`` frames per part; an audio segment ends with the AAC frame that reaches
-the next ``k * segment`` boundary, so its parts are independent and its segments track
-the video ones within one AAC frame.
+Audio timing: the audio track keeps to its input timestamps, as the video keeps to its
+grid: a decoded frame's media time (its pts relative to the first audio frame) says
+where its samples belong, so a gap (an Opus frame lost on the network or dropped by a
+full tap queue) is filled with silence, samples that overlap what was already taken are
+dropped, and a jump of more than ``max_gap_s`` re-bases the timeline.  The samples are
+resampled to fltp 48 kHz stereo, cut into 1024-sample AAC frames and packed
+``floor(part_target / (1024/48000))`` frames per part.  Segment ``k`` of the audio
+rendition ends with the first AAC frame boundary at or after media time
+``(k + 1) * segment`` — the video's segment boundary — so every audio segment boundary
+lies within one AAC frame (21.3 ms) after the video one however long the stream runs:
+audio segments are 46 or 47 AAC frames (0.981 or 1.003 s) for 1 s video segments, and
+the difference never accumulates.  Its parts are all independent.
 
 Threading: `feed_video`, `feed_audio` (or `feed`) and `end` are synchronous and do the
 scaling and encoding; call them from one worker thread. Store changes (RoomStore
@@ -91,6 +98,18 @@ class TranscoderError(HlsBridgeError):
     """Bad transcoder settings, or a store update that failed on the event loop."""
 
 
+def _drop_leading_samples(frame: av.AudioFrame, count: int) -> av.AudioFrame:
+    """``frame`` without its first ``count`` samples (same format, layout and rate)."""
+    array = frame.to_ndarray()
+    if not frame.format.is_planar:  # packed: one row of interleaved channels
+        count *= len(frame.layout.channels)
+    trimmed = av.AudioFrame.from_ndarray(
+        array[:, count:].copy(), format=frame.format.name, layout=frame.layout.name
+    )
+    trimmed.sample_rate = frame.sample_rate
+    return trimmed
+
+
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
@@ -121,6 +140,11 @@ class _Stats:
     repeated_frames: int = 0
     rebases: int = 0
     audio_samples: int = 0
+    audio_filled_samples: int = 0
+    """Input samples of silence inserted for gaps in the audio timestamps."""
+    audio_dropped_samples: int = 0
+    """Input samples dropped because their timestamps overlapped earlier audio."""
+    audio_rebases: int = 0
     bytes_out: dict[str, int] = field(default_factory=dict)
 
 
@@ -183,6 +207,7 @@ class LadderTranscoder:
         self.audio_bitrate = audio_bitrate
         self._window_segments = window_segments
         self._max_gap_slots = max(1, round(max_gap_s * self.fps))
+        self._max_gap_s = Fraction(max_gap_s)
         self._loop = loop if loop is not None else _running_loop()
         self._clock = clock
         self._executor: ThreadPoolExecutor | None = None
@@ -214,15 +239,14 @@ class LadderTranscoder:
         self._audio_packets = 0
         self._audio_parts_open = 0
         self._audio_segment_start = 0
+        self._audio_origin: Fraction | None = None
+        """Input media time (s) that maps to audio time 0 (moved by a re-base)."""
+        self._audio_taken = Fraction(0)
+        """Seconds of input audio handed to the resampler so far (fills included)."""
         if audio:
             self._open_audio()
 
     # -- public API ----------------------------------------------------------------
-
-    @property
-    def video_names(self) -> list[str]:
-        """Rendition names of the video rungs (``v0`` = largest); empty before planning."""
-        return [o.name for o in self._outputs or ()]
 
     def measured_bitrates(self) -> dict[str, float]:
         """Bits per second of packaged media per rendition so far (fMP4 overhead included)."""
@@ -270,8 +294,9 @@ class LadderTranscoder:
         if self._anchor is None:
             self._anchor = self._clock()
         ops: list[Callable[[], Any]] = []
-        for chunk in self._resampler.resample(frame):
-            self._encode_audio(chunk, ops)
+        for piece in self._place_audio(frame):
+            for chunk in self._resampler.resample(piece):
+                self._encode_audio(chunk, ops)
         self._post(ops)
 
     def end(self) -> None:
@@ -446,14 +471,17 @@ class LadderTranscoder:
 
     def _flush_video(self, output: _VideoOutput, ops: list[Callable[[], Any]], *, close: bool) -> None:
         part = output.packager.flush_part()
+        if part is None and not (close and output.parts_open):
+            return
+        assert self._anchor is not None
+        pdt = self._anchor + timedelta(seconds=float(output.segment_start / self.fps))
         if part is not None:
             ops.append(partial(self._call, output.name, "publish_part",
-                               part.data, part.duration, part.independent))
+                               part.data, part.duration, part.independent,
+                               program_date_time=pdt if output.parts_open == 0 else None))
             output.parts_open += 1
             self._count(output.name, len(part.data))
         if close and output.parts_open:
-            assert self._anchor is not None
-            pdt = self._anchor + timedelta(seconds=float(output.segment_start / self.fps))
             ops.append(partial(self._call, output.name, "close_segment", pdt))
             output.parts_open = 0
 
@@ -511,6 +539,45 @@ class LadderTranscoder:
         store.set_init(init_segment_audio(AUDIO_RATE, AUDIO_CHANNELS, asc,
                                           bitrate=self.audio_bitrate))
 
+    def _place_audio(self, frame: av.AudioFrame) -> list[av.AudioFrame]:
+        """What to resample for ``frame`` so the audio keeps to its input timestamps:
+        silence for a gap before it, then the frame without any samples that overlap
+        audio already taken (see the module docstring)."""
+        rate = frame.sample_rate
+        if frame.pts is None or frame.time_base is None or not rate:
+            if rate:
+                self._audio_taken += Fraction(frame.samples, rate)
+            return [frame]
+        duration = Fraction(frame.samples, rate)
+        t = frame.pts * frame.time_base
+        if self._audio_origin is None:
+            self._audio_origin = t - self._audio_taken
+        gap = t - self._audio_origin - self._audio_taken
+        if abs(gap) > self._max_gap_s:
+            self._audio_origin += gap
+            self.stats.audio_rebases += 1
+            logger.info("audio timestamps jumped by %.3f s; re-based", float(gap))
+            gap = Fraction(0)
+        gap_samples = round(gap * rate)
+        if gap_samples > 0:
+            silence = av.AudioFrame(format=frame.format.name, layout=frame.layout.name,
+                                    samples=gap_samples)
+            silence.sample_rate = rate
+            for plane in silence.planes:
+                plane.update(bytes(plane.buffer_size))
+            self.stats.audio_filled_samples += gap_samples
+            self._audio_taken += Fraction(gap_samples, rate) + duration
+            return [silence, frame]
+        overlap = -gap_samples
+        if overlap >= frame.samples:
+            self.stats.audio_dropped_samples += frame.samples
+            return []
+        if overlap > 0:
+            self.stats.audio_dropped_samples += overlap
+            frame = _drop_leading_samples(frame, overlap)
+        self._audio_taken += Fraction(frame.samples, rate)
+        return [frame]
+
     def _encode_audio(self, chunk: av.AudioFrame | None, ops: list[Callable[[], Any]]) -> None:
         ctx = self._audio_ctx
         assert ctx is not None
@@ -539,14 +606,18 @@ class LadderTranscoder:
     def _flush_audio(self, ops: list[Callable[[], Any]], *, close: bool) -> None:
         assert self._audio_packager is not None
         part = self._audio_packager.flush_part()
+        if part is None and not (close and self._audio_parts_open):
+            return
+        assert self._anchor is not None
+        pdt = self._anchor + timedelta(seconds=self._audio_segment_start / AUDIO_RATE)
         if part is not None:
+            first = self._audio_parts_open == 0
             ops.append(partial(self._call, AUDIO_RENDITION, "publish_part",
-                               part.data, part.duration, part.independent))
+                               part.data, part.duration, part.independent,
+                               program_date_time=pdt if first else None))
             self._audio_parts_open += 1
             self._count(AUDIO_RENDITION, len(part.data))
         if close and self._audio_parts_open:
-            assert self._anchor is not None
-            pdt = self._anchor + timedelta(seconds=self._audio_segment_start / AUDIO_RATE)
             ops.append(partial(self._call, AUDIO_RENDITION, "close_segment", pdt))
             self._audio_parts_open = 0
 
@@ -561,8 +632,8 @@ class LadderTranscoder:
             window_segments=self._window_segments,
         )
 
-    def _call(self, name: str, method: str, *args: Any) -> None:
-        getattr(self._room.renditions[name], method)(*args)
+    def _call(self, name: str, method: str, *args: Any, **kwargs: Any) -> None:
+        getattr(self._room.renditions[name], method)(*args, **kwargs)
 
     def _post(self, ops: list[Callable[[], Any]]) -> None:
         """Apply ``ops`` in order on the store's loop (at once if already on it)."""

@@ -1,4 +1,4 @@
-"""Finished recordings: listing, retention and VOD playback over HTTP (issue 3).
+"""Finished recordings: listing, retention and VOD playback over HTTP (RFC 8216bis §6.2.1).
 
 :class:`RecordingLibrary` lists the recordings a :class:`~hls_bridge.recording.Recorder`
 finished under ``root``, deletes them after the retention period
@@ -29,7 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from common.config import ConfigError
-from common.names import ROOM_RE
+from common.names import is_room_name
 from common.problems import HttpProblem, problem_middleware
 
 from .origin import INIT_TYPE, MEDIA_TYPE, PLAYLIST_TYPE, media_cors_middleware
@@ -101,7 +101,7 @@ class RecordingLibrary:
         Only room names, recording ids, rendition names and the recording's own file
         names are accepted, and the result is checked to lie under ``root``.
         """
-        if not ROOM_RE.fullmatch(room) or not RECORDING_ID_RE.fullmatch(recording_id):
+        if not is_room_name(room) or not RECORDING_ID_RE.fullmatch(recording_id):
             return None
         if len(parts) > 2 or any(not isinstance(p, str) for p in parts):
             return None
@@ -127,7 +127,7 @@ class RecordingLibrary:
         ``bytes``, ``renditions`` (``name``, ``segments``, ``duration_s``, ``bytes``),
         ``truncated``, ``expires`` and ``url`` (``/vod/{room}/{id}/index.m3u8``).
         """
-        if room is not None and not ROOM_RE.fullmatch(room):
+        if room is not None and not is_room_name(room):
             return []
         now = self._clock()
         entries = []
@@ -192,7 +192,7 @@ class RecordingLibrary:
             path = self.root / room
             return [path] if path.is_dir() else []
         try:
-            return [p for p in self.root.iterdir() if ROOM_RE.fullmatch(p.name) and p.is_dir()]
+            return [p for p in self.root.iterdir() if is_room_name(p.name) and p.is_dir()]
         except OSError:
             return []
 

@@ -5,7 +5,10 @@ written by its `hls_bridge.bridge.BridgeManager`: the chosen H.264 encoder with 
 probe's reason, the viewer threshold, and one entry per running bridge (room, encoder,
 renditions, what started it, transcoder CPU in cores, real-time factor).  This module
 shows those sections per node as JSON and as Prometheus metrics (prometheus_client,
-collected at scrape time from the node registry, so nothing goes stale).
+collected at scrape time from the node registry, so nothing goes stale).  A rejected
+encoder probe is shown by its stable RFC 9457 problem type (``type``, a URI of
+`hls_bridge.problems`) with that type's ``title`` and short ``detail``; FFmpeg's error
+text, library versions and device paths stay in the node's log.
 ``/api/recordings`` lists the finished recordings of the node's `RecordingLibrary`
 (``RELAYCAST_HLS_RECORD_DIR``; empty with ``"enabled": false`` when recording is off).
 """
@@ -21,29 +24,62 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from common.names import ROOM_RE
+from common.names import is_room_name
 from common.problems import HttpProblem
+from hls_bridge.problems import ENCODER_UNAVAILABLE, PROBLEM_TYPES
 
 from .app_keys import NAMESPACE_KEY, RECORDINGS, ROOMS
 
-__all__ = ["add_routes", "hls_nodes", "list_recordings"]
+__all__ = ["add_routes", "hls_nodes", "list_recordings", "public_hls_node"]
 
 
 def hls_nodes(app: web.Application) -> list[dict[str, Any]]:
     """``[{"node", "encoder", "viewer_threshold", "bridges": [...]}]``, one per SFU node
     that reported an ``hls`` section (see `BridgeManager.report`)."""
     nodes = []
-    for node in app[NAMESPACE_KEY].router.nodes.values():
+    for node in app[NAMESPACE_KEY].registry.nodes.values():
         section = node.load.get("hls")
         if isinstance(section, dict):
             nodes.append({"node": node.node_id, **section})
     return nodes
 
 
+def _public_probe(probe: Any) -> dict[str, Any]:
+    """One encoder probe as clients see it: ``{"name", "available"}`` plus, when
+    rejected, ``{"type", "title", "detail"}`` from the problem type (never the node's
+    own text)."""
+    probe = probe if isinstance(probe, dict) else {}
+    out: dict[str, Any] = {"name": str(probe.get("name", "")),
+                           "available": probe.get("available") is True}
+    if not out["available"]:
+        kind = PROBLEM_TYPES.get(str(probe.get("type")), ENCODER_UNAVAILABLE)
+        out.update(type=kind.uri, title=kind.title, detail=kind.detail)
+    return out
+
+
+def public_hls_node(node: dict[str, Any]) -> dict[str, Any]:
+    """A node's HLS section with only the fields clients may see."""
+    encoder = node.get("encoder")
+    if isinstance(encoder, dict):
+        encoder = {"name": encoder.get("name"),
+                   "probes": [_public_probe(p) for p in encoder.get("probes") or []]}
+    else:
+        encoder = None
+    return {
+        "node": node["node"],
+        "encoder": encoder,
+        "viewer_threshold": node.get("viewer_threshold"),
+        "recording": node.get("recording"),
+        "bridges": node.get("bridges", []),
+    }
+
+
 async def get_hls(request: web.Request) -> web.Response:
-    """``GET /api/hls``: ``{"nodes": [...], "bridges": [{..., "node", "url"}]}``; ``url`` is
-    the room's multivariant playlist path."""
-    nodes = hls_nodes(request.app)
+    """``GET /api/hls``: ``{"nodes": [{"node", "encoder": {"name", "probes": [{"name",
+    "available", "type", "title", "detail"}]}, "viewer_threshold", "recording",
+    "bridges"}], "bridges": [{..., "node", "url"}]}``; ``url`` is the room's multivariant
+    playlist path; a probe's ``type``/``title``/``detail`` only when it was rejected."""
+    nodes = [public_hls_node(node) for node in hls_nodes(request.app)]
     bridges = [
         {**bridge, "node": node["node"], "url": f"/hls/{bridge['room']}/index.m3u8"}
         for node in nodes for bridge in node.get("bridges", [])
@@ -58,7 +94,7 @@ async def list_recordings(request: web.Request) -> web.Response:
     truncated, expires and ``url`` (``/vod/{room}/{id}/index.m3u8``)."""
     library = request.app.get(RECORDINGS)
     room = request.query.get("room")
-    if room is not None and not ROOM_RE.fullmatch(room):
+    if room is not None and not is_room_name(room):
         raise HttpProblem(400, "Bad Request", "room must be a room name")
     if library is None:
         recordings: list[dict[str, Any]] = []
@@ -76,7 +112,7 @@ class _Collector(Collector):
 
     def collect(self) -> Iterator[Any]:
         app = self.app
-        nodes = list(app[NAMESPACE_KEY].router.nodes.values())
+        nodes = list(app[NAMESPACE_KEY].registry.nodes.values())
         sessions = GaugeMetricFamily("relaycast_sfu_sessions", "WebRTC sessions on an SFU node",
                                      labels=["node"])
         for node in nodes:

@@ -1,4 +1,5 @@
-"""Reusable LL-HLS conformance checker (docs/standards.md LL-HLS table).
+"""Reusable LL-HLS conformance checker (RFC 8216bis §4.4.3.7, §4.4.3.8, §4.4.4.9,
+§4.4.5.3, §4.4.5.4, §6.2.2, §6.2.5.1).
 
 Works on playlist *text* parsed with the third-party ``m3u8`` package, so it can be
 pointed at the writer's output in unit tests and at the real bridge over HTTP later.

@@ -15,8 +15,9 @@ import pytest
 from hls_bridge.bridge import HlsConfig
 from loadtest import whip_client
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
-from tests.conftest import STREAM_KEY
 from tests.hls_bridge.llhls_checker import check_media, entries, last_msn_part
+from tests.polling import wait_for
+from tests.services import STREAM_KEY
 
 FFPROBE = "/usr/bin/ffprobe"
 PARTS_PER_SEGMENT = 5  # 0.2 s parts, 1 s segments (the defaults)
@@ -120,9 +121,12 @@ async def test_live_room_is_served_as_ll_hls(service, http, tmp_path: Path) -> N
 
     # The publisher left: the bridge stops and its playlists end.
     store = bridge.store
-    async with asyncio.timeout(10):
-        while "demo" in svc.hls.bridges or not bridge.stopped:
-            await asyncio.sleep(0.1)
+    await wait_for(
+        lambda: "demo" not in svc.hls.bridges and bridge.stopped,
+        10,
+        "the bridge to stop",
+        interval_s=0.1,
+    )
     assert all(r.playlist.ended for r in store.renditions.values())
     # For a grace period the ended stream stays served: ENDLIST and its last parts, so
     # players reach the end instead of 404s; then the room answers 404.
@@ -134,9 +138,11 @@ async def test_live_room_is_served_as_ll_hls(service, http, tmp_path: Path) -> N
     if last_part is not None:
         status, _, _ = await get(http, f"{media_base}/v0/{last_part.uri}")
         assert status == 200
-    async with asyncio.timeout(10):
-        while (await get(http, f"{base}/index.m3u8"))[0] != 404:
-            await asyncio.sleep(0.2)
+
+    async def room_gone() -> bool:
+        return (await get(http, f"{base}/index.m3u8"))[0] == 404
+
+    await wait_for(room_gone, 10, "404 for the ended room after its grace", interval_s=0.2)
 
 
 async def test_bridge_stops_after_idle_seconds_without_requests(service, http) -> None:
@@ -153,10 +159,13 @@ async def test_bridge_stops_after_idle_seconds_without_requests(service, http) -
         bridge = svc.hls.bridges["demo"]
         # Video only: no audio rendition.
         assert [m.uri for m in m3u8.loads(body.decode()).media if m.type == "AUDIO"] == []
-        async with asyncio.timeout(10):
-            # The manager forgets the bridge first, then stops it: wait for the stop to end.
-            while "demo" in svc.hls.bridges or not bridge.store.ended:
-                await asyncio.sleep(0.1)
+        # The manager forgets the bridge first, then stops it: wait for the stop to end.
+        await wait_for(
+            lambda: "demo" not in svc.hls.bridges and bridge.store.ended,
+            10,
+            "the idle bridge to stop",
+            interval_s=0.1,
+        )
         assert bridge.stopped and all(r.playlist.ended for r in bridge.store.renditions.values())
         assert bridge.taps and all(t.closed for t in bridge.taps.values())
         # The room is still live: the next request starts a fresh bridge.

@@ -22,6 +22,7 @@ from hls_bridge.encoders import (
     choose_encoder,
     open_video_encoder,
 )
+from hls_bridge.problems import PROBLEM_TYPES
 
 # A GPU or a DRI render node may make a hardware encoder usable; the assertions
 # that libx264 is chosen only hold on a machine without them.
@@ -50,6 +51,8 @@ def test_choice_follows_probe_order_and_logs_rejections(
     for result in rejected:
         assert not result.available
         assert result.reason.strip()
+        assert result.problem in PROBLEM_TYPES  # what reports show instead of the reason
+    assert chosen.problem is None
     messages = [r.getMessage() for r in caplog.records]
     for result in rejected:
         assert any(f"{result.name} rejected: {result.reason}" in m for m in messages)

@@ -19,7 +19,8 @@ from loadtest.ffmpeg_whip import FfmpegWhipProcess
 from loadtest.pattern import read_code
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
 from sfu.producer import MediaPacket
-from tests.conftest import STREAM_KEY
+from tests.polling import wait_for
+from tests.services import STREAM_KEY
 
 VIDEO_FRAMES = 60
 AUDIO_FRAMES = 25
@@ -359,10 +360,12 @@ async def test_output_queue_drops_oldest_when_nobody_reads() -> None:
         payloads = opus_packets(20)
         for i, payload in enumerate(payloads):
             assert decoder.submit(EncodedFrame([payload], 960 * i, 960 * i, True))
-        deadline = asyncio.get_running_loop().time() + 10
-        while decoder.queue_dropped + decoder.queue.qsize() < len(payloads):
-            assert asyncio.get_running_loop().time() < deadline, decoder.frames_decoded
-            await asyncio.sleep(0.01)
+        await wait_for(
+            lambda: decoder.queue_dropped + decoder.queue.qsize() >= len(payloads),
+            10,
+            lambda: f"all 20 frames decoded (decoded: {decoder.frames_decoded})",
+            interval_s=0.01,
+        )
         kept = [decoder.queue.get_nowait() for _ in range(decoder.queue.qsize())]
         assert [f.pts for f in kept if f is not None] == [960 * i for i in range(16, 20)]
         assert decoder.queue_dropped == 16

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import aiohttp
 import m3u8
@@ -17,10 +15,10 @@ from aiohttp.test_utils import TestClient
 
 from hls_bridge.origin import create_origin_app
 from hls_bridge.playlist import VariantStream
+from hls_bridge.problems import BAD_DIRECTIVE, NOT_FOUND, NOT_READY, PROBLEM_TYPES, ProblemType
 from hls_bridge.store import RenditionStore, RoomStore, StoreError
-
-sys.path.insert(0, str(Path(__file__).parent))
-import llhls_checker as checker  # noqa: E402
+from tests.hls_bridge import llhls_checker as checker
+from tests.polling import wait_for
 
 TARGET = 1
 PART = 0.2
@@ -123,13 +121,6 @@ def next_part(msn: int, index: int) -> tuple[int, int]:
     return (msn, index + 1) if index + 1 < PARTS_PER_SEGMENT else (msn + 1, 0)
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Bounded wait for in-process state the HTTP side changes (e.g. a request blocking)."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-
 async def get_playlist(
     client: TestClient, rendition: str = "v0", **query: str | int
 ) -> tuple[aiohttp.ClientResponse, str]:
@@ -143,13 +134,19 @@ async def get_playlist(
     return resp, text
 
 
-async def assert_problem(resp: aiohttp.ClientResponse, status: int) -> dict:
+async def assert_problem(
+    resp: aiohttp.ClientResponse, status: int, kind: ProblemType | None = None
+) -> dict:
+    """A problem+json error of ``status``, of type ``kind`` (default: the origin's type
+    for that status) with that type's title."""
     assert resp.status == status, await resp.text()
     assert resp.content_type == "application/problem+json"
     assert resp.headers["Access-Control-Allow-Origin"] == "*"
     assert resp.headers["Cache-Control"] == "no-store"
     body = await resp.json(content_type=None)
-    assert body["status"] == status and body["type"] == "about:blank"
+    kind = kind or {400: BAD_DIRECTIVE, 404: NOT_FOUND, 503: NOT_READY}[status]
+    assert body["status"] == status and body["type"] == kind.uri, body
+    assert PROBLEM_TYPES[body["type"]].title == body["title"]
     return body
 
 
@@ -218,12 +215,109 @@ async def test_bad_delivery_directives_are_400(
     # msn = last + 2 is allowed: it blocks (here until the stream ends)
     store = room.renditions["v0"]
     pending = asyncio.create_task(client.get(f"{MEDIA}/v0/index.m3u8?_HLS_msn=4"))
-    await until(lambda: store.waiters == 1)
+    await wait_for(
+        lambda: store.waiters == 1, 5.0, "one blocked playlist request", interval_s=0.005
+    )
     for _ in range(PARTS_PER_SEGMENT - 1):
         feeder.step()
     assert not pending.done()
     room.end()
     resp = await asyncio.wait_for(pending, 5)
+    assert resp.status == 200 and "#EXT-X-ENDLIST" in await resp.text()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "_HLS_msn=%C2%B2",  # superscript two: str.isdigit() says yes, int() says no
+        "_HLS_msn=0&_HLS_part=%C2%B9",  # superscript one
+        pytest.param("_HLS_msn=" + "9" * 5000, id="msn-5000-digits"),  # int() refuses
+        pytest.param("_HLS_msn=0&_HLS_part=" + "1" * 5000, id="part-5000-digits"),
+        "_HLS_msn=%D9%A3",  # ARABIC-INDIC DIGIT THREE: int() would take it
+        "_HLS_msn=%EF%BC%91",  # FULLWIDTH DIGIT ONE
+        "_HLS_msn=1" + "0" * 20,  # 21 digits
+        "_HLS_msn=",
+        "_HLS_msn=+1",
+        "_HLS_msn=%201",
+        "_HLS_msn=1.0",
+        "_HLS_msn=-0",
+        "_HLS_msn=1&_HLS_msn=2",  # a directive given twice
+    ],
+)
+async def test_malformed_delivery_directives_are_400(
+    client: TestClient, feeder: Feeder, query: str
+) -> None:
+    """Directives are decimal-integers (RFC 8216bis §4.2): 1-20 ASCII digits."""
+    feeder.step()
+    resp = await client.get(f"{MEDIA}/v0/index.m3u8?{query}")
+    body = await assert_problem(resp, 400)
+    assert len(body["detail"]) < 100
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("seg" + "1" * 5000 + ".m4s", id="seg-5000-digits"),
+        pytest.param("part" + "1" * 5000 + ".0.m4s", id="part-msn-5000-digits"),
+        pytest.param("part0." + "1" * 5000 + ".m4s", id="part-index-5000-digits"),
+        "seg%D9%A0.m4s",  # ARABIC-INDIC DIGIT ZERO: not segment 0
+        "part%D9%A0.0.m4s",
+        "seg%C2%B2.m4s",
+        "seg-1.m4s",
+        "seg.m4s",
+        "seg0.m4s.bak",
+        "part0.m4s",
+        "index.m3u8x",
+    ],
+)
+async def test_unknown_media_names_are_404(
+    client: TestClient, feeder: Feeder, name: str
+) -> None:
+    feeder.segments(1)
+    feeder.step()
+    resp = await client.get(f"{MEDIA}/v0/{name}")
+    await assert_problem(resp, 404)
+    assert (await client.get(f"{MEDIA}/v0/seg0.m4s")).status == 200
+
+
+async def test_first_playlist_waits_for_the_first_part(
+    client: TestClient, room: RoomStore, feeder: Feeder
+) -> None:
+    """No playlist without a part and a preload hint (§4.4.5.3): a request to a new
+    rendition is held until its first part exists, then gets a complete playlist."""
+    store = room.renditions["v0"]
+    assert not store.has_media
+    plain = asyncio.create_task(client.get(f"{MEDIA}/v0/index.m3u8"))
+    blocking = asyncio.create_task(client.get(f"{MEDIA}/v0/index.m3u8?_HLS_msn=0&_HLS_part=0"))
+    await wait_for(
+        lambda: store.waiters == 2, 5.0, "two blocked playlist requests", interval_s=0.005
+    )
+    assert not plain.done() and not blocking.done()
+    feeder.step()
+    for pending in (plain, blocking):
+        resp = await asyncio.wait_for(pending, 5)
+        text = await resp.text()
+        assert resp.status == 200, text
+        checker.check_media(text)
+        parsed = m3u8.loads(text)
+        assert [p.uri for s in parsed.segments for p in s.parts] == ["part0.0.m4s"]
+        assert parsed.preload_hint.uri == "part0.1.m4s"
+        assert "#EXT-X-INDEPENDENT-SEGMENTS" in text
+
+
+async def test_first_playlist_without_a_part_is_503_after_three_target_durations(
+    client: TestClient, room: RoomStore
+) -> None:
+    started = time.monotonic()
+    resp = await client.get(f"{MEDIA}/v0/index.m3u8")
+    elapsed = time.monotonic() - started
+    await assert_problem(resp, 503)
+    assert resp.headers["Retry-After"] == "1"
+    assert 3 * TARGET - 0.05 <= elapsed < 3 * TARGET + 2.0
+    assert room.renditions["v0"].waiters == 0
+    # an ended rendition that never had a part is answered at once (ENDLIST)
+    room.end()
+    resp = await client.get(f"{MEDIA}/v1/index.m3u8")
     assert resp.status == 200 and "#EXT-X-ENDLIST" in await resp.text()
 
 
@@ -249,7 +343,9 @@ async def test_endlist_ignores_blocking_directives(
     pending = asyncio.create_task(
         client.get(f"{MEDIA}/v0/index.m3u8", params={"_HLS_msn": 3, "_HLS_part": 0})
     )
-    await until(lambda: store.waiters == 1)
+    await wait_for(
+        lambda: store.waiters == 1, 5.0, "one blocked playlist request", interval_s=0.005
+    )
     room.end()
     resp = await asyncio.wait_for(pending, 5)
     text = await resp.text()
@@ -280,7 +376,9 @@ async def test_preload_hinted_part_is_answered_once_published(
     store = room.renditions["v0"]
 
     pending = asyncio.create_task(client.get(f"{MEDIA}/v0/{hint}"))
-    await until(lambda: store.waiters == 1)
+    await wait_for(
+        lambda: store.waiters == 1, 5.0, "one blocked playlist request", interval_s=0.005
+    )
     assert not pending.done()
     published = time.monotonic()
     feeder.step()
@@ -296,7 +394,7 @@ async def test_preload_hinted_part_is_answered_once_published(
     # a hinted part that the segment closes without is answered 404, not held
     other = room.renditions["v1"]
     pending = asyncio.create_task(client.get(f"{MEDIA}/v1/part1.2.m4s"))
-    await until(lambda: other.waiters == 1)
+    await wait_for(lambda: other.waiters == 1, 5.0, "a blocked request on v1", interval_s=0.005)
     other.close_segment(T0 + timedelta(seconds=1))
     await assert_problem(await asyncio.wait_for(pending, 5), 404)
 
@@ -378,7 +476,9 @@ async def test_delta_update_skips_old_segments(
         checker.check_delta(full, delta)
     # a blocking request may ask for a delta too
     pending = asyncio.create_task(get_playlist(client, _HLS_msn=10, _HLS_part=1, _HLS_skip="YES"))
-    await until(lambda: room.renditions["v0"].waiters == 1)
+    await wait_for(
+        lambda: room.renditions["v0"].waiters == 1, 5.0, "a blocked request", interval_s=0.005
+    )
     feeder.step()
     _, delta = await asyncio.wait_for(pending, 5)
     assert "#EXT-X-SKIP" in delta
@@ -399,31 +499,32 @@ async def test_parts_and_segments_expire_after_the_grace_window(
 
     feeder.segments(6)
     store = room.renditions["v0"]
-    assert store.playlist.parts_listed_from() == 3
+    # parts: the last two closed segments and the in-progress one (§4.4.4.9)
+    assert store.playlist.parts_listed_from() == 4
     assert store.playlist.media_sequence == 3
     _, text = await get_playlist(client)
     assert "part0.0.m4s" not in text and "seg0.m4s" not in text
 
     # unlisted, but still inside the grace window (3 target durations)
     clock.now = 3 * TARGET - 0.1
-    for path in ("part0.0.m4s", "part2.4.m4s", "seg0.m4s", "seg2.m4s"):
+    for path in ("part0.0.m4s", "part3.4.m4s", "seg0.m4s", "seg2.m4s"):
         resp = await client.get(f"{MEDIA}/v0/{path}")
         assert resp.status == 200, path
 
     clock.now = 3 * TARGET + 0.1
-    for path in ("part0.0.m4s", "part2.4.m4s", "seg0.m4s", "seg2.m4s"):
+    for path in ("part0.0.m4s", "part3.4.m4s", "seg0.m4s", "seg2.m4s"):
         await assert_problem(await client.get(f"{MEDIA}/v0/{path}"), 404)
     # still listed: still served
-    for path in ("part3.0.m4s", "seg3.m4s", "seg5.m4s"):
+    for path in ("part4.0.m4s", "seg3.m4s", "seg5.m4s"):
         resp = await client.get(f"{MEDIA}/v0/{path}")
         assert resp.status == 200, path
 
     # the next change forgets the expired media; newer unlisted parts get their own grace
     feeder.segments(1)
     assert store.part(0, 0) is None and store.segment(0) is None
-    assert store.part(3, 0) == payload("v0", 3, 0)  # unlisted now, expires at now + 3
+    assert store.part(4, 0) == payload("v0", 4, 0)  # unlisted now, expires at now + 3
     clock.now += 3 * TARGET + 0.1
-    assert store.part(3, 0) is None
+    assert store.part(4, 0) is None
 
 
 def test_store_rejects_rewrites() -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import m3u8
 import pytest
@@ -28,9 +26,7 @@ from hls_bridge.playlist import (
     rendition_report,
     skipped_segment_count,
 )
-
-sys.path.insert(0, str(Path(__file__).parent))
-import llhls_checker as checker  # noqa: E402
+from tests.hls_bridge import llhls_checker as checker
 
 PART = 0.2
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -135,19 +131,25 @@ def test_every_render_conforms(scenario: dict) -> None:
 
 
 @pytest.mark.parametrize(
-    ("gops", "trailing", "window", "media_sequence", "listed", "with_parts"),
+    ("gops", "trailing", "ended", "window", "media_sequence", "listed", "with_parts"),
     [
         # 20 x 1 s segments, window 12: msn 8..19 listed; parts for segments starting
         # within 3 s of the end (3 trailing parts = 0.6 s -> segments 17, 18, 19 start
-        # 3.6, 2.6, 1.6 s before the end, so 17 loses its parts)
-        ([1.0] * 20, 3, 12, 8, 12, [18, 19, 20]),
-        ([1.0] * 20, 0, 12, 8, 12, [17, 18, 19]),
-        ([1.0] * 5, 0, 12, 0, 5, [2, 3, 4]),
-        ([1.0] * 10, 4, 3, 7, 3, [8, 9, 10]),
+        # 3.6, 2.6, 1.6 s before the end, so 17 loses its parts), and for at most the
+        # last three segments, the in-progress one counted even while it is only a
+        # preload hint (§4.4.4.9; strict parsers reject parts on a fourth)
+        ([1.0] * 20, 3, False, 12, 8, 12, [18, 19, 20]),
+        ([1.0] * 20, 0, False, 12, 8, 12, [18, 19]),
+        ([1.0] * 5, 0, False, 12, 0, 5, [3, 4]),
+        ([1.0] * 10, 4, False, 3, 7, 3, [8, 9, 10]),
+        # after ENDLIST there is no in-progress segment: the last three closed ones
+        ([1.0] * 5, 0, True, 12, 0, 5, [2, 3, 4]),
     ],
 )
-def test_window_and_part_retention(gops, trailing, window, media_sequence, listed, with_parts):
-    pl = build(gops, trailing_parts=trailing, window_segments=window)
+def test_window_and_part_retention(
+    gops, trailing, ended, window, media_sequence, listed, with_parts
+):
+    pl = build(gops, trailing_parts=trailing, ended=ended, window_segments=window)
     parsed = checker.check_media(render(pl))
     entries = checker.entries(parsed)
     assert parsed.media_sequence == pl.media_sequence == media_sequence

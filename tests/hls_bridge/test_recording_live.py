@@ -14,10 +14,12 @@ import aiohttp
 import m3u8
 import pytest
 
+from hls_bridge.bridge import RoomBridge
 from loadtest import whip_client
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
 from relaycast.service import Service
-from tests.conftest import STREAM_KEY, make_config
+from tests.polling import wait_for
+from tests.services import STREAM_KEY, make_config
 
 FFPROBE = "/usr/bin/ffprobe"
 TIMEOUT = aiohttp.ClientTimeout(total=30)
@@ -52,14 +54,15 @@ async def test_stream_is_recorded_and_published_as_vod(recording_service, http) 
     try:
         await whip_client.wait_connected(pub.pc)
         # Recording on: the bridge starts when the room goes live, with no HLS request.
-        async with asyncio.timeout(20):
-            while True:
-                bridge = svc.hls.bridges.get("demo")
-                store = bridge.store if bridge is not None else None
-                if store is not None and "v0" in store.renditions and \
-                        len(store.renditions["v0"].playlist.segments) >= 3:
-                    break
-                await asyncio.sleep(0.1)
+        def recording_bridge() -> RoomBridge | None:
+            bridge = svc.hls.bridges.get("demo")
+            v0 = bridge.store.renditions.get("v0") if bridge is not None else None
+            return bridge if v0 is not None and len(v0.playlist.segments) >= 3 else None
+
+        bridge = await wait_for(
+            recording_bridge, 20, "a bridge with 3 segments of v0", interval_s=0.1
+        )
+        store = bridge.store
         assert bridge is not None and bridge.started_by == "recording"
         # Still recording: nothing is listed yet.
         async with http.get(f"{svc.url}/api/recordings", timeout=TIMEOUT) as resp:
@@ -69,13 +72,12 @@ async def test_stream_is_recorded_and_published_as_vod(recording_service, http) 
         await pub.close()
 
     # The publisher left: the bridge stops, the recording is finished and listed.
-    async with asyncio.timeout(20):
-        while True:
-            async with http.get(f"{svc.url}/api/recordings?room=demo", timeout=TIMEOUT) as resp:
-                body = await resp.json()
-            if body["recordings"]:
-                break
-            await asyncio.sleep(0.2)
+    async def listed() -> dict | None:
+        async with http.get(f"{svc.url}/api/recordings?room=demo", timeout=TIMEOUT) as resp:
+            body = await resp.json()
+        return body if body["recordings"] else None
+
+    body = await wait_for(listed, 20, "the finished recording to be listed", interval_s=0.2)
     assert body["enabled"] is True
     (recording,) = body["recordings"]
     assert recording["room"] == "demo"

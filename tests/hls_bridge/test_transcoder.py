@@ -23,6 +23,7 @@ from hls_bridge.store import PLAYLIST_NAME, RoomStore
 from hls_bridge.transcoder import AUDIO_RENDITION, LadderTranscoder, TranscoderError
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
 from tests.hls_bridge.llhls_checker import check_media, check_multivariant, check_renditions
+from tests.polling import wait_for
 
 FFPROBE = "/usr/bin/ffprobe"
 needs_ffprobe = pytest.mark.skipif(shutil.which(FFPROBE) is None, reason="needs Debian ffprobe")
@@ -162,9 +163,9 @@ async def test_ladder_transcode_aligned_keyframes(tmp_path: Path, x264, capsys) 
     def record(store):
         publish = store.publish_part
 
-        def recording_publish(*args):
+        def recording_publish(*args, **kwargs):
             store_threads.add(threading.get_ident())
-            return publish(*args)
+            return publish(*args, **kwargs)
 
         store.publish_part = recording_publish
         return store
@@ -174,9 +175,9 @@ async def test_ladder_transcode_aligned_keyframes(tmp_path: Path, x264, capsys) 
     record(room.renditions[AUDIO_RENDITION])
 
     async def first_video_segment() -> bool:
-        while "v2" not in room.renditions:
-            await asyncio.sleep(0.01)
-        v2 = room.renditions["v2"]
+        v2 = await wait_for(
+            lambda: room.renditions.get("v2"), 120, "the v2 rendition", interval_s=0.01
+        )
         return await v2.wait_until(lambda: bool(v2.playlist.segments), timeout=30)
 
     waiter = asyncio.create_task(first_video_segment())
@@ -306,3 +307,26 @@ def test_part_target_is_a_whole_number_of_frames() -> None:
     assert transcoder.part_frames == 4
     assert transcoder.part_target == pytest.approx(4 / 24)
     assert transcoder.audio_part_frames == 7  # 7 x 1024 / 48000 = 0.149 s >= 85 % of 0.1667
+
+
+def test_audio_keeps_to_its_input_timestamps() -> None:
+    """Gaps in the audio timestamps are filled with silence, overlaps dropped, a jump
+    over ``max_gap_s`` re-based: the audio timeline stays the input's."""
+    room = RoomStore()
+    transcoder = LadderTranscoder(room, DEFAULT_LADDER)  # no video: audio only
+    tone = ToneAudioTrack(channels=2)  # 960-sample frames, pts in samples
+    # 0, 960: contiguous; 2400: 480 missing before it; 2880: its first 480 samples
+    # overlap; 3360: overlaps by 480 again; 3360 once more: a full duplicate; then a
+    # 10 s jump: re-based, not filled.
+    for start in (0, 960, 2400, 2880, 3360, 3360, 480_000):
+        frame = tone.make_frame(start)
+        transcoder.feed_audio(frame)
+    transcoder.end()
+    stats = transcoder.stats
+    assert stats.audio_filled_samples == 480
+    assert stats.audio_dropped_samples == 480 + 480 + 960
+    assert stats.audio_rebases == 1
+    assert stats.audio_samples == 960 * 7 + 480 - 1920  # what reached the encoder
+    (segment,) = room.renditions[AUDIO_RENDITION].playlist.segments
+    # 5280 samples in whole AAC frames, plus the encoder's flush
+    assert 5280 / 48_000 <= segment.duration <= (5280 + 2 * 1024) / 48_000
