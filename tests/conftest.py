@@ -1,4 +1,11 @@
-"""Shared fixtures: a real relaycast service (signaling + embedded SFU) on 127.0.0.1."""
+"""Shared fixtures: a real relaycast service (signaling + embedded SFU) on 127.0.0.1, a
+private redis-server, and the session-wide check that every ICE candidate the SFU put in
+an answer was on 127.0.0.1 (all test traffic stays on loopback).
+
+Tests import helpers from plain modules (``from tests.services import STREAM_KEY``), never
+from this file: pytest loads it as ``conftest``, an import as ``tests.conftest`` would load
+it a second time.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +20,29 @@ from aiortc.rtcdatachannel import RTCDataChannel
 
 from loadtest import whip_client
 from relaycast.service import Service
-from signaling.config import SignalingConfig
+from tests.redis_server import RedisServer
+from tests.services import make_config
 
-STREAM_KEY = "sk_test_" + "x" * 24
 _CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) \d+ typ", re.MULTILINE)
-
-# Every ICE candidate address the SFU put in an answer during the whole session
-# (checked by tests/test_zz_candidates.py, which runs last).
-SEEN_CANDIDATE_ADDRESSES: set[str] = set()
+LOOPBACK_CANDIDATES = {"127.0.0.1"}
 
 
-def record_candidates(sdp: str) -> None:
-    SEEN_CANDIDATE_ADDRESSES.update(_CANDIDATE.findall(sdp))
+def candidate_addresses(sdp: str) -> set[str]:
+    """The connection addresses of the ``a=candidate`` lines of ``sdp`` (RFC 8839 §5.1)."""
+    return set(_CANDIDATE.findall(sdp))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sfu_candidate_addresses() -> Iterator[set[str]]:
+    """Every ICE candidate address the in-process SFU put in an answer during the session.
+
+    After the last test the set must hold 127.0.0.1 only: a failing check here is reported
+    as an error in the session's teardown and makes pytest exit non-zero.
+    """
+    seen: set[str] = set()
+    yield seen
+    stray = seen - LOOPBACK_CANDIDATES
+    assert not stray, f"the SFU offered ICE candidates off 127.0.0.1 during the session: {sorted(stray)}"
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +51,7 @@ def _loopback_ice() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _record_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+def _record_answers(monkeypatch: pytest.MonkeyPatch, sfu_candidate_addresses: set[str]) -> None:
     """Record the candidates of every SDP answer the SFU produces."""
     from sfu import router
 
@@ -41,16 +59,10 @@ def _record_answers(monkeypatch: pytest.MonkeyPatch) -> None:
 
     async def answer(pc, config):  # type: ignore[no-untyped-def]
         sdp = await original(pc, config)
-        record_candidates(sdp)
+        sfu_candidate_addresses.update(candidate_addresses(sdp))
         return sdp
 
     monkeypatch.setattr(router, "_answer", answer)
-
-
-def make_config(**overrides: object) -> SignalingConfig:
-    values: dict[str, object] = {"host": "127.0.0.1", "port": 0, "demo_stream_key": STREAM_KEY}
-    values.update(overrides)
-    return SignalingConfig.from_env({}, **values)
 
 
 @pytest.fixture
@@ -61,6 +73,15 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
+async def pcs() -> AsyncIterator[list[RTCPeerConnection]]:
+    """Peer connections a test makes (append them); all closed when it ends."""
+    made: list[RTCPeerConnection] = []
+    yield made
+    for pc in made:
+        await pc.close()
+
+
+@pytest.fixture
 async def service() -> AsyncIterator[Service]:
     """A running service: ``service.url``, demo room ``demo`` with :data:`STREAM_KEY`."""
     async with Service(make_config()) as svc:
@@ -68,10 +89,8 @@ async def service() -> AsyncIterator[Service]:
 
 
 @pytest.fixture
-def redis_server() -> Iterator[object]:
+def redis_server() -> Iterator[RedisServer]:
     """A private ``redis-server`` on 127.0.0.1 (``.url``; ``.stop()``/``.start()`` for an outage)."""
-    from redis_server import RedisServer
-
     server = RedisServer()
     server.start()
     yield server

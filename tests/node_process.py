@@ -12,7 +12,8 @@ import os
 import signal
 import sys
 import tempfile
-import time
+
+from tests.polling import wait_for
 
 
 class NodeProcess:
@@ -44,21 +45,21 @@ class NodeProcess:
         self._changed.set()
 
     async def wait_line(self, text: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in self.lines:
-                if text in line:
-                    return line
-            if self.proc is not None and self.proc.returncode is not None and self._reader and self._reader.done():
+        """The first stdout line containing ``text``, once printed.
+
+        :raises WaitTimeout: no such line within ``timeout`` s (the node's log attached).
+        :raises AssertionError: the node exited before printing it.
+        """
+
+        def printed() -> str | None:
+            line = next((line for line in self.lines if text in line), None)
+            exited = self.proc is not None and self.proc.returncode is not None
+            if line is None and exited and self._reader is not None and self._reader.done():
                 raise AssertionError(f"node exited ({self.proc.returncode}) before {text!r}:\n{self.log()}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"node did not print {text!r} within {timeout} s:\n{self.log()}")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
+            return line
+
+        return await wait_for(printed, timeout, lambda: f"the node to print {text!r}:\n{self.log()}",
+                              wake=self._changed)
 
     def log(self) -> str:
         with open(self._log.name, encoding="utf-8", errors="replace") as f:

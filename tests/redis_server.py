@@ -1,8 +1,8 @@
 """A real ``redis-server`` for tests: 127.0.0.1, a free port, no persistence.
 
-``RedisServer.start()`` waits until it answers PING; ``stop()`` kills it (the data is
-gone: ``--save "" --appendonly no``); ``start()`` again reuses the same port, like an
-operator restarting Redis.
+``RedisServer.start()`` waits until it answers PING (`WaitTimeout` if it does not);
+``stop()`` kills it (the data is gone: ``--save "" --appendonly no``); ``start()`` again
+reuses the same port, like an operator restarting Redis.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
+
+from tests.polling import WaitTimeout, wait_for_sync
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -39,15 +40,18 @@ class RedisServer:
              "--appendonly", "no", "--dir", self._dir.name, "--protected-mode", "yes"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            if self.ping():
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"redis-server on port {self.port} did not answer within {timeout} s")
+        proc = self.proc
+
+        def answering() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {proc.returncode}")
+            return self.ping()
+
+        try:
+            wait_for_sync(answering, timeout, f"redis-server on port {self.port} to answer PING")
+        except WaitTimeout:
+            self.stop()
+            raise
 
     def ping(self) -> bool:
         try:
