@@ -13,6 +13,15 @@ logger = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "application/problem+json"
 
+PROBLEM_BASE = "https://relaycast.dev/problems/"
+"""Base of relaycast's RFC 9457 problem ``type`` URIs (§3.1.1): ``PROBLEM_BASE + slug``.  They
+identify a kind of error (docs list them); clients compare them, they do not fetch them."""
+
+
+def problem_type(slug: str) -> str:
+    """The ``type`` URI of problem ``slug`` (e.g. ``"invalid-sdp"``)."""
+    return PROBLEM_BASE + slug
+
 # RFC 9110 §15 names where Python's HTTPStatus still has the RFC 7231 ones.
 _RFC9110_PHRASES = {
     413: "Content Too Large",

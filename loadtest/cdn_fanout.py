@@ -361,7 +361,9 @@ async def run_cdn(opts: CdnOptions) -> dict[str, Any]:
     procs = opts.procs or max(1, math.ceil(opts.players / PLAYERS_PER_PROC))
     pool = PlayerPool(procs)  # spawned first: they import while the rest starts
     key = "sk_bench_" + secrets.token_hex(12)
-    config = SignalingConfig.from_env({}, host="127.0.0.1", port=0, demo_room=ROOM, demo_stream_key=key)
+    # The nginx edge is the origin's trusted proxy, as in docker-compose.yml.
+    config = SignalingConfig.from_env({"RELAYCAST_TRUSTED_PROXIES": "127.0.0.1"}, host="127.0.0.1", port=0,
+                                      demo_room=ROOM, demo_stream_key=key)
     workdir_ctx = (tempfile.TemporaryDirectory(prefix="relaycast-edge-")
                    if opts.workdir is None else contextlib.nullcontext(str(opts.workdir)))
     result: dict[str, Any] = {}

@@ -26,6 +26,19 @@ def free_port() -> int:
 
 REPO = Path(__file__).resolve().parents[1]
 
+ONE_ADDRESS_LOAD: dict[str, str] = {
+    "RELAYCAST_REQUEST_RATE": "100000",
+    "RELAYCAST_REQUEST_BURST": "100000",
+    "RELAYCAST_PENDING_SESSIONS_PER_ADDRESS": "100000",
+    "RELAYCAST_CONNECTIONS_PER_ADDRESS": "100000",
+    "RELAYCAST_SIO_CONNECTIONS_PER_ADDRESS": "100000",
+    "RELAYCAST_ICE_SERVERS_RATE": "100000",
+    "RELAYCAST_ICE_SERVERS_BURST": "100000",
+}
+"""Per-client-address limits lifted for a service under load-test traffic: every synthetic
+client comes from 127.0.0.1, where real users each have their own address.  Nothing else
+changes (forwarding, admission deadlines, the publisher reserve, chat limits stay as shipped)."""
+
 
 def relaycast_command() -> list[str]:
     """``relaycast`` run by this interpreter (the console script may lack the checkout)."""
@@ -159,6 +172,7 @@ class ServeProcess(RelaycastProcess):
         env = dict(os.environ, RELAYCAST_NODE_SECRET=self.secret, PYTHONUNBUFFERED="1", PYTHONPATH=path)
         for var in ("REDIS_URL", "RELAYCAST_REDIS_URL", "RELAYCAST_DEMO_ROOM"):
             env.pop(var, None)
+        env.update(ONE_ADDRESS_LOAD)
         env.update(self.extra_env)
         args = ["--log-level", "warning", "serve", "--host", "127.0.0.1", "--port", str(free_port()),
                 "--room", self.room, "--no-embedded-sfu", "--redis-url", self.redis_url]

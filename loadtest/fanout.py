@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from . import procstat
-from .cluster_procs import RelaycastProcess, free_port, listening
+from .cluster_procs import ONE_ADDRESS_LOAD, RelaycastProcess, free_port, listening
 from .report import Sample, percentile, rounded, window_metrics
 
 logger = logging.getLogger(__name__)
@@ -98,8 +98,9 @@ class SfuProcess(RelaycastProcess):
         self.url = ""
 
     async def start(self, timeout: float = 30.0) -> None:
-        env = dict(os.environ, RELAYCAST_REQUEST_RATE="100000", RELAYCAST_REQUEST_BURST="100000",
-                   RELAYCAST_MAX_SESSIONS="100000", PYTHONUNBUFFERED="1")
+        # Every load-test viewer joins from 127.0.0.1: lift the per-address limits (and the
+        # node's session cap, which the step counts go beyond).
+        env = dict(os.environ, **ONE_ADDRESS_LOAD, RELAYCAST_MAX_SESSIONS="100000", PYTHONUNBUFFERED="1")
         # The relay baseline is not part of the product: loadtest serves it in its own process.
         command = [sys.executable, "-m", "loadtest"] if self.mode == "relay" else None
         args = ["--log-level", "warning", "relay-serve" if command else "serve", "--host", "127.0.0.1",

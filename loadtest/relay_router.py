@@ -35,7 +35,7 @@ from sfu import aiortc_private
 from sfu.negotiation import choose_publish_codec
 from sfu.protocol import Identity
 from sfu.router import Router
-from sfu.transport import Participant
+from sfu.participant import Participant
 
 logger = logging.getLogger(__name__)
 

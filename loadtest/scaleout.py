@@ -26,6 +26,7 @@ import secrets
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -190,8 +191,9 @@ async def failover(args: argparse.Namespace) -> dict[str, Any]:
                 await viewer.start()
                 await asyncio.sleep(0.3)  # let the room state reach placement
             for k in range(args.kills):
-                await _wait(lambda: all(v.frames and v.frames[-1][0] > time.monotonic() - 0.5 for v in viewers),
-                            20, "every viewer playing")
+                await _wait_until(
+                    lambda: all(v.frames and v.frames[-1][0] > time.monotonic() - 0.5 for v in viewers),
+                    20, "every viewer playing")
                 origin = await redis.hget(f"relaycast:room:{ROOM}", "node")
                 victim = next(n for n in cluster.nodes if n.node_id == origin)
                 spread = {n.node_id: int(json.loads(await redis.hget(f"relaycast:node:{n.node_id}", "load")
@@ -199,10 +201,11 @@ async def failover(args: argparse.Namespace) -> dict[str, Any]:
                 killed = time.monotonic()
                 await victim.kill()
                 current = len(sessions)
-                await _wait(lambda c=current: len(sessions) > c, 30, "the publisher to re-publish")
+                await _wait_until(lambda c=current: len(sessions) > c, 30, "the publisher to re-publish")
                 first_code = sessions[-1]
-                await _wait(lambda f=first_code, t=killed: all(v.first_frame_after(t, f) for v in viewers), 30,
-                            "every viewer to receive again")
+                await _wait_until(
+                    lambda f=first_code, t=killed: all(v.first_frame_after(t, f) for v in viewers),
+                    30, "every viewer to receive again")
                 times = [v.first_frame_after(killed, first_code) - killed for v in viewers]  # type: ignore[operator]
                 rounds.append({"killed": origin, "viewers_per_node": spread,
                                "publisher_back_s": round(publisher.log.sessions[-1] - killed, 3),
@@ -226,12 +229,18 @@ async def failover(args: argparse.Namespace) -> dict[str, Any]:
             "publisher_back_ms": ms_percentiles([r["publisher_back_s"] for r in rounds])}
 
 
-async def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Poll ``predicate()`` every 20 ms until it is truthy (the benchmark has no event for
+    "every viewer plays again"; loadtest/ stands alone, so it does not use tests/polling.py).
+
+    :raises RuntimeError: still falsy after ``timeout_s`` seconds; the message names ``what``.
+    """
+    deadline = time.monotonic() + timeout_s
     while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RuntimeError(f"timed out after {timeout_s:g} s waiting for {what}")
+        await asyncio.sleep(min(0.02, left))
 
 
 # ------------------------------------------------------------------------ CLI

@@ -71,7 +71,10 @@ class FakeNode:
         self._load: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
+        from sfu.protocol import SOCKETIO_PATH
+
         await self.sio.connect(self.url, namespaces=["/sfu"], transports=["websocket"], wait_timeout=10,
+                               socketio_path=SOCKETIO_PATH,
                                auth={"node_id": NODE_ID, "secret": self.secret})
         self._load = asyncio.create_task(self._report_load())
 

@@ -35,7 +35,9 @@ def pin_loopback() -> None:
 
 @dataclass
 class WhipSession:
-    """A connected WHIP/WHEP client session (``channel``: the "chat" data channel, if asked for)."""
+    """A connected WHIP/WHEP client session (``channel``: the "chat" data channel, if asked for;
+    ``token``: the Bearer token it was created with, sent again on DELETE — relaycast ends a
+    WHIP session only for the publisher's own stream key)."""
 
     pc: RTCPeerConnection
     location: str
@@ -43,14 +45,16 @@ class WhipSession:
     etag: str | None = None
     tracks: list[MediaStreamTrack] = field(default_factory=list)
     channel: RTCDataChannel | None = None
+    token: str | None = field(default=None, repr=False)
 
     async def close(self, http: aiohttp.ClientSession | None = None) -> int | None:
         """DELETE the resource (best effort) and close the peer connection."""
         status = None
         own = http is None
         http = http or aiohttp.ClientSession()
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
-            async with http.delete(self.location) as resp:
+            async with http.delete(self.location, headers=headers) as resp:
                 status = resp.status
         except aiohttp.ClientError:
             pass
@@ -114,7 +118,7 @@ async def _negotiate(
     except BaseException:
         await pc.close()
         raise
-    return WhipSession(pc, location, answer, etag, channel=channel)
+    return WhipSession(pc, location, answer, etag, channel=channel, token=token)
 
 
 async def view(

@@ -14,12 +14,19 @@ from typing import Any
 from urllib.parse import quote
 
 from common.config import ConfigError, env_number
+from common.log_redaction import install_redaction
 from sfu.config import SfuConfig
 from sfu.worker import RouterFactory
 from signaling.config import SignalingConfig
 
 
 def configure_logging(level: str) -> None:
+    """Log to stderr at ``level`` ("debug"... "error"); chatty libraries at WARNING or above.
+
+    Every record, third-party ones included, has its credentials masked
+    (:func:`common.log_redaction.install_redaction`) whatever handlers are configured.
+    """
+    install_redaction()
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from common.log_redaction import install_redaction
 from hls_bridge.bridge import BridgeManager, HlsConfig
 from hls_bridge.origin import create_origin_app
 from hls_bridge.vod import RecordingConfig, create_vod_app
@@ -19,6 +20,7 @@ from sfu.worker import RouterFactory, Worker
 from signaling.app import create_app
 from signaling.app_keys import CASCADE, RECORDINGS, ROOMS
 from signaling.config import SignalingConfig
+from signaling.http_guard import ConnectionGuard, EdgeSite
 from signaling.nodes import PlacementStrategy
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class Service:
         self.config = config
         self.app = create_app(config, placement)
         self.runner = web.AppRunner(self.app, access_log=None)
+        self.connections = ConnectionGuard(config.connections_per_address, config.trusted_proxies)
         self.worker: Worker | None = None
         self.router_factory = router_factory
         self.link: SignalingLink | None = None
@@ -73,8 +76,10 @@ class Service:
         config = self.config
         if config.demo_room:
             self.demo_stream_key = self.app[ROOMS].create(config.demo_room, config.demo_stream_key)
+        install_redaction()  # secrets out of every log record, also when embedded
         await self.runner.setup()
-        site = web.TCPSite(self.runner, config.host, config.port, reuse_address=True)
+        site = EdgeSite(self.runner, config.host, config.port, guard=self.connections,
+                        header_timeout_s=config.header_timeout_s)
         await site.start()
         host, port = self.runner.addresses[0][:2]
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host

@@ -46,7 +46,18 @@ class SfuConfig:
     :ivar chat_rate: chat token-bucket refill, messages per second.
     :ivar chat_burst: chat token-bucket size, messages.
     :ivar chat_history: messages a newcomer receives.
-    :ivar max_sessions: sessions this node accepts before answering 503.
+    :ivar max_sessions: sessions this node accepts before answering 503
+        (``RELAYCAST_MAX_SESSIONS``).
+    :ivar publisher_reserve: sessions kept free for publishers
+        (``RELAYCAST_PUBLISHER_RESERVE``; ``None``: :attr:`reserved_for_publishers` picks
+        2 % of ``max_sessions``, at least 1).  A WHEP viewer is admitted only while that many
+        sessions stay free after it; a publisher (a WHIP session with a valid stream key) or
+        a node-to-node pipe may take any free session, so viewers cannot fill a node to the
+        point where its publishers are refused.  0 ≤ value < ``max_sessions``.
+    :ivar connect_timeout_s: seconds a session may take, from its SDP answer, to connect
+        (ICE and DTLS, RFC 8445 / RFC 6347) before the SFU closes it and reports
+        ``session_closed`` (``RELAYCAST_CONNECT_TIMEOUT_S``, default 15 s).  Offers whose
+        client never completes ICE would otherwise hold a session slot and a socket.
     """
 
     ice_gather: tuple[str, ...] = ()
@@ -56,6 +67,8 @@ class SfuConfig:
     chat_burst: int = 10
     chat_history: int = 50
     max_sessions: int = 500
+    publisher_reserve: int | None = None
+    connect_timeout_s: float = 15.0
     node_id: str = field(default="sfu-1")
     redis_url: str | None = None
     """Redis for chat across nodes (``REDIS_URL`` / ``RELAYCAST_REDIS_URL``); None = local."""
@@ -63,12 +76,30 @@ class SfuConfig:
     """An edge node closes its pipe of a room after this many seconds without a viewer
     there (``RELAYCAST_PIPE_LINGER_S``)."""
 
+    def __post_init__(self) -> None:
+        if self.publisher_reserve is not None and not 0 <= self.publisher_reserve < self.max_sessions:
+            raise ConfigError(
+                f"RELAYCAST_PUBLISHER_RESERVE: {self.publisher_reserve} must be at least 0 and "
+                f"below RELAYCAST_MAX_SESSIONS ({self.max_sessions})"
+            )
+
+    @property
+    def reserved_for_publishers(self) -> int:
+        """Sessions WHEP viewers leave free: ``publisher_reserve``, or by default 2 % of
+        ``max_sessions`` rounded up, at least 1 and below ``max_sessions``."""
+        if self.publisher_reserve is not None:
+            return self.publisher_reserve
+        return min(max(1, -(-self.max_sessions // 50)), self.max_sessions - 1)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SfuConfig:
         env = os.environ if env is None else env
         announce = env.get("RELAYCAST_ICE_ANNOUNCE") or None
         if announce is not None:
             _addresses("RELAYCAST_ICE_ANNOUNCE", announce)
+        reserve = None
+        if env.get("RELAYCAST_PUBLISHER_RESERVE"):
+            reserve = int(env_number(env, "RELAYCAST_PUBLISHER_RESERVE", 0, 0, 100000, integer=True))
         return cls(
             ice_gather=_addresses("RELAYCAST_ICE_GATHER", env.get("RELAYCAST_ICE_GATHER", "")),
             ice_announce=announce,
@@ -77,6 +108,8 @@ class SfuConfig:
             chat_burst=int(env_number(env, "RELAYCAST_CHAT_BURST", 10, 1, 1000)),
             chat_history=int(env_number(env, "RELAYCAST_CHAT_HISTORY", 50, 0, 1000)),
             max_sessions=int(env_number(env, "RELAYCAST_MAX_SESSIONS", 500, 1, 100000)),
+            publisher_reserve=reserve,
+            connect_timeout_s=env_number(env, "RELAYCAST_CONNECT_TIMEOUT_S", 15.0, 0.1, 600),
             node_id=env.get("RELAYCAST_NODE_ID", "sfu-1"),
             pipe_linger_s=env_number(env, "RELAYCAST_PIPE_LINGER_S", 10.0, 0, 3600),
             redis_url=_redis_url(env.get("RELAYCAST_REDIS_URL") or env.get("REDIS_URL") or ""),

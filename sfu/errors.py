@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-INVALID_SDP_TYPE = "tag:relaycast,2026:invalid-sdp"
-"""RFC 9457 problem ``type`` of an SDP offer that breaks a rule of the SDP or WebRTC specs
-(a stable identifier, not a locator: docs/whip-whep.md lists the rules)."""
+from common.problems import problem_type
 
 from .protocol import RpcError
+
+INVALID_SDP_TYPE = problem_type("invalid-sdp")
+"""RFC 9457 problem ``type`` of an SDP offer that breaks a rule of the SDP or WebRTC specs
+(a stable identifier, not a locator: docs/whip-whep.md lists the rules)."""
 
 
 class SfuError(Exception):
@@ -26,7 +28,7 @@ class SfuError(Exception):
 
     def to_rpc_error(self) -> RpcError:
         """This error as the SFU protocol's error ack (:class:`sfu.protocol.RpcError`)."""
-        return RpcError(self.status, self.title, self.detail)
+        return RpcError(self.status, self.title, self.detail, self.problem_type)
 
 
 class BadOffer(SfuError):

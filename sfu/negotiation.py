@@ -9,6 +9,7 @@ viewer's offer cannot receive it (no transcoding on this path).
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from collections.abc import Sequence
 
@@ -16,36 +17,39 @@ from aiortc import RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpSender
 from aiortc import sdp as aiortc_sdp
 from aiortc.codecs import is_rtx
 
-from .errors import BadOffer, UnsupportedMedia
+from .errors import InvalidSdp, UnsupportedMedia
+from .sdp_validation import validate_offer
+
+logger = logging.getLogger(__name__)
 
 FORWARDABLE = {"video": ("video/vp8", "video/h264"), "audio": ("audio/opus",)}
 MAX_SDP_BYTES = 64 * 1024
 
 
 def parse_offer(sdp: str) -> aiortc_sdp.SessionDescription:
-    """Parse and sanity-check an SDP offer.
+    """Validate (:func:`sfu.sdp_validation.validate_offer`), parse and sanity-check an offer.
 
-    :raises BadOffer: unparsable, no media, or missing ICE/DTLS attributes.
+    :raises InvalidSdp: over 64 KiB, breaks an SDP/WebRTC rule, unparsable, or an m= section
+        without ICE credentials or a DTLS fingerprint (400).
+    :raises UnsupportedMedia: a media kind other than audio, video or application (422).
     """
     if len(sdp.encode()) > MAX_SDP_BYTES:
-        raise BadOffer(f"SDP larger than {MAX_SDP_BYTES} bytes")
-    if not sdp.startswith("v=0"):
-        raise BadOffer("SDP must start with v=0")
+        raise InvalidSdp(f"SDP larger than {MAX_SDP_BYTES} bytes")
+    validate_offer(sdp)
     try:
         desc = aiortc_sdp.SessionDescription.parse(sdp)
-    except Exception as exc:  # aiortc raises ValueError/KeyError/IndexError on junk
-        raise BadOffer(f"cannot parse SDP: {exc}") from exc
-    if not desc.media:
-        raise BadOffer("SDP has no media sections")
+    except Exception as exc:  # aiortc raises ValueError/KeyError/IndexError/... on junk
+        logger.debug("unparsable SDP offer: %r", exc)
+        raise InvalidSdp("the offer could not be parsed as SDP (RFC 8866)") from exc
     for media in desc.media:
         if media.kind not in ("audio", "video", "application"):
             raise UnsupportedMedia(f"media kind {media.kind!r} is not supported")
         if media.port == 0:
             continue
         if media.ice is None or not (media.ice.usernameFragment and media.ice.password):
-            raise BadOffer(f"m={media.kind} section lacks a=ice-ufrag/a=ice-pwd")
+            raise InvalidSdp(f"m={media.kind} section lacks a=ice-ufrag/a=ice-pwd (RFC 8839 §5.4)")
         if not media.dtls or not media.dtls.fingerprints:
-            raise BadOffer(f"m={media.kind} section lacks a=fingerprint")
+            raise InvalidSdp(f"m={media.kind} section lacks a=fingerprint/a=setup (RFC 8842 §5)")
     return desc
 
 

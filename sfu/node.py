@@ -23,7 +23,9 @@ A pipe is opened by signaling in three RPCs: ``pipe_offer`` on the origin node,
 origin (:mod:`signaling.cascade`).
 
 The node emits ``session_closed`` (:class:`~sfu.protocol.SessionClosed`, with the session's
-kind), ``room_state`` (:class:`~sfu.protocol.RoomState`) and ``load`` (every second, and at
+kind), ``session_connected`` (:class:`~sfu.protocol.SessionConnected`: ICE and DTLS up for
+the first time; signaling counts a session as pending until then), ``room_state``
+(:class:`~sfu.protocol.RoomState`) and ``load`` (every second, and at
 once after connecting or when draining starts).  ``load`` is the node's heartbeat: the
 worker's load plus ``room_states`` (``{room: {live, viewers}}``), so signaling can
 rebuild where rooms live after a signaling or Redis restart.  The embedded default
@@ -44,7 +46,7 @@ from typing import Any
 
 import socketio
 
-from .protocol import NAMESPACE, NodeEvent, Rpc
+from .protocol import NAMESPACE, SOCKETIO_PATH, NodeEvent, Rpc
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -130,6 +132,7 @@ class SignalingLink:
         """One attempt, on the next signaling URL after a failure."""
         try:
             await self.sio.connect(self.url, namespaces=[NAMESPACE], auth=self._auth(),
+                                   socketio_path=SOCKETIO_PATH,
                                    transports=["websocket"], wait_timeout=5)
         except BaseException:
             self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
@@ -46,6 +47,11 @@ class Participant:
     """One session: a publisher (producers) or a viewer (consumers) in a room.
 
     :ivar session_id: the WHIP/WHEP session id assigned by signaling.
+    :ivar connected: the peer connection has reached ``connected`` (ICE and DTLS up) at
+        least once; until then the session is *pending*.
+    :ivar created_at_s: ``time.monotonic()`` when the session was created (its SDP answer
+        or, for a node pipe, its offer): the connect deadline counts from here.
+    :param on_connected: called once, when the session first connects.
     """
 
     def __init__(
@@ -55,6 +61,7 @@ class Participant:
         identity: Identity,
         pc: RTCPeerConnection,
         on_failed: Callable[[Participant], None],
+        on_connected: Callable[[Participant], None] | None = None,
     ) -> None:
         self.session_id = session_id
         self.room = room
@@ -64,13 +71,20 @@ class Participant:
         self.consumers: dict[str, Consumer] = {}
         self.tracks: list[PlaceholderTrack] = []
         self.closed = False
+        self.connected = False
+        self.created_at_s = time.monotonic()
         self._on_failed = on_failed
+        self._on_connected = on_connected
 
         @pc.on("connectionstatechange")
         def _state() -> None:
             state = pc.connectionState
             logger.debug("session %s… connection %s", session_id[:8], state)
-            if state in ("failed", "closed") and not self.closed:
+            if state == "connected" and not self.connected and not self.closed:
+                self.connected = True
+                if self._on_connected is not None:
+                    self._on_connected(self)
+            elif state in ("failed", "closed") and not self.closed:
                 self._on_failed(self)
 
     async def close(self) -> None:

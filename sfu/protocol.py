@@ -10,7 +10,8 @@ The RPCs, their payloads and acks are listed in :mod:`sfu.node`'s docstring.
 
 Events: ``load`` (every second: the node's heartbeat, its load and ``room_states``),
 ``room_state`` (a room's ``{room, live, viewers, pipes[, pipe]}``), ``session_closed``
-(:class:`SessionClosed`: the node ended a session on its own).
+(:class:`SessionClosed`: the node ended a session on its own), ``session_connected``
+(:class:`SessionConnected`: a session's ICE and DTLS are up for the first time).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from typing import Any
 
 NAMESPACE = "/sfu"
 """The Socket.IO namespace SFU nodes connect to (authenticated with the node secret)."""
+SOCKETIO_PATH = "sfu-link"
+"""The Socket.IO endpoint path of :data:`NAMESPACE` (``/sfu-link/``), apart from the
+pages' ``/socket.io/``: signaling accepts nodes only on it, and a public edge denies it
+(nginx sees the path, not the namespace inside the Engine.IO payload)."""
 
 MAX_ID_CHARS = 64
 MAX_NAME_CHARS = 64
@@ -45,6 +50,7 @@ class NodeEvent(StrEnum):
     LOAD = "load"
     ROOM_STATE = "room_state"
     SESSION_CLOSED = "session_closed"
+    SESSION_CONNECTED = "session_connected"
     NODE_LOST = "node_lost"
 
 
@@ -295,6 +301,24 @@ class SessionClosed:
 
 
 @dataclass(frozen=True)
+class SessionConnected:
+    """Event ``session_connected``: a session reached ``connected`` (ICE, RFC 8445, and DTLS,
+    RFC 6347, both up) for the first time; until then it is *pending*, and a pending session
+    is closed (``session_closed``) when it misses the node's connect deadline."""
+
+    room: str
+    session_id: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"room": self.room, "session_id": self.session_id}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> SessionConnected:
+        data = _object(data, "the event")
+        return cls(_text(data, "room"), _text(data, "session_id"))
+
+
+@dataclass(frozen=True)
 class RoomState:
     """Event ``room_state`` (and each entry of a load report's ``room_states``).
 
@@ -333,5 +357,5 @@ def _count(value: Any) -> int:
 __all__ = [
     "NAMESPACE", "OK", "Answer", "CloseSession", "Identity", "NodeEvent", "OpenSession",
     "PipeAnswer", "PipeOffer", "ProtocolError", "RoomState", "Rpc", "RpcError", "SessionClosed",
-    "SessionKind", "Trickle",
+    "SessionConnected", "SessionKind", "Trickle",
 ]

@@ -23,7 +23,7 @@ from . import aiortc_private
 from .chat import CHAT_LABEL, ChatBus, ChatRoom
 from .config import SfuConfig
 from .consumer import Consumer
-from .errors import BadOffer, RoomConflict, RoomNotLive, SfuError, UnsupportedMedia
+from .errors import BadOffer, InvalidSdp, RoomConflict, RoomNotLive, SfuError, UnsupportedMedia
 from .negotiation import (
     announce_address,
     check_track_counts,
@@ -36,20 +36,23 @@ from .negotiation import (
 )
 from .producer import Producer
 from .protocol import Identity, SessionKind
-from .transport import Participant, PlaceholderTrack, new_peer_connection
+from .participant import Participant, PlaceholderTrack, new_peer_connection
 
 logger = logging.getLogger(__name__)
 
 INGEST_RECEIVE_BUFFER = 2 * 1024 * 1024  # bytes: absorbs key-frame bursts at high fan-out
 SessionClosed = Callable[[str, str, str], None]  # (room, session_id, reason)
+SessionConnected = Callable[[str, str], None]  # (room, session_id)
 
 
 class Router:
     """Media and chat of one room.
 
     :param on_session_closed: called when the SFU ends a session on its own
-        (ICE/DTLS failure, replaced publisher, codec change).
+        (ICE/DTLS failure, not connected within ``config.connect_timeout_s``, replaced
+        publisher, codec change).
     :param on_state: called with the room state dict whenever it changes.
+    :param on_session_connected: called when a session first connects (ICE and DTLS up).
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class Router:
         on_session_closed: SessionClosed,
         on_state: Callable[[dict[str, Any]], None],
         chat_bus: ChatBus | None = None,
+        on_session_connected: SessionConnected | None = None,
     ) -> None:
         self.room = room
         self.config = config
@@ -77,6 +81,9 @@ class Router:
         )
         self._on_session_closed = on_session_closed
         self._on_state = on_state
+        self._on_session_connected = on_session_connected
+        self._expiring: set[str] = set()
+        """Sessions being closed for missing the connect deadline."""
         self._pipe_idle_since: float | None = None
         self.holders: set[str] = set()
         """Local consumers other than viewers that need the room's producers (the LL-HLS
@@ -97,9 +104,17 @@ class Router:
         """This node is an edge for the room: its publisher is a pipe from the origin node."""
         return self.publisher is not None and self.publisher.identity.role == SessionKind.PIPE
 
+    @property
+    def connected_viewers(self) -> int:
+        """Viewers here whose session has connected (ICE and DTLS up).  A WHEP offer that
+        never connects is not a viewer: it holds a session until the connect deadline, but
+        counts nowhere (room state, /api/rooms, the LL-HLS viewer threshold)."""
+        return sum(1 for viewer in self.viewers.values() if viewer.connected)
+
     def presence(self) -> dict[str, Any]:
-        """What the room's chat participants see: ``{"live", "viewers"}`` (viewers here)."""
-        return {"live": self.live, "viewers": len(self.viewers)}
+        """What the room's chat participants see: ``{"live", "viewers"}`` (connected viewers
+        here)."""
+        return {"live": self.live, "viewers": self.connected_viewers}
 
     def state(self) -> dict[str, Any]:
         """The room's state for signaling: ``{"live", "viewers", "pipes"}``, plus
@@ -186,12 +201,18 @@ class Router:
                 raise UnsupportedMedia("the offer receives none of the room's tracks ("
                                        + ", ".join(sorted(self.track_kinds)) + ")")
         pc = new_peer_connection()
-        participant = Participant(session_id, self.room, identity, pc, self._failed)
+        participant = Participant(session_id, self.room, identity, pc, self._failed, self._connected)
         try:
             await _set_offer(pc, offer_sdp)
             configure(participant)
             self._watch_chat(participant)
-            answer = await _answer(pc, self.config)
+            try:
+                answer = await _answer(pc, self.config)
+            except SfuError:
+                raise
+            except Exception as exc:  # aiortc: the answer does not fit the offer
+                logger.info("room %s: no answer to an offer: %r", self.room, exc)
+                raise InvalidSdp("the offer's m= sections cannot be answered") from exc
         except BaseException:
             await participant.close()
             raise
@@ -268,7 +289,7 @@ class Router:
         if not self.live:
             raise RoomNotLive(f"room {self.room!r} has no publisher yet")
         pc = new_peer_connection()
-        participant = Participant(session_id, self.room, identity, pc, self._failed)
+        participant = Participant(session_id, self.room, identity, pc, self._failed, self._connected)
         try:
             for kind, producer in self.producers.items():
                 track = PlaceholderTrack(kind)
@@ -347,6 +368,7 @@ class Router:
         return True
 
     async def _remove(self, participant: Participant) -> None:
+        self._expiring.discard(participant.session_id)
         self.chat.leave(participant.identity.id)
         if participant is self.publisher:
             self.publisher = None
@@ -368,6 +390,12 @@ class Router:
         await self._remove(participant)
         self._on_session_closed(self.room, participant.session_id, reason)
 
+    def _connected(self, participant: Participant) -> None:
+        if participant.session_id in self.viewers:
+            self._publish_state()  # one more viewer counts
+        if self._on_session_connected is not None:
+            self._on_session_connected(self.room, participant.session_id)
+
     def _failed(self, participant: Participant) -> None:
         task = asyncio.ensure_future(self._drop(participant, "ICE/DTLS connection failed"))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -378,9 +406,11 @@ class Router:
 
     # ----------------------------------------------------------------- tick
     def tick(self) -> None:
-        """Twice a second: sender reports, key-frame retries for gated consumers, and on
-        an edge node the end of a pipe nobody watched for ``config.pipe_linger_s``."""
+        """Twice a second: sender reports, key-frame retries for gated consumers, the end of
+        sessions not connected ``config.connect_timeout_s`` after their answer, and on an
+        edge node the end of a pipe nobody watched for ``config.pipe_linger_s``."""
         now = time.monotonic()
+        self._expire_unconnected(now)
         if self.pipe_fed and not self.viewers and not self.holders:
             if self._pipe_idle_since is None:
                 self._pipe_idle_since = now
@@ -396,6 +426,20 @@ class Router:
                 if consumer.needs_keyframe_retry(now) and consumer.producer is not None:
                     consumer.producer.request_keyframe()
 
+    def _expire_unconnected(self, now: float) -> None:
+        """Close the sessions that have not connected ``config.connect_timeout_s`` after they
+        were created (each once; `_drop` reports it to signaling)."""
+        deadline_s = self.config.connect_timeout_s
+        for participant in self.sessions():
+            if (participant.connected or participant.closed
+                    or participant.session_id in self._expiring
+                    or now - participant.created_at_s < deadline_s):
+                continue
+            self._expiring.add(participant.session_id)
+            task = asyncio.ensure_future(
+                self._drop(participant, f"not connected within {deadline_s:g} s"))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
 
 async def _set_offer(pc: Any, sdp: str) -> None:
     # A loopback-only node must not send checks to the offer's other addresses
@@ -406,10 +450,11 @@ async def _set_offer(pc: Any, sdp: str) -> None:
     except SfuError:
         raise
     except Exception as exc:  # aiortc: ValueError / OperationError / InternalError
-        text = str(exc) or type(exc).__name__
-        if "codec" in text.lower() or "parameters" in text.lower():
-            raise UnsupportedMedia(text) from exc
-        raise BadOffer(text) from exc
+        logger.info("an offer was refused by aiortc: %r", exc)
+        text = str(exc).lower()
+        if "codec" in text or "parameters" in text:
+            raise UnsupportedMedia("no codec or codec parameters in common with the SFU") from exc
+        raise InvalidSdp("the offer was refused by the WebRTC stack") from exc
 
 
 async def _answer(pc: Any, config: SfuConfig) -> str:

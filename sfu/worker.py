@@ -31,13 +31,15 @@ from .protocol import (
     ProtocolError,
     RpcError,
     SessionClosed,
+    SessionConnected,
     SessionKind,
     Trickle,
 )
 from .router import Router
 
 RouterFactory = Callable[..., Router]
-"""Builds a room's Router: ``factory(room, config, on_session_closed, on_room_state, chat_bus=...)``."""
+"""Builds a room's Router: ``factory(room, config, on_session_closed, on_room_state,
+chat_bus=..., on_session_connected=...)``."""
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,16 @@ class Worker:
     """All rooms of this SFU process.
 
     :param emit: ``emit(event, data)`` towards signaling: ``session_closed``
-        ``{room, session_id, reason}`` and ``room_state`` ``{room, live, viewers}``.
+        (:class:`~sfu.protocol.SessionClosed`), ``session_connected``
+        (:class:`~sfu.protocol.SessionConnected`: ICE and DTLS up for the first time) and
+        ``room_state`` (:class:`~sfu.protocol.RoomState`; ``viewers``: connected viewers).
+
+    Admission (503 :class:`~sfu.errors.Overloaded`): the node takes at most
+    ``config.max_sessions`` sessions, and a WHEP viewer only while
+    ``config.reserved_for_publishers`` sessions stay free after it, so viewers never lock
+    publishers out (publishers and node-to-node pipes, both opened with credentials, may
+    use the reserve).  A session not connected ``config.connect_timeout_s`` after its answer
+    is closed (`Router.tick`) and reported like any other closed session.
     """
 
     def __init__(
@@ -138,15 +149,22 @@ class Worker:
         router = self.routers.get(room)
         if router is None:
             router = self.router_factory(room, self.config, self._session_closed, self._room_state,
-                         chat_bus=self.chat_bus)
+                                         chat_bus=self.chat_bus,
+                                         on_session_connected=self._session_connected)
             self.routers[room] = router
         return router
 
-    def _admit(self) -> None:
+    def _admit(self, *, viewer: bool) -> None:
+        """:raises Overloaded: draining, full, or (a ``viewer``) into the publisher reserve."""
         if self.draining:
             raise Overloaded("this SFU node is draining")
-        if len(self._session_rooms) >= self.config.max_sessions:
-            raise Overloaded(f"this SFU node is full ({self.config.max_sessions} sessions)")
+        sessions, limit = len(self._session_rooms), self.config.max_sessions
+        if sessions >= limit:
+            raise Overloaded(f"this SFU node is full ({limit} sessions)")
+        reserve = self.config.reserved_for_publishers
+        if viewer and sessions + 1 + reserve > limit:
+            raise Overloaded(f"this SFU node has no room for more viewers ({limit} sessions, "
+                             f"{reserve} of them kept for publishers)")
 
     async def _publish(self, data: dict[str, Any]) -> dict[str, Any]:
         return await self._open_session(data, publish=True)
@@ -156,7 +174,7 @@ class Worker:
 
     async def _open_session(self, data: dict[str, Any], *, publish: bool) -> dict[str, Any]:
         request = OpenSession.from_wire(data)
-        self._admit()
+        self._admit(viewer=not publish)
         room, session_id = request.room, request.session_id
         router = self._router(room)
         self._session_rooms[session_id] = room
@@ -171,7 +189,7 @@ class Worker:
 
     async def _pipe_offer(self, data: dict[str, Any]) -> dict[str, Any]:
         request = PipeOffer.from_wire(data)
-        self._admit()
+        self._admit(viewer=False)
         room, session_id = request.room, request.session_id
         router = self.routers.get(room)
         if router is None or not router.live:
@@ -245,6 +263,9 @@ class Worker:
         self._forget(session_id)
         self._send(NodeEvent.SESSION_CLOSED, SessionClosed(room, session_id, reason, kind).to_wire())
 
+    def _session_connected(self, room: str, session_id: str) -> None:
+        self._send(NodeEvent.SESSION_CONNECTED, SessionConnected(room, session_id).to_wire())
+
     def _room_state(self, state: dict[str, Any]) -> None:
         self._send(NodeEvent.ROOM_STATE, state)
 
@@ -283,9 +304,15 @@ class Worker:
         return not self._session_rooms
 
     def load(self) -> dict[str, Any]:
-        viewers = sum(len(r.viewers) for r in self.routers.values())
+        """``{sessions, rooms, viewers, pending, capacity, publisher_reserve, draining}``:
+        ``viewers`` counts connected viewers, ``pending`` the sessions not connected yet;
+        a viewer is admitted while ``sessions + 1 + publisher_reserve <= capacity``."""
+        viewers = sum(r.connected_viewers for r in self.routers.values())
+        pending = sum(1 for r in self.routers.values() for p in r.sessions() if not p.connected)
         load: dict[str, Any] = {"sessions": len(self._session_rooms), "rooms": len(self.routers),
-                                "viewers": viewers, "capacity": self.config.max_sessions,
+                                "viewers": viewers, "pending": pending,
+                                "capacity": self.config.max_sessions,
+                                "publisher_reserve": self.config.reserved_for_publishers,
                                 "draining": self.draining}
         for section, reporter in self.load_reporters.items():
             try:

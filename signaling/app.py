@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,20 +13,35 @@ from aiohttp import web
 
 from common.problems import HttpProblem, problem_middleware
 from common.ratelimit import TokenBuckets
+from sfu.protocol import SOCKETIO_PATH as NODE_SOCKETIO_PATH
+from sfu.protocol import NodeEvent
 from web import STATIC_DIR
 
 from . import browser, hls_api
-from .app_keys import CASCADE, CONFIG, LIMITER, NAMESPACE_KEY, ROOMS, SESSIONS, SIO
+from .app_keys import CASCADE, CONFIG, LIMITER, NAMESPACE_KEY, ROOMS, SESSION_SERVICE, SIO
 from .cascade import Cascade, MemoryPipeRegistry, PipeRegistry, RedisPipeRegistry
+from .client_ip import TRUSTED_PROXIES, client_of
 from .config import SignalingConfig
-from .nodes import MemoryNodeRouter, NodeRouter, PlacementStrategy, SfuNamespace, SfuNode, acts_on
+from .nodes import (
+    MemoryNodeRegistry,
+    NodeRegistry,
+    PlacementStrategy,
+    SfuNamespace,
+    SfuNode,
+    acts_on,
+)
 from .rooms import RoomRegistry
+from .security_headers import harden_response
+from .sessions import MemorySessionStore, RedisSessionStore, SessionService, SessionStore
 from .whip import MediaResources
 
 logger = logging.getLogger(__name__)
 
 _CORS_PREFIXES = ("/whip/", "/whep/", "/api/")
 _EXPOSE = "Location, ETag, Link, Accept-Post, Accept-Patch, Retry-After, WWW-Authenticate"
+
+ICE_LIMITER = web.AppKey("ice_limiter", TokenBuckets)
+"""Per-client limiter of ``GET /api/ice-servers`` (it mints TURN credentials)."""
 
 
 @web.middleware
@@ -52,6 +68,19 @@ async def cors_middleware(
     return response
 
 
+_ENGINEIO_CLIENT_ERRORS = ("bad-origin", "bad-sid", "bad-transport", "bad-upgrade", "bad-version",
+                           "bad-jsonp-index", "unexpected-http")
+
+
+def sio_allowed_origins(allowed: tuple[str, ...]) -> str | list[str] | None:
+    """python-engineio's ``cors_allowed_origins`` for ``RELAYCAST_ALLOWED_ORIGINS``: ``None``
+    (same origin: ``Origin`` must be ``scheme://Host`` of the request) when none are
+    configured, ``"*"`` for any, else the list.  A request without ``Origin`` is accepted."""
+    if not allowed:
+        return None
+    return "*" if allowed == ("*",) else list(allowed)
+
+
 def create_app(config: SignalingConfig, placement: PlacementStrategy | None = None) -> web.Application:
     """Build the signaling app.  Embedded SFU startup lives in :mod:`relaycast.service`.
 
@@ -59,24 +88,34 @@ def create_app(config: SignalingConfig, placement: PlacementStrategy | None = No
     """
     app = web.Application(middlewares=[cors_middleware, problem_middleware], client_max_size=1024 * 1024)
     app[CONFIG] = config
+    app[TRUSTED_PROXIES] = config.trusted_proxies
     app[ROOMS] = RoomRegistry()
-    app[SESSIONS] = {}
     app[LIMITER] = TokenBuckets(config.request_rate, config.request_burst)
+    app[ICE_LIMITER] = TokenBuckets(config.ice_servers_rate, config.ice_servers_burst)
+    app.on_response_prepare.append(harden_response)
 
-    router, manager = _node_router(config, app[ROOMS], placement)
-    sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=manager, cors_allowed_origins=[],
+    registry, manager = _node_registry(config, app[ROOMS], placement)
+    sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=manager,
+                               cors_allowed_origins=sio_allowed_origins(config.allowed_origins),
                                logger=False, engineio_logger=False)
-    sio.attach(app)
+    # python-engineio logs the first bad request of each kind (a foreign Origin, an unknown
+    # session, a bad transport...) at ERROR; they are the client's errors: INFO from the first.
+    sio.eio.log_message_keys.update(_ENGINEIO_CLIENT_ERRORS)
+    sio.attach(app)  # the pages: /socket.io/
+    # SFU nodes: the same server on its own path, which a public edge denies
+    # (SfuNamespace admits nodes only on it).
+    sio.attach(app, socketio_path=NODE_SOCKETIO_PATH)
     app[SIO] = sio
-    namespace = SfuNamespace(config.node_secret, router, lambda event, node, data: _on_node_event(app, event, node, data))
+    namespace = SfuNamespace(config.node_secret, registry, lambda event, node, data: _on_node_event(app, event, node, data))
     sio.register_namespace(namespace)
     app[NAMESPACE_KEY] = namespace
-    app[CASCADE] = Cascade(namespace, _pipe_registry(router), viewers_per_node=config.viewers_per_node,
+    app[CASCADE] = Cascade(namespace, _pipe_registry(registry), viewers_per_node=config.viewers_per_node,
                            rpc_timeout_s=config.rpc_timeout_s, rooms=app[ROOMS])
+    app[SESSION_SERVICE] = SessionService(config, app[ROOMS], namespace, app[CASCADE], _session_store(registry))
     browser.register(app)
-    app.on_startup.append(_start_router)
-    app.on_shutdown.append(_closing_router)
-    app.on_cleanup.append(_close_router)
+    app.on_startup.append(_start_registry)
+    app.on_shutdown.append(_closing_registry)
+    app.on_cleanup.append(_close_registry)
 
     for kind in ("whip", "whep"):
         app.router.add_routes(MediaResources(kind).routes())
@@ -97,37 +136,44 @@ def create_app(config: SignalingConfig, placement: PlacementStrategy | None = No
     return app
 
 
-def _node_router(
+def _node_registry(
     config: SignalingConfig, rooms: RoomRegistry, placement: PlacementStrategy | None
-) -> tuple[NodeRouter, socketio.AsyncManager | None]:
+) -> tuple[NodeRegistry, socketio.AsyncManager | None]:
     """In memory without ``REDIS_URL``; else Redis for nodes/rooms and Socket.IO."""
     if not config.redis_url:
-        return MemoryNodeRouter(placement), None
-    from .redis_state import RedisNodeRouter, SocketIORedisManager
+        return MemoryNodeRegistry(placement), None
+    from .redis_state import RedisNodeRegistry, SocketIORedisManager
 
     manager = SocketIORedisManager(config.redis_url)
-    router = RedisNodeRouter(config.redis_url, placement=placement, rooms=rooms, extra_check=manager.problem)
-    return router, manager
+    registry = RedisNodeRegistry(config.redis_url, placement=placement, rooms=rooms, extra_check=manager.problem)
+    return registry, manager
 
 
-def _pipe_registry(router: NodeRouter) -> PipeRegistry:
-    from .redis_state import RedisNodeRouter
+def _session_store(registry: NodeRegistry) -> SessionStore:
+    """Session records in Redis in Redis mode (any instance serves PATCH/DELETE), else in memory."""
+    from .redis_state import RedisNodeRegistry
 
-    return RedisPipeRegistry(router) if isinstance(router, RedisNodeRouter) else MemoryPipeRegistry()
+    return RedisSessionStore(registry) if isinstance(registry, RedisNodeRegistry) else MemorySessionStore()
 
 
-async def _start_router(app: web.Application) -> None:
+def _pipe_registry(registry: NodeRegistry) -> PipeRegistry:
+    from .redis_state import RedisNodeRegistry
+
+    return RedisPipeRegistry(registry) if isinstance(registry, RedisNodeRegistry) else MemoryPipeRegistry()
+
+
+async def _start_registry(app: web.Application) -> None:
     start = getattr(app[SIO].manager, "start", None)
     if start is not None:  # Redis mode: listen before any node connects
         start(app[SIO])
-    await app[NAMESPACE_KEY].router.start()
+    await app[NAMESPACE_KEY].registry.start()
 
 
-async def _closing_router(app: web.Application) -> None:
-    """Shutdown: stop the router first (in Redis mode this instance stops counting as alive,
+async def _closing_registry(app: web.Application) -> None:
+    """Shutdown: stop the registry first (in Redis mode this instance stops counting as alive,
     so its nodes may register elsewhere at once), then let the nodes connected here go: they
     reconnect and are not declared lost; an open connection would hold the shutdown up."""
-    await app[NAMESPACE_KEY].router.close()
+    await app[NAMESPACE_KEY].registry.close()
     eio = app[SIO].eio
     sockets = list(eio.sockets.values())
     if sockets:
@@ -147,7 +193,7 @@ async def _closing_router(app: web.Application) -> None:
         eio.sockets = {}
 
 
-async def _close_router(app: web.Application) -> None:
+async def _close_registry(app: web.Application) -> None:
     await app[CASCADE].close()
     close = getattr(app[SIO].manager, "close", None)
     if close is not None:
@@ -155,21 +201,16 @@ async def _close_router(app: web.Application) -> None:
 
 
 async def _on_node_event(app: web.Application, event: str, node: SfuNode, data: dict[str, Any]) -> None:
-    sessions = app[SESSIONS]
     rooms = app[ROOMS]
     origin = acts_on(node, data)  # tells the pages, through the Socket.IO manager, once
-    if event == "session_closed":
-        session = sessions.get(str(data.get("session_id")))
-        if session is not None and session.node_sid == node.sid:
-            del sessions[session.id]
-    elif event == "room_state":
+    # session_closed / session_connected / node_lost: the session records
+    await app[SESSION_SERVICE].on_node_event(event, node, data)
+    if event == NodeEvent.ROOM_STATE:
         room = rooms.get(str(data.get("room")))
         if room is not None:
             room.apply_state(node.node_id, data)
             await browser.announce_room(app, room.name, origin)
-    elif event == "node_lost":
-        for sid in [s.id for s in sessions.values() if s.node_sid == node.sid]:
-            del sessions[sid]
+    elif event == NodeEvent.NODE_LOST:
         for room in list(rooms.rooms.values()):
             if room.forget_node(node.node_id):
                 await browser.announce_room(app, room.name, origin)
@@ -194,7 +235,14 @@ async def ice_servers(request: web.Request) -> web.Response:
 
     With TURN REST configured every answer carries freshly minted credentials
     (:mod:`turn.credentials`), hence ``Cache-Control: no-store``.
+
+    :raises HttpProblem: 429 + ``Retry-After`` (s) when the client address has used up
+        its ``RELAYCAST_ICE_SERVERS_RATE`` / ``_BURST`` token bucket (RFC 6585 §4).
     """
+    wait_s = request.app[ICE_LIMITER].take(client_of(request))
+    if wait_s > 0:
+        raise HttpProblem(429, None, "too many ICE server requests; retry later",
+                          headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
     return web.json_response({"iceServers": request.app[CONFIG].client_ice_servers()},
                              headers={"Cache-Control": "no-store"})
 
@@ -206,9 +254,9 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """200 when at least one SFU node is registered and (Redis mode) Redis is reachable;
     else 503 with the reason in ``status``.  ``/healthz`` never depends on Redis."""
-    router = request.app[NAMESPACE_KEY].router
-    problem = await router.check()
-    nodes = router.nodes
+    registry = request.app[NAMESPACE_KEY].registry
+    problem = await registry.check()
+    nodes = registry.nodes
     body: dict[str, Any] = {"status": problem or ("ready" if nodes else "no SFU node"), "nodes": len(nodes),
                             "node_ids": sorted({n.node_id for n in nodes.values()})}
     if request.app[CONFIG].redis_url:

@@ -17,14 +17,15 @@ if TYPE_CHECKING:
 
     from .cascade import Cascade
     from .nodes import SfuNamespace
-    from .whip import Session
+    from .sessions import SessionService
 
 CONFIG = web.AppKey("config", SignalingConfig)
 ROOMS = web.AppKey("rooms", RoomRegistry)
 SIO = web.AppKey("sio", socketio.AsyncServer)
 LIMITER = web.AppKey("limiter", TokenBuckets)
 """Per-client request limiter for WHIP/WHEP POST/PATCH/DELETE (RFC 9725 §5)."""
-SESSIONS: web.AppKey[dict[str, Session]] = web.AppKey("sessions", dict)
+SESSION_SERVICE: web.AppKey[SessionService] = web.AppKey("session_service", object)  # type: ignore[arg-type]
+"""WHIP/WHEP sessions: open, trickle, close (:mod:`signaling.sessions`)."""
 NAMESPACE_KEY: web.AppKey[SfuNamespace] = web.AppKey("sfu_namespace", object)  # type: ignore[arg-type]
 RECORDINGS: web.AppKey[RecordingLibrary] = web.AppKey("recordings", object)  # type: ignore[arg-type]
 """The node's recording library, set only when recording is on (RELAYCAST_HLS_RECORD_DIR)."""

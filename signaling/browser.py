@@ -5,12 +5,22 @@ A page connects without credentials (rooms are public), joins one room and then 
 
 * ``join`` ``{"room": name}`` → ack ``{"room": name, "live": bool, "viewers": int}`` (the
   room's current state on this instance), or ``{"error": str}`` when the room does not
-  exist, the request is malformed, or the client joins more than `JOIN_RATE` times per
-  second (then also ``"retry_after"``, seconds).  A client is in at most one room:
-  joining another leaves the previous one.
+  exist, the request is malformed, or the client's address joins more than `JOIN_RATE`
+  times per second (then also ``"retry_after"``, seconds).  A client is in at most one
+  room: joining another leaves the previous one.
 * ``leave`` (no data) → ack ``{"left": name | None}``.
+* any other event → ack ``{"error": "unknown event ..."}``.  Every event asking for an
+  ack gets one, whatever its payload (none, several arguments, any JSON); bad input is
+  answered, never logged above DEBUG.
 * server → client ``room`` ``{"room": name, "live": bool, "viewers": int, "ts": int}``,
   ``ts`` = emit time, Unix epoch milliseconds (`announce_room`).
+
+Limits, per client address (`signaling.client_ip.client_of`, behind
+``RELAYCAST_TRUSTED_PROXIES``), so that reconnecting does not reset them: at most
+``RELAYCAST_SIO_CONNECTIONS_PER_ADDRESS`` concurrent connections to this namespace on this
+instance (more are refused with a ``ConnectionRefusedError`` message), and the `join`
+token bucket.  The ``Origin`` check (``RELAYCAST_ALLOWED_ORIGINS``) is python-engineio's,
+configured in `signaling.app.create_app`.
 
 Clients of a room are in the Socket.IO room ``room:{name}``.  In Redis mode the server's
 client manager (`signaling.redis_state.SocketIORedisManager`) delivers an emit to the
@@ -22,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import socketio
@@ -29,14 +40,17 @@ from aiohttp import web
 
 from common.ratelimit import TokenBuckets
 
-from .app_keys import ROOMS, SIO
+from .app_keys import CONFIG, ROOMS, SIO
+from .client_ip import client_of, handshake_request
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "/"
 EVENT = "room"
 JOIN_RATE = 10.0
-"""Joins per second per client (burst as many); more are refused with ``retry_after``."""
+"""Joins per second per client address (burst as many); more are refused with ``retry_after``."""
+
+Ack = dict[str, Any]
 
 
 def sio_room(name: str) -> str:
@@ -45,25 +59,82 @@ def sio_room(name: str) -> str:
 
 
 class BrowserNamespace(socketio.AsyncNamespace):
-    """``/``: pages join one public room and receive its ``room`` events (module docstring)."""
+    """``/``: pages join one public room and receive its ``room`` events (module docstring).
 
-    def __init__(self, app: web.Application, join_rate: float = JOIN_RATE) -> None:
+    :param join_rate: joins per second per client address (burst as many).
+    :param clock: monotonic seconds for the join limiter (injectable for tests).
+    """
+
+    def __init__(
+        self, app: web.Application, join_rate: float = JOIN_RATE, *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(NAMESPACE)
         self.app = app
         self.joined: dict[str, str] = {}
         """Socket.IO sid → the relaycast room it joined (clients connected here)."""
-        self._limiter = TokenBuckets(join_rate, max(1, int(join_rate)))
+        self.addresses: dict[str, str] = {}
+        """Socket.IO sid → its client address (clients connected here)."""
+        self.connections: dict[str, int] = {}
+        """Client address → its connections to this namespace here (only addresses with some)."""
+        self.join_limiter = TokenBuckets(join_rate, max(1, int(join_rate)), clock=clock)
+        self._events: dict[str, Callable[[str, tuple[Any, ...]], Awaitable[Ack]]] = {
+            "join": self._join, "leave": self._leave,
+        }
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        """Dispatch connect, disconnect and the client's events (python-socketio's hook).
+
+        python-socketio hands a client's event to the handler with the client's arguments
+        as they came, and a client may even name its events ``connect`` or
+        ``disconnect``; here only the server's own connect (it carries the handshake
+        request) and disconnect (the sid is already leaving) reach those handlers, and a
+        client event always gets an ack dict."""
+        if event == "connect" and len(args) >= 2 and handshake_request(args[1]) is not None:
+            return await self.on_connect(*args)
+        if event == "disconnect" and args and not self.server.manager.is_connected(args[0], NAMESPACE):
+            return await self.on_disconnect(*args)
+        if not args:  # not a client event: python-socketio always passes the sid
+            return None
+        sid, payload = args[0], args[1:]
+        handler = self._events.get(event) if isinstance(event, str) else None
+        if handler is None:
+            return {"error": f"unknown event; send one of: {', '.join(self._events)}"}
+        try:
+            return await handler(sid, payload)
+        except Exception:  # a bug here, not bad input: log it, still answer
+            logger.exception("%s event failed", event)
+            return {"error": "internal error"}
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        return None  # public rooms: no credentials
+        """Public rooms: no credentials; at most ``sio_connections_per_address`` per address.
+
+        :raises ConnectionRefusedError: the address has that many connections here."""
+        request = handshake_request(environ)
+        address = client_of(request) if request is not None else "?"
+        limit = self.app[CONFIG].sio_connections_per_address
+        if self.connections.get(address, 0) >= limit:
+            logger.debug("refused a Socket.IO connection from %s: %d open", address, limit)
+            raise socketio.exceptions.ConnectionRefusedError(
+                f"too many connections from {address} (at most {limit}); close one and retry")
+        self.connections[address] = self.connections.get(address, 0) + 1
+        self.addresses[sid] = address
 
     async def on_disconnect(self, sid: str, *args: Any) -> None:
         self.joined.pop(sid, None)  # python-socketio leaves its rooms itself
+        address = self.addresses.pop(sid, None)
+        if address is not None:
+            left = self.connections.get(address, 1) - 1
+            if left > 0:
+                self.connections[address] = left
+            else:
+                self.connections.pop(address, None)
 
-    async def on_join(self, sid: str, data: Any) -> dict[str, Any]:
-        wait = self._limiter.take(sid)
+    async def _join(self, sid: str, payload: tuple[Any, ...]) -> Ack:
+        wait = self.join_limiter.take(self.addresses.get(sid, sid))
         if wait > 0:
             return {"error": "too many joins", "retry_after": round(wait, 3)}
+        data = payload[0] if len(payload) == 1 else None
         name = data.get("room") if isinstance(data, dict) else None
         if not isinstance(name, str):
             return {"error": 'expected {"room": name}'}
@@ -77,7 +148,7 @@ class BrowserNamespace(socketio.AsyncNamespace):
         self.joined[sid] = name
         return room.to_json()
 
-    async def on_leave(self, sid: str, data: Any = None) -> dict[str, Any]:
+    async def _leave(self, sid: str, payload: tuple[Any, ...]) -> Ack:
         name = self.joined.pop(sid, None)
         if name is not None:
             await self.leave_room(sid, sio_room(name))

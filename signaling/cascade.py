@@ -43,11 +43,24 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from sfu.protocol import (
+    Identity,
+    NodeEvent,
+    OpenSession,
+    PipeAnswer,
+    PipeOffer,
+    ProtocolError,
+    RpcError,
+    SessionClosed,
+    SessionKind,
+)
+
 from .nodes import NoNodeAvailable, PlacementStrategy, SfuNode, acts_on, least_loaded
+from .sfu_client import RpcFailed, SfuClient
 
 if TYPE_CHECKING:
     from .nodes import SfuNamespace
-    from .redis_state import RedisNodeRouter
+    from .redis_state import RedisNodeRegistry
     from .rooms import RoomRegistry
 
 logger = logging.getLogger(__name__)
@@ -62,7 +75,7 @@ class Pipe:
 
     :ivar session: the pipe's session id (the same on both nodes).
     :ivar ready: forwarding; ``False`` while it is being opened.
-    :ivar t: when the record was written, Unix ms.
+    :ivar written_at_ms: when the record was written, Unix time in ms.
     """
 
     room: str
@@ -70,7 +83,7 @@ class Pipe:
     origin: str
     session: str
     ready: bool = False
-    t: int = 0
+    written_at_ms: int = 0
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if k not in ("room", "edge")})
@@ -80,21 +93,22 @@ class Pipe:
         try:
             data = json.loads(raw)
             return cls(room, edge, str(data["origin"]), str(data["session"]), bool(data.get("ready")),
-                       int(data.get("t") or 0))
+                       int(data.get("written_at_ms") or 0))
         except (ValueError, KeyError, TypeError):
             return None
 
     def fresh(self, now_ms: int) -> bool:
         """Usable, or being opened by someone for less than `OPEN_TIMEOUT_S`."""
-        return self.ready or now_ms - self.t < OPEN_TIMEOUT_S * 1000
+        return self.ready or now_ms - self.written_at_ms < OPEN_TIMEOUT_S * 1000
 
 
 class PipeFailed(Exception):
-    """Opening a pipe failed; ``result`` is the failing RPC's ``{"error": {...}}``."""
+    """Opening a pipe failed; :attr:`error` is the failing RPC's error (its ``status`` is the
+    HTTP status to answer with)."""
 
-    def __init__(self, result: dict[str, Any]) -> None:
-        super().__init__(str(result.get("error")))
-        self.result = result
+    def __init__(self, error: RpcError) -> None:
+        super().__init__(f"{error.status} {error.title}: {error.detail}")
+        self.error = error
 
 
 class PipeRegistry(ABC):
@@ -131,7 +145,7 @@ class MemoryPipeRegistry(PipeRegistry):
 
     async def claim(self, pipe: Pipe) -> tuple[bool, Pipe | None]:
         current = self.pipes.get((pipe.room, pipe.edge))
-        if current is not None and current.origin == pipe.origin and current.fresh(pipe.t):
+        if current is not None and current.origin == pipe.origin and current.fresh(pipe.written_at_ms):
             return False, current
         self.pipes[(pipe.room, pipe.edge)] = pipe
         return True, current
@@ -159,7 +173,7 @@ _CLAIM_PIPE = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
   local ok, p = pcall(cjson.decode, cur)
-  if ok and p.origin == ARGV[3] and (p.ready or tonumber(ARGV[4]) - tonumber(p.t) < tonumber(ARGV[5])) then
+  if ok and p.origin == ARGV[3] and (p.ready or tonumber(ARGV[4]) - tonumber(p.written_at_ms) < tonumber(ARGV[5])) then
     return {0, cur}
   end
 end
@@ -188,35 +202,35 @@ class RedisPipeRegistry(PipeRegistry):
     room as pipe-fed, so records of pipes nobody serves any more expire on their own.
     """
 
-    def __init__(self, router: RedisNodeRouter) -> None:
-        self.router = router
+    def __init__(self, registry: RedisNodeRegistry) -> None:
+        self.registry = registry
         self._open_ms = int(OPEN_TIMEOUT_S * 1000)
 
     async def claim(self, pipe: Pipe) -> tuple[bool, Pipe | None]:
-        r = self.router
+        r = self.registry
         ttl_ms = max(r._ttl_ms, self._open_ms)
         claimed, raw = await r._op(r.redis.eval(_CLAIM_PIPE, 1, r.k_pipes(pipe.room), pipe.edge,
-                                                pipe.to_json(), pipe.origin, pipe.t, self._open_ms, ttl_ms))
+                                                pipe.to_json(), pipe.origin, pipe.written_at_ms, self._open_ms, ttl_ms))
         other = Pipe.from_json(pipe.room, pipe.edge, raw) if raw else None
         return bool(int(claimed)), other
 
     async def update(self, pipe: Pipe) -> None:
-        r = self.router
+        r = self.registry
         await r._op(r.redis.eval(_SWAP_PIPE, 1, r.k_pipes(pipe.room), pipe.edge, pipe.session, pipe.to_json()))
 
     async def of_room(self, room: str) -> list[Pipe]:
-        r = self.router
+        r = self.registry
         records = await r._op(r.redis.hgetall(r.k_pipes(room)))
         pipes = [Pipe.from_json(room, edge, raw) for edge, raw in records.items()]
         return [p for p in pipes if p is not None]
 
     async def drop(self, room: str, edge: str, session: str | None = None) -> Pipe | None:
-        r = self.router
+        r = self.registry
         raw = await r._op(r.redis.eval(_SWAP_PIPE, 1, r.k_pipes(room), edge, session or "", ""))
         return Pipe.from_json(room, edge, raw) if raw else None
 
     async def all(self) -> list[Pipe]:
-        r = self.router
+        r = self.registry
         prefix = r.k_pipes("")
 
         async def scan() -> list[Pipe]:
@@ -231,7 +245,7 @@ class RedisPipeRegistry(PipeRegistry):
 class Cascade:
     """Places WHEP viewers across nodes and keeps the room's pipes (see module doc).
 
-    :param namespace: the ``/sfu`` namespace (RPCs to nodes, the `NodeRouter`).
+    :param namespace: the ``/sfu`` namespace (RPCs to nodes, the `NodeRegistry`).
     :param registry: pipe records (`MemoryPipeRegistry` or `RedisPipeRegistry`).
     :param viewers_per_node: 0 = cascade only when the origin is full or draining.
     :param placement: picks the edge among available nodes when none of them is
@@ -250,6 +264,7 @@ class Cascade:
         rooms: RoomRegistry | None = None,
     ) -> None:
         self.namespace = namespace
+        self.client = SfuClient(namespace, rpc_timeout_s)
         self.rooms = rooms
         self.registry = registry
         self.viewers_per_node = viewers_per_node
@@ -269,7 +284,7 @@ class Cascade:
         return node.room_viewers(room)
 
     def _fits(self, node: SfuNode, room: str) -> bool:
-        return node.available and (self.viewers_per_node <= 0
+        return node.accepts_viewers and (self.viewers_per_node <= 0
                                    or self.viewers_on(node, room) < self.viewers_per_node)
 
     async def node_for_viewer(self, room: str, origin: SfuNode) -> SfuNode:
@@ -281,11 +296,11 @@ class Cascade:
         ``viewers_per_node`` by a few.
 
         :raises PipeFailed: the pipe to the chosen edge could not be opened.
-        :raises RouterUnavailable: Redis is unreachable (Redis mode).
+        :raises RegistryUnavailable: Redis is unreachable (Redis mode).
         """
         if self._fits(origin, room):
             return origin
-        others = [n for n in self.namespace.router.nodes.values()
+        others = [n for n in self.namespace.registry.nodes.values()
                   if n.node_id != origin.node_id and self._fits(n, room)]
         if not others:
             return origin  # full everywhere: the origin answers (503 + Retry-After)
@@ -332,7 +347,7 @@ class Cascade:
         deadline = time.monotonic() + OPEN_TIMEOUT_S
         while True:
             pipe = Pipe(room, edge.node_id, origin.node_id, "pipe-" + secrets.token_urlsafe(18),
-                        t=int(time.time() * 1000))
+                        written_at_ms=int(time.time() * 1000))
             claimed, other = await self.registry.claim(pipe)
             if claimed:
                 if other is not None:  # a pipe from an earlier origin (or a failed opening)
@@ -342,32 +357,23 @@ class Cascade:
             if other is not None and other.ready:
                 return
             if time.monotonic() > deadline:
-                raise PipeFailed({"error": {"status": 503, "title": "SFU unavailable",
-                                            "detail": f"the pipe of room {room!r} to {edge.node_id} "
-                                                      "is still being opened"}})
+                raise PipeFailed(RpcError(503, "SFU unavailable", f"the pipe of room {room!r} to "
+                                          f"{edge.node_id} is still being opened"))
             await asyncio.sleep(0.05)  # another instance is opening it
 
     async def _open(self, pipe: Pipe, origin: SfuNode, edge: SfuNode) -> None:
-        call, timeout = self.namespace.call, self.rpc_timeout_s
+        client = self.client
         started = time.monotonic()
         try:
-            offer = await call(origin, "pipe_offer", {
-                "room": pipe.room, "session_id": pipe.session,
-                "identity": {"id": f"pipe-{edge.node_id}"[:32], "name": f"pipe to {edge.node_id}"[:64]},
-            }, timeout)
-            if "sdp" not in offer:
-                raise PipeFailed(offer)
-            answer = await call(edge, "publish", {
-                "room": pipe.room, "session_id": pipe.session, "sdp": offer["sdp"],
-                "identity": {"id": f"pipe-{origin.node_id}"[:32], "name": f"pipe from {origin.node_id}"[:64],
-                             "role": "pipe"},
-            }, timeout)
-            if "sdp" not in answer:
-                raise PipeFailed(answer)
-            done = await call(origin, "pipe_answer", {"session_id": pipe.session, "sdp": answer["sdp"]}, timeout)
-            if "error" in done:
-                raise PipeFailed(done)
-            pipe.ready, pipe.t = True, int(time.time() * 1000)
+            try:
+                offer = await client.pipe_offer(origin, PipeOffer(pipe.room, pipe.session, Identity(
+                    f"pipe-{edge.node_id}"[:32], f"pipe to {edge.node_id}"[:64], SessionKind.PIPE)))
+                answer = await client.publish(edge, OpenSession(pipe.room, pipe.session, offer.sdp, Identity(
+                    f"pipe-{origin.node_id}"[:32], f"pipe from {origin.node_id}"[:64], SessionKind.PIPE)))
+                await client.pipe_answer(origin, PipeAnswer(pipe.session, answer.sdp))
+            except RpcFailed as exc:
+                raise PipeFailed(exc.error) from None
+            pipe.ready, pipe.written_at_ms = True, int(time.time() * 1000)
             await self.registry.update(pipe)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -383,10 +389,11 @@ class Cascade:
         for side, node_id in ((edge_side, pipe.edge), (origin_side, pipe.origin)):
             node = nodes.get(node_id)
             if side and node is not None:
-                await self.namespace.call(node, "close", {"session_id": pipe.session}, self.rpc_timeout_s)
+                with contextlib.suppress(RpcFailed):  # already gone there
+                    await self.client.close(node, pipe.session)
 
     def _nodes_by_id(self) -> dict[str, SfuNode]:
-        return {n.node_id: n for n in self.namespace.router.nodes.values()}
+        return {n.node_id: n for n in self.namespace.registry.nodes.values()}
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -405,18 +412,22 @@ class Cascade:
         if not acts_on(node, data):
             return
         try:
-            if event == "session_closed" and str(data.get("session_id", "")).startswith("pipe-"):
-                await self._pipe_closed(node, str(data.get("room")), str(data["session_id"]))
-            elif event == "node_lost":
+            if event == NodeEvent.SESSION_CLOSED:
+                closed = SessionClosed.from_wire(data)
+                if closed.kind == SessionKind.PIPE:
+                    await self._pipe_closed(node, closed.room, closed.session_id)
+            elif event == NodeEvent.NODE_LOST:
                 await self._node_lost(node)
-            elif event == "room_state" and not data.get("pipe"):
+            elif event == NodeEvent.ROOM_STATE and not data.get("pipe"):
                 room = str(data.get("room"))
                 if not data.get("live"):
                     self._live_on.pop(room, None)
                 elif self._live_on.get(room) != node.node_id:  # went live here just now
                     self._live_on[room] = node.node_id
                     await self._repipe(node, room)
-        except NoNodeAvailable as exc:  # RouterUnavailable: Redis down; records expire
+        except ProtocolError as exc:
+            logger.info("ignored a malformed %s event from node %s: %s", event, node.node_id, exc)
+        except NoNodeAvailable as exc:  # RegistryUnavailable: Redis down; records expire
             logger.warning("pipe bookkeeping for %s skipped: %s", event, exc)
 
     async def _pipe_closed(self, node: SfuNode, room: str, session: str) -> None:
@@ -440,7 +451,7 @@ class Cascade:
         """The room went live on ``origin``: every other node that still has viewers of
         the room (edges of a lost origin, or of the publisher's previous node) is piped
         from here, so those viewers resume without a new WHEP request."""
-        for node in list(self.namespace.router.nodes.values()):
+        for node in list(self.namespace.registry.nodes.values()):
             if node.node_id != origin.node_id and self.viewers_on(node, room):
                 self._spawn(self.ensure_pipe(room, origin, node))
 

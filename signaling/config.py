@@ -11,7 +11,7 @@ from typing import Any
 
 from common.client_address import Network, parse_trusted_proxies
 from common.config import ConfigError, env_number
-from common.names import ROOM_RE
+from common.names import ROOM_RE, is_room_name
 from sfu.config import SfuConfig
 from turn import credentials as turn_credentials
 
@@ -63,6 +63,12 @@ class SignalingConfig:
     :ivar request_rate/request_burst: per-client-IP token bucket for POST/PATCH/DELETE
         on WHIP/WHEP (RFC 9725 §5).
     :ivar retry_after_s: ``Retry-After`` for 409 (room not live) and 503.
+    :ivar pending_sessions_per_address: WHEP sessions one client address may hold before
+        they connect (``RELAYCAST_PENDING_SESSIONS_PER_ADDRESS``, default 5); a POST beyond
+        it is answered 429 + ``Retry-After``.  A session stops being pending when the SFU
+        reports it connected (ICE and DTLS up) or when it ends — at the latest after the
+        SFU's ``RELAYCAST_CONNECT_TIMEOUT_S``.  Bounds the session slots (and sockets) that
+        unauthenticated offers which never connect can hold.
     :ivar redis_url: Redis mode (``RELAYCAST_REDIS_URL``, else ``REDIS_URL``): SFU nodes,
         room placement and Socket.IO shared with other signaling instances; ``None`` =
         the in-memory embedded default.
@@ -73,6 +79,25 @@ class SignalingConfig:
     :ivar viewers_per_node: cascading: at most this many viewers of one room on one node
         before new viewers go to another node (``RELAYCAST_VIEWERS_PER_NODE``; 0 = only
         when the node is full or draining).
+    :ivar allowed_origins: the ``Origin`` values the pages' Socket.IO endpoint accepts
+        (``RELAYCAST_ALLOWED_ORIGINS``, comma-separated ``scheme://host[:port]``, or ``*``
+        for any).  Default empty: the pages' own origin only (``Host``, as python-engineio
+        checks it); a connection without an ``Origin`` header (SFU nodes, scripts) is never
+        refused for it.  Browsers send ``Origin`` on WebSocket and cross-origin requests
+        (RFC 6455 §4.1, RFC 6454 §7), so other sites' pages cannot open a connection.
+    :ivar sio_connections_per_address: concurrent connections to the pages' Socket.IO
+        namespace from one client address (``RELAYCAST_SIO_CONNECTIONS_PER_ADDRESS``,
+        default 20); more are refused.  Behind a reverse proxy set ``trusted_proxies``,
+        or every client shares the proxy's address.
+    :ivar header_timeout_s: a connection must deliver a complete request head within this
+        many seconds of opening or of its previous response, else it is closed
+        (``RELAYCAST_HEADER_TIMEOUT_S``; idle keep-alive connections close after it too).
+    :ivar connections_per_address: open HTTP connections one TCP peer address may hold; more
+        are answered 429 and closed (``RELAYCAST_CONNECTIONS_PER_ADDRESS``; trusted proxies
+        are exempt).  See :mod:`signaling.http_guard`.
+    :ivar ice_servers_rate/ice_servers_burst: per-client token bucket for
+        ``GET /api/ice-servers``, which mints TURN credentials (``RELAYCAST_ICE_SERVERS_RATE``
+        requests/s, ``RELAYCAST_ICE_SERVERS_BURST``); 429 + ``Retry-After`` beyond it.
     """
 
     host: str = "127.0.0.1"
@@ -92,7 +117,14 @@ class SignalingConfig:
     rpc_timeout_s: float = 15.0
     redis_url: str | None = field(default=None, repr=False)
     viewers_per_node: int = 0
+    pending_sessions_per_address: int = 5
     trusted_proxies: tuple[Network, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    sio_connections_per_address: int = 20
+    header_timeout_s: float = 10.0
+    connections_per_address: int = 100
+    ice_servers_rate: float = 2.0
+    ice_servers_burst: int = 30
     sfu: SfuConfig = field(default_factory=SfuConfig)
 
     @classmethod
@@ -116,7 +148,15 @@ class SignalingConfig:
             "request_rate": float(_int(env, "RELAYCAST_REQUEST_RATE", 20, 1, 100000)),
             "request_burst": _int(env, "RELAYCAST_REQUEST_BURST", 100, 1, 1000000),
             "viewers_per_node": _int(env, "RELAYCAST_VIEWERS_PER_NODE", 0, 0, 1000000),
+            "pending_sessions_per_address": _int(env, "RELAYCAST_PENDING_SESSIONS_PER_ADDRESS",
+                                                 5, 1, 1000000),
             "trusted_proxies": parse_trusted_proxies(env.get("RELAYCAST_TRUSTED_PROXIES", "")),
+            "allowed_origins": parse_origins(env.get("RELAYCAST_ALLOWED_ORIGINS", "")),
+            "sio_connections_per_address": _int(env, "RELAYCAST_SIO_CONNECTIONS_PER_ADDRESS", 20, 1, 1000000),
+            "header_timeout_s": env_number(env, "RELAYCAST_HEADER_TIMEOUT_S", 10.0, 0.1, 3600),
+            "connections_per_address": _int(env, "RELAYCAST_CONNECTIONS_PER_ADDRESS", 100, 1, 1000000),
+            "ice_servers_rate": env_number(env, "RELAYCAST_ICE_SERVERS_RATE", 2.0, 0.001, 100000),
+            "ice_servers_burst": _int(env, "RELAYCAST_ICE_SERVERS_BURST", 30, 1, 1000000),
         }
         redis_var = "RELAYCAST_REDIS_URL" if env.get("RELAYCAST_REDIS_URL") else "REDIS_URL"
         if env.get(redis_var):
@@ -136,7 +176,7 @@ class SignalingConfig:
         return config
 
     def validate(self) -> None:
-        if self.demo_room and not ROOM_RE.match(self.demo_room):
+        if self.demo_room and not is_room_name(self.demo_room):
             raise ConfigError(f"RELAYCAST_DEMO_ROOM: {self.demo_room!r} must match {ROOM_RE.pattern}")
         if self.demo_stream_key is not None and len(self.demo_stream_key) < 16:
             raise ConfigError("RELAYCAST_STREAM_KEY: use at least 16 characters")
@@ -146,6 +186,15 @@ class SignalingConfig:
             raise ConfigError(f"port {self.port} is out of range")
         if self.redis_url is not None:
             check_redis_url(self.redis_url, "RELAYCAST_REDIS_URL")
+        parse_origins(self.allowed_origins)
+        if self.sio_connections_per_address < 1:
+            raise ConfigError("RELAYCAST_SIO_CONNECTIONS_PER_ADDRESS: must be at least 1")
+        if self.header_timeout_s <= 0:
+            raise ConfigError("RELAYCAST_HEADER_TIMEOUT_S: must be positive")
+        if self.connections_per_address < 1:
+            raise ConfigError("RELAYCAST_CONNECTIONS_PER_ADDRESS: must be at least 1")
+        if self.ice_servers_rate <= 0 or self.ice_servers_burst < 1:
+            raise ConfigError("RELAYCAST_ICE_SERVERS_RATE / _BURST: must be positive")
         self._validate_turn()
 
     def _validate_turn(self) -> None:
@@ -168,6 +217,35 @@ class SignalingConfig:
         out = [s.to_json() for s in self.ice_servers]
         out += turn_credentials.ice_servers(self.turn_urls, self.turn_secret, user_id, self.turn_ttl_s)
         return out
+
+
+_ORIGIN_RE = re.compile(r"^https?://[^\s/?#@]+$", re.IGNORECASE)
+
+
+def parse_origins(raw: str | tuple[str, ...], name: str = "RELAYCAST_ALLOWED_ORIGINS") -> tuple[str, ...]:
+    """``"https://a.example, http://b.example:8080"`` → origins (RFC 6454 §6.2 serialization:
+    ``scheme://host[:port]``, no path; a trailing ``/`` is dropped, scheme and host lowered).
+
+    ``"*"`` alone allows any origin; ``""`` (default) means the pages' own origin only.
+
+    :raises ConfigError: naming ``name`` for anything else (a path, another scheme, ``*``
+        mixed with origins).
+    """
+    parts = raw.split(",") if isinstance(raw, str) else list(raw)
+    out: list[str] = []
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        if part == "*":
+            out.append(part)
+            continue
+        origin = part.removesuffix("/")
+        if not _ORIGIN_RE.match(origin):
+            raise ConfigError(f"{name}: {part!r} is not an origin (scheme://host[:port]) or *")
+        out.append(origin.lower())
+    if "*" in out and len(out) > 1:
+        raise ConfigError(f"{name}: * allows every origin; do not list others with it")
+    return tuple(out)
 
 
 def check_redis_url(url: str, name: str) -> str:

@@ -1,9 +1,9 @@
 """SFU nodes as seen by signaling: the ``/sfu`` Socket.IO namespace and node placement.
 
-``NodeRouter`` is the interface signaling places sessions through.  Two implementations:
+``NodeRegistry`` is the interface signaling places sessions through.  Two implementations:
 
-* `MemoryNodeRouter` (here): one signaling process, the embedded default.
-* `signaling.redis_state.RedisNodeRouter`: several signaling instances sharing SFU
+* `MemoryNodeRegistry` (here): one signaling process, the embedded default.
+* `signaling.redis_state.RedisNodeRegistry`: several signaling instances sharing SFU
   nodes, the room → node map and room state through Redis (``REDIS_URL``).
 
 Both place a room on the node already hosting it (sticky), else on the node a
@@ -12,8 +12,8 @@ forget a node — releasing its rooms — when its Socket.IO connection drops or
 load reports (every second, the heartbeat) stop for ``ttl`` seconds.
 
 ``SfuNamespace`` authenticates nodes with the shared node secret, feeds their load
-reports and room states to the router, and hands their events to the app (and, through
-the router, to the other signaling instances).
+reports and room states to the registry, and hands their events to the app (and, through
+the registry, to the other signaling instances).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,9 +31,22 @@ from typing import Any
 
 import socketio
 
+from sfu.protocol import (
+    NAMESPACE,
+    SOCKETIO_PATH,
+    NodeEvent,
+    ProtocolError,
+    RoomState,
+    Rpc,
+    RpcError,
+    SessionConnected,
+)
+
+from .client_ip import client_of, handshake_request
+from .node_auth import NodeAuthThrottle
+
 logger = logging.getLogger(__name__)
 
-NAMESPACE = "/sfu"
 DEFAULT_NODE_TTL_S = 4.0
 """A node whose last load report is older than this is gone (reports come every second)."""
 
@@ -71,6 +85,13 @@ class SfuNode:
     def available(self) -> bool:
         return not self.draining and self.sessions < self.capacity
 
+    @property
+    def accepts_viewers(self) -> bool:
+        """Room for one more viewer: ``publisher_reserve`` sessions stay free after it (the
+        node refuses viewers that would eat into its publishers' reserve, `sfu.worker`)."""
+        reserve = int(self.load.get("publisher_reserve", 0))
+        return self.available and self.sessions + 1 + reserve <= self.capacity
+
     def room_viewers(self, room: str) -> int:
         """Viewers of ``room`` on this node, as of its last load report."""
         return int((self.load.get("room_viewers") or {}).get(room, 0))
@@ -99,7 +120,7 @@ class NoNodeAvailable(Exception):
     """No SFU node is registered (or all are full/draining)."""
 
 
-class RouterUnavailable(NoNodeAvailable):
+class RegistryUnavailable(NoNodeAvailable):
     """The shared state (Redis) cannot be reached: placement is impossible for now."""
 
 
@@ -125,10 +146,11 @@ def acts_on(node: SfuNode, data: dict[str, Any]) -> bool:
 
 
 NodeEventListener = Callable[[str, SfuNode, dict[str, Any]], Any]
-"""``listener(event, node, data)`` with event ``session_closed``, ``room_state`` or ``node_lost``."""
+"""``listener(event, node, data)`` with event ``session_closed``, ``session_connected``,
+``room_state`` or ``node_lost``."""
 
 
-class NodeRouter(ABC):
+class NodeRegistry(ABC):
     """Where SFU nodes are registered and rooms are placed.
 
     :ivar nodes: the live nodes this instance knows, by Socket.IO sid (in Redis mode the
@@ -181,7 +203,7 @@ class NodeRouter(ABC):
         """The node hosting ``room``, else the one `placement` picks (then sticky).
 
         :raises NoNodeAvailable: no available node.
-        :raises RouterUnavailable: the shared state cannot be reached (Redis mode)."""
+        :raises RegistryUnavailable: the shared state cannot be reached (Redis mode)."""
 
     @abstractmethod
     async def release_room(self, room: str, node: SfuNode | None = None) -> None:
@@ -235,7 +257,7 @@ class _ExpiryClock:
         return late > 1.0
 
 
-class MemoryNodeRouter(NodeRouter):
+class MemoryNodeRegistry(NodeRegistry):
     """In-memory registry (one signaling process): nodes by sid, rooms by sid."""
 
     def __init__(self, placement: PlacementStrategy | None = None, ttl: float = DEFAULT_NODE_TTL_S) -> None:
@@ -308,7 +330,7 @@ class MemoryNodeRouter(NodeRouter):
                 if await self.unregister(node.sid) is not None:
                     logger.warning("SFU node %s missed its heartbeats for %.1f s: gone",
                                    node.node_id, now - node.seen)
-                    await self._deliver("node_lost", node, {})
+                    await self._deliver(NodeEvent.NODE_LOST, node, {})
                     await self._disconnect(node.sid)
 
 
@@ -318,15 +340,18 @@ class SfuNamespace(socketio.AsyncNamespace):
     def __init__(
         self,
         secret: str,
-        router: NodeRouter,
+        registry: NodeRegistry,
         on_event: NodeEventListener,
+        auth_throttle: NodeAuthThrottle | None = None,
     ) -> None:
         super().__init__(NAMESPACE)
         self._secret = secret
-        self.router = router
+        self.auth_throttle = auth_throttle or NodeAuthThrottle()
+        """Bad node secrets per client address: lockout and rate-limited WARNING."""
+        self.registry = registry
         self._on_event = on_event
-        router.listener = on_event
-        router.disconnect = self._disconnect_node
+        registry.listener = on_event
+        registry.disconnect = self._disconnect_node
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def _disconnect_node(self, sid: str) -> None:
@@ -335,17 +360,32 @@ class SfuNamespace(socketio.AsyncNamespace):
     async def _dispatch(self, event: str, node: SfuNode, data: dict[str, Any]) -> None:
         """An event of a node connected here: this instance's app, then the others."""
         await _maybe_await(self._on_event(event, node, data))
-        await self.router.broadcast(event, node, data)
+        await self.registry.broadcast(event, node, data)
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        if not isinstance(auth, dict) or not isinstance(auth.get("secret"), str):
-            raise socketio.exceptions.ConnectionRefusedError("node credentials required")
-        if not hmac.compare_digest(auth["secret"].encode(), self._secret.encode()):
-            logger.warning("refused SFU node with a bad secret from %s", environ.get("REMOTE_ADDR"))
-            raise socketio.exceptions.ConnectionRefusedError("bad node credentials")
+        """Admit a node: its connection was opened on ``/{SOCKETIO_PATH}/`` (a public edge
+        denies that path), its address is not locked out (`NodeAuthThrottle`) and
+        ``auth`` is ``{"node_id", "secret", "address"?}`` with the shared secret (compared
+        in constant time).  :raises ConnectionRefusedError: saying which rule failed."""
+        request = handshake_request(environ)
+        if request is None or not request.path.startswith(f"/{SOCKETIO_PATH}/"):
+            logger.debug("refused a %s connection opened on %s", NAMESPACE, request and request.path)
+            raise socketio.exceptions.ConnectionRefusedError(
+                f"SFU nodes connect on /{SOCKETIO_PATH}/ (socketio_path={SOCKETIO_PATH!r})")
+        address = client_of(request)
+        locked_s = self.auth_throttle.locked(address)
+        if locked_s > 0:  # refused without looking at the secret
+            self.auth_throttle.refused(address, bad_secret=False)
+            raise socketio.exceptions.ConnectionRefusedError(
+                f"too many bad node credentials from {address}; retry in {math.ceil(locked_s)} s")
+        secret = auth.get("secret") if isinstance(auth, dict) else None
+        if not isinstance(secret, str) or not hmac.compare_digest(secret.encode(), self._secret.encode()):
+            self.auth_throttle.refused(address, bad_secret=True)
+            raise socketio.exceptions.ConnectionRefusedError(
+                "bad node credentials" if isinstance(secret, str) else "node credentials required")
         node = SfuNode(sid=sid, node_id=str(auth.get("node_id") or sid), address=str(auth.get("address") or ""))
         try:
-            await self.router.register(node)
+            await self.registry.register(node)
         except NodeIdInUse as exc:
             logger.warning("refused SFU node %s: %s", node.node_id, exc)
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
@@ -353,16 +393,17 @@ class SfuNamespace(socketio.AsyncNamespace):
 
     async def on_disconnect(self, sid: str, *args: Any) -> None:
         self._locks.pop(sid, None)
-        node = await self.router.unregister(sid)
+        node = await self.registry.unregister(sid)
         if node is not None:
             logger.warning("SFU node %s disconnected", node.node_id)
-            await self._dispatch("node_lost", node, {})
+            await self._dispatch(NodeEvent.NODE_LOST, node, {})
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
         """python-socketio runs every event in its own task; a node's events must be
         handled in the order it sent them (a burst of room states would otherwise end
         on a stale one), so each node's events go through its own lock."""
-        if event in ("load", "room_state", "session_closed") and args:
+        if event in (NodeEvent.LOAD, NodeEvent.ROOM_STATE, NodeEvent.SESSION_CLOSED,
+                     NodeEvent.SESSION_CONNECTED) and args:
             lock = self._locks.setdefault(args[0], asyncio.Lock())
             async with lock:
                 return await super().trigger_event(event, *args)
@@ -371,9 +412,9 @@ class SfuNamespace(socketio.AsyncNamespace):
     async def on_load(self, sid: str, data: Any) -> None:
         if not isinstance(data, dict):
             return
-        node = self.router.nodes.get(sid)
+        node = self.registry.nodes.get(sid)
         first = node is not None and node.local and not node.load
-        await self.router.heartbeat(sid, data)
+        await self.registry.heartbeat(sid, data)
         states = data.get("room_states")
         if first and isinstance(states, dict):
             # A node (re)connecting says which rooms it hosts: every instance learns it now.
@@ -382,43 +423,49 @@ class SfuNamespace(socketio.AsyncNamespace):
                     await self.on_room_state(sid, {**state, "room": room})
 
     async def on_session_closed(self, sid: str, data: Any) -> None:
-        node = self.router.nodes.get(sid)
+        node = self.registry.nodes.get(sid)
         if node is not None and isinstance(data, dict):
-            await self._dispatch("session_closed", node, data)
+            await self._dispatch(NodeEvent.SESSION_CLOSED, node, data)
+
+    async def on_session_connected(self, sid: str, data: Any) -> None:
+        """A session's ICE and DTLS are up (:class:`~sfu.protocol.SessionConnected`): it no
+        longer counts as pending for its client address (:mod:`signaling.whip`)."""
+        node = self.registry.nodes.get(sid)
+        if node is None:
+            return
+        try:
+            event = SessionConnected.from_wire(data)
+        except ProtocolError:
+            return
+        await self._dispatch(NodeEvent.SESSION_CONNECTED, node, event.to_wire())
 
     async def on_room_state(self, sid: str, data: Any) -> None:
-        node = self.router.nodes.get(sid)
+        node = self.registry.nodes.get(sid)
         if node is None or not isinstance(data, dict) or not isinstance(data.get("room"), str):
             return
-        state = {"live": bool(data.get("live")), "viewers": _count(data.get("viewers")),
-                 "pipes": _count(data.get("pipes"))}
-        if data.get("pipe"):
-            state["pipe"] = True
-        await self.router.update_room(node, data["room"], state)
-        await self._dispatch("room_state", node, {**state, "room": data["room"]})
+        wire = RoomState.from_wire(data).to_wire()
+        room = wire.pop("room")
+        await self.registry.update_room(node, room, wire)
+        await self._dispatch(NodeEvent.ROOM_STATE, node, {**wire, "room": room})
 
-    async def call(self, node: SfuNode, event: str, data: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """RPC to a node; the ack is the result dict (``{"error": ...}`` on failure)."""
-        if not self.router.reachable(node):
-            return {"error": {"status": 503, "title": "SFU unavailable",
-                              "detail": f"node {node.node_id} is connected to another signaling "
-                                        "instance and Redis is unreachable"}}
+    async def call(self, node: SfuNode, rpc: Rpc, data: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """One RPC to a node (the transport under :class:`signaling.sfu_client.SfuClient`):
+        the ack, or a :class:`~sfu.protocol.RpcError` object for a failure of the link itself
+        (503 unreachable, 504 no ack in ``timeout`` s, 502 an ack that is not an object)."""
+        if not self.registry.reachable(node):
+            return RpcError(503, "SFU unavailable", f"node {node.node_id} is connected to another "
+                            "signaling instance and Redis is unreachable").to_wire()
         try:
-            result = await self.server.call(event, data, to=node.sid, namespace=NAMESPACE, timeout=timeout)
+            result = await self.server.call(str(rpc), data, to=node.sid, namespace=NAMESPACE, timeout=timeout)
         except socketio.exceptions.TimeoutError:
-            return {"error": {"status": 504, "title": "SFU timeout", "detail": f"{event} timed out"}}
+            return RpcError(504, "SFU timeout", f"{rpc} timed out").to_wire()
         except Exception as exc:
-            return {"error": {"status": 503, "title": "SFU unavailable", "detail": type(exc).__name__}}
+            logger.info("RPC %s to node %s failed: %r", rpc, node.node_id, exc)
+            return RpcError(503, "SFU unavailable", "the SFU node could not be reached").to_wire()
         if not isinstance(result, dict):
-            return {"error": {"status": 502, "title": "Bad SFU reply", "detail": f"{event} returned {type(result).__name__}"}}
+            return RpcError(502, "Bad SFU reply", f"{rpc} returned {type(result).__name__}").to_wire()
         return result
 
-
-def _count(value: Any) -> int:
-    try:
-        return max(0, int(value or 0))
-    except (TypeError, ValueError):
-        return 0
 
 
 async def _maybe_await(value: Any) -> None:

@@ -14,7 +14,7 @@ key                                type    content                              
 ``relaycast:room:{room}``          hash    node (origin node id), live (0/1), viewers,     ``ttl``
                                            updated (ms)
 ``relaycast:pipes:{room}``         hash    the room's node pipes: edge node id → JSON      ``ttl``
-                                           {origin, session, ready, t}
+                                           {origin, session, ready, written_at_ms}
 ``relaycast:instance:{id}``        string  a signaling instance is alive                   ``ttl``
 ``relaycast:events``               pubsub  node events between signaling instances         —
 ``relaycast:socketio``             pubsub  python-socketio's manager channel               —
@@ -31,7 +31,7 @@ An instance shutting down orphans its nodes' hashes (``instance`` = "") so nobod
 places sessions on their dead connections until they re-register (takeover).
 
 Redis calls are bounded (1 s socket timeouts, one immediate retry, ``op_timeout``
-overall); an unreachable Redis makes placement raise `RouterUnavailable` (503 +
+overall); an unreachable Redis makes placement raise `RegistryUnavailable` (503 +
 ``Retry-After`` at the HTTP edge) and ``/readyz`` answer 503, while existing sessions
 keep running; background loops reconnect with a capped exponential backoff.
 """
@@ -53,13 +53,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
+from sfu.protocol import NodeEvent
+
 from .nodes import (
     DEFAULT_NODE_TTL_S,
     NodeIdInUse,
-    NodeRouter,
+    NodeRegistry,
     NoNodeAvailable,
     PlacementStrategy,
-    RouterUnavailable,
+    RegistryUnavailable,
     SfuNode,
     _ExpiryClock,
     load_view,
@@ -149,8 +151,8 @@ return released
 """
 
 
-class RedisNodeRouter(NodeRouter):
-    """`NodeRouter` over Redis, shared by every signaling instance using the same Redis.
+class RedisNodeRegistry(NodeRegistry):
+    """`NodeRegistry` over Redis, shared by every signaling instance using the same Redis.
 
     :param url: ``redis://``, ``rediss://`` or ``unix://`` URL.
     :param placement: strategy for rooms not placed yet (default `least_loaded`).
@@ -197,6 +199,15 @@ class RedisNodeRouter(NodeRouter):
     def k_node(self, node_id: str) -> str:
         return f"{self.prefix}node:{node_id}"
 
+    def k_node_sessions(self, node_id: str) -> str:
+        """The node's WHIP/WHEP session records (:class:`signaling.sessions.RedisSessionStore`)."""
+        return f"{self.prefix}node:{node_id}:sessions"
+
+    @property
+    def ttl_ms(self) -> int:
+        """Lifetime of the keys a node's load reports keep alive, ms."""
+        return self._ttl_ms
+
     def k_node_rooms(self, node_id: str) -> str:
         return f"{self.prefix}node:{node_id}:rooms"
 
@@ -220,12 +231,12 @@ class RedisNodeRouter(NodeRouter):
 
     # ---------------------------------------------------------- plumbing
     async def _op(self, awaitable: Awaitable[T]) -> T:
-        """Run one Redis operation with a bound; failures become `RouterUnavailable`."""
+        """Run one Redis operation with a bound; failures become `RegistryUnavailable`."""
         try:
             result = await asyncio.wait_for(awaitable, self.op_timeout)
         except (TimeoutError, RedisError, OSError) as exc:
             self._failed(exc)
-            raise RouterUnavailable(f"Redis is unreachable ({type(exc).__name__})") from exc
+            raise RegistryUnavailable(f"Redis is unreachable ({type(exc).__name__})") from exc
         return result
 
     def _failed(self, exc: BaseException) -> None:
@@ -262,7 +273,7 @@ class RedisNodeRouter(NodeRouter):
         try:
             await self._sync()
             await self._resync_rooms()  # a restarted instance learns its rooms' state
-        except RouterUnavailable:
+        except RegistryUnavailable:
             logger.warning("Redis at startup: %s; retrying in the background", self.problem)
         self._tasks = [
             asyncio.create_task(self._sync_forever(), name="redis-node-sync"),
@@ -303,11 +314,11 @@ class RedisNodeRouter(NodeRouter):
                 if in_use:
                     raise NodeIdInUse(f"node id {node.node_id!r} is already registered by a live connection")
                 logger.info("SFU node %s takes over its previous registration", node.node_id)
-        except RouterUnavailable:
+        except RegistryUnavailable:
             logger.warning("registering SFU node %s without Redis (%s)", node.node_id, self.problem)
         self._local[node.sid] = node
         self.nodes[node.sid] = node
-        with contextlib.suppress(RouterUnavailable):
+        with contextlib.suppress(RegistryUnavailable):
             await self._write_heartbeat(node, {})
 
     async def heartbeat(self, sid: str, load: dict[str, Any]) -> SfuNode | None:
@@ -322,7 +333,7 @@ class RedisNodeRouter(NodeRouter):
         self._writing.add(sid)
         try:
             await self._write_heartbeat(node, room_states if isinstance(room_states, dict) else {})
-        except RouterUnavailable:
+        except RegistryUnavailable:
             pass
         finally:
             self._writing.discard(sid)
@@ -349,6 +360,7 @@ class RedisNodeRouter(NodeRouter):
                 self._claim(pipe, room, node.node_id, bool(state.get("live")),
                             _int(state.get("viewers")), now_ms)
         pipe.pexpire(self.k_node_rooms(node.node_id), self._ttl_ms)
+        pipe.pexpire(self.k_node_sessions(node.node_id), self._ttl_ms)
         await self._op(pipe.execute())
 
     def _claim(self, client: Any, room: str, node_id: str, live: bool | None, viewers: int,
@@ -364,7 +376,7 @@ class RedisNodeRouter(NodeRouter):
             return None  # closing: the node reconnects elsewhere; its keys expire otherwise
         try:
             released = await self._forget(node, "sid")
-        except RouterUnavailable:
+        except RegistryUnavailable:
             return node  # its keys expire; another instance's sync releases its rooms
         if released is None:
             return None  # it re-registered through another connection meanwhile
@@ -429,7 +441,7 @@ class RedisNodeRouter(NodeRouter):
             else:
                 await self._op(self._claim(self.redis, room, node.node_id, bool(state.get("live")),
                                            _int(state.get("viewers")), int(time.time() * 1000)))
-        except RouterUnavailable:
+        except RegistryUnavailable:
             pass  # the node's next heartbeats re-assert it
 
     async def room_state(self, room: str) -> dict[str, Any] | None:
@@ -462,7 +474,7 @@ class RedisNodeRouter(NodeRouter):
     async def broadcast(self, event: str, node: SfuNode, data: dict[str, Any]) -> None:
         message = json.dumps({"i": self.instance, "e": event, "d": data,
                               "n": {"sid": node.sid, "node_id": node.node_id, "address": node.address}})
-        with contextlib.suppress(RouterUnavailable):
+        with contextlib.suppress(RegistryUnavailable):
             await self._op(self.redis.publish(self.channel, message))
 
     async def _on_message(self, raw: str) -> None:
@@ -476,7 +488,7 @@ class RedisNodeRouter(NodeRouter):
         except (ValueError, KeyError, TypeError):
             logger.warning("ignored a malformed node event")
             return
-        if event == "node_lost":
+        if event == NodeEvent.NODE_LOST:
             known = self.nodes.pop(node.sid, None)
             if node.sid in self._recently_lost:
                 return
@@ -524,7 +536,7 @@ class RedisNodeRouter(NodeRouter):
                 if not was_healthy or tick % resync_every == 0:
                     await self._resync_rooms()
                 backoff = self.interval
-            except RouterUnavailable:
+            except RegistryUnavailable:
                 backoff = min(max(backoff * 2, 0.25), 2.0)
             except Exception:
                 logger.exception("Redis node sync failed")
@@ -567,7 +579,7 @@ class RedisNodeRouter(NodeRouter):
             if node.node_id in orphans or node.node_id in present:
                 continue  # reconnecting, or re-registered under a new connection
             self._recently_lost[sid] = now
-            await self._deliver("node_lost", node, {})  # its node_lost event was missed
+            await self._deliver(NodeEvent.NODE_LOST, node, {})  # its node_lost event was missed
         self.nodes = {**remote, **self._local}
         # Local nodes that stopped reporting: gone, even though their socket is open.
         for node in list(self._local.values()):
@@ -595,8 +607,8 @@ class RedisNodeRouter(NodeRouter):
     async def _announce_lost(self, node: SfuNode) -> None:
         # "here": this instance noticed the loss, so it is the one that cleans up after
         # the node (its pipes); the other instances get the event without it.
-        await self._deliver("node_lost", node, {"here": True})
-        await self.broadcast("node_lost", node, {})
+        await self._deliver(NodeEvent.NODE_LOST, node, {"here": True})
+        await self.broadcast(NodeEvent.NODE_LOST, node, {})
 
     # ----------------------------------------------------------- readiness
     async def check(self) -> str | None:

@@ -3,8 +3,16 @@
 A stream key is 192 random bits (``secrets.token_urlsafe(24)``), shown once
 and stored only as its SHA-256 digest — for high-entropy random secrets a fast
 hash is the right tool (no dictionary to defend against) — and compared with
-:func:`hmac.compare_digest`.  Keys can be rotated.  Failed attempts are
-rate-limited per client address.
+:func:`hmac.compare_digest`.  Keys can be rotated.
+
+Failed attempts are throttled per client address, successes never: after ``max_failures``
+wrong keys within ``window_s`` (10 in 60 s by default) the address is *blocked* until the
+oldest of them leaves the window.  While it is blocked, a key from it is compared with the room's key only — a right
+one is accepted, a wrong one is answered 429 at once, without the search that tells 401
+from 403.  So someone guessing keys from the publisher's address (a shared NAT) cannot lock
+the publisher out; what it costs them is that their guesses are answered 429 from then
+on.  Guessing speed is then bounded by the per-address request rate only, which against
+192-bit random keys changes nothing (2^191 guesses on average).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from common.names import ROOM_RE
+from common.names import ROOM_RE, is_room_name
 
 
 class KeyCheck(Enum):
@@ -27,8 +35,14 @@ class KeyCheck(Enum):
     WRONG_ROOM = "wrong_room"  # 403 insufficient_scope: a real key, for another room
 
 
-def _digest(key: str) -> bytes:
+def digest_of(key: str) -> bytes:
+    """SHA-256 of a stream key: what is stored and compared, never the key."""
     return hashlib.sha256(key.encode()).digest()
+
+
+def same_key(digest: bytes, key: str) -> bool:
+    """Whether ``key`` hashes to ``digest``, in constant time (:func:`hmac.compare_digest`)."""
+    return hmac.compare_digest(digest, digest_of(key))
 
 
 def new_stream_key() -> str:
@@ -85,14 +99,14 @@ class RoomRegistry:
 
     def create(self, name: str, key: str | None = None) -> str:
         """Create (or re-key) a room; returns the stream key in clear, once."""
-        if not ROOM_RE.match(name):
+        if not is_room_name(name):
             raise ValueError(f"room name {name!r} must match {ROOM_RE.pattern}")
         key = key or new_stream_key()
         room = self.rooms.get(name)
         if room is None:
-            self.rooms[name] = Room(name, _digest(key))
+            self.rooms[name] = Room(name, digest_of(key))
         else:
-            room.key_digest = _digest(key)
+            room.key_digest = digest_of(key)
         return key
 
     def rotate(self, name: str) -> str:
@@ -103,9 +117,14 @@ class RoomRegistry:
     def get(self, name: str) -> Room | None:
         return self.rooms.get(name)
 
+    def key_matches(self, name: str, key: str) -> bool:
+        """Whether ``key`` is room ``name``'s key (constant time; False for no such room)."""
+        room = self.rooms.get(name)
+        return room is not None and same_key(room.key_digest, key)
+
     def check_key(self, name: str, key: str) -> KeyCheck:
         """Constant-time comparison against the room's digest (and, for 403, the others')."""
-        digest = _digest(key)
+        digest = digest_of(key)
         room = self.rooms.get(name)
         if room is not None and hmac.compare_digest(room.key_digest, digest):
             return KeyCheck.OK
@@ -123,5 +142,15 @@ class RoomRegistry:
             self._failures.pop(client, None)
         return len(recent) >= self._max_failures
 
+    def blocked_for(self, client: str) -> float:
+        """Seconds until ``client`` is no longer `blocked` (0.0 when it is not), s."""
+        if not self.blocked(client):
+            return 0.0
+        recent = self._failures[client]
+        return max(0.0, recent[-self._max_failures] + self._window_s - time.monotonic())
+
     def record_failure(self, client: str) -> None:
-        self._failures.setdefault(client, []).append(time.monotonic())
+        """Count a wrong key from ``client`` (at most ``max_failures`` are kept per address)."""
+        failures = self._failures.setdefault(client, [])
+        failures.append(time.monotonic())
+        del failures[:-self._max_failures]

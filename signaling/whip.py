@@ -16,31 +16,35 @@ Choices where the specs leave room (documented in docs/whip-whep.md):
 * A new WHIP session for a live room replaces the old publisher session.
 * GET on an endpoint or session → 204: the resources have no representation
   (RFC 9725 §4.1); other methods → 405.
+* A WHIP session's PATCH and DELETE need the publisher's Bearer token (the stream key that
+  created it): the session URL alone does not end a broadcast.  WHEP sessions stay
+  capability URLs (RFC 9725 §4.2 allows either).
+* One client address may hold ``pending_sessions_per_address`` WHEP sessions that have not
+  connected yet (:mod:`signaling.admission`); more → 429.
+* A right stream key is always accepted; wrong ones are throttled per address
+  (:mod:`signaling.rooms`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-import secrets
-import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 from aiohttp import web
 
-from common.problems import HttpProblem, reason
-from sfu.protocol import Identity
+from common.problems import HttpProblem
+from sfu.sdp_validation import valid_candidate
 
-from .app_keys import CASCADE, CONFIG, LIMITER, NAMESPACE_KEY, ROOMS, SESSIONS
-from .cascade import PipeFailed
+from .app_keys import CONFIG, LIMITER, ROOMS, SESSION_SERVICE
 from .client_ip import client_of
-from .names import viewer_name
-from .nodes import NoNodeAvailable
-from .rooms import KeyCheck
+from .rooms import KeyCheck, digest_of, same_key
+from .sessions import Session, SessionRefused
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
@@ -48,11 +52,7 @@ MAX_SDP_BYTES = 64 * 1024
 _UFRAG = re.compile(r"^a=ice-ufrag:(\S+)\s*$", re.MULTILINE)
 _PWD = re.compile(r"^a=ice-pwd:(\S+)\s*$", re.MULTILINE)
 _SDP_LINE = re.compile(r"^[a-z]=\S")
-# RFC 8839 §5.1 candidate-attribute: foundation component transport priority address port typ type ...
-_CANDIDATE = re.compile(
-    r"^a=candidate:[A-Za-z0-9+/]{1,32} [0-9]{1,3} [A-Za-z0-9-]+ [0-9]{1,10} \S+ [0-9]{1,5}"
-    r" typ [A-Za-z0-9-]+( .*)?$"
-)
+_REALM = 'Bearer realm="relaycast"'
 
 
 @dataclass
@@ -77,7 +77,7 @@ def parse_sdpfrag(body: bytes) -> SdpFrag:
     for line in lines:
         if not _SDP_LINE.match(line):
             raise HttpProblem(400, None, f"not an SDP line: {line[:80]!r}")
-        if line.startswith("a=candidate") and not _CANDIDATE.match(line):
+        if line.startswith("a=candidate") and not valid_candidate(line[2:]):
             raise HttpProblem(400, None, f"malformed candidate line: {line[:120]!r}")
     ufrag, pwd = _UFRAG.search(text), _PWD.search(text)
     return SdpFrag(
@@ -96,21 +96,6 @@ def if_match(header: str, etag: str) -> bool:
 def quoted_string(value: str) -> str:
     """RFC 9110 §5.6.4 quoted-string (for Link parameters)."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-@dataclass
-class Session:
-    """A WHIP/WHEP session resource held by signaling."""
-
-    id: str
-    kind: str  # "whip" | "whep"
-    room: str
-    node_sid: str
-    etag: str
-    remote_ufrag: str | None
-    remote_pwd: str | None
-    identity: Identity
-    created: float
 
 
 class MediaResources:
@@ -141,49 +126,81 @@ class MediaResources:
                 429, None, "slow down", headers={"Retry-After": str(max(1, int(wait + 0.999)))}
             )
 
-    def _authorize(self, request: web.Request, room: str) -> None:
-        """Bearer stream key (RFC 6750 §3, RFC 9725 §4.7)."""
-        rooms = request.app[ROOMS]
-        client = client_of(request)
-        realm = 'Bearer realm="relaycast"'
-        if rooms.blocked(client):
-            raise HttpProblem(
-                429, None, "too many failed stream-key attempts", headers={"Retry-After": "60"}
-            )
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
+    @staticmethod
+    def _bearer(request: web.Request) -> str:
+        """The ``Authorization: Bearer`` token; 401 without one (RFC 6750 §3)."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise HttpProblem(
                 401,
                 None,
                 "send the stream key as 'Authorization: Bearer <key>'",
-                headers={"WWW-Authenticate": realm},
+                headers={"WWW-Authenticate": _REALM},
             )
-        check = rooms.check_key(room, token.strip())
-        if check is KeyCheck.OK:
-            return
+        return token.strip()
+
+    @staticmethod
+    def _key_failure(request: web.Request) -> None:
+        """Count a wrong key from the client; 429 while its address is blocked (the key is
+        then not looked up any further: a blocked address only learns "not the key")."""
+        rooms, client = request.app[ROOMS], client_of(request)
+        wait = rooms.blocked_for(client)
         rooms.record_failure(client)
-        if check is KeyCheck.WRONG_ROOM:
+        if wait > 0:
+            raise HttpProblem(
+                429,
+                None,
+                "too many wrong stream keys from this address",
+                headers={"Retry-After": str(max(1, int(wait + 0.999)))},
+            )
+
+    def _authorize(self, request: web.Request, room: str) -> str:
+        """Bearer stream key (RFC 6750 §3, RFC 9725 §4.7).  The room's key is accepted even
+        from an address blocked for wrong keys; a wrong key is 429 while blocked, else 401
+        (``invalid_token``) or 403 (a key of another room, ``insufficient_scope``).
+
+        :returns: the key's hex SHA-256 (the session's owner credential).
+        """
+        token = self._bearer(request)
+        rooms = request.app[ROOMS]
+        if rooms.key_matches(room, token):
+            return digest_of(token).hex()
+        self._key_failure(request)
+        if rooms.check_key(room, token) is KeyCheck.WRONG_ROOM:
             raise HttpProblem(
                 403,
                 None,
                 f"this stream key is not valid for room {room!r}",
-                headers={"WWW-Authenticate": f'{realm}, error="insufficient_scope"'},
+                headers={"WWW-Authenticate": f'{_REALM}, error="insufficient_scope"'},
             )
         raise HttpProblem(
             401,
             None,
             "invalid stream key",
-            headers={"WWW-Authenticate": f'{realm}, error="invalid_token"'},
+            headers={"WWW-Authenticate": f'{_REALM}, error="invalid_token"'},
         )
 
-    def _session(self, request: web.Request) -> Session:
-        session = request.app[SESSIONS].get(request.match_info["session"])
-        if (
-            session is None
-            or session.kind != self.kind
-            or session.room != request.match_info["room"]
-        ):
+    def _authorize_owner(self, request: web.Request, session: Session) -> None:
+        """PATCH and DELETE of a WHIP session need the stream key that created it, compared
+        in constant time: 401 without a Bearer token, 403 with another one, 429 while the
+        address is blocked for wrong keys.  WHEP sessions are capability URLs."""
+        if self.kind != "whip":
+            return
+        token = self._bearer(request)
+        if session.owner_digest and same_key(bytes.fromhex(session.owner_digest), token):
+            return
+        self._key_failure(request)
+        raise HttpProblem(
+            403,
+            None,
+            "only the stream key that created this session may change or end it",
+            headers={"WWW-Authenticate": f'{_REALM}, error="insufficient_scope"'},
+        )
+
+    async def _session(self, request: web.Request) -> Session:
+        session = await _refusal_as_problem(request.app[SESSION_SERVICE].get(
+            self.kind, request.match_info["room"], request.match_info["session"]))
+        if session is None:
             raise HttpProblem(404, None, "no such session (it ended or never existed)")
         return session
 
@@ -203,109 +220,39 @@ class MediaResources:
                 links.append(link)
         return links
 
-    @staticmethod
-    def _sfu_error(result: dict[str, Any], retry_after: int) -> HttpProblem:
-        """The SFU's ``{"error": {status, title, detail}}`` as a problem (title → detail)."""
-        err = result.get("error") or {}
-        try:
-            status = int(err.get("status", 502))
-        except (TypeError, ValueError):
-            status = 502
-        if not 400 <= status < 600 or (status >= 500 and status not in (503, 504)):
-            status = 502
-        headers = {"Retry-After": str(retry_after)} if status in (409, 503) else {}
-        title, detail = str(err.get("title") or ""), str(err.get("detail") or "")
-        text = f"{title}: {detail}" if title and detail and title != detail else (detail or title)
-        return HttpProblem(status, None, text or reason(status), headers=headers)
-
     # ---------------------------------------------------------- handlers
     async def post(self, request: web.Request) -> web.Response:
         """Create a session (RFC 9725 §4.2): 201 + SDP answer + ``Location`` + strong ``ETag``.
 
         Errors: 404 unknown room, 415 not ``application/sdp``, 401/403 stream key
-        (WHIP), 413 over 64 KiB, 400 not a UTF-8 SDP offer, 422 unsupported
-        media (SFU), 409 + ``Retry-After`` WHEP before a publisher, 503 +
-        ``Retry-After`` no SFU capacity.  Nothing stays allocated after an error.
+        (WHIP; 429 for a wrong key from a blocked address), 429 + ``Retry-After`` too
+        many pending WHEP sessions from the address, 413 over 64 KiB, 400 not a UTF-8
+        SDP offer or (SFU, problem type ``https://relaycast.dev/problems/invalid-sdp``) an offer that
+        breaks an SDP rule, 422 unsupported media (SFU), 409 + ``Retry-After`` WHEP
+        before a publisher, 503 + ``Retry-After`` no SFU capacity (viewers never take the
+        node's publisher reserve).  Nothing stays allocated after an error.
         A WHEP viewer may be placed on an edge node (:mod:`signaling.cascade`).
         """
         self._limit(request)
-        config = request.app[CONFIG]
         room_name = request.match_info["room"]
         room = request.app[ROOMS].get(room_name)
         if room is None:
             raise HttpProblem(404, None, f"no room named {room_name!r}")
         if request.content_type != SDP:
             raise HttpProblem(415, None, f"the offer must be {SDP}", headers={"Accept-Post": SDP})
-        if self.kind == "whip":
-            self._authorize(request, room_name)
+        client = client_of(request)
+        owner = self._authorize(request, room_name) if self.kind == "whip" else ""
         offer = await self._read_offer(request)
-        namespace = request.app[NAMESPACE_KEY]
-        try:
-            node = await namespace.router.node_for_room(room_name)
-            if self.kind == "whep":  # the origin, or an edge node piped from it
-                node = await request.app[CASCADE].node_for_viewer(room_name, node)
-        except PipeFailed as exc:
-            raise self._sfu_error(exc.result, config.retry_after_s) from None
-        except NoNodeAvailable as exc:  # RouterUnavailable too: Redis unreachable
-            raise HttpProblem(
-                503,
-                None,
-                str(exc) or "no SFU node is available",
-                headers={"Retry-After": str(config.retry_after_s)},
-            ) from None
-        session_id = secrets.token_urlsafe(24)  # 192 bits from a CSPRNG (RFC 9725 §5)
-        identity = Identity(
-            id=secrets.token_hex(6),
-            name=room_name if self.kind == "whip" else viewer_name(),
-            role="publisher" if self.kind == "whip" else "viewer",
-        )
-        result = await namespace.call(
-            node,
-            self.rpc,
-            {
-                "room": room_name,
-                "session_id": session_id,
-                "sdp": offer,
-                "identity": identity.to_dict(),
-            },
-            timeout=config.rpc_timeout_s,
-        )
-        if "sdp" not in result:
-            if (result.get("error") or {}).get("status") == 504:
-                # The node may still create the session after the deadline: do not leak it.
-                await namespace.call(
-                    node, "close", {"session_id": session_id}, timeout=config.rpc_timeout_s
-                )
-            if not room.live and not room.viewers and not any(
-                s.room == room_name for s in request.app[SESSIONS].values()
-            ):
-                with contextlib.suppress(NoNodeAvailable):
-                    await namespace.router.release_room(room_name, node)
-            raise self._sfu_error(result, config.retry_after_s)
-        ufrag, pwd = _UFRAG.search(offer), _PWD.search(offer)
-        session = Session(
-            session_id,
-            self.kind,
-            room_name,
-            node.sid,
-            f'"{secrets.token_urlsafe(16)}"',
-            ufrag.group(1) if ufrag else None,
-            pwd.group(1) if pwd else None,
-            identity,
-            time.time(),
-        )
-        request.app[SESSIONS][session_id] = session
+        session, answer = await _refusal_as_problem(
+            request.app[SESSION_SERVICE].open(self.kind, room_name, offer, client, owner))
         headers = {
-            "Location": f"/{self.kind}/{room_name}/{session_id}",
+            "Location": f"/{self.kind}/{room_name}/{session.id}",
             "ETag": session.etag,
             "Accept-Patch": SDPFRAG,
         }
-        response = web.Response(status=201, text=result["sdp"], content_type=SDP, headers=headers)
-        for link in self._ice_links(request, f"{self.kind}-{identity.id}"):
+        response = web.Response(status=201, text=answer, content_type=SDP, headers=headers)
+        for link in self._ice_links(request, f"{self.kind}-{session.identity.id}"):
             response.headers.add("Link", link)
-        logger.info(
-            "%s session %s… created in room %s", self.kind.upper(), session_id[:6], room_name
-        )
         return response
 
     @staticmethod
@@ -329,13 +276,15 @@ class MediaResources:
         """Trickle ICE (RFC 9725 §4.3.2) → 204 without body or ETag.
 
         Checked in this order (RFC 9110 §13.2.2: preconditions before the content):
-        404 unknown session, 415 not ``application/trickle-ice-sdpfrag``, 428 no
+        404 unknown session, 401/403/429 a WHIP session without its stream key
+        (:meth:`_authorize_owner`), 415 not ``application/trickle-ice-sdpfrag``, 428 no
         ``If-Match``, 412 ``If-Match`` neither ``*`` nor the current ETag, 413,
         400 malformed fragment, 422 ICE restart (new ufrag/pwd; not supported,
         RFC 9725 §4.3.1 — the session and its ICE session stay as they were).
         """
         self._limit(request)
-        session = self._session(request)
+        session = await self._session(request)
+        self._authorize_owner(request, session)
         if request.content_type != SDPFRAG:
             raise HttpProblem(
                 415, None, f"PATCH bodies must be {SDPFRAG}", headers={"Accept-Patch": SDPFRAG}
@@ -360,37 +309,19 @@ class MediaResources:
                 422, None, "ICE restart is not supported; DELETE this session and POST a new offer"
             )
         if frag.candidates or frag.end_of_candidates:
-            config = request.app[CONFIG]
-            namespace = request.app[NAMESPACE_KEY]
-            node = namespace.router.nodes.get(session.node_sid)
-            if node is None:
-                raise HttpProblem(404, None, "the session's SFU node is gone")
-            result = await namespace.call(
-                node,
-                "trickle",
-                {
-                    "session_id": session.id,
-                    "candidates": frag.candidates,
-                    "end_of_candidates": frag.end_of_candidates,
-                },
-                timeout=config.rpc_timeout_s,
-            )
-            if "error" in result:
-                raise self._sfu_error(result, config.retry_after_s)
+            await _refusal_as_problem(
+                request.app[SESSION_SERVICE].trickle(session, frag.candidates, frag.end_of_candidates))
         return web.Response(status=204)
 
     async def delete(self, request: web.Request) -> web.Response:
-        """End the session and free everything (RFC 9725 §4.2) → 200; ``If-Match`` is ignored."""
+        """End the session and free everything (RFC 9725 §4.2) → 200; ``If-Match`` is ignored.
+
+        404 unknown session; a WHIP session needs its stream key (401/403/429,
+        :meth:`_authorize_owner`)."""
         self._limit(request)
-        session = self._session(request)
-        request.app[SESSIONS].pop(session.id, None)
-        namespace = request.app[NAMESPACE_KEY]
-        node = namespace.router.nodes.get(session.node_sid)
-        if node is not None:
-            await namespace.call(
-                node, "close", {"session_id": session.id}, timeout=request.app[CONFIG].rpc_timeout_s
-            )
-        logger.info("%s session %s… deleted", self.kind.upper(), session.id[:6])
+        session = await self._session(request)
+        self._authorize_owner(request, session)
+        await request.app[SESSION_SERVICE].close(session)
         return web.Response(status=200)
 
     async def get_endpoint(self, request: web.Request) -> web.Response:
@@ -402,7 +333,7 @@ class MediaResources:
 
     async def get_session(self, request: web.Request) -> web.Response:
         """No representation is defined (RFC 9725 §4.1): 204, or 404 once the session ended."""
-        self._session(request)
+        await self._session(request)
         return web.Response(status=204)
 
     async def options_endpoint(self, request: web.Request) -> web.Response:
@@ -427,3 +358,13 @@ class MediaResources:
             },
         )
 
+
+
+async def _refusal_as_problem(call: Awaitable[T]) -> T:
+    """Await a :class:`~signaling.sessions.SessionService` call; its refusal as problem+json."""
+    try:
+        return await call
+    except SessionRefused as exc:
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else {}
+        extra = {"type": exc.problem_type} if exc.problem_type else {}
+        raise HttpProblem(exc.status, exc.title, exc.detail, headers=headers, **extra) from None

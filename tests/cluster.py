@@ -9,16 +9,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
-from conftest import STREAM_KEY, make_config
-from node_process import NodeProcess
-from polling import wait_for
-from redis_server import RedisServer
 
 from loadtest import whip_client
 from loadtest.pattern import read_code
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
 from relaycast.service import Service
-from signaling.app_keys import NAMESPACE_KEY, SESSIONS
+from signaling.app_keys import NAMESPACE_KEY, SESSION_SERVICE
+from tests.node_process import NodeProcess
+from tests.polling import wait_for
+from tests.redis_server import RedisServer
+from tests.services import STREAM_KEY, make_config
 
 SECRET = "node-secret-for-redis-tests"
 
@@ -42,7 +42,7 @@ class Cluster:
 
 
 def listed(svc: Service) -> set[str]:
-    return {n.node_id for n in svc.app[NAMESPACE_KEY].router.nodes.values()}
+    return {n.node_id for n in svc.app[NAMESPACE_KEY].registry.nodes.values()}
 
 
 @asynccontextmanager
@@ -93,10 +93,11 @@ async def viewers_are(svc: Service, n: int) -> bool:
         return (await resp.json())["viewers"] == n
 
 
-def node_of(svc: Service, location: str) -> str | None:
-    """The node id the WHIP/WHEP session at ``location``, created through ``svc``, is on."""
-    record = svc.app[SESSIONS].get(location.rsplit("/", 1)[1])
-    node = svc.app[NAMESPACE_KEY].router.nodes.get(record.node_sid) if record else None
+async def node_of(svc: Service, location: str) -> str | None:
+    """The node id the WHIP/WHEP session at ``location`` is on, as signaling instance ``svc``
+    finds its record (in Redis mode any instance does)."""
+    record = await svc.app[SESSION_SERVICE].store.get(location.rsplit("/", 1)[1])
+    node = svc.app[NAMESPACE_KEY].registry.nodes.get(record.node_sid) if record else None
     return node.node_id if node else None
 
 

@@ -5,6 +5,7 @@ config`` runs only where Docker Compose is installed."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import shlex
@@ -18,8 +19,10 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from common.client_address import parse_trusted_proxies
 from loadtest.nginx_edge import render_template
 from relaycast.cli import build_parser
+from sfu.protocol import SOCKETIO_PATH as NODE_SOCKETIO_PATH
 from turn import cli as turn_cli
 from turn.config import DEFAULT_PORT as TURN_DEFAULT_PORT
 
@@ -172,6 +175,25 @@ def test_edge_renders_the_template_against_the_hls_origin() -> None:
     origin = serve_ports()[int(port)]
     assert "--no-embedded-sfu" not in SERVICES[origin]["command"], "only a serve with an embedded SFU serves /hls/"
     assert env["EDGE_CACHE_DIR"] in edge["tmpfs"]
+
+
+def test_edge_denies_the_node_endpoint_and_its_origin_trusts_it() -> None:
+    """SFU nodes reach signaling directly (their /sfu-link/ Socket.IO path is denied at the
+    edge), and the origin behind the edge reads the client address the edge forwards, or
+    every page through the edge would share one per-address limit."""
+    edge = SERVICES["edge"]
+    env = {k: str(v) for k, v in edge["environment"].items()}
+    rendered = render_template((ROOT / edge["volumes"][0].split(":")[0]).read_text(), env)
+    block = re.search(rf"location \^~ /{re.escape(NODE_SOCKETIO_PATH)} \{{([^}}]*)\}}", rendered)
+    assert block and "deny all;" in block.group(1), "the edge must deny the SFU nodes' Socket.IO path"
+    edge_port = int(env["EDGE_LISTEN"].rsplit(":", 1)[-1])
+    for name, args in relaycast_services().items():
+        if args.command == "sfu":
+            assert all(urlsplit(u).port != edge_port for u in args.signaling.split(",")), name
+    host, port = env["RELAYCAST_ORIGIN"].rsplit(":", 1)
+    origin = SERVICES[serve_ports()[int(port)]]
+    proxies = parse_trusted_proxies(str(origin["environment"].get("RELAYCAST_TRUSTED_PROXIES", "")))
+    assert any(ipaddress.ip_address(host) in net for net in proxies), "the origin must trust the edge"
 
 
 def render_command() -> list[str]:

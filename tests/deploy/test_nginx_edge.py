@@ -11,16 +11,23 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+import socketio
+from yarl import URL
 
 from loadtest import whip_client
 from loadtest.llhls_player import LlhlsPlayer, parse_media_playlist
 from loadtest.nginx_edge import TEMPLATE, NginxEdge, find_nginx, parse_access_log, render_template
 from loadtest.sources import PatternVideoTrack
 from relaycast.service import Service
-from tests.conftest import STREAM_KEY
+from sfu.protocol import NAMESPACE as NODE_NAMESPACE
+from sfu.protocol import SOCKETIO_PATH as NODE_PATH
+from signaling.app_keys import NAMESPACE_KEY
+from tests.polling import wait_for
+from tests.services import STREAM_KEY
 
 NGINX = find_nginx()
 needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx)")
@@ -46,12 +53,12 @@ async def fetch(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, s
 
 async def wait_for_log(edge: NginxEdge, uri: str, count: int, timeout: float = 10.0) -> list:
     """Access-log lines for ``uri`` once there are ``count`` (nginx logs a request when it ends)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            lines = [e for e in edge.log_entries() if e.uri == uri]
-            if len(lines) >= count:
-                return lines
-            await asyncio.sleep(0.05)
+
+    def lines() -> list:
+        found = [e for e in edge.log_entries() if e.uri == uri]
+        return found if len(found) >= count else []
+
+    return await wait_for(lines, timeout, f"{count} access-log lines for {uri}")
 
 
 def origin_hits(edge: NginxEdge, uri: str) -> int:
@@ -124,13 +131,13 @@ async def test_llhls_through_the_nginx_edge(service: Service, edge: NginxEdge, h
 
         # Multivariant playlist: the first request starts the bridge (origin may say 404
         # until the ladder is planned); the origin's headers come through, plus X-Cache-Status.
-        async with asyncio.timeout(30):
-            while True:
-                status, headers, body = await fetch(http, f"{base}/index.m3u8")
-                if status == 200:
-                    break
-                assert status == 404 and headers["Cache-Control"] == "no-store", (status, body)
-                await asyncio.sleep(0.5)
+        async def multivariant() -> tuple[int, dict[str, str], bytes] | None:
+            answer = await fetch(http, f"{base}/index.m3u8")
+            assert answer[0] in (200, 404) and (answer[0] == 200 or answer[1]["Cache-Control"] == "no-store"), answer
+            return answer if answer[0] == 200 else None
+
+        status, headers, body = await wait_for(multivariant, 30, "the multivariant playlist",
+                                               interval_s=0.5)
         assert headers["Content-Type"].startswith(PLAYLIST_TYPE)
         assert headers["Access-Control-Allow-Origin"] == "*"
         assert headers["Cache-Control"] == "public, max-age=1"
@@ -140,14 +147,14 @@ async def test_llhls_through_the_nginx_edge(service: Service, edge: NginxEdge, h
 
         # Media playlist (plain): wait until it lists a few parts.
         media = f"{base}/{stream}/v0/index.m3u8"
-        async with asyncio.timeout(20):
-            while True:
-                status, headers, body = await fetch(http, media)
-                assert status == 200, body
-                playlist = parse_media_playlist(body.decode(), media)
-                if len(playlist.parts) >= 3 and playlist.preload_hint:
-                    break
-                await asyncio.sleep(0.2)
+        async def listed_parts() -> tuple[dict[str, str], Any] | None:
+            status, headers, body = await fetch(http, media)
+            assert status == 200, body
+            playlist = parse_media_playlist(body.decode(), media)
+            return (headers, playlist) if len(playlist.parts) >= 3 and playlist.preload_hint else None
+
+        headers, playlist = await wait_for(listed_parts, 20, "three parts and a preload hint",
+                                           interval_s=0.2)
         assert headers["Content-Type"].startswith(PLAYLIST_TYPE)
         assert headers["Access-Control-Allow-Origin"] == "*"
         assert headers["X-Cache-Status"] in ("MISS", "HIT", "EXPIRED", "UPDATING")
@@ -246,3 +253,58 @@ async def test_llhls_through_the_nginx_edge(service: Service, edge: NginxEdge, h
     assert deleted in (200, 204)
     lines = [e for e in edge.log_entries() if e.uri.startswith("/whip/demo")]
     assert [e.method for e in lines] == ["POST", "DELETE"] and all(e.reached_origin for e in lines)
+
+
+# ------------------------------------------------------------------ Socket.IO through the edge
+async def test_edge_passes_pages_socketio_and_denies_the_node_endpoint(
+    service: Service, edge: NginxEdge, http: aiohttp.ClientSession
+) -> None:
+    """Pages use /socket.io/ through the edge; the SFU nodes' /sfu-link/ is denied there
+    (403, whatever the spelling nginx normalizes), and /sfu on /socket.io/ is refused by
+    signaling, so no one reaches the node namespace through the edge even with the secret."""
+    router = service.app[NAMESPACE_KEY].registry
+    assert len(router.nodes) == 1  # the embedded SFU worker
+    secret = service.config.node_secret
+
+    # A page through the edge: same-origin (nginx passes Host), joins the demo room.
+    page_http = aiohttp.ClientSession()
+    page = socketio.AsyncClient(reconnection=False, http_session=page_http)
+    try:
+        await page.connect(edge.url, transports=["websocket"], headers={"Origin": edge.url}, wait_timeout=10)
+        assert (await page.call("join", {"room": "demo"}, timeout=5))["room"] == "demo"
+    finally:
+        await page.disconnect()
+        await page_http.close()
+    status, _, body = await fetch(http, f"{edge.url}/socket.io/?EIO=4&transport=polling")
+    assert status == 200 and body.startswith(b"0{")
+
+    # The node endpoint: served by the origin, denied by the edge.
+    query = "?EIO=4&transport=polling"
+    status, _, body = await fetch(http, f"{service.url}/{NODE_PATH}/{query}")
+    assert status == 200 and body.startswith(b"0{")
+    for path in (f"/{NODE_PATH}/", f"/{NODE_PATH}", "/%73fu-link/", f"//{NODE_PATH}/", f"/x/../{NODE_PATH}/"):
+        url = URL(f"{edge.url}{path}{query}", encoded=True)  # sent as written
+        async with http.get(url, timeout=TIMEOUT) as resp:
+            assert resp.status == 403, path
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(f"{edge.url}/{NODE_PATH}/?EIO=4&transport=websocket", timeout=10)
+    assert refused.value.status == 403
+
+    # A node with the right secret, through the edge: on its path (denied by nginx) and on
+    # the pages' path (refused by signaling, with the reason).
+    for path in (NODE_PATH, "socket.io"):
+        node_http = aiohttp.ClientSession()
+        node = socketio.AsyncClient(reconnection=False, http_session=node_http)
+        refusals: list[object] = []
+        node.on("connect_error", refusals.append, namespace=NODE_NAMESPACE)
+        try:
+            with pytest.raises(socketio.exceptions.ConnectionError):
+                await node.connect(edge.url, namespaces=[NODE_NAMESPACE], socketio_path=path,
+                                   transports=["websocket"], wait_timeout=10,
+                                   auth={"node_id": "through-the-edge", "secret": secret})
+        finally:
+            await node.disconnect()
+            await node_http.close()
+        if path == "socket.io":
+            assert refusals == [{"message": f"SFU nodes connect on /{NODE_PATH}/ (socketio_path={NODE_PATH!r})"}]
+    assert [n.node_id for n in router.nodes.values()] == [service.config.sfu.node_id]

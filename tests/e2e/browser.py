@@ -13,12 +13,12 @@ server that only offers loopback candidates.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+from tests.polling import wait_for
 
 CHROMIUM = Path("/usr/lib/chromium/chromium-headless-shell")
 SHOTS_DIR = Path("/tmp/relaycast-shots")
@@ -64,12 +64,16 @@ class PageErrors:
     """Console errors and uncaught exceptions of a page.
 
     Chromium logs every non-2xx fetch as a console error; statuses a test
-    expects are passed in ``expected_statuses`` and ignored.
+    expects are passed in ``expected_statuses`` and ignored, and so is the refusal to
+    run a script answered with such an error (an RFC 9457 problem+json body under
+    ``X-Content-Type-Options: nosniff``).
     """
 
     def __init__(self, page: Any, expected_statuses: Sequence[int] = ()) -> None:
         self.errors: list[str] = []
         self._expected = [f"status of {s} " for s in expected_statuses]
+        if expected_statuses:
+            self._expected.append("MIME type ('application/problem+json') is not executable")
         page.on("console", self._on_console)
         page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
 
@@ -78,11 +82,24 @@ class PageErrors:
             self.errors.append(f"console: {msg.text}")
 
 
+# Content Security Policy violations as console errors, which PageErrors collects
+# (Chromium logs most of them itself; this also names the directive and the blocked URL).
+CSP_REPORTER_JS = """
+document.addEventListener('securitypolicyviolation', (e) => {
+  console.error(`CSP violation: ${e.effectiveDirective} blocked ${e.blockedURI || 'inline'}`);
+});
+"""
+
+
 async def open_page(
     browser: Any, url: str, expected_statuses: Sequence[int] = (), *, timeout_ms: int = 20_000
 ):
-    """New context + page at ``url`` (1280x860); returns ``(page, PageErrors)``."""
+    """New context + page at ``url`` (1280x860); returns ``(page, PageErrors)``.
+
+    Content Security Policy violations are reported as errors (:data:`CSP_REPORTER_JS`).
+    """
     context = await browser.new_context(viewport={"width": 1280, "height": 860})
+    await context.add_init_script(CSP_REPORTER_JS)
     page = await context.new_page()
     page.set_default_timeout(timeout_ms)
     errors = PageErrors(page, expected_statuses)
@@ -95,21 +112,33 @@ def tid(page: Any, testid: str):
     return page.locator(f'[data-testid="{testid}"]')
 
 
+async def wait_for_js(
+    page: Any, expression: str, arg: Any = None, *, timeout: float = 20_000
+) -> Any:
+    """Wait until the JavaScript ``expression`` (or function of ``arg``) is truthy in
+    ``page``; returns its value.  ``timeout`` in ms.
+
+    Use it instead of ``page.wait_for_function``, which compiles its predicate with
+    ``new Function`` inside the page and so fails under the pages' Content Security
+    Policy (no ``'unsafe-eval'``); ``page.evaluate`` goes through the DevTools protocol,
+    which the policy does not govern.
+    """
+    return await wait_for(lambda: page.evaluate(expression, arg), timeout / 1000,
+                          f"{expression} in {page.url}")
+
+
+async def enter_stream_key(page: Any, key: str) -> None:
+    """Type ``key`` into the broadcast page's stream-key field, as a person does (the page
+    keeps it in sessionStorage; it never reads a key from the URL)."""
+    await tid(page, "stream-key").fill(key)
+
+
 async def screenshot(page: Any, name: str) -> Path:
     """Full-page PNG at /tmp/relaycast-shots/{name}.png."""
     SHOTS_DIR.mkdir(parents=True, exist_ok=True)
     path = SHOTS_DIR / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
     return path
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll a Python-side condition (state with no event to await) until true or ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 # JavaScript run in the page: a getStats() summary of the page's peer connection
@@ -153,13 +182,14 @@ async def wait_for_page_stats(
 
     (``page.wait_for_function`` cannot do this: it treats the Promise an async
     predicate returns as truthy and returns at once.)
+
+    :raises tests.polling.WaitTimeout: not within ``timeout`` seconds.
     """
-    deadline = time.monotonic() + timeout
     last: dict[str, Any] | None = None
-    while True:
+
+    async def holds() -> dict[str, Any] | None:
+        nonlocal last
         last = await page_stats(page)
-        if last is not None and predicate(last):
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last stats: {last}")
-        await asyncio.sleep(0.2)
+        return last if last is not None and predicate(last) else None
+
+    return await wait_for(holds, timeout, lambda: f"{what}; last stats: {last}", interval_s=0.2)

@@ -25,22 +25,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import (
-    CHROMIUM,
-    chromium,
-    chromium_args,
-    open_page,
-    page_stats,
-    screenshot,
-    tid,
-    wait_for_page_stats,
-    wait_until,
-)
-from conftest import STREAM_KEY
 
 from loadtest import whip_client
 from loadtest.clips import make_counter_y4m, make_tone_wav
 from loadtest.pattern import read_code
+from tests.e2e.browser import (
+    CHROMIUM,
+    chromium,
+    chromium_args,
+    enter_stream_key,
+    open_page,
+    page_stats,
+    screenshot,
+    tid,
+    wait_for_js,
+    wait_for_page_stats,
+)
+from tests.polling import wait_for
+from tests.services import STREAM_KEY
 
 pytest.importorskip("playwright.async_api")
 from playwright.async_api import expect  # noqa: E402
@@ -98,10 +100,11 @@ async def test_broadcast_page_live_to_aiortc_viewer(service, clip) -> None:
     svc = service
     video_clip, audio_clip = clip
     async with chromium(chromium_args(video_clip, audio_clip)) as browser:
-        page, errors = await open_page(browser, f"{svc.url}/broadcast/demo?key={STREAM_KEY}")
-        await page.wait_for_function("document.querySelector('[data-testid=preview]').videoWidth > 0")
+        page, errors = await open_page(browser, f"{svc.url}/broadcast/demo")
+        await enter_stream_key(page, STREAM_KEY)
+        await wait_for_js(page, "document.querySelector('[data-testid=preview]').videoWidth > 0")
         await tid(page, "resolution").select_option("360p")
-        await page.wait_for_function(
+        await wait_for_js(page,
             "document.querySelector('[data-testid=preview]').videoHeight === 360"
         )
         await tid(page, "go-live").click()
@@ -185,10 +188,10 @@ async def test_broadcast_page_live_to_aiortc_viewer(service, clip) -> None:
             assert response.status == 200
             assert response.url.endswith(session_id)
             await expect(tid(page, "state")).to_have_text("stopped")
-            await wait_until(
+            await wait_for(
                 lambda: router.publisher is None and not router.producers,
-                timeout=10,
-                what="the SFU to drop the publisher",
+                10,
+                "the SFU to drop the publisher",
             )
             assert router.find(session_id) is None
             assert errors.errors == []
@@ -215,11 +218,11 @@ async def test_ffmpeg_publisher_watch_page_and_chat(service) -> None:
         async with chromium(chromium_args()) as browser:
             page, errors = await open_page(browser, f"{svc.url}/watch/demo")
             await expect(tid(page, "state")).to_have_text("playing")
-            await page.wait_for_function(
+            await wait_for_js(page,
                 "document.querySelector('[data-testid=video]').videoWidth === 640"
             )
             t0 = await tid(page, "video").evaluate("v => v.currentTime")
-            await page.wait_for_function(
+            await wait_for_js(page,
                 "t0 => document.querySelector('[data-testid=video]').currentTime > t0 + 1",
                 arg=t0,
             )

@@ -19,11 +19,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import STREAM_KEY
 
 from loadtest import whip_client
 from loadtest.ffmpeg_whip import FfmpegWhipProcess
 from loadtest.pattern import read_code
+from tests.services import STREAM_KEY
 
 pytestmark = pytest.mark.timeout(120)
 

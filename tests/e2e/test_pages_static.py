@@ -1,7 +1,9 @@
 """Browser smoke tests for the static pages in web/static.
 
 The real signaling server is not needed: a tiny aiohttp app on 127.0.0.1 serves
-the pages and stubs the few JSON/WHIP/WHEP endpoints they call. The pages are
+the pages with the real service's response headers (Content Security Policy
+included, :mod:`signaling.security_headers`) and stubs the few JSON/WHIP/WHEP
+endpoints they call. The pages are
 driven with Debian's headless Chromium through Playwright (never
 ``playwright install``). Screenshots land in /tmp/relaycast-shots/.
 """
@@ -16,9 +18,13 @@ import pytest
 
 pytest.importorskip("playwright.async_api")
 from aiohttp import web  # noqa: E402
-from browser import BASE_ARGS, CHROMIUM, SHOTS_DIR  # noqa: E402
-from browser import open_page as _open_page  # noqa: E402
 from playwright.async_api import async_playwright, expect  # noqa: E402
+
+from signaling.app import vendor_file  # noqa: E402
+from signaling.security_headers import PAGE_CSP, harden_response  # noqa: E402
+from tests.e2e.browser import BASE_ARGS, CHROMIUM, SHOTS_DIR, enter_stream_key, wait_for_js  # noqa: E402
+from tests.e2e.browser import open_page as _open_page  # noqa: E402
+from tests.polling import wait_for  # noqa: E402
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "web" / "static"
 LAUNCH_ARGS = list(BASE_ARGS)
@@ -71,6 +77,7 @@ async def whip_unauthorized(request: web.Request) -> web.Response:
 
 def make_app(whip=whip_unauthorized, whep=whep_not_live) -> web.Application:
     app = web.Application()
+    app.on_response_prepare.append(harden_response)  # CSP etc., as the real service
     app["whep_posts"] = []
     app["whip_posts"] = []
 
@@ -93,6 +100,7 @@ def make_app(whip=whip_unauthorized, whep=whep_not_live) -> web.Application:
     app.router.add_get("/api/rooms", rooms)
     app.router.add_post("/whep/{room}", whep)
     app.router.add_post("/whip/{room}", whip)
+    app.router.add_get("/static/vendor/{name}", vendor_file)  # hls.js, as the real service
     app.router.add_static("/static/", STATIC_DIR)
     return app
 
@@ -131,14 +139,6 @@ async def screenshot(page, name: str) -> None:
     await page.screenshot(path=str(SHOTS_DIR / f"{name}.png"), full_page=True)
 
 
-async def _wait_for(predicate, page, timeout_ms=15_000):
-    for _ in range(timeout_ms // 100):
-        if predicate():
-            return
-        await page.wait_for_timeout(100)
-    raise AssertionError("condition not met in time")
-
-
 def tid(page, testid: str):
     return page.locator(f'[data-testid="{testid}"]')
 
@@ -168,20 +168,23 @@ async def test_index_lists_rooms(server, browser):
 
 async def test_broadcast_populates_devices_and_previews(server, browser):
     _app, base = server
-    page, errors = await open_page(browser, base + "/broadcast/demo%20room?key=s3cret")
+    page, errors = await open_page(browser, base + "/broadcast/demo%20room")
     await expect(tid(page, "room")).to_have_text("demo room")
     # Pickers are filled from enumerateDevices() after the first getUserMedia grant.
     await expect(tid(page, "camera").locator("option")).not_to_have_count(0)
     await expect(tid(page, "microphone").locator("option")).not_to_have_count(0)
-    await page.wait_for_function(
-        "document.querySelector('[data-testid=preview]').videoWidth > 0", timeout=15_000
+    # Autoplay starts the muted preview some time after its first frame: wait for it.
+    await wait_for_js(
+        page,
+        "(v => v.videoWidth > 0 && v.muted && !v.paused)"
+        "(document.querySelector('[data-testid=preview]'))",
+        timeout=15_000,
     )
-    assert await tid(page, "preview").evaluate("v => v.muted && !v.paused") is True
     await expect(tid(page, "resolution")).to_have_value("720p")
     await expect(tid(page, "state")).to_have_text("idle")
-    await expect(tid(page, "stream-key")).to_have_value("s3cret")
+    await expect(tid(page, "stream-key")).to_have_value("")
     await expect(tid(page, "stream-key")).to_have_attribute("type", "password")
-    assert "key=" not in page.url  # stripped from the address bar
+    await enter_stream_key(page, "s3cret")
     stored = await page.evaluate("sessionStorage.getItem('relaycast:stream-key:demo room')")
     assert stored == "s3cret"
     await expect(tid(page, "go-live")).to_be_enabled()
@@ -191,14 +194,16 @@ async def test_broadcast_populates_devices_and_previews(server, browser):
 
     # Resolution picker re-constrains the camera; microphone picker swaps the track.
     await tid(page, "resolution").select_option("360p")
-    await page.wait_for_function(
+    await wait_for_js(
+        page,
         "document.querySelector('[data-testid=preview]').videoHeight === 360"
     )
     mic_ids = (
         await tid(page, "microphone").locator("option").evaluate_all("os => os.map(o => o.value)")
     )
     await tid(page, "microphone").select_option(mic_ids[-1])
-    await page.wait_for_function(
+    await wait_for_js(
+        page,
         "id => document.querySelector('[data-testid=preview]').srcObject"
         "?.getAudioTracks()[0]?.getSettings().deviceId === id",
         arg=mic_ids[-1],
@@ -208,10 +213,9 @@ async def test_broadcast_populates_devices_and_previews(server, browser):
 
 async def test_broadcast_go_live_shows_problem_details(server, browser):
     app, base = server
-    page, errors = await open_page(
-        browser, base + "/broadcast/demo?key=wrong", expected_statuses=[401]
-    )
-    await page.wait_for_function("document.querySelector('[data-testid=preview]').videoWidth > 0")
+    page, errors = await open_page(browser, base + "/broadcast/demo", expected_statuses=[401])
+    await wait_for_js(page, "document.querySelector('[data-testid=preview]').videoWidth > 0")
+    await enter_stream_key(page, "wrong")
     await tid(page, "go-live").click()
     await expect(tid(page, "state")).to_have_text("error: Unauthorized: bad stream key")
     await expect(tid(page, "go-live")).to_be_enabled()
@@ -236,7 +240,7 @@ async def test_watch_waits_and_retries_when_not_live(server, browser):
     await expect(tid(page, "state")).to_have_text("waiting")
     await expect(tid(page, "notice")).to_have_text("Waiting for the broadcaster…")
     # Retry-After: 1 -> a second and third POST within a few seconds.
-    await _wait_for(lambda: len(app["whep_posts"]) >= 3, page, timeout_ms=8_000)
+    await wait_for(lambda: len(app["whep_posts"]) >= 3, 8, "3 WHEP offers", interval_s=0.1)
     await expect(tid(page, "state")).to_have_text("waiting")
     post = app["whep_posts"][0]
     assert post["content_type"] == "application/sdp"
@@ -257,6 +261,61 @@ async def test_watch_sends_token_as_bearer(server, browser):
     await expect(tid(page, "state")).to_have_text("waiting")
     assert app["whep_posts"][0]["authorization"] == "Bearer t0k"
     assert errors.errors == []
+
+
+async def test_broadcast_never_takes_the_stream_key_from_the_url(server, browser):
+    """A key in the URL would sit in the history and proxies' logs: the page ignores
+    ``?key=``; a typed key is kept in sessionStorage and comes back on reload."""
+    _app, base = server
+    page, errors = await open_page(browser, base + "/broadcast/demo?key=s3cret")
+    await expect(tid(page, "room")).to_have_text("demo")
+    await expect(tid(page, "stream-key")).to_have_value("")
+    assert await page.evaluate("sessionStorage.getItem('relaycast:stream-key:demo')") is None
+    await enter_stream_key(page, "typed-key")
+    await page.goto(base + "/broadcast/demo")
+    await expect(tid(page, "stream-key")).to_have_value("typed-key")
+    assert errors.errors == []
+
+
+HLS_UNDER_CSP = """
+async () => {
+  const { hlsSupport } = await import('/static/js/hls-player.js');
+  const video = document.querySelector('[data-testid=video]');
+  const support = await hlsSupport(video);
+  if (support.engine !== 'hls.js') return support.engine;
+  const hls = new support.Hls();
+  await new Promise((resolve) => {
+    hls.on(support.Hls.Events.MEDIA_ATTACHED, resolve);
+    hls.attachMedia(video);
+  });
+  return video.src.split(':')[0];  // Media Source Extensions: a blob: URL
+}
+"""
+
+
+async def test_pages_work_under_the_content_security_policy(server, browser):
+    """Every page is served with the CSP and runs without a violation: scripts and styles
+    from /static, hls.js from /static/vendor attached through a blob: MediaSource; an
+    injected inline script is refused."""
+    _app, base = server
+    for path, statuses in (("/", []), ("/broadcast/demo", []), ("/watch/demo", [409])):
+        page, errors = await open_page(browser, base + path, expected_statuses=statuses)
+        await expect(tid(page, "state").or_(tid(page, "rooms"))).not_to_have_count(0)
+        csp = await page.evaluate(
+            "fetch(location.href).then(r => r.headers.get('content-security-policy'))"
+        )
+        assert csp == PAGE_CSP, path
+        assert errors.errors == [], (path, errors.errors)
+    await expect(tid(page, "state")).to_have_text("waiting")
+    assert await page.evaluate(HLS_UNDER_CSP) == "blob"
+    assert errors.errors == []
+    await page.evaluate(
+        "document.head.append(Object.assign(document.createElement('script'),"
+        " {textContent: 'window.inlineRan = true'}))"
+    )
+    await wait_for(lambda: errors.errors, 15, "a page error", interval_s=0.1)
+    assert await page.evaluate("window.inlineRan === undefined")
+    assert all("script-src" in e for e in errors.errors), errors.errors
 
 
 CHAT_HARNESS = """
@@ -498,10 +557,9 @@ async def live_server(monkeypatch):
 
 async def test_loopback_publish_chat_reconnect_stop(live_server, browser):
     app, base = live_server
-    page, errors = await open_page(
-        browser, base + "/broadcast/demo?key=k1", expected_statuses=[404]
-    )
-    await page.wait_for_function("document.querySelector('[data-testid=preview]').videoWidth > 0")
+    page, errors = await open_page(browser, base + "/broadcast/demo", expected_statuses=[404])
+    await wait_for_js(page, "document.querySelector('[data-testid=preview]').videoWidth > 0")
+    await enter_stream_key(page, "k1")
     await tid(page, "go-live").click()
     await expect(tid(page, "state")).to_have_text("live")
     await expect(tid(page, "stop")).to_be_enabled()
@@ -526,14 +584,16 @@ async def test_loopback_publish_chat_reconnect_stop(live_server, browser):
 
     await tid(page, "stop").click()
     await expect(tid(page, "state")).to_have_text("stopped")
-    await _wait_for(lambda: ("whip2", "Bearer k1") in app["deletes"], page)
+    await wait_for(
+        lambda: ("whip2", "Bearer k1") in app["deletes"], 15, "DELETE of whip2", interval_s=0.1
+    )
     assert "whip2" not in app["sessions"]
     await expect(tid(page, "go-live")).to_be_enabled()
 
     # Going live again re-captures the (stopped) camera and publishes anew.
     await tid(page, "go-live").click()
     await expect(tid(page, "state")).to_have_text("live")
-    await page.wait_for_function("document.querySelector('[data-testid=preview]').videoWidth > 0")
+    await wait_for_js(page, "document.querySelector('[data-testid=preview]').videoWidth > 0")
     assert len(app["whip_posts"]) == 3
     assert errors.errors == []
 
@@ -542,7 +602,7 @@ async def test_loopback_watch_plays_and_reconnects(live_server, browser):
     app, base = live_server
     page, errors = await open_page(browser, base + "/watch/demo", expected_statuses=[404])
     await expect(tid(page, "state")).to_have_text("playing")
-    await page.wait_for_function("document.querySelector('[data-testid=video]').videoWidth > 0")
+    await wait_for_js(page, "document.querySelector('[data-testid=video]').videoWidth > 0")
     await expect(tid(page, "viewers")).to_have_text("1")
     await expect(tid(page, "stats")).to_have_text(
         re.compile(r"frames [1-9]\d* · \d+ fps · lost \d+ · jitter buffer \d+ ms")
@@ -568,5 +628,10 @@ async def test_loopback_watch_plays_and_reconnects(live_server, browser):
 
     # Leaving the page DELETEs the session (keepalive fetch on pagehide).
     await page.goto(base + "/")
-    await _wait_for(lambda: any(sid == "whep2" for sid, _ in app["deletes"]), page)
+    await wait_for(
+        lambda: any(sid == "whep2" for sid, _ in app["deletes"]),
+        15,
+        "DELETE of whep2",
+        interval_s=0.1,
+    )
     assert errors.errors == []

@@ -29,13 +29,23 @@ from typing import Any
 
 import aiohttp
 import pytest
-from browser import CHROMIUM, PageErrors, chromium, chromium_args, screenshot, tid, wait_until
-from conftest import STREAM_KEY
 
 import signaling.app as signaling_app
 from loadtest import whip_client
 from loadtest.clips import make_counter_y4m, make_tone_wav
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
+from tests.e2e.browser import (
+    CHROMIUM,
+    PageErrors,
+    chromium,
+    chromium_args,
+    enter_stream_key,
+    screenshot,
+    tid,
+    wait_for_js,
+)
+from tests.polling import wait_for
+from tests.services import STREAM_KEY
 
 pytest.importorskip("playwright.async_api")
 from playwright.async_api import expect  # noqa: E402
@@ -94,7 +104,7 @@ async def wait_advancing(page: Any, seconds: float) -> None:
     """Wait until the page says "playing" and its video plays ``seconds`` more media."""
     await expect(tid(page, "state")).to_have_text("playing", timeout=PLAY_TIMEOUT_MS)
     t0 = await tid(page, "video").evaluate("v => v.currentTime")
-    await page.wait_for_function(
+    await wait_for_js(page,
         """([t0, s]) => {
              const v = document.querySelector('[data-testid=video]');
              return !v.paused && v.videoWidth > 0 && v.currentTime >= t0 + s;
@@ -121,7 +131,7 @@ async def check_hls_playing(page: Any, requests: Requests) -> int:
     assert await page.evaluate("document.querySelector('[data-testid=video]').srcObject") is None
     # Frames keep being decoded (counted since the element's source was set; a loaded
     # machine may need longer than the 2 s above to show 30 of them).
-    await page.wait_for_function(
+    await wait_for_js(page,
         "document.querySelector('[data-testid=video]').getVideoPlaybackQuality()"
         ".totalVideoFrames > 30", timeout=PLAY_TIMEOUT_MS)
     quality = await tid(page, "video").evaluate(
@@ -228,7 +238,7 @@ async def test_no_fallback_while_nobody_publishes(service) -> None:
         )
         await expect(tid(page, "state")).to_have_text("waiting")
         # Retry-After: 3 -> three 409s take > 6 s, well past the 4 s fallback deadline.
-        await wait_until(
+        await wait_for(
             lambda: len(requests.matching(r"/whep/demo$", "POST")) >= 3, 30, "three WHEP POSTs"
         )
         await expect(tid(page, "state")).to_have_text("waiting")
@@ -274,7 +284,7 @@ async def test_manual_switch_webrtc_hls_webrtc(service, publisher) -> None:
         ) as deleted:
             await tid(page, "path-hls").click()
         assert (await deleted.value).status == 200
-        await wait_until(lambda: not router.viewers, 10, "the SFU to drop the WHEP viewer")
+        await wait_for(lambda: not router.viewers, 10, "the SFU to drop the WHEP viewer")
         assert "path=hls" in page.url  # a reload keeps the choice
         hls_ms = await check_hls_playing(page, requests)
         await expect(tid(page, "path-hls")).to_have_attribute("aria-pressed", "true")
@@ -417,9 +427,9 @@ async def test_broadcast_page_watched_by_hls_js_through_nginx(service, tmp_path:
     audio = make_tone_wav(tmp_path / "tone.wav", seconds=2, frequency=440)
     async with nginx_edge.NginxEdge(service.url, tmp_path / "edge") as edge:
         async with chromium(chromium_args(video, audio)) as browser:
-            studio, studio_errors, _ = await new_page(
-                browser, f"{edge.url}/broadcast/demo?key={STREAM_KEY}")
-            await studio.wait_for_function(
+            studio, studio_errors, _ = await new_page(browser, f"{edge.url}/broadcast/demo")
+            await enter_stream_key(studio, STREAM_KEY)
+            await wait_for_js(studio,
                 "document.querySelector('[data-testid=preview]').videoWidth > 0")
             await tid(studio, "resolution").select_option("360p")
             await tid(studio, "go-live").click()

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
 import pytest
-from conftest import STREAM_KEY
 
 from loadtest import whip_client
 from loadtest.fanout import FanoutOptions, run_fanout
 from loadtest.report import summarize_collapsed
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
 from loadtest.subscriber import LightSubscriber, SeqCounter, SubscriberPool
+from tests.polling import wait_for
+from tests.services import STREAM_KEY
 
 
 def _options(tmp_path: Path, mode: str, counts: list[int]) -> FanoutOptions:
@@ -70,10 +70,7 @@ async def test_lossy_subscriber_is_repaired_by_nack(service, monkeypatch: pytest
         sub = pool.subscribers[0]
         assert sub.error is None and sub.fast_path
         assert (await pool.wait_media(15))["ready"] == 1
-        for _ in range(200):  # bounded: until a few drops were repaired
-            if sub.video.late >= 3:
-                break
-            await asyncio.sleep(0.05)
+        await wait_for(lambda: sub.video.late >= 3, 10, "a few dropped packets to be repaired")
         assert sub.nacks_sent >= 3
         assert sub.video.late >= 3  # repaired packets arrived after newer ones
         assert sub.video.expected - sub.video.received <= 2  # at most the in-flight drops remain

@@ -91,12 +91,3 @@ async def read_frames(
         if until is not None and code is not None and until(code):
             break
     return out
-
-
-async def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``predicate()`` every 20 ms until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)

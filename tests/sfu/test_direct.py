@@ -8,8 +8,8 @@ from loadtest import whip_client
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
 from sfu.direct import DirectTransport, MediaPacket
 from sfu.errors import RoomNotLive
-from tests.conftest import STREAM_KEY
 from tests.polling import wait_for
+from tests.services import STREAM_KEY
 
 
 class Sink:

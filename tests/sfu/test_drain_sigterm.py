@@ -11,14 +11,15 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from conftest import STREAM_KEY, make_config
-from node_process import NodeProcess
 
 from loadtest import whip_client
 from loadtest.pattern import read_code
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
 from relaycast.service import Service
 from signaling.app_keys import NAMESPACE_KEY
+from tests.node_process import NodeProcess
+from tests.polling import wait_for
+from tests.services import STREAM_KEY, make_config
 
 SECRET = "node-secret-for-drain-tests"
 
@@ -27,14 +28,6 @@ SECRET = "node-secret-for-drain-tests"
 async def signaling() -> AsyncIterator[Service]:
     async with Service(make_config(embedded_sfu=False, node_secret=SECRET)) as svc:
         yield svc
-
-
-async def until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def next_codes(session: whip_client.WhipSession, count: int) -> list[int]:
@@ -59,10 +52,10 @@ async def live_node(svc: Service, drain_s: str) -> tuple[NodeProcess, whip_clien
 
 
 async def sigterm_and_check_refusal(svc: Service, node: NodeProcess, viewer: whip_client.WhipSession) -> None:
-    router = svc.app[NAMESPACE_KEY].router
+    router = svc.app[NAMESPACE_KEY].registry
     node.send(signal.SIGTERM)
     await node.wait_line("draining: 2 sessions", 10)
-    await until(lambda: any(n.draining for n in router.nodes.values()), 5, "the draining load report")
+    await wait_for(lambda: any(n.draining for n in router.nodes.values()), 5, "the draining load report")
     with pytest.raises(whip_client.WhipError) as refused:
         await whip_client.view(f"{svc.url}/whep/demo")
     assert refused.value.status == 503 and refused.value.headers["Retry-After"] == str(svc.config.retry_after_s)
@@ -83,7 +76,7 @@ async def test_drain_ends_when_the_sessions_end(signaling: Service) -> None:
         assert await node.wait(30) == 0
         print(f"drained node exited {time.monotonic() - started:.2f} s after its last session ended")
         assert any("drained" in line for line in node.lines), node.log()
-        await until(lambda: not signaling.app[NAMESPACE_KEY].router.nodes, 5, "the node to leave")
+        await wait_for(lambda: not signaling.app[NAMESPACE_KEY].registry.nodes, 5, "the node to leave")
     finally:
         await viewer.pc.close()
         await pub.pc.close()
@@ -101,7 +94,7 @@ async def test_drain_deadline_closes_what_is_left(signaling: Service) -> None:
         assert took >= 3.0
         assert any("closing 2 sessions" in line for line in node.lines), node.log()
         # Signaling forgot the node's sessions; the session resources are gone.
-        await until(lambda: not signaling.app[NAMESPACE_KEY].router.nodes, 5, "the node to leave")
+        await wait_for(lambda: not signaling.app[NAMESPACE_KEY].registry.nodes, 5, "the node to leave")
         async with aiohttp.ClientSession() as http, http.delete(viewer.location) as resp:
             assert resp.status == 404
     finally:

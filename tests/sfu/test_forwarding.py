@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pytest
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket
-from sfu_helpers import FRAME_TICKS, publish_pattern, read_frames, receiver_tracks
 
 from loadtest import whip_client
 from sfu import forwarder as forwarder_module
@@ -29,6 +28,7 @@ from sfu.forwarder import Forwarder
 from sfu.keyframe import KeyFrameRequester
 from sfu.producer import MediaPacket
 from sfu.rtp import h264_is_keyframe_start, is_keyframe_start, seq_newer, vp8_is_keyframe_start
+from tests.sfu.sfu_helpers import FRAME_TICKS, publish_pattern, read_frames, receiver_tracks
 
 # --------------------------------------------------------------------------- end to end
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from lossy import RtpTap, payload_types
-from sfu_helpers import publish_pattern, read_frames, receiver_tracks, wait_for
-
 from loadtest import whip_client
+from tests.polling import wait_for
+from tests.sfu.lossy import RtpTap, payload_types
+from tests.sfu.sfu_helpers import publish_pattern, read_frames, receiver_tracks
 
 DROP_EVERY = 15
 
@@ -79,8 +79,10 @@ async def test_late_joiner_gets_a_keyframe_through_pli(service: Any) -> None:
         producer = router.producers["video"]
         video_track = pub.tracks[0]
         # Stream for >= 3 s (90 frames at 30 fps) before anybody watches.
-        await wait_for(lambda: video_track.frames_produced >= 90, timeout=30, what="3 s of publishing")
-        await wait_for(lambda: producer.packets > 0, timeout=10, what="packets at the SFU")
+        await wait_for(
+            lambda: video_track.frames_produced >= 90, 30, "3 s of publishing", interval_s=0.02
+        )
+        await wait_for(lambda: producer.packets > 0, 10, "packets at the SFU", interval_s=0.02)
         keyframes_before = producer.keyframes
         plis_before = producer.keyframe_requester.sent
         assert keyframes_before == 1, "aiortc's VP8 encoder sends one key frame, then a long GOP"

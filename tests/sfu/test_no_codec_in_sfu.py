@@ -19,10 +19,9 @@ import socket
 import sys
 from pathlib import Path
 
-from sfu_helpers import read_frames, receiver_tracks
-
 from loadtest import whip_client
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
+from tests.sfu.sfu_helpers import read_frames, receiver_tracks
 
 AUDIT = Path(__file__).with_name("codec_audit.py")
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""Node-to-node pipes (issue 4's cascading, SFU side): node A offers its room's producers
+"""Node-to-node pipes (cascading, SFU side): node A offers its room's producers
 to node B (``Worker.pipe_offer``), B answers through its ordinary ``publish``, and B's
 viewers are served from B — frames, PLIs and publisher return all cross the pipe."""
 
@@ -12,12 +12,12 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from sfu.worker import Worker
+from tests.polling import wait_for
 from tests.sfu.sfu_helpers import (
     OffsetPatternTrack,
     publish_pattern,
     read_frames,
     receiver_tracks,
-    wait_for,
 )
 
 PIPE_ID = "pipe-" + "0" * 27
@@ -59,7 +59,9 @@ async def test_room_piped_to_a_second_node_serves_its_viewers(service: Any) -> N
             pipe = origin.routers["demo"].pipes[PIPE_ID]
             # On the origin the pipe is not a viewer; on the edge it is the room's publisher.
             assert origin.routers["demo"].state()["viewers"] == 0
-            await wait_for(lambda: edge.routers["demo"].live, 10, "the edge room to go live")
+            await wait_for(
+                lambda: edge.routers["demo"].live, 10, "the edge room to go live", interval_s=0.02
+            )
             assert set(edge.routers["demo"].producers) == {"video", "audio"}
 
             # A viewer on the edge decodes the origin publisher's frames in order.
@@ -93,7 +95,10 @@ async def test_room_piped_to_a_second_node_serves_its_viewers(service: Any) -> N
             # The publisher leaves and a new one comes to the origin: the pipe resumes, the
             # edge viewer continues with the new publisher's frames (continuous seq/ts).
             await publisher.close()
-            await wait_for(lambda: not origin.routers["demo"].live, 10, "the origin room to end")
+            await wait_for(
+                lambda: not origin.routers["demo"].live, 10, "the origin room to end",
+                interval_s=0.02,
+            )
             publisher = await publish_pattern(svc, OffsetPatternTrack(100_000))
             resumed = await read_frames(tracks["video"], 200, timeout=30,
                                         until=lambda code: code >= 100_000)

@@ -14,26 +14,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import pytest
 from aiortc import RTCPeerConnection
-from lossy import RtpTap, payload_types
-from sfu_helpers import (
+
+from loadtest import whip_client
+from relaycast.service import Service
+from sfu.consumer import Consumer
+from sfu.participant import Participant
+from signaling.app_keys import SESSION_SERVICE
+from tests.polling import WaitTimeout, wait_for
+from tests.services import make_config
+from tests.sfu.lossy import RtpTap, payload_types
+from tests.sfu.sfu_helpers import (
     FRAME_TICKS,
     OffsetPatternTrack,
     publish_pattern,
     read_frames,
     receiver_tracks,
-    wait_for,
 )
-
-from loadtest import whip_client
-from sfu.consumer import Consumer
-from sfu.transport import Participant
-from signaling.app_keys import SESSIONS
 
 SECOND = 1_000_000  # counter offset of the second publisher
 THIRD = 2_000_000
@@ -84,7 +89,9 @@ async def test_viewer_survives_publisher_drop_and_rejoin(service: Any) -> None:
 
         # (a) the encoder vanishes: its peer connection closes, no DELETE.
         await pub1.pc.close()
-        await wait_for(lambda: router_of().publisher is None, timeout=15, what="the SFU to notice")
+        await wait_for(
+            lambda: router_of().publisher is None, 15, "the SFU to notice", interval_s=0.02
+        )
         assert router_of().viewers.get(viewer_id) is participant, "the viewer session stays"
         assert participant.consumers["video"].producer is None, "consumer waits for a publisher"
         switch1 = time.monotonic()
@@ -96,7 +103,9 @@ async def test_viewer_survives_publisher_drop_and_rejoin(service: Any) -> None:
 
         # (b) the publisher leaves properly (DELETE) and comes back.
         assert await pub2.close() == 200
-        await wait_for(lambda: router_of().publisher is None, timeout=15, what="the publisher to go")
+        await wait_for(
+            lambda: router_of().publisher is None, 15, "the publisher to go", interval_s=0.02
+        )
         switch2 = time.monotonic()
         pub3 = await publish_pattern(service, OffsetPatternTrack(THIRD))
         pubs.append(pub3)
@@ -140,23 +149,42 @@ def _socket_fds() -> int:
     return count
 
 
-async def _settled(measure: Any, limit: int, timeout: float = 20.0) -> int:
-    """Wait (bounded) until ``measure()`` <= ``limit``; return the last value."""
-    deadline = time.monotonic() + timeout
-    value = measure()
-    while value > limit and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-        value = measure()
-    return value
+async def _settled(measure: Callable[[], int], limit: int, timeout_s: float = 20.0) -> int:
+    """Wait (bounded) until ``measure()`` <= ``limit``; return the last value (also on
+    timeout: the assertions after this report what was left over)."""
+    last = limit + 1
+
+    def settled() -> bool:
+        nonlocal last
+        last = measure()
+        return last <= limit
+
+    with contextlib.suppress(WaitTimeout):
+        await wait_for(settled, timeout_s, "the count to settle", interval_s=0.1)
+    return last
 
 
-async def test_twenty_viewers_join_and_leave_without_leaks(service: Any) -> None:
+@pytest.fixture
+async def roomy_service() -> AsyncIterator[Service]:
+    """The service, letting one address (all these viewers are on 127.0.0.1) open 20
+    sessions at once (RELAYCAST_PENDING_SESSIONS_PER_ADDRESS)."""
+    async with Service(make_config(pending_sessions_per_address=20)) as svc:
+        yield svc
+
+
+async def test_twenty_viewers_join_and_leave_without_leaks(roomy_service: Service) -> None:
+    service = roomy_service
     pub = await publish_pattern(service)
     try:
         # Baselines with only the publisher live (both ends in this process, both
         # fully started: packets reach both producers).
         producers = service.worker.routers["demo"].producers
-        await wait_for(lambda: all(p.packets > 0 for p in producers.values()), what="publisher media")
+        await wait_for(
+            lambda: all(p.packets > 0 for p in producers.values()),
+            10,
+            "publisher media",
+            interval_s=0.02,
+        )
         pcs_before = _live_peer_connections()
         assert any(pc is pub.pc for pc in pcs_before)
         assert any(pc is service.worker.routers["demo"].publisher.pc for pc in pcs_before)
@@ -183,10 +211,17 @@ async def test_twenty_viewers_join_and_leave_without_leaks(service: Any) -> None
         assert statuses == [0 if i % 4 == 3 else 200 for i in range(20)]
 
         router = service.worker.routers["demo"]
-        await wait_for(lambda: not router.viewers, timeout=20, what="every viewer session to end")
+        await wait_for(
+            lambda: not router.viewers, 20, "every viewer session to end", interval_s=0.02
+        )
         stats = await service.worker.stats()
         assert stats["sessions"] == 1, stats  # the publisher only
-        await wait_for(lambda: len(service.app[SESSIONS]) == 1, timeout=10, what="signaling to forget")
+        await wait_for(
+            lambda: len(service.app[SESSION_SERVICE].store.sessions) == 1,
+            10,
+            "signaling to forget the viewers",
+            interval_s=0.02,
+        )
         assert len(router.chat) == 0
         assert all(p.consumers == [] for p in router.producers.values())
         gc.collect()

@@ -1,4 +1,4 @@
-"""Cascading end to end (issue 4): two signaling instances, two real ``relaycast sfu``
+"""Cascading end to end: two signaling instances, two real ``relaycast sfu``
 node processes and a real redis-server.  The publisher is on node A; viewers beyond
 ``viewers_per_node`` go to node B, which pulls the room from A over one node pipe and
 serves its viewers from it; chat from a viewer on B reaches the publisher on A in order;
@@ -6,7 +6,6 @@ the pipe closes when B has no viewers left."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import replace
@@ -15,8 +14,13 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from chat_client import ChatClient
-from cluster import (
+
+from loadtest import whip_client
+from loadtest.sources import PatternVideoTrack
+from relaycast.service import Service
+from signaling.app_keys import NAMESPACE_KEY
+from tests.chat_client import ChatClient
+from tests.cluster import (
     SECRET,
     Cluster,
     frames,
@@ -27,22 +31,17 @@ from cluster import (
     running_cluster,
     viewers_are,
 )
-from conftest import STREAM_KEY, make_config
-from node_process import NodeProcess
-from polling import wait_for
-from redis_server import RedisServer
-
-from loadtest import whip_client
-from loadtest.sources import PatternVideoTrack
-from relaycast.service import Service
-from signaling.app_keys import NAMESPACE_KEY
+from tests.node_process import NodeProcess
+from tests.polling import wait_for
+from tests.redis_server import RedisServer
+from tests.services import STREAM_KEY, make_config
 
 NODE_ENV = {"RELAYCAST_PIPE_LINGER_S": "1"}
 
 
 def room_viewers(svc: Service, node_id: str, room: str = "demo") -> int:
     """Viewers of ``room`` on ``node_id`` as ``svc`` knows them (from load reports)."""
-    for node in svc.app[NAMESPACE_KEY].router.nodes.values():
+    for node in svc.app[NAMESPACE_KEY].registry.nodes.values():
         if node.node_id == node_id:
             return node.room_viewers(room)
     return -1
@@ -73,14 +72,14 @@ async def test_viewers_beyond_the_origin_are_served_by_a_second_node(
                 [PatternVideoTrack(320, 180, 15, code="counter")], chat=True)
             sessions.append(publisher)
             await whip_client.wait_connected(publisher.pc, timeout=20)
-            assert node_of(cluster.a, publisher.location) == "node-a"  # least loaded, then by id
+            assert await node_of(cluster.a, publisher.location) == "node-a"  # least loaded, then by id
             pub_chat = ChatClient(publisher, chat_channels[publisher.pc])
 
             # Two viewers fit on the origin (one through each instance) ...
             placed = []
             for n, svc in enumerate((cluster.a, cluster.b), start=1):
                 sessions.append(await view(cluster, svc))
-                placed.append(node_of(svc, sessions[-1].location))
+                placed.append(await node_of(svc, sessions[-1].location))
                 for s in (cluster.a, cluster.b):
                     await wait_for(lambda s=s, n=n: room_viewers(s, "node-a") == n, 10, "the load report")
             # ... the next two go to node B, the first one opening the pipe.
@@ -90,9 +89,9 @@ async def test_viewers_beyond_the_origin_are_served_by_a_second_node(
             print(f"first edge viewer connected {(time.monotonic() - started) * 1000:.0f} ms after its POST "
                   "(pipe included)")
             sessions.append(edge_viewer)
-            placed.append(node_of(cluster.b, edge_viewer.location))
+            placed.append(await node_of(cluster.b, edge_viewer.location))
             sessions.append(await view(cluster, cluster.a))
-            placed.append(node_of(cluster.a, sessions[-1].location))
+            placed.append(await node_of(cluster.a, sessions[-1].location))
             assert placed == ["node-a", "node-a", "node-b", "node-b"]
             records = await pipes(redis)
             assert list(records) == ["node-b"] and records["node-b"]["origin"] == "node-a", records
@@ -122,7 +121,9 @@ async def test_viewers_beyond_the_origin_are_served_by_a_second_node(
             for viewer in sessions[3:]:
                 assert await viewer.close() == 200
             del sessions[3:]
-            took = await wait_for(lambda: _no_pipes(redis), 15, "the pipe record to go")
+            left = time.monotonic()
+            await wait_for(lambda: _no_pipes(redis), 15, "the pipe record to go")
+            took = time.monotonic() - left
             await wait_for(lambda: _sessions(redis, "node-a", 3), 10, "node A to end its side of the pipe")
             await wait_for(lambda: _sessions(redis, "node-b", 0), 10, "node B to end the pipe")
             print(f"pipe closed {took:.1f} s after the edge's last viewer left (linger 1 s)")
@@ -132,6 +133,33 @@ async def test_viewers_beyond_the_origin_are_served_by_a_second_node(
             await redis.aclose()
             for session in sessions:
                 await session.close()
+
+
+async def outlast_linger(router: Any, linger_s: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Watch an edge's `sfu.router.Router` of a pipe-fed room until it would have ended an
+    unwatched pipe, asserting all along that its pipe is still there.
+
+    The Router ends such a pipe on the first of its ticks (every 0.5 s) at least
+    ``linger_s`` after the tick that first saw the room without viewers and holders.  The
+    wait is counted in the Router's own ticks, not in wall time: it ends on the second tick
+    ``linger_s`` or more after the first one observed here, when an unheld pipe's end would
+    have been decided and carried out (the publisher slot emptied) — so a stalled event loop
+    cannot make it pass early.
+    """
+    ticks: list[float] = []
+    tick = router.tick
+
+    def counted_tick() -> None:
+        tick()
+        ticks.append(time.monotonic())
+
+    monkeypatch.setattr(router, "tick", counted_tick)
+
+    def linger_passed() -> bool:
+        assert router.pipe_fed and router.publisher is not None, "the edge ended the held pipe"
+        return sum(1 for t in ticks if t - ticks[0] >= linger_s) >= 2
+
+    await wait_for(linger_passed, linger_s + 30, f"two ticks {linger_s:g} s after the first (the linger)")
 
 
 async def _no_pipes(redis: aioredis.Redis) -> bool:
@@ -167,7 +195,7 @@ async def test_llhls_bridge_pulls_a_room_live_on_another_node(
             await wait_for(lambda: {"node-a", "hls-1"} <= listed(a) and {"node-a", "hls-1"} <= listed(h),
                            10, "both nodes listed everywhere")
             publisher = await publish(a)
-            assert node_of(a, publisher.location) == "node-a"
+            assert await node_of(a, publisher.location) == "node-a"
             await wait_for(lambda: room_live(h), 10, "the room live on the bridge's instance")
 
             body = ""
@@ -187,9 +215,10 @@ async def test_llhls_bridge_pulls_a_room_live_on_another_node(
             async with http.get(f"{h.url}/hls/demo/{blocking}") as resp:  # until the part exists
                 assert resp.status == 200
                 assert "#EXT-X-PART:" in await resp.text()
-            await asyncio.sleep(2.5)  # > the edge's pipe linger: the bridge holds the pipe
+            # No viewer on hls-1, but the bridge holds the pipe past the edge's linger.
+            assert h.worker is not None
+            await outlast_linger(h.worker.routers["demo"], bridge_config.sfu.pipe_linger_s, monkeypatch)
             assert "hls-1" in await pipes(redis)
-            assert h.worker is not None and h.worker.routers["demo"].pipe_fed
         finally:
             await redis.aclose()
             if publisher is not None:

@@ -23,6 +23,7 @@ from signaling.config import IceServer, SignalingConfig
         ({"RELAYCAST_PORT": "http"}, "RELAYCAST_PORT"),
         ({"RELAYCAST_PORT": "70000"}, "RELAYCAST_PORT"),
         ({"RELAYCAST_DEMO_ROOM": "no spaces allowed"}, "RELAYCAST_DEMO_ROOM"),
+        ({"RELAYCAST_DEMO_ROOM": "demo\n"}, "RELAYCAST_DEMO_ROOM"),
         ({"RELAYCAST_STREAM_KEY": "short"}, "RELAYCAST_STREAM_KEY"),
         ({"RELAYCAST_ICE_GATHER": "not-an-ip"}, "RELAYCAST_ICE_GATHER"),
         ({"RELAYCAST_ICE_SERVERS": "http://example.invalid"}, "RELAYCAST_ICE_SERVERS"),

@@ -1,4 +1,4 @@
-"""Failover (issue 4): ``kill -9`` of the SFU node holding a cascaded room's publisher.
+"""Failover: ``kill -9`` of the SFU node holding a cascaded room's publisher.
 
 Two signaling instances, two real ``relaycast sfu`` processes, real redis-server.  The
 publisher and two viewers are on node A, two more viewers on node B (piped from A).
@@ -17,15 +17,15 @@ import statistics
 import time
 
 import redis.asyncio as aioredis
-from cluster import node_of, running_cluster
-from conftest import STREAM_KEY
-from polling import wait_for
-from redis_server import RedisServer
 
 from loadtest.resilient import ReconnectingPublisher, ReconnectingViewer
 from loadtest.sources import PatternVideoTrack
 from relaycast.service import Service
 from signaling.app_keys import ROOMS
+from tests.cluster import node_of, running_cluster
+from tests.polling import wait_for
+from tests.redis_server import RedisServer
+from tests.services import STREAM_KEY
 
 RECOVERY_BOUND_S = 15.0
 """Generous: client detection (1–2 s) + node loss (≈0.1 s) + new sessions (≈1 s) on 2 cores."""
@@ -43,7 +43,7 @@ async def test_kill_9_of_the_origin_node_mid_stream(redis_server: RedisServer) -
             await cluster.node("node-b", via=cluster.b)
             publisher.url = f"{cluster.a.url}/whip/demo"
             await publisher.start()
-            assert publisher.session and node_of(cluster.a, publisher.session.location) == "node-a"
+            assert publisher.session and await node_of(cluster.a, publisher.session.location) == "node-a"
             for i in range(4):
                 svc = (cluster.a, cluster.b)[i % 2]
                 viewer = ReconnectingViewer(f"{svc.url}/whep/demo")
@@ -51,7 +51,7 @@ async def test_kill_9_of_the_origin_node_mid_stream(redis_server: RedisServer) -
                 viewers.append(viewer)
                 await wait_for(lambda v=viewer: bool(v.frames), 15, "the viewer's first frame")
                 await wait_for(lambda n=i + 1: _room_viewers(cluster.a, n), 10, "the load reports")
-            placed = [node_of(svc, v.session.location) for v, svc in zip(viewers, (cluster.a, cluster.b) * 2,
+            placed = [await node_of(svc, v.session.location) for v, svc in zip(viewers, (cluster.a, cluster.b) * 2,
                                                                            strict=True) if v.session]
             assert placed == ["node-a", "node-a", "node-b", "node-b"], placed
 
@@ -63,11 +63,11 @@ async def test_kill_9_of_the_origin_node_mid_stream(redis_server: RedisServer) -
                                    RECOVERY_BOUND_S + 5, "every viewer to receive again")
                 except AssertionError:
                     state = [(v.log.attempts, v.log.reasons, v.log.last_error, v.frames[-1:] if v.frames else None,
-                              v.session and node_of(cluster.a if i % 2 == 0 else cluster.b, v.session.location))
+                              v.session and await node_of(cluster.a if i % 2 == 0 else cluster.b, v.session.location))
                              for i, v in enumerate(viewers)]
                     raise AssertionError(f"viewers (attempts, reasons, last error, last frame, node): {state}; "
                                          f"publisher {publisher.log.reasons} on "
-                                         f"{publisher.session and node_of(cluster.a, publisher.session.location)}") from None
+                                         f"{publisher.session and await node_of(cluster.a, publisher.session.location)}") from None
             recovered = [v.first_frame_after(killed, 100_000) - killed for v in viewers]  # type: ignore[operator]
             republished = publisher.log.sessions[-1] - killed
             print(f"kill -9 of the origin: publisher re-published after {republished:.2f} s; viewers "
@@ -75,7 +75,7 @@ async def test_kill_9_of_the_origin_node_mid_stream(redis_server: RedisServer) -
                   f"(median {statistics.median(recovered):.2f}); reasons {publisher.log.reasons} "
                   f"{[v.log.reasons for v in viewers]}")
             assert max(recovered) <= RECOVERY_BOUND_S, recovered
-            assert publisher.session and node_of(cluster.a, publisher.session.location) == "node-b"
+            assert publisher.session and await node_of(cluster.a, publisher.session.location) == "node-b"
             # A's viewers had to come back with new sessions (B's may keep theirs: re-piped).
             assert all(len(v.log.sessions) == 2 for v in viewers[:2]), [v.log.reasons for v in viewers]
 

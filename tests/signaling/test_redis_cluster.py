@@ -20,7 +20,11 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from cluster import (
+
+from loadtest import whip_client
+from relaycast.service import Service
+from signaling.app_keys import ROOMS, SESSION_SERVICE
+from tests.cluster import (
     SECRET,
     Cluster,
     frames,
@@ -30,14 +34,10 @@ from cluster import (
     running_cluster,
     viewers_are,
 )
-from conftest import STREAM_KEY, make_config
-from node_process import NodeProcess
-from polling import wait_for
-from redis_server import RedisServer
-
-from loadtest import whip_client
-from relaycast.service import Service
-from signaling.app_keys import ROOMS, SESSIONS
+from tests.node_process import NodeProcess
+from tests.polling import wait_for
+from tests.redis_server import RedisServer
+from tests.services import STREAM_KEY, make_config
 
 
 @pytest.fixture
@@ -87,8 +87,10 @@ async def test_redis_outage_mid_stream(cluster: Cluster) -> None:
         before = await frames(viewer, 5)
 
         cluster.redis_server.stop()
+        stopped = time.monotonic()
         for svc in (cluster.a, cluster.b):
-            took = await wait_for(lambda s=svc: _status_is(cluster, s, "/readyz", 503), 10, "/readyz 503")
+            await wait_for(lambda s=svc: _status_is(cluster, s, "/readyz", 503), 10, "/readyz 503")
+            took = time.monotonic() - stopped
             status, body = await cluster.status(svc, "/readyz")
             assert "Redis" in body["status"] and body["redis"] == "unavailable", body
             assert (await cluster.status(svc, "/healthz"))[0] == 200
@@ -216,14 +218,19 @@ async def test_room_state_survives_signaling_restarts(redis_server: RedisServer,
         await whip_client.wait_connected(viewer.pc, timeout=20)
         before = await frames(viewer, 3)
 
+        # Every removal of the room's key (release: DEL; TTL: expired), however short the
+        # gap before it is placed again, through Redis keyspace notifications.
+        await redis.config_set("notify-keyspace-events", "Kgx")
+        watch = redis.pubsub()
+        await watch.subscribe("__keyspace@0__:relaycast:room:demo")
+        confirmed = await watch.get_message(timeout=5)
+        assert confirmed is not None and confirmed["type"] == "subscribe", confirmed
         released = asyncio.Event()
 
         async def watch_room() -> None:
-            while not await redis.exists("relaycast:room:demo"):
-                await asyncio.sleep(0)
-            while await redis.exists("relaycast:room:demo"):
-                await asyncio.sleep(0.02)
-            released.set()
+            async for message in watch.listen():
+                if message["type"] == "message" and message["data"] in ("del", "expired"):
+                    released.set()
 
         watcher = asyncio.create_task(watch_room())
         restarted = time.monotonic()
@@ -237,9 +244,11 @@ async def test_room_state_survives_signaling_restarts(redis_server: RedisServer,
             await wait_for(lambda s=svc: room_live(s), 5, "the room to be live on both instances")
         assert await redis.hget("relaycast:room:demo", "node") == "node-a"
         watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await watch.aclose()
         if node_urls == "A,B":
             assert not released.is_set(), "the room was released while its node moved"
-            assert viewer.location.rsplit("/", 1)[1] in b.app[SESSIONS]  # no node_lost
+            assert await b.app[SESSION_SERVICE].store.get(viewer.location.rsplit("/", 1)[1])  # no node_lost
         after = await frames(viewer, 5)
         assert after[0] > before[-1]
         late = await whip_client.view(f"{a.url}/whep/demo")

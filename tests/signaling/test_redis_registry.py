@@ -1,4 +1,4 @@
-"""`RedisNodeRouter` against a real redis-server: registration, heartbeats and their
+"""`RedisNodeRegistry` against a real redis-server: registration, heartbeats and their
 expiry (no key outlives its TTL), least-loaded and pluggable placement, sticky rooms
 shared by several instances, release, and bounded failure when Redis is down."""
 
@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from polling import wait_for
-from redis_server import RedisServer, free_port
 
 from common.config import ConfigError
 from signaling.config import SignalingConfig
-from signaling.nodes import NodeIdInUse, NoNodeAvailable, RouterUnavailable, SfuNode
-from signaling.redis_state import RedisNodeRouter
+from signaling.nodes import NodeIdInUse, NoNodeAvailable, RegistryUnavailable, SfuNode
+from signaling.redis_state import RedisNodeRegistry
+from tests.polling import wait_for
+from tests.redis_server import RedisServer, free_port
 
 TTL = 1.0  # short TTLs keep these tests quick; production uses 4 s
 
@@ -32,7 +32,7 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
 PUMPS: dict[int, asyncio.Task[None]] = {}
 
 
-async def _keep_reporting(router: RedisNodeRouter) -> None:
+async def _keep_reporting(router: RedisNodeRegistry) -> None:
     """What the nodes connected to ``router`` do: a load report every 200 ms."""
     while True:
         await asyncio.sleep(0.2)
@@ -44,11 +44,11 @@ async def _keep_reporting(router: RedisNodeRouter) -> None:
 async def make_router(redis_server: RedisServer) -> AsyncIterator[Callable[..., Any]]:
     """``await make_router(pump=True, **kwargs)`` → a started router on the test Redis whose
     registered nodes keep reporting (``pump``); closed after the test."""
-    routers: list[RedisNodeRouter] = []
+    routers: list[RedisNodeRegistry] = []
 
-    async def make(pump: bool = True, **kwargs: Any) -> RedisNodeRouter:
+    async def make(pump: bool = True, **kwargs: Any) -> RedisNodeRegistry:
         kwargs.setdefault("ttl", TTL)
-        router = RedisNodeRouter(redis_server.url, **kwargs)
+        router = RedisNodeRegistry(redis_server.url, **kwargs)
         routers.append(router)
         await router.start()
         if pump:
@@ -61,14 +61,14 @@ async def make_router(redis_server: RedisServer) -> AsyncIterator[Callable[..., 
         await router.close()
 
 
-async def _stop_pump(router: RedisNodeRouter) -> None:
+async def _stop_pump(router: RedisNodeRegistry) -> None:
     task = PUMPS.pop(id(router), None)
     if task is not None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def crash(router: RedisNodeRouter) -> None:
+async def crash(router: RedisNodeRegistry) -> None:
     """Stop a router as a killed process would: no cleanup in Redis."""
     await _stop_pump(router)
     for task in router._tasks:
@@ -82,7 +82,7 @@ def load(sessions: int, capacity: int = 10, draining: bool = False) -> dict[str,
     return {"sessions": sessions, "capacity": capacity, "draining": draining}
 
 
-async def add_node(router: RedisNodeRouter, node_id: str, sessions: int = 0, **kw: Any) -> SfuNode:
+async def add_node(router: RedisNodeRegistry, node_id: str, sessions: int = 0, **kw: Any) -> SfuNode:
     node = SfuNode(sid=f"sid-{node_id}", node_id=node_id)
     await router.register(node)
     await router.heartbeat(node.sid, load(sessions, **kw))
@@ -112,8 +112,9 @@ async def test_heartbeat_keys_have_ttls_and_nothing_outlives_them(make_router, r
     assert await redis.hget("relaycast:node:n1", "sessions") == "2"
 
     await crash(router)  # nobody refreshes anything any more
-    took = await wait_for(lambda: _empty(redis), TTL * 4, "every relaycast key to expire")
-    print(f"all keys gone {took:.2f} s after the crash (TTL {TTL} s)")
+    crashed = time.monotonic()
+    await wait_for(lambda: _empty(redis), TTL * 4, "every relaycast key to expire")
+    print(f"all keys gone {time.monotonic() - crashed:.2f} s after the crash (TTL {TTL} s)")
 
 
 async def _empty(redis: aioredis.Redis) -> bool:
@@ -157,8 +158,9 @@ async def test_local_node_that_stops_reporting_is_dropped(make_router, redis) ->
     router.disconnect = disconnect
     node = await add_node(router, "n1")
     await router.node_for_room("r1")
-    took = await wait_for(lambda: events == ["node_lost:n1"], TTL * 4, "the silent node to be dropped")
-    print(f"silent local node dropped after {took:.2f} s (TTL {TTL} s)")
+    started = time.monotonic()
+    await wait_for(lambda: events == ["node_lost:n1"], TTL * 4, "the silent node to be dropped")
+    print(f"silent local node dropped after {time.monotonic() - started:.2f} s (TTL {TTL} s)")
     assert dropped == [node.sid]
     assert not await redis.exists("relaycast:node:n1", "relaycast:room:r1")
 
@@ -207,7 +209,7 @@ async def test_least_loaded_placement_skips_full_draining_and_expired(make_route
     assert (await a.node_for_room("r2")).node_id == "light"
 
 
-async def _missing(router: RedisNodeRouter, node_id: str) -> bool:
+async def _missing(router: RedisNodeRegistry, node_id: str) -> bool:
     return not await router.redis.exists(router.k_node(node_id))
 
 
@@ -301,7 +303,7 @@ async def test_unreachable_redis_fails_fast_and_recovers(make_router, redis_serv
     assert await a.check() is None
     redis_server.stop()
     started = time.monotonic()
-    with pytest.raises(RouterUnavailable):
+    with pytest.raises(RegistryUnavailable):
         await a.node_for_room("r1")
     assert time.monotonic() - started < 3.0
     reason = await a.check()
@@ -315,16 +317,16 @@ async def test_unreachable_redis_fails_fast_and_recovers(make_router, redis_serv
     assert (await a.node_for_room("r1")).node_id == "n1"
 
 
-async def _ready(router: RedisNodeRouter) -> bool:
+async def _ready(router: RedisNodeRegistry) -> bool:
     return await router.check() is None
 
 
 async def test_never_reachable_redis_is_bounded() -> None:
-    router = RedisNodeRouter(f"redis://127.0.0.1:{free_port()}/0", ttl=TTL)
+    router = RedisNodeRegistry(f"redis://127.0.0.1:{free_port()}/0", ttl=TTL)
     await router.start()  # tolerated: the loops keep retrying
     try:
         started = time.monotonic()
-        with pytest.raises(RouterUnavailable):
+        with pytest.raises(RegistryUnavailable):
             await router.node_for_room("r")
         assert "Redis unreachable" in (await router.check() or "")
         assert time.monotonic() - started < 4.0

@@ -13,15 +13,23 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 from aiortc import RTCPeerConnection
-from conftest import STREAM_KEY, make_config
-from whip_helpers import FRAG, SDP, STRONG_ETAG, check_answer, new_offer, problem, sdpfrag
 
 from loadtest import whip_client
 from loadtest.pattern import read_code
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
 from relaycast.service import Service
-from signaling.app_keys import SESSIONS
+from signaling.app_keys import SESSION_SERVICE
 from signaling.config import IceServer
+from tests.services import STREAM_KEY, make_config
+from tests.signaling.whip_helpers import (
+    FRAG,
+    SDP,
+    STRONG_ETAG,
+    check_answer,
+    new_offer,
+    problem,
+    sdpfrag,
+)
 
 AUTH = {"Authorization": f"Bearer {STREAM_KEY}"}
 SESSION_PATH = re.compile(r"^/whep/demo/([A-Za-z0-9_-]{32})$")
@@ -56,8 +64,10 @@ async def live(service: Service, http: aiohttp.ClientSession, make_offer: MakeOf
 
 
 def viewer_count(svc: Service) -> int:
+    """Viewer sessions on the SFU, connected or not (offer/answer-only viewers never
+    connect, and the load report counts connected viewers only)."""
     assert svc.worker is not None
-    return svc.worker.load()["viewers"]
+    return sum(len(router.viewers) for router in svc.worker.routers.values())
 
 
 async def view(
@@ -79,11 +89,11 @@ async def test_viewer_before_publisher_is_409_with_retry_after(
     assert resp.headers["Retry-After"] == str(service.config.retry_after_s)
     assert "publisher" in str(body["detail"])
     assert service.worker.load()["sessions"] == 0 and service.worker.routers == {}
-    assert service.app[SESSIONS] == {}
+    assert service.app[SESSION_SERVICE].store.sessions == {}
 
 
 async def test_viewer_after_publisher_left_is_409(service: Service, http, make_offer, live) -> None:
-    assert (await http.delete(live)).status == 200
+    assert (await http.delete(live, headers=AUTH)).status == 200
     resp = await view(service, http, await make_offer())
     await problem(resp, 409)
     assert int(resp.headers["Retry-After"]) > 0
@@ -99,7 +109,7 @@ async def test_answer_is_sendonly_bundle_on_loopback(
     assert resp.content_type == SDP
     match = SESSION_PATH.match(resp.headers["Location"])
     assert match, resp.headers["Location"]
-    assert service.app[SESSIONS][match.group(1)].kind == "whep"
+    assert service.app[SESSION_SERVICE].store.sessions[match.group(1)].resource == "whep"
     assert STRONG_ETAG.match(resp.headers["ETag"])
     answer = await resp.text()
     assert check_answer(answer, "sendonly") == ["video", "audio"]
@@ -171,7 +181,12 @@ REFUSED = [
     ("empty", SDP, lambda mk: _const(""), 400),
     ("non-utf8", SDP, lambda mk: _const(b"v=0\r\ns=\xff\r\n"), 400),
     ("over-64KiB", SDP, lambda mk: _const("v=0\r\n" + "a=x\r\n" * 13200), 413),
+    ("duplicate-mid", SDP, lambda mk: _duplicate_mid(mk()), 400),  # a typed problem
 ]
+
+
+async def _duplicate_mid(offer: Awaitable[str]) -> str:
+    return (await offer).replace("a=mid:1", "a=mid:0")
 
 
 async def _const(value: str | bytes) -> str | bytes:
@@ -188,7 +203,7 @@ async def test_refused_viewer_allocates_nothing(
     await problem(resp, status)
     assert viewer_count(service) == 0
     assert service.worker.load()["sessions"] == 1  # only the publisher
-    assert [s.kind for s in service.app[SESSIONS].values()] == ["whip"]
+    assert [s.resource for s in service.app[SESSION_SERVICE].store.sessions.values()] == ["whip"]
 
 
 async def test_offer_without_the_rooms_tracks_is_422(service: Service, http, make_offer) -> None:

@@ -24,11 +24,15 @@ async def new_offer(
 ) -> str:
     """An offer from a real aiortc peer connection (appended to ``pcs`` for closing).
 
-    ``codecs`` restricts a kind to the listed mime types (``{"audio": ["audio/pcmu"]}``).
+    ``codecs`` restricts a kind to the listed mime types (``{"audio": ["audio/pcmu"]}``);
+    the kind ``"application"`` adds a data channel.
     """
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pcs.append(pc)
     for kind in kinds:
+        if kind == "application":  # an m=application section: a data channel
+            pc.createDataChannel("chat")
+            continue
         transceiver = pc.addTransceiver(kind, direction=direction)
         if codecs and kind in codecs:
             caps = RTCRtpSender.getCapabilities(kind).codecs
@@ -78,11 +82,19 @@ def check_answer(answer: str, direction: str) -> list[str]:
     return [m.split(" ")[0].removeprefix("m=") for m in media]
 
 
+TYPED_PROBLEMS = {"https://relaycast.dev/problems/invalid-sdp": (400, "Invalid SDP offer")}
+"""Problem types relaycast answers with other than ``about:blank``: (status, title)."""
+
+
 async def problem(resp: aiohttp.ClientResponse, status: int) -> dict[str, object]:
-    """Assert an RFC 9457 problem (``about:blank``, so the title is the reason phrase)."""
+    """Assert an RFC 9457 problem: ``about:blank`` with the status's reason phrase as the
+    title, or one of :data:`TYPED_PROBLEMS` with its title."""
     assert resp.status == status, await resp.text()
     assert resp.content_type == "application/problem+json"
     body = await resp.json(content_type=None)
     phrase = RFC9110_PHRASES.get(status) or HTTPStatus(status).phrase
-    assert (body["type"], body["title"], body["status"]) == ("about:blank", phrase, status)
+    expected = ("about:blank", phrase, status)
+    if body["type"] in TYPED_PROBLEMS:
+        expected = (body["type"], TYPED_PROBLEMS[body["type"]][1], TYPED_PROBLEMS[body["type"]][0])
+    assert (body["type"], body["title"], body["status"]) == expected
     return body

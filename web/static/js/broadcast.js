@@ -21,16 +21,11 @@ let stream = null; // local MediaStream: preview and publish source
 let session = null; // {pc, dc, location, token, cleanup[]} of the current WHIP session
 let run = null; // AbortController spanning "Go live" .. "Stop"
 
-// ---- stream key: ?key= wins, else sessionStorage (per room) --------------
+// ---- stream key: typed into the page, kept in sessionStorage (per room, per tab) ----
+// Never taken from the URL: a key there would sit in the history, in bookmarks and in
+// the logs of every proxy on the way.
 function initStreamKey() {
-  const url = new URL(location.href);
-  const fromQuery = url.searchParams.get("key");
-  if (fromQuery) {
-    sessionStorage.setItem(keyStorage, fromQuery);
-    url.searchParams.delete("key"); // keep the secret out of history / screenshots
-    history.replaceState(null, "", url);
-  }
-  ui.key.value = fromQuery || sessionStorage.getItem(keyStorage) || "";
+  ui.key.value = sessionStorage.getItem(keyStorage) || "";
   ui.key.addEventListener("input", () => sessionStorage.setItem(keyStorage, ui.key.value));
 }
 

@@ -1,0 +1,438 @@
+"""The session service: WHIP/WHEP sessions between the HTTP edge and the SFU nodes.
+
+The HTTP handlers (:mod:`signaling.whip`) parse and authorize a request and call one
+method here; this module owns the rest (LiveKit's service → routing split):
+
+* :meth:`SessionService.open` places the session (the room's origin node, or for a viewer an
+  edge node piped from it, :mod:`signaling.cascade`), opens it on the node over the typed
+  SFU protocol (:class:`~signaling.sfu_client.SfuClient`), cleans up after a failure (a
+  session the node may still create after a 504 is closed; a room placed for nothing is
+  released) and records the session;
+* :meth:`SessionService.trickle` and :meth:`SessionService.close` act on a recorded session;
+* :meth:`SessionService.on_node_event` forgets sessions the nodes ended or lost.
+
+Session records live in a :class:`SessionStore`: in memory for one signaling process, in
+Redis in Redis mode (:class:`RedisSessionStore`), so PATCH and DELETE on a session work
+through any signaling instance behind a load balancer, not only the one that created it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sfu.protocol import (
+    Identity,
+    NodeEvent,
+    OpenSession,
+    ProtocolError,
+    RpcError,
+    SessionClosed,
+    SessionKind,
+    Trickle,
+)
+
+from .admission import PendingLimitReached, PendingSessions
+from .cascade import PipeFailed
+from .names import viewer_name
+from .nodes import NoNodeAvailable, SfuNode
+from .sfu_client import RpcFailed, SfuClient
+
+if TYPE_CHECKING:
+    from .cascade import Cascade
+    from .config import SignalingConfig
+    from .nodes import SfuNamespace
+    from .redis_state import RedisNodeRegistry
+    from .rooms import RoomRegistry
+
+logger = logging.getLogger(__name__)
+
+RESOURCES = ("whip", "whep")
+
+
+@dataclass
+class Session:
+    """A WHIP or WHEP session resource (RFC 9725 §4.2: ``/{resource}/{room}/{id}``).
+
+    :ivar id: 192 random bits, URL-safe (RFC 9725 §5: not guessable).
+    :ivar resource: ``"whip"`` (a publisher) or ``"whep"`` (a viewer).
+    :ivar node_sid: the SFU node's Socket.IO sid (the RPC address); ``node_id`` its id.
+    :ivar etag: the strong ETag of the ICE session (RFC 9725 §4.3.1).
+    :ivar remote_ufrag: the client's ``ice-ufrag`` / ``ice-pwd`` from the offer (a PATCH
+        with other ones is an ICE restart).
+    :ivar created: Unix time, s.
+    :ivar client: the client's address (behind trusted proxies, :mod:`common.client_address`).
+    :ivar connected: ICE and DTLS completed on the node (``session_connected``); until then
+        the session is *pending* and counts against its address's pending cap.
+    :ivar owner_digest: WHIP: hex SHA-256 of the stream key that created the session; its
+        PATCH and DELETE must present that key (:mod:`signaling.whip`).  ``""`` for WHEP.
+    """
+
+    id: str
+    resource: str
+    room: str
+    node_sid: str
+    node_id: str
+    etag: str
+    remote_ufrag: str | None
+    remote_pwd: str | None
+    identity: Identity
+    created: float
+    client: str = ""
+    connected: bool = False
+    owner_digest: str = ""
+
+    @property
+    def kind(self) -> SessionKind:
+        return SessionKind.PUBLISHER if self.resource == "whip" else SessionKind.VIEWER
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "id": self.id, "resource": self.resource, "room": self.room, "node_sid": self.node_sid,
+            "node_id": self.node_id, "etag": self.etag, "remote_ufrag": self.remote_ufrag,
+            "remote_pwd": self.remote_pwd, "identity": self.identity.to_dict(), "created": self.created,
+            "client": self.client, "connected": self.connected, "owner_digest": self.owner_digest,
+        })
+
+    @classmethod
+    def from_json(cls, raw: str) -> Session | None:
+        """A record written by :meth:`to_json`; ``None`` for anything else."""
+        try:
+            data = json.loads(raw)
+            return cls(str(data["id"]), str(data["resource"]), str(data["room"]), str(data["node_sid"]),
+                       str(data["node_id"]), str(data["etag"]), _opt(data.get("remote_ufrag")),
+                       _opt(data.get("remote_pwd")), Identity.from_dict(data["identity"]),
+                       float(data["created"]), str(data.get("client") or ""), bool(data.get("connected")),
+                       str(data.get("owner_digest") or ""))
+        except (ValueError, KeyError, TypeError, ProtocolError):
+            return None
+
+
+def _opt(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+class SessionRefused(Exception):
+    """A session request the service refuses; the HTTP edge answers ``status`` with ``detail``
+    (RFC 9457) and ``Retry-After: retry_after_s`` when set; a ``problem_type`` URI comes with
+    its ``title`` (RFC 9457 §3.1.3: the title summarizes the type)."""
+
+    def __init__(self, status: int, detail: str, *, retry_after_s: int | None = None,
+                 problem_type: str | None = None, title: str | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+        self.retry_after_s, self.problem_type = retry_after_s, problem_type
+        self.title = title
+
+
+# ------------------------------------------------------------------ stores
+class SessionStore(ABC):
+    """Where session records live.  ``get`` may be asked on any signaling instance."""
+
+    @abstractmethod
+    async def add(self, session: Session) -> None: ...
+
+    @abstractmethod
+    async def get(self, session_id: str) -> Session | None: ...
+
+    @abstractmethod
+    async def mark_connected(self, session_id: str, node_id: str) -> Session | None:
+        """Record that the session on ``node_id`` connected; the updated record."""
+
+    @abstractmethod
+    async def remove(self, session_id: str, node_id: str | None = None) -> Session | None:
+        """Remove and return the record (only if it is on ``node_id``, when given)."""
+
+    @abstractmethod
+    async def in_room(self, room: str, node_id: str) -> bool:
+        """Whether any recorded session of ``room`` is on node ``node_id``."""
+
+    @abstractmethod
+    async def forget_node(self, node_id: str) -> None:
+        """Drop every record of a lost node."""
+
+
+class MemorySessionStore(SessionStore):
+    """One signaling process: a dict."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, Session] = {}
+
+    async def add(self, session: Session) -> None:
+        self.sessions[session.id] = session
+
+    async def get(self, session_id: str) -> Session | None:
+        return self.sessions.get(session_id)
+
+    async def mark_connected(self, session_id: str, node_id: str) -> Session | None:
+        session = self.sessions.get(session_id)
+        if session is None or session.node_id != node_id:
+            return None
+        session.connected = True
+        return session
+
+    async def remove(self, session_id: str, node_id: str | None = None) -> Session | None:
+        session = self.sessions.get(session_id)
+        if session is None or (node_id is not None and session.node_id != node_id):
+            return None
+        return self.sessions.pop(session_id)
+
+    async def in_room(self, room: str, node_id: str) -> bool:
+        return any(s.room == room and s.node_id == node_id for s in self.sessions.values())
+
+    async def forget_node(self, node_id: str) -> None:
+        for sid in [s.id for s in self.sessions.values() if s.node_id == node_id]:
+            del self.sessions[sid]
+
+
+class RedisSessionStore(SessionStore):
+    """Session records in Redis, one hash per SFU node: ``relaycast:node:{node_id}:sessions``
+    (session id → :meth:`Session.to_json`).  The hash expires with the node's other keys
+    (its TTL is refreshed by the node's load reports, :meth:`RedisNodeRegistry.heartbeat`), so
+    nothing outlives the node; a lookup asks every live node's hash in one pipeline."""
+
+    def __init__(self, registry: RedisNodeRegistry) -> None:
+        self.registry = registry
+
+    async def add(self, session: Session) -> None:
+        r = self.registry
+        key = r.k_node_sessions(session.node_id)
+        pipe = r.redis.pipeline(transaction=True)
+        pipe.hset(key, session.id, session.to_json())
+        pipe.pexpire(key, r.ttl_ms)
+        await r._op(pipe.execute())
+
+    async def get(self, session_id: str) -> Session | None:
+        r = self.registry
+        node_ids = sorted({n.node_id for n in r.nodes.values()})
+        if not node_ids:
+            return None
+        pipe = r.redis.pipeline(transaction=False)
+        for node_id in node_ids:
+            pipe.hget(r.k_node_sessions(node_id), session_id)
+        for raw in await r._op(pipe.execute()):
+            if raw:
+                return Session.from_json(raw)
+        return None
+
+    async def mark_connected(self, session_id: str, node_id: str) -> Session | None:
+        r = self.registry
+        raw = await r._op(r.redis.hget(r.k_node_sessions(node_id), session_id))
+        session = Session.from_json(raw) if raw else None
+        if session is None:
+            return None
+        session.connected = True
+        await self.add(session)
+        return session
+
+    async def remove(self, session_id: str, node_id: str | None = None) -> Session | None:
+        session = await self.get(session_id)
+        if session is None or (node_id is not None and session.node_id != node_id):
+            return None
+        removed = await self.registry._op(
+            self.registry.redis.hdel(self.registry.k_node_sessions(session.node_id), session_id))
+        return session if removed else None
+
+    async def in_room(self, room: str, node_id: str) -> bool:
+        values = await self.registry._op(self.registry.redis.hvals(self.registry.k_node_sessions(node_id)))
+        return any((s := Session.from_json(v)) is not None and s.room == room for v in values)
+
+    async def forget_node(self, node_id: str) -> None:
+        await self.registry._op(self.registry.redis.delete(self.registry.k_node_sessions(node_id)))
+
+
+# ----------------------------------------------------------------- service
+class SessionService:
+    """Open, trickle and close WHIP/WHEP sessions (see the module docstring).
+
+    :param store: where records live (:class:`MemorySessionStore` or :class:`RedisSessionStore`).
+    """
+
+    def __init__(self, config: SignalingConfig, rooms: RoomRegistry, namespace: SfuNamespace,
+                 cascade: Cascade, store: SessionStore, pending: PendingSessions | None = None) -> None:
+        self.config = config
+        self.rooms = rooms
+        self.namespace = namespace
+        self.cascade = cascade
+        self.store = store
+        self.client = SfuClient(namespace, config.rpc_timeout_s)
+        self.pending = pending or PendingSessions(
+            config.pending_sessions_per_address, config.sfu.connect_timeout_s + config.rpc_timeout_s)
+        """WHEP sessions not yet connected, per client address (:mod:`signaling.admission`)."""
+
+    async def open(self, resource: str, room: str, offer: str, client: str = "",
+                   owner_digest: str = "") -> tuple[Session, str]:
+        """Open a session with the client's SDP ``offer`` (RFC 9725 §4.2).
+
+        :param resource: ``"whip"`` (publish; the caller checked the stream key) or ``"whep"``.
+        :param client: the client's address (recorded with the session).
+        :param owner_digest: WHIP: hex SHA-256 of the stream key (recorded with the session).
+        :returns: the recorded session and the SDP answer.
+        :raises SessionRefused: 429 + Retry-After (WHEP: ``client`` already holds
+            ``RELAYCAST_PENDING_SESSIONS_PER_ADDRESS`` sessions that have not connected),
+            503 + Retry-After (no node, Redis unreachable, node full or draining), 409 +
+            Retry-After (WHEP before a publisher), 400/422 (the node refused the offer), 504
+            (no answer in time).  Nothing stays allocated.
+
+        A WHEP session counts as pending for ``client`` from before it is opened (so
+        simultaneous offers cannot slip past the cap) until its node reports it connected
+        or closed, it is closed here, or the connect deadline has certainly passed.
+        """
+        if resource not in RESOURCES:
+            raise ValueError(f"resource must be one of {RESOURCES}")
+        session_id = secrets.token_urlsafe(24)  # 192 bits from a CSPRNG (RFC 9725 §5)
+        if resource == "whep":
+            try:
+                self.pending.add(client, session_id)
+            except PendingLimitReached as exc:
+                raise SessionRefused(429, str(exc), retry_after_s=self.config.retry_after_s) from None
+        try:
+            return await self._open(resource, room, offer, client, owner_digest, session_id)
+        except BaseException:
+            self.pending.discard(session_id)
+            raise
+
+    async def _open(self, resource: str, room: str, offer: str, client: str, owner_digest: str,
+                    session_id: str) -> tuple[Session, str]:
+        retry_after = self.config.retry_after_s
+        try:
+            node = await self.namespace.registry.node_for_room(room)
+            if resource == "whep":  # the origin, or an edge node piped from it
+                node = await self.cascade.node_for_viewer(room, node)
+        except PipeFailed as exc:
+            raise _refused(exc.error, retry_after) from None
+        except NoNodeAvailable as exc:  # RegistryUnavailable too: Redis unreachable
+            raise SessionRefused(503, str(exc) or "no SFU node is available",
+                                 retry_after_s=retry_after) from None
+        identity = Identity(
+            id=secrets.token_hex(6),
+            name=room if resource == "whip" else viewer_name(),
+            role=SessionKind.PUBLISHER if resource == "whip" else SessionKind.VIEWER,
+        )
+        request = OpenSession(room, session_id, offer, identity)
+        try:
+            if resource == "whip":
+                answer = await self.client.publish(node, request)
+            else:
+                answer = await self.client.subscribe(node, request)
+        except RpcFailed as exc:
+            await self._undo(node, room, session_id, exc.error)
+            raise _refused(exc.error, retry_after) from None
+        ufrag, pwd = _ice_credentials(offer)
+        session = Session(session_id, resource, room, node.sid, node.node_id,
+                          f'"{secrets.token_urlsafe(16)}"', ufrag, pwd, identity, time.time(), client,
+                          owner_digest=owner_digest)
+        try:
+            await self.store.add(session)
+        except NoNodeAvailable:  # Redis went away after the node answered: do not leak it
+            with contextlib.suppress(RpcFailed):
+                await self.client.close(node, session_id)
+            raise SessionRefused(503, "session state is unavailable (Redis)",
+                                 retry_after_s=retry_after) from None
+        logger.info("%s session %s… created in room %s", resource.upper(), session_id[:6], room)
+        return session, answer.sdp
+
+    async def _undo(self, node: SfuNode, room: str, session_id: str, error: RpcError) -> None:
+        if error.status == 504:
+            # The node may still create the session after the deadline: do not leak it.
+            with contextlib.suppress(RpcFailed):
+                await self.client.close(node, session_id)
+        state = self.rooms.get(room)
+        with contextlib.suppress(NoNodeAvailable):
+            if (state is not None and not state.live and not state.viewers
+                    and not await self.store.in_room(room, node.node_id)):
+                await self.namespace.registry.release_room(room, node)
+
+    async def get(self, resource: str, room: str, session_id: str) -> Session | None:
+        """The session at ``/{resource}/{room}/{session_id}``, or ``None`` (ended, never
+        existed, or another resource's).  :raises SessionRefused: 503 when Redis is down."""
+        try:
+            session = await self.store.get(session_id)
+        except NoNodeAvailable:
+            raise SessionRefused(503, "session state is unavailable (Redis)",
+                                 retry_after_s=self.config.retry_after_s) from None
+        if session is None or session.resource != resource or session.room != room:
+            return None
+        return session
+
+    async def trickle(self, session: Session, candidates: list[str], end_of_candidates: bool) -> None:
+        """Hand trickled candidates to the session's node (RFC 9725 §4.3.2).
+
+        :raises SessionRefused: 404 when the node is gone, else the node's error.
+        """
+        node = self._node_of(session)
+        try:
+            await self.client.trickle(node, Trickle(session.id, tuple(candidates), end_of_candidates))
+        except RpcFailed as exc:
+            raise _refused(exc.error, self.config.retry_after_s) from None
+
+    async def close(self, session: Session) -> None:
+        """End the session on its node and forget it (RFC 9725 §4.2 DELETE); idempotent."""
+        self.pending.discard(session.id)
+        with contextlib.suppress(NoNodeAvailable):
+            await self.store.remove(session.id)
+        node = self.namespace.registry.nodes.get(session.node_sid)
+        if node is not None:
+            with contextlib.suppress(RpcFailed):  # already ended there
+                await self.client.close(node, session.id)
+        logger.info("%s session %s… deleted", session.resource.upper(), session.id[:6])
+
+    async def on_node_event(self, event: str, node: SfuNode, data: Mapping[str, Any]) -> None:
+        """Forget sessions a node ended (``session_closed``) or lost with it (``node_lost``);
+        mark connected ones (``session_connected``)."""
+        if event in (NodeEvent.SESSION_CONNECTED, NodeEvent.SESSION_CLOSED):
+            session_id = data.get("session_id")
+            if isinstance(session_id, str):
+                self.pending.discard(session_id)  # no longer pending
+        with contextlib.suppress(NoNodeAvailable):
+            if event == NodeEvent.SESSION_CONNECTED:
+                session_id = data.get("session_id")
+                if isinstance(session_id, str):
+                    await self.store.mark_connected(session_id, node.node_id)
+            elif event == NodeEvent.SESSION_CLOSED:
+                try:
+                    closed = SessionClosed.from_wire(dict(data))
+                except ProtocolError:
+                    return
+                await self.store.remove(closed.session_id, node.node_id)
+            elif event == NodeEvent.NODE_LOST:
+                await self.store.forget_node(node.node_id)
+
+    def _node_of(self, session: Session) -> SfuNode:
+        node = self.namespace.registry.nodes.get(session.node_sid)
+        if node is None or node.node_id != session.node_id:
+            raise SessionRefused(404, "the session's SFU node is gone")
+        return node
+
+
+def _refused(error: RpcError, retry_after_s: int) -> SessionRefused:
+    """An RPC error as the HTTP edge answers it: the node's status for client errors, 503/504
+    for the SFU's, 502 for anything else; the title is not repeated as the detail."""
+    status = error.status
+    if not 400 <= status < 600 or (status >= 500 and status not in (503, 504)):
+        status = 502
+    title, detail = error.title, error.detail
+    text = f"{title}: {detail}" if title and detail and title != detail else (detail or title)
+    if error.type:  # a typed problem: the title names the type, the detail this occurrence
+        text = detail or title
+    return SessionRefused(status, text or "the SFU node refused the session",
+                          retry_after_s=retry_after_s if status in (409, 503) else None,
+                          problem_type=error.type, title=title if error.type else None)
+
+
+def _ice_credentials(sdp: str) -> tuple[str | None, str | None]:
+    """The first ``a=ice-ufrag`` and ``a=ice-pwd`` of an SDP (RFC 8839 §5.4)."""
+    ufrag = pwd = None
+    for line in sdp.splitlines():
+        if ufrag is None and line.startswith("a=ice-ufrag:"):
+            ufrag = line[len("a=ice-ufrag:"):].strip() or None
+        elif pwd is None and line.startswith("a=ice-pwd:"):
+            pwd = line[len("a=ice-pwd:"):].strip() or None
+    return ufrag, pwd
