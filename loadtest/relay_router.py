@@ -33,9 +33,9 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from sfu import aiortc_private
 from sfu.negotiation import choose_publish_codec
+from sfu.participant import Participant
 from sfu.protocol import Identity
 from sfu.router import Router
-from sfu.participant import Participant
 
 logger = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ from .negotiation import (
     parse_offer,
     pipe_codec_preferences,
 )
+from .participant import Participant, PlaceholderTrack, new_peer_connection
 from .producer import Producer
 from .protocol import Identity, SessionKind
-from .participant import Participant, PlaceholderTrack, new_peer_connection
 
 logger = logging.getLogger(__name__)
 
