@@ -300,7 +300,8 @@ async def test_events_reach_the_other_instances(make_router) -> None:
 async def test_unreachable_redis_fails_fast_and_recovers(make_router, redis_server: RedisServer) -> None:
     a = await make_router()
     await add_node(a, "n1")
-    assert await a.check() is None
+    # Ready once its event bus has subscribed (a task started with the registry).
+    await wait_for(lambda: _ready(a), 10, "the registry to be ready")
     redis_server.stop()
     started = time.monotonic()
     with pytest.raises(RegistryUnavailable):
