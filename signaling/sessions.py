@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import secrets
 import time
 from abc import ABC, abstractmethod
@@ -325,7 +326,7 @@ class SessionService:
         except RpcFailed as exc:
             await self._undo(node, room, session_id, exc.error)
             raise _refused(exc.error, retry_after) from None
-        ufrag, pwd = _ice_credentials(offer)
+        ufrag, pwd = ice_credentials(offer)
         session = Session(session_id, resource, room, node.sid, node.node_id,
                           f'"{secrets.token_urlsafe(16)}"', ufrag, pwd, identity, time.time(), client,
                           owner_digest=owner_digest)
@@ -427,12 +428,12 @@ def _refused(error: RpcError, retry_after_s: int) -> SessionRefused:
                           problem_type=error.type, title=title if error.type else None)
 
 
-def _ice_credentials(sdp: str) -> tuple[str | None, str | None]:
-    """The first ``a=ice-ufrag`` and ``a=ice-pwd`` of an SDP (RFC 8839 §5.4)."""
-    ufrag = pwd = None
-    for line in sdp.splitlines():
-        if ufrag is None and line.startswith("a=ice-ufrag:"):
-            ufrag = line[len("a=ice-ufrag:"):].strip() or None
-        elif pwd is None and line.startswith("a=ice-pwd:"):
-            pwd = line[len("a=ice-pwd:"):].strip() or None
-    return ufrag, pwd
+_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)\s*$", re.MULTILINE)
+_PWD = re.compile(r"^a=ice-pwd:(\S+)\s*$", re.MULTILINE)
+
+
+def ice_credentials(sdp: str) -> tuple[str | None, str | None]:
+    """The first ``a=ice-ufrag`` and ``a=ice-pwd`` values of an SDP or SDP fragment (RFC 8839
+    §5.4); a PATCH naming other ones asks for an ICE restart (RFC 9725 §4.3.1)."""
+    ufrag, pwd = _UFRAG.search(sdp), _PWD.search(sdp)
+    return (ufrag.group(1) if ufrag else None), (pwd.group(1) if pwd else None)

@@ -41,7 +41,7 @@ from sfu.sdp_validation import valid_candidate
 from .app_keys import CONFIG, LIMITER, ROOMS, SESSION_SERVICE
 from .client_ip import client_of
 from .rooms import KeyCheck, digest_of, same_key
-from .sessions import Session, SessionRefused
+from .sessions import Session, SessionRefused, ice_credentials
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,8 +49,6 @@ T = TypeVar("T")
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
 MAX_SDP_BYTES = 64 * 1024
-_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)\s*$", re.MULTILINE)
-_PWD = re.compile(r"^a=ice-pwd:(\S+)\s*$", re.MULTILINE)
 _SDP_LINE = re.compile(r"^[a-z]=\S")
 _REALM = 'Bearer realm="relaycast"'
 
@@ -79,10 +77,10 @@ def parse_sdpfrag(body: bytes) -> SdpFrag:
             raise HttpProblem(400, None, f"not an SDP line: {line[:80]!r}")
         if line.startswith("a=candidate") and not valid_candidate(line[2:]):
             raise HttpProblem(400, None, f"malformed candidate line: {line[:120]!r}")
-    ufrag, pwd = _UFRAG.search(text), _PWD.search(text)
+    ufrag, pwd = ice_credentials(text)
     return SdpFrag(
-        ufrag.group(1) if ufrag else None,
-        pwd.group(1) if pwd else None,
+        ufrag,
+        pwd,
         [ln[2:] for ln in lines if ln.startswith("a=candidate:")],
         "a=end-of-candidates" in lines,
     )
@@ -104,7 +102,6 @@ class MediaResources:
     def __init__(self, kind: str) -> None:
         assert kind in ("whip", "whep")
         self.kind = kind
-        self.rpc = "publish" if kind == "whip" else "subscribe"
 
     def routes(self) -> list[web.RouteDef]:
         base = f"/{self.kind}/{{room}}"
