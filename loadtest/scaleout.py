@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import secrets
 import statistics
@@ -108,6 +109,7 @@ async def _cpu_run(args: argparse.Namespace, nodes: int, out: Path) -> dict[str,
         publisher = PublisherProcess(f"{cluster.serve[0].url}/whip/{ROOM}", cluster.key, opts, out / "publisher.log")
         pool = SubscriberProcess(out / "subscribers.log")
         redis = aioredis.Redis.from_url(cluster.redis.url, decode_responses=True)
+        http = aiohttp.ClientSession()
         try:
             await publisher.start()
             await pool.start()
@@ -116,6 +118,11 @@ async def _cpu_run(args: argparse.Namespace, nodes: int, out: Path) -> dict[str,
                 joined = await pool.call({"cmd": "join", "url": url, "decode": [False], "concurrency": 1})
                 if not joined.get("joined"):
                     raise RuntimeError(f"viewer {i} could not join: {joined}")
+                # A viewer counts (and placement sees it) once connected: wait for that on both
+                # instances before the next one joins.
+                for serve in cluster.serve:
+                    await _wait_until(lambda s=serve, n=i + 1: _count_is(http, s.url, n), 20,
+                                      f"{i + 1} connected viewers on {serve.url}")
             await pool.call({"cmd": "wait_media", "timeout": 20})
             await asyncio.sleep(args.settle)
             origin = await redis.hget(f"relaycast:room:{ROOM}", "node")
@@ -129,6 +136,7 @@ async def _cpu_run(args: argparse.Namespace, nodes: int, out: Path) -> dict[str,
             loads = {n.node_id: json.loads(await redis.hget(f"relaycast:node:{n.node_id}", "load") or "{}")
                      for n in cluster.nodes}
         finally:
+            await http.close()
             await redis.aclose()
             await pool.stop()
             await publisher.stop()
@@ -230,17 +238,33 @@ async def failover(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
-    """Poll ``predicate()`` every 20 ms until it is truthy (the benchmark has no event for
-    "every viewer plays again"; loadtest/ stands alone, so it does not use tests/polling.py).
+    """Poll ``predicate()`` (its result awaited when it is awaitable) every 20 ms until it is
+    truthy (the benchmark has no event for "every viewer plays again"; loadtest/ stands alone,
+    so it does not use tests/polling.py).
 
     :raises RuntimeError: still falsy after ``timeout_s`` seconds; the message names ``what``.
     """
     deadline = time.monotonic() + timeout_s
-    while not predicate():
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return
         left = deadline - time.monotonic()
         if left <= 0:
             raise RuntimeError(f"timed out after {timeout_s:g} s waiting for {what}")
         await asyncio.sleep(min(0.02, left))
+
+
+async def _count_is(http: aiohttp.ClientSession, base_url: str, n: int) -> bool:
+    return await _room_viewers(http, base_url) >= n
+
+
+async def _room_viewers(http: aiohttp.ClientSession, base_url: str) -> int:
+    """Connected viewers of the room over all nodes, as a signaling instance counts them."""
+    async with http.get(f"{base_url}/api/rooms/{ROOM}") as resp:
+        return int((await resp.json())["viewers"])
 
 
 # ------------------------------------------------------------------------ CLI
