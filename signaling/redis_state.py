@@ -87,6 +87,21 @@ def client_options() -> dict[str, Any]:
     }
 
 
+async def cancel_and_wait(task: asyncio.Future[Any], retry_s: float = 1.0) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling again every ``retry_s`` s.
+
+    On Python 3.11, ``asyncio.wait_for`` can swallow a cancellation that arrives as its inner
+    awaitable completes (fixed in 3.12); a loop built on it then carries on, and a plain
+    ``await task`` after ``cancel()`` would wait forever.  The task's own exception, if any,
+    is logged at DEBUG (it is ending on purpose).
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=retry_s)
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("background task ended with %r", task.exception())
+
+
 def make_client(url: str) -> aioredis.Redis:
     return aioredis.Redis.from_url(url, decode_responses=True, **client_options())
 
@@ -289,10 +304,7 @@ class RedisNodeRegistry(NodeRegistry):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pipe.execute(), 1.0)
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks = []
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.redis.delete(self.k_instance), 1.0)
@@ -663,9 +675,7 @@ class SocketIORedisManager(socketio.AsyncRedisManager):
     async def close(self) -> None:
         thread = getattr(self, "thread", None)
         if thread is not None:
-            thread.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await thread
+            await cancel_and_wait(thread)
         for client in (self._pub, self._sub):
             if client is not None:
                 with contextlib.suppress(Exception):
