@@ -1,10 +1,16 @@
-"""Room → LL-HLS: ProducerTaps → LadderTranscoder → RoomStore, started on demand.
+"""Room → LL-HLS: a room's tracks → a transcoder process → RoomStore, started on demand.
 
-`RoomBridge` runs one live room's bridge: a `ProducerTap` on the room's video and
-audio tracks (tapped through the SFU's direct-consumer API, :mod:`sfu.direct`), their decoded frames merged into one `LadderTranscoder` (ladder
-planned from the first video frame, never upscaling) that writes a `RoomStore`.
+`RoomBridge` runs one live room's bridge: it taps the room's video and audio tracks
+through the SFU's direct-consumer API (:mod:`sfu.direct`) and feeds their RTP packets
+over a local media link (:mod:`hls_bridge.media_link`) to a transcoder in its own
+process (:mod:`hls_bridge.transcoder_main`: reassembly, decode, ladder, H.264/AAC, CMAF),
+at a lower CPU priority than forwarding; the process's store updates come back to this
+process's `RoomStore`, which the origin serves.  No decoding or encoding runs in the
+forwarding process.
+
 `BridgeManager` starts a bridge on a room's first HLS request (it is the origin's
-`RoomProvider`), and stops it after `HlsConfig.idle_s` without requests or when the
+`RoomProvider`) or when the room becomes popular, if the machine has the CPU for it
+(`Admission`), and stops it after `HlsConfig.idle_s` without requests or when the
 room's publisher leaves (producers gone, closed or replaced).
 """
 
@@ -16,33 +22,37 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import av
+from common.config import ConfigError, env_number
+from sfu.errors import RoomNotLive
 
-from common.config import ConfigError
-
+from .admission import Admission
 from .encoders import EncoderChoice, choose_encoder
-from .ingest import ProducerTap
+from .errors import BridgeRefused
 from .ladder import parse_ladder
 from .store import RoomStore
-from .transcoder import LadderTranscoder
+from .transcoder_process import TranscoderProcess
 
 if TYPE_CHECKING:
     from hls_bridge.recording import Recorder
     from hls_bridge.vod import RecordingLibrary
     from sfu.direct import DirectTransport, RoomInfo, TrackTap
 
-__all__ = ["BridgeManager", "HlsConfig", "RoomBridge"]
+__all__ = ["BridgeManager", "BridgeRefused", "HlsConfig", "RoomBridge"]
 
 logger = logging.getLogger(__name__)
 
-_END = object()
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium")
 RETRY_AFTER_FAILURE_S = 10.0
 """The policy does not restart a room's bridge sooner than this after a failed start."""
+STALLED_S = 15.0
+"""A transcoder process that sent nothing for this long (it reports every second) is
+killed and restarted."""
+MAX_RESTARTS_PER_MIN = 5
+"""A transcoder that exits more often than this within a minute is not restarted again."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,13 @@ class HlsConfig:
     room has no live bridge, so players fetch the end of the stream instead of 404s."""
     check_interval_s: float = 0.5
     """How often the manager looks for idle bridges and departed publishers."""
+    nice: int = 10
+    """CPU priority increment of transcoder processes (``os.nice``): forwarding wins."""
+    restart_backoff_s: float = 0.5
+    """Wait before restarting a transcoder that exited early (doubles, up to 10 s)."""
+    min_idle_cores: float = 0.5
+    """A bridge starts only while the machine has at least this many idle cores
+    (averaged over the last few seconds); 0 = always start."""
 
     def __post_init__(self) -> None:
         parse_ladder(self.ladder)  # raises ValueError naming the bad entry
@@ -78,11 +95,14 @@ class HlsConfig:
             raise ValueError(f"x264 preset {self.x264_preset!r}: expected one of {', '.join(X264_PRESETS)}")
         if self.viewer_threshold < 0:
             raise ValueError(f"viewer threshold {self.viewer_threshold} must be >= 0")
+        if not 0 <= self.nice <= 19 or self.restart_backoff_s <= 0 or self.min_idle_cores < 0:
+            raise ValueError("need 0 <= nice <= 19, restart backoff > 0, min idle cores >= 0")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> HlsConfig:
         """``RELAYCAST_HLS_LADDER``, ``_PART_S``, ``_SEGMENT_S``, ``_IDLE_S``,
-        ``_VIEWER_THRESHOLD``, ``_X264_PRESET``; then ``overrides``.  Raises ConfigError on bad values."""
+        ``_VIEWER_THRESHOLD``, ``_X264_PRESET``, ``_NICE``, ``_MIN_IDLE_CORES``; then
+        ``overrides``.  Raises ConfigError on bad values."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         if ladder := env.get("RELAYCAST_HLS_LADDER", "").strip():
@@ -102,6 +122,10 @@ class HlsConfig:
             except ValueError:
                 raise ConfigError(
                     f"RELAYCAST_HLS_VIEWER_THRESHOLD={text!r} is not a whole number") from None
+        if "RELAYCAST_HLS_NICE" in env:
+            values["nice"] = int(env_number(env, "RELAYCAST_HLS_NICE", 10, 0, 19, integer=True))
+        if "RELAYCAST_HLS_MIN_IDLE_CORES" in env:
+            values["min_idle_cores"] = env_number(env, "RELAYCAST_HLS_MIN_IDLE_CORES", 0.5, 0, 1024)
         values.update(overrides)
         try:
             return cls(**values)
@@ -117,7 +141,16 @@ def with_x264_preset(choice: EncoderChoice, preset: str) -> EncoderChoice:
 
 
 class RoomBridge:
-    """One live room's bridge; `start` it, `stop` it (idempotent)."""
+    """One live room's bridge; `start` it, `stop` it (idempotent).
+
+    The room's tracks are tapped here (:mod:`sfu.direct`) and fed to a transcoder in a
+    process of its own (:class:`~hls_bridge.transcoder_process.TranscoderProcess`, at a
+    lower CPU priority), whose store updates land in :attr:`store`.  A transcoder that
+    exits before the stream ends (crashed, killed, out of memory) is restarted after
+    ``restart_backoff_s`` (doubling, at most ``MAX_RESTARTS_PER_MIN`` a minute): each
+    rendition continues in the same playlists after an EXT-X-DISCONTINUITY
+    (RFC 8216bis §4.4.4.3), WebRTC viewers see nothing of it.
+    """
 
     def __init__(
         self, room: str, direct: DirectTransport, room_store: RoomStore, config: HlsConfig,
@@ -128,18 +161,18 @@ class RoomBridge:
         """Why it started: ``"request"`` (first HLS request), ``"viewers"`` (threshold) or
         ``"recording"`` (recording on: every live room)."""
         self.started_at = time.monotonic()
-        self._cpu_mark = (self.started_at, 0.0)
-        self.cpu = 0.0
-        """Cores used by the transcoder thread since the previous `to_json` (0.0–1.0+)."""
         self.direct = direct
         self.store = room_store
         self.config = config
         self.encoder: EncoderChoice | None = None
-        self.taps: dict[str, ProducerTap] = {}
-        self.transcoder: LadderTranscoder | None = None
+        self.taps: dict[str, TrackTap] = {}
+        self.process: TranscoderProcess | None = None
+        """The current transcoder process (None before `start`)."""
+        self.restarts = 0
+        """Transcoder processes started after the first one."""
         self.task: asyncio.Task[None] | None = None
         self.stopped = False
-        self._pumps: list[asyncio.Task[None]] = []
+        self._restart_times: list[float] = []
 
     @property
     def encoder_name(self) -> str | None:
@@ -147,118 +180,149 @@ class RoomBridge:
 
     @property
     def done(self) -> bool:
-        """True when the transcoding task ended (stream over or failed)."""
+        """True when the bridge's supervision ended (stream over, or restarts exhausted)."""
         return self.task is not None and self.task.done()
+
+    @property
+    def pid(self) -> int | None:
+        """The running transcoder process's id, or None."""
+        process = self.process
+        return process.pid if process is not None and process.running else None
 
     def publisher_gone(self) -> bool:
         """The tracks we tap ended or are no longer the room's."""
         if not self.taps:
             return False
-        return any(tap.closed or tap.producer.closed for tap in self.taps.values())
+        return any(tap.closed for tap in self.taps.values())
 
     def to_json(self) -> dict[str, Any]:
-        """``{room, encoder, renditions, running, started_by, uptime_s, cpu, realtime_factor,
-        media_s, dropped_frames}``; ``cpu`` is cores used by the transcoder thread since the
-        previous call, ``realtime_factor`` media seconds per transcoder-thread second."""
-        now = time.monotonic()
-        transcoder = self.transcoder
-        busy = transcoder.worker_seconds if transcoder is not None else 0.0
-        mark_time, mark_busy = self._cpu_mark
-        if now - mark_time >= 0.5:
-            self.cpu = (busy - mark_busy) / (now - mark_time)
-            self._cpu_mark = (now, busy)
-        media_s = float(transcoder.stats.video_slots / transcoder.fps) if transcoder else 0.0
+        """``{room, encoder, renditions, running, started_by, uptime_s, pid, cpu, rss_bytes,
+        restarts, realtime_factor, media_s, dropped_frames, dropped_packets}``: ``cpu`` is
+        the cores the transcoder process used since the previous call, ``rss_bytes`` its
+        resident memory, ``realtime_factor`` media seconds per transcoder-thread second,
+        ``dropped_packets`` RTP packets not handed to it because it was not reading."""
+        process = self.process
+        report: dict[str, Any] = {}
+        if process is not None:
+            process.sample()
+            report = process.report
+        busy = float(report.get("worker_s") or 0.0)
+        media_s = float(report.get("media_s") or 0.0)
         return {
             "room": self.room,
             "encoder": self.encoder_name,
             "renditions": sorted(self.store.renditions),
             "running": not self.stopped and not self.done,
             "started_by": self.started_by,
-            "uptime_s": round(now - self.started_at, 1),
-            "cpu": round(self.cpu, 3),
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "pid": self.pid,
+            "cpu": round(process.cpu, 3) if process is not None else 0.0,
+            "rss_bytes": process.rss if process is not None else 0,
+            "restarts": self.restarts,
             "realtime_factor": round(media_s / busy, 2) if busy > 0 else None,
             "media_s": round(media_s, 1),
-            "dropped_frames": transcoder.stats.dropped_frames if transcoder else 0,
+            "dropped_frames": int(report.get("dropped_frames") or 0),
+            "dropped_packets": process.dropped_packets if process is not None else 0,
         }
 
     async def start(self) -> None:
-        """Pick the encoder (cached after the first probe), attach taps, start transcoding."""
+        """Pick the encoder (cached after the first probe), tap the tracks, start the
+        transcoder process.
+
+        :raises RoomNotLive: the room publishes no video on this node.
+        :raises OSError: the transcoder process could not be started.
+        """
         self.encoder = with_x264_preset(await asyncio.to_thread(choose_encoder),
                                         self.config.x264_preset)
         if self.stopped:
             return
         info = self.direct.room(self.room)
-        tracks: dict[str, TrackTap] = {
-            kind: self.direct.tap(self.room, kind)
-            for kind in (info.tracks if info is not None else ()) if kind in ("video", "audio")
-        }
-        if "video" not in tracks:
-            raise RuntimeError(f"room {self.room!r} has no video producer")
-        self.transcoder = LadderTranscoder(
-            self.store,
-            parse_ladder(self.config.ladder),
-            fps=self.config.fps,
-            segment_s=self.config.segment_s,
-            part_s=self.config.part_s,
-            encoder_choice=self.encoder,
-            audio="audio" in tracks,
-        )
-        for kind, track in tracks.items():
-            self.taps[kind] = ProducerTap(track, max_queue=16 if kind == "audio" else 8)
-        self.task = asyncio.create_task(self._run(), name=f"hls-bridge-{self.room}")
-        logger.info("HLS bridge for room %r started (encoder %s)", self.room, self.encoder.name)
+        kinds = [k for k in (info.tracks if info is not None else ()) if k in ("video", "audio")]
+        if "video" not in kinds:
+            raise RoomNotLive(f"room {self.room!r} has no video producer")
+        self.taps = {kind: self.direct.tap(self.room, kind) for kind in kinds}
+        self.process = await self._spawn()
+        self.task = asyncio.create_task(self._supervise(), name=f"hls-bridge-{self.room}")
+        logger.info("HLS bridge for room %r started (encoder %s, transcoder pid %s)",
+                    self.room, self.encoder.name, self.process.pid)
 
-    async def _run(self) -> None:
-        assert self.transcoder is not None
+    async def _spawn(self) -> TranscoderProcess:
+        assert self.encoder is not None
+        process = TranscoderProcess(self.room, nice=self.config.nice)
+        config = {
+            "ladder": self.config.ladder, "fps": self.config.fps,
+            "segment_s": self.config.segment_s, "part_s": self.config.part_s,
+            "encoder": {"name": self.encoder.name, "options": dict(self.encoder.options)},
+            # A restarted transcoder continues every video rendition its predecessor had,
+            # even if its first frame is smaller (a publisher ramping up again).
+            "min_rungs": sum(1 for name in self.store.renditions if name.startswith("v")),
+        }
+        await process.start(config, self.taps, self.store)
+        return process
+
+    async def _supervise(self) -> None:
+        """Wait for the transcoder; restart it while the stream goes on."""
+        backoff = self.config.restart_backoff_s
         try:
-            await self.transcoder.run(self._merged())
+            while True:
+                process = self.process
+                assert process is not None
+                status = await self._wait_or_kill_stalled(process)
+                if self.stopped or process.done or self.publisher_gone():
+                    return
+                now = time.monotonic()
+                self._restart_times = [t for t in self._restart_times if now - t < 60.0]
+                if len(self._restart_times) >= MAX_RESTARTS_PER_MIN:
+                    logger.error("HLS bridge for room %r: transcoder exited (status %s) %d times "
+                                 "within a minute; giving up", self.room, status,
+                                 len(self._restart_times) + 1)
+                    return
+                logger.warning("HLS bridge for room %r: transcoder pid %s exited (status %s); "
+                               "restarting in %.1f s", self.room, process.pid, status, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                if self.stopped or self.publisher_gone():
+                    return
+                for rendition in self.store.renditions.values():
+                    rendition.discontinuity()
+                self._restart_times.append(time.monotonic())
+                self.restarts += 1
+                self.process = await self._spawn()
+                logger.info("HLS bridge for room %r: transcoder restarted (pid %s)",
+                            self.room, self.process.pid)
         except Exception:
             logger.exception("HLS bridge for room %r failed", self.room)
         finally:
+            if self.process is not None:
+                self.process.detach()
+                self.process.kill()
             self.store.end()
 
-    async def _merged(self) -> AsyncIterator[av.VideoFrame | av.AudioFrame]:
-        """Frames of all taps in arrival order, until every tap has ended."""
-        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=32)
-
-        async def pump(tap: ProducerTap) -> None:
-            try:
-                async for frame in tap.frames():
-                    await queue.put(frame)
-            finally:
-                await queue.put(_END)
-
-        self._pumps = [asyncio.create_task(pump(tap)) for tap in self.taps.values()]
-        remaining = len(self._pumps)
+    async def _wait_or_kill_stalled(self, process: TranscoderProcess) -> int:
+        """The process's exit status; a process silent for ``STALLED_S`` (it reports every
+        second) is killed first, so that it is restarted."""
+        waiting = asyncio.ensure_future(process.wait())
         try:
-            while remaining:
-                item = await queue.get()
-                if item is _END:
-                    remaining -= 1
-                else:
-                    yield item
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=1.0)
+                if done:
+                    return waiting.result()
+                if not self.stopped and time.monotonic() - process.last_heard > STALLED_S:
+                    logger.warning("HLS bridge for room %r: transcoder pid %s silent for %g s; "
+                                   "killing it", self.room, process.pid, STALLED_S)
+                    process.kill()
         finally:
-            for task in self._pumps:
-                task.cancel()
+            if not waiting.done():
+                waiting.cancel()
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Close the taps, let the transcoder flush and end the store; bounded by ``timeout``."""
+        """Let the transcoder flush and end the renditions; bounded by ``timeout``."""
         self.stopped = True
-        for tap in self.taps.values():
-            tap.close()
+        if self.process is not None:
+            await self.process.stop(timeout)
         if self.task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self.task), timeout)
-            except TimeoutError:
-                logger.warning("HLS bridge for room %r did not end in %g s", self.room, timeout)
-                self.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self.task
-        for tap in self.taps.values():
             with contextlib.suppress(Exception):
-                await tap.wait_closed()
-        if self.transcoder is not None:
-            await asyncio.to_thread(self.transcoder.close)
+                await asyncio.wait_for(asyncio.shield(self.task), timeout)
         self.store.end()
         recorder: Recorder | None = self.store.recorder  # type: ignore[assignment]
         if recorder is not None:
@@ -313,6 +377,12 @@ class BridgeManager:
         self.pull: Callable[[str], Awaitable[bool]] | None = None
         """``pull(room)``: ask signaling to pipe a room live on another SFU node into this
         node (cascading), so an HLS request here can bridge it; ``True`` when it did."""
+        self.popularity: Callable[[], Mapping[str, int]] | None = None
+        """``popularity()``: live room → WebRTC viewers on every node, when this node's
+        bridges serve rooms published elsewhere (a dedicated LL-HLS node; rooms are
+        pulled in with `pull`).  None: the rooms of this node, with its own viewers."""
+        self.admission = Admission(self.config.min_idle_cores)
+        """Whether the machine has CPU for one more bridge (see :mod:`hls_bridge.admission`)."""
         if direct is not None:
             self.attach(direct)
 
@@ -326,12 +396,19 @@ class BridgeManager:
         info = self.direct.room(room) if self.direct is not None else None
         return info if info is not None and info.live else None
 
-    def _popular(self, room: RoomInfo) -> bool:
-        """Keep (or start) this room's bridge regardless of HLS requests?"""
+    def _audiences(self) -> dict[str, int]:
+        """Live room → WebRTC viewers, from `popularity` or this node's rooms."""
+        if self.popularity is not None:
+            return dict(self.popularity())
+        rooms = self.direct.rooms() if self.direct is not None else []
+        return {info.name: info.viewers for info in rooms if info.live}
+
+    def _popular(self, viewers: int) -> bool:
+        """Keep (or start) a bridge for a live room with ``viewers`` regardless of HLS requests?"""
         if self.recordings is not None:
             return True
         threshold = self.config.viewer_threshold
-        return threshold > 0 and room.viewers >= threshold
+        return threshold > 0 and viewers >= threshold
 
     async def ensure(self, room: str, *, started_by: str = "request") -> RoomStore | None:
         """The room's store, starting its bridge if needed; None if the room is not live."""
@@ -342,7 +419,7 @@ class BridgeManager:
             await self._stop(room)
             bridge = None
         info = self._live(room)
-        if info is None and started_by == "request" and self.pull is not None and await self.pull(room):
+        if info is None and self.pull is not None and await self.pull(room):
             info = self._live(room)
         if info is None or self.direct is None:
             ended = self._ended.get(room)
@@ -354,6 +431,12 @@ class BridgeManager:
         else:
             self.last_request.setdefault(room, time.monotonic())
         if bridge is None:
+            refusal = self.admission.refusal(room)
+            if refusal is not None:
+                if started_by != "request":
+                    self._failed[room] = time.monotonic()
+                logger.warning("HLS bridge for room %r not started: %s", room, refusal)
+                raise BridgeRefused(refusal)
             recorder = self.recordings.recorder(room) if self.recordings is not None else None
             bridge = RoomBridge(room, self.direct, RoomStore(recorder=recorder), self.config,
                                 started_by=started_by)
@@ -363,7 +446,8 @@ class BridgeManager:
             logger.info("starting HLS bridge for room %r (%s)", room,
                         "first HLS request" if started_by == "request" else "recording"
                         if self.recordings is not None
-                        else f"{info.viewers} viewers >= {self.config.viewer_threshold}")
+                        else f"{self._audiences().get(room, info.viewers)} viewers >= "
+                             f"{self.config.viewer_threshold}")
         self.start()
         starting = self._starting.get(room)
         if starting is not None:
@@ -392,6 +476,7 @@ class BridgeManager:
         while store.multivariant is None and time.monotonic() < deadline:
             if bridge is None or bridge.done or bridge.stopped:
                 break
+            self.last_request[room] = time.monotonic()  # a waiting request keeps it busy
             await asyncio.sleep(0.05)
         return store
 
@@ -400,8 +485,8 @@ class BridgeManager:
 
     def report(self) -> dict[str, Any]:
         """The node's HLS section: ``{"encoder": {"name", "probes": [{name, available,
-        type}]} | None, "viewer_threshold", "recording", "bridges":
-        [RoomBridge.to_json()...]}``.  A rejected probe's ``type`` is its problem type URI
+        type}]} | None, "viewer_threshold", "recording", "admission":
+        Admission.to_json(), "bridges": [RoomBridge.to_json()...]}``.  A rejected probe's ``type`` is its problem type URI
         (:mod:`hls_bridge.problems`); the full reason (FFmpeg's error text) is only logged
         (`choose_encoder`)."""
         encoder = None
@@ -417,6 +502,7 @@ class BridgeManager:
             "encoder": encoder,
             "viewer_threshold": self.config.viewer_threshold,
             "recording": self.recordings is not None,
+            "admission": self.admission.to_json(),
             "bridges": [bridge.to_json() for bridge in self.bridges.values()],
         }
 
@@ -443,15 +529,16 @@ class BridgeManager:
         for room, (_, until) in list(self._ended.items()):
             if until <= now:
                 del self._ended[room]
+        self.admission.sample()
+        audiences = self._audiences()
         if self.direct is not None:
-            for info in self.direct.rooms():
-                room = info.name
-                if (room in self.bridges or not info.live or not self._popular(info)
+            for room, viewers in audiences.items():
+                if (room in self.bridges or not self._popular(viewers)
                         or now - self._failed.get(room, -RETRY_AFTER_FAILURE_S) < RETRY_AFTER_FAILURE_S):
                     continue
                 # Started in the background: the policy loop must not wait for it.
                 reason = "recording" if self.recordings is not None else "viewers"
-                task = asyncio.create_task(self.ensure(room, started_by=reason))
+                task = asyncio.create_task(self._ensure_quietly(room, reason))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
         for room, bridge in list(self.bridges.items()):
@@ -459,13 +546,17 @@ class BridgeManager:
                 continue
             live = self._live(room)
             idle = now - self.last_request.get(room, now) > self.config.idle_s
-            if live is not None and self._popular(live):
+            if live is not None and self._popular(audiences.get(room, live.viewers)):
                 idle = False
                 self.last_request[room] = now  # the idle time counts from when it stops being popular
             if idle or bridge.done or bridge.publisher_gone() or live is None:
                 reason = "idle" if idle else "publisher left"
                 logger.info("stopping HLS bridge for room %r (%s)", room, reason)
                 await self._stop(room)
+
+    async def _ensure_quietly(self, room: str, started_by: str) -> None:
+        with contextlib.suppress(BridgeRefused):
+            await self.ensure(room, started_by=started_by)
 
     async def _stop(self, room: str) -> None:
         bridge = self.bridges.pop(room, None)
@@ -479,9 +570,13 @@ class BridgeManager:
             bridge.stopped = True
             with contextlib.suppress(Exception):
                 await starting
+        # Served while it ends (its last parts, then ENDLIST) and for the grace period after.
+        grace = self.config.ended_grace_s
+        if bridge.store.renditions:
+            self._ended[room] = (bridge.store, time.monotonic() + grace + 10.0)
         await bridge.stop()
         if bridge.store.renditions:
-            self._ended[room] = (bridge.store, time.monotonic() + self.config.ended_grace_s)
+            self._ended[room] = (bridge.store, time.monotonic() + grace)
 
     async def close(self) -> None:
         """Stop every bridge and the policy loop."""

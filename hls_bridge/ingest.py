@@ -1,9 +1,9 @@
-"""Ingest for the LL-HLS bridge: an in-process tap on an SFU Producer, decoded off the loop.
+"""Ingest for the LL-HLS bridge: RTP packets of a track → decoded frames, decoded off the loop.
 
-:class:`ProducerTap` attaches to a track source — a :class:`sfu.direct.TrackTap` from the
-SFU's direct-consumer API (or a :class:`sfu.producer.Producer` itself) — as one more
-consumer (duck-typed: it only needs ``forward(media)``), so a bridge that runs
-in the SFU's process gets the publisher's packets with no extra network hop.
+:class:`ProducerTap` attaches to a track source as one more consumer (duck-typed: it only
+needs ``forward(media)``).  In the transcoder process (:mod:`hls_bridge.transcoder_main`)
+the source is a ``LinkedTrack`` fed by the media link; a :class:`sfu.direct.TrackTap` or
+a :class:`sfu.producer.Producer` works the same way (tests use them in one process).
 
 Path of a packet::
 
@@ -45,7 +45,7 @@ from aiortc.codecs import depayload
 from sfu.direct import MediaPacket, TrackSource
 from sfu.rtp import is_keyframe_start
 
-__all__ = ["EncodedFrame", "FrameAssembler", "FrameDecoder", "ProducerTap", "DecodedFrame"]
+__all__ = ["DecodedFrame", "EncodedFrame", "FrameAssembler", "FrameDecoder", "ProducerTap", "merge_frames"]
 
 logger = logging.getLogger(__name__)
 
@@ -540,3 +540,31 @@ class ProducerTap:
         ):
             self._request_keyframe()
         self._timer = self._loop.call_later(KEYFRAME_RETRY_S, self._tick)
+
+
+_END = object()
+
+
+async def merge_frames(taps: list[ProducerTap]) -> AsyncIterator[DecodedFrame]:
+    """The decoded frames of all ``taps`` in arrival order, until every tap has ended."""
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=32)
+
+    async def pump(tap: ProducerTap) -> None:
+        try:
+            async for frame in tap.frames():
+                await queue.put(frame)
+        finally:
+            await queue.put(_END)
+
+    pumps = [asyncio.create_task(pump(tap)) for tap in taps]
+    remaining = len(pumps)
+    try:
+        while remaining:
+            item = await queue.get()
+            if item is _END:
+                remaining -= 1
+            else:
+                yield item
+    finally:
+        for task in pumps:
+            task.cancel()

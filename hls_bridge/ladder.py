@@ -6,6 +6,9 @@ fits the 720p rung as 720x1280. `plan_ladder` fits a configured ladder to a sour
 size: it never upscales (rungs above the source are dropped), the top rung is the
 source itself capped at the largest configured rung, and every size is even with the
 source's aspect ratio kept (rounded to even pixels, e.g. 1280x720 -> 854x480).
+With ``min_rungs`` a source too small for that many configured rungs gets smaller
+rungs below its lowest one (`fill_rung`), so a ladder re-planned for a smaller source
+keeps its renditions.
 
 Configuration strings (`parse_ladder`)::
 
@@ -27,6 +30,7 @@ __all__ = [
     "DEFAULT_LADDER",
     "DEFAULT_LADDER_SPEC",
     "Rung",
+    "fill_rung",
     "parse_bitrate",
     "parse_ladder",
     "plan_ladder",
@@ -151,8 +155,28 @@ def _even(value: float) -> int:
     return max(2, 2 * math.floor(value / 2 + 0.5))
 
 
+def fill_rung(lowest: Rung) -> Rung | None:
+    """The rung below ``lowest`` (unsized: ``width`` 0) that fills a ladder, or None
+    below `MIN_HEIGHT`.
+
+    Its short side is the largest `DEFAULT_BITRATES` height within [2/3, 1) of
+    ``lowest.height``, else 2/3 of it (even); its bitrate is the default one for that
+    height, else ``lowest``'s scaled by pixel count.
+    """
+    floor = lowest.height * 2 / 3
+    standard = [h for h in DEFAULT_BITRATES if floor <= h < lowest.height]
+    height = max(standard) if standard else _even(floor)
+    if height < MIN_HEIGHT or height >= lowest.height:
+        return None
+    bitrate = DEFAULT_BITRATES.get(height) or max(
+        1000, round(lowest.video_bitrate * (height / lowest.height) ** 2)
+    )
+    return Rung(f"{height}p", height, min(bitrate, lowest.video_bitrate))
+
+
 def plan_ladder(
-    source_width: int, source_height: int, rungs: Iterable[Rung] = DEFAULT_LADDER
+    source_width: int, source_height: int, rungs: Iterable[Rung] = DEFAULT_LADDER,
+    *, min_rungs: int = 0,
 ) -> list[Rung]:
     """The rungs to encode for a ``source_width`` x ``source_height`` source, largest first.
 
@@ -160,6 +184,8 @@ def plan_ladder(
     largest configured rung; rungs at or above it are replaced by it, lower ones are
     kept. A top rung between configured heights gets the bitrate of the next rung up
     scaled by pixel count. Widths are computed from the source aspect ratio, even.
+    While there are fewer than ``min_rungs`` rungs, `fill_rung` adds one below the
+    lowest (down to `MIN_HEIGHT`: a tiny source may still get fewer).
     Raises ValueError for an empty ladder or a source smaller than 2x2.
     """
     configured: Sequence[Rung] = sorted(rungs, key=lambda r: r.height, reverse=True)
@@ -177,9 +203,13 @@ def plan_ladder(
         above = min((r for r in configured if r.height > top_height), key=lambda r: r.height)
         bitrate = round(above.video_bitrate * (top_height / above.height) ** 2)
         top = Rung(f"{top_height}p", top_height, bitrate)
-    return [_size(top, source_width, source_height)] + [
-        _size(r, source_width, source_height) for r in configured if r.height < top_height
-    ]
+    planned = [top] + [r for r in configured if r.height < top_height]
+    while len(planned) < min_rungs:
+        extra = fill_rung(planned[-1])
+        if extra is None:
+            break
+        planned.append(extra)
+    return [_size(r, source_width, source_height) for r in planned]
 
 
 def _size(rung: Rung, source_width: int, source_height: int) -> Rung:

@@ -45,13 +45,20 @@ class Part:
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """One closed Media Segment: ``duration`` is the sum of its parts."""
+    """One closed Media Segment: ``duration`` is the sum of its parts.
+
+    ``discontinuity``: the segment starts a new Discontinuity Sequence
+    (EXT-X-DISCONTINUITY before it, RFC 8216bis §4.4.4.3); ``init_uri``: its Media
+    Initialization Section (EXT-X-MAP, §4.4.4.5), None = the playlist's ``init_uri``.
+    """
 
     msn: int
     duration: float
     uri: str
     program_date_time: datetime | None
     parts: tuple[Part, ...]
+    discontinuity: bool = False
+    init_uri: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +136,12 @@ class MediaPlaylist:
       value for every rendition of a stream.
     - ``first_msn``: MSN of the first segment (e.g. to continue numbering after a
       publisher reconnects).
+    - ``discontinuity_sequence``: EXT-X-DISCONTINUITY-SEQUENCE (§4.4.3.3), the
+      Discontinuity Sequence Number of the first listed segment; it grows by one for
+      each segment with ``discontinuity`` that slides out of the window.
+    - ``init_uri``: EXT-X-MAP URI of the in-progress segment; a closed segment keeps
+      the one it was published with (:attr:`Segment.init_uri`).  Change it only with
+      :meth:`discontinuity` pending and no parts in progress.
 
     Add the final (possibly short) part of a segment and call :meth:`close_segment`
     without yielding to the event loop in between, so that no rendered playlist ever
@@ -142,7 +155,10 @@ class MediaPlaylist:
     part_window: float | None = None
     server_control: ServerControl | None = None
     first_msn: int = 0
+    discontinuity_sequence: int = 0
     segments: list[Segment] = field(init=False, default_factory=list)
+    pending_discontinuity: bool = field(init=False, default=False)
+    """The in-progress segment starts a new Discontinuity Sequence (:meth:`discontinuity`)."""
     pending_parts: list[Part] = field(init=False, default_factory=list)
     pending_program_date_time: datetime | None = field(init=False, default=None)
     preload_hint_uri: str | None = field(init=False, default=None)
@@ -156,6 +172,8 @@ class MediaPlaylist:
             raise PlaylistStateError("part_target must be in (0, target_duration]")
         if self.window_segments < 1:
             raise PlaylistStateError("window_segments must be >= 1")
+        if self.discontinuity_sequence < 0:
+            raise PlaylistStateError("discontinuity_sequence must be >= 0")
         if self.part_window is None:
             self.part_window = 3.0 * self.target_duration
         if self.server_control is None:
@@ -211,15 +229,34 @@ class MediaPlaylist:
         if program_date_time is None:
             program_date_time = self.pending_program_date_time
         segment = Segment(
-            self._next_msn, duration, uri, program_date_time, tuple(self.pending_parts)
+            self._next_msn, duration, uri, program_date_time, tuple(self.pending_parts),
+            discontinuity=self.pending_discontinuity, init_uri=self.init_uri,
         )
         self.segments.append(segment)
         self.pending_parts = []
         self.pending_program_date_time = None
+        self.pending_discontinuity = False
         self._next_msn += 1
-        del self.segments[: max(0, len(self.segments) - self.window_segments)]
+        removed = self.segments[: max(0, len(self.segments) - self.window_segments)]
+        self.discontinuity_sequence += sum(s.discontinuity for s in removed)
+        del self.segments[: len(removed)]
         self.preload_hint_uri = hint
         return segment
+
+    def discontinuity(self) -> None:
+        """Make the next segment start a new Discontinuity Sequence (EXT-X-DISCONTINUITY,
+        §4.4.4.3), e.g. before new encoding parameters or a new EXT-X-MAP.
+
+        A no-op for the tag while nothing was ever published (the first segment starts
+        the first sequence anyway).  Raises PlaylistStateError after :meth:`end` or with
+        parts in progress (close the segment first).
+        """
+        if self.ended:
+            raise PlaylistStateError("playlist has ended")
+        if self.pending_parts:
+            raise PlaylistStateError("close the in-progress segment before discontinuity()")
+        if self._next_msn > self.first_msn:
+            self.pending_discontinuity = True
 
     def end(self) -> None:
         """Mark the playlist finished (EXT-X-ENDLIST); drops the preload hint.
@@ -237,6 +274,12 @@ class MediaPlaylist:
     def next_msn(self) -> int:
         """MSN of the in-progress segment (the one :meth:`add_part` appends to)."""
         return self._next_msn
+
+    @property
+    def next_discontinuity_sequence(self) -> int:
+        """Discontinuity Sequence Number of the in-progress segment (§4.4.3.3)."""
+        listed = sum(s.discontinuity for s in self.segments)
+        return self.discontinuity_sequence + listed + self.pending_discontinuity
 
     @property
     def media_sequence(self) -> int:

@@ -15,11 +15,17 @@ Routes (relative to the mount point):
   store's `RoomStore.stream_id`, named by the multivariant playlist; another stream's
   id answers 404); ``_HLS_msn``/``_HLS_part``
   block until that part (segment) exists and return the whole playlist (§6.2.5.2);
-  ``_HLS_skip=YES|v2`` asks for a delta update (§6.2.5.1).  A playlist is never served
-  before its first part exists: the request waits for it (at most
-  `~hls_bridge.playlist.blocking_timeout`, then 503 with ``Retry-After``).
+  ``_HLS_skip=YES|v2`` asks for a delta update (§6.2.5.1).
 - ``GET /{room}/{stream}/{rendition}/init.mp4``, ``seg{msn}.m4s``, ``part{msn}.{part}.m4s`` —
   media from memory; the preload-hinted part waits until it is published (§4.4.5.3).
+
+**First playlists.** A starting stream is never handed out empty: a media playlist is
+served once its rendition has a closed segment (an ``EXTINF``), and the multivariant
+playlist once every rendition it names has one.  A playlist of parts alone is valid
+LL-HLS (§4.4.4.9), but hls.js rejects it (``levelEmptyError``), retries it later and then
+starts far behind the live edge.  Such a request is held like a blocking reload
+(§6.2.5.2), at most `~hls_bridge.playlist.blocking_timeout` (3 × target duration), then
+answered 503 with ``Retry-After: 1``.
 
 Delivery directives are ``decimal-integer``s (§4.2: ASCII digits, at most
 :data:`MAX_DIGITS`); anything else is a 400.  Media names follow the same rule; any
@@ -34,6 +40,7 @@ cache key); errors are ``no-store``.  Every response carries
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -43,6 +50,7 @@ from typing import Protocol
 from aiohttp import web
 
 from common.problems import problem_middleware
+from hls_bridge.errors import BridgeRefused
 from hls_bridge.playlist import (
     BadDeliveryDirective,
     blocking_timeout,
@@ -51,7 +59,7 @@ from hls_bridge.playlist import (
 from hls_bridge.problems import BAD_DIRECTIVE, NOT_FOUND, NOT_READY, hls_problem
 from hls_bridge.store import RenditionStore, RoomStore
 
-__all__ = ["PROVIDER", "RoomProvider", "create_origin_app", "media_cors_middleware"]
+__all__ = ["PROVIDER", "RoomProvider", "create_origin_app", "media_cors_middleware", "playable"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +132,10 @@ def create_origin_app(rooms: Mapping[str, RoomStore] | RoomProvider) -> web.Appl
 
 async def _room(request: web.Request) -> RoomStore:
     name = request.match_info["room"]
-    room = await request.config_dict[PROVIDER].get(name)
+    try:
+        room = await request.config_dict[PROVIDER].get(name)
+    except BridgeRefused as exc:  # no CPU for a bridge now: come back later
+        raise hls_problem(503, NOT_READY, str(exc), headers={"Retry-After": "10"}) from None
     if room is None:
         raise hls_problem(404, NOT_FOUND, "no HLS stream for that room")
     return room
@@ -175,19 +186,44 @@ def _media_response(data: bytes, content_type: str) -> web.Response:
 # -- handlers -----------------------------------------------------------------------
 
 
+def playable(store: RenditionStore) -> bool:
+    """True once ``store``'s playlist can start a player: it lists a closed segment
+    (``EXTINF``, §4.4.4.1) besides any parts, or the stream ended.
+
+    hls.js counts only closed segments and answers a playlist of parts alone with
+    ``levelEmptyError``, however valid it is (§4.4.4.9).
+    """
+    return bool(store.playlist.segments) or store.playlist.ended
+
+
 async def _multivariant(request: web.Request) -> web.Response:
+    """Multivariant playlist, once every rendition is `playable` (held at most
+    `blocking_timeout`, then 503 with ``Retry-After``): a player that starts from it
+    never meets an empty media playlist."""
     room = await _room(request)
     if room.multivariant is None:
         raise hls_problem(404, NOT_FOUND, "the multivariant playlist is not ready")
+    stores = list(room.renditions.values())
+    if not all(playable(store) for store in stores):
+        loop = asyncio.get_running_loop()
+        timeout = max(blocking_timeout(store.playlist) for store in stores)
+        deadline = loop.time() + timeout
+        for store in stores:
+            if not await store.wait_until(
+                lambda store=store: playable(store), max(0.0, deadline - loop.time())
+            ):
+                raise hls_problem(
+                    503, NOT_READY, f"the stream's first segments did not appear within {timeout:g} s",
+                    headers={"Retry-After": "1"},
+                )
     return _playlist_response(room.multivariant, 1)
 
 
 async def _media_playlist(request: web.Request) -> web.Response:
     """Media playlist, with Blocking Playlist Reload and Delta Updates (§6.2.5).
 
-    Before the rendition's first part exists there is nothing a player could use (no
-    part, no preload hint, §4.4.5.3): the request is held like a blocking reload until
-    that part is published, the stream ends, or `blocking_timeout` passes (503).
+    Until the rendition is `playable` (a closed segment) the request is held like a
+    blocking reload, until it is, the stream ends, or `blocking_timeout` passes (503).
     """
     room, store = await _rendition(request)
     playlist = store.playlist
@@ -199,7 +235,7 @@ async def _media_playlist(request: web.Request) -> web.Response:
 
     def ready() -> bool:
         decision = check_blocking_request(playlist, msn, part)
-        return decision == "ready" and (store.has_media or playlist.ended)
+        return decision == "ready" and playable(store)
 
     try:
         if not ready():
@@ -222,10 +258,14 @@ async def _media_playlist(request: web.Request) -> web.Response:
 
 
 async def _init(request: web.Request) -> web.Response:
+    """Init segment version ``?v=`` (default 0, `hls_bridge.store.init_uri`): the one a
+    playlist's EXT-X-MAP names, even after a discontinuity replaced it."""
     _, store = await _rendition(request)
-    if store.init is None:
+    version = request.query.get("v", "0")
+    data = store.init_segment(int(version)) if _DECIMAL_INTEGER.fullmatch(version) else None
+    if data is None:
         raise hls_problem(404, NOT_FOUND, "the init segment is not ready")
-    return _media_response(store.init, INIT_TYPE)
+    return _media_response(data, INIT_TYPE)
 
 
 async def _segment(request: web.Request) -> web.Response:

@@ -103,7 +103,11 @@ def skipped_segment_count(playlist: MediaPlaylist) -> int:
     """How many leading segments a delta update replaces with EXT-X-SKIP (§6.2.5.1).
 
     A segment is skipped only if everything after it still covers CAN-SKIP-UNTIL
-    seconds.  0 when CAN-SKIP-UNTIL is unset or the playlist has ended.
+    seconds, and never a segment that starts a Discontinuity Sequence (EXT-X-DISCONTINUITY,
+    §4.4.4.3) nor any after it: a delta update keeps every listed EXT-X-DISCONTINUITY
+    tag, so a client numbers the segments it receives from EXT-X-DISCONTINUITY-SEQUENCE
+    without the skipped ones (§4.4.3.3, §4.4.5.2).  0 when CAN-SKIP-UNTIL is unset or
+    the playlist has ended.
     """
     control = playlist.server_control
     assert control is not None
@@ -112,6 +116,8 @@ def skipped_segment_count(playlist: MediaPlaylist) -> int:
     remaining = playlist.duration
     count = 0
     for segment in playlist.segments:
+        if segment.discontinuity:
+            break
         remaining -= segment.duration
         if remaining < control.can_skip_until - 1e-9:
             break
@@ -122,6 +128,16 @@ def skipped_segment_count(playlist: MediaPlaylist) -> int:
 def _part_line(part: Part) -> str:
     line = f"#EXT-X-PART:DURATION={_num(part.duration)},URI={_quote(part.uri)}"
     return line + (",INDEPENDENT=YES" if part.independent else "")
+
+
+def _segment_start(lines: list[str], discontinuity: bool, init_uri: str, previous: str) -> str:
+    """Append a segment's EXT-X-DISCONTINUITY and, if its init changed, EXT-X-MAP;
+    returns the init URI in effect."""
+    if discontinuity:
+        lines.append("#EXT-X-DISCONTINUITY")
+    if init_uri != previous:
+        lines.append(f"#EXT-X-MAP:URI={_quote(init_uri)}")
+    return init_uri
 
 
 def render(
@@ -140,6 +156,13 @@ def render(
     EXT-X-PART tags are written for segments from :meth:`MediaPlaylist.parts_listed_from`
     on (§4.4.4.9); the in-progress segment's EXT-X-PROGRAM-DATE-TIME (§4.4.4.6), when
     known, precedes its first part.
+
+    Discontinuities: EXT-X-DISCONTINUITY-SEQUENCE (§4.4.3.3) follows
+    EXT-X-MEDIA-SEQUENCE once it is above 0; a segment that starts a Discontinuity
+    Sequence (the in-progress one too, before its first part) is preceded by
+    EXT-X-DISCONTINUITY (§4.4.4.3).  The first EXT-X-MAP (§4.4.4.5) names the first
+    listed segment's Media Initialization Section; another follows, after the
+    EXT-X-DISCONTINUITY, wherever the section changes.
     """
     control = playlist.server_control
     assert control is not None
@@ -165,21 +188,29 @@ def render(
         f"#EXT-X-PART-INF:PART-TARGET={_num(playlist.part_target)}",
         f"#EXT-X-MEDIA-SEQUENCE:{playlist.media_sequence}",
     ]
+    if playlist.discontinuity_sequence:
+        lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{playlist.discontinuity_sequence}")
     if independent:
         lines.append("#EXT-X-INDEPENDENT-SEGMENTS")
     skipped = skipped_segment_count(playlist) if skip else 0
     if skipped:
         lines.append(f"#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}")
-    lines.append(f"#EXT-X-MAP:URI={_quote(playlist.init_uri)}")
+    listed = segments[skipped:]
+    init_uri = (listed[0].init_uri if listed else None) or playlist.init_uri
+    lines.append(f"#EXT-X-MAP:URI={_quote(init_uri)}")
 
     parts_from = playlist.parts_listed_from()
-    for segment in segments[skipped:]:
+    for segment in listed:
+        init_uri = _segment_start(lines, segment.discontinuity,
+                                  segment.init_uri or playlist.init_uri, init_uri)
         if segment.program_date_time is not None:
             lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_pdt(segment.program_date_time)}")
         if segment.msn >= parts_from:
             lines.extend(_part_line(p) for p in segment.parts)
         lines.append(f"#EXTINF:{_num(segment.duration)},")
         lines.append(segment.uri)
+    if playlist.pending_parts:
+        _segment_start(lines, playlist.pending_discontinuity, playlist.init_uri, init_uri)
     if playlist.pending_parts and playlist.pending_program_date_time is not None:
         lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_pdt(playlist.pending_program_date_time)}")
     lines.extend(_part_line(p) for p in playlist.pending_parts)

@@ -3,16 +3,26 @@
 A :class:`Recorder` attached to a :class:`~hls_bridge.store.RoomStore` keeps every
 init segment and closed segment of every rendition on disk, under
 ``{root}/{room}/{recording_id}/{rendition}/`` with the live names (``init.mp4``,
-``seg{msn}.m4s``).  When the stream ends it writes, each atomically (tmp + rename):
+``seg{msn}.m4s``); an init segment that replaced another after a discontinuity
+(`RenditionStore.discontinuity`) is ``init1.mp4``, ``init2.mp4``, … in the order
+received.  When the stream ends it writes, each atomically (tmp + rename):
 
 - ``{rendition}/index.m3u8``: a VOD media playlist (``EXT-X-PLAYLIST-TYPE:VOD``,
   ``EXT-X-MAP``, ``EXT-X-PROGRAM-DATE-TIME`` on the first segment, one ``EXTINF`` per
-  segment, ``EXT-X-ENDLIST``; RFC 8216bis §4.4.3.5, §4.4.3.4);
+  segment, ``EXT-X-ENDLIST``; RFC 8216bis §4.4.3.5, §4.4.3.4); a live discontinuity is
+  kept as ``EXT-X-DISCONTINUITY`` (§4.4.4.3) followed by the segment's
+  ``EXT-X-PROGRAM-DATE-TIME`` and, where the init segment changed, a new ``EXT-X-MAP``
+  (§4.4.4.5);
 - ``index.m3u8``: the multivariant playlist, rendered like the live one (identical to it
   when every rendition was recorded; the same relative URIs ``v0/index.m3u8`` work
   because the rendition folders keep their names);
 - ``recording.json``: the manifest, written last; a recording is finished (listed,
   served) exactly when it exists.
+
+Every variant of a VOD presents the same content (§6.2.4): all recorded renditions
+are trimmed to start at the same MSN (the live store numbers a rendition added
+mid-stream from the MSN of the others, see `RoomStore.add_rendition`), and a rendition
+that started more than `MAX_LATE_START_S` after the first one is left out.
 
 A recording without any segment is deleted instead.  All disk I/O runs in one ordered
 writer thread per recorder, never on the event loop.  A disk error is logged once and
@@ -75,9 +85,11 @@ from .store import INIT_URI, PLAYLIST_NAME, segment_uri
 
 __all__ = [
     "MANIFEST_NAME",
+    "MAX_LATE_START_S",
     "RECORDING_ID_RE",
     "Recorder",
     "RecordingError",
+    "init_file_name",
     "new_recording_id",
     "render_vod_playlist",
 ]
@@ -90,8 +102,17 @@ VOD_VERSION = 7
 """EXT-X-VERSION of the VOD media playlists: fMP4 (EXT-X-MAP) needs 6–7, nothing more."""
 RECORDING_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 RENDITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
-_FILE_RE = re.compile(r"^(index\.m3u8|init\.mp4|seg\d{1,12}\.m4s)$")
+_FILE_RE = re.compile(r"^(index\.m3u8|init(?:[1-9]\d{0,5})?\.mp4|seg\d{1,12}\.m4s)$")
 MAX_AGE_S = 31_536_000
+MAX_LATE_START_S = 30.0
+"""A rendition whose recording starts more than this many seconds after the first
+rendition's is left out of the VOD (the others are trimmed to its start otherwise)."""
+
+
+def init_file_name(index: int) -> str:
+    """File name of a recorded rendition's ``index``-th init segment (0: ``init.mp4``,
+    then ``init1.mp4``, ``init2.mp4``, …)."""
+    return INIT_URI if index == 0 else f"init{index}.mp4"
 
 
 class RecordingError(HlsBridgeError, ValueError):
@@ -134,13 +155,17 @@ def check_room(room: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RecordedSegment:
-    """One segment on disk: ``duration`` in seconds, ``size`` in bytes."""
+    """One segment on disk: ``duration`` in seconds, ``size`` in bytes; ``discontinuity``
+    as in the live playlist (§4.4.4.3); ``init``: the file name of its init segment
+    (None: the playlist's default)."""
 
     msn: int
     duration: float
     program_date_time: datetime | None
     size: int
     independent: bool
+    discontinuity: bool = False
+    init: str | None = None
 
 
 def render_vod_playlist(segments: Sequence[RecordedSegment], init_uri: str = INIT_URI) -> str:
@@ -148,7 +173,10 @@ def render_vod_playlist(segments: Sequence[RecordedSegment], init_uri: str = INI
 
     EXT-X-TARGETDURATION is the largest EXTINF rounded to the nearest integer (at
     least 1, §4.4.3.1); EXT-X-INDEPENDENT-SEGMENTS is written when every segment starts
-    with an independent sample.  Raises ValueError for an empty list.
+    with an independent sample.  EXT-X-MAP names the first segment's ``init`` (default
+    ``init_uri``); a later segment with ``discontinuity`` gets EXT-X-DISCONTINUITY
+    (§4.4.4.3) and its EXT-X-PROGRAM-DATE-TIME, and a new EXT-X-MAP wherever ``init``
+    changes (§4.4.4.5).  Raises ValueError for an empty list.
     """
     if not segments:
         raise ValueError("a VOD playlist needs at least one segment")
@@ -162,11 +190,17 @@ def render_vod_playlist(segments: Sequence[RecordedSegment], init_uri: str = INI
     ]
     if all(s.independent for s in segments):
         lines.append("#EXT-X-INDEPENDENT-SEGMENTS")
-    lines.append(f'#EXT-X-MAP:URI="{init_uri}"')
-    first = segments[0].program_date_time
-    if first is not None:
-        lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_iso(first)}")
-    for segment in segments:
+    current = segments[0].init or init_uri
+    lines.append(f'#EXT-X-MAP:URI="{current}"')
+    for index, segment in enumerate(segments):
+        discontinuity = index > 0 and segment.discontinuity
+        if discontinuity:
+            lines.append("#EXT-X-DISCONTINUITY")
+        if (segment.init or init_uri) != current:
+            current = segment.init or init_uri
+            lines.append(f'#EXT-X-MAP:URI="{current}"')
+        if segment.program_date_time is not None and (index == 0 or discontinuity):
+            lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_iso(segment.program_date_time)}")
         lines.append(f"#EXTINF:{_num(segment.duration)},")
         lines.append(segment_uri(segment.msn))
     lines.append("#EXT-X-ENDLIST")
@@ -196,6 +230,30 @@ def _recorded_multivariant(
             v = replace(v, audio=None, codecs=codecs)
         kept.append(v)
     return render_multivariant(kept, kept_audio) if kept else None
+
+
+def _common_start(tracks: dict[str, _Track]) -> dict[str, _Track]:
+    """``tracks`` trimmed to one first MSN (the latest first MSN among them), without
+    those starting more than `MAX_LATE_START_S` after the earliest one (§6.2.4)."""
+    if not tracks:
+        return tracks
+    earliest = min(tracks.values(), key=lambda t: t.segments[0].msn)
+    kept = {}
+    for name, track in tracks.items():
+        lead = sum(
+            s.duration for s in earliest.segments if s.msn < track.segments[0].msn
+        )
+        if lead <= MAX_LATE_START_S:
+            kept[name] = track
+    start = max(t.segments[0].msn for t in kept.values())
+    trimmed = {}
+    for name, track in kept.items():
+        segments = [s for s in track.segments if s.msn >= start]
+        if segments:
+            trimmed[name] = _Track(
+                track.init, segments, sum(s.size for s in segments)
+            )
+    return trimmed
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -266,6 +324,8 @@ class Recorder:
         """The published manifest once finished; None before, or if discarded."""
         self._on_done = on_done
         self._tracks: dict[str, _Track] = {}
+        self._inits: dict[str, tuple[int, str]] = {}
+        """Per rendition (event loop): how many init segments so far, the current file."""
         self._variants: tuple[Sequence[VariantStream], Sequence[AudioRendition]] | None = None
         self._stopped = False  # no more writes are queued (error or end)
         self._pending = 0
@@ -277,7 +337,10 @@ class Recorder:
 
     def on_init(self, rendition: str, data: bytes) -> None:
         if RENDITION_RE.fullmatch(rendition):
-            self._submit(self._write_init, rendition, data, size=len(data))
+            count = self._inits[rendition][0] if rendition in self._inits else 0
+            name = init_file_name(count)
+            self._inits[rendition] = (count + 1, name)
+            self._submit(self._write_init, rendition, data, name, size=len(data))
         else:
             logger.warning("not recording rendition %r of room %r: bad name", rendition, self.room)
 
@@ -287,6 +350,8 @@ class Recorder:
         recorded = RecordedSegment(
             segment.msn, segment.duration, segment.program_date_time, len(data),
             bool(segment.parts) and segment.parts[0].independent,
+            discontinuity=segment.discontinuity,
+            init=self._inits[rendition][1] if rendition in self._inits else None,
         )
         self._submit(self._write_segment, rendition, recorded, data, size=len(data))
 
@@ -372,8 +437,8 @@ class Recorder:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _write_init(self, rendition: str, data: bytes) -> None:
-        (self._track_dir(rendition) / INIT_URI).write_bytes(data)
+    def _write_init(self, rendition: str, data: bytes, name: str) -> None:
+        (self._track_dir(rendition) / name).write_bytes(data)
         self._tracks.setdefault(rendition, _Track()).init = True
 
     def _write_segment(self, rendition: str, segment: RecordedSegment, data: bytes) -> None:
@@ -399,7 +464,7 @@ class Recorder:
         return manifest
 
     def _publish(self, ended: datetime) -> dict[str, Any] | None:
-        tracks = {n: t for n, t in self._tracks.items() if t.init and t.segments}
+        tracks = _common_start({n: t for n, t in self._tracks.items() if t.init and t.segments})
         multivariant = None
         if tracks and self._variants is not None:
             multivariant = _recorded_multivariant(*self._variants, set(tracks))

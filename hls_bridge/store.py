@@ -10,7 +10,10 @@ Every change (part, segment, end) wakes the coroutines blocked in
 :meth:`RenditionStore.wait_until` (blocking playlist reload, preload-hinted parts).
 
 Resource names are relative to the media playlist at ``{rendition}/index.m3u8``:
-``init.mp4``, ``seg{msn}.m4s``, ``part{msn}.{part}.m4s``.  A :class:`RoomStore` groups
+``init.mp4``, ``seg{msn}.m4s``, ``part{msn}.{part}.m4s``; an init segment that replaces
+another after :meth:`RenditionStore.discontinuity` is ``init.mp4?v={version}``
+(:func:`init_uri`, version 1, 2, …), so a cache that keeps ``init.mp4`` as immutable
+never serves the old bytes for the new one.  A :class:`RoomStore` groups
 renditions and the multivariant playlist (``index.m3u8``), which names each rendition's
 playlist under the store's :attr:`RoomStore.stream_id` (``{stream_id}/v0/index.m3u8``):
 a new stream of the same room gets new media URLs.
@@ -50,6 +53,7 @@ __all__ = [
     "RoomStore",
     "StoreError",
     "StoreRecorder",
+    "init_uri",
     "new_stream_id",
     "part_uri",
     "segment_uri",
@@ -64,6 +68,12 @@ INIT_URI = "init.mp4"
 def segment_uri(msn: int) -> str:
     """URI of segment ``msn``, relative to its media playlist."""
     return f"seg{msn}.m4s"
+
+
+def init_uri(version: int) -> str:
+    """URI of a rendition's init segment ``version`` (0 = the first), relative to its
+    media playlist: ``init.mp4``, then ``init.mp4?v=1``, ``init.mp4?v=2``, …"""
+    return INIT_URI if version == 0 else f"{INIT_URI}?v={version}"
 
 
 def part_uri(msn: int, part: int) -> str:
@@ -96,11 +106,14 @@ class StoreRecorder(Protocol):
     """
 
     def on_init(self, rendition: str, data: bytes) -> None:
-        """Rendition ``rendition``'s init segment (``init.mp4``) was set."""
+        """Rendition ``rendition``'s init segment was set, or replaced after a
+        discontinuity: the segments closed from now on use it."""
 
     def on_segment(self, rendition: str, segment: Segment, data: bytes) -> None:
         """Segment ``segment.msn`` (``seg{msn}.m4s``, ``segment.duration`` seconds,
-        ``segment.program_date_time``) was closed; ``data`` is its body."""
+        ``segment.program_date_time``) was closed; ``data`` is its body.
+        ``segment.discontinuity`` marks the first segment after
+        :meth:`RenditionStore.discontinuity` (RFC 8216bis §4.4.4.3)."""
 
     def on_variants(
         self, text: str, variants: Sequence[VariantStream], audio: Sequence[AudioRendition]
@@ -127,8 +140,11 @@ class RenditionStore:
     - ``target_duration``/``part_target``/``window_segments``/``server_control``/
       ``first_msn``: passed to :class:`MediaPlaylist` (use one ``server_control`` for
       every rendition of a room, §4.4.3.8).
+    - ``discontinuity_sequence``: EXT-X-DISCONTINUITY-SEQUENCE of the first segment
+      (§4.4.3.3; see :meth:`RoomStore.add_rendition`'s ``align_with``).
     - ``grace``: seconds a part (segment) stays fetchable after leaving the playlist
-      (the window); default 3 × target duration (§6.2.2).
+      (the window); default 3 × target duration (§6.2.2).  A replaced init segment
+      stays fetchable while a retained part or segment still uses it.
     - ``clock``: monotonic seconds, replaceable in tests.
     """
 
@@ -141,6 +157,7 @@ class RenditionStore:
         window_segments: int = 12,
         server_control: ServerControl | None = None,
         first_msn: int = 0,
+        discontinuity_sequence: int = 0,
         grace: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -154,10 +171,17 @@ class RenditionStore:
             window_segments=window_segments,
             server_control=server_control,
             first_msn=first_msn,
+            discontinuity_sequence=discontinuity_sequence,
         )
         self.grace = 3.0 * target_duration if grace is None else float(grace)
         self._clock = clock
         self._init: bytes | None = None
+        self._inits: dict[int, bytes] = {}
+        """Init segments by version, the current one and older ones still in use."""
+        self._init_first_msn: dict[int, int] = {}
+        """MSN of the first segment published with each init version."""
+        self._init_version = 0
+        self._init_replaceable = False
         self._parts: dict[int, list[bytes]] = {}
         self._segments: dict[int, bytes] = {}
         self._part_expiry: dict[int, float] = {}
@@ -172,14 +196,43 @@ class RenditionStore:
     # -- writing -------------------------------------------------------------------
 
     def set_init(self, data: bytes) -> None:
-        """Store the init segment (written once; the same bytes again are accepted)."""
-        if self._init is not None and self._init != data:
-            raise StoreError(f"{self.name}: the init segment is already written")
-        first = self._init is None
-        self._init = bytes(data)
+        """Store the init segment (the Media Initialization Section, RFC 8216bis §4.4.4.5).
+
+        Written once; the same bytes again are accepted and change nothing.  Different
+        bytes are accepted only as the first call after :meth:`discontinuity` (before
+        the next part): they become version ``n + 1`` at ``init.mp4?v={n+1}``
+        (:func:`init_uri`), named by an EXT-X-MAP before the next segment.  Raises
+        StoreError otherwise.
+        """
+        data = bytes(data)
+        if self._init == data:
+            return
+        if self._init is not None:
+            if not self._init_replaceable:
+                raise StoreError(f"{self.name}: the init segment is already written")
+            self._init_version += 1
+        self._init = data
+        self._inits[self._init_version] = data
+        self._init_first_msn[self._init_version] = self.playlist.next_msn
+        self._init_replaceable = False
+        self.playlist.init_uri = init_uri(self._init_version)
         self._notify()
-        if first:
-            _tell(self.recorder, "on_init", self.name, self._init)
+        _tell(self.recorder, "on_init", self.name, data)
+
+    def discontinuity(self) -> None:
+        """Start a new Discontinuity Sequence (EXT-X-DISCONTINUITY, RFC 8216bis §4.4.4.3).
+
+        Closes the in-progress segment if it has parts (a short segment; an in-progress
+        segment without parts is just the preload hint and stays the next one), marks
+        the next segment with EXT-X-DISCONTINUITY and lets the next :meth:`set_init`
+        replace the init segment.  Use it when the encoding parameters, the encoder or
+        the timeline change.  Raises PlaylistStateError after :meth:`end`.
+        """
+        if self.playlist.pending_parts:
+            self.close_segment()
+        self.playlist.discontinuity()
+        self._init_replaceable = True
+        self._notify()
 
     def publish_part(
         self, data: bytes, duration: float, independent: bool, *,
@@ -193,6 +246,7 @@ class RenditionStore:
         """
         pl = self.playlist
         msn, index = pl.next_msn, len(pl.pending_parts)
+        self._init_replaceable = False
         part = pl.add_part(
             duration, part_uri(msn, index), independent, hint=part_uri(msn, index + 1),
             program_date_time=program_date_time,
@@ -225,8 +279,18 @@ class RenditionStore:
 
     @property
     def init(self) -> bytes | None:
-        """The init segment, or None before :meth:`set_init`."""
+        """The current init segment, or None before :meth:`set_init`."""
         return self._init
+
+    @property
+    def init_version(self) -> int:
+        """Version of the current init segment (0 = the first; see :func:`init_uri`)."""
+        return self._init_version
+
+    def init_segment(self, version: int) -> bytes | None:
+        """Bytes of init segment ``version`` (``init.mp4?v={version}``), or None if
+        unknown or no longer used by any retained part or segment."""
+        return self._inits.get(version)
 
     def part(self, msn: int, index: int) -> bytes | None:
         """Bytes of a part, or None if unknown, not yet published or expired."""
@@ -315,6 +379,11 @@ class RenditionStore:
             if deadline <= now:
                 del self._segment_expiry[msn]
                 self._segments.pop(msn, None)
+        oldest = min(self._parts.keys() | self._segments.keys(), default=pl.next_msn)
+        for version in [v for v in self._inits if v < self._init_version]:
+            if self._init_first_msn[version + 1] <= oldest:
+                del self._inits[version]
+                del self._init_first_msn[version]
 
 
 class RoomStore:
@@ -374,11 +443,29 @@ class RoomStore:
             _tell(recorder, "on_end")
 
     def add_rendition(
-        self, name: str, *, target_duration: int, part_target: float, **kwargs: Any
+        self, name: str, *, target_duration: int, part_target: float, reuse: bool = False,
+        align_with: str | None = None, **kwargs: Any,
     ) -> RenditionStore:
-        """Create rendition ``name`` (other keyword arguments as for :class:`RenditionStore`)."""
-        if name in self.renditions:
+        """Create rendition ``name`` (other keyword arguments as for :class:`RenditionStore`).
+
+        ``reuse=True``: an existing rendition ``name`` is returned as it is (e.g. to a
+        restarted transcoder, after :meth:`RenditionStore.discontinuity`); without it an
+        existing name raises StoreError.  ``align_with``: a rendition added mid-stream
+        starts at that rendition's next MSN and Discontinuity Sequence Number, so the
+        same media has the same numbers in every variant (RFC 8216bis §6.2.4,
+        §4.4.3.3); StoreError if it does not exist.
+        """
+        existing = self.renditions.get(name)
+        if existing is not None:
+            if reuse:
+                return existing
             raise StoreError(f"rendition {name!r} already exists")
+        if align_with is not None:
+            leader = self.renditions.get(align_with)
+            if leader is None:
+                raise StoreError(f"no rendition {align_with!r} to align {name!r} with")
+            kwargs["first_msn"] = leader.playlist.next_msn
+            kwargs["discontinuity_sequence"] = leader.playlist.next_discontinuity_sequence
         if self.server_control is None:
             self.server_control = ServerControl.for_targets(target_duration, part_target)
         kwargs.setdefault("server_control", self.server_control)
@@ -414,6 +501,18 @@ class RoomStore:
             if other_name != name
         ]
         return render(store.playlist, skip=skip, rendition_reports=reports)
+
+    def end_rendition(self, name: str) -> None:
+        """End rendition ``name`` alone (EXT-X-ENDLIST), e.g. a rung the ladder no longer
+        has; closes its in-progress segment first.  StoreError if it does not exist."""
+        store = self.renditions.get(name)
+        if store is None:
+            raise StoreError(f"no rendition {name!r}")
+        if store.playlist.ended:
+            return
+        if store.playlist.pending_parts:
+            store.close_segment()
+        store.end()
 
     def end(self) -> None:
         """End every rendition (EXT-X-ENDLIST); the recorder is told once, even if a

@@ -16,6 +16,29 @@ parts and segments are aligned across renditions. A part holds
 ``floor(part_s * fps)`` frames; the advertised PART-TARGET (`part_target`) is exactly
 that duration, so every part is <= PART-TARGET and every non-final part equals it.
 
+Ladder re-planning: a configured ladder (rungs without a width) is planned with
+`plan_ladder` from the first video frame, and planned again when the decoded source
+size changes (a browser ramping its resolution up, an OBS scene or canvas change, a
+phone rotating): once every source frame for at least ``replan_after_s`` of slots has
+had the same new size, the ladder is re-planned at the next keyframe slot, i.e. a
+segment boundary of every rendition.  Every rendition, audio included, then
+starts a new Discontinuity Sequence at that same segment (`RenditionStore.discontinuity`,
+RFC 8216bis §4.4.4.3): matching content keeps matching Discontinuity Sequence Numbers
+across renditions (§6.2.4), which hls.js relies on (its audio waits for the video
+timestamps of the audio segment's own Discontinuity Sequence, so an audio rendition
+left behind on a sequence the video no longer lists never plays).  The segment is
+chosen as soon as the new size has held: the first keyframe slot at least half a
+segment later, so the audio, fed alongside with some skew, has not started that
+segment yet.  A rendition whose size or bitrate changed gets a new encoder and a new
+init segment (a new EXT-X-MAP, §4.4.4.5), the others keep theirs; timestamps stay
+continuous.  The rung count never shrinks while `fill_rung` can add smaller rungs: a
+smaller source keeps every rendition name (hls.js and most players never reload the
+multivariant playlist, so a rendition that vanished would stall them); a larger one
+that needs more rungs adds renditions (``v3`` …, numbered like the others from the
+same MSN and Discontinuity Sequence Number) and rewrites the multivariant playlist,
+which new players see.  A source flapping between sizes never re-plans (the new size
+must hold on every frame).
+
 Audio timing: the audio track keeps to its input timestamps, as the video keeps to its
 grid: a decoded frame's media time (its pts relative to the first audio frame) says
 where its samples belong, so a gap (an Opus frame lost on the network or dropped by a
@@ -110,6 +133,12 @@ def _drop_leading_samples(frame: av.AudioFrame, count: int) -> av.AudioFrame:
     return trimmed
 
 
+def _describe(outputs: Sequence[_VideoOutput]) -> str:
+    return ", ".join(
+        f"{o.name}={o.rung.width}x{o.rung.height}@{o.rung.video_bitrate}" for o in outputs
+    )
+
+
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
@@ -145,6 +174,8 @@ class _Stats:
     audio_dropped_samples: int = 0
     """Input samples dropped because their timestamps overlapped earlier audio."""
     audio_rebases: int = 0
+    replans: int = 0
+    """Ladder re-plans for a new source size (each one a discontinuity)."""
     bytes_out: dict[str, int] = field(default_factory=dict)
 
 
@@ -152,8 +183,16 @@ class LadderTranscoder:
     """Scale, encode and package a room's media into a `RoomStore`.
 
     - ``rungs``: the ladder; rungs without a width (``Rung.width == 0``, as parsed from
-      config) are fitted to the first video frame with `plan_ladder`; planned rungs are
-      used as given.
+      config) are fitted to the first video frame with `plan_ladder` and re-planned
+      when the source size changes (see the module docstring); planned rungs are used
+      as given.
+    - ``replan_after_s``: seconds (of output slots) a new source size must hold on
+      every frame before the ladder is re-planned at the next segment boundary.
+    - ``reuse_renditions``: add renditions with ``reuse=True`` (a transcoder restarted
+      on a store whose renditions had `RenditionStore.discontinuity` called).
+    - ``min_rungs``: plan at least this many rungs from the first frame too (smaller
+      ones filled in, see `plan_ladder`), e.g. a restarted transcoder keeping every
+      rendition its predecessor published.
     - ``fps``: output frame rate (constant); ``segment_s``/``part_s``: target segment
       and part durations in seconds.
     - ``encoder_choice``: H.264 encoder, default `choose_encoder()` (probed lazily in
@@ -180,6 +219,9 @@ class LadderTranscoder:
         loop: asyncio.AbstractEventLoop | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         parallel_rungs: bool = True,
+        replan_after_s: float = 1.0,
+        reuse_renditions: bool = False,
+        min_rungs: int = 0,
     ) -> None:
         self.fps = Fraction(fps)
         if self.fps <= 0 or not rungs:
@@ -200,7 +242,16 @@ class LadderTranscoder:
         self.target_duration = max(
             1, round(float(self.segment_duration) + AAC_FRAME / AUDIO_RATE + 1e-6)
         )
+        if replan_after_s < 0:
+            raise TranscoderError("replan_after_s must be >= 0")
         self.rungs = list(rungs)
+        self._configured: list[Rung] | None = (
+            list(rungs) if any(r.width == 0 for r in rungs) else None
+        )
+        """The configured ladder, re-planned for each source size; None = fixed sizes."""
+        self._replan_slots = max(1, round(replan_after_s * self.fps))
+        self._reuse = reuse_renditions
+        self._min_rungs = min_rungs
         self._room = room_store
         self._encoder_choice = encoder_choice
         self._audio_enabled = audio
@@ -230,6 +281,17 @@ class LadderTranscoder:
         self._slot_offset = 0
         self._last_slot = -1
         self._variants_set = False
+        self._planned_for: tuple[int, int] | None = None
+        """Source (width, height) the current ladder was planned for."""
+        self._new_size: tuple[int, int] | None = None
+        """A source size other than ``_planned_for`` on every frame since ``_new_size_slot``."""
+        self._new_size_slot = 0
+        self._replan_slot: int | None = None
+        """The keyframe slot the next re-plan happens at, once decided."""
+        self._replan_size = (0, 0)
+        """The source size that re-plan is for (the size that held)."""
+        self._audio_discontinuity: int | None = None
+        """Audio segment index that starts with a discontinuity (the re-plan's)."""
 
         # audio state (worker thread)
         self._resampler: av.AudioResampler | None = None
@@ -275,11 +337,24 @@ class LadderTranscoder:
             self._outputs = self._open_video(frame, ops)
         if self._anchor is None:
             self._anchor = self._clock()
+        self._watch_size(frame)
         slot = self._slot_for(frame)
         if slot is not None:
             for missing in range(self._last_slot + 1, slot):
                 self._encode_rungs(None, missing, ops)
                 self.stats.repeated_frames += 1
+            if (
+                self._replan_slot is None
+                and self._new_size is not None
+                and slot - self._new_size_slot >= self._replan_slots
+            ):
+                self._schedule_replan(slot)
+            if (
+                self._replan_slot is not None
+                and slot >= self._replan_slot
+                and slot % self.segment_frames == 0
+            ):
+                self._replan(frame, slot, ops)
             self._encode_rungs(frame, slot, ops)
             self._last_slot = slot
             self.stats.video_slots = slot + 1
@@ -353,32 +428,123 @@ class LadderTranscoder:
     # -- video ---------------------------------------------------------------------
 
     def _open_video(self, frame: av.VideoFrame, ops: list[Callable[[], Any]]) -> list[_VideoOutput]:
-        if any(r.width == 0 for r in self.rungs):
-            self.rungs = plan_ladder(frame.width, frame.height, self.rungs)
-        choice = self._encoder_choice or choose_encoder()
-        self._encoder_choice = choice
-        time_base = 1 / self.fps
+        if self._configured is not None:
+            self.rungs = plan_ladder(frame.width, frame.height, self._configured,
+                                     min_rungs=self._min_rungs)
+        self._planned_for = (frame.width, frame.height)
+        self._encoder_choice = self._encoder_choice or choose_encoder()
         outputs = []
         for index, rung in enumerate(self.rungs):
-            name = f"v{index}"
-            ctx = open_video_encoder(
-                choice, rung.width, rung.height, self.fps, rung.video_bitrate,
-                4 * self.segment_frames, time_base=time_base,
-            )
-            outputs.append(
-                _VideoOutput(name, rung, ctx, TrackPackager(1, VIDEO_TIMESCALE, h264=True))
-            )
-            ops.append(partial(self._add_rendition, name))
-        if self._parallel_rungs and len(outputs) > 1:
-            self._rung_pool = ThreadPoolExecutor(len(outputs) - 1, thread_name_prefix="hls-rung")
+            outputs.append(self._new_output(f"v{index}", rung))
+            ops.append(partial(self._add_rendition, f"v{index}"))
+        self._size_rung_pool(len(outputs))
         logger.info(
             "transcoding %dx%d to %s with %s",
-            frame.width, frame.height,
-            ", ".join(f"{o.name}={o.rung.width}x{o.rung.height}@{o.rung.video_bitrate}"
-                      for o in outputs),
-            choice.name,
+            frame.width, frame.height, _describe(outputs), self._encoder_choice.name,
         )
         return outputs
+
+    def _new_output(self, name: str, rung: Rung, sequence_number: int = 1) -> _VideoOutput:
+        """A rung's encoder and packager; decode times are slot times (continuous
+        across re-plans)."""
+        choice = self._encoder_choice
+        assert choice is not None
+        ctx = open_video_encoder(
+            choice, rung.width, rung.height, self.fps, rung.video_bitrate,
+            4 * self.segment_frames, time_base=1 / self.fps,
+        )
+        packager = TrackPackager(1, VIDEO_TIMESCALE, h264=True, start_time=Fraction(0),
+                                 sequence_number=sequence_number)
+        return _VideoOutput(name, rung, ctx, packager)
+
+    def _size_rung_pool(self, rungs: int) -> None:
+        if self._rung_pool is not None:
+            self._rung_pool.shutdown(wait=True)
+            self._rung_pool = None
+        if self._parallel_rungs and rungs > 1:
+            self._rung_pool = ThreadPoolExecutor(rungs - 1, thread_name_prefix="hls-rung")
+
+    def _watch_size(self, frame: av.VideoFrame) -> None:
+        """Track a source size change that may re-plan the ladder (a configured ladder only)."""
+        if self._configured is None:
+            return
+        size = (frame.width, frame.height)
+        if size == self._planned_for:
+            self._new_size = None
+        elif size != self._new_size:
+            self._new_size = size
+            self._new_size_slot = self._last_slot + 1
+
+    def _schedule_replan(self, slot: int) -> None:
+        """Decide the re-plan for ``_new_size`` (held since ``_new_size_slot``) at the
+        first keyframe slot at least half a segment after ``slot``, and the audio
+        discontinuity at the same segment: the audio, fed alongside, must not have
+        started that segment yet (see the module docstring)."""
+        assert self._outputs is not None and self._configured is not None
+        size = self._new_size
+        assert size is not None
+        rungs = plan_ladder(*size, self._configured, min_rungs=len(self._outputs))
+        if rungs == [o.rung for o in self._outputs]:
+            self._planned_for, self._new_size = size, None  # e.g. 1 pixel more: just scale
+            return
+        segment = -(-(slot + self.segment_frames // 2) // self.segment_frames)
+        self._replan_slot = segment * self.segment_frames
+        self._replan_size = size
+        if self._audio_enabled:
+            self._audio_discontinuity = segment
+
+    def _replan(self, frame: av.VideoFrame, slot: int, ops: list[Callable[[], Any]]) -> None:
+        """Fit the ladder to the size that held before slot ``slot`` (a keyframe slot;
+        ``frame`` is that slot's picture, which may have changed size again).
+
+        Every video rendition takes a discontinuity here; changed rungs get a new
+        encoder (whose first packet sets the new init segment), new rungs a new
+        rendition, rungs the plan no longer has are ended.  Store ops are appended in
+        that order (a new rendition aligns with ``v0`` after its discontinuity).
+        """
+        assert self._configured is not None and self._outputs is not None
+        old = self._outputs
+        size = self._replan_size
+        self._planned_for = size
+        current = (frame.width, frame.height)
+        if current == size:
+            self._new_size = None
+        elif current != self._new_size:  # changed again (or back): watch that size now
+            self._new_size, self._new_size_slot = current, slot
+        due, self._replan_slot = self._replan_slot, None
+        if slot != due:  # a gap in the source skipped the planned keyframe slot
+            logger.warning("ladder re-plan at frame %d instead of %s", slot, due)
+        rungs = plan_ladder(*size, self._configured, min_rungs=len(old))
+        self.stats.replans += 1
+        outputs: list[_VideoOutput] = []
+        for index, output in enumerate(old):
+            replace = index >= len(rungs) or output.rung != rungs[index]
+            if replace:
+                for packet in output.ctx.encode(None):
+                    self._package_video(output, packet, ops)
+            self._flush_video(output, ops, close=True)
+            if index >= len(rungs):
+                ops.append(partial(self._room.end_rendition, output.name))
+                continue
+            ops.append(partial(self._call, output.name, "discontinuity"))
+            if replace:
+                output = self._new_output(output.name, rungs[index],
+                                          output.packager.sequence_number)
+            outputs.append(output)
+        for index in range(len(old), len(rungs)):
+            name = f"v{index}"
+            outputs.append(self._new_output(name, rungs[index]))
+            ops.append(partial(self._add_rendition, name, align_with=old[0].name))
+        self._outputs = outputs
+        with self._variants_lock:
+            self._variants_set = False
+        self._maybe_set_variants(ops)  # at once if no rung needs a new init segment
+        if len(outputs) != len(old):
+            self._size_rung_pool(len(outputs))
+        logger.info(
+            "source is now %dx%d: re-planned the ladder at frame %d to %s",
+            *size, slot, _describe(outputs),
+        )
 
     def _slot_for(self, frame: av.VideoFrame) -> int | None:
         """The output slot of ``frame``, or None to drop it (see the module docstring)."""
@@ -535,6 +701,7 @@ class LadderTranscoder:
         store = self._room.add_rendition(
             AUDIO_RENDITION, target_duration=self.target_duration,
             part_target=self.part_target, window_segments=self._window_segments,
+            reuse=self._reuse,
         )
         store.set_init(init_segment_audio(AUDIO_RATE, AUDIO_CHANNELS, asc,
                                           bitrate=self.audio_bitrate))
@@ -612,6 +779,14 @@ class LadderTranscoder:
         pdt = self._anchor + timedelta(seconds=self._audio_segment_start / AUDIO_RATE)
         if part is not None:
             first = self._audio_parts_open == 0
+            if first and self._audio_discontinuity is not None:
+                segment = self._audio_segment_start // (self.segment_duration * AUDIO_RATE)
+                if segment >= self._audio_discontinuity:
+                    if segment > self._audio_discontinuity:
+                        logger.warning("audio discontinuity at segment %d, planned for %d",
+                                       segment, self._audio_discontinuity)
+                    ops.append(partial(self._call, AUDIO_RENDITION, "discontinuity"))
+                    self._audio_discontinuity = None
             ops.append(partial(self._call, AUDIO_RENDITION, "publish_part",
                                part.data, part.duration, part.independent,
                                program_date_time=pdt if first else None))
@@ -626,10 +801,10 @@ class LadderTranscoder:
     def _count(self, name: str, size: int) -> None:
         self.stats.bytes_out[name] = self.stats.bytes_out.get(name, 0) + size
 
-    def _add_rendition(self, name: str) -> None:
+    def _add_rendition(self, name: str, align_with: str | None = None) -> None:
         self._room.add_rendition(
             name, target_duration=self.target_duration, part_target=self.part_target,
-            window_segments=self._window_segments,
+            window_segments=self._window_segments, reuse=self._reuse, align_with=align_with,
         )
 
     def _call(self, name: str, method: str, *args: Any, **kwargs: Any) -> None:

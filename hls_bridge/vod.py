@@ -4,7 +4,7 @@
 finished under ``root``, deletes them after the retention period
 (:meth:`RecordingLibrary.sweep`) and resolves file paths safely; :func:`create_vod_app`
 serves them (mount it at ``/vod``): ``GET /{room}/{id}/index.m3u8`` and
-``/{room}/{id}/{rendition}/{index.m3u8|init.mp4|seg{n}.m4s}``.
+``/{room}/{id}/{rendition}/{index.m3u8|init.mp4|init{n}.mp4|seg{n}.m4s}``.
 :class:`RecordingConfig` reads ``RELAYCAST_HLS_RECORD_DIR`` / ``_RETENTION_H``.
 See :mod:`hls_bridge.recording` for the on-disk layout.
 """
@@ -45,7 +45,7 @@ from .recording import (
     _parse_iso,
     _utc_now,
 )
-from .store import INIT_URI, PLAYLIST_NAME
+from .store import PLAYLIST_NAME
 
 __all__ = ["LIBRARY", "RecordingConfig", "RecordingLibrary", "create_vod_app"]
 
@@ -324,7 +324,10 @@ class RecordingConfig:
 
 LIBRARY = web.AppKey("vod_library", RecordingLibrary)
 
-_TYPES = {PLAYLIST_NAME: PLAYLIST_TYPE, INIT_URI: INIT_TYPE}
+def _content_type(name: str) -> str:
+    if name == PLAYLIST_NAME:
+        return PLAYLIST_TYPE
+    return INIT_TYPE if name.endswith(".mp4") else MEDIA_TYPE
 
 
 def create_vod_app(library: RecordingLibrary) -> web.Application:
@@ -334,7 +337,8 @@ def create_vod_app(library: RecordingLibrary) -> web.Application:
 
     - ``/{room}/{id}/index.m3u8`` — multivariant playlist;
     - ``/{room}/{id}/{rendition}/index.m3u8`` — VOD media playlist;
-    - ``/{room}/{id}/{rendition}/init.mp4``, ``seg{msn}.m4s`` — media.
+    - ``/{room}/{id}/{rendition}/init.mp4`` (``init{n}.mp4`` after a discontinuity),
+      ``seg{msn}.m4s`` — media.
 
     Responses are cacheable (``immutable``) until the recording expires; anything else
     (unknown, unfinished or expired recordings, bad names) is a 404 problem+json.
@@ -374,7 +378,7 @@ async def _serve(request: web.Request) -> web.StreamResponse:
     if found is None:
         raise HttpProblem(404, detail=f"no recording file at {request.path}")
     path, max_age = found
-    content_type = _TYPES.get(name, MEDIA_TYPE)
+    content_type = _content_type(name)
     return web.FileResponse(
         path,
         headers={

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="py-spy the forward-mode SFU after the step with this N")
     fan.add_argument("--profile-joins-at", type=int, default=None,
                      help="py-spy the SFU while the join probes of the step with this N run")
+    fan.add_argument("--workers", type=int, default=1,
+                     help="forward mode: SFU worker processes, `relaycast serve --workers N` (default 1); "
+                          "CPU is summed over the serve process and its workers")
     fan.add_argument("--out", type=Path, default=Path("loadtest/results"), help="results folder")
 
     cdn = sub.add_parser("cdn", help="LL-HLS CDN fan-out: N emulated LL-HLS players through a real nginx edge",
@@ -96,11 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_arguments(pub)
 
     # Subcommands in their own modules: each has add_arguments(parser) and main(args).
-    from . import hls_latency, pipe_hop, relay_serve, sio_fanout, transcode
+    from . import (
+        hls_latency,
+        hlsjs_latency,
+        pipe_hop,
+        publisher_ramp,
+        relay_serve,
+        replan_cost,
+        sio_fanout,
+        transcode,
+    )
     for name, module, text in (
         ("transcode", transcode, "LL-HLS transcode capacity: ladders per core in real time"),
+        ("replan-cost", replan_cost, "what an LL-HLS ladder re-plan costs per frame"),
         ("pipe-hop", pipe_hop, "latency added by a node-to-node pipe (cascading)"),
+        ("publisher-ramp", publisher_ramp, "WHIP 201 to full camera resolution, Chromium publisher"),
         ("hls-latency", hls_latency, "LL-HLS latency: capture time in frames vs player/hls.js"),
+        ("hlsjs-latency", hlsjs_latency, "LL-HLS latency in stock hls.js and the watch page (PDT vs now)"),
         ("sio-fanout", sio_fanout, "Socket.IO room-state fan-out across two signaling instances (Redis)"),
         ("relay-serve", relay_serve, "the service with the naive MediaRelay baseline Router (fanout --mode relay)"),
     ):
@@ -144,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         subscriber_procs=args.subscriber_procs, decode_every=args.decode_every, max_decoders=args.max_decoders,
         join_concurrency=args.join_concurrency, probes=args.probes, fast_receive=not args.aiortc_receive,
         wait_quiet=args.wait_quiet, profile_at=args.profile_at,
-        profile_joins_at=args.profile_joins_at, out=args.out)
+        profile_joins_at=args.profile_joins_at, workers=args.workers, out=args.out)
     return _run(run_fanout(opts))
 
 

@@ -2,8 +2,11 @@
 
 Processes (all on 127.0.0.1, ICE pinned to loopback):
 
-* the SFU: ``relaycast serve`` (forward) or ``python -m loadtest relay-serve`` (the relay
-  baseline), a separate process, so its CPU and RSS are its own: read from /proc;
+* the SFU: ``relaycast serve --workers N`` (forward; ``--workers``, default 1) or ``python -m
+  loadtest relay-serve`` (the relay baseline), a separate process, so its CPU and RSS are
+  its own: read from /proc, summed over the serve process and its SFU worker children
+  (``sfu_cpu_pct_by_process`` splits the CPU % by process: ``serve`` and the workers' node
+  ids);
 * the publisher: ``python -m loadtest publish --pattern --json`` (720p30 VP8
   pattern carrying capture times + Opus tone);
 * subscriber pools: ``python -m loadtest.subscriber`` (see
@@ -45,6 +48,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from . import procstat
 from .cluster_procs import ONE_ADDRESS_LOAD, RelaycastProcess, free_port, listening
 from .report import Sample, percentile, rounded, window_metrics
@@ -84,6 +89,7 @@ class FanoutOptions:
     profile_at: int | None = None  # forward-mode N to profile with py-spy
     profile_seconds: float = 10.0
     profile_joins_at: int | None = None  # forward/relay N whose join probes run under py-spy
+    workers: int = 1  # forward mode: `relaycast serve --workers N` (SFU worker processes)
     out: Path = Path("loadtest/results")
 
 
@@ -91,9 +97,10 @@ class FanoutOptions:
 class SfuProcess(RelaycastProcess):
     """``relaycast serve`` on a free loopback port with a known stream key."""
 
-    def __init__(self, mode: str, log_path: Path) -> None:
+    def __init__(self, mode: str, log_path: Path, workers: int = 1) -> None:
         super().__init__("relaycast serve", log_path)
         self.mode = mode
+        self.worker_count = workers
         self.key = "sk_bench_" + secrets.token_urlsafe(18)
         self.url = ""
 
@@ -106,7 +113,31 @@ class SfuProcess(RelaycastProcess):
         args = ["--log-level", "warning", "relay-serve" if command else "serve", "--host", "127.0.0.1",
                 "--port", str(free_port()), "--ice-gather", "127.0.0.1", "--room", ROOM,
                 "--stream-key", self.key]
+        if command is None:
+            args += ["--workers", str(self.worker_count)]
         self.url = (await self.launch(args, env, listening, timeout, command)).split()[-1]
+
+    def workers(self) -> dict[str, int]:
+        """The serve process's SFU worker children (``relaycast sfu --node-id ID``): ID → pid.
+        Other children (LL-HLS transcoders) are not counted as the SFU."""
+        out = {}
+        for pid in procstat.children(self.pid):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"sfu" in argv and b"--node-id" in argv[:-1]:
+                out[argv[argv.index(b"--node-id") + 1].decode()] = pid
+        return out
+
+    def pids(self) -> list[int]:
+        """The serve process and its SFU worker children."""
+        return [self.pid, *self.workers().values()]
+
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU seconds so far: ``serve`` and each SFU worker child (by its node id)."""
+        pids = {"serve": self.pid, **self.workers()}
+        return {name: procstat.cpu_seconds(pid) for name, pid in pids.items()}
 
     async def stop(self, timeout: float = 15.0) -> None:
         await super().stop(timeout)
@@ -240,7 +271,7 @@ class FanoutRun:
         self.mode = mode
         self.opts = opts
         self.log_dir = log_dir
-        self.sfu = SfuProcess(mode, log_dir / f"sfu-{mode}.log")
+        self.sfu = SfuProcess(mode, log_dir / f"sfu-{mode}.log", opts.workers)
         self.publisher: PublisherProcess | None = None
         self.pools: list[SubscriberProcess] = []
         # Join probes run in a process of their own, like a real viewer's client,
@@ -284,11 +315,14 @@ class FanoutRun:
                 s["pool"] = i
                 subs.append(s)
             self.latency.extend((t, ms) for _, t, ms in snap["latency"])
-        pid = self.sfu.pid
-        user, system = procstat.cpu_times(pid)
+        pids = self.sfu.pids()
+        times = [procstat.cpu_times(pid) for pid in pids]
+        user, system = sum(t[0] for t in times), sum(t[1] for t in times)
         return Sample(
-            t=time.time(), sfu_cpu_s=user + system, sfu_sys_s=system, sfu_rss=procstat.rss_bytes(pid),
-            sfu_drops=procstat.udp_drops(pid), sub_drops=sum(procstat.udp_drops(p.pid) for p in self.pools),
+            t=time.time(), sfu_cpu_s=user + system, sfu_sys_s=system,
+            sfu_rss=sum(procstat.rss_bytes(pid) for pid in pids),
+            sfu_drops=sum(procstat.udp_drops(pid) for pid in pids),
+            sub_drops=sum(procstat.udp_drops(p.pid) for p in self.pools),
             pub_cpu_s=procstat.cpu_seconds(self.publisher.proc.pid), subs=subs,
             pool_cpu_s=sum(s["cpu_s"] for s in snaps), machine_cpu_s=procstat.machine_cpu_seconds())
 
@@ -296,12 +330,12 @@ class FanoutRun:
         """Publisher only, no viewers: the SFU's idle cost and RSS."""
         assert self.publisher is not None
         await asyncio.sleep(self.opts.settle)
-        pid = self.sfu.pid
-        t0, c0 = time.time(), procstat.cpu_seconds(pid)
+        t0, c0 = time.time(), sum(map(procstat.cpu_seconds, self.sfu.pids()))
         await asyncio.sleep(self.opts.baseline_seconds)
-        t1, c1 = time.time(), procstat.cpu_seconds(pid)
+        t1, c1 = time.time(), sum(map(procstat.cpu_seconds, self.sfu.pids()))
         self.baseline = {"n": 0, "sfu_cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 1),
-                         "sfu_rss": procstat.rss_bytes(pid), "publisher": self.publisher.window(t0, t1)}
+                         "sfu_rss": sum(map(procstat.rss_bytes, self.sfu.pids())),
+                         "publisher": self.publisher.window(t0, t1)}
         self.baseline["sfu_rss_mb"] = round(self.baseline["sfu_rss"] / 2**20, 1)
         return self.baseline
 
@@ -339,13 +373,16 @@ class FanoutRun:
     async def step(self, target: int) -> dict[str, Any]:
         joined = await self.grow(target)
         await asyncio.sleep(self.opts.settle)
-        a = await self.sample()
+        a, cpu_a = await self.sample(), self.sfu.cpu_by_process()
         await asyncio.sleep(self.opts.seconds)
-        b = await self.sample()
+        b, cpu_b = await self.sample(), self.sfu.cpu_by_process()
         assert self.publisher is not None
         result = window_metrics(a, b, self.latency, self.baseline, joined)
+        result["sfu_cpu_pct_by_process"] = {name: round(100 * (cpu_b[name] - cpu_a[name]) / (b.t - a.t), 1)
+                                            for name in cpu_b if name in cpu_a}
         result["target_n"] = target
         result["publisher"] = self.publisher.window(a.t, b.t)
+        result["hls_bridge"] = await self.hls_bridge()
         if self.opts.probes > 0:
             if self.opts.profile_joins_at == target:
                 profile = asyncio.create_task(self.profile(f"{self.mode}-{target}-joins"))
@@ -354,6 +391,22 @@ class FanoutRun:
             else:
                 result.update(await self.probe_joins())
         return result
+
+    async def hls_bridge(self) -> dict[str, Any] | None:
+        """The room's LL-HLS bridge as ``/api/hls`` reports it now (None: no bridge runs)."""
+        if self.mode == "relay":
+            return None
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+                async with http.get(f"{self.sfu.url}/api/hls") as resp:
+                    body = await resp.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        bridge = next((b for b in body.get("bridges", []) if b.get("room") == ROOM), None)
+        if bridge is None:
+            return None
+        return {k: bridge.get(k) for k in ("running", "pid", "cpu", "rss_bytes", "media_s",
+                                           "realtime_factor", "restarts", "renditions")}
 
     async def probe_joins(self) -> dict[str, Any]:
         """Join time into the loaded room, measured by sequential probe viewers (after the window)."""
@@ -446,7 +499,9 @@ async def run_mode(mode: str, opts: FanoutOptions, log_dir: Path) -> dict[str, A
             steps.append(step)
             print(f"[{mode}] N={n}: " + ", ".join(f"{k}={step.get(k)}" for k in (
                 "n", "sfu_cpu_pct", "us_per_packet", "fps_median", "fps_min", "loss_pct",
-                "latency_p50_ms", "latency_p95_ms", "join_probe_p95_ms", "mem_per_subscriber_kb")), flush=True)
+                "latency_p50_ms", "latency_p95_ms", "join_probe_p95_ms", "mem_per_subscriber_kb",
+                "sfu_cpu_pct_by_process"))
+                + f", hls_bridge={step.get('hls_bridge')}", flush=True)
             if mode == "forward" and opts.profile_at == n:
                 result["profile"] = {"n": n, **await run.profile(f"{mode}-{n}")}
             if mode == "relay":

@@ -12,8 +12,9 @@ measures, per frame of the top rendition:
   frame was fully received − the capture time decoded from the frame (parts are kept in
   memory during the run and decoded with PyAV afterwards, so decoding does not delay
   the player);
-- **hls.js** (``--browser``): hls.js 1.7 with the watch page's settings
-  (``lowLatencyMode``, catch-up up to 1.5×) in headless Chromium plays the multivariant
+- **hls.js** (``--browser``): hls.js 1.7 with ``lowLatencyMode`` and hls.js's own
+  catch-up up to 1.5× (``--hls-config``; the watch page and a stock hls.js are measured
+  by ``loadtest hlsjs-latency``) in headless Chromium plays the multivariant
   playlist pinned to one rendition (``--level``); after ``--warmup`` seconds of
   playback (start-up is not measured) a ``requestVideoFrameCallback``
   copies the code strip of every 3rd frame presented (with the presentation time,
@@ -41,6 +42,7 @@ from typing import Any
 import av
 import numpy as np
 
+from .chromium import CHROMIUM
 from .fanout import ROOM, PublisherProcess, SfuProcess
 from .llhls_player import LlhlsPlayer, PartRecord
 from .pattern import code_to_capture_time, read_code
@@ -49,7 +51,6 @@ from .report import ms_percentiles
 
 __all__ = ["decode_part_latencies", "main"]
 
-BROWSER = "/usr/lib/chromium/chromium-headless-shell"
 
 
 def decode_part_latencies(init: bytes, parts: list[tuple[PartRecord, bytes]]) -> list[float]:
@@ -84,7 +85,7 @@ def decode_part_latencies(init: bytes, parts: list[tuple[PartRecord, bytes]]) ->
 
 HLSJS_CONFIG: dict[str, Any] = {"lowLatencyMode": True, "liveDurationInfinity": True,
                                 "backBufferLength": 30, "maxLiveSyncPlaybackRate": 1.5}
-"""The hls.js settings measured by default (the watch page's)."""
+"""The hls.js settings measured by default: low-latency mode, hls.js's catch-up on."""
 
 # hls.js page: pinned to the top level; samples the code strip of every 3rd frame.
 _PAGE = """<!doctype html><meta charset="utf-8"><title>hls.js latency</title>
@@ -142,7 +143,7 @@ async def run_browser(
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
-            executable_path=BROWSER if os.path.exists(BROWSER) else None,
+            executable_path=CHROMIUM if os.path.exists(CHROMIUM) else None,
             args=["--autoplay-policy=no-user-gesture-required"])
         try:
             page = await browser.new_page()

@@ -29,6 +29,21 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (of all its threads), from ``/proc/PID/task/*/children``."""
+    out: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of ``pid`` in bytes."""
     if psutil is not None:

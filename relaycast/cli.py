@@ -1,4 +1,5 @@
-"""``relaycast`` command line: ``serve`` (signaling + embedded SFU) and ``sfu`` (a separate SFU node)."""
+"""``relaycast`` command line: ``serve`` (signaling + embedded SFU, or SFU worker processes
+with ``--workers N``) and ``sfu`` (a separate SFU node)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from common.log_redaction import install_redaction
 from sfu.config import SfuConfig
 from sfu.worker import RouterFactory
 from signaling.config import SignalingConfig
+
+from .workers import WorkerError, WorkersConfig
 
 
 def configure_logging(level: str) -> None:
@@ -60,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ice-gather", help="comma-separated local IPs for ICE host candidates (RELAYCAST_ICE_GATHER)")
     serve.add_argument("--no-embedded-sfu", action="store_true",
                        help="do not run an SFU worker in this process; wait for `relaycast sfu` nodes")
+    serve.add_argument("--workers", metavar="N|auto",
+                       help="SFU worker processes (RELAYCAST_WORKERS, default auto: one per CPU minus "
+                            "one, at least 1); 1 runs the SFU in this process")
     serve.add_argument("--redis-url", help="Redis mode: share nodes and rooms with other signaling "
                                            "instances (RELAYCAST_REDIS_URL or REDIS_URL)")
 
@@ -70,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--node-id", default=None,
                       help="node id (RELAYCAST_NODE_ID; default sfu-HOSTNAME-PID, unique per process)")
     node.add_argument("--ice-gather", help="comma-separated local IPs for ICE host candidates")
+    node.add_argument("--parent-pid", type=int, metavar="PID",
+                      help="exit when process PID (the parent, e.g. `relaycast serve --workers`) exits")
 
     from turn import cli as turn_cli  # `relaycast turn`: coturn for development / config rendering
 
@@ -98,11 +106,15 @@ def main(argv: list[str] | None = None) -> int:
                 demo_stream_key=args.demo_stream_key, ice_gather=_gather(args.ice_gather),
                 embedded_sfu=False if args.no_embedded_sfu else None, redis_url=args.redis_url,
             )
-            return asyncio.run(serve(config))
+            workers = WorkersConfig.from_env(workers=args.workers, embedded_sfu=config.embedded_sfu)
+            return asyncio.run(serve(config, workers=workers.count))
         return asyncio.run(_sfu_node(args))
     except ConfigError as exc:
         print(f"relaycast: configuration error: {exc}", file=sys.stderr)
         return 2
+    except WorkerError as exc:
+        print(f"relaycast: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
 
@@ -120,6 +132,7 @@ class _Signals:
 
     def __init__(self) -> None:
         self.first, self.second = asyncio.Event(), asyncio.Event()
+        self.watchers: list[asyncio.Task[None]] = []
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._fired)
@@ -128,16 +141,20 @@ class _Signals:
         (self.second if self.first.is_set() else self.first).set()
 
 
-async def serve(config: SignalingConfig, router_factory: RouterFactory | None = None) -> int:
+async def serve(config: SignalingConfig, router_factory: RouterFactory | None = None, workers: int = 1) -> int:
     """Run the service until SIGINT/SIGTERM, printing its URLs (and the demo stream key).
 
     :param router_factory: the per-room Router class of the embedded worker (default
         :class:`sfu.router.Router`).
+    :param workers: SFU worker processes (:class:`relaycast.service.Service`); 1 = none.
     """
     from .service import Service
 
-    async with Service(config, router_factory=router_factory) as service:
+    async with Service(config, router_factory=router_factory, workers=workers) as service:
         print(f"relaycast listening on {service.url}", flush=True)
+        if service.supervisor is not None:
+            pids = ", ".join(f"{name} pid {pid}" for name, pid in service.supervisor.pids().items())
+            print(f"  SFU workers: {pids}; LL-HLS node {config.sfu.node_id} in this process", flush=True)
         if config.demo_room:
             room = quote(config.demo_room)
             print(f"  broadcast: {service.url}/broadcast/{room}", flush=True)
@@ -148,6 +165,20 @@ async def serve(config: SignalingConfig, router_factory: RouterFactory | None = 
         await _wait_for_signal()
         print("relaycast shutting down", flush=True)
     return 0
+
+
+def _watch_parent(parent_pid: int, signals: _Signals) -> None:
+    """Stop at once when the parent is gone (where the kernel does not kill us for it)."""
+    from .processes import parent_alive
+
+    async def watch() -> None:
+        while parent_alive(parent_pid):
+            await asyncio.sleep(1.0)
+        signals.first.set()
+        signals.second.set()
+
+    task = asyncio.get_running_loop().create_task(watch(), name="parent-watch")
+    signals.watchers.append(task)
 
 
 async def _sfu_node(args: argparse.Namespace) -> int:
@@ -168,9 +199,16 @@ async def _sfu_node(args: argparse.Namespace) -> int:
         overrides["ice_gather"] = _gather(args.ice_gather)
     if overrides:
         config = replace(config, **overrides)
+    poll_parent = False
+    if args.parent_pid is not None:
+        from .processes import die_with_parent
+
+        poll_parent = not die_with_parent(args.parent_pid)
     async with Worker(config) as worker:
         link = SignalingLink(worker, args.signaling, config.node_id, secret)
         signals = _Signals()
+        if poll_parent:
+            _watch_parent(args.parent_pid, signals)
         await link.start(timeout=30)
         print(f"SFU node {config.node_id} registered with {args.signaling}", flush=True)
         await signals.first.wait()

@@ -8,8 +8,9 @@ Started in this order, each stage waited for within ``--ready-timeout`` seconds 
    config); the signaling instances get ``RELAYCAST_TURN_URLS``/``RELAYCAST_TURN_SECRET``,
 3. ``--signaling N`` instances ``relaycast serve --no-embedded-sfu`` on ports
    ``PORT .. PORT+N-1`` and, with ``--hls`` (the default), the LL-HLS bridge: ``relaycast
-   serve`` with its embedded SFU worker registered as node ``hls-1``, on ``--hls-port``
-   (default ``PORT+N``),
+   serve --workers 1`` with its embedded SFU worker registered as node ``hls-1`` of role
+   ``hls`` (``RELAYCAST_NODE_ROLE``: never picked for publishers or viewers, rooms are piped
+   into it), on ``--hls-port`` (default ``PORT+N``),
 4. ``--sfu M`` nodes ``relaycast sfu --node-id sfu-I``; each gets every signaling URL,
    rotated by its index so that the nodes spread over the instances.
 
@@ -49,6 +50,8 @@ import aiohttp
 
 from common.config import ConfigError
 from signaling.config import check_redis_url
+
+from .processes import spawn, terminate
 
 # Start order; children are stopped tier by tier in reverse.
 REDIS, TURN, SERVE, SFU = range(4)
@@ -172,8 +175,9 @@ def plan(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[list[Child],
     if args.hls:
         port = args.hls_port or args.port + args.signaling
         children.append(Child("hls-1", SERVE, [*python, "serve", "--host", "127.0.0.1", "--port", str(port),
-                                               "--ice-gather", args.ice_gather],
-                               {**base, "RELAYCAST_NODE_ID": "hls-1", "RELAYCAST_EMBEDDED_SFU": "1"},
+                                               "--ice-gather", args.ice_gather, "--workers", "1"],
+                               {**base, "RELAYCAST_NODE_ID": "hls-1", "RELAYCAST_EMBEDDED_SFU": "1",
+                                "RELAYCAST_NODE_ROLE": "hls"},
                                f"http://127.0.0.1:{port}", port))
     for i in range(args.sfu):
         rotated = ",".join(urls[i % len(urls):] + urls[:i % len(urls)])
@@ -266,9 +270,7 @@ async def _spawn(child: Child, log_dir: Path) -> None:
     child.log = log_dir / f"{child.name}.log"
     with open(child.log, "ab") as out:
         try:
-            child.proc = await asyncio.create_subprocess_exec(
-                *child.argv, env=child.env, stdin=asyncio.subprocess.DEVNULL, stdout=out,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+            child.proc = await spawn(child.argv, child.env, stdout=out, stderr=asyncio.subprocess.STDOUT)
         except OSError as exc:
             raise ClusterError(f"cannot start {child.name} ({child.argv[0]}): {exc}") from None
     print(f"  {child.name:<12} pid {child.proc.pid:<8} {child.url}", flush=True)
@@ -379,18 +381,11 @@ async def _stop_all(children: list[Child], timeout: float) -> None:
         if not group:
             continue
         print(f"relaycast cluster: stopping {', '.join(c.name for c in group)}", flush=True)
-        for child in group:
-            with contextlib.suppress(ProcessLookupError):
-                child.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-        waits = [c.proc.wait() for c in group]  # type: ignore[union-attr]
-        try:
-            await asyncio.wait_for(asyncio.gather(*waits), timeout)
-        except TimeoutError:
-            for child in group:
-                if child.proc is not None and child.proc.returncode is None:
-                    print(f"relaycast cluster: {child.name} did not stop in {timeout:g} s, killing it", flush=True)
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(child.proc.pid, signal.SIGKILL)
-            await asyncio.gather(*(c.proc.wait() for c in group))  # type: ignore[union-attr]
+        names = {id(c.proc): c.name for c in group}
+
+        def killing(proc: asyncio.subprocess.Process, names: dict[int, str] = names) -> None:
+            print(f"relaycast cluster: {names[id(proc)]} did not stop in {timeout:g} s, killing it", flush=True)
+
+        await terminate([c.proc for c in group if c.proc is not None], timeout, killing)
     if any(c.proc is not None for c in children):
         print("relaycast cluster: stopped", flush=True)

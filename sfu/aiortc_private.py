@@ -8,6 +8,9 @@ encodes them.  This module rewires single receiver/sender *instances* so that:
 * a publisher's receiver hands each RTP packet (already SRTP-unprotected and
   parsed) to a callback after keeping aiortc's receive statistics (for receiver
   reports), unwrapping RTX and generating NACKs; no decoder thread is started;
+  where transport-cc was negotiated it records each packet's transport-wide
+  sequence number and the transport sends transport feedback upstream
+  (:class:`TransportFeedback`, aiortc has none);
 * a subscriber's sender starts no RTP/RTCP tasks; the SFU sends raw RTP bytes
   through :class:`RawRtpSender` (SRTP protect + UDP ``sendto``, synchronously)
   and receives the viewer's RTCP (NACK, PLI, FIR, REMB, RR) through a callback.
@@ -23,6 +26,8 @@ import copy
 import logging
 import random
 import socket
+import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from types import MethodType
 from typing import Any
@@ -33,9 +38,11 @@ from aiortc import RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender, RTCRtpTr
 from aiortc import codecs as aiortc_codecs
 from aiortc.codecs import is_rtx
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
-from aiortc.rtcrtpparameters import RTCRtcpFeedback
+from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpHeaderExtensionParameters
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import AnyRtcpPacket, RtpPacket, unwrap_rtx
+
+from .twcc import FEEDBACK_INTERVAL_S, TRANSPORT_CC, TRANSPORT_CC_URI, TwccRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +198,100 @@ def restrict_codecs(transceiver: RTCRtpTransceiver, codecs: list[RTCRtpCodecPara
     transceiver._codecs = [copy.deepcopy(c) for c in codecs]
 
 
+def enable_transport_cc(transceiver: RTCRtpTransceiver, extension_id: int) -> None:
+    """Answer transport-cc for a receiving transceiver (before ``createAnswer``).
+
+    Adds ``a=rtcp-fb:<pt> transport-cc`` to its negotiated media codecs and the
+    transport-wide sequence number extension (``a=extmap:<extension_id>``,
+    draft-holmer-rmcat-transport-wide-cc-extensions-01 §2) to its header extensions;
+    aiortc knows neither, so its own negotiation drops both from every answer.  Once
+    the transceiver receives, :func:`install_forwarding_receiver` records the sequence
+    numbers and the transport sends feedback (:class:`TransportFeedback`).
+    """
+    for codec in transceiver._codecs:
+        if not is_rtx(codec) and not any(fb.type == TRANSPORT_CC for fb in codec.rtcpFeedback):
+            codec.rtcpFeedback.append(RTCRtcpFeedback(type=TRANSPORT_CC))
+    extensions = transceiver._headerExtensions
+    if not any(e.uri == TRANSPORT_CC_URI for e in extensions):
+        transceiver._headerExtensions = [
+            *extensions, RTCRtpHeaderExtensionParameters(id=extension_id, uri=TRANSPORT_CC_URI)]
+
+
+def transport_cc_negotiated(parameters: Any) -> bool:
+    """RTP parameters (send or receive) with transport-cc feedback on a codec and the
+    transport-wide sequence number extension."""
+    return any(e.uri == TRANSPORT_CC_URI for e in parameters.headerExtensions) and any(
+        fb.type == TRANSPORT_CC for c in parameters.codecs for fb in c.rtcpFeedback)
+
+
+class TransportFeedback:
+    """Transport-wide congestion control feedback for one DTLS transport
+    (draft-holmer-rmcat-transport-wide-cc-extensions-01 §3.1).
+
+    The sequence numbers are transport-wide, so the receivers of a bundled transport
+    share one :class:`~sfu.twcc.TwccRecorder`; every 50 ms its feedback packets go
+    upstream through :class:`RawRtpSender` (one SRTCP protect + ``sendto`` each).  The
+    task ends when the last receiver using it stops or the transport closes.
+
+    :ivar sent: feedback packets sent.
+    """
+
+    _by_transport: weakref.WeakKeyDictionary[RTCDtlsTransport, TransportFeedback] = (
+        weakref.WeakKeyDictionary())
+
+    def __init__(self, dtls: RTCDtlsTransport, sender_ssrc: int) -> None:
+        self.recorder = TwccRecorder(sender_ssrc)
+        self.sent = 0
+        self._dtls = dtls
+        self._sender = RawRtpSender(dtls)
+        self._users = 0
+        self._task = asyncio.ensure_future(self._run_feedback())
+        self._task.add_done_callback(self._ended)
+
+    @classmethod
+    def acquire(cls, dtls: RTCDtlsTransport, sender_ssrc: int) -> TransportFeedback:
+        """The transport's feedback (made on first use); :meth:`release` it when done."""
+        feedback = cls._by_transport.get(dtls)
+        if feedback is None or feedback._task.done():
+            feedback = cls._by_transport[dtls] = cls(dtls, sender_ssrc)
+        feedback._users += 1
+        return feedback
+
+    @classmethod
+    def of(cls, dtls: RTCDtlsTransport) -> TransportFeedback | None:
+        """The transport's feedback, if a receiver on it negotiated transport-cc."""
+        return cls._by_transport.get(dtls)
+
+    @property
+    def running(self) -> bool:
+        """The feedback loop runs (until the last receiver stops or the transport closes)."""
+        return not self._task.done()
+
+    def release(self) -> None:
+        self._users -= 1
+        if self._users <= 0:
+            self._task.cancel()
+
+    def record(self, seq: int, media_ssrc: int) -> None:
+        """A packet with transport-wide sequence number ``seq`` arrived now."""
+        self.recorder.record(seq, time.monotonic_ns() // 1000, media_ssrc)
+
+    async def _run_feedback(self) -> None:
+        while self._dtls.state not in ("closed", "failed"):
+            await asyncio.sleep(FEEDBACK_INTERVAL_S)
+            if not self.recorder.pending:
+                continue
+            for packet in self.recorder.build_feedback():
+                if self._sender.send_rtcp(packet):
+                    self.sent += 1
+
+    def _ended(self, task: asyncio.Future[None]) -> None:
+        if self._by_transport.get(self._dtls) is self:
+            del self._by_transport[self._dtls]  # the value holds its key: drop it by hand
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("transport feedback stopped: %r", task.exception())
+
+
 # ----------------------------------------------------------------- publish side
 
 
@@ -202,6 +303,10 @@ def install_forwarding_receiver(
     ``on_rtp(packet, arrival_time_ms)`` gets each media packet (RTX unwrapped);
     ``on_rtcp(packet)`` each RTCP packet routed to this receiver (SR, BYE).
     Receiver reports and NACKs for lost packets keep going upstream via aiortc.
+    When the receive parameters negotiated transport-cc (:func:`enable_transport_cc`),
+    every packet's transport-wide sequence number is recorded on arrival — RTX and
+    padding-only probes included, before any other check — and the transport's
+    :class:`TransportFeedback` reports it.
 
     aiortc learns a publisher's RTX SSRC only from a second ``a=ssrc`` line.
     FFmpeg's WHIP muxer names it in ``a=ssrc-group:FID`` alone (RFC 5576 §4),
@@ -213,9 +318,12 @@ def install_forwarding_receiver(
     kind = getattr(receiver, name + "kind")
     nack_generator = NackGenerator() if kind == "video" else None
     original_rtcp = receiver._handle_rtcp_packet
+    original_stop = receiver.stop
     media_ssrc: dict[int, int] = {}  # media payload type -> SSRC, for unsignalled RTX
+    feedback: TransportFeedback | None = None
 
     async def receive(self: RTCRtpReceiver, parameters: Any) -> None:
+        nonlocal feedback
         if getattr(self, name + "started"):
             return
         codecs = getattr(self, name + "codecs")
@@ -227,12 +335,16 @@ def install_forwarding_receiver(
                 rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
             if encoding.ssrc:
                 media_ssrc[encoding.payloadType] = encoding.ssrc
+        if transport_cc_negotiated(parameters):
+            feedback = TransportFeedback.acquire(self.transport, getattr(self, name + "rtcp_ssrc"))
         # No decoder thread: this is the whole point.
         self.transport._register_rtp_receiver(self, parameters)
         setattr(self, name + "rtcp_task", asyncio.ensure_future(self._run_rtcp()))
         setattr(self, name + "started", True)
 
     async def handle_rtp(self: RTCRtpReceiver, packet: RtpPacket, arrival_time_ms: int) -> None:
+        if feedback is not None and packet.extensions.transport_sequence_number is not None:
+            feedback.record(packet.extensions.transport_sequence_number, packet.ssrc)
         codecs = getattr(self, name + "codecs")
         codec = codecs.get(packet.payload_type)
         if codec is None:
@@ -263,7 +375,15 @@ def install_forwarding_receiver(
         await original_rtcp(packet)  # keeps LSR/DLSR for receiver reports
         on_rtcp(packet)
 
+    async def stop(self: RTCRtpReceiver) -> None:
+        nonlocal feedback
+        if feedback is not None:
+            feedback.release()
+            feedback = None
+        await original_stop()
+
     receiver.receive = MethodType(receive, receiver)  # type: ignore[method-assign]
+    receiver.stop = MethodType(stop, receiver)  # type: ignore[method-assign]
     receiver._handle_rtp_packet = MethodType(handle_rtp, receiver)  # type: ignore[method-assign]
     receiver._handle_rtcp_packet = MethodType(handle_rtcp, receiver)  # type: ignore[method-assign]
 
@@ -275,6 +395,11 @@ def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> Awaitable[None]:
 
 def receiver_has_started(receiver: RTCRtpReceiver) -> bool:
     return bool(getattr(receiver, "_RTCRtpReceiver__started"))  # noqa: B009 (name-mangled)
+
+
+def transport_feedback(receiver: RTCRtpReceiver) -> TransportFeedback | None:
+    """The feedback of ``receiver``'s transport (``None``: transport-cc not negotiated)."""
+    return TransportFeedback.of(receiver.transport)
 
 
 # ---------------------------------------------------------------- consume side

@@ -24,6 +24,11 @@ def _addresses(name: str, raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+NODE_ROLES = ("media", "hls")
+"""``media``: an SFU node signaling places publishers and viewers on; ``hls``: the node of an
+LL-HLS bridge, which placement never picks (rooms reach it only through node pipes)."""
+
+
 def _redis_url(raw: str) -> str | None:
     raw = raw.strip()
     if not raw:
@@ -76,7 +81,11 @@ class SfuConfig:
     """An edge node closes its pipe of a room after this many seconds without a viewer
     there (``RELAYCAST_PIPE_LINGER_S``)."""
 
+    role: str = "media"
+
     def __post_init__(self) -> None:
+        if self.role not in NODE_ROLES:
+            raise ConfigError(f"RELAYCAST_NODE_ROLE: {self.role!r} must be one of {', '.join(NODE_ROLES)}")
         if self.publisher_reserve is not None and not 0 <= self.publisher_reserve < self.max_sessions:
             raise ConfigError(
                 f"RELAYCAST_PUBLISHER_RESERVE: {self.publisher_reserve} must be at least 0 and "
@@ -113,4 +122,26 @@ class SfuConfig:
             node_id=env.get("RELAYCAST_NODE_ID", "sfu-1"),
             pipe_linger_s=env_number(env, "RELAYCAST_PIPE_LINGER_S", 10.0, 0, 3600),
             redis_url=_redis_url(env.get("RELAYCAST_REDIS_URL") or env.get("REDIS_URL") or ""),
+            role=env.get("RELAYCAST_NODE_ROLE", "media").strip().lower() or "media",
         )
+
+    def to_env(self) -> dict[str, str]:
+        """The ``RELAYCAST_*`` variables `from_env` reads back into this configuration (the
+        node id included): how a parent process hands its settings to an SFU node child."""
+        env = {
+            "RELAYCAST_ICE_GATHER": ",".join(self.ice_gather),
+            "RELAYCAST_ICE_ANNOUNCE": self.ice_announce or "",
+            "RELAYCAST_CHAT_MAX_CHARS": str(self.chat_max_chars),
+            "RELAYCAST_CHAT_RATE": repr(self.chat_rate),
+            "RELAYCAST_CHAT_BURST": str(self.chat_burst),
+            "RELAYCAST_CHAT_HISTORY": str(self.chat_history),
+            "RELAYCAST_MAX_SESSIONS": str(self.max_sessions),
+            "RELAYCAST_PUBLISHER_RESERVE": "" if self.publisher_reserve is None else str(self.publisher_reserve),
+            "RELAYCAST_CONNECT_TIMEOUT_S": repr(self.connect_timeout_s),
+            "RELAYCAST_NODE_ID": self.node_id,
+            "RELAYCAST_PIPE_LINGER_S": repr(self.pipe_linger_s),
+            "RELAYCAST_REDIS_URL": self.redis_url or "",
+            "REDIS_URL": self.redis_url or "",
+            "RELAYCAST_NODE_ROLE": self.role,
+        }
+        return env

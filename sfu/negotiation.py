@@ -3,7 +3,9 @@
 The SFU only forwards, so a publisher is answered with exactly one codec per
 track (VP8 or H.264 for video, Opus for audio) plus its RTX, and a viewer is
 answered with the codec its producer uses — or refused with 422 when the
-viewer's offer cannot receive it (no transcoding on this path).
+viewer's offer cannot receive it (no transcoding on this path).  A publisher whose
+offer asks for transport-wide congestion control feedback gets it
+(:func:`negotiate_transport_cc`); viewers are answered without it.
 """
 
 from __future__ import annotations
@@ -13,15 +15,30 @@ import logging
 import re
 from collections.abc import Sequence
 
-from aiortc import RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpSender
+from aiortc import (
+    RTCPeerConnection,
+    RTCRtpCodecCapability,
+    RTCRtpCodecParameters,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
 from aiortc import sdp as aiortc_sdp
 from aiortc.codecs import is_rtx
 
+from . import aiortc_private
 from .errors import InvalidSdp, UnsupportedMedia
 from .sdp_validation import validate_offer
+from .twcc import TRANSPORT_CC, TRANSPORT_CC_URI
 
 logger = logging.getLogger(__name__)
 
+PUBLISHER_START_BITRATE_KBPS = 2500
+"""``x-google-start-bitrate`` and ``x-google-max-bitrate`` (kbps, libwebrtc codec parameters)
+answered to a publisher that negotiated transport-cc: its send-side estimator starts at
+2.5 Mbps instead of 300 kbps, and the per-resolution caps libwebrtc applies before the
+first frame (1.7 Mbps up to 640x480) give way to 2.5 Mbps, libwebrtc's own maximum for
+960x540 and up — so the encoder can start at 720p.  A link slower than that is found
+within a few feedback intervals by the delay-based estimator transport-cc feeds."""
 FORWARDABLE = {"video": ("video/vp8", "video/h264"), "audio": ("audio/opus",)}
 MAX_SDP_BYTES = 64 * 1024
 
@@ -94,6 +111,57 @@ def choose_publish_codec(kind: str, negotiated: list[RTCRtpCodecParameters]) -> 
         f"{kind}: cannot forward {', '.join(offered)}; send one of "
         + ", ".join(m.split("/")[1].upper() for m in FORWARDABLE[kind])
     )
+
+
+def offered_transport_cc(media: aiortc_sdp.MediaDescription, payload_type: int) -> int | None:
+    """The offer's ``a=extmap`` id of the transport-wide sequence number extension
+    (draft-holmer-rmcat-transport-wide-cc-extensions-01 §2) when the m= section also
+    lists ``a=rtcp-fb:<payload_type> transport-cc`` (or ``a=rtcp-fb:* transport-cc``);
+    ``None`` otherwise.
+    """
+    extension = next((e for e in media.rtp.headerExtensions if e.uri == TRANSPORT_CC_URI), None)
+    if extension is None:
+        return None
+    for codec in media.rtp.codecs:
+        if codec.payloadType == payload_type:
+            if any(fb.type == TRANSPORT_CC for fb in codec.rtcpFeedback):
+                return int(extension.id)
+            break
+    return None
+
+
+def negotiate_transport_cc(pc: RTCPeerConnection, transceiver: RTCRtpTransceiver) -> bool:
+    """Answer transport-cc on a publisher's transceiver when its offer has it.
+
+    Call after the codecs were chosen (:func:`choose_publish_codec`) and before
+    ``createAnswer``.  When the offer's m= section of the transceiver's kind lists
+    ``transport-cc`` feedback for the chosen codec and the transport-wide sequence
+    number extension, the answer gets both (``a=rtcp-fb:<pt> transport-cc``, the
+    offer's ``a=extmap`` id) and the SFU sends transport feedback (RTPFB FMT 15,
+    draft-holmer-rmcat-transport-wide-cc-extensions-01 §3.1) every 50 ms, so the
+    publisher's send-side estimator (libwebrtc goog_cc) ramps up within a second; the
+    video codec's ``a=fmtp`` also gets ``x-google-start-bitrate`` and
+    ``x-google-max-bitrate`` (:data:`PUBLISHER_START_BITRATE_KBPS`).  ``goog-remb``
+    stays in the answer when offered.
+
+    :returns: whether transport-cc was answered.
+    """
+    codecs = aiortc_private.negotiated_codecs(transceiver)
+    offer = pc.remoteDescription
+    if not codecs or offer is None:
+        return False
+    desc = aiortc_sdp.SessionDescription.parse(offer.sdp)
+    media = next((m for m in desc.media if m.kind == transceiver.kind and m.port), None)
+    extension_id = None if media is None else offered_transport_cc(media, codecs[0].payloadType)
+    if extension_id is None:
+        return False
+    aiortc_private.enable_transport_cc(transceiver, extension_id)
+    if transceiver.kind == "video":
+        for codec in codecs:
+            if not is_rtx(codec):
+                codec.parameters["x-google-start-bitrate"] = PUBLISHER_START_BITRATE_KBPS
+                codec.parameters["x-google-max-bitrate"] = PUBLISHER_START_BITRATE_KBPS
+    return True
 
 
 Codec = RTCRtpCodecParameters | RTCRtpCodecCapability

@@ -126,7 +126,8 @@ class SignalingLink:
                 pass
 
     def _auth(self) -> dict[str, str]:
-        return {"node_id": self.node_id, "secret": self._secret, "address": self.address}
+        return {"node_id": self.node_id, "secret": self._secret, "address": self.address,
+                "role": self.worker.config.role}
 
     async def _connect_next(self) -> None:
         """One attempt, on the next signaling URL after a failure."""

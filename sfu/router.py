@@ -31,6 +31,7 @@ from .negotiation import (
     choose_publish_codec,
     codecs_compatible,
     drop_unreachable_candidates,
+    negotiate_transport_cc,
     parse_offer,
     pipe_codec_preferences,
 )
@@ -174,6 +175,7 @@ class Router:
         for transceiver in participant.pc.getTransceivers():
             codecs = choose_publish_codec(transceiver.kind, aiortc_private.negotiated_codecs(transceiver))
             aiortc_private.restrict_codecs(transceiver, codecs)
+            negotiate_transport_cc(participant.pc, transceiver)
             transceiver.direction = "recvonly"
             participant.producers[transceiver.kind] = Producer(
                 transceiver.kind, codecs[0], transceiver.receiver, participant.session_id

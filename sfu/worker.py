@@ -304,16 +304,17 @@ class Worker:
         return not self._session_rooms
 
     def load(self) -> dict[str, Any]:
-        """``{sessions, rooms, viewers, pending, capacity, publisher_reserve, draining}``:
+        """``{sessions, rooms, viewers, pending, capacity, publisher_reserve, draining, role}``:
         ``viewers`` counts connected viewers, ``pending`` the sessions not connected yet;
-        a viewer is admitted while ``sessions + 1 + publisher_reserve <= capacity``."""
+        a viewer is admitted while ``sessions + 1 + publisher_reserve <= capacity``;
+        ``role`` is ``config.role`` (``"media"``, or ``"hls"``: never placed on)."""
         viewers = sum(r.connected_viewers for r in self.routers.values())
         pending = sum(1 for r in self.routers.values() for p in r.sessions() if not p.connected)
         load: dict[str, Any] = {"sessions": len(self._session_rooms), "rooms": len(self.routers),
                                 "viewers": viewers, "pending": pending,
                                 "capacity": self.config.max_sessions,
                                 "publisher_reserve": self.config.reserved_for_publishers,
-                                "draining": self.draining}
+                                "draining": self.draining, "role": self.config.role}
         for section, reporter in self.load_reporters.items():
             try:
                 load[section] = reporter()

@@ -252,16 +252,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 when at least one SFU node is registered and (Redis mode) Redis is reachable;
-    else 503 with the reason in ``status``.  ``/healthz`` never depends on Redis."""
+    """200 when at least one SFU node that takes sessions (role ``media``, not an LL-HLS
+    bridge's ``hls`` node) is registered and (Redis mode) Redis is reachable; else 503 with
+    the reason in ``status``.  ``nodes`` / ``node_ids`` count every registered node.
+    ``/healthz`` never depends on Redis."""
     registry = request.app[NAMESPACE_KEY].registry
     problem = await registry.check()
     nodes = registry.nodes
-    body: dict[str, Any] = {"status": problem or ("ready" if nodes else "no SFU node"), "nodes": len(nodes),
+    media = any(n.role != "hls" for n in nodes.values())
+    body: dict[str, Any] = {"status": problem or ("ready" if media else "no SFU node"), "nodes": len(nodes),
                             "node_ids": sorted({n.node_id for n in nodes.values()})}
     if request.app[CONFIG].redis_url:
         body["redis"] = "unavailable" if problem else "ok"
-    return web.json_response(body, status=200 if nodes and not problem else 503,
+    return web.json_response(body, status=200 if media and not problem else 503,
                              headers={"Cache-Control": "no-store"})
 
 

@@ -289,7 +289,10 @@ class Cascade:
 
     async def node_for_viewer(self, room: str, origin: SfuNode) -> SfuNode:
         """The node a new viewer of ``room`` should use: the origin while it fits, else an
-        edge (one already fed by a pipe first), piped from the origin when new.
+        edge (one already fed by a pipe first), piped from the origin when new.  When every
+        node has ``viewers_per_node`` viewers of the room, the origin takes more while it
+        admits viewers, then any node that still does.  An ``hls`` node
+        (`SfuNode.placeable`) is never an edge for viewers.
 
         Viewer counts come from the nodes' room-state events, so joins racing each other
         (POSTs before the previous viewer's session is reported) may overshoot
@@ -300,8 +303,14 @@ class Cascade:
         """
         if self._fits(origin, room):
             return origin
-        others = [n for n in self.namespace.registry.nodes.values()
-                  if n.node_id != origin.node_id and self._fits(n, room)]
+        nodes = [n for n in self.namespace.registry.nodes.values()
+                 if n.node_id != origin.node_id and n.role != "hls"]
+        others = [n for n in nodes if self._fits(n, room)]
+        if not others:
+            if origin.accepts_viewers:
+                return origin  # every node has its share of the room: the origin takes more
+            # The origin has no session left for viewers: any node that has one.
+            others = [n for n in nodes if n.accepts_viewers]
         if not others:
             return origin  # full everywhere: the origin answers (503 + Retry-After)
         edges = {p.edge for p in await self.registry.of_room(room) if p.origin == origin.node_id}
@@ -312,7 +321,8 @@ class Cascade:
 
     async def pull_into(self, room: str, node_id: str) -> bool:
         """Pipe ``room`` from its origin into node ``node_id`` (an LL-HLS bridge's own
-        node) when the room is live on another node.  :returns: whether it is piped."""
+        node, usually of role ``hls``, which viewer placement skips) when the room is live
+        on another node.  :returns: whether it is piped."""
         record = self.rooms.get(room) if self.rooms is not None else None
         if record is None or not record.live or record.node in (None, node_id):
             return False

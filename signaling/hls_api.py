@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from common.names import is_room_name
@@ -70,6 +70,7 @@ def public_hls_node(node: dict[str, Any]) -> dict[str, Any]:
         "encoder": encoder,
         "viewer_threshold": node.get("viewer_threshold"),
         "recording": node.get("recording"),
+        "admission": node.get("admission"),
         "bridges": node.get("bridges", []),
     }
 
@@ -77,7 +78,8 @@ def public_hls_node(node: dict[str, Any]) -> dict[str, Any]:
 async def get_hls(request: web.Request) -> web.Response:
     """``GET /api/hls``: ``{"nodes": [{"node", "encoder": {"name", "probes": [{"name",
     "available", "type", "title", "detail"}]}, "viewer_threshold", "recording",
-    "bridges"}], "bridges": [{..., "node", "url"}]}``; ``url`` is the room's multivariant
+    "admission": {"cores", "idle_cores", "min_idle_cores", "refused", "refusals": {room:
+    reason}}, "bridges"}], "bridges": [{..., "node", "url"}]}``; ``url`` is the room's multivariant
     playlist path; a probe's ``type``/``title``/``detail`` only when it was rejected."""
     nodes = [public_hls_node(node) for node in hls_nodes(request.app)]
     bridges = [
@@ -133,7 +135,21 @@ class _Collector(Collector):
         factor = GaugeMetricFamily("relaycast_hls_bridge_realtime_factor", "Media seconds "
                                    "transcoded per transcoder-thread second",
                                    labels=["node", "room", "encoder"])
+        rss = GaugeMetricFamily("relaycast_hls_bridge_rss_bytes", "Resident memory of a "
+                                "bridge's transcoder process", labels=["node", "room", "encoder"])
+        restarts = CounterMetricFamily("relaycast_hls_bridge_restarts", "Transcoder processes "
+                                       "of a bridge restarted after an early exit",
+                                       labels=["node", "room", "encoder"])
+        idle = GaugeMetricFamily("relaycast_hls_idle_cores", "Idle cores of an LL-HLS node's "
+                                 "machine, as bridge admission measured them", labels=["node"])
+        refused = CounterMetricFamily("relaycast_hls_bridges_refused", "Bridges not started "
+                                      "for lack of idle CPU", labels=["node"])
         for report in hls_nodes(app):
+            admission = report.get("admission")
+            if isinstance(admission, dict):
+                if isinstance(admission.get("idle_cores"), int | float):
+                    idle.add_metric([report["node"]], float(admission["idle_cores"]))
+                refused.add_metric([report["node"]], float(admission.get("refused") or 0))
             chosen = (report.get("encoder") or {}).get("name")
             if chosen:
                 encoder.add_metric([report["node"]], {"name": chosen})
@@ -143,11 +159,13 @@ class _Collector(Collector):
                 counts[name] = counts.get(name, 0) + 1
                 labels = [report["node"], str(bridge.get("room")), name]
                 cpu.add_metric(labels, float(bridge.get("cpu") or 0.0))
+                rss.add_metric(labels, float(bridge.get("rss_bytes") or 0))
+                restarts.add_metric(labels, float(bridge.get("restarts") or 0))
                 if bridge.get("realtime_factor") is not None:
                     factor.add_metric(labels, float(bridge["realtime_factor"]))
             for name, count in counts.items():
                 bridges.add_metric([report["node"], name], count)
-        yield from (encoder, bridges, cpu, factor)
+        yield from (encoder, bridges, cpu, factor, rss, restarts, idle, refused)
 
 
 _REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)

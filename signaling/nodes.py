@@ -7,7 +7,9 @@
   nodes, the room → node map and room state through Redis (``REDIS_URL``).
 
 Both place a room on the node already hosting it (sticky), else on the node a
-`PlacementStrategy` picks among the available ones (`least_loaded` by default), and
+`PlacementStrategy` picks among the available ones (`least_loaded` by default) — never on
+an ``hls`` node (`SfuNode.placeable`: an LL-HLS bridge's node gets rooms only through node
+pipes, `signaling.cascade.Cascade.pull_into`) — and
 forget a node — releasing its rooms — when its Socket.IO connection drops or when its
 load reports (every second, the heartbeat) stop for ``ttl`` seconds.
 
@@ -31,6 +33,7 @@ from typing import Any
 
 import socketio
 
+from sfu.config import NODE_ROLES
 from sfu.protocol import (
     NAMESPACE,
     SOCKETIO_PATH,
@@ -60,6 +63,8 @@ class SfuNode:
     :ivar load: its last load report (``sessions``, ``capacity``, ``draining``, ...).
     :ivar seen: ``time.monotonic()`` of the last report received by this instance.
     :ivar local: connected to this signaling instance.
+    :ivar registered_role: the role the node announced when it connected (``"media"`` or
+        ``"hls"``, `sfu.config.NODE_ROLES`); its load reports' ``role`` takes precedence.
     """
 
     sid: str
@@ -68,6 +73,7 @@ class SfuNode:
     load: dict[str, Any] = field(default_factory=dict)
     seen: float = field(default_factory=time.monotonic)
     local: bool = True
+    registered_role: str = "media"
 
     @property
     def sessions(self) -> int:
@@ -84,6 +90,17 @@ class SfuNode:
     @property
     def available(self) -> bool:
         return not self.draining and self.sessions < self.capacity
+
+    @property
+    def role(self) -> str:
+        """``"media"`` or ``"hls"``: from the last load report, else from registration."""
+        return str(self.load.get("role") or self.registered_role)
+
+    @property
+    def placeable(self) -> bool:
+        """Publishers and viewers may be placed here: `available` and not an ``hls`` node
+        (an LL-HLS bridge's node takes rooms only through node pipes)."""
+        return self.available and self.role != "hls"
 
     @property
     def accepts_viewers(self) -> bool:
@@ -134,7 +151,8 @@ PlacementStrategy = Callable[[str, Sequence[SfuNode]], SfuNode]
 
 
 def least_loaded(room: str, candidates: Sequence[SfuNode]) -> SfuNode:
-    """The default strategy: lowest sessions/capacity, then fewest sessions, then node id."""
+    """The default strategy: lowest sessions/capacity, then fewest sessions, then node id.
+    (Callers pass only `SfuNode.placeable` nodes.)"""
     return min(candidates, key=lambda n: (n.sessions / max(1, n.capacity), n.sessions, n.node_id))
 
 
@@ -295,9 +313,9 @@ class MemoryNodeRegistry(NodeRegistry):
 
     async def node_for_room(self, room: str) -> SfuNode:
         sid = self.room_nodes.get(room)
-        if sid is not None and sid in self.nodes:
+        if sid is not None and sid in self.nodes and self.nodes[sid].role != "hls":
             return self.nodes[sid]
-        candidates = [n for n in self.nodes.values() if n.available]
+        candidates = [n for n in self.nodes.values() if n.placeable]
         if not candidates:
             raise NoNodeAvailable("no SFU node is available")
         node = self.placement(room, candidates)
@@ -309,7 +327,7 @@ class MemoryNodeRegistry(NodeRegistry):
             self.room_nodes.pop(room, None)
 
     async def update_room(self, node: SfuNode, room: str, state: dict[str, Any]) -> None:
-        if state.get("pipe"):
+        if state.get("pipe") or node.role == "hls":
             return
         if not occupied(state):
             await self.release_room(room, node)
@@ -365,8 +383,10 @@ class SfuNamespace(socketio.AsyncNamespace):
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         """Admit a node: its connection was opened on ``/{SOCKETIO_PATH}/`` (a public edge
         denies that path), its address is not locked out (`NodeAuthThrottle`) and
-        ``auth`` is ``{"node_id", "secret", "address"?}`` with the shared secret (compared
-        in constant time).  :raises ConnectionRefusedError: saying which rule failed."""
+        ``auth`` is ``{"node_id", "secret", "address"?, "role"?}`` with the shared secret (compared
+        in constant time); ``auth["role"]`` (optional, `sfu.config.NODE_ROLES`, default
+        ``"media"``) is the node's role until its first load report.
+        :raises ConnectionRefusedError: saying which rule failed."""
         request = handshake_request(environ)
         if request is None or not request.path.startswith(f"/{SOCKETIO_PATH}/"):
             logger.debug("refused a %s connection opened on %s", NAMESPACE, request and request.path)
@@ -383,7 +403,9 @@ class SfuNamespace(socketio.AsyncNamespace):
             self.auth_throttle.refused(address, bad_secret=True)
             raise socketio.exceptions.ConnectionRefusedError(
                 "bad node credentials" if isinstance(secret, str) else "node credentials required")
-        node = SfuNode(sid=sid, node_id=str(auth.get("node_id") or sid), address=str(auth.get("address") or ""))
+        role = auth.get("role") if auth.get("role") in NODE_ROLES else "media"
+        node = SfuNode(sid=sid, node_id=str(auth.get("node_id") or sid), address=str(auth.get("address") or ""),
+                       registered_role=role)
         try:
             await self.registry.register(node)
         except NodeIdInUse as exc:

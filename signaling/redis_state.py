@@ -358,7 +358,8 @@ class RedisNodeRegistry(NodeRegistry):
         pipe.hset(key, mapping={
             "sid": node.sid, "node_id": node.node_id, "address": node.address,
             "instance": self.instance, "sessions": node.sessions, "capacity": node.capacity,
-            "draining": int(node.draining), "load": json.dumps(node.load), "seen": now_ms,
+            "draining": int(node.draining), "load": json.dumps({"role": node.role, **node.load}),
+            "seen": now_ms,
         })
         pipe.pexpire(key, self._ttl_ms)
         pipe.zadd(self.k_nodes, {node.node_id: now_ms})
@@ -427,7 +428,7 @@ class RedisNodeRegistry(NodeRegistry):
             node = await self._fetch_node(current)
             if node is not None:
                 return node
-        candidates = [n for n in await self._live_nodes() if n.available]
+        candidates = [n for n in await self._live_nodes() if n.placeable]
         if not candidates:
             raise NoNodeAvailable("no SFU node is available")
         chosen = self.placement(room, candidates)

@@ -9,6 +9,7 @@ it a second time.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -43,6 +44,30 @@ def sfu_candidate_addresses() -> Iterator[set[str]]:
     yield seen
     stray = seen - LOOPBACK_CANDIDATES
     assert not stray, f"the SFU offered ICE candidates off 127.0.0.1 during the session: {sorted(stray)}"
+
+
+_TEST_ENV = {
+    # ``relaycast serve`` processes the tests start run their SFU in one process whatever
+    # the machine's CPU count (``auto`` would start worker children on more than 2 CPUs);
+    # tests of workers mode pass ``--workers`` themselves.
+    "RELAYCAST_WORKERS": "1",
+    # Bridges start whatever the machine's idle CPU (a test machine is busy with the
+    # suite itself); the admission tests set their own threshold.
+    "RELAYCAST_HLS_MIN_IDLE_CORES": "0",
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_environment() -> Iterator[None]:
+    """Settings every service the tests start shares (:data:`_TEST_ENV`)."""
+    old = {name: os.environ.get(name) for name in _TEST_ENV}
+    os.environ.update(_TEST_ENV)
+    yield
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(autouse=True)

@@ -248,6 +248,9 @@ def test_plan_topology_ports_and_shared_settings() -> None:
     by_name = {c.name: c for c in children}
     assert by_name["hls-1"].env["RELAYCAST_NODE_ID"] == "hls-1"
     assert "--no-embedded-sfu" not in by_name["hls-1"].argv
+    # The bridge's node is never placed on, and runs no SFU worker processes.
+    assert by_name["hls-1"].env["RELAYCAST_NODE_ROLE"] == "hls"
+    assert by_name["hls-1"].argv[-2:] == ["--workers", "1"]
     assert "RELAYCAST_NODE_ID" not in by_name["signaling-1"].env
     firsts = [by_name[f"sfu-{i}"].argv[by_name[f"sfu-{i}"].argv.index("--signaling") + 1].split(",")[0]
               for i in range(1, 5)]

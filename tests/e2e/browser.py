@@ -18,21 +18,24 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from loadtest.chromium import WEBRTC_ARGS
 from tests.polling import wait_for
 
 CHROMIUM = Path("/usr/lib/chromium/chromium-headless-shell")
+
+BROWSER_MARKS = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason=f"Debian chromium-headless-shell not found at {CHROMIUM}"
+    ),
+]
+"""The marks of a test that drives Debian's headless Chromium: ``pytestmark =
+[*BROWSER_MARKS, pytest.mark.timeout(S)]``."""
 SHOTS_DIR = Path("/tmp/relaycast-shots")
 
-BASE_ARGS = (
-    "--no-sandbox",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-)
+BASE_ARGS = WEBRTC_ARGS
 
 
 def chromium_args(video: Path | None = None, audio: Path | None = None) -> list[str]:

@@ -30,7 +30,7 @@ from loadtest import whip_client
 from loadtest.clips import make_counter_y4m, make_tone_wav
 from loadtest.pattern import read_code
 from tests.e2e.browser import (
-    CHROMIUM,
+    BROWSER_MARKS,
     chromium,
     chromium_args,
     enter_stream_key,
@@ -47,13 +47,7 @@ from tests.services import STREAM_KEY
 pytest.importorskip("playwright.async_api")
 from playwright.async_api import expect  # noqa: E402
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"Debian chromium-headless-shell not found at {CHROMIUM}"
-    ),
-    pytest.mark.timeout(120),
-]
+pytestmark = [*BROWSER_MARKS, pytest.mark.timeout(120)]
 
 CLIP_FRAMES = 60  # 2 s at 30 fps; Chromium loops it
 CLIP_SIZE = (640, 360)  # the broadcast page's "360p"

@@ -22,7 +22,14 @@ from playwright.async_api import async_playwright, expect  # noqa: E402
 
 from signaling.app import vendor_file  # noqa: E402
 from signaling.security_headers import PAGE_CSP, harden_response  # noqa: E402
-from tests.e2e.browser import BASE_ARGS, CHROMIUM, SHOTS_DIR, enter_stream_key, wait_for_js  # noqa: E402
+from tests.e2e.browser import (  # noqa: E402
+    BASE_ARGS,
+    BROWSER_MARKS,
+    CHROMIUM,
+    SHOTS_DIR,
+    enter_stream_key,
+    wait_for_js,
+)
 from tests.e2e.browser import open_page as _open_page  # noqa: E402
 from tests.polling import wait_for  # noqa: E402
 
@@ -33,12 +40,7 @@ ROOMS = [
     {"room": "quiet <room>", "live": False, "viewers": 0},
 ]
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"Debian chromium-headless-shell not found at {CHROMIUM}"
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 
 def _problem(status: int, title: str, detail: str, **headers: str) -> web.Response:

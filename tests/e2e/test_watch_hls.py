@@ -35,7 +35,7 @@ from loadtest import whip_client
 from loadtest.clips import make_counter_y4m, make_tone_wav
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
 from tests.e2e.browser import (
-    CHROMIUM,
+    BROWSER_MARKS,
     PageErrors,
     chromium,
     chromium_args,
@@ -50,13 +50,7 @@ from tests.services import STREAM_KEY
 pytest.importorskip("playwright.async_api")
 from playwright.async_api import expect  # noqa: E402
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"Debian chromium-headless-shell not found at {CHROMIUM}"
-    ),
-    pytest.mark.timeout(180),
-]
+pytestmark = [*BROWSER_MARKS, pytest.mark.timeout(180)]
 
 NO_WEBRTC = "delete window.RTCPeerConnection; delete window.webkitRTCPeerConnection;"
 # Chromium now plays HLS natively too; hide that to get a browser with neither engine.

@@ -132,7 +132,10 @@ def media_problems(text: str, *, recommended: bool = True) -> list[str]:
                 problems.append(f"EXT-X-INDEPENDENT-SEGMENTS but segment {e.msn} starts dependent")
 
     # EXT-X-PROGRAM-DATE-TIME of consecutive segments advances by the EXTINF between them
+    # (a new Discontinuity Sequence may start anywhere in time, §4.4.4.3)
     for prev, seg in zip(pl.segments, pl.segments[1:], strict=False):
+        if seg.discontinuity:
+            continue
         if prev.program_date_time and seg.program_date_time and prev.uri is not None:
             step = (seg.program_date_time - prev.program_date_time).total_seconds()
             if abs(step - float(prev.duration)) > 0.002:

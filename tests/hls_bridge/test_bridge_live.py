@@ -159,15 +159,19 @@ async def test_bridge_stops_after_idle_seconds_without_requests(service, http) -
         bridge = svc.hls.bridges["demo"]
         # Video only: no audio rendition.
         assert [m.uri for m in m3u8.loads(body.decode()).media if m.type == "AUDIO"] == []
-        # The manager forgets the bridge first, then stops it: wait for the stop to end.
+        # The manager forgets the bridge first, then stops it: wait for the stop to end
+        # (the transcoder ends the store, then exits).
         await wait_for(
-            lambda: "demo" not in svc.hls.bridges and bridge.store.ended,
+            lambda: "demo" not in svc.hls.bridges and bridge.store.ended and bridge.pid is None,
             10,
             "the idle bridge to stop",
             interval_s=0.1,
         )
         assert bridge.stopped and all(r.playlist.ended for r in bridge.store.renditions.values())
-        assert bridge.taps and all(t.closed for t in bridge.taps.values())
+        # The transcoder process flushed, exited, and no longer gets the room's packets.
+        process = bridge.process
+        assert process is not None and not process.attached
+        assert process.done and process.proc is not None and process.proc.returncode == 0
         # The room is still live: the next request starts a fresh bridge.
         status, _, body = await get(http, f"{svc.url}/hls/demo/index.m3u8")
         assert status == 200, body

@@ -280,45 +280,85 @@ async def test_unknown_media_names_are_404(
     assert (await client.get(f"{MEDIA}/v0/seg0.m4s")).status == 200
 
 
-async def test_first_playlist_waits_for_the_first_part(
+async def roundtrip(client: TestClient) -> None:
+    """One request through the origin: waiters woken by an earlier store change have
+    re-checked their condition by the time it is answered."""
+    assert (await client.get(f"{MEDIA}/v0/init.mp4")).status == 200
+
+
+async def test_first_playlists_wait_for_a_closed_segment(
     client: TestClient, room: RoomStore, feeder: Feeder
 ) -> None:
-    """No playlist without a part and a preload hint (§4.4.5.3): a request to a new
-    rendition is held until its first part exists, then gets a complete playlist."""
-    store = room.renditions["v0"]
-    assert not store.has_media
+    """A starting stream is never handed out empty: parts alone are not enough (hls.js
+    answers a playlist without an EXTINF with levelEmptyError); media playlists are
+    held until their rendition's first segment closes, the multivariant playlist until
+    every rendition's has."""
+    v0, v1 = room.renditions["v0"], room.renditions["v1"]
+    multivariant = asyncio.create_task(client.get(f"{BASE}/index.m3u8"))
     plain = asyncio.create_task(client.get(f"{MEDIA}/v0/index.m3u8"))
     blocking = asyncio.create_task(client.get(f"{MEDIA}/v0/index.m3u8?_HLS_msn=0&_HLS_part=0"))
     await wait_for(
-        lambda: store.waiters == 2, 5.0, "two blocked playlist requests", interval_s=0.005
+        lambda: v0.waiters == 3, 5.0, "three blocked playlist requests", interval_s=0.005
     )
-    assert not plain.done() and not blocking.done()
-    feeder.step()
+    for _ in range(PARTS_PER_SEGMENT - 1):  # parts 0.0-0.3 on both renditions
+        feeder.step()
+    await roundtrip(client)
+    assert not any(t.done() for t in (multivariant, plain, blocking))
+    assert v0.waiters == 3
+
+    # v0's segment 0 closes: its playlists are answered, the multivariant waits for v1
+    v0.publish_part(payload("v0", 0, 4), PART, independent=False)
+    v0.close_segment(T0)
     for pending in (plain, blocking):
         resp = await asyncio.wait_for(pending, 5)
         text = await resp.text()
         assert resp.status == 200, text
         checker.check_media(text)
         parsed = m3u8.loads(text)
-        assert [p.uri for s in parsed.segments for p in s.parts] == ["part0.0.m4s"]
-        assert parsed.preload_hint.uri == "part0.1.m4s"
+        assert [s.uri for s in parsed.segments if s.uri] == ["seg0.m4s"]
+        assert parsed.segments[0].program_date_time == T0
+        assert parsed.preload_hint.uri == "part1.0.m4s"
         assert "#EXT-X-INDEPENDENT-SEGMENTS" in text
+    await roundtrip(client)
+    assert not multivariant.done()
+    assert v1.waiters == 1
+
+    v1.publish_part(payload("v1", 0, 4), PART, independent=False)
+    v1.close_segment(T0)
+    resp = await asyncio.wait_for(multivariant, 5)
+    assert resp.status == 200, await resp.text()
+    variants = m3u8.loads(await resp.text()).playlists
+    assert len(variants) == 2
+    for variant in variants:  # every playlist it names is answered at once, not empty
+        started = time.monotonic()
+        text = await (await client.get(f"{BASE}/{variant.uri}")).text()
+        assert time.monotonic() - started < 1.0
+        assert "#EXTINF:" in text, text
 
 
-async def test_first_playlist_without_a_part_is_503_after_three_target_durations(
-    client: TestClient, room: RoomStore
+@pytest.mark.parametrize("parts", [0, 2])
+async def test_first_playlists_without_a_segment_are_503_after_three_target_durations(
+    client: TestClient, room: RoomStore, feeder: Feeder, parts: int
 ) -> None:
+    for _ in range(parts):
+        feeder.step()
     started = time.monotonic()
-    resp = await client.get(f"{MEDIA}/v0/index.m3u8")
+    multivariant, media = await asyncio.gather(
+        client.get(f"{BASE}/index.m3u8"), client.get(f"{MEDIA}/v0/index.m3u8")
+    )
     elapsed = time.monotonic() - started
-    await assert_problem(resp, 503)
-    assert resp.headers["Retry-After"] == "1"
+    for resp in (multivariant, media):
+        await assert_problem(resp, 503)
+        assert resp.headers["Retry-After"] == "1"
     assert 3 * TARGET - 0.05 <= elapsed < 3 * TARGET + 2.0
     assert room.renditions["v0"].waiters == 0
-    # an ended rendition that never had a part is answered at once (ENDLIST)
+    if parts:
+        return
+    # an ended rendition that never closed a segment is answered at once (ENDLIST)
     room.end()
     resp = await client.get(f"{MEDIA}/v1/index.m3u8")
     assert resp.status == 200 and "#EXT-X-ENDLIST" in await resp.text()
+    assert (await client.get(f"{BASE}/index.m3u8")).status == 200
 
 
 async def test_blocked_past_three_target_durations_is_503(

@@ -26,6 +26,7 @@ from hls_bridge.playlist import (
     rendition_report,
     skipped_segment_count,
 )
+from hls_bridge.store import RenditionStore, RoomStore, StoreError, init_uri
 from tests.hls_bridge import llhls_checker as checker
 
 PART = 0.2
@@ -576,3 +577,163 @@ def test_first_msn_and_empty_reports_skipped() -> None:
     text = render(pl, rendition_reports=[rendition_report(empty, "../v1/index.m3u8")])
     assert "#EXT-X-RENDITION-REPORT" not in text
     assert checker.entries(checker.check_media(text))[0].uri == "v0/seg41.m4s"
+
+
+
+# --- discontinuities (RFC 8216bis §4.4.4.3, §4.4.3.3, §4.4.4.5) ---------------------------
+
+HEADER = (
+    "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:1\n"
+    "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,CAN-SKIP-UNTIL=6.0,HOLD-BACK=3.0,"
+    "PART-HOLD-BACK=0.6\n#EXT-X-PART-INF:PART-TARGET=0.2\n"
+)
+
+
+def _store(**kw) -> RenditionStore:
+    kw.setdefault("window_segments", 3)
+    return RenditionStore("v0", target_duration=1, part_target=PART, **kw)
+
+
+def _publish(store: RenditionStore, parts: int = 2, *, close: bool = True) -> None:
+    """``parts`` parts of the next segment (dated right after the last one), closed if asked."""
+    msn = store.playlist.next_msn
+    last = store.playlist.segments[-1] if store.playlist.segments else None
+    start = T0 if last is None else last.program_date_time + timedelta(seconds=last.duration)
+    for index in range(parts):
+        pdt = start if index == 0 else None
+        store.publish_part(f"{msn}.{index}".encode(), PART, index == 0, program_date_time=pdt)
+    if close:
+        store.close_segment()
+
+
+def test_discontinuity_tags_and_new_init_in_a_media_playlist() -> None:
+    """discontinuity() closes the in-progress segment; the next one starts with
+    EXT-X-DISCONTINUITY and the replacing init's EXT-X-MAP, also while in progress;
+    the discontinuity sliding out of the window counts in EXT-X-DISCONTINUITY-SEQUENCE,
+    and the old init segment expires with the last segment that used it."""
+    now = [0.0]
+    store = _store(grace=3.0, clock=lambda: now[0])
+    store.set_init(b"init-360p")
+    _publish(store)
+    _publish(store, 1, close=False)
+    store.discontinuity()  # closes seg1 after its one part
+    assert [(s.msn, s.duration) for s in store.playlist.segments] == [(0, 0.4), (1, 0.2)]
+    store.set_init(b"init-720p")
+    assert (store.init, store.init_version) == (b"init-720p", 1)
+    assert init_uri(1) == "init.mp4?v=1"
+    _publish(store, 1, close=False)
+    assert render(store.playlist) == HEADER + (
+        "#EXT-X-MEDIA-SEQUENCE:0\n"
+        "#EXT-X-INDEPENDENT-SEGMENTS\n"
+        '#EXT-X-MAP:URI="init.mp4"\n'
+        "#EXT-X-PROGRAM-DATE-TIME:2026-01-01T12:00:00.000Z\n"
+        '#EXT-X-PART:DURATION=0.2,URI="part0.0.m4s",INDEPENDENT=YES\n'
+        '#EXT-X-PART:DURATION=0.2,URI="part0.1.m4s"\n'
+        "#EXTINF:0.4,\nseg0.m4s\n"
+        "#EXT-X-PROGRAM-DATE-TIME:2026-01-01T12:00:00.400Z\n"
+        '#EXT-X-PART:DURATION=0.2,URI="part1.0.m4s",INDEPENDENT=YES\n'
+        "#EXTINF:0.2,\nseg1.m4s\n"
+        "#EXT-X-DISCONTINUITY\n"
+        '#EXT-X-MAP:URI="init.mp4?v=1"\n'
+        "#EXT-X-PROGRAM-DATE-TIME:2026-01-01T12:00:00.600Z\n"
+        '#EXT-X-PART:DURATION=0.2,URI="part2.0.m4s",INDEPENDENT=YES\n'
+        '#EXT-X-PRELOAD-HINT:TYPE=PART,URI="part2.1.m4s"\n'
+    )
+    store.close_segment()
+    assert [(s.discontinuity, s.init_uri) for s in store.playlist.segments] == [
+        (False, "init.mp4"), (False, "init.mp4"), (True, "init.mp4?v=1"),
+    ]
+    _publish(store)
+    _publish(store)  # the window (3) now starts at seg2, the discontinuity
+    assert store.playlist.discontinuity_sequence == 0
+    text = render(store.playlist)
+    assert (
+        '#EXT-X-MEDIA-SEQUENCE:2\n#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-MAP:URI="init.mp4?v=1"\n'
+        "#EXT-X-DISCONTINUITY\n#EXT-X-PROGRAM-DATE-TIME"
+    ) in text
+    assert text.count("#EXT-X-MAP") == 1
+    checker.check_media(text)
+    _publish(store)  # seg2 slides out: its discontinuity is now counted
+    assert store.playlist.discontinuity_sequence == 1
+    text = render(store.playlist)
+    assert "#EXT-X-MEDIA-SEQUENCE:3\n#EXT-X-DISCONTINUITY-SEQUENCE:1\n" in text
+    assert "#EXT-X-DISCONTINUITY\n" not in text
+    assert m3u8.loads(text).discontinuity_sequence == 1
+    # the first init is served while a retained segment uses it, then expires
+    assert store.init_segment(0) == b"init-360p"
+    now[0] = 10.0
+    _publish(store)
+    assert store.segment(1) is None and store.init_segment(0) is None
+    assert store.init_segment(1) == b"init-720p"
+
+
+def test_discontinuity_rules() -> None:
+    store = _store()
+    store.discontinuity()  # nothing published yet: no tag, but the init may still change
+    store.set_init(b"a")
+    _publish(store)
+    assert not store.playlist.segments[0].discontinuity
+    store.set_init(b"a")  # the same bytes: accepted, nothing changes
+    with pytest.raises(StoreError, match="already written"):
+        store.set_init(b"b")
+    store.discontinuity()
+    store.discontinuity()  # twice: still one discontinuity
+    _publish(store, 1, close=False)
+    with pytest.raises(StoreError, match="already written"):
+        store.set_init(b"b")  # only before the first part after discontinuity()
+    store.close_segment()
+    assert [s.discontinuity for s in store.playlist.segments] == [False, True]
+    assert store.init_version == 0
+    store.end()
+    with pytest.raises(PlaylistStateError):
+        store.discontinuity()
+
+
+def test_delta_update_never_skips_a_discontinuity() -> None:
+    """A Playlist Delta Update (§6.2.5.1) keeps every listed EXT-X-DISCONTINUITY, so
+    a client numbers the Discontinuity Sequence of what it gets without the skipped part."""
+    store = RenditionStore("v0", target_duration=1, part_target=PART, window_segments=20)
+    store.set_init(b"a")
+    for msn in range(12):
+        if msn == 3:
+            store.discontinuity()
+        for index in range(5):
+            store.publish_part(b"x", PART, index == 0)
+        store.close_segment(T0 + timedelta(seconds=msn))
+    assert skipped_segment_count(store.playlist) == 3  # 6 would be allowed without it
+    delta = render(store.playlist, skip=True)
+    assert "#EXT-X-SKIP:SKIPPED-SEGMENTS=3\n" in delta
+    assert '#EXT-X-MAP:URI="init.mp4"\n#EXT-X-DISCONTINUITY\n' in delta
+    checker.check_delta(render(store.playlist), delta)
+    for _ in range(12):  # the discontinuity slides out: delta updates skip 6 again
+        for index in range(5):
+            store.publish_part(b"x", PART, index == 0)
+        store.close_segment()
+    assert skipped_segment_count(store.playlist) == 14
+
+
+def test_add_rendition_reuse_align_and_end() -> None:
+    room = RoomStore(stream_id="s1")
+    v0 = room.add_rendition("v0", target_duration=1, part_target=PART)
+    v0.set_init(b"a")
+    with pytest.raises(StoreError, match="already exists"):
+        room.add_rendition("v0", target_duration=1, part_target=PART)
+    assert room.add_rendition("v0", target_duration=1, part_target=PART, reuse=True) is v0
+    for _ in range(2):
+        _publish(v0)
+    v0.discontinuity()
+    v1 = room.add_rendition("v1", target_duration=1, part_target=PART, align_with="v0")
+    assert (v1.playlist.next_msn, v1.playlist.discontinuity_sequence) == (2, 1)
+    v1.set_init(b"b")
+    _publish(v0)
+    _publish(v1)
+    assert "#EXT-X-MEDIA-SEQUENCE:2\n#EXT-X-DISCONTINUITY-SEQUENCE:1\n" in room.render_media("v1")
+    assert "#EXT-X-DISCONTINUITY\n" not in room.render_media("v1")
+    with pytest.raises(StoreError, match="no rendition 'v9'"):
+        room.add_rendition("v2", target_duration=1, part_target=PART, align_with="v9")
+    _publish(v1, 1, close=False)
+    room.end_rendition("v1")  # closes its in-progress segment, then ENDLIST
+    assert v1.playlist.ended and [s.msn for s in v1.playlist.segments] == [2, 3]
+    assert not v0.playlist.ended
+    with pytest.raises(StoreError):
+        room.end_rendition("v9")

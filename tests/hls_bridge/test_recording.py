@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from hls_bridge.store import RoomStore
 from hls_bridge.transcoder import AUDIO_RENDITION, LadderTranscoder
 from hls_bridge.vod import RecordingConfig, RecordingLibrary, create_vod_app
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
+from tests.hls_bridge.test_llhls_strict import Revision, strict_problems
 
 FFPROBE = "/usr/bin/ffprobe"
 needs_ffprobe = pytest.mark.skipif(shutil.which(FFPROBE) is None, reason="needs Debian ffprobe")
@@ -245,6 +247,115 @@ async def test_recorded_stream_plays_as_vod_from_the_start(vod_server, x264) -> 
         assert status == 404 and headers["Content-Type"].startswith("application/problem+json")
     assert library.sweep() == 1
     assert not directory.exists() and not directory.parent.exists()
+
+
+async def video_frames(runs: list[tuple[tuple[int, int], int]]) -> AsyncIterator[av.VideoFrame]:
+    """Counter video, ``((width, height), frames)`` runs at 30 fps with continuous pts."""
+    index = 0
+    for size, count in runs:
+        track = PatternVideoTrack(*size, FPS, code="counter")
+        for _ in range(count):
+            frame = track.make_frame(index, index)
+            frame.pts, frame.time_base = index * 3000, Fraction(1, 90_000)
+            index += 1
+            yield frame
+
+
+async def test_vod_of_a_stream_whose_resolution_changed(vod_server, x264) -> None:
+    """640x360 then 320x180: the ladder re-plans at segment 4 with new init segments; the
+    VOD keeps EXT-X-DISCONTINUITY, dates the new sequence, names ``init1.mp4`` in a
+    second EXT-X-MAP and serves it; every segment, fetched with the init its EXT-X-MAP
+    names, decodes to every frame at its own size.  (ffmpeg's HLS demuxer keeps the
+    first init's parameter sets across an EXT-X-MAP change, so it is no judge here.)"""
+    library, clock, base = vod_server
+    recorder = library.recorder("demo")
+    room = RoomStore(recorder=recorder)
+    transcoder = LadderTranscoder(room, [Rung("360p", 360, 600_000), Rung("240p", 240, 300_000)],
+                                  encoder_choice=x264, audio=False, parallel_rungs=False)
+    try:
+        await asyncio.wait_for(
+            transcoder.run(video_frames([((640, 360), 60), ((320, 180), 90)])), timeout=120)
+    finally:
+        transcoder.close()
+    assert transcoder.stats.replans == 1
+    manifest = await asyncio.wait_for(recorder.finish(), 30)
+    assert manifest is not None
+    assert [(r["name"], r["segments"]) for r in manifest["renditions"]] == [("v0", 5), ("v1", 5)]
+    directory = recorder.directory
+    v0 = room.renditions["v0"]
+    pdt = v0.playlist.segments[4].program_date_time.isoformat(timespec="milliseconds")
+    text = (directory / "v0" / "index.m3u8").read_text()
+    assert text.split("#EXT-X-MAP", 1)[1].split("#EXTINF", 1)[0].startswith(':URI="init.mp4"\n')
+    assert (
+        'seg3.m4s\n#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI="init1.mp4"\n'
+        f"#EXT-X-PROGRAM-DATE-TIME:{pdt.replace('+00:00', 'Z')}\n#EXTINF:1.0,\nseg4.m4s\n"
+    ) in text
+    assert strict_problems([Revision("VOD v0", "media", text)]) == []
+    assert (directory / "v0" / "init.mp4").read_bytes() == v0.init_segment(0)
+    assert (directory / "v0" / "init1.mp4").read_bytes() == v0.init == v0.init_segment(1)
+    clock.now = datetime.now(UTC)
+    rec = base / "demo" / recorder.id
+    async with aiohttp.ClientSession() as http:
+        status, headers, body = await fetch(http, rec / "v1/init1.mp4")
+        assert status == 200 and headers["Content-Type"] == "video/mp4"
+        assert body == room.renditions["v1"].init
+        status, _, _ = await fetch(http, rec / "v1/init2.mp4")
+        assert status == 404
+        status, _, body = await fetch(http, rec / "v0/index.m3u8")
+        assert status == 200
+        groups: dict[str, bytes] = {}
+        for segment in m3u8.loads(body.decode()).segments:
+            init = segment.init_section.uri
+            if init not in groups:
+                groups[init] = (await fetch(http, rec / "v0" / init))[2]
+            groups[init] += (await fetch(http, rec / "v0" / segment.uri))[2]
+    sizes = []
+    for data in groups.values():
+        with av.open(io.BytesIO(data)) as container:
+            sizes += [(f.width, f.height, round(f.time, 3)) for f in container.decode(video=0)]
+    assert sizes == [(640, 360, round(i / FPS, 3)) for i in range(120)] + [
+        (320, 180, round((120 + i) / FPS, 3)) for i in range(30)
+    ]
+
+
+async def test_vod_variants_start_together(tmp_path: Path) -> None:
+    """A rendition added mid-stream (numbered from the others' MSN) trims the VOD's
+    other renditions to its first segment; one added more than MAX_LATE_START_S later is
+    left out (§6.2.4: every variant presents the same content)."""
+    library = RecordingLibrary(tmp_path, RETENTION_S)
+    recorder = library.recorder("demo")
+    room = RoomStore(recorder=recorder)
+    synthetic(room, ("v0", "a0"), 2)
+    room.renditions["v0"].discontinuity()
+    room.add_rendition("v1", target_duration=1, part_target=0.2, align_with="v0")
+    room.renditions["v1"].set_init(b"<init v1>")
+    room.set_variants([VariantStream(f"{n}/index.m3u8", 500_000, "avc1.64000d")
+                       for n in ("v0", "v1")])
+    for msn in range(2, 40):
+        for name in ("v0", "v1") if msn < 35 else ("v0",):
+            store = room.renditions[name]
+            for index in range(5):
+                store.publish_part(b"x" * 100, 0.2, index == 0)
+            store.close_segment(T0 + timedelta(seconds=msn))
+        if msn == 34:
+            room.add_rendition("v2", target_duration=1, part_target=0.2, align_with="v0")
+            room.renditions["v2"].set_init(b"<init v2>")
+            room.end_rendition("v1")
+    for msn in range(35, 40):
+        store = room.renditions["v2"]
+        for index in range(5):
+            store.publish_part(b"x" * 100, 0.2, index == 0)
+        store.close_segment(T0 + timedelta(seconds=msn))
+    room.set_variants([VariantStream(f"{n}/index.m3u8", 500_000, "avc1.64000d")
+                       for n in ("v0", "v1", "v2")])
+    room.end()
+    manifest = await recorder.finish()
+    assert manifest is not None
+    assert {r["name"]: r["segments"] for r in manifest["renditions"]} == {"v0": 38, "v1": 33}
+    for name in ("v0", "v1"):
+        pl = m3u8.loads((recorder.directory / name / "index.m3u8").read_text())
+        assert pl.media_sequence == 2 and "DISCONTINUITY" not in pl.dumps()
+    assert "v2/index.m3u8" not in (recorder.directory / "index.m3u8").read_text()
 
 
 # --- HTTP edge: 404s and traversal --------------------------------------------------------

@@ -105,6 +105,10 @@ def by_id(ns: FakeNamespace, node_id: str) -> SfuNode:
         pytest.param(0, node("a", sessions=10, capacity=10), [node("b")], "b", id="origin-full"),
         pytest.param(2, node("a", viewers=2), [node("b", draining=True), node("c", sessions=5, capacity=5)],
                      "a", id="full-everywhere-origin-answers"),
+        pytest.param(2, node("a", viewers=2), [node("b", viewers=2)], "a",
+                     id="every-node-has-its-share-the-origin-takes-more"),
+        pytest.param(2, node("a", viewers=2, sessions=10, capacity=10), [node("b", viewers=2), node("c", viewers=2)],
+                     "b", id="origin-full-others-have-their-share-and-free-sessions"),
         pytest.param(2, node("a", viewers=2), [node("b", viewers=2), node("c", viewers=1)], "c",
                      id="edge-with-room-for-the-room"),
         pytest.param(2, node("a", viewers=2), [node("b", sessions=50), node("c", sessions=10)], "c",
@@ -346,6 +350,27 @@ async def test_pull_into_pipes_a_live_room_into_the_bridge_node() -> None:
     ns.errors[("a", Rpc.PIPE_OFFER)] = ERROR
     await registry.drop(ROOM, "hls-1")
     assert await cascade.pull_into(ROOM, "hls-1") is False  # PipeFailed: logged, not raised
+    await cascade.close()
+
+
+async def test_viewers_never_go_to_an_hls_node_but_rooms_are_pulled_into_it() -> None:
+    """An LL-HLS bridge's node (load role ``hls``) is no edge for viewers, however idle;
+    `Cascade.pull_into` still pipes a live room into it."""
+    rooms = RoomRegistry()
+    rooms.create(ROOM, "sk_" + "k" * 32)
+    bridge = node("hls-1")
+    bridge.load["role"] = "hls"
+    origin = node("a", viewers=2)
+    cascade, ns, registry = make(origin, bridge, rooms=rooms)
+    assert (await cascade.node_for_viewer(ROOM, origin)).node_id == "a"  # full everywhere else
+    assert ns.calls == []
+    ns.registry.nodes["sid-b"] = node("b", sessions=60)
+    assert (await cascade.node_for_viewer(ROOM, origin)).node_id == "b"
+    record = rooms.get(ROOM)
+    assert record is not None
+    record.apply_state("a", {"live": True, "viewers": 2})
+    assert await cascade.pull_into(ROOM, "hls-1") is True
+    assert sorted((p.edge, p.origin) for p in await registry.of_room(ROOM)) == [("b", "a"), ("hls-1", "a")]
     await cascade.close()
 
 

@@ -267,3 +267,47 @@ async def test_a_node_whose_reports_stop_is_lost() -> None:
     assert disconnected == [silent.sid]
     assert [n.node_id for n in router.nodes.values()] == ["alive"]
     assert router.room_nodes == {"r": alive.sid}
+
+
+# ------------------------------------------------------------------ roles
+@pytest.mark.parametrize(
+    ("registered", "load", "role", "placeable"),
+    [
+        pytest.param("media", {}, "media", True, id="default"),
+        pytest.param("hls", {}, "hls", False, id="hls-at-registration"),
+        pytest.param("media", {"role": "hls"}, "hls", False, id="hls-in-the-load-report"),
+        pytest.param("hls", {"role": "media"}, "media", True, id="the-load-report-wins"),
+        pytest.param("media", {"role": "media", "draining": True}, "media", False, id="draining-media"),
+    ],
+)
+def test_role_and_placeable(registered: str, load: dict[str, Any], role: str, placeable: bool) -> None:
+    n = SfuNode("sid", "n", load=load, registered_role=registered)
+    assert (n.role, n.placeable) == (role, placeable)
+
+
+def hls_node(node_id: str, sessions: int = 0) -> SfuNode:
+    n = node(node_id, sessions)
+    n.load["role"] = "hls"
+    return n
+
+
+async def test_rooms_are_never_placed_on_an_hls_node(router: MemoryNodeRegistry) -> None:
+    """An LL-HLS bridge's node (role ``hls``) is idle, yet publishers go to the busier
+    media node; with only an ``hls`` node there is no node for them at all."""
+    bridge, media = hls_node("hls-1"), node("sfu-1", 50)
+    await add(router, bridge)
+    with pytest.raises(NoNodeAvailable):
+        await router.node_for_room("r")
+    await add(router, media)
+    assert await router.node_for_room("r") is media
+    router.room_nodes["s"] = bridge.sid  # however a room came to point there: not sticky
+    assert await router.node_for_room("s") is media
+
+
+async def test_an_hls_node_never_claims_a_room_through_its_room_states(router: MemoryNodeRegistry) -> None:
+    bridge, media = hls_node("hls-1"), node("sfu-1")
+    await add(router, bridge, media)
+    await router.update_room(bridge, "r", {"live": True, "viewers": 0})
+    assert router.room_nodes == {}
+    await router.update_room(media, "r", {"live": True, "viewers": 0})
+    assert router.room_nodes == {"r": media.sid}

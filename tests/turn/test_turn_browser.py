@@ -16,7 +16,7 @@ import pytest
 from loadtest.clips import make_counter_y4m, make_tone_wav
 from relaycast.service import Service
 from tests.e2e.browser import (
-    CHROMIUM,
+    BROWSER_MARKS,
     chromium,
     chromium_args,
     enter_stream_key,
@@ -32,11 +32,8 @@ pytest.importorskip("playwright.async_api")
 from playwright.async_api import expect  # noqa: E402
 
 pytestmark = [
-    pytest.mark.browser,
+    *BROWSER_MARKS,
     pytest.mark.skipif(find_turnserver() is None, reason="coturn's turnserver is not installed"),
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"Debian chromium-headless-shell not found at {CHROMIUM}"
-    ),
     pytest.mark.timeout(150),
 ]
 

@@ -11,12 +11,24 @@ export const HLS_SCRIPT = "/static/vendor/hls.min.js";
 const HLS_MIME = "application/vnd.apple.mpegurl";
 const RETRY_MS = 3000; // no stream yet / stream ended: ask again this often
 const MAX_MEDIA_RECOVERIES = 2;
-// hls.js speeds playback up (maxLiveSyncPlaybackRate) only while it is less than
-// one target duration behind its target latency; further behind (typically after a
-// slow start: the bridge's first segment) it would stay there. Jump to the live
-// sync position instead, at most once per JUMP_INTERVAL_MS.
+// Live latency. hls.js's target latency is the bridge's PART-HOLD-BACK (3 parts,
+// 0.6 s), plus STALL_INCREASE_S per stall (hls.js's default, 1 s per stall, would keep
+// the page a second further behind for good after one stall).
+// Catching up is the page's job, not hls.js's (maxLiveSyncPlaybackRate stays 1): hls.js
+// speeds up only while more than 1 s is buffered ahead, which never happens near the
+// 0.6 s target, so it would stay ~1 s behind. The page plays faster (at most
+// CATCHUP_MAX_RATE) while more than CATCHUP_BEHIND_S behind the target with more than
+// CATCHUP_MIN_AHEAD_S buffered ahead, once playback has run CATCHUP_SETTLE_MS without
+// a stall (a starting bridge, or one that just stalled, is the likeliest to be late
+// again); when more than JUMP_BEHIND_S behind (a slow start, a long stall) it jumps
+// to the live sync position, at most once per JUMP_INTERVAL_MS.
 const JUMP_BEHIND_S = 1.5;
 const JUMP_INTERVAL_MS = 10000;
+const STALL_INCREASE_S = 0.2; // hls.js liveSyncOnStallIncrease
+const CATCHUP_BEHIND_S = 0.1;
+const CATCHUP_MIN_AHEAD_S = 0.4;
+const CATCHUP_MAX_RATE = 1.25;
+const CATCHUP_SETTLE_MS = 3000;
 
 let loading = null; // Promise<Hls | null> while/after loading hls.js
 
@@ -78,8 +90,16 @@ export class HlsPlayer {
     this.streamEnded = false;
     this.lastTime = -1;
     this.liveTimer = setInterval(() => this.keepLive(), 1000);
-    this.listen("playing", () => this.status("playing"));
-    this.listen("waiting", () => this.status("buffering"));
+    this.playingSince = 0; // performance.now() of the last "playing", 0 while stalled
+    this.listen("playing", () => {
+      this.playingSince = performance.now();
+      this.status("playing");
+    });
+    this.listen("waiting", () => {
+      this.playingSince = 0;
+      this.status("buffering");
+    });
+    this.listen("timeupdate", () => this.catchUp());
     // ENDLIST reached (the publisher left): poll until a new stream starts.
     this.listen("ended", () => this.retryLater("waiting", "The broadcast ended. Waiting for the broadcaster…"));
   }
@@ -107,8 +127,8 @@ export class HlsPlayer {
       lowLatencyMode: true,
       liveDurationInfinity: true,
       backBufferLength: 30,
-      // Catch up (up to 1.5x) when playback drifts behind the target latency.
-      maxLiveSyncPlaybackRate: 1.5,
+      maxLiveSyncPlaybackRate: 1, // the page catches up itself (catchUp)
+      liveSyncOnStallIncrease: STALL_INCREASE_S,
     });
     this.hls = hls;
     hls.on(Hls.Events.MANIFEST_PARSED, () => {
@@ -191,6 +211,28 @@ export class HlsPlayer {
     if (!Number.isFinite(target) || target - v.currentTime < JUMP_BEHIND_S) return;
     this.lastJump = Date.now();
     v.currentTime = target;
+  }
+
+  /**
+   * On every timeupdate (~4 Hz): play faster (1 + half the distance, at most
+   * CATCHUP_MAX_RATE) while behind hls.js's target latency (the bridge's
+   * PART-HOLD-BACK, plus STALL_INCREASE_S per stall) with enough buffered ahead and
+   * CATCHUP_SETTLE_MS of playback since the start or the last stall; normal speed
+   * otherwise.
+   */
+  catchUp() {
+    const hls = this.hls;
+    const v = this.video;
+    if (!hls || v.paused || v.seeking || this.streamEnded) return;
+    const behind = hls.latency - hls.targetLatency;
+    const b = v.buffered;
+    const ahead = b.length ? b.end(b.length - 1) - v.currentTime : 0;
+    const settled = this.playingSince > 0 && performance.now() - this.playingSince > CATCHUP_SETTLE_MS;
+    let rate = 1;
+    if (settled && Number.isFinite(behind) && behind > CATCHUP_BEHIND_S && ahead > CATCHUP_MIN_AHEAD_S) {
+      rate = Math.min(CATCHUP_MAX_RATE, Math.round((1 + behind / 2) * 20) / 20);
+    }
+    if (v.playbackRate !== rate) v.playbackRate = rate;
   }
 
   /**
