@@ -77,8 +77,12 @@ class HlsConfig:
     room has no live bridge, so players fetch the end of the stream instead of 404s."""
     check_interval_s: float = 0.5
     """How often the manager looks for idle bridges and departed publishers."""
-    nice: int = 10
-    """CPU priority increment of transcoder processes (``os.nice``): forwarding wins."""
+    nice: int = 19
+    """CPU priority increment of transcoder processes (``setpriority``): forwarding wins.
+    Per thread, so the default is the lowest priority: a transcoder runs a dozen threads
+    (decoder, ladder worker, rung pool, x264's slice threads) against one forwarding
+    thread, and at nice 10 their weights together outweigh it (CFS weight 110 each
+    against 1024)."""
     restart_backoff_s: float = 0.5
     """Wait before restarting a transcoder that exited early (doubles, up to 10 s)."""
     min_idle_cores: float = 0.5
@@ -123,7 +127,7 @@ class HlsConfig:
                 raise ConfigError(
                     f"RELAYCAST_HLS_VIEWER_THRESHOLD={text!r} is not a whole number") from None
         if "RELAYCAST_HLS_NICE" in env:
-            values["nice"] = int(env_number(env, "RELAYCAST_HLS_NICE", 10, 0, 19, integer=True))
+            values["nice"] = int(env_number(env, "RELAYCAST_HLS_NICE", 19, 0, 19, integer=True))
         if "RELAYCAST_HLS_MIN_IDLE_CORES" in env:
             values["min_idle_cores"] = env_number(env, "RELAYCAST_HLS_MIN_IDLE_CORES", 0.5, 0, 1024)
         values.update(overrides)

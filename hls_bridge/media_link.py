@@ -14,9 +14,10 @@ messages both ways::
 
     transcoder → bridge
       KEYFRAME b"K" kind (ASCII): ask the publisher for a key frame (RFC 4585 §6.3.1 PLI)
-      STORE    b"S" pickle of ``(rendition | None, method, args, kwargs)``: one call on the
-                    bridge's :class:`~hls_bridge.store.RoomStore` (``None``) or on one of
-                    its renditions, in the order the transcoder made them
+      STORE    b"S" pickle of a list of ``(rendition | None, method, args, kwargs)``:
+                    calls on the bridge's :class:`~hls_bridge.store.RoomStore` (``None``)
+                    or on one of its renditions, in the order the transcoder made them,
+                    applied together (no playlist is served between them)
       REPORT   b"R" JSON: the transcoder's counters (see ``transcoder_main``)
       DONE     b"D" (empty) the renditions ended after END or the end of the input
 

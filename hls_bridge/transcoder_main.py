@@ -113,13 +113,25 @@ class StoreProxy(_Remote):
 class _Link:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
+        self._calls: list[tuple[Any, ...]] = []
 
     def send(self, kind: bytes, body: bytes = b"") -> None:
         if not self.writer.is_closing():
             self.writer.write(link.frame(kind, body))
 
     def store_call(self, call: tuple[Any, ...]) -> None:
-        self.send(link.STORE, pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL))
+        """Queue one store call; the calls made in one event-loop callback go out as one
+        STORE frame, applied together on the other side (the transcoder applies a
+        segment's last part and its ``close_segment`` in one callback: no playlist may be
+        served between them)."""
+        if not self._calls:
+            asyncio.get_running_loop().call_soon(self.flush_store)
+        self._calls.append(call)
+
+    def flush_store(self) -> None:
+        calls, self._calls = self._calls, []
+        if calls:
+            self.send(link.STORE, pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL))
 
     def keyframe(self, kind: str) -> None:
         self.send(link.KEYFRAME, kind.encode())
@@ -206,6 +218,7 @@ async def run(fd: int) -> int:
         for tap in taps.values():
             tap.close()
         await asyncio.to_thread(transcoder.close)
+    out.flush_store()
     out.send(link.DONE)
     with contextlib.suppress(ConnectionError):
         await writer.drain()

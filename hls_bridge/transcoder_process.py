@@ -74,10 +74,11 @@ class TranscoderProcess:
     has exited (``done`` tells whether it ended the stream normally).  ``await stop()``
     asks it to flush and end (END), bounded by ``timeout``, then kills it.
 
-    :param nice: CPU priority increment of the process (``os.nice``; 0 = same priority).
+    :param nice: CPU priority increment of the process over this one (``setpriority``; 0 =
+        the same priority, 19 = the lowest).
     """
 
-    def __init__(self, room: str, *, nice: int = 10) -> None:
+    def __init__(self, room: str, *, nice: int = 19) -> None:
         self.room = room
         self.nice = nice
         self.proc: asyncio.subprocess.Process | None = None
@@ -129,7 +130,11 @@ class TranscoderProcess:
                 "--parent", str(os.getpid()),
                 "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
                 pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True,  # a terminal's Ctrl-C reaches the service, which stops us
+                # Its own process group, so a terminal's Ctrl-C reaches only the service (which
+                # stops it), but the service's session: with autogroup scheduling (sched(7))
+                # a new session would be a CPU group of its own, as heavy as the forwarding
+                # process's whatever its nice value.
+                process_group=0,
             )
         finally:
             theirs.close()
@@ -231,18 +236,19 @@ class TranscoderProcess:
             return
 
     def _apply(self, body: bytes) -> None:
+        """Apply one STORE frame's calls, all of them before anything else runs."""
         store = self._store
         assert store is not None
         try:
-            target, method, args, kwargs = pickle.loads(body)  # noqa: S301 - our own child
-            if method.startswith("_"):
-                raise ValueError(f"store method {method!r}")
-            if target is None:
-                if method == "add_rendition" and args[0] in store.renditions:
-                    return  # a restarted transcoder re-adds the renditions it continues
-                getattr(store, method)(*args, **kwargs)
-            else:
-                getattr(store.renditions[target], method)(*args, **kwargs)
+            for target, method, args, kwargs in pickle.loads(body):  # noqa: S301 - our child
+                if method.startswith("_"):
+                    raise ValueError(f"store method {method!r}")
+                if target is None:
+                    if method == "add_rendition" and args[0] in store.renditions:
+                        continue  # a restarted transcoder re-adds the renditions it continues
+                    getattr(store, method)(*args, **kwargs)
+                else:
+                    getattr(store.renditions[target], method)(*args, **kwargs)
         except Exception:
             self.store_errors += 1
             logger.exception("transcoder of room %r: a store update failed; restarting it",

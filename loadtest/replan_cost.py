@@ -5,8 +5,8 @@ Each run feeds ``--seconds`` of 30 fps pattern video (no audio) through the defa
 ladder (720p,480p,360p, libx264); the ramp switches size after 2 s, so the re-plan
 happens at the first segment boundary the new size has held for ``replan_after_s``.
 Runs alternate (constant, ramp) ``--runs`` times; each prints the median and p95 of the
-frames from 5 s on, the median of key-frame slots, and the slowest frame of the run with
-its slot (the re-plan slot in a ramp).
+frames from 5 s on, the median of key-frame slots, the slowest frame with its slot, and
+in a ramp the frame that re-planned (``replan_slot``, ``replan_ms``).
 """
 
 from __future__ import annotations
@@ -48,11 +48,13 @@ def measure(label: str, runs: list[tuple[tuple[int, int], int]], ladder: str) ->
     encoder = choose_encoder(["libx264"])
     transcoder = LadderTranscoder(RoomStore(stream_id="s1"), parse_ladder(ladder), fps=FPS,
                                   audio=False, encoder_choice=encoder)
-    times = []
-    for frame in video:
+    times, replan_slot = [], None
+    for index, frame in enumerate(video):
         start = time.perf_counter()
         transcoder.feed_video(frame)
         times.append((time.perf_counter() - start) * 1000)
+        if replan_slot is None and transcoder.stats.replans:
+            replan_slot = index
     transcoder.end()
     transcoder.close()
     steady = sorted(times[5 * FPS:])
@@ -64,6 +66,8 @@ def measure(label: str, runs: list[tuple[tuple[int, int], int]], ladder: str) ->
         "p95_ms": round(steady[int(0.95 * len(steady))], 1),
         "keyframe_median_ms": round(statistics.median(keys), 1),
         "slowest_ms": round(times[slowest], 1), "slowest_slot": slowest,
+        "replan_slot": replan_slot,
+        "replan_ms": None if replan_slot is None else round(times[replan_slot], 1),
     }
 
 

@@ -51,9 +51,17 @@ async def hls_bridge(http: aiohttp.ClientSession, url: str, room: str,
     return next((b for b in body["bridges"] if b["room"] == room and accept(b)), None)
 
 
-async def test_popular_room_transcodes_in_another_process_and_survives_a_kill() -> None:
-    serve = await ServeProcess(RELAYCAST_HLS_VIEWER_THRESHOLD="2",
-                               RELAYCAST_HLS_MIN_IDLE_CORES="0").start()
+def sfu_workers(serve: ServeProcess) -> set[int]:
+    """The pids of the service's SFU worker processes (``relaycast sfu`` children)."""
+    return {child.pid for child in psutil.Process(serve.pid).children()
+            if "sfu" in child.cmdline() and "relaycast.cli" in child.cmdline()}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_popular_room_transcodes_in_another_process_and_survives_a_kill(workers: str) -> None:
+    # The default service but for a threshold of 2 viewers instead of 50 (and bridges
+    # admitted whatever the machine's idle CPU, as in every test).
+    serve = await ServeProcess("--workers", workers, RELAYCAST_HLS_VIEWER_THRESHOLD="2").start()
     pub = viewers = None
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
@@ -74,7 +82,8 @@ async def test_popular_room_transcodes_in_another_process_and_survives_a_kill() 
                 20, "a running bridge with a transcoder pid in /api/hls", interval_s=0.2)
             assert bridge["started_by"] == "viewers"
             pid = bridge["pid"]
-            assert pid != serve.pid
+            assert pid != serve.pid and pid not in sfu_workers(serve)
+            assert len(sfu_workers(serve)) == (0 if workers == "1" else 2)
             transcoder = psutil.Process(pid)
             assert transcoder.ppid() == serve.pid
             assert "hls_bridge.transcoder_main" in " ".join(transcoder.cmdline())
