@@ -44,13 +44,15 @@ grid: a decoded frame's media time (its pts relative to the first audio frame) s
 where its samples belong, so a gap (an Opus frame lost on the network or dropped by a
 full tap queue) is filled with silence, samples that overlap what was already taken are
 dropped, and a jump of more than ``max_gap_s`` re-bases the timeline.  The samples are
-resampled to fltp 48 kHz stereo, cut into 1024-sample AAC frames and packed
-``floor(part_target / (1024/48000))`` frames per part.  Segment ``k`` of the audio
+resampled to fltp 48 kHz stereo and cut into 1024-sample AAC frames.  Segment ``k`` of the audio
 rendition ends with the first AAC frame boundary at or after media time
 ``(k + 1) * segment`` — the video's segment boundary — so every audio segment boundary
 lies within one AAC frame (21.3 ms) after the video one however long the stream runs:
 audio segments are 46 or 47 AAC frames (0.981 or 1.003 s) for 1 s video segments, and
-the difference never accumulates.  Its parts are all independent.
+the difference never accumulates.  A segment's frames are split into as few parts of at
+most ``floor(part_target / (1024/48000))`` frames as fit, all but the last of equal length
+(47 frames at a 0.2 s part target: 8,8,8,8,8,7, never a 2-frame tail).  Its parts are all
+independent.
 
 Threading: `feed_video`, `feed_audio` (or `feed`) and `end` are synchronous and do the
 scaling and encoding; call them from one worker thread. Store changes (RoomStore
@@ -767,8 +769,21 @@ class LadderTranscoder:
             if ((index + 1) * AAC_FRAME) // segment_samples > this_segment:
                 self._flush_audio(ops, close=True)
                 self._audio_segment_start = (index + 1) * AAC_FRAME
-            elif self._audio_packager.pending_count >= self.audio_part_frames:
+            elif self._ends_audio_part(index, this_segment, segment_samples):
                 self._flush_audio(ops, close=False)
+
+    def _ends_audio_part(self, index: int, segment: int, segment_samples: Fraction) -> bool:
+        """Whether AAC frame ``index`` (in ``segment``) ends a part: the segment's frames
+        (46 or 47 for 1 s) go into as few parts of at most ``audio_part_frames`` as fit,
+        every part but the last of ``ceil(frames / parts)`` frames (47 → 8,8,8,8,8,7;
+        46 → 8,8,8,8,8,6), so no segment ends with a part of one or two frames (which
+        hls.js re-requests at segment boundaries) and every non-final part stays close to
+        PART-TARGET (RFC 8216bis §4.4.4.9)."""
+        first = math.ceil(segment * segment_samples / AAC_FRAME)
+        count = math.ceil((segment + 1) * segment_samples / AAC_FRAME) - first
+        parts = -(-count // self.audio_part_frames)
+        size = -(-count // parts)
+        return (index - first + 1) % size == 0
 
     def _flush_audio(self, ops: list[Callable[[], Any]], *, close: bool) -> None:
         assert self._audio_packager is not None
