@@ -3,7 +3,7 @@
 Started by :class:`hls_bridge.transcoder_process.TranscoderProcess` with one end of a
 socket pair (``--fd``, see :mod:`hls_bridge.media_link`) and a lower CPU priority than
 its parent (so that forwarding wins when CPU runs short), it asks the kernel to end it
-when its parent dies (``PR_SET_PDEATHSIG``), then:
+when its parent dies (:func:`common.parent_death.die_with_parent`), then:
 
 1. reads CONFIG, and makes one :class:`LinkedTrack` per published track — the same face
    as :class:`sfu.direct.TrackTap`, fed by the link's VIDEO/AUDIO frames, its key-frame
@@ -24,20 +24,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import pickle
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from typing import Any
 
 from aiortc import RTCRtpCodecParameters
 
 from common.log_redaction import install_redaction
+from common.parent_death import die_with_parent
 from sfu.direct import MediaPacket, PacketSink
 
 from . import media_link as link
@@ -49,7 +48,6 @@ from .transcoder import LadderTranscoder
 logger = logging.getLogger("hls_bridge.transcoder_process")
 
 REPORT_INTERVAL_S = 1.0
-_PR_SET_PDEATHSIG = 1
 
 
 class LinkedTrack:
@@ -135,14 +133,6 @@ class _Link:
 
     def keyframe(self, kind: str) -> None:
         self.send(link.KEYFRAME, kind.encode())
-
-
-def _die_with_parent(parent: int) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        sys.exit(0)
 
 
 async def run(fd: int) -> int:
@@ -232,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, required=True, help="the bridge's process id")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    _die_with_parent(args.parent)
+    die_with_parent(args.parent)
     install_redaction()
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
-PR_SET_PDEATHSIG = 1
-"""prctl(2) option: the signal this process gets when its parent thread exits."""
+from common.parent_death import die_with_parent, parent_alive
+
+__all__ = ["Process", "die_with_parent", "parent_alive", "spawn", "terminate"]
 
 Process = asyncio.subprocess.Process
 
@@ -62,26 +61,3 @@ async def terminate(procs: Sequence[Process], timeout_s: float,
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()  # not a group leader after all (started elsewhere)
     await asyncio.gather(*(p.wait() for p in running))
-
-
-def die_with_parent(parent_pid: int) -> bool:
-    """Have the kernel SIGKILL this process when its parent exits (Linux ``prctl(2)``
-    ``PR_SET_PDEATHSIG``; the parent is the thread that forked it — for an asyncio parent
-    its event-loop thread).  Exits at once (status 1) when the parent is already gone,
-    i.e. ``os.getppid()`` is no longer ``parent_pid``.
-
-    :returns: whether the kernel will do it; ``False`` off Linux, where the caller polls
-        `parent_alive` instead.
-    """
-    done = False
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)  # this process's symbols: libc's prctl
-        done = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
-    if not parent_alive(parent_pid):  # it died before prctl took effect
-        os._exit(1)
-    return done
-
-
-def parent_alive(parent_pid: int) -> bool:
-    """Whether this process's parent is still ``parent_pid`` (an orphan is re-parented)."""
-    return os.getppid() == parent_pid
