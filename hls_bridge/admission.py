@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Callable
 
 import psutil
 
@@ -29,7 +30,8 @@ class Admission:
     :param idle_seconds: cumulative idle CPU seconds of the machine (replaceable in tests).
     """
 
-    def __init__(self, min_idle_cores: float, *, clock=time.monotonic, idle_seconds=None) -> None:
+    def __init__(self, min_idle_cores: float, *, clock: Callable[[], float] = time.monotonic,
+                 idle_seconds: Callable[[], float] | None = None) -> None:
         self.min_idle_cores = min_idle_cores
         self.cores = psutil.cpu_count() or 1
         self._clock = clock

@@ -71,7 +71,9 @@ _DECIMAL_INTEGER = re.compile(_NUMBER)
 
 
 class RoomProvider(Protocol):
-    """Looks up (or lazily starts) a room's store; None when the room has no stream."""
+    """Looks up (or lazily starts) a room's store; None when the room has no stream.
+    May raise :class:`~hls_bridge.errors.BridgeRefused` (answered 503 + ``Retry-After``)
+    when a stream could be started but the machine has no CPU for it now."""
 
     async def get(self, room: str) -> RoomStore | None: ...
 

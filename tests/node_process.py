@@ -7,10 +7,10 @@ file shown when it misbehaves.
 
 from __future__ import annotations
 
-from tests.relaycast_process import RelaycastProcess
+from tests.cli_process import CliProcess
 
 
-class NodeProcess(RelaycastProcess):
+class NodeProcess(CliProcess):
     def __init__(self, signaling_url: str, node_id: str, secret: str, **env: str) -> None:
         super().__init__(node_id, RELAYCAST_NODE_SECRET=secret, **env)
         self.signaling_url = signaling_url

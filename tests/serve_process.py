@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 import signal
 
-from tests.relaycast_process import RelaycastProcess
+from tests.cli_process import CliProcess
 from tests.services import STREAM_KEY
 
 
-class ServeProcess(RelaycastProcess):
+class ServeProcess(CliProcess):
     def __init__(self, *args: str, **env: str) -> None:
         super().__init__("serve", RELAYCAST_ICE_GATHER="127.0.0.1", **env)
         self.args = args

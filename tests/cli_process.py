@@ -1,5 +1,8 @@
 """A ``python -m relaycast.cli ...`` child process for tests: stdout lines collected
-(``wait_line``), stderr in a temporary log file shown when it misbehaves."""
+(``wait_line``), stderr in a temporary log file shown when it misbehaves.
+
+(``loadtest.cluster_procs.RelaycastProcess`` is the benchmarks' counterpart: it reads
+stdout only until the process is up, then discards it.)"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import tempfile
 from tests.polling import wait_for
 
 
-class RelaycastProcess:
+class CliProcess:
     def __init__(self, name: str, **env: str) -> None:
         self.env = {**os.environ, "RELAYCAST_LOG_LEVEL": "info", **env}
         self.proc: asyncio.subprocess.Process | None = None
