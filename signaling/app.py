@@ -18,7 +18,16 @@ from sfu.protocol import NodeEvent
 from web import STATIC_DIR
 
 from . import browser, hls_api
-from .app_keys import CASCADE, CONFIG, LIMITER, NAMESPACE_KEY, ROOMS, SESSION_SERVICE, SIO
+from .app_keys import (
+    CASCADE,
+    CONFIG,
+    LIMITER,
+    NAMESPACE_KEY,
+    ROOM_LISTENERS,
+    ROOMS,
+    SESSION_SERVICE,
+    SIO,
+)
 from .cascade import Cascade, MemoryPipeRegistry, PipeRegistry, RedisPipeRegistry
 from .client_ip import TRUSTED_PROXIES, client_of
 from .config import SignalingConfig
@@ -30,7 +39,7 @@ from .nodes import (
     SfuNode,
     acts_on,
 )
-from .rooms import RoomRegistry
+from .rooms import Room, RoomRegistry
 from .security_headers import harden_response
 from .sessions import MemorySessionStore, RedisSessionStore, SessionService, SessionStore
 from .whip import MediaResources
@@ -90,6 +99,7 @@ def create_app(config: SignalingConfig, placement: PlacementStrategy | None = No
     app[CONFIG] = config
     app[TRUSTED_PROXIES] = config.trusted_proxies
     app[ROOMS] = RoomRegistry()
+    app[ROOM_LISTENERS] = []
     app[LIMITER] = TokenBuckets(config.request_rate, config.request_burst)
     app[ICE_LIMITER] = TokenBuckets(config.ice_servers_rate, config.ice_servers_burst)
     app.on_response_prepare.append(harden_response)
@@ -210,11 +220,21 @@ async def _on_node_event(app: web.Application, event: str, node: SfuNode, data: 
         if room is not None:
             room.apply_state(node.node_id, data)
             await browser.announce_room(app, room.name, origin)
+            await _tell_listeners(app, room)
     elif event == NodeEvent.NODE_LOST:
         for room in list(rooms.rooms.values()):
             if room.forget_node(node.node_id):
                 await browser.announce_room(app, room.name, origin)
+                await _tell_listeners(app, room)
     await app[CASCADE].on_node_event(event, node, data)
+
+
+async def _tell_listeners(app: web.Application, room: Room) -> None:
+    for listener in list(app[ROOM_LISTENERS]):
+        try:
+            await listener(room)
+        except Exception:
+            logger.exception("room listener %r failed for %s", listener, room.name)
 
 
 # ------------------------------------------------------------------ API

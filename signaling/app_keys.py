@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import socketio
@@ -10,7 +11,7 @@ from aiohttp import web
 from common.ratelimit import TokenBuckets
 
 from .config import SignalingConfig
-from .rooms import RoomRegistry
+from .rooms import Room, RoomRegistry
 
 if TYPE_CHECKING:
     from hls_bridge.vod import RecordingLibrary
@@ -29,5 +30,9 @@ SESSION_SERVICE: web.AppKey[SessionService] = web.AppKey("session_service", obje
 NAMESPACE_KEY: web.AppKey[SfuNamespace] = web.AppKey("sfu_namespace", object)  # type: ignore[arg-type]
 RECORDINGS: web.AppKey[RecordingLibrary] = web.AppKey("recordings", object)  # type: ignore[arg-type]
 """The node's recording library, set only when recording is on (RELAYCAST_HLS_RECORD_DIR)."""
+ROOM_LISTENERS: web.AppKey[list[Callable[[Room], Awaitable[None]]]] = web.AppKey("room_listeners", list)
+"""Called with a :class:`~signaling.rooms.Room` after its state (live, viewers, node) changed
+by a node's report or a lost node, on every signaling instance that got the event (the
+platform's stream lifecycle listens here)."""
 CASCADE: web.AppKey[Cascade] = web.AppKey("cascade", object)  # type: ignore[arg-type]
 """Viewer placement across nodes and the rooms' node pipes (:mod:`signaling.cascade`)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PRODUCT = ("relaycast", "common", "sfu", "signaling", "turn", "hls_bridge", "web")
+PRODUCT = ("relaycast", "community", "common", "sfu", "signaling", "turn", "hls_bridge", "web")
 PACKAGES = (*PRODUCT, "loadtest")
 
 # docs/architecture.md, "Packages and what they may import".
@@ -24,8 +24,9 @@ ALLOWED: dict[str, set[str]] = {
     "sfu": {"common"},
     "hls_bridge": {"common", "sfu"},
     "signaling": {"common", "sfu", "turn", "hls_bridge", "web"},
-    "relaycast": {"common", "sfu", "signaling", "turn", "hls_bridge", "web"},
-    "loadtest": {"common", "sfu", "signaling", "turn", "hls_bridge", "web", "relaycast"},
+    "community": {"common", "sfu", "signaling", "hls_bridge", "web"},
+    "relaycast": {"common", "community", "sfu", "signaling", "turn", "hls_bridge", "web"},
+    "loadtest": {"common", "community", "sfu", "signaling", "turn", "hls_bridge", "web", "relaycast"},
 }
 
 
