@@ -3,7 +3,11 @@
 #   make test    install system + Python test dependencies (once) and run the test suite
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
-APT_PACKAGES := ffmpeg chromium-headless-shell nginx redis-server coturn
+APT_PACKAGES := ffmpeg chromium-headless-shell nginx redis-server coturn postgresql
+# postgresql: the tests start their own server (initdb/pg_ctl in a temporary directory);
+# Debian's package must not create and start a system cluster, hence postgresql-common
+# first with create_main_cluster = false.
+NO_MAIN_CLUSTER := sed -ri 's/^\#?\s*create_main_cluster\s*=.*/create_main_cluster = false/' /etc/postgresql-common/createcluster.conf
 STAMP := .make
 
 .PHONY: serve test install install-test lint
@@ -21,6 +25,8 @@ $(STAMP)/install-test: pyproject.toml web/package.json web/package-lock.json
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends postgresql-common && \
+	  $(if $(filter 0,$(shell id -u)),,sudo) $(NO_MAIN_CLUSTER) && \
 	  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends $$missing; \
 	  $(if $(filter 0,$(shell id -u)),,sudo) sh -c 'pgrep -x nginx >/dev/null && nginx -s stop 2>/dev/null; pkill -x redis-server; pkill -x turnserver; true'; \
 	fi

@@ -18,7 +18,12 @@ What is masked (names case-insensitive; the value becomes ``[REDACTED]``):
   ``credential``, ``password``, ``passwd`` or ``pwd`` (``key=...``, ``stream_key: ...``,
   ``"credential": "..."``, SDP's ``a=ice-pwd:...``): a quoted value up to its closing
   quote (or the end of the line), else up to whitespace, a quote or one of ``& ; , < >``;
-* the password of a URL's userinfo (``redis://:password@host``, RFC 3986 §3.2.1).
+* the password of a URL's userinfo (``redis://:password@host``, RFC 3986 §3.2.1);
+* the rest of the line after a ``Cookie`` or ``Set-Cookie`` header name (the pages'
+  access and refresh tokens ride in cookies);
+* anything shaped like a JWT (``eyJ….eyJ….sig``, RFC 7519 §3) and relaycast's stream keys
+  and refresh tokens by their prefixes (``sk_…``, ``rt_…``, 16+ characters), wherever
+  they appear.
 
 A secret that contains whitespace is masked only up to the whitespace unless it is the
 value of an ``Authorization`` header or quoted: keep secrets to the token alphabet
@@ -42,6 +47,9 @@ _NAMED = re.compile(
     re.IGNORECASE,
 )
 _USERINFO = re.compile(r"(://[^/\s:@]*:)[^@\s/]+@")
+_COOKIE = re.compile(r"""((?:set-)?cookie["']?\s*[:=]\s*)[^\r\n]+""", re.IGNORECASE)
+_JWT = re.compile(r"eyJ[\w-]*\.eyJ[\w-]*\.[\w-]*")
+_PREFIXED = re.compile(r"\b(?:sk|rt)_[A-Za-z0-9_-]{16,}")
 
 
 def redact(text: str) -> str:
@@ -50,6 +58,9 @@ def redact(text: str) -> str:
     if not text:
         return text
     text = _AUTHORIZATION.sub(rf"\1{MASK}", text)
+    text = _COOKIE.sub(rf"\1{MASK}", text)
+    text = _JWT.sub(MASK, text)
+    text = _PREFIXED.sub(MASK, text)
     text = _SCHEME.sub(rf"\1{MASK}", text)
     text = _NAMED.sub(rf"\1{MASK}", text)
     return _USERINFO.sub(rf"\1{MASK}@", text)

@@ -109,6 +109,9 @@ async def problem_middleware(
             if k.lower() not in ("content-type", "content-length")
         }
         raise HttpProblem(exc.status, None, _detail(request, exc), headers=headers) from None
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError: the client left
+        logger.info("client went away during %s %s", request.method, request.path)
+        raise
     except Exception:
         logger.exception("unhandled error on %s %s", request.method, request.path)
         raise HttpProblem(500, None, "the error was logged") from None

@@ -33,7 +33,10 @@ MODULES = (
     "community.api.streams",
     "community.api.discovery",
     "community.api.social",
+    "community.notifications",
+    "community.webhooks",
     "community.thumbnails",
+    "community.pages",
 )
 
 

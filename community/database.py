@@ -7,6 +7,8 @@ on: a committed transaction survives a killed process (``kill -9``).  PostgreSQL
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +17,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -27,6 +29,7 @@ from sqlalchemy.ext.asyncio import (
 logger = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATION_LOCK_KEY = 0x72656C6179  # "relay": the advisory lock id held while migrating
 
 
 def alembic_config(url: str) -> Config:
@@ -81,14 +84,28 @@ class Database:
         return db
 
     async def migrate(self) -> None:
-        """``alembic upgrade head`` on this engine's connection."""
+        """``alembic upgrade head`` on this engine's connection, one process at a time:
+        instances starting together on one database (``relaycast cluster``) would otherwise
+        race to create the same tables.  PostgreSQL: a transaction-level advisory lock;
+        SQLite: an exclusive ``flock`` on ``<database>.migrate.lock``."""
         def upgrade(connection: Any) -> None:
-            config = alembic_config(str(self.engine.url))
+            config = alembic_config(self.engine.url.render_as_string(hide_password=False))
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
-        async with self.engine.begin() as connection:
-            await connection.run_sync(upgrade)
+        lock_file = None
+        if self.dialect == "sqlite" and self.engine.url.database not in (None, "", ":memory:"):
+            lock_file = open(f"{self.engine.url.database}.migrate.lock", "a+b")  # noqa: SIM115
+            await asyncio.to_thread(fcntl.flock, lock_file.fileno(), fcntl.LOCK_EX)
+        try:
+            async with self.engine.begin() as connection:
+                if self.dialect == "postgresql":
+                    await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                             {"key": MIGRATION_LOCK_KEY})
+                await connection.run_sync(upgrade)
+        finally:
+            if lock_file is not None:
+                lock_file.close()  # releases the flock
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     MetaData,
     String,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -190,6 +191,13 @@ Index("ix_streams_channel_status", Stream.channel_id, Stream.status)
 Index("uq_streams_channel_open", Stream.channel_id, unique=True,
       sqlite_where=Stream.status != "ended", postgresql_where=Stream.status != "ended")
 """At most one pending-or-live stream per channel (the exactly-once go-live guard)."""
+# The directory's keyset orders and the rarely-true filters (migration 0002).
+Index("ix_streams_status_viewers", Stream.status, Stream.viewers, Stream.id)
+Index("ix_streams_status_started", Stream.status, Stream.started_at, Stream.id)
+Index("ix_channels_private", Channel.private,
+      sqlite_where=text("private = 1"), postgresql_where=text("private = true"))
+Index("ix_users_suspended_at", User.suspended_at,
+      sqlite_where=text("suspended_at IS NOT NULL"), postgresql_where=text("suspended_at IS NOT NULL"))
 
 
 class StreamTag(Base):

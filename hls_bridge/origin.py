@@ -50,6 +50,7 @@ from typing import Protocol
 from aiohttp import web
 
 from common.problems import problem_middleware
+from hls_bridge.access import ViewAccess, access_middleware
 from hls_bridge.errors import BridgeRefused
 from hls_bridge.playlist import (
     BadDeliveryDirective,
@@ -111,12 +112,17 @@ async def media_cors_middleware(
     return response
 
 
-def create_origin_app(rooms: Mapping[str, RoomStore] | RoomProvider) -> web.Application:
+def create_origin_app(rooms: Mapping[str, RoomStore] | RoomProvider,
+                      access: ViewAccess | None = None) -> web.Application:
     """The origin sub-application serving ``rooms``.
 
     ``rooms``: a mapping room name → store (live-updated) or a `RoomProvider`.
+    ``access``: who may watch which room (:mod:`hls_bridge.access`; default: everyone).
     """
-    app = web.Application(middlewares=[media_cors_middleware, problem_middleware])
+    middlewares = [media_cors_middleware, problem_middleware]
+    if access is not None:
+        middlewares.append(access_middleware(access))
+    app = web.Application(middlewares=middlewares)
     app[PROVIDER] = _MappingProvider(rooms) if isinstance(rooms, Mapping) else rooms
     app.router.add_get("/{room}/index.m3u8", _multivariant)
     app.router.add_get("/{room}/{stream}/{rendition}/index.m3u8", _media_playlist)

@@ -32,6 +32,7 @@ from common.config import ConfigError
 from common.names import is_room_name
 from common.problems import HttpProblem, problem_middleware
 
+from .access import ViewAccess, access_middleware
 from .origin import INIT_TYPE, MEDIA_TYPE, PLAYLIST_TYPE, media_cors_middleware
 from .recording import (
     _FILE_RE,
@@ -330,7 +331,7 @@ def _content_type(name: str) -> str:
     return INIT_TYPE if name.endswith(".mp4") else MEDIA_TYPE
 
 
-def create_vod_app(library: RecordingLibrary) -> web.Application:
+def create_vod_app(library: RecordingLibrary, access: ViewAccess | None = None) -> web.Application:
     """The VOD sub-application serving ``library``'s finished recordings (mount at ``/vod``).
 
     Routes (relative to the mount point), GET and HEAD, with Range support:
@@ -342,8 +343,13 @@ def create_vod_app(library: RecordingLibrary) -> web.Application:
 
     Responses are cacheable (``immutable``) until the recording expires; anything else
     (unknown, unfinished or expired recordings, bad names) is a 404 problem+json.
+    ``access``: who may watch which room's recordings (:mod:`hls_bridge.access`; default:
+    everyone).
     """
-    app = web.Application(middlewares=[media_cors_middleware, problem_middleware])
+    middlewares = [media_cors_middleware, problem_middleware]
+    if access is not None:
+        middlewares.append(access_middleware(access))
+    app = web.Application(middlewares=middlewares)
     app[LIBRARY] = library
     app.router.add_get("/{room}/{id}/index.m3u8", _serve)
     app.router.add_get("/{room}/{id}/{rendition}/{name}", _serve)
@@ -379,6 +385,9 @@ async def _serve(request: web.Request) -> web.StreamResponse:
         raise HttpProblem(404, detail=f"no recording file at {request.path}")
     path, max_age = found
     content_type = _content_type(name)
+    if name == PLAYLIST_NAME:  # small, and a private room's are rewritten (hls_bridge.access)
+        return web.Response(body=await asyncio.to_thread(path.read_bytes), content_type=content_type,
+                            charset=None, headers={"Cache-Control": f"public, max-age={max_age}, immutable"})
     return web.FileResponse(
         path,
         headers={

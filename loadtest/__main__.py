@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Subcommands in their own modules: each has add_arguments(parser) and main(args).
     from . import (
+        directory_bench,
         hls_latency,
         hlsjs_latency,
         pipe_hop,
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("hlsjs-latency", hlsjs_latency, "LL-HLS latency in stock hls.js and the watch page (PDT vs now)"),
         ("sio-fanout", sio_fanout, "Socket.IO room-state fan-out across two signaling instances (Redis)"),
         ("relay-serve", relay_serve, "the service with the naive MediaRelay baseline Router (fanout --mode relay)"),
+        ("directory-bench", directory_bench, "directory and search latency at a steady request rate"),
     ):
         command = sub.add_parser(name, help=text, description=(module.__doc__ or "").split("\n\n")[0])
         module.add_arguments(command)

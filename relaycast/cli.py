@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from common.config import ConfigError, env_number
 from common.log_redaction import install_redaction
+from community.config import CommunityConfig, CommunityConfigError
 from sfu.config import SfuConfig
 from sfu.worker import RouterFactory
 from signaling.config import SignalingConfig
@@ -57,15 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run signaling with an embedded SFU worker (no Redis needed)")
     serve.add_argument("--host", help="listen address (RELAYCAST_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (RELAYCAST_PORT, default 8080)")
-    serve.add_argument("--room", dest="demo_room", help="demo room created at startup (RELAYCAST_DEMO_ROOM, default demo)")
+    serve.add_argument("--room", dest="demo_room",
+                       help="demo channel made sure of at start-up (RELAYCAST_DEMO_ROOM, default demo)")
     serve.add_argument("--stream-key", dest="demo_stream_key",
-                       help="the demo room's stream key (RELAYCAST_STREAM_KEY; random if unset)")
+                       help="a stream key of the demo channel (RELAYCAST_STREAM_KEY; a new random one "
+                            "on every start if unset)")
     serve.add_argument("--ice-gather", help="comma-separated local IPs for ICE host candidates (RELAYCAST_ICE_GATHER)")
     serve.add_argument("--no-embedded-sfu", action="store_true",
                        help="do not run an SFU worker in this process; wait for `relaycast sfu` nodes")
     serve.add_argument("--workers", metavar="N|auto",
                        help="SFU worker processes (RELAYCAST_WORKERS, default auto: one per CPU minus "
                             "one, at least 1); 1 runs the SFU in this process")
+    serve.add_argument("--data-dir", help="where the embedded SQLite database lives, created on first "
+                                          "start (RELAYCAST_DATA_DIR, default ./relaycast-data); "
+                                          "RELAYCAST_DATABASE_URL=postgresql+asyncpg://... uses PostgreSQL")
     serve.add_argument("--redis-url", help="Redis mode: share nodes and rooms with other signaling "
                                            "instances (RELAYCAST_REDIS_URL or REDIS_URL)")
 
@@ -107,9 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                 embedded_sfu=False if args.no_embedded_sfu else None, redis_url=args.redis_url,
             )
             workers = WorkersConfig.from_env(workers=args.workers, embedded_sfu=config.embedded_sfu)
-            return asyncio.run(serve(config, workers=workers.count))
+            community = CommunityConfig.from_env(data_dir=args.data_dir)
+            return asyncio.run(serve(config, workers=workers.count, community=community))
         return asyncio.run(_sfu_node(args))
-    except ConfigError as exc:
+    except (ConfigError, CommunityConfigError) as exc:
         print(f"relaycast: configuration error: {exc}", file=sys.stderr)
         return 2
     except WorkerError as exc:
@@ -141,17 +148,24 @@ class _Signals:
         (self.second if self.first.is_set() else self.first).set()
 
 
-async def serve(config: SignalingConfig, router_factory: RouterFactory | None = None, workers: int = 1) -> int:
-    """Run the service until SIGINT/SIGTERM, printing its URLs (and the demo stream key).
+async def serve(config: SignalingConfig, router_factory: RouterFactory | None = None, workers: int = 1,
+                community: CommunityConfig | None = None) -> int:
+    """Run the service until SIGINT/SIGTERM, printing its URLs, the demo channel's stream key
+    and, on the first run, the admin account's password.
 
     :param router_factory: the per-room Router class of the embedded worker (default
         :class:`sfu.router.Router`).
     :param workers: SFU worker processes (:class:`relaycast.service.Service`); 1 = none.
+    :param community: the platform's settings (default from the environment).
     """
     from .service import Service
 
-    async with Service(config, router_factory=router_factory, workers=workers) as service:
+    async with Service(config, router_factory=router_factory, workers=workers,
+                       community=community) as service:
         print(f"relaycast listening on {service.url}", flush=True)
+        if service.admin_password is not None:  # before the stream key: the last line
+            print(f"  admin login: admin / {service.admin_password}  (shown once; change it in /settings)",
+                  flush=True)
         if service.supervisor is not None:
             pids = ", ".join(f"{name} pid {pid}" for name, pid in service.supervisor.pids().items())
             print(f"  SFU workers: {pids}; LL-HLS node {config.sfu.node_id} in this process", flush=True)

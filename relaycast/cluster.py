@@ -2,6 +2,12 @@
 
 Started in this order, each stage waited for within ``--ready-timeout`` seconds in all:
 
+0. PostgreSQL, the platform's shared database, on ``--postgres-port`` (skipped when
+   ``--database-url`` / ``RELAYCAST_DATABASE_URL`` names one): a throwaway server
+   (``initdb`` into a new temporary folder, removed at exit; as the ``postgres`` user when
+   run as root).  Without PostgreSQL binaries the instances share one SQLite file in
+   ``RELAYCAST_DATA_DIR`` (default ``relaycast-data``) instead, which works for processes
+   on one machine.
 1. ``redis-server`` on ``--redis-port`` (skipped when ``--redis-url``,
    ``RELAYCAST_REDIS_URL`` or ``REDIS_URL`` names one),
 2. with ``--turn``: coturn through ``relaycast turn --port TURN_PORT`` (development
@@ -54,7 +60,9 @@ from signaling.config import check_redis_url
 from .processes import spawn, terminate
 
 # Start order; children are stopped tier by tier in reverse.
-REDIS, TURN, SERVE, SFU = range(4)
+POSTGRES, REDIS, TURN, SERVE, SFU = range(5)
+PG_USER = "relaycast"
+PG_DATABASE = "postgres"
 
 
 @dataclass
@@ -70,6 +78,10 @@ class Child:
     port: int | None = None
     log: Path | None = None
     proc: asyncio.subprocess.Process | None = None
+    prepare: Callable[[Child], None] | None = field(default=None, repr=False)
+    """Run (blocking) right before the child is spawned; may complete ``argv``."""
+    scratch: Path | None = None
+    """A folder the child's ``prepare`` made, removed after the child stopped."""
 
     def tail(self, lines: int = 25) -> str:
         """The last ``lines`` lines of the child's log ("" before it started)."""
@@ -116,6 +128,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--hls-port", type=port, help="the bridge's port (default BASE+N)")
     p.add_argument("--redis-port", type=port, default=6380, help="port of the redis-server started (default 6380)")
     p.add_argument("--redis-url", help="use this Redis instead of starting one (also RELAYCAST_REDIS_URL, REDIS_URL)")
+    p.add_argument("--postgres-port", type=port, default=5433,
+                   help="port of the PostgreSQL server started (default 5433)")
+    p.add_argument("--database-url", help="use this database instead of starting PostgreSQL "
+                                          "(also RELAYCAST_DATABASE_URL)")
     p.add_argument("--turn", action=argparse.BooleanOptionalAction, default=False,
                    help="also run coturn (relaycast turn, development config) and advertise it (default off)")
     p.add_argument("--turn-port", type=port, default=3478, help="coturn's port with --turn (default 3478)")
@@ -145,6 +161,18 @@ def plan(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[list[Child],
             base[name] = generated[name] = make()
     python = [sys.executable, "-m", "relaycast.cli", "--log-level", args.log_level]
     children: list[Child] = []
+
+    database_url = args.database_url or env.get("RELAYCAST_DATABASE_URL")
+    if not database_url:
+        pg_bin = postgres_bin(env)
+        if pg_bin is not None:
+            database_url = f"postgresql+asyncpg://{PG_USER}@127.0.0.1:{args.postgres_port}/{PG_DATABASE}"
+            children.append(Child("postgres", POSTGRES, [], base, database_url, args.postgres_port,
+                                  prepare=lambda child, b=pg_bin: _init_postgres(child, b)))
+    if database_url:
+        base["RELAYCAST_DATABASE_URL"] = database_url
+    else:  # no PostgreSQL here: one SQLite file shared by the instances on this machine
+        base["RELAYCAST_DATA_DIR"] = env.get("RELAYCAST_DATA_DIR") or "relaycast-data"
 
     redis_url = args.redis_url or env.get("RELAYCAST_REDIS_URL") or env.get("REDIS_URL")
     if not redis_url:
@@ -195,6 +223,54 @@ def plan(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[list[Child],
     return children, generated
 
 
+def postgres_bin(env: Mapping[str, str]) -> Path | None:
+    """The folder of PostgreSQL's server binaries (``RELAYCAST_PG_BIN``, else the newest
+    ``/usr/lib/postgresql/*/bin``), or ``None`` when ``postgres``/``initdb`` are not there."""
+    candidates = [Path(env["RELAYCAST_PG_BIN"])] if env.get("RELAYCAST_PG_BIN") else sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True)
+    for folder in candidates:
+        if all(os.access(folder / tool, os.X_OK) for tool in ("postgres", "initdb", "pg_isready")):
+            return folder
+    return None
+
+
+def _as_postgres_user() -> list[str]:
+    """PostgreSQL refuses to run as root: run it as the ``postgres`` account then."""
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+def _init_postgres(child: Child, pg_bin: Path) -> None:
+    """``initdb`` a throwaway cluster in a new temporary folder and set ``child.argv`` to run
+    ``postgres`` on it (loopback only, trust authentication for user ``relaycast``).
+
+    :raises ClusterError: initdb failed (its output in the message).
+    """
+    import pwd
+    import subprocess
+
+    folder = Path(tempfile.mkdtemp(prefix="relaycast-pg-"))
+    if os.geteuid() == 0:
+        account = pwd.getpwnam("postgres")
+        os.chown(folder, account.pw_uid, account.pw_gid)
+    data = folder / "data"
+    done = subprocess.run([*_as_postgres_user(), str(pg_bin / "initdb"), "-D", str(data), "-U", PG_USER,
+                           "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync"],
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise ClusterError(f"initdb failed: {(done.stderr or done.stdout).strip()[-2000:]}")
+    child.argv = [*_as_postgres_user(), str(pg_bin / "postgres"), "-D", str(data), "-p", str(child.port),
+                  "-k", str(folder), "-c", "listen_addresses=127.0.0.1"]
+    child.scratch = folder
+
+
+async def _postgres_ready(pg_bin: Path, port: int) -> bool:
+    proc = await asyncio.create_subprocess_exec(
+        str(pg_bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    return await proc.wait() == 0
+
+
 def check_ports_free(children: list[Child]) -> None:
     """:raises ConfigError: naming the first child whose TCP port on 127.0.0.1 is taken."""
     for child in children:
@@ -243,7 +319,11 @@ async def _run(children: list[Child], log_dir: Path, args: argparse.Namespace) -
                 group = [c for c in children if c.tier == tier]
                 for child in group:
                     await _spawn(child, log_dir)
-                if tier == REDIS:
+                if tier == POSTGRES:
+                    pg_bin = postgres_bin(os.environ)
+                    assert pg_bin is not None
+                    up = await waiter.until("postgres", lambda b=pg_bin: _postgres_ready(b, args.postgres_port), group)
+                elif tier == REDIS:
                     up = await waiter.until("redis", lambda: _redis_ping(args.redis_port), group)
                 elif tier == TURN:
                     from turn.server import stun_ping
@@ -268,6 +348,9 @@ async def _run(children: list[Child], log_dir: Path, args: argparse.Namespace) -
 
 async def _spawn(child: Child, log_dir: Path) -> None:
     child.log = log_dir / f"{child.name}.log"
+    if child.prepare is not None:
+        print(f"  preparing {child.name}...", flush=True)
+        await asyncio.to_thread(child.prepare, child)
     with open(child.log, "ab") as out:
         try:
             child.proc = await spawn(child.argv, child.env, stdout=out, stderr=asyncio.subprocess.STDOUT)
@@ -387,5 +470,8 @@ async def _stop_all(children: list[Child], timeout: float) -> None:
             print(f"relaycast cluster: {names[id(proc)]} did not stop in {timeout:g} s, killing it", flush=True)
 
         await terminate([c.proc for c in group if c.proc is not None], timeout, killing)
+    for child in children:
+        if child.scratch is not None:
+            shutil.rmtree(child.scratch, ignore_errors=True)
     if any(c.proc is not None for c in children):
         print("relaycast cluster: stopped", flush=True)

@@ -12,6 +12,12 @@ from typing import Any
 from aiohttp import web
 
 from common.log_redaction import install_redaction
+from common.problems import HttpProblem
+from community.app import COMMUNITY
+from community.app import install as install_platform
+from community.config import CommunityConfig
+from community.demo import ensure_demo_channel
+from community.thumbnails import thumbnails_of
 from hls_bridge.bridge import BridgeManager, HlsConfig
 from hls_bridge.origin import create_origin_app
 from hls_bridge.vod import RecordingConfig, create_vod_app
@@ -24,6 +30,7 @@ from signaling.app_keys import CASCADE, NAMESPACE_KEY, RECORDINGS, ROOMS
 from signaling.config import SignalingConfig
 from signaling.http_guard import ConnectionGuard, EdgeSite
 from signaling.nodes import PlacementStrategy
+from signaling.publish_auth import AccessRefused
 
 from .workers import Supervisor, sfu_worker_specs, viewers_per_worker
 
@@ -39,6 +46,14 @@ class Service:
     an embedded worker needs a node id unique in the cluster).
     ``placement`` overrides the node placement strategy (default least-loaded);
     ``router_factory`` the embedded worker's per-room Router (default :class:`sfu.router.Router`).
+
+    The platform (:mod:`community`: accounts, channels, keys, the ``/api`` REST API) is
+    installed on the signaling app with ``community`` (default
+    :meth:`CommunityConfig.from_env`: SQLite in ``RELAYCAST_DATA_DIR``, or
+    ``RELAYCAST_DATABASE_URL``); channels are the rooms.  ``start`` makes sure the demo
+    channel ``config.demo_room`` exists with ``config.demo_stream_key`` (a new random key
+    when unset: `demo_stream_key`), and that an admin account exists (`admin_password` is
+    its password when it was created by this start, else ``None``).
 
     ``workers`` (needs ``config.embedded_sfu``): 1 runs the SFU Worker in this process;
     ``N >= 2`` runs N SFU worker child processes (:mod:`relaycast.workers`), node ids
@@ -56,6 +71,7 @@ class Service:
         *,
         router_factory: RouterFactory | None = None,
         workers: int = 1,
+        community: CommunityConfig | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -69,6 +85,7 @@ class Service:
         """The SFU worker processes (``workers >= 2``), started by `start`."""
         self.config = config
         self.app = create_app(config, placement)
+        self.community = install_platform(self.app, community or CommunityConfig.from_env())
         self.runner = web.AppRunner(self.app, access_log=None)
         self.connections = ConnectionGuard(config.connections_per_address, config.trusted_proxies)
         self.worker: Worker | None = None
@@ -76,6 +93,7 @@ class Service:
         self.link: SignalingLink | None = None
         self.url = ""
         self.demo_stream_key: str | None = None
+        self.admin_password: str | None = None
         self.hls: BridgeManager | None = None
         self.recordings = RecordingConfig.from_env()
         self._sweeper: asyncio.Task[None] | None = None
@@ -83,10 +101,19 @@ class Service:
             # Mounted now (the app freezes at start-up); the worker is attached in start().
             library = self.recordings.library()
             self.hls = BridgeManager(None, HlsConfig.from_env(), recordings=library)
-            self.app.add_subapp("/hls", create_origin_app(self.hls))
+            self.app.add_subapp("/hls", create_origin_app(self.hls, access=self.view_access))
             if library is not None:
                 self.app[RECORDINGS] = library
-                self.app.add_subapp("/vod", create_vod_app(library))
+                self.app.add_subapp("/vod", create_vod_app(library, access=self.view_access))
+
+    async def view_access(self, room: str, token: str | None) -> bool:
+        """LL-HLS and VOD viewers: the rooms' authority decides (a private channel needs a
+        playback token, :mod:`hls_bridge.access`).  :raises HttpProblem: 401."""
+        try:
+            return await self.app[ROOMS].authority.authorize_view(room, token)
+        except AccessRefused as refused:
+            raise HttpProblem(refused.status, None, refused.detail,
+                              headers={"WWW-Authenticate": refused.challenge}) from None
 
     async def __aenter__(self) -> Service:
         await self.start()
@@ -97,10 +124,33 @@ class Service:
 
     async def start(self) -> None:
         config = self.config
-        if config.demo_room:
-            self.demo_stream_key = self.app[ROOMS].create(config.demo_room, config.demo_stream_key)
         install_redaction()  # secrets out of every log record, also when embedded
-        await self.runner.setup()
+        if config.demo_room:  # known before start-up: its state is read from Redis then
+            self.app[ROOMS].ensure(config.demo_room)
+        await self.runner.setup()  # opens (and migrates) the database
+        try:
+            await self._ensure_demo_channel()
+        except BaseException:
+            await self.runner.cleanup()
+            raise
+        # The first-run admin's password hash (argon2id, ~0.1 s in a thread) runs beside
+        # the SFU's start-up.
+        admin = asyncio.create_task(self._ensure_admin(), name="ensure-admin")
+        try:
+            await self._start_serving()
+        except BaseException:
+            admin.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await admin
+            raise
+        try:
+            self.admin_password = await admin
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_serving(self) -> None:
+        config = self.config
         site = EdgeSite(self.runner, config.host, config.port, guard=self.connections,
                         header_timeout_s=config.header_timeout_s)
         await site.start()
@@ -117,6 +167,8 @@ class Service:
                 cascade, node_id = self.app[CASCADE], config.sfu.node_id
                 self.hls.pull = lambda room: cascade.pull_into(room, node_id)
                 self.hls.start()
+                if (thumbnails := thumbnails_of(self.app)) is not None:  # same node, same pull
+                    thumbnails.attach(DirectTransport(self.worker), self.hls.pull)
                 if self.hls.recordings is not None:
                     self._sweeper = asyncio.create_task(
                         self.hls.recordings.sweep_forever(self.recordings.sweep_interval_s))
@@ -128,6 +180,18 @@ class Service:
             except BaseException:
                 await self.stop()
                 raise
+
+    async def _ensure_demo_channel(self) -> None:
+        """The demo channel and its key (`demo_stream_key`)."""
+        if self.config.demo_room:
+            self.demo_stream_key = await ensure_demo_channel(
+                self.app[COMMUNITY].db, self.config.demo_room, self.config.demo_stream_key)
+
+    async def _ensure_admin(self) -> str | None:
+        """The first-run admin account; its password when created now."""
+        from community.api.users import ensure_admin
+
+        return await ensure_admin(self.app[COMMUNITY].db, None)
 
     async def _start_workers(self) -> None:
         """Start the SFU worker processes; wait until each one registered.

@@ -11,6 +11,7 @@ from typing import Any
 import socketio
 from aiohttp import web
 
+from common.names import is_room_name
 from common.problems import HttpProblem, problem_middleware
 from common.ratelimit import TokenBuckets
 from sfu.protocol import SOCKETIO_PATH as NODE_SOCKETIO_PATH
@@ -39,6 +40,7 @@ from .nodes import (
     SfuNode,
     acts_on,
 )
+from .publish_auth import PublishAuthority
 from .rooms import Room, RoomRegistry
 from .security_headers import harden_response
 from .sessions import MemorySessionStore, RedisSessionStore, SessionService, SessionStore
@@ -90,15 +92,19 @@ def sio_allowed_origins(allowed: tuple[str, ...]) -> str | list[str] | None:
     return "*" if allowed == ("*",) else list(allowed)
 
 
-def create_app(config: SignalingConfig, placement: PlacementStrategy | None = None) -> web.Application:
+def create_app(config: SignalingConfig, placement: PlacementStrategy | None = None,
+               authority: PublishAuthority | None = None) -> web.Application:
     """Build the signaling app.  Embedded SFU startup lives in :mod:`relaycast.service`.
 
     :param placement: node placement strategy (default `signaling.nodes.least_loaded`).
+    :param authority: which rooms exist and who publishes to them (default
+        :class:`~signaling.static_keys.StaticKeys`); replaceable until start-up through
+        ``app[ROOMS].authority``.
     """
     app = web.Application(middlewares=[cors_middleware, problem_middleware], client_max_size=1024 * 1024)
     app[CONFIG] = config
     app[TRUSTED_PROXIES] = config.trusted_proxies
-    app[ROOMS] = RoomRegistry()
+    app[ROOMS] = RoomRegistry(authority=authority)
     app[ROOM_LISTENERS] = []
     app[LIMITER] = TokenBuckets(config.request_rate, config.request_burst)
     app[ICE_LIMITER] = TokenBuckets(config.ice_servers_rate, config.ice_servers_burst)
@@ -216,7 +222,10 @@ async def _on_node_event(app: web.Application, event: str, node: SfuNode, data: 
     # session_closed / session_connected / node_lost: the session records
     await app[SESSION_SERVICE].on_node_event(event, node, data)
     if event == NodeEvent.ROOM_STATE:
-        room = rooms.get(str(data.get("room")))
+        name = str(data.get("room"))
+        room = rooms.get(name)
+        if room is None and is_room_name(name):  # a room the node admitted a session to
+            room = rooms.ensure(name)
         if room is not None:
             room.apply_state(node.node_id, data)
             await browser.announce_room(app, room.name, origin)
@@ -244,7 +253,7 @@ async def list_rooms(request: web.Request) -> web.Response:
 
 
 async def get_room(request: web.Request) -> web.Response:
-    room = request.app[ROOMS].get(request.match_info["room"])
+    room = await request.app[ROOMS].find(request.match_info["room"])
     if room is None:
         raise HttpProblem(404, "Not Found", "no such room")
     return web.json_response(room.to_json())

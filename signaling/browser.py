@@ -22,6 +22,13 @@ instance (more are refused with a ``ConnectionRefusedError`` message), and the `
 token bucket.  The ``Origin`` check (``RELAYCAST_ALLOWED_ORIGINS``) is python-engineio's,
 configured in `signaling.app.create_app`.
 
+Identity: a page may also be someone.  The platform plugs identifiers into
+``app[SIO_IDENTIFY]`` (a list; signaling knows nothing about accounts): on connect each is
+called with the handshake request (cookies, headers) and the client's ``auth`` payload and
+returns the Socket.IO rooms that connection enters (e.g. ``user:{id}`` for a valid access
+cookie; none for an anonymous page).  A failing identifier is logged and the page stays
+anonymous.  The rooms are fixed for the connection's life: a page that logs in reconnects.
+
 Clients of a room are in the Socket.IO room ``room:{name}``.  In Redis mode the server's
 client manager (`signaling.redis_state.SocketIORedisManager`) delivers an emit to the
 clients of every signaling instance, so exactly one instance — the one the reporting node
@@ -32,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import socketio
@@ -51,6 +58,12 @@ JOIN_RATE = 10.0
 """Joins per second per client address (burst as many); more are refused with ``retry_after``."""
 
 Ack = dict[str, Any]
+
+Identifier = Callable[[web.Request, Any], Awaitable[Collection[str]]]
+"""``identify(handshake_request, auth) -> rooms`` (see the module docstring)."""
+
+SIO_IDENTIFY: web.AppKey[list[Identifier]] = web.AppKey("sio_identify", list)
+"""The identifiers of the pages' connections (``app.setdefault(SIO_IDENTIFY, []).append(f)``)."""
 
 
 def sio_room(name: str) -> str:
@@ -119,6 +132,19 @@ class BrowserNamespace(socketio.AsyncNamespace):
                 f"too many connections from {address} (at most {limit}); close one and retry")
         self.connections[address] = self.connections.get(address, 0) + 1
         self.addresses[sid] = address
+        if request is not None:
+            await self._identify(sid, request, auth)
+
+    async def _identify(self, sid: str, request: web.Request, auth: Any) -> None:
+        """Enter the rooms ``app[SIO_IDENTIFY]`` names for this connection."""
+        for identify in self.app.get(SIO_IDENTIFY, ()):
+            try:
+                rooms = await identify(request, auth)
+            except Exception:
+                logger.exception("Socket.IO identifier %r failed", identify)
+                continue
+            for room in rooms:
+                await self.enter_room(sid, room)
 
     async def on_disconnect(self, sid: str, *args: Any) -> None:
         self.joined.pop(sid, None)  # python-socketio leaves its rooms itself
@@ -138,7 +164,7 @@ class BrowserNamespace(socketio.AsyncNamespace):
         name = data.get("room") if isinstance(data, dict) else None
         if not isinstance(name, str):
             return {"error": 'expected {"room": name}'}
-        room = self.app[ROOMS].get(name)
+        room = await self.app[ROOMS].find(name)
         if room is None:
             return {"error": "no such room"}
         previous = self.joined.get(sid)

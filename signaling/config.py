@@ -50,8 +50,10 @@ class SignalingConfig:
     """Everything ``relaycast serve`` needs.
 
     :ivar host/port: listen address (``RELAYCAST_HOST``, ``RELAYCAST_PORT``).
-    :ivar demo_room: room created at startup (``RELAYCAST_DEMO_ROOM``, "" = none).
-    :ivar demo_stream_key: its stream key (``RELAYCAST_STREAM_KEY``; random if unset).
+    :ivar demo_room: the demo channel (room) made sure of at start-up, owned by a user of
+        the same name (``RELAYCAST_DEMO_ROOM``, default ``demo``; "" = none).
+    :ivar demo_stream_key: a stream key of it, stored hashed (``RELAYCAST_STREAM_KEY``; a new
+        random key on every start if unset).
     :ivar node_secret: shared secret SFU nodes authenticate with
         (``RELAYCAST_NODE_SECRET``; random per process in the embedded default).
     :ivar embedded_sfu: run one SFU worker in this process (``RELAYCAST_EMBEDDED_SFU``).

@@ -1,58 +1,36 @@
-"""Rooms and their stream keys.
+"""Rooms: the live state each room has on this signaling instance, and the per-address
+throttle of wrong publish credentials.
 
-A stream key is 192 random bits (``secrets.token_urlsafe(24)``), shown once
-and stored only as its SHA-256 digest — for high-entropy random secrets a fast
-hash is the right tool (no dictionary to defend against) — and compared with
-:func:`hmac.compare_digest`.  Keys can be rotated.
+A room exists when the :class:`~signaling.publish_auth.PublishAuthority` says so (a static
+room, or every channel of the platform); its :class:`Room` state (live, viewers, origin node)
+is created here when first needed — a publisher, a viewer, a page joining, a node's report.
 
-Failed attempts are throttled per client address, successes never: after ``max_failures``
-wrong keys within ``window_s`` (10 in 60 s by default) the address is *blocked* until the
-oldest of them leaves the window.  While it is blocked, a key from it is compared with the room's key only — a right
-one is accepted, a wrong one is answered 429 at once, without the search that tells 401
-from 403.  So someone guessing keys from the publisher's address (a shared NAT) cannot lock
-the publisher out; what it costs them is that their guesses are answered 429 from then
-on.  Guessing speed is then bounded by the per-address request rate only, which against
-192-bit random keys changes nothing (2^191 guesses on average).
+Failed publish attempts are throttled per client address, successes never: after
+``max_failures`` wrong credentials within ``window_s`` (10 in 60 s by default) the address
+is *blocked* until the oldest of them leaves the window.  While it is blocked, a credential
+from it is still checked — a right one is accepted — but a wrong one is answered 429 at
+once, without telling 401 from 403.  So someone guessing keys from the publisher's address
+(a shared NAT) cannot lock the publisher out; what it costs them is that their guesses are
+answered 429 from then on.  Guessing speed is then bounded by the per-address request rate
+only, which against 192-bit random keys changes nothing (2^191 guesses on average).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from common.names import ROOM_RE, is_room_name
 
-
-class KeyCheck(Enum):
-    OK = "ok"
-    INVALID = "invalid"  # 401 invalid_token
-    WRONG_ROOM = "wrong_room"  # 403 insufficient_scope: a real key, for another room
-
-
-def digest_of(key: str) -> bytes:
-    """SHA-256 of a stream key: what is stored and compared, never the key."""
-    return hashlib.sha256(key.encode()).digest()
-
-
-def same_key(digest: bytes, key: str) -> bool:
-    """Whether ``key`` hashes to ``digest``, in constant time (:func:`hmac.compare_digest`)."""
-    return hmac.compare_digest(digest, digest_of(key))
-
-
-def new_stream_key() -> str:
-    return "sk_" + secrets.token_urlsafe(24)
+from .publish_auth import PublishAuthority
+from .static_keys import StaticKeys
 
 
 @dataclass
 class Room:
     name: str
-    key_digest: bytes = field(repr=False)
     live: bool = False
     viewers: int = 0
     """Viewers on every node (origin and edges)."""
@@ -89,49 +67,46 @@ class Room:
 
 
 class RoomRegistry:
-    """In-memory rooms (the embedded default; Redis-backed in scale-out)."""
+    """The rooms' state on this instance (mirrored from Redis in Redis mode), and which rooms
+    exist (:attr:`authority`).
 
-    def __init__(self, max_failures: int = 10, window_s: float = 60.0) -> None:
+    :param authority: default :class:`~signaling.static_keys.StaticKeys` (no room until one
+        is created there); the platform installs its own.
+    """
+
+    def __init__(self, max_failures: int = 10, window_s: float = 60.0,
+                 authority: PublishAuthority | None = None) -> None:
         self.rooms: dict[str, Room] = {}
+        self.authority: PublishAuthority = authority if authority is not None else StaticKeys()
         self._failures: dict[str, list[float]] = {}
         self._max_failures = max_failures
         self._window_s = window_s
 
-    def create(self, name: str, key: str | None = None) -> str:
-        """Create (or re-key) a room; returns the stream key in clear, once."""
-        if not is_room_name(name):
-            raise ValueError(f"room name {name!r} must match {ROOM_RE.pattern}")
-        key = key or new_stream_key()
-        room = self.rooms.get(name)
-        if room is None:
-            self.rooms[name] = Room(name, digest_of(key))
-        else:
-            room.key_digest = digest_of(key)
-        return key
-
-    def rotate(self, name: str) -> str:
-        if name not in self.rooms:
-            raise KeyError(name)
-        return self.create(name)
-
     def get(self, name: str) -> Room | None:
+        """The state of a room this instance has seen, else ``None`` (no lookup)."""
         return self.rooms.get(name)
 
-    def key_matches(self, name: str, key: str) -> bool:
-        """Whether ``key`` is room ``name``'s key (constant time; False for no such room)."""
-        room = self.rooms.get(name)
-        return room is not None and same_key(room.key_digest, key)
+    def ensure(self, name: str) -> Room:
+        """The room's state, created (offline, no viewers) when first needed.
 
-    def check_key(self, name: str, key: str) -> KeyCheck:
-        """Constant-time comparison against the room's digest (and, for 403, the others')."""
-        digest = digest_of(key)
+        :raises ValueError: ``name`` does not match :data:`common.names.ROOM_RE`.
+        """
         room = self.rooms.get(name)
-        if room is not None and hmac.compare_digest(room.key_digest, digest):
-            return KeyCheck.OK
-        for other in self.rooms.values():
-            if other is not room and hmac.compare_digest(other.key_digest, digest):
-                return KeyCheck.WRONG_ROOM
-        return KeyCheck.INVALID
+        if room is None:
+            if not is_room_name(name):
+                raise ValueError(f"room name {name!r} must match {ROOM_RE.pattern}")
+            room = self.rooms[name] = Room(name)
+        return room
+
+    async def find(self, name: str) -> Room | None:
+        """The state of room ``name`` if it exists (:meth:`PublishAuthority.room_exists`),
+        created when first needed; ``None`` for a room that does not exist."""
+        room = self.rooms.get(name)
+        if room is not None:
+            return room
+        if not is_room_name(name) or not await self.authority.room_exists(name):
+            return None
+        return self.ensure(name)
 
     def blocked(self, client: str) -> bool:
         """Too many failed key attempts from ``client`` in the window."""

@@ -72,8 +72,10 @@ class Session:
     :ivar client: the client's address (behind trusted proxies, :mod:`common.client_address`).
     :ivar connected: ICE and DTLS completed on the node (``session_connected``); until then
         the session is *pending* and counts against its address's pending cap.
-    :ivar owner_digest: WHIP: hex SHA-256 of the stream key that created the session; its
-        PATCH and DELETE must present that key (:mod:`signaling.whip`).  ``""`` for WHEP.
+    :ivar owner_digest: WHIP: the owner of the publish grant that created the session
+        (:attr:`signaling.publish_auth.PublishGrant.owner`: the stream key's hex SHA-256, or
+        ``user:<id>``); its PATCH and DELETE must present that credential
+        (:mod:`signaling.whip`).  ``""`` for WHEP.
     """
 
     id: str
@@ -159,6 +161,10 @@ class SessionStore(ABC):
     async def forget_node(self, node_id: str) -> None:
         """Drop every record of a lost node."""
 
+    @abstractmethod
+    async def of_room(self, room: str) -> list[Session]:
+        """Every recorded session of ``room``, on any node."""
+
 
 class MemorySessionStore(SessionStore):
     """One signaling process: a dict."""
@@ -191,6 +197,9 @@ class MemorySessionStore(SessionStore):
     async def forget_node(self, node_id: str) -> None:
         for sid in [s.id for s in self.sessions.values() if s.node_id == node_id]:
             del self.sessions[sid]
+
+    async def of_room(self, room: str) -> list[Session]:
+        return [s for s in self.sessions.values() if s.room == room]
 
 
 class RedisSessionStore(SessionStore):
@@ -248,6 +257,19 @@ class RedisSessionStore(SessionStore):
     async def forget_node(self, node_id: str) -> None:
         await self.registry._op(self.registry.redis.delete(self.registry.k_node_sessions(node_id)))
 
+    async def of_room(self, room: str) -> list[Session]:
+        r = self.registry
+        node_ids = sorted({n.node_id for n in r.nodes.values()})
+        if not node_ids:
+            return []
+        pipe = r.redis.pipeline(transaction=False)
+        for node_id in node_ids:
+            pipe.hvals(r.k_node_sessions(node_id))
+        out = []
+        for values in await r._op(pipe.execute()):
+            out.extend(s for v in values if (s := Session.from_json(v)) is not None and s.room == room)
+        return out
+
 
 # ----------------------------------------------------------------- service
 class SessionService:
@@ -274,7 +296,7 @@ class SessionService:
 
         :param resource: ``"whip"`` (publish; the caller checked the stream key) or ``"whep"``.
         :param client: the client's address (recorded with the session).
-        :param owner_digest: WHIP: hex SHA-256 of the stream key (recorded with the session).
+        :param owner_digest: WHIP: the publish grant's owner (recorded with the session).
         :returns: the recorded session and the SDP answer.
         :raises SessionRefused: 429 + Retry-After (WHEP: ``client`` already holds
             ``RELAYCAST_PENDING_SESSIONS_PER_ADDRESS`` sessions that have not connected),
@@ -384,6 +406,24 @@ class SessionService:
             with contextlib.suppress(RpcFailed):  # already ended there
                 await self.client.close(node, session.id)
         logger.info("%s session %s… deleted", session.resource.upper(), session.id[:6])
+
+    async def close_publishers(self, room: str, owner: str | None = None) -> int:
+        """End the WHIP sessions of ``room`` (those whose ``owner_digest`` is ``owner``, when
+        given) on whichever node and signaling instance holds them: a revoked stream key or a
+        suspended user stops broadcasting.  :returns: how many were closed.
+
+        :raises SessionRefused: 503 when the session records are unavailable (Redis).
+        """
+        try:
+            sessions = await self.store.of_room(room)
+        except NoNodeAvailable:
+            raise SessionRefused(503, "session state is unavailable (Redis)",
+                                 retry_after_s=self.config.retry_after_s) from None
+        closing = [s for s in sessions
+                   if s.resource == "whip" and (owner is None or s.owner_digest == owner)]
+        for session in closing:
+            await self.close(session)
+        return len(closing)
 
     async def on_node_event(self, event: str, node: SfuNode, data: Mapping[str, Any]) -> None:
         """Forget sessions a node ended (``session_closed``) or lost with it (``node_lost``);

@@ -21,8 +21,10 @@ Choices where the specs leave room (documented in docs/whip-whep.md):
   capability URLs (RFC 9725 §4.2 allows either).
 * One client address may hold ``pending_sessions_per_address`` WHEP sessions that have not
   connected yet (:mod:`signaling.admission`); more → 429.
-* A right stream key is always accepted; wrong ones are throttled per address
-  (:mod:`signaling.rooms`).
+* Who may publish is the rooms' :class:`~signaling.publish_auth.PublishAuthority`'s
+  decision (a stream key, or the platform's access token with a publish grant); a right
+  credential is always accepted, wrong ones are throttled per address (:mod:`signaling.rooms`).
+* A private room's WHEP needs a playback token (``?token=`` or Bearer).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from sfu.sdp_validation import valid_candidate
 
 from .app_keys import CONFIG, LIMITER, ROOMS, SESSION_SERVICE
 from .client_ip import client_of
-from .rooms import KeyCheck, digest_of, same_key
+from .publish_auth import REALM, AccessRefused, PublishGrant
 from .sessions import Session, SessionRefused, ice_credentials
 
 logger = logging.getLogger(__name__)
@@ -50,7 +52,6 @@ SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
 MAX_SDP_BYTES = 64 * 1024
 _SDP_LINE = re.compile(r"^[a-z]=\S")
-_REALM = 'Bearer realm="relaycast"'
 
 
 @dataclass
@@ -124,22 +125,22 @@ class MediaResources:
             )
 
     @staticmethod
-    def _bearer(request: web.Request) -> str:
+    def _bearer(request: web.Request, what: str = "the stream key") -> str:
         """The ``Authorization: Bearer`` token; 401 without one (RFC 6750 §3)."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise HttpProblem(
                 401,
                 None,
-                "send the stream key as 'Authorization: Bearer <key>'",
-                headers={"WWW-Authenticate": _REALM},
+                f"send {what} as 'Authorization: Bearer <key>'",
+                headers={"WWW-Authenticate": REALM},
             )
         return token.strip()
 
     @staticmethod
     def _key_failure(request: web.Request) -> None:
-        """Count a wrong key from the client; 429 while its address is blocked (the key is
-        then not looked up any further: a blocked address only learns "not the key")."""
+        """Count a wrong credential from the client; 429 while its address is blocked (a
+        blocked address only learns "not the key", not 401 from 403)."""
         rooms, client = request.app[ROOMS], client_of(request)
         wait = rooms.blocked_for(client)
         rooms.record_failure(client)
@@ -151,48 +152,54 @@ class MediaResources:
                 headers={"Retry-After": str(max(1, int(wait + 0.999)))},
             )
 
-    def _authorize(self, request: web.Request, room: str) -> str:
-        """Bearer stream key (RFC 6750 §3, RFC 9725 §4.7).  The room's key is accepted even
-        from an address blocked for wrong keys; a wrong key is 429 while blocked, else 401
-        (``invalid_token``) or 403 (a key of another room, ``insufficient_scope``).
-
-        :returns: the key's hex SHA-256 (the session's owner credential).
-        """
+    async def _authorize(self, request: web.Request, room: str,
+                         checked: PublishGrant | AccessRefused | None = None) -> PublishGrant:
+        """Bearer stream key or access token (RFC 6750 §3, RFC 9725 §4.7), checked by the
+        rooms' :class:`~signaling.publish_auth.PublishAuthority` (``checked``: its answer
+        for this request's credential, when already asked).  A right credential is accepted
+        even from an address blocked for wrong ones; a wrong one is 429 while blocked, else
+        401 (``invalid_token``) or 403 (``insufficient_scope``: a credential of another room)."""
         token = self._bearer(request)
-        rooms = request.app[ROOMS]
-        if rooms.key_matches(room, token):
-            return digest_of(token).hex()
-        self._key_failure(request)
-        if rooms.check_key(room, token) is KeyCheck.WRONG_ROOM:
-            raise HttpProblem(
-                403,
-                None,
-                f"this stream key is not valid for room {room!r}",
-                headers={"WWW-Authenticate": f'{_REALM}, error="insufficient_scope"'},
-            )
-        raise HttpProblem(
-            401,
-            None,
-            "invalid stream key",
-            headers={"WWW-Authenticate": f'{_REALM}, error="invalid_token"'},
-        )
+        try:
+            if isinstance(checked, PublishGrant):
+                return checked
+            if isinstance(checked, AccessRefused):
+                raise checked
+            return await request.app[ROOMS].authority.authorize(room, token)
+        except AccessRefused as refused:
+            self._key_failure(request)
+            raise _access_problem(refused) from None
 
-    def _authorize_owner(self, request: web.Request, session: Session) -> None:
-        """PATCH and DELETE of a WHIP session need the stream key that created it, compared
-        in constant time: 401 without a Bearer token, 403 with another one, 429 while the
-        address is blocked for wrong keys.  WHEP sessions are capability URLs."""
+    async def _authorize_owner(self, request: web.Request, session: Session) -> None:
+        """PATCH and DELETE of a WHIP session need the credential that created it
+        (:meth:`PublishAuthority.owns`): 401 without a Bearer token, 403 with another one,
+        429 while the address is blocked for wrong keys.  WHEP sessions are capability URLs."""
         if self.kind != "whip":
             return
         token = self._bearer(request)
-        if session.owner_digest and same_key(bytes.fromhex(session.owner_digest), token):
+        authority = request.app[ROOMS].authority
+        if await authority.owns(session.owner_digest, session.room, token):
             return
         self._key_failure(request)
         raise HttpProblem(
             403,
             None,
             "only the stream key that created this session may change or end it",
-            headers={"WWW-Authenticate": f'{_REALM}, error="insufficient_scope"'},
+            headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope"'},
         )
+
+    @staticmethod
+    async def _authorize_viewer(request: web.Request, room: str) -> None:
+        """A private room's viewers need a playback token: ``?token=`` or ``Authorization:
+        Bearer`` (RFC 6750 §2.1, §2.3); 401 without a valid one."""
+        token = request.query.get("token")
+        if token is None:
+            scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+            token = value.strip() if scheme.lower() == "bearer" and value.strip() else None
+        try:
+            await request.app[ROOMS].authority.authorize_view(room, token)
+        except AccessRefused as refused:
+            raise _access_problem(refused) from None
 
     async def _session(self, request: web.Request) -> Session:
         session = await _refusal_as_problem(request.app[SESSION_SERVICE].get(
@@ -232,13 +239,26 @@ class MediaResources:
         """
         self._limit(request)
         room_name = request.match_info["room"]
-        room = request.app[ROOMS].get(room_name)
-        if room is None:
+        rooms = request.app[ROOMS]
+        checked: PublishGrant | AccessRefused | None = None
+        if self.kind == "whip" and rooms.get(room_name) is None and _has_bearer(request):
+            # A first publish: a credential the authority accepts also proves the room
+            # exists (one lookup, not two); the outcome is answered in the usual order.
+            try:
+                checked = await rooms.authority.authorize(room_name, self._bearer(request))
+                rooms.ensure(room_name)
+            except AccessRefused as refused:
+                checked = refused
+        if not isinstance(checked, PublishGrant) and await rooms.find(room_name) is None:
             raise HttpProblem(404, None, f"no room named {room_name!r}")
         if request.content_type != SDP:
             raise HttpProblem(415, None, f"the offer must be {SDP}", headers={"Accept-Post": SDP})
         client = client_of(request)
-        owner = self._authorize(request, room_name) if self.kind == "whip" else ""
+        owner = ""
+        if self.kind == "whip":
+            owner = (await self._authorize(request, room_name, checked)).owner
+        else:
+            await self._authorize_viewer(request, room_name)
         offer = await self._read_offer(request)
         session, answer = await _refusal_as_problem(
             request.app[SESSION_SERVICE].open(self.kind, room_name, offer, client, owner))
@@ -281,7 +301,7 @@ class MediaResources:
         """
         self._limit(request)
         session = await self._session(request)
-        self._authorize_owner(request, session)
+        await self._authorize_owner(request, session)
         if request.content_type != SDPFRAG:
             raise HttpProblem(
                 415, None, f"PATCH bodies must be {SDPFRAG}", headers={"Accept-Patch": SDPFRAG}
@@ -317,14 +337,14 @@ class MediaResources:
         :meth:`_authorize_owner`)."""
         self._limit(request)
         session = await self._session(request)
-        self._authorize_owner(request, session)
+        await self._authorize_owner(request, session)
         await request.app[SESSION_SERVICE].close(session)
         return web.Response(status=200)
 
     async def get_endpoint(self, request: web.Request) -> web.Response:
         """No representation is defined (RFC 9725 §4.1): 204, or 404 for an unknown room."""
         room_name = request.match_info["room"]
-        if request.app[ROOMS].get(room_name) is None:
+        if await request.app[ROOMS].find(room_name) is None:
             raise HttpProblem(404, None, f"no room named {room_name!r}")
         return web.Response(status=204)
 
@@ -355,6 +375,16 @@ class MediaResources:
             },
         )
 
+
+def _has_bearer(request: web.Request) -> bool:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and bool(token.strip())
+
+
+def _access_problem(refused: AccessRefused) -> HttpProblem:
+    """An authority's refusal as problem+json with its RFC 6750 §3 challenge."""
+    return HttpProblem(refused.status, None, refused.detail,
+                       headers={"WWW-Authenticate": refused.challenge})
 
 
 async def _refusal_as_problem(call: Awaitable[T]) -> T:

@@ -54,6 +54,9 @@ _TEST_ENV = {
     # Bridges start whatever the machine's idle CPU (a test machine is busy with the
     # suite itself); the admission tests set their own threshold.
     "RELAYCAST_HLS_MIN_IDLE_CORES": "0",
+    # No thumbnail captures (each asks the publisher for a key frame and taps the room,
+    # which tests of key frames and consumers count); the thumbnail tests set their own.
+    "RELAYCAST_THUMBNAIL_INTERVAL_S": "0",
 }
 
 
@@ -68,6 +71,14 @@ def _test_environment() -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every service a test starts (in process or as ``relaycast serve``) keeps its platform
+    database in a fresh temporary directory, never in the working tree."""
+    monkeypatch.setenv("RELAYCAST_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+    monkeypatch.delenv("RELAYCAST_DATABASE_URL", raising=False)
 
 
 @pytest.fixture(autouse=True)

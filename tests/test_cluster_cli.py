@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD_LINE = re.compile(r"^\s+(\S+)\s+pid (\d+)\s+(?:-> )?(\S+)")
 
 needs_redis = pytest.mark.skipif(not os.access(REDIS_SERVER, os.X_OK), reason="redis-server not installed")
+needs_postgres = pytest.mark.skipif(cluster.postgres_bin(os.environ) is None,
+                                    reason="PostgreSQL binaries not installed")
 
 
 def free_ports(count: int) -> int:
@@ -130,15 +132,19 @@ class Launcher:
 
 
 @needs_redis
+@needs_postgres
 async def test_cluster_starts_serves_and_stops_cleanly(tmp_path: Path) -> None:
     base = free_ports(2)
     redis_port = free_port_except(base, base + 1)
+    pg_port = free_port_except(base, base + 1, redis_port)
     launcher = Launcher("--signaling", "2", "--sfu", "2", "--no-hls", "--port", str(base),
-                        "--redis-port", str(redis_port), "--log-dir", str(tmp_path), "--ready-timeout", "90")
+                        "--redis-port", str(redis_port), "--postgres-port", str(pg_port),
+                        "--log-dir", str(tmp_path), "--ready-timeout", "90")
     await launcher.start()
     try:
         await launcher.wait_line("relaycast cluster ready", 120)
-        assert set(launcher.children) == {"redis", "signaling-1", "signaling-2", "sfu-1", "sfu-2"}
+        assert set(launcher.children) == {"postgres", "redis", "signaling-1", "signaling-2", "sfu-1", "sfu-2"}
+        assert launcher.children["postgres"][1] == f"postgresql+asyncpg://relaycast@127.0.0.1:{pg_port}/postgres"
         urls = [f"http://127.0.0.1:{base}", f"http://127.0.0.1:{base + 1}"]
         assert launcher.children["signaling-1"][1] == urls[0]
         assert launcher.children["signaling-2"][1] == urls[1]
@@ -147,7 +153,8 @@ async def test_cluster_starts_serves_and_stops_cleanly(tmp_path: Path) -> None:
         assert launcher.children["sfu-1"][1] == ",".join(urls)
         assert launcher.children["sfu-2"][1] == ",".join(reversed(urls))
         assert "redis-server" in cmdline(launcher.children["redis"][0])
-        assert all("relaycast.cli" in cmdline(pid) for name, (pid, _) in launcher.children.items() if name != "redis")
+        assert all("relaycast.cli" in cmdline(pid) for name, (pid, _) in launcher.children.items()
+                   if name not in ("redis", "postgres"))
         assert (tmp_path / "sfu-1.log").exists() and (tmp_path / "signaling-2.log").exists()
 
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
@@ -160,6 +167,12 @@ async def test_cluster_starts_serves_and_stops_cleanly(tmp_path: Path) -> None:
                     assert resp.status == 200
                     rooms = (await resp.json())["rooms"]
                 assert [r["room"] for r in rooms] == ["demo"]
+            # One database: an account made through one instance logs in through the other.
+            account = {"username": "cluster_user", "password": "correct horse battery"}
+            async with http.post(f"{urls[0]}/api/users/register", json=account) as resp:
+                assert resp.status == 201, await resp.text()
+            async with http.post(f"{urls[1]}/api/users/login", json=account) as resp:
+                assert resp.status == 200, await resp.text()
 
         assert launcher.proc is not None
         launcher.proc.send_signal(signal.SIGTERM)
@@ -170,10 +183,11 @@ async def test_cluster_starts_serves_and_stops_cleanly(tmp_path: Path) -> None:
         stops = [line for line in out.splitlines() if "stopping" in line]
         assert stops == ["relaycast cluster: stopping sfu-1, sfu-2",
                          "relaycast cluster: stopping signaling-1, signaling-2",
-                         "relaycast cluster: stopping redis"], out
+                         "relaycast cluster: stopping redis",
+                         "relaycast cluster: stopping postgres"], out
         left = {name: pid for name, (pid, _) in launcher.children.items() if alive(pid)}
         assert not left, left
-        for port in (base, base + 1, redis_port):
+        for port in (base, base + 1, redis_port, pg_port):
             with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
                 pass
     finally:
@@ -184,8 +198,10 @@ async def test_cluster_starts_serves_and_stops_cleanly(tmp_path: Path) -> None:
 async def test_a_child_that_exits_stops_the_cluster_with_its_log(tmp_path: Path) -> None:
     # A stream key under 16 characters: every `relaycast serve` exits with a configuration error.
     port = free_ports(1)
+    redis_port = free_port_except(port)
     launcher = Launcher("--signaling", "1", "--sfu", "1", "--no-hls", "--port", str(port),
-                        "--redis-port", str(free_port_except(port)), "--log-dir", str(tmp_path),
+                        "--redis-port", str(redis_port), "--log-dir", str(tmp_path),
+                        "--postgres-port", str(free_port_except(port, redis_port)),
                         env={"RELAYCAST_STREAM_KEY": "short"})
     await launcher.start()
     try:
@@ -227,13 +243,17 @@ def test_bad_flags_exit_2_with_a_clear_message(flags: list[str], message: str,
     assert message in capsys.readouterr().err
 
 
+DB_URL = "postgresql+asyncpg://u@10.0.0.8/relaycast"
+
+
 def _args(*flags: str):  # type: ignore[no-untyped-def]
     return build_parser().parse_args(["cluster", *flags])
 
 
 def test_plan_topology_ports_and_shared_settings() -> None:
     children, generated = cluster.plan(_args("--signaling", "3", "--sfu", "4", "--port", "9000",
-                                             "--redis-port", "9100"), {"RELAYCAST_NODE_ID": "x"})
+                                             "--redis-port", "9100"),
+                                       {"RELAYCAST_NODE_ID": "x", "RELAYCAST_DATABASE_URL": DB_URL})
     names = [c.name for c in children]
     assert names == ["redis", "signaling-1", "signaling-2", "signaling-3", "hls-1", "sfu-1", "sfu-2", "sfu-3", "sfu-4"]
     ports = {c.name: c.port for c in children}
@@ -245,6 +265,7 @@ def test_plan_topology_ports_and_shared_settings() -> None:
             assert child.env[name] == value  # every child shares the generated settings
         if child.name != "redis":
             assert child.env["REDIS_URL"] == "redis://127.0.0.1:9100/0"
+            assert child.env["RELAYCAST_DATABASE_URL"] == DB_URL  # one shared database
     by_name = {c.name: c for c in children}
     assert by_name["hls-1"].env["RELAYCAST_NODE_ID"] == "hls-1"
     assert "--no-embedded-sfu" not in by_name["hls-1"].argv
@@ -261,7 +282,8 @@ def test_plan_topology_ports_and_shared_settings() -> None:
 
 
 def test_plan_with_external_redis_and_turn() -> None:
-    env = {"REDIS_URL": "redis://10.0.0.7:6379/2", "RELAYCAST_STREAM_KEY": "sk_" + "k" * 20}
+    env = {"REDIS_URL": "redis://10.0.0.7:6379/2", "RELAYCAST_STREAM_KEY": "sk_" + "k" * 20,
+           "RELAYCAST_DATABASE_URL": DB_URL}
     children, generated = cluster.plan(_args("--turn", "--turn-port", "3479", "--no-hls"), env)
     assert [c.name for c in children] == ["turn", "signaling-1", "signaling-2", "sfu-1", "sfu-2"]
     assert set(generated) == {"RELAYCAST_NODE_SECRET", "RELAYCAST_TURN_SECRET"}
@@ -270,6 +292,23 @@ def test_plan_with_external_redis_and_turn() -> None:
                                                     "turn:127.0.0.1:3479?transport=tcp")
     assert signaling.env["RELAYCAST_REDIS_URL"] == "redis://10.0.0.7:6379/2"
     assert signaling.env["RELAYCAST_STREAM_KEY"] == env["RELAYCAST_STREAM_KEY"]
+
+
+@needs_postgres
+def test_plan_starts_postgres_first_and_shares_it() -> None:
+    children, _ = cluster.plan(_args("--postgres-port", "9200", "--redis-port", "9100"), {})
+    assert [c.name for c in children][:2] == ["postgres", "redis"]
+    url = "postgresql+asyncpg://relaycast@127.0.0.1:9200/postgres"
+    assert children[0].port == 9200 and children[0].url == url
+    assert all(c.env["RELAYCAST_DATABASE_URL"] == url for c in children[1:])
+
+
+def test_plan_without_postgres_shares_one_sqlite_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cluster, "postgres_bin", lambda env: None)
+    children, _ = cluster.plan(_args(), {"RELAYCAST_DATA_DIR": "/srv/relaycast"})
+    assert "postgres" not in [c.name for c in children]
+    assert {c.env["RELAYCAST_DATA_DIR"] for c in children} == {"/srv/relaycast"}
+    assert all("RELAYCAST_DATABASE_URL" not in c.env for c in children)
 
 
 @pytest.mark.parametrize(("flags", "message"), [

@@ -31,7 +31,8 @@ COMPOSE_PATH = ROOT / "docker-compose.yml"
 COMPOSE_TEXT = COMPOSE_PATH.read_text()
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-REQUIRED = {"RELAYCAST_NODE_SECRET", "RELAYCAST_STREAM_KEY", "RELAYCAST_TURN_SECRET", "RELAYCAST_TURN_URLS"}
+REQUIRED = {"RELAYCAST_NODE_SECRET", "RELAYCAST_STREAM_KEY", "RELAYCAST_TURN_SECRET", "RELAYCAST_TURN_URLS",
+            "RELAYCAST_DB_PASSWORD"}
 
 
 def _header() -> str:
@@ -77,7 +78,8 @@ def test_compose_services_run_real_cli_commands() -> None:
     assert kinds == ["hls", "signaling", "signaling"]
     assert sum(a.command == "sfu" for a in parsed.values()) == 2
     images = {name: s.get("image", "") for name, s in SERVICES.items() if name not in parsed}
-    assert images == {"redis": "redis:7-alpine", "coturn": "coturn/coturn:4.6", "edge": "nginx:1.27"}
+    assert images == {"redis": "redis:7-alpine", "coturn": "coturn/coturn:4.6", "edge": "nginx:1.27",
+                      "postgres": "postgres:15"}
 
 
 def test_sfu_signaling_urls_point_at_serve_services() -> None:
@@ -104,6 +106,10 @@ def host_ports() -> dict[str, list[int]]:
     for name, args in relaycast_services().items():
         ports[name] = [args.port] if args.command == "serve" else []
     ports["redis"] = [int(flag(SERVICES["redis"]["command"], "--port") or 6379)]
+    # postgres -c name=value settings
+    settings = dict(a.split("=", 1) for a in SERVICES["postgres"]["command"] if "=" in a)
+    assert settings["listen_addresses"] == "127.0.0.1"
+    ports["postgres"] = [int(settings.get("port", 5432))]
     ports["edge"] = [int(str(SERVICES["edge"]["environment"]["EDGE_LISTEN"]).rsplit(":", 1)[-1])]
     # coturn listens where its rendered config says: the documented render command sets no
     # --port, so turn.config's default.
@@ -152,8 +158,12 @@ def test_environment_is_shared_and_every_variable_is_documented() -> None:
         env = SERVICES[name]["environment"]
         assert env["RELAYCAST_NODE_SECRET"].startswith("${RELAYCAST_NODE_SECRET:?"), name
         if args.command == "serve":
-            for var in REQUIRED:
+            for var in REQUIRED - {"RELAYCAST_DB_PASSWORD"}:
                 assert env[var].startswith(f"${{{var}:?"), (name, var)
+            # One PostgreSQL shared by every instance, its password from the environment.
+            url = env["RELAYCAST_DATABASE_URL"]
+            assert url.startswith("postgresql+asyncpg://relaycast:${RELAYCAST_DB_PASSWORD:?"), name
+            assert url.endswith("@127.0.0.1:5432/relaycast"), name
             if not args.no_embedded_sfu:
                 node_ids.append(env["RELAYCAST_NODE_ID"])
         else:

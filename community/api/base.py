@@ -9,7 +9,8 @@ An operation is declared with :meth:`ApiRoutes.op`::
     async def register(call: Call[RegisterIn, None]) -> tuple[int, UserOut]:
         ...
 
-* ``body``/``query``: pydantic models.  A body must be ``application/json`` (415 else), at
+* ``body``/``query``: pydantic models.  Bodies are validated in strict JSON mode (a string
+  is never taken for a boolean or a number).  A body must be ``application/json`` (415 else), at
   most :data:`MAX_BODY_BYTES` (413), valid JSON (400) and valid against the model (422 with
   the pydantic errors as ``errors``).  Query parameters are validated the same way (400).
 * ``auth``: ``"none"``, ``"optional"`` or ``"user"`` (401 without a valid access token; 403
@@ -186,7 +187,8 @@ def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse
         if op.body is not None:
             raw = await read_json(request)
             try:
-                body = op.body.model_validate(raw)
+                # Strict: a JSON string is not a boolean or a number (no "yes" for true).
+                body = op.body.model_validate_json(json.dumps(raw), strict=True)
             except ValidationError as exc:
                 raise problem_from_validation(exc, 422, "body") from None
         result = await op.handler(Call(request, body, query, principal))

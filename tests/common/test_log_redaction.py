@@ -38,7 +38,19 @@ PATTERNS = [
     '{{"password": "{}"}}',
     "redis://:{}@127.0.0.1:6379/0",
     "a=ice-ufrag:abcd\r\na=ice-pwd:{}\r\n",
+    "Cookie: rc_csrf=abc; rc_access={}",
+    "set-cookie: rc_refresh={}; HttpOnly",
 ]
+
+
+@pytest.mark.parametrize("secret", [
+    "eyJhbGciOiJIUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJ1MSJ9.c2lnbmF0dXJlLV8",  # a JWT (RFC 7519 §3)
+    "sk_" + "A1b2C3d4E5f6G7h8I9j0K1l2",  # a stream key
+    "rt_" + "Zz09_-" * 7,  # a refresh token
+])
+@pytest.mark.parametrize("where", ["token {} seen", "({})", "'{}'", "{}"])
+def test_tokens_are_masked_by_their_shape_anywhere(secret: str, where: str) -> None:
+    assert secret not in redact(where.format(secret))
 
 
 @given(secret=SECRETS, prefix=TEXT, suffix=TEXT, pattern=st.sampled_from(PATTERNS))

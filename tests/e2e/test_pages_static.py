@@ -20,6 +20,7 @@ pytest.importorskip("playwright.async_api")
 from aiohttp import web  # noqa: E402
 from playwright.async_api import async_playwright, expect  # noqa: E402
 
+from community.pages import PAGES  # noqa: E402
 from signaling.app import vendor_file  # noqa: E402
 from signaling.security_headers import PAGE_CSP, harden_response  # noqa: E402
 from tests.e2e.browser import (  # noqa: E402
@@ -38,6 +39,42 @@ LAUNCH_ARGS = list(BASE_ARGS)
 ROOMS = [
     {"room": "demo", "live": True, "viewers": 3},
     {"room": "quiet <room>", "live": False, "viewers": 0},
+]
+CATEGORIES = [
+    {"slug": "games", "name": "Games", "live_streams": 1, "viewers": 12},
+    {"slug": "music", "name": "Music", "live_streams": 1, "viewers": 3},
+]
+
+
+def _stream(channel: str, title: str, category: str | None, viewers: int, **extra: object) -> dict:
+    """A Stream as ``GET /api/streams`` answers it (the fields the pages read)."""
+    names = {c["slug"]: c["name"] for c in CATEGORIES}
+    return {
+        "id": f"s-{channel}", "channel": channel, "channel_display_name": channel.title(),
+        "title": title, "category": category, "category_name": names.get(category or ""),
+        "tags": ["speedrun"] if category == "games" else [], "language": "en", "status": "live",
+        "viewers": viewers, "peak_viewers": viewers, "thumbnail_url": None,
+        "hls_url": f"/hls/{channel}/master.m3u8", "whep_url": f"/whep/{channel}",
+        "whip_url": f"/whip/{channel}", "vod_url": None, **extra,
+    }
+
+
+STREAMS = [  # sorted by viewers, as the directory answers
+    _stream("gamer", "Any% run <b>no</b> glitches", "games", 12,
+            thumbnail_url="/static/favicon.svg?v=1"),
+    _stream("demo", "Demo stream", "music", 3, tags=["lofi", "chill"]),
+    _stream("quiet", "", None, 0),
+]
+CHANNEL = {
+    "name": "demo", "owner": {"id": "u-demo", "username": "demo", "display_name": "Demo"},
+    "title": "Default title", "category": "art", "description": "Tunes <i>all</i> day.",
+    "language": "en", "tags": ["default-tag"], "private": False, "followers": 41, "live": True,
+    "stream_id": "s-demo", "viewers": 3, "created_at": "2026-01-01T00:00:00Z",
+}
+VIDEOS = [
+    {"stream_id": "s-old", "title": "Yesterday's show", "category": "music",
+     "started_at": "2026-01-02T18:00:00Z", "ended_at": "2026-01-02T19:05:00Z",
+     "duration_s": 3900, "url": "/vod/demo/s-old/index.m3u8"},
 ]
 
 pytestmark = BROWSER_MARKS
@@ -95,11 +132,50 @@ def make_app(whip=whip_unauthorized, whep=whep_not_live) -> web.Application:
     async def rooms(_request: web.Request) -> web.Response:
         return web.json_response({"rooms": ROOMS})
 
+    async def streams(request: web.Request) -> web.Response:
+        request.app["stream_queries"].append(dict(request.query))
+        category = request.query.get("category")
+        found = [s for s in STREAMS if not category or s["category"] == category]
+        return web.json_response({"streams": found, "next_cursor": None})
+
+    async def search(request: web.Request) -> web.Response:
+        request.app["stream_queries"].append(dict(request.query))
+        q = request.query.get("q", "").lower()
+        found = [s for s in STREAMS if q in (s["title"] + " " + s["channel"]).lower()]
+        return web.json_response({"streams": found, "next_cursor": None})
+
+    async def stream(request: web.Request) -> web.Response:
+        found = [s for s in STREAMS if s["id"] == request.match_info["id"]]
+        if not found:
+            return _problem(404, "Not Found", "no such stream")
+        return web.json_response(found[0])
+
+    async def categories(_request: web.Request) -> web.Response:
+        return web.json_response({"categories": CATEGORIES})
+
+    async def channel(request: web.Request) -> web.Response:
+        if request.match_info["name"] != "demo":
+            return _problem(404, "Not Found", "no such channel")
+        return web.json_response(CHANNEL)
+
+    async def videos(request: web.Request) -> web.Response:
+        found = VIDEOS if request.match_info["name"] == "demo" else []
+        return web.json_response({"videos": found, "next_cursor": None})
+
+    app["stream_queries"] = []
     app.router.add_get("/", page("index.html"))
     app.router.add_get("/broadcast/{room}", page("broadcast.html"))
     app.router.add_get("/watch/{room}", page("watch.html"))
+    for path, name in PAGES.items():  # the platform's pages, as community.pages serves them
+        app.router.add_get(path, page(name))
     app.router.add_get("/api/ice-servers", ice_servers)
     app.router.add_get("/api/rooms", rooms)
+    app.router.add_get("/api/streams", streams)
+    app.router.add_get("/api/streams/search", search)
+    app.router.add_get("/api/streams/{id}", stream)
+    app.router.add_get("/api/categories", categories)
+    app.router.add_get("/api/channels/{name}", channel)
+    app.router.add_get("/api/channels/{name}/videos", videos)
     app.router.add_post("/whep/{room}", whep)
     app.router.add_post("/whip/{room}", whip)
     app.router.add_get("/static/vendor/{name}", vendor_file)  # hls.js, as the real service
@@ -145,27 +221,102 @@ def tid(page, testid: str):
     return page.locator(f'[data-testid="{testid}"]')
 
 
-async def test_index_lists_rooms(server, browser):
-    _app, base = server
+async def test_directory_lists_live_streams_by_viewers(server, browser):
+    app, base = server
     page, errors = await open_page(browser, base + "/")
-    rows = page.locator('[data-testid="room"]')
-    await expect(rows).to_have_count(2)
-    demo = page.locator('[data-room="demo"]')
-    await expect(demo).to_contain_text("LIVE")
-    await expect(demo).to_contain_text("3 watching")
-    await expect(demo.locator('[data-testid="watch-link"]')).to_have_attribute(
-        "href", "/watch/demo"
-    )
-    await expect(demo.locator('[data-testid="broadcast-link"]')).to_have_attribute(
-        "href", "/broadcast/demo"
-    )
-    quiet = page.locator('[data-room="quiet <room>"]')
-    await expect(quiet.locator("strong")).to_have_text("quiet <room>")  # textContent, not HTML
-    await expect(quiet.locator('[data-testid="watch-link"]')).to_have_attribute(
-        "href", "/watch/quiet%20%3Croom%3E"
-    )
-    await screenshot(page, "index")
+    cards = tid(page, "stream-card")
+    await expect(cards).to_have_count(3)
+    assert await cards.evaluate_all("els => els.map(e => e.dataset.channel)") == [
+        "gamer", "demo", "quiet"]
+    assert app["stream_queries"][0] == {"live": "true", "sort": "viewers", "limit": "24"}
+    gamer = page.locator('[data-channel="gamer"]')
+    # Titles are user input: text, never HTML.
+    await expect(gamer.locator('[data-testid="stream-title"]')).to_contain_text(
+        "Any% run <b>no</b> glitches")
+    assert await gamer.locator("b").count() == 0
+    await expect(gamer.locator('[data-testid="stream-title"]')).to_have_attribute(
+        "href", "/watch/gamer")
+    await expect(gamer.locator('[data-testid="stream-viewers"]')).to_have_text("12 watching")
+    await expect(gamer.locator('[data-testid="stream-channel"]')).to_have_text("Gamer")
+    await expect(gamer.locator('[data-testid="stream-thumbnail"]')).to_have_attribute(
+        "src", "/static/favicon.svg?v=1")
+    # No thumbnail yet: the placeholder, loaded (not a broken image).
+    placeholder = page.locator('[data-channel="demo"] [data-testid="stream-thumbnail"]')
+    await expect(placeholder).to_have_attribute("src", "/static/thumbnail-placeholder.svg")
+    await wait_for_js(page, "document.querySelector('[data-channel=demo] img').naturalWidth > 0")
+    # An untitled stream is named after its channel.
+    await expect(page.locator('[data-channel="quiet"] [data-testid="stream-title"]')).to_contain_text(
+        "Quiet's stream")
+    await expect(tid(page, "directory-status")).to_have_text("3 live channels")
+    chips = tid(page, "category-chip")
+    await expect(chips).to_have_text([re.compile("^All"), re.compile("^Games"), re.compile("^Music")])
+    await expect(chips.first).to_have_attribute("aria-current", "page")
+    await screenshot(page, "directory")
+
+    # A category page: its chip is current, the directory asks for that category.
+    await page.locator('[data-testid="category-chip"][data-slug="games"]').click()
+    await page.wait_for_url(base + "/category/games")
+    await expect(tid(page, "directory-heading")).to_have_text("Games")
+    await expect(cards).to_have_count(1)
+    await expect(page.locator('[data-slug="games"]')).to_have_attribute("aria-current", "page")
+    assert app["stream_queries"][-1]["category"] == "games"
+
+    # The header's search box leads to /search?q=, answered by /api/streams/search.
+    await tid(page, "search-input").fill("demo")
+    await tid(page, "search-input").press("Enter")
+    await page.wait_for_url(base + "/search?q=demo")
+    await expect(tid(page, "directory-heading")).to_have_text("Results for “demo”")
+    await expect(cards).to_have_count(1)
+    await expect(cards.first).to_have_attribute("data-channel", "demo")
+    await expect(tid(page, "search-input")).to_have_value("demo")
+    assert app["stream_queries"][-1] == {"q": "demo", "live": "true", "sort": "viewers", "limit": "24"}
+    # The filters re-ask and keep the URL shareable.
+    await tid(page, "filter-sort").select_option("recent")
+    await wait_for(lambda: app["stream_queries"][-1].get("sort") == "recent", 10, "a recent search")
+    assert page.url == base + "/search?q=demo&sort=recent"
+    await tid(page, "search-input").fill("nothing-like-it")
+    await tid(page, "search-input").press("Enter")
+    await expect(tid(page, "directory-status")).to_have_text("No streams match.")
     assert errors.errors == []
+
+
+async def test_header_of_a_visitor_offers_log_in_and_sign_up(server, browser):
+    _app, base = server
+    page, errors = await open_page(browser, base + "/watch/demo", expected_statuses=[409])
+    await expect(tid(page, "nav-login")).to_have_attribute("href", "/login?next=%2Fwatch%2Fdemo")
+    await expect(tid(page, "nav-register")).to_have_attribute("href", "/register")
+    await expect(tid(page, "bell")).to_have_count(0)
+    # The channel side of the watch page, from GET /api/channels/demo and its videos; the
+    # live stream's title, category and tags (GET /api/streams/s-demo) over the defaults.
+    await expect(tid(page, "stream-title")).to_have_text("Demo stream")
+    await expect(tid(page, "room")).to_have_text("demo")
+    await expect(tid(page, "followers")).to_have_text("41")
+    await expect(tid(page, "channel-category")).to_have_attribute("href", "/category/music")
+    await expect(tid(page, "description")).to_have_text("Tunes <i>all</i> day.")
+    await expect(tid(page, "tags").locator("li")).to_have_text(["lofi", "chill"])
+    await expect(tid(page, "past-video")).to_have_count(1)
+    await expect(tid(page, "past-video")).to_contain_text("Yesterday's show")
+    await expect(tid(page, "past-video")).to_contain_text("1:05:00")
+    await expect(tid(page, "follow")).to_have_attribute("aria-pressed", "false")
+    await screenshot(page, "channel-visitor")
+    # Following needs an account: the button leads to the log-in page and back.
+    await tid(page, "follow").click()
+    await page.wait_for_url(base + "/login?next=%2Fwatch%2Fdemo")
+    await expect(tid(page, "login-form")).to_be_visible()
+    # An empty form is refused on the page, naming the field.
+    await tid(page, "submit").click()
+    await expect(tid(page, "form-error")).to_contain_text("Username or email")
+    await expect(tid(page, "username")).to_be_focused()
+    assert errors.errors == []
+
+
+async def test_pages_that_need_a_login_go_to_the_login_page(server, browser):
+    _app, base = server
+    for path in ("/studio", "/settings", "/notifications"):
+        page, errors = await open_page(browser, base + path)
+        await page.wait_for_url(base + "/login?next=" + path.replace("/", "%2F"))
+        assert errors.errors == []
+        await page.context.close()
 
 
 async def test_broadcast_populates_devices_and_previews(server, browser):
@@ -300,9 +451,12 @@ async def test_pages_work_under_the_content_security_policy(server, browser):
     from /static, hls.js from /static/vendor attached through a blob: MediaSource; an
     injected inline script is refused."""
     _app, base = server
-    for path, statuses in (("/", []), ("/broadcast/demo", []), ("/watch/demo", [409])):
+    pages = [("/", []), ("/search?q=demo", []), ("/category/games", []), ("/login", []),
+             ("/register", []), ("/broadcast/demo", []), ("/watch/demo", [409])]
+    for path, statuses in pages:
         page, errors = await open_page(browser, base + path, expected_statuses=statuses)
-        await expect(tid(page, "state").or_(tid(page, "rooms"))).not_to_have_count(0)
+        ready = tid(page, "state").or_(tid(page, "stream-card")).or_(tid(page, "submit"))
+        await expect(ready.first).to_be_visible()
         csp = await page.evaluate(
             "fetch(location.href).then(r => r.headers.get('content-security-policy'))"
         )

@@ -133,7 +133,7 @@ async def test_room_state_counts_beat_the_last_load_report() -> None:
     """Viewer counts from the nodes' room-state events (the `RoomRegistry`) are newer than
     the once-a-second load report, so they decide."""
     rooms = RoomRegistry()
-    rooms.create(ROOM, "sk_" + "k" * 32)
+    rooms.ensure(ROOM)
     record = rooms.get(ROOM)
     assert record is not None
     origin = node("a", viewers=0)  # the load report is a second old
@@ -338,7 +338,7 @@ async def test_going_live_pipes_the_room_to_nodes_that_still_have_viewers() -> N
 
 async def test_pull_into_pipes_a_live_room_into_the_bridge_node() -> None:
     rooms = RoomRegistry()
-    rooms.create(ROOM, "sk_" + "k" * 32)
+    rooms.ensure(ROOM)
     cascade, ns, registry = make(node("a"), node("hls-1"), rooms=rooms)
     assert await cascade.pull_into(ROOM, "hls-1") is False  # not live anywhere
     record = rooms.get(ROOM)
@@ -357,7 +357,7 @@ async def test_viewers_never_go_to_an_hls_node_but_rooms_are_pulled_into_it() ->
     """An LL-HLS bridge's node (load role ``hls``) is no edge for viewers, however idle;
     `Cascade.pull_into` still pipes a live room into it."""
     rooms = RoomRegistry()
-    rooms.create(ROOM, "sk_" + "k" * 32)
+    rooms.ensure(ROOM)
     bridge = node("hls-1")
     bridge.load["role"] = "hls"
     origin = node("a", viewers=2)

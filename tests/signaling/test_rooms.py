@@ -1,6 +1,7 @@
-"""`signaling.rooms` as a unit: room creation and stream keys (`RoomRegistry.check_key`),
-the per-address failure counter (`record_failure`/`blocked`), and how a `Room` adds up the
-node reports it gets (`Room.apply_state`, `Room.forget_node`)."""
+"""`signaling.rooms` as a unit: the static keys of a bare app (`StaticKeys`), rooms created
+when first needed (`RoomRegistry.ensure`/`find`), the per-address failure counter
+(`record_failure`/`blocked`), and how a `Room` adds up the node reports it gets
+(`Room.apply_state`, `Room.forget_node`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from types import SimpleNamespace
 import pytest
 
 from signaling import rooms as rooms_module
-from signaling.rooms import KeyCheck, Room, RoomRegistry, new_stream_key
+from signaling.publish_auth import AccessRefused
+from signaling.rooms import Room, RoomRegistry
+from signaling.static_keys import KeyCheck, StaticKeys, new_stream_key
 
 KEY_A = "sk_" + "a" * 32
 KEY_B = "sk_" + "b" * 32
@@ -25,37 +28,30 @@ def test_new_stream_keys_are_192_random_bits() -> None:
 
 
 def test_create_returns_the_key_once_and_stores_only_its_digest() -> None:
-    registry = RoomRegistry()
-    key = registry.create("demo")
+    keys = StaticKeys()
+    key = keys.create("demo")
     assert key.startswith("sk_")
-    room = registry.get("demo")
-    assert room is not None
-    assert room.key_digest == hashlib.sha256(key.encode()).digest()
-    assert key not in repr(room) and key not in repr(vars(room))
-    assert registry.create("given", KEY_A) == KEY_A
+    assert keys.digests == {"demo": hashlib.sha256(key.encode()).hexdigest()}
+    assert key not in repr(vars(keys))
+    assert keys.create("given", KEY_A) == KEY_A
 
 
-@pytest.mark.parametrize("name", ["", "-demo", "_demo", "a b", "a/b", "../x", "é", "x" * 65])
+@pytest.mark.parametrize("name", ["", "-demo", "_demo", "a b", "a/b", "../x", "é", "x" * 65, "demo\n"])
 def test_create_refuses_names_outside_the_room_rule(name: str) -> None:
-    registry = RoomRegistry()
-    with pytest.raises(ValueError, match="must match"):
-        registry.create(name)
-    assert registry.rooms == {}
-
-
-def test_create_refuses_a_name_with_a_trailing_newline() -> None:
     # ROOM_RE ends in $, which also matches before a final newline: only a full match counts.
-    registry = RoomRegistry()
+    keys, registry = StaticKeys(), RoomRegistry()
     with pytest.raises(ValueError, match="must match"):
-        registry.create("demo\n", KEY_A)
-    assert registry.rooms == {}
+        keys.create(name)
+    with pytest.raises(ValueError, match="must match"):
+        registry.ensure(name)
+    assert keys.digests == {} and registry.rooms == {}
 
 
 @pytest.mark.parametrize("name", ["a", "Demo-1", "room_2", "x" * 64])
 def test_create_accepts_names_of_the_room_rule(name: str) -> None:
-    registry = RoomRegistry()
-    registry.create(name, KEY_A)
-    assert registry.check_key(name, KEY_A) is KeyCheck.OK
+    keys = StaticKeys()
+    keys.create(name, KEY_A)
+    assert keys.check_key(name, KEY_A) is KeyCheck.OK
 
 
 @pytest.mark.parametrize(
@@ -73,32 +69,60 @@ def test_create_accepts_names_of_the_room_rule(name: str) -> None:
     ],
 )
 def test_check_key(room: str, key: str, expected: KeyCheck) -> None:
-    registry = RoomRegistry()
-    registry.create("a", KEY_A)
-    registry.create("b", KEY_B)
-    assert registry.check_key(room, key) is expected
+    keys = StaticKeys()
+    keys.create("a", KEY_A)
+    keys.create("b", KEY_B)
+    assert keys.check_key(room, key) is expected
+
+
+@pytest.mark.parametrize(("room", "key", "status", "error"), [
+    ("a", KEY_B, 403, "insufficient_scope"),
+    ("a", "sk_" + "c" * 32, 401, "invalid_token"),
+])
+async def test_authorize_refusals_carry_the_rfc_6750_challenge(room: str, key: str, status: int,
+                                                                 error: str) -> None:
+    keys = StaticKeys()
+    keys.create("a", KEY_A)
+    keys.create("b", KEY_B)
+    grant = await keys.authorize("a", KEY_A)
+    assert (grant.room, grant.owner) == ("a", hashlib.sha256(KEY_A.encode()).hexdigest())
+    assert await keys.owns(grant.owner, "a", KEY_A) and not await keys.owns(grant.owner, "a", KEY_B)
+    with pytest.raises(AccessRefused) as refused:
+        await keys.authorize(room, key)
+    assert refused.value.status == status
+    assert refused.value.challenge == f'Bearer realm="relaycast", error="{error}"'
 
 
 def test_create_again_rekeys_the_room() -> None:
-    registry = RoomRegistry()
-    registry.create("a", KEY_A)
-    record = registry.get("a")
-    assert registry.create("a", KEY_B) == KEY_B
-    assert registry.get("a") is record  # the same room, its state kept
-    assert registry.check_key("a", KEY_A) is KeyCheck.INVALID
-    assert registry.check_key("a", KEY_B) is KeyCheck.OK
+    keys = StaticKeys()
+    keys.create("a", KEY_A)
+    assert keys.create("a", KEY_B) == KEY_B
+    assert keys.check_key("a", KEY_A) is KeyCheck.INVALID
+    assert keys.check_key("a", KEY_B) is KeyCheck.OK
 
 
 def test_rotate() -> None:
-    registry = RoomRegistry()
-    registry.create("a", KEY_A)
-    new = registry.rotate("a")
+    keys = StaticKeys()
+    keys.create("a", KEY_A)
+    new = keys.rotate("a")
     assert new != KEY_A and new.startswith("sk_")
-    assert registry.check_key("a", KEY_A) is KeyCheck.INVALID
-    assert registry.check_key("a", new) is KeyCheck.OK
+    assert keys.check_key("a", KEY_A) is KeyCheck.INVALID
+    assert keys.check_key("a", new) is KeyCheck.OK
     with pytest.raises(KeyError):
-        registry.rotate("nope")
-    assert registry.get("nope") is None
+        keys.rotate("nope")
+    assert "nope" not in keys.digests
+
+
+async def test_rooms_exist_when_the_authority_says_so_and_get_state_when_first_needed() -> None:
+    keys = StaticKeys()
+    registry = RoomRegistry(authority=keys)
+    assert await registry.find("a") is None
+    keys.create("a", KEY_A)
+    assert registry.get("a") is None  # no state yet
+    room = await registry.find("a")
+    assert room is not None and (room.live, room.viewers) == (False, 0)
+    assert registry.get("a") is room and registry.ensure("a") is room
+    assert await registry.find("../x") is None
 
 
 # ------------------------------------------------------------ failure counter
@@ -175,7 +199,7 @@ Report = dict[str, object]
 )
 def test_apply_state(reports: list[tuple[str, Report]], live: bool, node: str | None, viewers: int,
                      node_viewers: dict[str, int]) -> None:
-    room = Room("demo", b"")
+    room = Room("demo")
     for node_id, state in reports:
         room.apply_state(node_id, state)
     assert (room.live, room.node, room.viewers, room.node_viewers) == (live, node, viewers, node_viewers)
@@ -191,7 +215,7 @@ def test_apply_state(reports: list[tuple[str, Report]], live: bool, node: str | 
     ],
 )
 def test_forget_node(lost: str, changed: bool, live: bool, node: str | None, viewers: int) -> None:
-    room = Room("demo", b"")
+    room = Room("demo")
     room.apply_state("a", {"live": True, "viewers": 2})
     room.apply_state("b", {"live": True, "viewers": 3, "pipe": True})
     assert room.forget_node(lost) is changed
@@ -199,7 +223,7 @@ def test_forget_node(lost: str, changed: bool, live: bool, node: str | None, vie
 
 
 def test_forget_an_origin_without_viewers_still_changes_the_room() -> None:
-    room = Room("demo", b"")
+    room = Room("demo")
     room.apply_state("a", {"live": True, "viewers": 0})
     assert room.forget_node("a") is True
     assert (room.live, room.node, room.viewers) == (False, None, 0)

@@ -36,7 +36,7 @@ async def service() -> SessionService:
     await router.register(SfuNode(sid="sid-a", node_id="node-a", load={"sessions": 0, "capacity": 10}))
     namespace = FakeNamespace(router)
     rooms = RoomRegistry()
-    rooms.create("demo")
+    rooms.ensure("demo")
     config = SignalingConfig(rpc_timeout_s=1.0, retry_after_s=7)
     cascade = Cascade(namespace, MemoryPipeRegistry(), rpc_timeout_s=1.0, rooms=rooms)  # type: ignore[arg-type]
     return SessionService(config, rooms, namespace, cascade, MemorySessionStore())  # type: ignore[arg-type]

@@ -15,10 +15,10 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from relaycast.service import Service
-from signaling.app_keys import ROOMS, SESSION_SERVICE
+from signaling.app_keys import SESSION_SERVICE
 from signaling.config import IceServer
 from tests.polling import wait_for
-from tests.services import STREAM_KEY, make_config
+from tests.services import STREAM_KEY, make_channel, make_config
 from tests.signaling.whip_helpers import (
     FRAG,
     SDP,
@@ -232,7 +232,7 @@ async def test_bearer_auth(
     service: Service, http, make_offer, authorization, status, error
 ) -> None:
     if authorization == "other-room":
-        authorization = "Bearer " + service.app[ROOMS].create("other")
+        authorization = "Bearer " + await make_channel(service.app, "other")
     headers = {"Content-Type": SDP} | ({"Authorization": authorization} if authorization else {})
     resp = await http.post(f"{service.url}/whip/demo", data=await make_offer(), headers=headers)
     await problem(resp, status)
@@ -253,7 +253,7 @@ async def test_wrong_keys_are_throttled_but_the_right_key_is_accepted(
     resp = await http.post(f"{service.url}/whip/demo", data=offer, headers=bad)
     await problem(resp, 429)
     assert 0 < int(resp.headers["Retry-After"]) <= 60
-    other = {"Content-Type": SDP, "Authorization": "Bearer " + service.app[ROOMS].create("other")}
+    other = {"Content-Type": SDP, "Authorization": "Bearer " + await make_channel(service.app, "other")}
     await problem(await http.post(f"{service.url}/whip/demo", data=offer, headers=other), 429)
     assert_nothing_allocated(service)
     # ... but the publisher behind the same address is not locked out.
@@ -273,7 +273,7 @@ async def test_whip_session_needs_the_publishers_key(
     url = service.url + created.headers["Location"]
     patch = {"Content-Type": FRAG, "If-Match": "*"}
     body = sdpfrag(offer) if method == "PATCH" else None
-    other_key = service.app[ROOMS].create("other")
+    other_key = await make_channel(service.app, "other")
     for authorization, status, error in (
         (None, 401, None),
         ("Basic dXNlcjpwYXNz", 401, None),
