@@ -235,7 +235,10 @@ class TwccRecorder:
         self._last_seq: int | None = None  # last unwrapped sequence number recorded
         self._next_seq: int | None = None  # first sequence number of the next feedback
         self._max_seq = -1
-        self._floor = -1  # sequence numbers at or below this were forgotten
+        # Sequence numbers at or below this were forgotten; none yet.  (Unwrapped numbers
+        # may be negative: a packet sent just before the first one recorded, across the
+        # 16-bit wrap — e.g. 65535 arriving after 0 — unwraps to -1.)
+        self._floor = -(1 << 62)
         self._newest_us = 0
 
     def _unwrap(self, seq: int) -> int:
