@@ -4,7 +4,7 @@ capture one key frame of a tapped video track through it.
 :class:`ThumbnailProcess` starts ``python -m community.thumbnail_worker`` with one end of
 a socket pair (:mod:`community.thumbnail_link`) at a lower CPU priority (``nice``), and
 restarts it with backoff whenever it exits.  :meth:`ThumbnailProcess.capture` adds a
-:class:`CaptureSink` to a :class:`sfu.direct.TrackTap`, asks the publisher for a key frame
+:class:`hls_bridge.transcoder_process.LinkSink` to a :class:`sfu.direct.TrackTap`, asks the publisher for a key frame
 (PLI, RFC 4585 §6.3.1; again every second) and waits for the worker's JPEG; the sink is
 removed as soon as the answer (or the timeout) comes, so a capture costs the forwarding
 process one non-blocking ``write`` per video packet for about one key-frame round trip.
@@ -22,22 +22,23 @@ import socket
 import sys
 import time
 from dataclasses import asdict
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import psutil
+
+from hls_bridge.transcoder_process import LinkSink
 
 from . import thumbnail_link as link
 from .thumbnail_link import ThumbnailError
 
 if TYPE_CHECKING:
-    from sfu.direct import MediaPacket, TrackTap
+    from sfu.direct import TrackTap
 
-__all__ = ["CaptureSink", "CaptureTimeout", "ThumbnailProcess", "WorkerUnavailable"]
+__all__ = ["CaptureTimeout", "ThumbnailProcess", "WorkerUnavailable"]
 
 logger = logging.getLogger(__name__)
 
-LINK_BUFFER_LIMIT = 4 * 1024 * 1024
-"""Bytes queued on the link (the worker is not reading) beyond which packets are dropped."""
 KEYFRAME_RETRY_S = 1.0
 """A capture asks for a key frame again this often while it waits (throttled upstream)."""
 STABLE_S = 60.0
@@ -52,28 +53,6 @@ class WorkerUnavailable(ThumbnailError):
 class CaptureTimeout(ThumbnailError):
     """No decodable key frame arrived in time (e.g. an encoder that ignores PLI and has a
     long key-frame interval)."""
-
-
-class CaptureSink:
-    """A ``PacketSink`` on a tapped video track for one capture: writes each packet to the
-    worker's link.  Called on the forwarding path: one ``bytes`` build and one
-    non-blocking write; nothing once 4 MiB are queued (dropped and counted)."""
-
-    __slots__ = ("_transport", "capture_id", "dropped", "sent")
-
-    def __init__(self, capture_id: int, transport: asyncio.WriteTransport) -> None:
-        self.capture_id = capture_id
-        self._transport = transport
-        self.sent = 0
-        self.dropped = 0
-
-    def forward(self, media: MediaPacket) -> None:
-        transport = self._transport
-        if transport.is_closing() or transport.get_write_buffer_size() > LINK_BUFFER_LIMIT:
-            self.dropped += 1
-            return
-        transport.write(link.encode_video(self.capture_id, media))
-        self.sent += 1
 
 
 class ThumbnailProcess:
@@ -162,7 +141,7 @@ class ThumbnailProcess:
         writer.write(link.capture(link.CaptureRequest(capture_id, asdict(tap.info), width, quality)))
         transport = writer.transport
         assert isinstance(transport, asyncio.WriteTransport)
-        sink = CaptureSink(capture_id, transport)
+        sink = LinkSink(transport, partial(link.encode_video, capture_id))
         tap.add_consumer(sink)
         try:
             while True:

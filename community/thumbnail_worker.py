@@ -21,12 +21,10 @@ what IMAGE reports.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import time
 from collections.abc import Iterable
@@ -38,8 +36,7 @@ import numpy as np
 from aiortc import RTCRtpCodecParameters
 from aiortc.codecs import depayload
 
-from common.log_redaction import install_redaction
-from common.parent_death import die_with_parent
+from common.child_main import start_child
 from hls_bridge.ingest import FrameAssembler
 from sfu.direct import MediaPacket
 
@@ -202,16 +199,8 @@ async def run(fd: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m community.thumbnail_worker")
-    parser.add_argument("--fd", type=int, required=True, help="the inherited link socket")
-    parser.add_argument("--parent", type=int, required=True, help="the capturer's process id")
-    parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
-    die_with_parent(args.parent)
-    install_redaction()
-    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (closes the link)
+    # The parent stops the worker by closing the link.
+    args = start_child("python -m community.thumbnail_worker", "the capturer's process id", argv)
     cv2.setNumThreads(1)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run(args.fd))

@@ -21,22 +21,19 @@ media seconds transcoded, "dropped_frames", "repeated_frames", "decoded": {kind:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import logging
 import os
 import pickle
-import signal
 import socket
 from collections.abc import Callable
 from typing import Any
 
 from aiortc import RTCRtpCodecParameters
 
-from common.log_redaction import install_redaction
-from common.parent_death import die_with_parent
+from common.child_main import start_child
 from sfu.direct import MediaPacket, PacketSink
 
 from . import media_link as link
@@ -217,16 +214,8 @@ async def run(fd: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hls_bridge.transcoder_main")
-    parser.add_argument("--fd", type=int, required=True, help="the inherited link socket")
-    parser.add_argument("--parent", type=int, required=True, help="the bridge's process id")
-    parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
-    die_with_parent(args.parent)
-    install_redaction()
-    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (END, then SIGTERM)
+    # The parent stops the transcoder with END, then SIGTERM.
+    args = start_child("python -m hls_bridge.transcoder_main", "the bridge's process id", argv)
     try:
         return asyncio.run(run(args.fd))
     except link.LinkClosed as exc:

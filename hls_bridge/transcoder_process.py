@@ -23,8 +23,9 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -45,15 +46,17 @@ LINK_BUFFER_LIMIT = 4 * 1024 * 1024
 
 
 class LinkSink:
-    """A ``PacketSink`` on a tapped track: writes each packet to the transcoder's link.
+    """A ``PacketSink`` on a tapped track: writes each packet to a child process's link
+    (the transcoder's; the thumbnail worker's too).
 
     Called on the forwarding path: one ``bytes`` build and one non-blocking write.
     """
 
-    __slots__ = ("_kind", "_transport", "dropped", "sent")
+    __slots__ = ("_encode", "_transport", "dropped", "sent")
 
-    def __init__(self, kind: str, transport: asyncio.WriteTransport) -> None:
-        self._kind = link.MEDIA_TYPES[kind]
+    def __init__(self, transport: asyncio.WriteTransport, encode: Callable[[MediaPacket], bytes]) -> None:
+        """:param encode: one packet as the link's frame (e.g. ``partial(encode_media, kind)``)."""
+        self._encode = encode
         self._transport = transport
         self.sent = 0
         self.dropped = 0
@@ -63,7 +66,7 @@ class LinkSink:
         if transport.is_closing() or transport.get_write_buffer_size() > LINK_BUFFER_LIMIT:
             self.dropped += 1
             return
-        transport.write(link.encode_media(self._kind, media))
+        transport.write(self._encode(media))
         self.sent += 1
 
 
@@ -153,7 +156,7 @@ class TranscoderProcess:
         transport = writer.transport
         assert isinstance(transport, asyncio.WriteTransport)
         for kind, tap in tracks.items():
-            sink = LinkSink(kind, transport)
+            sink = LinkSink(transport, partial(link.encode_media, link.MEDIA_TYPES[kind]))
             self._sinks[kind] = (tap, sink)
             tap.add_consumer(sink)
         self.attached = True

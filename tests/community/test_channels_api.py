@@ -6,14 +6,7 @@ from __future__ import annotations
 from aiohttp.test_utils import TestClient
 
 from community.keys import MAX_KEYS_PER_CHANNEL
-from community.models import User
-from community.tokens import tokens_of
-from tests.community.platform_app import community_of, make_user
-
-
-async def bearer(client: TestClient, user: User) -> dict[str, str]:
-    token, _ = await tokens_of(client.server.app).issue_access(user)
-    return {"Authorization": f"Bearer {token}"}
+from tests.community.platform_app import bearer, community_of, make_user
 
 
 async def test_get_channel(platform_client: TestClient) -> None:

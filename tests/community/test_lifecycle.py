@@ -27,21 +27,13 @@ from loadtest import whip_client
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
 from relaycast.service import Service
 from signaling.rooms import RoomRegistry
-from tests.community.platform_app import community_of, make_user
+from tests.community.platform_app import community_of, make_user, record_events
 from tests.polling import wait_for
 from tests.services import STREAM_KEY, make_config
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def record_events(community: Community) -> list[tuple[str, dict[str, Any]]]:
-    seen: list[tuple[str, dict[str, Any]]] = []
-
-    async def listener(event: str, payload: dict[str, Any]) -> None:
-        seen.append((event, payload))
-
-    community.events.subscribe(listener)
-    return seen
 
 
 async def streams_of(community: Community, channel: str) -> list[Stream]:

@@ -12,13 +12,7 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
 from community.models import Channel, ChannelViewer, Follow, Notification, Stream, User, utcnow
-from community.tokens import tokens_of
-from tests.community.platform_app import community_of, make_user
-
-
-async def bearer(client: TestClient, user: User) -> dict[str, str]:
-    token, _ = await tokens_of(client.server.app).issue_access(user)
-    return {"Authorization": f"Bearer {token}"}
+from tests.community.platform_app import bearer, community_of, make_user
 
 
 async def json_of(

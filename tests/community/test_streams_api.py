@@ -13,35 +13,22 @@ import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
-from community.app import Community
 from community.config import CommunityConfig
 from community.lifecycle import lifecycle_of
-from community.models import AuditEntry, Channel, ChannelViewer, Stream, StreamKey, StreamTag, User
-from community.tokens import tokens_of
+from community.models import AuditEntry, Channel, ChannelViewer, Stream, StreamKey, StreamTag
 from loadtest import whip_client
 from loadtest.sources import PatternVideoTrack, ToneAudioTrack
 from relaycast.service import Service
 from signaling.app_keys import ROOMS, SESSION_SERVICE
-from tests.community.platform_app import community_of, make_user
+from tests.community.platform_app import bearer, community_of, make_user, record_events
 from tests.polling import wait_for
 from tests.services import access_token, make_channel, make_config
 
 pytestmark = pytest.mark.timeout(60)
 
 
-async def bearer(client: TestClient, user: User) -> dict[str, str]:
-    token, _ = await tokens_of(client.server.app).issue_access(user)
-    return {"Authorization": f"Bearer {token}"}
 
 
-def record_events(community: Community) -> list[tuple[str, dict[str, Any]]]:
-    seen: list[tuple[str, dict[str, Any]]] = []
-
-    async def listener(event: str, payload: dict[str, Any]) -> None:
-        seen.append((event, payload))
-
-    community.events.subscribe(listener)
-    return seen
 
 
 async def test_start_creates_then_updates_the_pending_stream(db_client: TestClient) -> None:
