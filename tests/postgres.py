@@ -1,6 +1,6 @@
-"""A real PostgreSQL 15 server for tests: 127.0.0.1, a free port, a private data directory.
+"""A real PostgreSQL server (Debian's, 15 on bookworm) for tests: 127.0.0.1, a free port, a private data directory.
 
-``PostgresServer.start()`` runs Debian's ``initdb`` and ``pg_ctl`` (``/usr/lib/postgresql/15/bin``,
+``PostgresServer.start()`` runs Debian's ``initdb`` and ``pg_ctl`` (the newest ``/usr/lib/postgresql/*/bin``,
 or ``$RELAYCAST_PG_BIN``) in a temporary directory — as the unprivileged ``postgres`` user
 when the tests run as root (PostgreSQL refuses to run as root) — and waits until the server
 accepts connections.  Never the system cluster.  ``fsync`` is off: a test server trades
@@ -24,10 +24,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from relaycast.cluster import postgres_bin
 from tests.polling import WaitTimeout, wait_for_sync
 from tests.redis_server import free_port
 
-PG_BIN = Path(os.environ.get("RELAYCAST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_BIN = postgres_bin(os.environ) or Path(os.environ.get("RELAYCAST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+"""``RELAYCAST_PG_BIN``, else the newest ``/usr/lib/postgresql/*/bin`` (Debian's layout)."""
 MISSING = (
     f"PostgreSQL binaries not found in {PG_BIN} "
     "(apt-get install postgresql, or set RELAYCAST_PG_BIN)"
