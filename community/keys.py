@@ -59,6 +59,11 @@ async def list_keys(session: AsyncSession, channel_id: str) -> list[StreamKey]:
     return list(rows.scalars())
 
 
+def revoked_event(channel: str, key: StreamKey) -> dict[str, str]:
+    """The ``key.revoked`` event's payload (the publish authority ends the key's session)."""
+    return {"channel": channel, "key_id": key.id, "key_hash": key.key_hash}
+
+
 async def revoke_key(session: AsyncSession, key: StreamKey) -> bool:
     """Mark ``key`` revoked (the caller commits and emits ``key.revoked``).
 

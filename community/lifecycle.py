@@ -50,7 +50,7 @@ from signaling.app_keys import RECORDINGS, ROOM_LISTENERS, ROOMS, SESSION_SERVIC
 
 from .app import COMMUNITY, Community
 from .audit import record
-from .keys import MAX_KEYS_PER_CHANNEL, active_keys, create_key
+from .keys import MAX_KEYS_PER_CHANNEL, active_keys, create_key, revoke_key, revoked_event
 from .models import Category, Channel, Stream, StreamKey, StreamTag, utcnow
 from .publish import end_publishing
 
@@ -374,9 +374,8 @@ class StreamLifecycle:
         async with self.community.db.transaction() as session:
             key_id = (await session.execute(select(Stream.key_id).where(Stream.id == stream_id))).scalar_one()
             key = await session.get(StreamKey, key_id) if key_id else None
-            if key is not None and key.revoked_at is None:
-                key.revoked_at = utcnow()
-                revoked = {"channel": channel, "key_id": key.id, "key_hash": key.key_hash}
+            if key is not None and await revoke_key(session, key):
+                revoked = revoked_event(channel, key)
             await record(session, actor_id, "stream.takedown", "stream", stream_id, reason=reason,
                          detail={"channel": channel, "ended": ended, "key_id": key_id})
         if revoked is not None:

@@ -25,7 +25,14 @@ from signaling.app_keys import ROOMS
 
 from .. import publish
 from ..app import COMMUNITY
-from ..keys import MAX_KEYS_PER_CHANNEL, active_keys, create_key, list_keys, revoke_key
+from ..keys import (
+    MAX_KEYS_PER_CHANNEL,
+    active_keys,
+    create_key,
+    list_keys,
+    revoke_key,
+    revoked_event,
+)
 from ..models import Category, Channel, ChannelViewer, Follow, Stream, StreamKey, User
 from ..tokens import tokens_of
 from .base import ApiRoutes, Call
@@ -201,8 +208,7 @@ async def _key_of(session: AsyncSession, channel: Channel, key_id: str) -> Strea
 
 async def _revoked(request: web.Request, channel: str, key: StreamKey) -> None:
     """After the commit: tell every listener (the publish authority ends the live session)."""
-    await request.app[COMMUNITY].events.emit(
-        "key.revoked", {"channel": channel, "key_id": key.id, "key_hash": key.key_hash})
+    await request.app[COMMUNITY].events.emit("key.revoked", revoked_event(channel, key))
 
 
 # --------------------------------------------------------------- channels
