@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from sqlalchemy import select
 
+from common.bearer import bearer_token
 from common.problems import HttpProblem
 
 from .api.base import PRINCIPAL_KEY, Principal
@@ -118,10 +119,9 @@ def csrf_ok(request: web.Request) -> bool:
 
 
 def _credentials(request: web.Request) -> tuple[str, str] | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip(), "bearer"
+    token = bearer_token(request)
+    if token is not None:
+        return token, "bearer"
     cookie = request.cookies.get(ACCESS_COOKIE)
     if cookie:
         return cookie, "cookie"

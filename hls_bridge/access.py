@@ -23,6 +23,8 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from common.bearer import bearer_token
+
 ViewAccess = Callable[[str, str | None], Awaitable[bool]]
 """``await access(room, token)`` → whether the room is private; raises to refuse."""
 
@@ -37,10 +39,7 @@ def viewer_token(request: web.Request) -> tuple[str | None, bool]:
     token = request.query.get(TOKEN_PARAM)
     if token:
         return token, True
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip(), False
-    return None, False
+    return bearer_token(request), False
 
 
 def _with_param(uri: str, param: str) -> str:

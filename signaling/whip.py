@@ -37,7 +37,9 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from common.bearer import bearer_token
 from common.problems import HttpProblem
+from hls_bridge.access import viewer_token
 from sfu.sdp_validation import valid_candidate
 
 from .app_keys import CONFIG, LIMITER, ROOMS, SESSION_SERVICE
@@ -127,15 +129,15 @@ class MediaResources:
     @staticmethod
     def _bearer(request: web.Request, what: str = "the stream key") -> str:
         """The ``Authorization: Bearer`` token; 401 without one (RFC 6750 §3)."""
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(request)
+        if token is None:
             raise HttpProblem(
                 401,
                 None,
                 f"send {what} as 'Authorization: Bearer <key>'",
                 headers={"WWW-Authenticate": REALM},
             )
-        return token.strip()
+        return token
 
     @staticmethod
     def _key_failure(request: web.Request) -> None:
@@ -192,10 +194,7 @@ class MediaResources:
     async def _authorize_viewer(request: web.Request, room: str) -> None:
         """A private room's viewers need a playback token: ``?token=`` or ``Authorization:
         Bearer`` (RFC 6750 §2.1, §2.3); 401 without a valid one."""
-        token = request.query.get("token")
-        if token is None:
-            scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-            token = value.strip() if scheme.lower() == "bearer" and value.strip() else None
+        token, _ = viewer_token(request)
         try:
             await request.app[ROOMS].authority.authorize_view(room, token)
         except AccessRefused as refused:
@@ -241,7 +240,7 @@ class MediaResources:
         room_name = request.match_info["room"]
         rooms = request.app[ROOMS]
         checked: PublishGrant | AccessRefused | None = None
-        if self.kind == "whip" and rooms.get(room_name) is None and _has_bearer(request):
+        if self.kind == "whip" and rooms.get(room_name) is None and bearer_token(request) is not None:
             # A first publish: a credential the authority accepts also proves the room
             # exists (one lookup, not two); the outcome is answered in the usual order.
             try:
@@ -374,11 +373,6 @@ class MediaResources:
                 "Access-Control-Allow-Methods": "PATCH, DELETE, OPTIONS",
             },
         )
-
-
-def _has_bearer(request: web.Request) -> bool:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and bool(token.strip())
 
 
 def _access_problem(refused: AccessRefused) -> HttpProblem:
