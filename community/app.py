@@ -33,10 +33,19 @@ MODULES = (
     "community.api.streams",
     "community.api.discovery",
     "community.api.social",
+    "community.api.chat",
+    "community.chat_store",
+    "community.api.moderation",
+    "community.api.blocked_terms",
+    "community.api.chat_reports",
+    "community.chat_moderation",
+    "community.api.analytics",
+    "community.api.ingest",
     "community.notifications",
     "community.webhooks",
     "community.thumbnails",
     "community.pages",
+    "community.analytics",
 )
 
 

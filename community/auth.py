@@ -12,7 +12,12 @@
   the principal.
 * Cookie-authenticated unsafe requests (POST, PUT, PATCH, DELETE) must carry header
   ``X-CSRF-Token`` equal to cookie ``rc_csrf`` (double-submit cookie; OWASP CSRF
-  Prevention Cheat Sheet), else 403 under ``/api/`` (elsewhere: no principal).
+  Prevention Cheat Sheet), else 403 under ``/api/`` (elsewhere: no principal).  Exempt:
+  :data:`CSRF_EXEMPT` only — ``POST /api/beacons``, which ``navigator.sendBeacon`` sends
+  without a way to add headers (W3C Beacon §3.1); a forged one can do no more than add
+  playback telemetry, so the cookie's principal is kept there without the header, and an
+  invalid or expired token or a suspended account makes it anonymous instead of refused
+  (a page unloading cannot refresh its token first).
 * Suspended accounts are held in :class:`SuspendedUsers`, a set of user ids reloaded from
   the database every :data:`SUSPENDED_RELOAD_S` and updated at once by the instance that
   suspends, so checking costs no query per request.
@@ -48,6 +53,9 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 UNAUTHENTICATED = frozenset(
     {"/api/users/register", "/api/users/login", "/api/users/refresh", "/api/users/logout"}
 )
+CSRF_EXEMPT = frozenset({("POST", "/api/beacons")})
+"""(method, path) of the requests that keep a cookie principal without the CSRF header and
+are answered anonymously rather than refused for a bad token."""
 SUSPENDED_RELOAD_S = 5.0
 ACCESS_CLAIMS_KEY = "access_claims"
 """``request[ACCESS_CLAIMS_KEY]``: the verified :class:`~community.tokens.AccessClaims`."""
@@ -134,7 +142,8 @@ async def auth_middleware(
 ) -> web.StreamResponse:
     """Set ``request["principal"]`` (see the module docstring for the rules)."""
     path = request.path
-    api = path.startswith("/api/")
+    exempt = (request.method, path) in CSRF_EXEMPT
+    api = path.startswith("/api/") and not exempt  # an exempt request is never refused here
     if api and path in UNAUTHENTICATED:
         return await handler(request)
     found = _credentials(request)
@@ -152,7 +161,7 @@ async def auth_middleware(
         if api:
             raise HttpProblem(403, None, "this account is suspended")
         return await handler(request)
-    if via == "cookie" and request.method in UNSAFE_METHODS and not csrf_ok(request):
+    if via == "cookie" and request.method in UNSAFE_METHODS and not csrf_ok(request) and not exempt:
         if api:
             raise HttpProblem(
                 403,

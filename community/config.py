@@ -47,6 +47,8 @@ class CommunityConfig:
     :ivar cookie_secure: mark cookies ``Secure`` (``RELAYCAST_COOKIE_SECURE``; default when
         ``public_url`` is https).
     :ivar demo_user: the user owning the demo channel created at start-up (""= none).
+    :ivar chat_retention_days: stored chat messages older than this are deleted, days
+        (``RELAYCAST_CHAT_RETENTION_DAYS``, 30; 0 keeps them forever).
     """
 
     data_dir: Path = Path("relaycast-data")
@@ -59,6 +61,7 @@ class CommunityConfig:
     webhook_urls: tuple[str, ...] = ()
     webhook_secret: str = field(default="", repr=False)
     cookie_secure: bool = False
+    chat_retention_days: float = 30.0
 
     @property
     def url(self) -> str:
@@ -83,6 +86,7 @@ class CommunityConfig:
             "issuer": env.get("RELAYCAST_JWT_ISSUER") or "relaycast",
             "webhook_urls": tuple(u.strip() for u in env.get("RELAYCAST_WEBHOOK_URLS", "").split(",") if u.strip()),
             "webhook_secret": env.get("RELAYCAST_WEBHOOK_SECRET", ""),
+            "chat_retention_days": _float(env, "RELAYCAST_CHAT_RETENTION_DAYS", 30.0, 0.0),
             "cookie_secure": env.get("RELAYCAST_COOKIE_SECURE", "1" if public.startswith("https:") else "0").lower()
             in ("1", "true", "yes"),
         }

@@ -16,11 +16,13 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
+    Text,
     TypeDecorator,
     text,
 )
@@ -259,3 +261,205 @@ class AuditEntry(Base):
     reason: Mapped[str] = mapped_column(String(500), default="")
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+# --------------------------------------------------------------------------- chat
+class ChatMessage(Base):
+    """An accepted chat message of a channel's room (written in batches, never on the
+    delivery path).  ``id`` is the message id every participant saw (32 hex characters);
+    ``seq`` its number in the room's sequence.  A deleted message keeps its row with
+    ``deleted_at`` set and is left out of every history."""
+
+    __tablename__ = "chat_messages"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel_id: Mapped[str] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"))
+    stream_id: Mapped[str | None] = mapped_column(ForeignKey("streams.id", ondelete="SET NULL"), default=None)
+    seq: Mapped[int] = mapped_column(Integer)
+    sent_at: Mapped[datetime] = mapped_column(index=True)
+    """Server time of the message (the ``ts`` every participant saw), ms precision."""
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    sender_id: Mapped[str] = mapped_column(String(64))
+    """The participant id (a session's, a Socket.IO connection's, or the API sender's)."""
+    sender_name: Mapped[str] = mapped_column(String(64))
+    sender_role: Mapped[str] = mapped_column(String(16), default="viewer")
+    text: Mapped[str] = mapped_column(Text)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    deleted_by: Mapped[str | None] = mapped_column(String(24), default=None)
+
+
+Index("ix_chat_messages_stream", ChatMessage.stream_id, ChatMessage.sent_at, ChatMessage.seq)
+Index("ix_chat_messages_channel", ChatMessage.channel_id, ChatMessage.sent_at, ChatMessage.seq)
+
+
+class ChatSettings(Base):
+    """A channel's chat rules (a channel without a row has the defaults)."""
+
+    __tablename__ = "chat_settings"
+    channel_id: Mapped[str] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"), primary_key=True)
+    slow_mode_s: Mapped[int] = mapped_column(Integer, default=0)
+    """Seconds between two messages of one user (0 = off; moderators and the broadcaster exempt)."""
+    followers_only_s: Mapped[int | None] = mapped_column(Integer, default=None)
+    """Followers-only mode: minimum follow age in seconds (None = off, 0 = any follower)."""
+    guests_allowed: Mapped[bool] = mapped_column(Boolean, default=True)
+    """Whether guests (not logged in) may write; guests always read."""
+    links_allowed: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ChannelModerator(Base):
+    """A user the broadcaster appointed to moderate their channel's chat."""
+
+    __tablename__ = "channel_moderators"
+    channel_id: Mapped[str] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True,
+                                         index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ChatBan(Base):
+    """A ban (``expires_at`` None) or a timeout (until ``expires_at``) in a channel's chat.
+    ``target`` is a user id, or ``guest:<participant id>`` for a guest."""
+
+    __tablename__ = "chat_bans"
+    channel_id: Mapped[str] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"), primary_key=True)
+    target: Mapped[str] = mapped_column(String(80), primary_key=True)
+    target_name: Mapped[str] = mapped_column(String(64), default="")
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BlockedTerm(Base):
+    """A blocked term of one channel, or of the whole server (``channel_id`` None).
+    ``action``: ``block`` (the message is refused) or ``hold`` (kept for review)."""
+
+    __tablename__ = "blocked_terms"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    channel_id: Mapped[str | None] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"), default=None,
+                                                   index=True)
+    term: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(8), default="block")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ChatReport(Base):
+    """An item of a channel's moderation queue: a user's report of a message
+    (``kind`` ``report``) or a message held by a blocked term (``kind`` ``held``).
+    ``message`` is the message as it was shown (JSON: id, seq, ts, from, text)."""
+
+    __tablename__ = "chat_reports"
+    id: Mapped[str] = mapped_column(String(24), primary_key=True, default=new_id)
+    channel_id: Mapped[str] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"))
+    stream_id: Mapped[str | None] = mapped_column(ForeignKey("streams.id", ondelete="SET NULL"), default=None)
+    kind: Mapped[str] = mapped_column(String(8), default="report")
+    message_id: Mapped[str] = mapped_column(String(32))
+    message: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    reporter_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    status: Mapped[str] = mapped_column(String(10), default="open")
+    """``open``, ``resolved`` (acted on) or ``dismissed``."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(default=None)
+    resolved_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    resolution: Mapped[str] = mapped_column(String(32), default="")
+
+
+Index("ix_chat_reports_queue", ChatReport.channel_id, ChatReport.status, ChatReport.created_at)
+
+
+class ModerationEntry(Base):
+    """A moderator action in a channel: who, what, on whom, when, why."""
+
+    __tablename__ = "moderation_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    channel_id: Mapped[str] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"))
+    actor_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(80), default="")
+    """A user id, ``guest:<participant id>``, a message id, or empty (channel-wide actions)."""
+    target_name: Mapped[str] = mapped_column(String(64), default="")
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+Index("ix_moderation_log_channel", ModerationEntry.channel_id, ModerationEntry.id)
+
+
+# ---------------------------------------------------------------------- analytics
+class ViewerSample(Base):
+    """Concurrent viewers of a live stream at ``at`` (every 10 s), by tier."""
+
+    __tablename__ = "viewer_samples"
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(primary_key=True)
+    webrtc: Mapped[int] = mapped_column(Integer, default=0)
+    llhls: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class StreamViewer(Base):
+    """One viewer of a stream (a user, or an anonymous player session): when first and
+    last seen and the seconds watched — unique viewers and watch time."""
+
+    __tablename__ = "stream_viewers"
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"), primary_key=True)
+    viewer: Mapped[str] = mapped_column(String(80), primary_key=True)
+    """``user:<id>`` or ``session:<id>``."""
+    tier: Mapped[str] = mapped_column(String(8), default="webrtc")
+    first_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    watch_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class ChatMinute(Base):
+    """Chat messages accepted in one minute of a stream."""
+
+    __tablename__ = "chat_minutes"
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(primary_key=True)
+    messages: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class IngestSample(Base):
+    """The publisher's ingest as the SFU sees it, every 10 s: bitrate (bps), frames per
+    second, resolution, key-frame interval (s), packet loss (fraction 0–1), round-trip
+    time (ms) and jitter (ms); a value the SFU cannot see is None."""
+
+    __tablename__ = "ingest_samples"
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(primary_key=True)
+    bitrate_bps: Mapped[int | None] = mapped_column(Integer, default=None)
+    fps: Mapped[float | None] = mapped_column(Float, default=None)
+    width: Mapped[int | None] = mapped_column(Integer, default=None)
+    height: Mapped[int | None] = mapped_column(Integer, default=None)
+    keyframe_interval_s: Mapped[float | None] = mapped_column(Float, default=None)
+    loss: Mapped[float | None] = mapped_column(Float, default=None)
+    rtt_ms: Mapped[float | None] = mapped_column(Float, default=None)
+    jitter_ms: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class QoeBeacon(Base):
+    """One player beacon (quality of experience), as validated: ``event`` ``join``,
+    ``heartbeat``, ``stall``, ``switch``, ``error`` or ``end``; times in ms."""
+
+    __tablename__ = "qoe_beacons"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    stream_id: Mapped[str | None] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"), default=None)
+    channel_id: Mapped[str] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"))
+    session: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    tier: Mapped[str] = mapped_column(String(8))
+    event: Mapped[str] = mapped_column(String(12))
+    join_ms: Mapped[float | None] = mapped_column(Float, default=None)
+    latency_ms: Mapped[float | None] = mapped_column(Float, default=None)
+    stalls: Mapped[int | None] = mapped_column(Integer, default=None)
+    stall_ms: Mapped[float | None] = mapped_column(Float, default=None)
+    switches: Mapped[int | None] = mapped_column(Integer, default=None)
+    height: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str] = mapped_column(String(200), default="")
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+Index("ix_qoe_beacons_stream_received", QoeBeacon.stream_id, QoeBeacon.received_at)
+"""A stream's beacons by time: its QoE, and the LL-HLS sessions heard in the last 30 s."""

@@ -34,7 +34,7 @@ from aiohttp import web
 from sqlalchemy import and_, insert, select
 
 from signaling.app_keys import SIO
-from signaling.browser import NAMESPACE, SIO_IDENTIFY
+from signaling.browser import NAMESPACE, SIO_IDENTIFY, PageIdentity
 
 from .api.social import NotificationOut
 from .app import COMMUNITY, Community
@@ -199,9 +199,10 @@ class Notifier:
             if failed:
                 logger.warning("%d notification pushes failed", failed)
 
-    async def identify(self, request: web.Request, auth: Any) -> list[str]:
-        """:data:`signaling.browser.SIO_IDENTIFY` hook: ``[user:{id}]`` for a valid access
-        token in the ``rc_access`` cookie (or ``auth["token"]``), else ``[]``."""
+    async def identify(self, request: web.Request, auth: Any) -> PageIdentity | list[str]:
+        """:data:`signaling.browser.SIO_IDENTIFY` hook: for a valid access token in the
+        ``rc_access`` cookie (or ``auth["token"]``) the room ``user:{id}`` and the user (who
+        the page chats as), else ``[]``."""
         token = request.cookies.get(ACCESS_COOKIE)
         if not token and isinstance(auth, dict) and isinstance(auth.get("token"), str):
             token = auth["token"]
@@ -214,7 +215,7 @@ class Notifier:
         with contextlib.suppress(RuntimeError, KeyError):
             if suspended_of(self.app).contains(claims.user_id):
                 return []
-        return [user_room(claims.user_id)]
+        return PageIdentity([user_room(claims.user_id)], claims.user_id, claims.username)
 
     async def close(self) -> None:
         """Cancel fan-outs still running (their committed batches stay)."""

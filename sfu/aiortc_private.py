@@ -13,7 +13,10 @@ encodes them.  This module rewires single receiver/sender *instances* so that:
   (:class:`TransportFeedback`, aiortc has none);
 * a subscriber's sender starts no RTP/RTCP tasks; the SFU sends raw RTP bytes
   through :class:`RawRtpSender` (SRTP protect + UDP ``sendto``, synchronously)
-  and receives the viewer's RTCP (NACK, PLI, FIR, REMB, RR) through a callback.
+  and receives the viewer's RTCP (NACK, PLI, FIR, REMB, RR) through a callback;
+* the ingest health (:mod:`sfu.ingest_health`) reads a receiver's RTCP receive
+  statistics (:func:`receive_statistics`) and the round trip of the ICE consent
+  checks the peer answered (:func:`ice_round_trip_time`).
 
 An aiortc upgrade should only ever require changes here.  Tested against aiortc
 1.14–1.16 and aioice 0.9–0.13.
@@ -30,7 +33,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from types import MethodType
-from typing import Any
+from typing import Any, NamedTuple
 
 import aioice.ice
 import aioice.stun
@@ -81,6 +84,9 @@ def host_addresses() -> list[str] | None:
 
 
 _PEER_CHECKS = "_relaycast_peer_checks"  # Connection attribute: remote addr -> monotonic time
+_CONSENT_RTT = "_relaycast_consent_rtt"  # Connection attribute: (round trip s, loop time answered)
+CONSENT_RTT_MAX_AGE_S = 15.0
+"""A consent round trip older than this (three missed rounds) is no longer reported."""
 
 
 def accept_peer_consent_checks() -> None:
@@ -96,6 +102,7 @@ def accept_peer_consent_checks() -> None:
     from the pair's remote address, since the previous round — the liveness rule
     ICE-lite servers (mediasoup, Janus) apply.  Peers that answer checks see no
     change; peers that neither answer nor send checks still expire after ~30 s.
+    Each answered check's round trip is kept for :func:`ice_round_trip_time`.
     """
     connection_cls = aioice.ice.Connection
     if getattr(connection_cls, "_relaycast_consent", False):
@@ -119,12 +126,15 @@ def accept_peer_consent_checks() -> None:
             for pair in self._nominated.values():
                 request = self.build_request(pair, nominate=False)
                 try:
+                    sent = loop.time()
                     await pair.protocol.request(
                         request,
                         pair.remote_addr,
                         integrity_key=self.remote_password.encode("utf8"),
                         retransmissions=0,
                     )
+                    answered = loop.time()
+                    self.__dict__[_CONSENT_RTT] = (answered - sent, answered)
                     failures = 0
                 except aioice.stun.TransactionError:
                     seen = self.__dict__.get(_PEER_CHECKS, {}).get(tuple(pair.remote_addr[:2]))
@@ -395,6 +405,43 @@ def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> Awaitable[None]:
 
 def receiver_has_started(receiver: RTCRtpReceiver) -> bool:
     return bool(getattr(receiver, "_RTCRtpReceiver__started"))  # noqa: B009 (name-mangled)
+
+
+class ReceiveStatistics(NamedTuple):
+    """One received RTP stream as aiortc counts it for its receiver reports (RFC 3550 §6.4.1,
+    §A.3): packets expected (extended highest sequence number − first + 1) and received
+    (duplicates included, retransmissions on their own RTX SSRC not), interarrival jitter in
+    codec clock ticks (§A.8)."""
+
+    packets_expected: int
+    packets_received: int
+    jitter_ticks: int
+
+
+def receive_statistics(receiver: RTCRtpReceiver, ssrc: int) -> ReceiveStatistics | None:
+    """aiortc's receive statistics of stream ``ssrc`` on ``receiver`` (``None``: none yet)."""
+    streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", None)
+    stats: StreamStatistics | None = streams.get(ssrc) if isinstance(streams, dict) else None
+    if stats is None or stats.max_seq is None or stats.base_seq is None:
+        return None
+    return ReceiveStatistics(stats.packets_expected, stats.packets_received, stats.jitter)
+
+
+def ice_round_trip_time(receiver: RTCRtpReceiver) -> float | None:
+    """Round-trip time, s, of the last ICE consent check the peer answered on the receiver's
+    transport (a STUN binding request/response on the nominated pair, RFC 7675 §5.1 — what
+    W3C webrtc-stats calls the candidate pair's ``currentRoundTripTime``).  ``None`` when no
+    check was answered in the last :data:`CONSENT_RTT_MAX_AGE_S` s: a peer that does not
+    answer checks (FFmpeg's WHIP muxer), or the first ~5 s of a session."""
+    try:
+        connection = receiver.transport.transport._connection
+        loop_time = asyncio.get_running_loop().time()
+    except (AttributeError, RuntimeError):
+        return None
+    measured = connection.__dict__.get(_CONSENT_RTT)
+    if measured is None or loop_time - measured[1] > CONSENT_RTT_MAX_AGE_S:
+        return None
+    return float(measured[0])
 
 
 def transport_feedback(receiver: RTCRtpReceiver) -> TransportFeedback | None:

@@ -1,17 +1,18 @@
-"""Data-channel chat for one room.
+"""Data-channel chat for one room on this node.
 
 Every participant may open a reliable data channel labelled ``chat``.  The SFU
-rate-limits each participant with a token bucket (every message costs a token,
-valid or not), removes bidi and control characters (:mod:`sfu.chat_text`), caps the
-length, stamps each message with the sender's identity from the session (clients
-cannot choose who they are), assigns a per-room sequence number and server time,
-and fans it out to everybody in the room.  A newcomer first gets ``welcome`` and the last
-``history`` messages.  The JSON schema is in docs/chat.md.
+rate-limits each participant with a token bucket (every message costs a token, valid or
+not, so a flood stops here), parses the JSON and cleans the text (:mod:`sfu.chat_text`),
+and stamps the sender's identity from the session (clients cannot choose who they are).
+A newcomer first gets ``welcome`` and the ``history``.  The JSON schema is in docs/chat.md.
 
-With a chat bus (:class:`sfu.chat_bus.RedisChatBus`, Redis mode) the room does not
-number messages itself: accepted messages go to the bus, which stamps the room-wide
-sequence number in Redis and publishes them to every node; :meth:`ChatRoom.deliver`
-fans them out locally, and newcomers get the history from Redis.
+Linked to signaling (:class:`ChatUpstream`, every node of a relaycast service), the room
+does not decide or number anything itself: each message goes to signaling's chat
+authority (``chat_send``), which applies moderation, numbers it in the room's one sequence
+(shared with the pages' Socket.IO chat and the REST API) and sends every event back to
+every node hosting the room; :meth:`ChatRoom.deliver` fans them out to the local data
+channels.  A refusal comes back in the ack and is sent to the sender only.  Without an
+upstream (a bare Worker) the room numbers its own messages in memory.
 """
 
 from __future__ import annotations
@@ -68,12 +69,16 @@ class _Member:
         self.limit = limit
 
 
-class ChatBus(Protocol):
-    """What a room needs from a shared chat store (see :mod:`sfu.chat_bus`)."""
+class ChatUpstream(Protocol):
+    """Signaling's chat authority as a node reaches it (:mod:`sfu.node`).
 
-    async def append(self, room: str, message: dict[str, Any]) -> dict[str, Any]: ...
+    ``submit`` answers ``{"message": ...}`` or ``{"error": code, "detail", "retry_after"?}``;
+    ``history`` answers the room's recent messages, oldest first.  Both raise on a broken link.
+    """
 
-    async def history(self, room: str, count: int) -> list[dict[str, Any]]: ...
+    async def submit(self, room: str, participant: Identity, text: str) -> dict[str, Any]: ...
+
+    async def history(self, room: str) -> list[dict[str, Any]]: ...
 
 
 class ChatRoom:
@@ -82,8 +87,8 @@ class ChatRoom:
     :param max_chars: longest accepted message text (characters).
     :param rate: per-participant refill rate, messages/s.
     :param burst: per-participant bucket size, messages.
-    :param history: messages kept and replayed to newcomers.
-    :param bus: shared store across nodes (Redis mode); None = this room alone.
+    :param history: messages kept and replayed to newcomers (without an upstream).
+    :param upstream: signaling's chat authority; None = this room alone.
     """
 
     def __init__(
@@ -95,13 +100,11 @@ class ChatRoom:
         burst: int = 10,
         history: int = 50,
         clock: Callable[[], float] = time.monotonic,
-        bus: ChatBus | None = None,
+        upstream: ChatUpstream | None = None,
     ) -> None:
         self.room = room
-        self.bus = bus
+        self.upstream = upstream
         self._tasks: set[asyncio.Task[None]] = set()
-        self._append_lock = asyncio.Lock()
-        """Appends go to the bus one at a time: a sender's messages keep their order."""
         self.max_chars = max_chars
         self.rate = rate
         self.burst = burst
@@ -127,16 +130,16 @@ class ChatRoom:
         limit = existing.limit if existing else _Limit(TokenBucket(self.rate, self.burst, self._clock))
         self._members[identity.id] = _Member(identity, channel, limit)
         self._send(channel, {"type": "welcome", "participant": identity.to_dict(), "room": self.room, **state})
-        if self.bus is not None:
-            self._spawn(self._replay_from_bus(channel))
+        if self.upstream is not None:
+            self._spawn(self._replay_from_upstream(channel))
             return
         for batch in self._history_batches(self.history):
             self._send(channel, {"type": "history", "messages": batch})
 
-    async def _replay_from_bus(self, channel: Channel) -> None:
-        assert self.bus is not None
+    async def _replay_from_upstream(self, channel: Channel) -> None:
+        assert self.upstream is not None
         try:
-            messages = await self.bus.history(self.room, self.history.maxlen or 0)
+            messages = await self.upstream.history(self.room)
         except Exception as exc:
             logger.warning("chat history of room %s unavailable: %s", self.room, exc)
             self._send(channel, {"type": "error", "code": "unavailable",
@@ -177,7 +180,9 @@ class ChatRoom:
         limit the message is dropped; the sender is told ``rate_limited`` at most once
         per refill (until its bucket holds a token again), not once per message.  Then
         the message is parsed and its text cleaned (:func:`sfu.chat_text.parse_chat`):
-        a rejection is answered with ``bad_message`` or ``too_long``.
+        a rejection is answered with ``bad_message`` or ``too_long``.  With an upstream the
+        text goes to signaling (messages leave in the order they came) and ``None`` is
+        returned; the numbered message arrives through :meth:`deliver`.
         Never raises for any ``raw``.
         """
         member = self._members.get(participant_id)
@@ -194,6 +199,10 @@ class ChatRoom:
         if isinstance(text, Rejected):
             self._error(member, text.code, text.detail)
             return None
+        if self.upstream is not None:
+            # Decided, numbered and fanned out by signaling (every node, this one included).
+            self._spawn(self._submit_upstream(member, text))
+            return None
         message = {
             "type": "chat",
             "id": uuid.uuid4().hex,
@@ -201,32 +210,45 @@ class ChatRoom:
             "from": member.identity.to_dict(),
             "text": text,
         }
-        if self.bus is not None:
-            # Numbered and fanned out by the bus (every node, this one included).
-            self._spawn(self._append_to_bus(member, message))
-            return message
         self.seq += 1
         stamped = {"type": "chat", "seq": self.seq, **{k: v for k, v in message.items() if k != "type"}}
         self.deliver(stamped)
         return stamped
 
-    async def _append_to_bus(self, member: _Member, message: dict[str, Any]) -> None:
-        assert self.bus is not None
+    async def _submit_upstream(self, member: _Member, text: str) -> None:
+        assert self.upstream is not None
         try:
-            async with self._append_lock:
-                await self.bus.append(self.room, message)
+            ack = await self.upstream.submit(self.room, member.identity, text)
         except Exception as exc:
-            logger.warning("chat message in room %s not stored: %s", self.room, exc)
+            logger.warning("chat message in room %s not sent to signaling: %r", self.room, exc)
             self._error(member, "unavailable", "chat is unavailable right now; not sent")
+            return
+        error = ack.get("error") if isinstance(ack, dict) else "unavailable"
+        if error:
+            reply = {"type": "error", "code": str(error), "detail": str(ack.get("detail", ""))}
+            if isinstance(ack.get("retry_after"), int | float):
+                reply["retry_after"] = ack["retry_after"]
+            self._send(member.channel, reply)
 
-    def deliver(self, message: dict[str, Any]) -> None:
-        """Keep a stamped message in the history and send it to every local member
-        (called for local messages, and by the bus for every node's messages)."""
-        seq = message.get("seq")
-        if isinstance(seq, int):
-            self.seq = max(self.seq, seq)
-        self.history.append(message)
-        self.broadcast(message)
+    def deliver(self, event: dict[str, Any]) -> None:
+        """Apply one chat event of the room and send it to every local member: a numbered
+        ``chat`` message (kept in the history), ``delete`` (``ids`` leave the history) or
+        ``clear`` (the history empties).  Called for local messages, and with an upstream
+        for every event signaling sends this node."""
+        kind = event.get("type")
+        if kind == "chat":
+            seq = event.get("seq")
+            if isinstance(seq, int):
+                self.seq = max(self.seq, seq)
+            self.history.append(event)
+        elif kind == "delete":
+            gone = set(event.get("ids") or ())
+            kept = [m for m in self.history if m.get("id") not in gone]
+            self.history.clear()
+            self.history.extend(kept)
+        elif kind == "clear":
+            self.history.clear()
+        self.broadcast(event)
 
     def broadcast(self, message: dict[str, Any]) -> None:
         data = _encode(message)

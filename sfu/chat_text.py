@@ -20,7 +20,9 @@ make them lie about themselves before any length check and before fan-out
 
 Other format characters are kept: U+200D ZERO WIDTH JOINER builds emoji sequences.
 After removal the text is stripped of leading and trailing whitespace; a chat text that
-is then empty is rejected, and the length limit counts what is left, in code points.
+is then empty is rejected, and the length limit counts what is left in extended grapheme
+clusters (Unicode UAX #29 §3): what a reader sees as one character — 👨‍👩‍👧 (five code
+points) or "é" written as e + U+0301 — counts once.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import json
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
+
+import regex
 
 BIDI_CONTROLS = frozenset(
     [chr(c) for c in range(0x202A, 0x202F)]  # LRE RLE PDF LRO RLO (UAX #9 §2.1, §2.2)
@@ -92,12 +96,34 @@ NOT_CHAT = Rejected("bad_message", 'expected {"type":"chat","text":"..."}')
 EMPTY = Rejected("bad_message", "empty message")
 
 
+_GRAPHEME = regex.compile(r"\X")
+CODE_POINTS_PER_GRAPHEME = 32
+"""A text longer than ``max_chars`` × this many code points is too long without counting."""
+
+
+def grapheme_len(text: str) -> int:
+    """The number of extended grapheme clusters in ``text`` (UAX #29 §3.1)."""
+    return len(_GRAPHEME.findall(text))
+
+
+def check_text(text: str, max_chars: int) -> str | Rejected:
+    """Clean ``text`` (:func:`clean_text`) and check it: not empty, at most ``max_chars``
+    grapheme clusters.  :returns: the cleaned text, or a :class:`Rejected`."""
+    text = clean_text(text)
+    if not text:
+        return EMPTY
+    if len(text) > max_chars and (
+            len(text) > max_chars * CODE_POINTS_PER_GRAPHEME or grapheme_len(text) > max_chars):
+        return Rejected("too_long", f"at most {max_chars} characters")
+    return text
+
+
 def parse_chat(raw: str | bytes, max_chars: int) -> str | Rejected:
     """Parse one data-channel message ``{"type": "chat", "text": <string>}``.
 
     :param raw: the message as received (text, or bytes in UTF-8/16/32, RFC 8259 §8.1).
-    :param max_chars: longest accepted text, code points after cleaning.
-    :returns: the cleaned text (:func:`clean_text`; 1 to ``max_chars`` code points), or a
+    :param max_chars: longest accepted text, grapheme clusters after cleaning.
+    :returns: the cleaned text (:func:`check_text`; 1 to ``max_chars`` graphemes), or a
         :class:`Rejected` saying why not.  Never raises for any input.
     """
     try:
@@ -109,9 +135,4 @@ def parse_chat(raw: str | bytes, max_chars: int) -> str | Rejected:
     text = message.get("text")
     if not isinstance(text, str):
         return NOT_CHAT
-    text = clean_text(text)
-    if not text:
-        return EMPTY
-    if len(text) > max_chars:
-        return Rejected("too_long", f"at most {max_chars} characters")
-    return text
+    return check_text(text, max_chars)

@@ -29,15 +29,6 @@ NODE_ROLES = ("media", "hls")
 LL-HLS bridge, which placement never picks (rooms reach it only through node pipes)."""
 
 
-def _redis_url(raw: str) -> str | None:
-    raw = raw.strip()
-    if not raw:
-        return None
-    if not raw.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"REDIS_URL={raw!r}: expected redis://host:port[/db]")
-    return raw
-
-
 @dataclass(frozen=True)
 class SfuConfig:
     """Media-plane settings.
@@ -75,8 +66,6 @@ class SfuConfig:
     publisher_reserve: int | None = None
     connect_timeout_s: float = 15.0
     node_id: str = field(default="sfu-1")
-    redis_url: str | None = None
-    """Redis for chat across nodes (``REDIS_URL`` / ``RELAYCAST_REDIS_URL``); None = local."""
     pipe_linger_s: float = 10.0
     """An edge node closes its pipe of a room after this many seconds without a viewer
     there (``RELAYCAST_PIPE_LINGER_S``)."""
@@ -121,7 +110,6 @@ class SfuConfig:
             connect_timeout_s=env_number(env, "RELAYCAST_CONNECT_TIMEOUT_S", 15.0, 0.1, 600),
             node_id=env.get("RELAYCAST_NODE_ID", "sfu-1"),
             pipe_linger_s=env_number(env, "RELAYCAST_PIPE_LINGER_S", 10.0, 0, 3600),
-            redis_url=_redis_url(env.get("RELAYCAST_REDIS_URL") or env.get("REDIS_URL") or ""),
             role=env.get("RELAYCAST_NODE_ROLE", "media").strip().lower() or "media",
         )
 
@@ -140,8 +128,6 @@ class SfuConfig:
             "RELAYCAST_CONNECT_TIMEOUT_S": repr(self.connect_timeout_s),
             "RELAYCAST_NODE_ID": self.node_id,
             "RELAYCAST_PIPE_LINGER_S": repr(self.pipe_linger_s),
-            "RELAYCAST_REDIS_URL": self.redis_url or "",
-            "REDIS_URL": self.redis_url or "",
             "RELAYCAST_NODE_ROLE": self.role,
         }
         return env

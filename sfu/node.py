@@ -15,12 +15,17 @@ RPC              request                                          ack
 ``close``        ``CloseSession {session_id}``                    ``{ok}``
 ``pipe_offer``   ``PipeOffer {room, session_id, identity}``       ``Answer {sdp}`` (the offer)
 ``pipe_answer``  ``PipeAnswer {session_id, sdp}``                 ``{ok}``
-``stats``        ``{}``                                           the worker's statistics
+``stats``        ``{}`` or ``{room}``                             the worker's statistics (one room's)
 ===============  ===============================================  =========================
 
 A pipe is opened by signaling in three RPCs: ``pipe_offer`` on the origin node,
 ``publish`` with a ``pipe`` identity on the edge node (its answer), ``pipe_answer`` on the
 origin (:mod:`signaling.cascade`).
+
+Chat (docs/chat.md): the node asks signaling ``chat_send`` / ``chat_history``
+(:class:`~sfu.protocol.NodeCall`, acknowledged) for its participants' data-channel
+messages, and signaling sends every chat event of every room as ``chat_event``
+(:data:`~sfu.protocol.CHAT_EVENT`), which the node hands to the room's data channels.
 
 The node emits ``session_closed`` (:class:`~sfu.protocol.SessionClosed`, with the session's
 kind), ``session_connected`` (:class:`~sfu.protocol.SessionConnected`: ICE and DTLS up for
@@ -46,10 +51,31 @@ from typing import Any
 
 import socketio
 
-from .protocol import NAMESPACE, SOCKETIO_PATH, NodeEvent, Rpc
+from .protocol import CHAT_EVENT, NAMESPACE, SOCKETIO_PATH, Identity, NodeCall, NodeEvent, Rpc
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
+
+CHAT_CALL_TIMEOUT_S = 5.0
+"""How long a data-channel message waits for signaling's verdict before ``unavailable``."""
+
+
+class LinkChatUpstream:
+    """:class:`sfu.chat.ChatUpstream` over the signaling link (``chat_send``, ``chat_history``)."""
+
+    def __init__(self, link: SignalingLink) -> None:
+        self.link = link
+
+    async def submit(self, room: str, participant: Identity, text: str) -> dict[str, Any]:
+        ack = await self.link.call(NodeCall.CHAT_SEND,
+                                   {"room": room, "participant": participant.to_dict(), "text": text})
+        return ack if isinstance(ack, dict) else {"error": "unavailable", "detail": "no answer"}
+
+    async def history(self, room: str) -> list[dict[str, Any]]:
+        ack = await self.link.call(NodeCall.CHAT_HISTORY, {"room": room})
+        if not isinstance(ack, dict) or not isinstance(ack.get("messages"), list):
+            raise ConnectionError(f"chat history of {room} unavailable: {ack!r}"[:200])
+        return ack["messages"]
 
 
 
@@ -76,6 +102,7 @@ class SignalingLink:
         self._stopping = False
         self.sio = self._new_client()
         worker.set_emitter(self._emit)
+        worker.chat_upstream = LinkChatUpstream(self)
 
     def _new_client(self) -> socketio.AsyncClient:
         # Reconnection is ours (`_reconnect`): python-socketio does not reconnect after a
@@ -97,6 +124,7 @@ class SignalingLink:
         }
         for rpc, handler in handlers.items():
             sio.on(str(rpc), handler, namespace=NAMESPACE)
+        sio.on(CHAT_EVENT, worker.deliver_chat, namespace=NAMESPACE)
 
         async def on_connect() -> None:
             logger.info("SFU node %s registered with signaling %s", self.node_id, self.url)
@@ -124,6 +152,17 @@ class SignalingLink:
                 await self.sio.emit(event, data, namespace=NAMESPACE)
             except socketio.exceptions.BadNamespaceError:
                 pass
+
+    async def call(self, event: str, data: dict[str, Any]) -> Any:
+        """One request to signaling; its ack.
+
+        :raises ConnectionError: not connected, or no ack within :data:`CHAT_CALL_TIMEOUT_S`."""
+        if not self.sio.connected:
+            raise ConnectionError("not connected to signaling")
+        try:
+            return await self.sio.call(event, data, namespace=NAMESPACE, timeout=CHAT_CALL_TIMEOUT_S)
+        except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError) as exc:
+            raise ConnectionError(f"{event}: {type(exc).__name__}") from exc
 
     def _auth(self) -> dict[str, str]:
         return {"node_id": self.node_id, "secret": self._secret, "address": self.address,

@@ -17,6 +17,7 @@ from aiortc import RTCRtpCodecParameters, RTCRtpReceiver
 from aiortc.rtp import AnyRtcpPacket, RtcpByePacket, RtcpSrPacket, RtpPacket
 
 from . import aiortc_private
+from .ingest_health import TrackHealth
 from .keyframe import KeyFrameRequester
 from .rtp import abs_send_time_now, is_keyframe_start
 
@@ -94,15 +95,29 @@ class Producer:
         self.consumers: list[PacketSink] = []
         self.ssrc: int | None = None
         self.sender_clock: SenderClock | None = None
-        self.packets = 0
-        self.bytes = 0
         self.keyframes = 0
         self.closed = False
         self._receiver = receiver
         self._last_timestamp: int | None = None
         self._mime = codec.mimeType
         self.keyframe_requester = KeyFrameRequester(self._send_pli)
+        self.health = TrackHealth(
+            kind, codec.mimeType, codec.clockRate,
+            statistics=lambda: None if self.ssrc is None else aiortc_private.receive_statistics(
+                receiver, self.ssrc),
+            round_trip_time=lambda: aiortc_private.ice_round_trip_time(receiver))
+        """Ingest counters (:mod:`sfu.ingest_health`)."""
         aiortc_private.install_forwarding_receiver(receiver, self.on_rtp, self.on_rtcp)
+
+    @property
+    def packets(self) -> int:
+        """RTP packets received from the publisher (retransmissions included)."""
+        return self.health.packets
+
+    @property
+    def bytes(self) -> int:
+        """RTP payload bytes received from the publisher."""
+        return self.health.bytes
 
     # ------------------------------------------------------------- media in
     def on_rtp(self, packet: RtpPacket, arrival_time_ms: int) -> None:
@@ -115,6 +130,7 @@ class Producer:
         keyframe = frame_start and is_keyframe_start(self._mime, payload)
         if keyframe and self.kind == "video":
             self.keyframes += 1
+            self.health.on_keyframe(packet.timestamp, payload)
         level = packet.extensions.audio_level
         media = MediaPacket(
             packet.sequence_number,
@@ -124,8 +140,7 @@ class Producer:
             keyframe,
             None if level is None else ((0x80 if level[0] else 0) | (level[1] & 0x7F)),
         )
-        self.packets += 1
-        self.bytes += len(payload)
+        self.health.on_packet(packet.sequence_number, packet.marker, len(payload))
         for consumer in self.consumers:
             consumer.forward(media)
 

@@ -43,6 +43,24 @@ class Rpc(StrEnum):
     STATS = "stats"
 
 
+class NodeCall(StrEnum):
+    """Node → signaling requests (Socket.IO events with an ack): the data channels' chat.
+
+    * ``chat_send`` ``{room, participant: Identity, text}`` → ``{"message": <numbered
+      message>}`` or ``{"error": code, "detail": str, "retry_after"?: s}``
+      (signaling's chat authority decides, numbers and fans out; docs/chat.md);
+    * ``chat_history`` ``{room}`` → ``{"messages": [...]}`` (oldest first) or ``{"error", "detail"}``.
+    """
+
+    CHAT_SEND = "chat_send"
+    CHAT_HISTORY = "chat_history"
+
+
+CHAT_EVENT = "chat_event"
+"""Signaling → node event (no ack): ``{room, event}``, one chat event (``chat``, ``delete``,
+``clear``) for the node's participants in ``room``, in the room's order."""
+
+
 class NodeEvent(StrEnum):
     """Node → signaling events; ``NODE_LOST`` is raised by signaling itself when a node's
     connection or heartbeats stop."""
@@ -90,21 +108,28 @@ class Identity:
     :ivar id: participant id (unique in the room; at most 64 characters).
     :ivar name: display name (at most 64 characters).
     :ivar role: the session's :class:`SessionKind`.
+    :ivar user: the platform user behind the session (at most 64 characters), ``None`` for
+        a guest or a stream key without an account.
     """
 
     id: str
     name: str
     role: SessionKind = SessionKind.VIEWER
+    user: str | None = None
 
     def to_dict(self) -> dict[str, str]:
-        return {"id": self.id, "name": self.name, "role": str(self.role)}
+        out = {"id": self.id, "name": self.name, "role": str(self.role)}
+        if self.user:
+            out["user"] = self.user
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, default_id: str = "", default_name: str = "anonymous") -> Identity:
         """Read an identity; a missing id or name takes the default, a name is cut to 64 characters.
 
         :raises ProtocolError: not an object, an id that is not a 1–64 character string,
-            a name that is not a string, an unknown role.
+            a name that is not a string, an unknown role, a user that is not a 1–64
+            character string.
         """
         data = _object(data if data is not None else {}, "identity")
         try:
@@ -114,8 +139,11 @@ class Identity:
         name = data.get("name") or default_name
         if not isinstance(name, str):
             raise ProtocolError("identity name must be a string")
+        user = data.get("user")
+        if user is not None:
+            user = _text({"user": user}, "user", max_chars=MAX_ID_CHARS)
         return cls(_text({"id": data.get("id") or default_id}, "id", max_chars=MAX_ID_CHARS),
-                   name[:MAX_NAME_CHARS], role)
+                   name[:MAX_NAME_CHARS], role, user)
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,11 @@ from typing import Any
 from aiortc import RTCSessionDescription
 
 from . import aiortc_private
-from .chat import CHAT_LABEL, ChatBus, ChatRoom
+from .chat import CHAT_LABEL, ChatRoom, ChatUpstream
 from .config import SfuConfig
 from .consumer import Consumer
 from .errors import BadOffer, InvalidSdp, RoomConflict, RoomNotLive, SfuError, UnsupportedMedia
+from .ingest_health import publisher_ingest
 from .negotiation import (
     announce_address,
     check_track_counts,
@@ -62,7 +63,7 @@ class Router:
         config: SfuConfig,
         on_session_closed: SessionClosed,
         on_state: Callable[[dict[str, Any]], None],
-        chat_bus: ChatBus | None = None,
+        chat_upstream: ChatUpstream | None = None,
         on_session_connected: SessionConnected | None = None,
     ) -> None:
         self.room = room
@@ -78,7 +79,7 @@ class Router:
             rate=config.chat_rate,
             burst=config.chat_burst,
             history=config.chat_history,
-            bus=chat_bus,
+            upstream=chat_upstream,
         )
         self._on_session_closed = on_session_closed
         self._on_state = on_state
@@ -125,6 +126,14 @@ class Router:
         if self.pipe_fed:
             state["pipe"] = True
         return state
+
+    def ingest(self) -> dict[str, Any] | None:
+        """The publisher's ingest health (:func:`sfu.ingest_health.publisher_ingest`: bitrate,
+        fps, size, key-frame interval, loss, RTT, jitter), or ``None`` with no publisher here or
+        on an edge node (its publisher is a pipe from the origin, not the broadcaster)."""
+        if not self.producers or self.pipe_fed:
+            return None
+        return publisher_ingest(producer.health for producer in self.producers.values())
 
     def _publish_state(self) -> None:
         self.chat.broadcast({"type": "presence", **self.presence()})
@@ -409,10 +418,13 @@ class Router:
     # ----------------------------------------------------------------- tick
     def tick(self) -> None:
         """Twice a second: sender reports, key-frame retries for gated consumers, the end of
-        sessions not connected ``config.connect_timeout_s`` after their answer, and on an
-        edge node the end of a pipe nobody watched for ``config.pipe_linger_s``."""
+        sessions not connected ``config.connect_timeout_s`` after their answer, on an
+        edge node the end of a pipe nobody watched for ``config.pipe_linger_s``, and a
+        sample of the producers' ingest counters."""
         now = time.monotonic()
         self._expire_unconnected(now)
+        for producer in self.producers.values():
+            producer.health.sample()
         if self.pipe_fed and not self.viewers and not self.holders:
             if self._pipe_idle_since is None:
                 self._pipe_idle_since = now

@@ -16,7 +16,7 @@ from typing import Any
 from aiortc.sdp import candidate_from_sdp
 
 from . import aiortc_private
-from .chat_bus import RedisChatBus
+from .chat import ChatUpstream
 from .config import SfuConfig
 from .errors import BadOffer, Overloaded, RoomNotLive, SessionNotFound, SfuError
 from .negotiation import candidate_reachable
@@ -39,7 +39,7 @@ from .router import Router
 
 RouterFactory = Callable[..., Router]
 """Builds a room's Router: ``factory(room, config, on_session_closed, on_room_state,
-chat_bus=..., on_session_connected=...)``."""
+chat_upstream=..., on_session_connected=...)``."""
 
 logger = logging.getLogger(__name__)
 
@@ -76,25 +76,25 @@ class Worker:
         self._sessions_changed = asyncio.Event()
         self.load_reporters: dict[str, Callable[[], Any]] = {}
         """Extra sections of `load()`, e.g. ``{"hls": bridge_manager.report}`` (JSON values)."""
-        self.chat_bus: RedisChatBus | None = None
-        """Chat shared across nodes through Redis (``config.redis_url`` set)."""
-        if config.redis_url:
-            self.chat_bus = RedisChatBus(config.redis_url, history=config.chat_history)
-            self.chat_bus.on_message = self._deliver_chat
+        self.chat_upstream: ChatUpstream | None = None
+        """Signaling's chat authority (set by :class:`sfu.node.SignalingLink` before any
+        room exists); None = each room numbers its own chat."""
         aiortc_private.set_host_addresses(config.ice_gather or None)
         aiortc_private.extend_codec_capabilities()
         aiortc_private.accept_peer_consent_checks()
 
     async def __aenter__(self) -> Worker:
         self._tick_task = asyncio.create_task(self._run_tick(), name="sfu-tick")
-        if self.chat_bus is not None:
-            await self.chat_bus.start()
         return self
 
-    def _deliver_chat(self, room: str, message: dict[str, Any]) -> None:
-        router = self.routers.get(room)
+    def deliver_chat(self, data: Any) -> None:
+        """Signaling's ``chat_event`` ``{room, event}``: hand it to the room's data channels
+        (ignored for a room this node does not host, or a malformed payload)."""
+        if not isinstance(data, dict) or not isinstance(data.get("event"), dict):
+            return
+        router = self.routers.get(data.get("room"))  # type: ignore[arg-type]
         if router is not None:
-            router.chat.deliver(message)
+            router.chat.deliver(data["event"])
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -126,8 +126,16 @@ class Worker:
         return await self._rpc(self._trickle, data)
 
     async def stats(self, data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``{room?}`` → ``{node_id, sessions, rooms: {name: {live, viewers, pipes, pipe?,
+        ingest}}}``: every room here, or only ``data["room"]`` when given (``rooms`` is then
+        empty if this node does not host it).  ``ingest`` is the publisher's ingest health
+        (:meth:`Router.ingest`, ``None`` without a publisher here)."""
+        room = data.get("room") if isinstance(data, dict) else None
+        routers = self.routers.items() if not isinstance(room, str) else (
+            [(room, self.routers[room])] if room in self.routers else [])
         return {"node_id": self.config.node_id, "sessions": len(self._session_rooms),
-                "rooms": {name: router.state() for name, router in self.routers.items()}}
+                "rooms": {name: {**router.state(), "ingest": router.ingest()}
+                          for name, router in routers}}
 
     async def _rpc(self, fn: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]], data: Any) -> dict[str, Any]:
         """Run one RPC: its ack, or :class:`~sfu.protocol.RpcError` on failure (a malformed
@@ -149,7 +157,7 @@ class Worker:
         router = self.routers.get(room)
         if router is None:
             router = self.router_factory(room, self.config, self._session_closed, self._room_state,
-                                         chat_bus=self.chat_bus,
+                                         chat_upstream=self.chat_upstream,
                                          on_session_connected=self._session_connected)
             self.routers[room] = router
         return router
@@ -334,6 +342,4 @@ class Worker:
             await router.close()
         self.routers.clear()
         self._session_rooms.clear()
-        if self.chat_bus is not None:
-            await self.chat_bus.close()
 

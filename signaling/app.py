@@ -21,6 +21,7 @@ from web import STATIC_DIR
 from . import browser, hls_api
 from .app_keys import (
     CASCADE,
+    CHAT,
     CONFIG,
     LIMITER,
     NAMESPACE_KEY,
@@ -30,6 +31,7 @@ from .app_keys import (
     SIO,
 )
 from .cascade import Cascade, MemoryPipeRegistry, PipeRegistry, RedisPipeRegistry
+from .chat import ChatLog, ChatService, MemoryChatLog
 from .client_ip import TRUSTED_PROXIES, client_of
 from .config import SignalingConfig
 from .nodes import (
@@ -128,7 +130,14 @@ def create_app(config: SignalingConfig, placement: PlacementStrategy | None = No
     app[CASCADE] = Cascade(namespace, _pipe_registry(registry), viewers_per_node=config.viewers_per_node,
                            rpc_timeout_s=config.rpc_timeout_s, rooms=app[ROOMS])
     app[SESSION_SERVICE] = SessionService(config, app[ROOMS], namespace, app[CASCADE], _session_store(registry))
-    browser.register(app)
+    pages = browser.register(app)
+    chat = ChatService(_chat_log(config), max_chars=config.sfu.chat_max_chars, rate=config.sfu.chat_rate,
+                       burst=config.sfu.chat_burst, history=config.sfu.chat_history)
+    chat.sinks += [pages.deliver_chat, namespace.deliver_chat]
+    namespace.chat = chat
+    app[CHAT] = chat
+    app.on_startup.append(_start_chat)
+    app.on_cleanup.append(_close_chat)
     app.on_startup.append(_start_registry)
     app.on_shutdown.append(_closing_registry)
     app.on_cleanup.append(_close_registry)
@@ -163,6 +172,24 @@ def _node_registry(
     manager = SocketIORedisManager(config.redis_url)
     registry = RedisNodeRegistry(config.redis_url, placement=placement, rooms=rooms, extra_check=manager.problem)
     return registry, manager
+
+
+def _chat_log(config: SignalingConfig) -> ChatLog:
+    """The rooms' chat sequence and history: in Redis in Redis mode (one conversation across
+    signaling instances), else in memory."""
+    if not config.redis_url:
+        return MemoryChatLog(config.sfu.chat_history)
+    from .chat_redis import RedisChatLog
+
+    return RedisChatLog(config.redis_url, history=config.sfu.chat_history)
+
+
+async def _start_chat(app: web.Application) -> None:
+    await app[CHAT].start()
+
+
+async def _close_chat(app: web.Application) -> None:
+    await app[CHAT].close()
 
 
 def _session_store(registry: NodeRegistry) -> SessionStore:
@@ -302,6 +329,8 @@ _VENDOR_DIR = STATIC_DIR.parent / "node_modules"
 VENDOR_FILES = {
     "hls.min.js": _VENDOR_DIR / "hls.js" / "dist" / "hls.min.js",
     "hls.min.js.map": _VENDOR_DIR / "hls.js" / "dist" / "hls.min.js.map",
+    "chart.umd.min.js": _VENDOR_DIR / "chart.js" / "dist" / "chart.umd.min.js",
+    "chart.umd.min.js.map": _VENDOR_DIR / "chart.js" / "dist" / "chart.umd.min.js.map",
 }
 
 

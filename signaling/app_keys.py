@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from hls_bridge.vod import RecordingLibrary
 
     from .cascade import Cascade
+    from .chat import ChatService
     from .nodes import SfuNamespace
     from .sessions import SessionService
 
@@ -36,3 +37,10 @@ by a node's report or a lost node, on every signaling instance that got the even
 platform's stream lifecycle listens here)."""
 CASCADE: web.AppKey[Cascade] = web.AppKey("cascade", object)  # type: ignore[arg-type]
 """Viewer placement across nodes and the rooms' node pipes (:mod:`signaling.cascade`)."""
+CHAT: web.AppKey[ChatService] = web.AppKey("chat", object)  # type: ignore[arg-type]
+"""The rooms' chat authority (:class:`signaling.chat.ChatService`); the platform sets its
+``policy`` and adds ``listeners``."""
+VIEWER_IDENTIFY: web.AppKey[list[Callable[[web.Request], Awaitable[tuple[str, str] | None]]]] = \
+    web.AppKey("viewer_identify", list)
+"""Who a WHEP request is: each hook returns ``(user_id, username)`` or ``None``; the first
+answer names the viewer's session (its chat identity).  The platform reads its cookie/token."""

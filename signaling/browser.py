@@ -1,19 +1,32 @@
 """The pages' Socket.IO namespace (``/``): live room state pushed to watch pages.
 
-A page connects without credentials (rooms are public), joins one room and then gets a
-``room`` event whenever the SFU node hosting it reports a new state:
+A page connects without credentials (a private room asks for its playback token at
+``join``), joins one room and then gets a ``room`` event whenever the SFU node hosting it
+reports a new state:
 
-* ``join`` ``{"room": name}`` → ack ``{"room": name, "live": bool, "viewers": int}`` (the
-  room's current state on this instance), or ``{"error": str}`` when the room does not
-  exist, the request is malformed, or the client's address joins more than `JOIN_RATE`
-  times per second (then also ``"retry_after"``, seconds).  A client is in at most one
+* ``join`` ``{"room": name, "token"?: playback token}`` → ack ``{"room": name, "live":
+  bool, "viewers": int}`` (the room's current state on this instance), or ``{"error": str}``
+  when the room does not exist, the request is malformed, the room is private and
+  ``token`` is not a valid playback token for it (then also ``"status": 401``), or the
+  client's address joins more than `JOIN_RATE` times per second (then also
+  ``"retry_after"``, seconds).  A client is in at most one
   room: joining another leaves the previous one.
+  The ack also carries ``chat``: ``{"participant": {id, name, role, user?}, "history":
+  [messages], "moderator": bool, "badges": [...]}`` — who this connection chats as and the
+  room's recent messages (``history`` is ``[]`` and ``error`` is set when the chat log is
+  unreachable).
+* ``chat`` ``{"text": str}`` (after ``join``) → ack ``{"message": <numbered message>}`` or
+  ``{"error": code, "detail": str, "retry_after"?: s}``: the room's chat authority
+  (:class:`signaling.chat.ChatService`) decides, exactly as for data-channel messages.
 * ``leave`` (no data) → ack ``{"left": name | None}``.
 * any other event → ack ``{"error": "unknown event ..."}``.  Every event asking for an
   ack gets one, whatever its payload (none, several arguments, any JSON); bad input is
   answered, never logged above DEBUG.
 * server → client ``room`` ``{"room": name, "live": bool, "viewers": int, "ts": int}``,
   ``ts`` = emit time, Unix epoch milliseconds (`announce_room`).
+* server → client ``chat``: every chat event of the joined room — a numbered message,
+  ``{"type": "delete", "ids"}`` or ``{"type": "clear"}`` (docs/chat.md) — delivered by
+  each signaling instance to its own connections (:meth:`BrowserNamespace.deliver_chat`).
 
 Limits, per client address (`signaling.client_ip.client_of`, behind
 ``RELAYCAST_TRUSTED_PROXIES``), so that reconnecting does not reset them: at most
@@ -25,9 +38,11 @@ configured in `signaling.app.create_app`.
 Identity: a page may also be someone.  The platform plugs identifiers into
 ``app[SIO_IDENTIFY]`` (a list; signaling knows nothing about accounts): on connect each is
 called with the handshake request (cookies, headers) and the client's ``auth`` payload and
-returns the Socket.IO rooms that connection enters (e.g. ``user:{id}`` for a valid access
-cookie; none for an anonymous page).  A failing identifier is logged and the page stays
-anonymous.  The rooms are fixed for the connection's life: a page that logs in reconnects.
+returns a :class:`PageIdentity` — the Socket.IO rooms that connection enters (e.g.
+``user:{id}`` for a valid access cookie) and the user it chats as — or just the rooms.  A
+failing identifier is logged and the page stays anonymous; an anonymous page chats as a
+guest with a generated name.  The identity is fixed for the connection's life: a page that
+logs in reconnects.
 
 Clients of a room are in the Socket.IO room ``room:{name}``.  In Redis mode the server's
 client manager (`signaling.redis_state.SocketIORedisManager`) delivers an emit to the
@@ -38,8 +53,10 @@ is connected to — emits each state (`announce_room`'s ``origin``).
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
 from typing import Any
 
 import socketio
@@ -47,8 +64,11 @@ from aiohttp import web
 
 from common.ratelimit import TokenBuckets
 
-from .app_keys import CONFIG, ROOMS, SIO
+from .app_keys import CHAT, CONFIG, ROOMS, SIO
+from .chat import ChatRefused, ChatUnavailable, Sender
 from .client_ip import client_of, handshake_request
+from .names import viewer_name
+from .publish_auth import AccessRefused
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +77,23 @@ EVENT = "room"
 JOIN_RATE = 10.0
 """Joins per second per client address (burst as many); more are refused with ``retry_after``."""
 
+CHAT_EVENT = "chat"
+
 Ack = dict[str, Any]
 
-Identifier = Callable[[web.Request, Any], Awaitable[Collection[str]]]
-"""``identify(handshake_request, auth) -> rooms`` (see the module docstring)."""
+
+@dataclass(frozen=True)
+class PageIdentity:
+    """What an identifier found for a page's connection: Socket.IO ``rooms`` to enter and
+    the platform user it chats as (``user_id``/``username``; ``None`` = a guest)."""
+
+    rooms: Collection[str] = ()
+    user_id: str | None = None
+    username: str | None = None
+
+
+Identifier = Callable[[web.Request, Any], Awaitable[PageIdentity | Collection[str]]]
+"""``identify(handshake_request, auth) -> PageIdentity | rooms`` (see the module docstring)."""
 
 SIO_IDENTIFY: web.AppKey[list[Identifier]] = web.AppKey("sio_identify", list)
 """The identifiers of the pages' connections (``app.setdefault(SIO_IDENTIFY, []).append(f)``)."""
@@ -90,9 +123,11 @@ class BrowserNamespace(socketio.AsyncNamespace):
         """Socket.IO sid → its client address (clients connected here)."""
         self.connections: dict[str, int] = {}
         """Client address → its connections to this namespace here (only addresses with some)."""
+        self.senders: dict[str, Sender] = {}
+        """Socket.IO sid → who it chats as (connections here)."""
         self.join_limiter = TokenBuckets(join_rate, max(1, int(join_rate)), clock=clock)
         self._events: dict[str, Callable[[str, tuple[Any, ...]], Awaitable[Ack]]] = {
-            "join": self._join, "leave": self._leave,
+            "join": self._join, "leave": self._leave, "chat": self._chat,
         }
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
@@ -120,7 +155,8 @@ class BrowserNamespace(socketio.AsyncNamespace):
             return {"error": "internal error"}
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        """Public rooms: no credentials; at most ``sio_connections_per_address`` per address.
+        """No credentials needed (a page may be someone, :data:`SIO_IDENTIFY`); at most
+        ``sio_connections_per_address`` per address.
 
         :raises ConnectionRefusedError: the address has that many connections here."""
         request = handshake_request(environ)
@@ -132,22 +168,34 @@ class BrowserNamespace(socketio.AsyncNamespace):
                 f"too many connections from {address} (at most {limit}); close one and retry")
         self.connections[address] = self.connections.get(address, 0) + 1
         self.addresses[sid] = address
+        user: tuple[str, str] | None = None
         if request is not None:
-            await self._identify(sid, request, auth)
+            user = await self._identify(sid, request, auth)
+        participant = secrets.token_hex(6)
+        self.senders[sid] = Sender(participant, user[1] if user else viewer_name(),
+                                   user_id=user[0] if user else None, via="socketio")
 
-    async def _identify(self, sid: str, request: web.Request, auth: Any) -> None:
-        """Enter the rooms ``app[SIO_IDENTIFY]`` names for this connection."""
+    async def _identify(self, sid: str, request: web.Request, auth: Any) -> tuple[str, str] | None:
+        """Enter the rooms ``app[SIO_IDENTIFY]`` names for this connection; the
+        ``(user_id, username)`` one of them found, if any."""
+        user = None
         for identify in self.app.get(SIO_IDENTIFY, ()):
             try:
-                rooms = await identify(request, auth)
+                found = await identify(request, auth)
             except Exception:
                 logger.exception("Socket.IO identifier %r failed", identify)
                 continue
-            for room in rooms:
+            if isinstance(found, PageIdentity):
+                if found.user_id and found.username and user is None:
+                    user = (found.user_id, found.username)
+                found = found.rooms
+            for room in found:
                 await self.enter_room(sid, room)
+        return user
 
     async def on_disconnect(self, sid: str, *args: Any) -> None:
         self.joined.pop(sid, None)  # python-socketio leaves its rooms itself
+        self.senders.pop(sid, None)
         address = self.addresses.pop(sid, None)
         if address is not None:
             left = self.connections.get(address, 1) - 1
@@ -167,12 +215,52 @@ class BrowserNamespace(socketio.AsyncNamespace):
         room = await self.app[ROOMS].find(name)
         if room is None:
             return {"error": "no such room"}
+        token = data.get("token") if isinstance(data, dict) else None
+        try:  # a private room's pages need its playback token, as its WHEP and LL-HLS do
+            await self.app[ROOMS].authority.authorize_view(name, token if isinstance(token, str) else None)
+        except AccessRefused as refused:
+            return {"error": refused.detail, "status": refused.status}
         previous = self.joined.get(sid)
         if previous is not None and previous != name:
             await self.leave_room(sid, sio_room(previous))
         await self.enter_room(sid, sio_room(name))
         self.joined[sid] = name
-        return room.to_json()
+        return {**room.to_json(), "chat": await self._chat_welcome(sid, name)}
+
+    async def _chat_welcome(self, sid: str, room: str) -> Ack:
+        sender = self.senders.get(sid) or Sender(secrets.token_hex(6), viewer_name(), via="socketio")
+        chat = self.app[CHAT]
+        out: Ack = {"participant": sender.to_dict(), "history": [], "moderator": False, "badges": []}
+        try:
+            out.update(await chat.policy.describe(room, sender))
+        except Exception:
+            logger.exception("chat policy describe failed")
+        try:
+            out["history"] = await chat.history(room)
+        except ChatUnavailable as exc:
+            out["error"] = f"chat history is unavailable: {exc}"
+        return out
+
+    async def _chat(self, sid: str, payload: tuple[Any, ...]) -> Ack:
+        room = self.joined.get(sid)
+        sender = self.senders.get(sid)
+        if room is None or sender is None:
+            return {"error": "bad_message", "detail": "join a room first"}
+        data = payload[0] if len(payload) == 1 else None
+        text = data.get("text") if isinstance(data, dict) else None
+        if not isinstance(text, str):
+            return {"error": "bad_message", "detail": 'expected {"text": "..."}'}
+        try:
+            return {"message": await self.app[CHAT].submit(room, sender, text)}
+        except ChatRefused as refused:
+            return refused.to_error()
+
+    async def deliver_chat(self, room: str, event: dict[str, Any]) -> None:
+        """A :class:`~signaling.chat.ChatService` sink: ``event`` to this instance's pages
+        in ``room`` (each instance delivers to its own; ``ignore_queue`` keeps the Redis
+        manager from repeating it on the others)."""
+        await self.server.emit(CHAT_EVENT, event, room=sio_room(room), namespace=NAMESPACE,
+                               ignore_queue=True)
 
     async def _leave(self, sid: str, payload: tuple[Any, ...]) -> Ack:
         name = self.joined.pop(sid, None)

@@ -30,7 +30,7 @@ from hls_bridge.problems import ENCODER_UNAVAILABLE, PROBLEM_TYPES
 
 from .app_keys import NAMESPACE_KEY, RECORDINGS, ROOMS
 
-__all__ = ["add_routes", "hls_nodes", "list_recordings", "public_hls_node"]
+__all__ = ["METRICS_REGISTRY", "add_routes", "hls_nodes", "list_recordings", "public_hls_node"]
 
 
 def hls_nodes(app: web.Application) -> list[dict[str, Any]]:
@@ -168,12 +168,14 @@ class _Collector(Collector):
         yield from (encoder, bridges, cpu, factor, rss, restarts, idle, refused)
 
 
-_REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+METRICS_REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+"""The registry ``/metrics`` exposes; other packages (the platform) register their own
+collectors in it (at start-up), so signaling never imports them."""
 
 
 async def metrics(request: web.Request) -> web.Response:
     """``GET /metrics``: Prometheus text exposition format."""
-    body = generate_latest(request.app[_REGISTRY])
+    body = generate_latest(request.app[METRICS_REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -181,6 +183,6 @@ def add_routes(app: web.Application) -> None:
     """Register ``GET /api/hls``, ``GET /api/recordings`` and ``GET /metrics``."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(app))
-    app[_REGISTRY] = registry
+    app[METRICS_REGISTRY] = registry
     app.router.add_routes([web.get("/api/hls", get_hls), web.get("/api/recordings", list_recordings),
                            web.get("/metrics", metrics)])

@@ -35,16 +35,20 @@ import socketio
 
 from sfu.config import NODE_ROLES
 from sfu.protocol import (
+    CHAT_EVENT,
     NAMESPACE,
     SOCKETIO_PATH,
+    Identity,
     NodeEvent,
     ProtocolError,
     RoomState,
     Rpc,
     RpcError,
     SessionConnected,
+    SessionKind,
 )
 
+from .chat import ChatRefused, ChatService, ChatUnavailable, Sender
 from .client_ip import client_of, handshake_request
 from .node_auth import NodeAuthThrottle
 
@@ -371,6 +375,8 @@ class SfuNamespace(socketio.AsyncNamespace):
         registry.listener = on_event
         registry.disconnect = self._disconnect_node
         self._locks: dict[str, asyncio.Lock] = {}
+        self.chat: ChatService | None = None
+        """The chat authority nodes' ``chat_send``/``chat_history`` go to (set by ``create_app``)."""
 
     async def _disconnect_node(self, sid: str) -> None:
         await self.server.disconnect(sid, namespace=NAMESPACE)
@@ -469,6 +475,43 @@ class SfuNamespace(socketio.AsyncNamespace):
         room = wire.pop("room")
         await self.registry.update_room(node, room, wire)
         await self._dispatch(NodeEvent.ROOM_STATE, node, {**wire, "room": room})
+
+    async def on_chat_send(self, sid: str, data: Any) -> dict[str, Any]:
+        """A data-channel message from a node's participant (:class:`~sfu.protocol.NodeCall`):
+        ``{room, participant, text}`` → ``{"message"}`` or ``{"error", "detail", "retry_after"?}``.
+        The node is authenticated, so the participant's identity is its session's."""
+        if self.chat is None or sid not in self.registry.nodes or not isinstance(data, dict):
+            return {"error": "unavailable", "detail": "chat is not served here"}
+        room, text = data.get("room"), data.get("text")
+        try:
+            identity = Identity.from_dict(data.get("participant"))
+        except ProtocolError as exc:
+            return {"error": "bad_message", "detail": str(exc)}
+        if not isinstance(room, str) or not isinstance(text, str) or identity.role == SessionKind.PIPE:
+            return {"error": "bad_message", "detail": "expected {room, participant, text}"}
+        sender = Sender(identity.id, identity.name, str(identity.role), identity.user, "datachannel")
+        try:
+            return {"message": await self.chat.submit(room, sender, text)}
+        except ChatRefused as refused:
+            return refused.to_error()
+
+    async def on_chat_history(self, sid: str, data: Any) -> dict[str, Any]:
+        """``{room}`` → ``{"messages": [...]}`` (oldest first) or ``{"error", "detail"}``."""
+        if self.chat is None or sid not in self.registry.nodes or not isinstance(data, dict) \
+                or not isinstance(data.get("room"), str):
+            return {"error": "bad_message", "detail": "expected {room}"}
+        try:
+            return {"messages": await self.chat.history(data["room"])}
+        except ChatUnavailable as exc:
+            return {"error": "unavailable", "detail": str(exc)}
+
+    async def deliver_chat(self, room: str, event: dict[str, Any]) -> None:
+        """A :class:`~signaling.chat.ChatService` sink: ``event`` to every node connected to
+        this instance (``chat_event``; a node without the room ignores it)."""
+        data = {"room": room, "event": event}
+        for node in list(self.registry.nodes.values()):
+            if node.local:
+                await self.server.emit(CHAT_EVENT, data, to=node.sid, namespace=NAMESPACE, ignore_queue=True)
 
     async def call(self, node: SfuNode, rpc: Rpc, data: dict[str, Any], timeout: float) -> dict[str, Any]:
         """One RPC to a node (the transport under :class:`signaling.sfu_client.SfuClient`):

@@ -291,12 +291,16 @@ class SessionService:
         """WHEP sessions not yet connected, per client address (:mod:`signaling.admission`)."""
 
     async def open(self, resource: str, room: str, offer: str, client: str = "",
-                   owner_digest: str = "") -> tuple[Session, str]:
+                   owner_digest: str = "", user: tuple[str, str | None] | None = None) -> tuple[Session, str]:
         """Open a session with the client's SDP ``offer`` (RFC 9725 §4.2).
 
         :param resource: ``"whip"`` (publish; the caller checked the stream key) or ``"whep"``.
         :param client: the client's address (recorded with the session).
         :param owner_digest: WHIP: the publish grant's owner (recorded with the session).
+        :param user: the platform user behind the session, ``(user_id, username)``: the
+            session's identity carries the user, and a viewer chats under the username
+            (``None`` keeps the room name for a publisher).  Without it a viewer is a guest
+            with a generated name.
         :returns: the recorded session and the SDP answer.
         :raises SessionRefused: 429 + Retry-After (WHEP: ``client`` already holds
             ``RELAYCAST_PENDING_SESSIONS_PER_ADDRESS`` sessions that have not connected),
@@ -317,13 +321,13 @@ class SessionService:
             except PendingLimitReached as exc:
                 raise SessionRefused(429, str(exc), retry_after_s=self.config.retry_after_s) from None
         try:
-            return await self._open(resource, room, offer, client, owner_digest, session_id)
+            return await self._open(resource, room, offer, client, owner_digest, session_id, user)
         except BaseException:
             self.pending.discard(session_id)
             raise
 
     async def _open(self, resource: str, room: str, offer: str, client: str, owner_digest: str,
-                    session_id: str) -> tuple[Session, str]:
+                    session_id: str, user: tuple[str, str | None] | None) -> tuple[Session, str]:
         retry_after = self.config.retry_after_s
         try:
             node = await self.namespace.registry.node_for_room(room)
@@ -334,10 +338,12 @@ class SessionService:
         except NoNodeAvailable as exc:  # RegistryUnavailable too: Redis unreachable
             raise SessionRefused(503, str(exc) or "no SFU node is available",
                                  retry_after_s=retry_after) from None
+        user_id, username = user if user else (None, None)
         identity = Identity(
             id=secrets.token_hex(6),
-            name=room if resource == "whip" else viewer_name(),
+            name=(room if resource == "whip" else None) or username or viewer_name(),
             role=SessionKind.PUBLISHER if resource == "whip" else SessionKind.VIEWER,
+            user=user_id,
         )
         request = OpenSession(room, session_id, offer, identity)
         try:

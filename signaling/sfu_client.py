@@ -70,6 +70,11 @@ class SfuClient:
         """Give the origin node the edge's answer; the pipe starts forwarding."""
         await self._call(node, Rpc.PIPE_ANSWER, request.to_wire())
 
+    async def stats(self, node: SfuNode, room: str | None = None) -> dict[str, Any]:
+        """The node's statistics (:meth:`sfu.worker.Worker.stats`): ``{node_id, sessions,
+        rooms: {name: {live, viewers, pipes, ingest}}}`` — every room, or only ``room``."""
+        return await self._call(node, Rpc.STATS, {} if room is None else {"room": room})
+
     async def _call(self, node: SfuNode, rpc: Rpc, payload: dict[str, Any]) -> dict[str, Any]:
         result = await self.namespace.call(node, rpc, payload, timeout=self.timeout_s)
         error = RpcError.from_wire(result)

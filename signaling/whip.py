@@ -42,7 +42,7 @@ from common.problems import HttpProblem
 from hls_bridge.access import viewer_token
 from sfu.sdp_validation import valid_candidate
 
-from .app_keys import CONFIG, LIMITER, ROOMS, SESSION_SERVICE
+from .app_keys import CONFIG, LIMITER, ROOMS, SESSION_SERVICE, VIEWER_IDENTIFY
 from .client_ip import client_of
 from .publish_auth import REALM, AccessRefused, PublishGrant
 from .sessions import Session, SessionRefused, ice_credentials
@@ -254,13 +254,17 @@ class MediaResources:
             raise HttpProblem(415, None, f"the offer must be {SDP}", headers={"Accept-Post": SDP})
         client = client_of(request)
         owner = ""
+        user: tuple[str, str | None] | None = None
         if self.kind == "whip":
-            owner = (await self._authorize(request, room_name, checked)).owner
+            grant = await self._authorize(request, room_name, checked)
+            owner = grant.owner
+            user = (grant.user_id, None) if grant.user_id else None
         else:
             await self._authorize_viewer(request, room_name)
+            user = await _viewer_user(request)
         offer = await self._read_offer(request)
         session, answer = await _refusal_as_problem(
-            request.app[SESSION_SERVICE].open(self.kind, room_name, offer, client, owner))
+            request.app[SESSION_SERVICE].open(self.kind, room_name, offer, client, owner, user))
         headers = {
             "Location": f"/{self.kind}/{room_name}/{session.id}",
             "ETag": session.etag,
@@ -379,6 +383,19 @@ def _access_problem(refused: AccessRefused) -> HttpProblem:
     """An authority's refusal as problem+json with its RFC 6750 §3 challenge."""
     return HttpProblem(refused.status, None, refused.detail,
                        headers={"WWW-Authenticate": refused.challenge})
+
+
+async def _viewer_user(request: web.Request) -> tuple[str, str | None] | None:
+    """The platform user a WHEP request comes from (``app[VIEWER_IDENTIFY]``), if any."""
+    for identify in request.app.get(VIEWER_IDENTIFY, ()):
+        try:
+            found = await identify(request)
+        except Exception:
+            logger.exception("viewer identifier %r failed", identify)
+            continue
+        if found is not None:
+            return found
+    return None
 
 
 async def _refusal_as_problem(call: Awaitable[T]) -> T:

@@ -134,7 +134,8 @@ def _query_dict(request: web.Request) -> dict[str, Any]:
 def json_response(status: int, model: BaseModel | None, headers: dict[str, str] | None = None) -> web.Response:
     if model is None:
         return web.Response(status=status, headers=headers)
-    return web.Response(status=status, body=model.model_dump_json(), content_type="application/json",
+    # bytes, not str: aiohttp wraps a str body in a payload object (~15 % of a small request's CPU)
+    return web.Response(status=status, body=model.model_dump_json().encode(), content_type="application/json",
                         headers=headers)
 
 

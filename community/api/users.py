@@ -30,6 +30,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from common.problems import HttpProblem
+from signaling.app_keys import VIEWER_IDENTIFY
 from signaling.client_ip import client_of
 
 from ..app import COMMUNITY, Community
@@ -47,7 +48,7 @@ from ..passwords import MAX_LENGTH, MIN_LENGTH, hash_password, needs_rehash, ver
 from ..throttles import AccountThrottles
 from ..tokens import InvalidToken, TokenService, tokens_of
 from ..usernames import normalize_username, username_problem
-from .base import ApiRoutes, Call, json_response
+from .base import PRINCIPAL_KEY, ApiRoutes, Call, Principal, json_response
 
 logger = logging.getLogger(__name__)
 
@@ -570,11 +571,19 @@ async def ensure_admin(db: Database, password: str | None) -> str | None:
     return password
 
 
+async def viewer_of_request(request: web.Request) -> tuple[str, str] | None:
+    """:data:`signaling.app_keys.VIEWER_IDENTIFY` hook: the logged-in user of a WHEP request
+    (the auth middleware's principal: access cookie or Bearer access token)."""
+    principal = request.get(PRINCIPAL_KEY)
+    return (principal.user_id, principal.username) if isinstance(principal, Principal) else None
+
+
 def setup(app: web.Application) -> None:
-    """Install the auth middleware; on start-up (after the database opens) start the
+    """Install the auth middleware and the WHEP viewer identifier; on start-up (after the database opens) start the
     :class:`~community.tokens.TokenService` (``services["tokens"]``), the suspended-account
     cache (``services["suspended"]``) and the account throttles."""
     app.middlewares.append(auth_middleware)
+    app.setdefault(VIEWER_IDENTIFY, []).append(viewer_of_request)
 
     async def start(app: web.Application) -> None:
         community = app[COMMUNITY]

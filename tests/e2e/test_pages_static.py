@@ -23,6 +23,7 @@ from playwright.async_api import async_playwright, expect  # noqa: E402
 from community.pages import PAGES  # noqa: E402
 from signaling.app import vendor_file  # noqa: E402
 from signaling.security_headers import PAGE_CSP, harden_response  # noqa: E402
+from tests.e2e import chat_stub  # noqa: E402
 from tests.e2e.browser import (  # noqa: E402
     BASE_ARGS,
     BROWSER_MARKS,
@@ -117,6 +118,7 @@ async def whip_unauthorized(request: web.Request) -> web.Response:
 def make_app(whip=whip_unauthorized, whep=whep_not_live) -> web.Application:
     app = web.Application()
     app.on_response_prepare.append(harden_response)  # CSP etc., as the real service
+    app["sio"] = chat_stub.install(app)  # the pages' Socket.IO chat, moderation, analytics
     app["whep_posts"] = []
     app["whip_posts"] = []
 
@@ -312,7 +314,7 @@ async def test_header_of_a_visitor_offers_log_in_and_sign_up(server, browser):
 
 async def test_pages_that_need_a_login_go_to_the_login_page(server, browser):
     _app, base = server
-    for path in ("/studio", "/settings", "/notifications"):
+    for path in ("/studio", "/studio/analytics", "/moderation/demo", "/settings", "/notifications"):
         page, errors = await open_page(browser, base + path)
         await page.wait_for_url(base + "/login?next=" + path.replace("/", "%2F"))
         assert errors.errors == []
@@ -559,7 +561,7 @@ async def test_chat_component(server, browser):
     await page.evaluate(
         "m => __push(m)", {"type": "error", "code": "rate_limited", "detail": "slow down"}
     )
-    await expect(box.locator('[data-testid="chat-error"]')).to_have_text("slow down")
+    await expect(box.locator('[data-testid="chat-error"]')).to_have_text("You're sending messages too fast.")
     await page.evaluate("__dc.readyState = 'closed'; __dc.dispatchEvent(new Event('close'))")
     await expect(inp).to_be_disabled()
     await screenshot(page, "chat-component")

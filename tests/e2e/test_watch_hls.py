@@ -139,9 +139,9 @@ async def check_hls_playing(page: Any, requests: Requests) -> int:
     ms = await shown_latency_ms(page)
     await expect(tid(page, "latency-method")).to_contain_text("program date time")
     assert 0 < ms < MAX_HLS_LATENCY_MS, ms
-    # Chat rides on the WHEP data channel: unavailable here, and the panel says so.
-    await expect(tid(page, "chat-unavailable")).to_be_visible()
-    await expect(tid(page, "chat-input")).to_be_disabled()
+    # Without a data channel the chat runs over the pages' Socket.IO connection.
+    await expect(tid(page, "chat-input")).to_be_enabled()
+    assert await page.evaluate("window.relaycastWatch.chat.transport.kind") == "socketio"
     return ms
 
 
@@ -265,7 +265,7 @@ async def test_manual_switch_webrtc_hls_webrtc(service, publisher) -> None:
         await expect(path).to_have_text("WebRTC")
         await wait_advancing(page, 1.0)
         await expect(tid(page, "chat-input")).to_be_enabled()
-        await expect(tid(page, "chat-unavailable")).to_be_hidden()
+        assert await page.evaluate("window.relaycastWatch.chat.transport.kind") == "datachannel"
         webrtc_ms = await shown_latency_ms(page)
         await expect(tid(page, "latency-method")).to_contain_text("jitter buffer")
         assert 0 <= webrtc_ms < 2_000, webrtc_ms
@@ -325,7 +325,7 @@ async def test_native_hls_when_hls_js_is_not_supported(service, publisher) -> No
         assert requests.matching(r"/hls/demo/index\.m3u8$")
         # Chromium's native player has no getStartDate() and no seekable range.
         await expect(tid(page, "latency")).to_have_text(re.compile(r"^(≈ .+|unknown)$"))
-        await expect(tid(page, "chat-unavailable")).to_be_visible()
+        await expect(tid(page, "chat-input")).to_be_enabled()  # over Socket.IO
         assert errors.errors == []
 
 

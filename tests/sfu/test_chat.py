@@ -81,7 +81,10 @@ async def test_chat_between_publisher_and_two_viewers(service: Service, chat_cha
         first_seq = msgs[0]["seq"]
         assert [m["seq"] for m in msgs] == [first_seq, first_seq + 1, first_seq + 2]
         assert [m["text"] for m in msgs] == ["hello from the stage", "I am the publisher", "hi all"]
-        assert [m["from"] for m in msgs] == [me, w1["participant"], w2["participant"]], "from is stamped"
+        shown = [{k: v for k, v in m["from"].items() if k != "badges"} for m in msgs]
+        assert shown == [me, w1["participant"], w2["participant"]], "from is stamped"
+        assert msgs[0]["from"]["badges"] == ["broadcaster"]  # the channel's owner publishes
+        assert "badges" not in msgs[2]["from"]
         for m in msgs:
             assert set(m) == {"type", "seq", "id", "ts", "from", "text"}
             assert re.fullmatch(r"[0-9a-f]{32}", m["id"]) and m["id"] != "x"

@@ -112,7 +112,12 @@ def frozen_join_limiter(svc: Service) -> FrozenClock:
 # ---------------------------------------------------------------- one instance
 async def test_join_acks_the_room_state(svc: Service, pages: list[Page]) -> None:
     p = await page(pages, svc)
-    assert await p.call("join", {"room": "demo"}) == {"room": "demo", "live": False, "viewers": 0}
+    ack = await p.call("join", {"room": "demo"})
+    chat = ack.pop("chat")
+    assert ack == {"room": "demo", "live": False, "viewers": 0}
+    # Who the page chats as (a guest: a generated name) and the room's chat history.
+    assert chat["history"] == [] and chat["moderator"] is False
+    assert chat["participant"]["role"] == "viewer" and "user" not in chat["participant"]
     assert await p.call("join", {"room": "nope"}) == {"error": "no such room"}
     assert "error" in await p.call("join", "demo")
     assert await p.call("leave") == {"left": "demo"}
@@ -205,7 +210,7 @@ PAYLOAD = st.one_of(
     st.fixed_dictionaries({"room": JSON | HUGE_TEXT | st.sampled_from(["demo", "nope", "demo\x00", "DEMO"])}),
     st.tuples(JSON, JSON),  # two arguments
 )
-EVENT = st.sampled_from(["join", "leave", "connect", "disconnect", "message", "room"]) | st.text(
+EVENT = st.sampled_from(["join", "leave", "chat", "connect", "disconnect", "message", "room"]) | st.text(
     min_size=1, max_size=20)
 
 
@@ -239,6 +244,10 @@ async def test_fuzz_browser_events_always_ack(
         assert payload == {"room": "demo"}
     elif event == "leave":
         assert set(reply) == {"left"}
+    elif event == "chat" and "message" in reply:
+        assert isinstance(payload, dict) and isinstance(payload.get("text"), str)
+    elif event == "chat":
+        assert {"error", "detail"} <= set(reply) <= {"error", "detail", "retry_after"}
     else:
         assert set(reply) == {"error"} and isinstance(reply["error"], str) and len(reply["error"]) < 200
     assert p.sio.connected

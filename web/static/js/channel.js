@@ -4,9 +4,11 @@
 // /api/streams/{stream_id}), else the channel's defaults; the follow button (POST/DELETE
 // /api/channels/{name}/follow; whether the user follows is GET /api/channels/{name}'s
 // `following`) and past broadcasts (GET /api/channels/{name}/videos),
-// played in the page with hls.js (or native HLS) from their VOD playlists.
+// played in the page with hls.js (or native HLS) from their VOD playlists, with their
+// chat replayed in step with the recording (chat-replay.js).
 
 import { ApiError, api, el, formatDate, formatDuration, goToLogin, showError } from "./api.js";
+import { ChatReplay, fetchReplay } from "./chat-replay.js";
 import { session } from "./shell.js";
 import { hlsSupport } from "./hls-player.js";
 import { roomFromPath } from "./webrtc.js";
@@ -24,6 +26,8 @@ const name = roomFromPath();
 const path = `/api/channels/${encodeURIComponent(name)}`;
 let following = false;
 let replayHls = null; // the hls.js instance playing a recording
+let replayChat = null; // the ChatReplay of the recording
+let replayGeneration = 0;
 let user = null;
 
 function renderFollow() {
@@ -118,6 +122,9 @@ async function toggleFollow() {
 }
 
 function closeReplay() {
+  replayGeneration += 1;
+  replayChat?.destroy();
+  replayChat = null;
   replayHls?.destroy();
   replayHls = null;
   ui.replayVideo.removeAttribute("src");
@@ -146,6 +153,21 @@ async function replay(video) {
   }
   ui.replayVideo.play().catch(() => {}); // the viewer presses play where autoplay is refused
   ui.replayVideo.focus();
+  startChatReplay(video.stream_id);
+}
+
+async function startChatReplay(streamId) {
+  const generation = replayGeneration;
+  const status = $("replay-chat-status");
+  status.textContent = "(loading…)";
+  try {
+    const messages = await fetchReplay(streamId);
+    if (generation !== replayGeneration) return; // closed or another recording meanwhile
+    replayChat = new ChatReplay(ui.replayVideo, $("replay-chat"), messages);
+    status.textContent = messages.length ? `(${messages.length} messages)` : "(no messages)";
+  } catch {
+    if (generation === replayGeneration) status.textContent = "(unavailable)";
+  }
 }
 
 function videoItem(video) {

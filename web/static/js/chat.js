@@ -1,134 +1,56 @@
-// Chat panel shared by the broadcast and watch pages.
+// The chat panel of the watch, studio and broadcast pages: one conversation per room,
+// whichever way the page reaches it.
 //
-// Runs over the reliable, ordered RTCDataChannel labelled "chat" that the page
-// creates before its WHIP/WHEP offer. Messages are JSON text:
-//   client -> server: {"type":"chat","text":"..."}
-//   server -> client: welcome | history | chat | presence | error
-// The client never renders its own message optimistically: the server echoes
-// every accepted chat (with its seq) to all participants, the sender included.
+// Two transports feed the same panel (docs/chat.md):
+// * the reliable, ordered RTCDataChannel "chat" of a WHIP/WHEP session (attachChat):
+//     client -> server {"type":"chat","text"}; server -> client welcome | history | chat |
+//     delete | clear | presence | error;
+// * the pages' Socket.IO connection (connectSocketChat), for LL-HLS viewers and before or
+//   without WebRTC: "join" {"room"} -> ack {..., "chat": {participant, history, moderator,
+//   badges}}; "chat" {"text"} -> ack {"message"} | {"error", "detail", "retry_after"?};
+//   server -> client "chat" events (message | delete | clear) and "room" (live, viewers).
+// While a data channel is open the page chats over it and leaves the Socket.IO room (no
+// double delivery); when it closes the Socket.IO room is joined again and its history
+// fills any gap. Every message goes through ChatPanel.handle: deduplicated and ordered by
+// seq, removed by "delete", all gone on "clear". The client never renders its own message
+// optimistically: the server echoes every accepted message, the sender included.
 
-export const MAX_CHAT_LENGTH = 500;
-const MAX_RENDERED = 500; // messages kept in the DOM
-const ERROR_SHOW_MS = 4000;
+import { ChatPanel } from "./chat-panel.js";
+import { connectLiveEvents } from "./live-events.js";
 
-const ERROR_TEXT = {
-  rate_limited: "You're sending messages too fast.",
-  too_long: `Messages are limited to ${MAX_CHAT_LENGTH} characters.`,
-  bad_message: "The server rejected that message.",
-};
+export { ChatPanel, MAX_CHAT_LENGTH, formatTime, graphemeCount, refusalText } from "./chat-panel.js";
 
-// One panel per container, reused across reconnects so the log (deduped by
-// seq) survives a new data channel being attached.
+const JOIN_RETRY_MS = 5000;
+
+// One panel per container, reused across reconnects so the log survives a new transport.
 const panels = new WeakMap();
 
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (k.startsWith("data-") || k === "role" || k.startsWith("aria-")) node.setAttribute(k, v);
-    else node[k] = v;
-  }
-  node.append(...children);
-  return node;
-}
-
-function buildPanel(container) {
-  const me = el("div", { className: "chat-me", "data-testid": "chat-me" });
-  const log = el("ol", { className: "chat-log", "data-testid": "chat-log", "aria-live": "polite" });
-  const error = el("div", { className: "chat-error", "data-testid": "chat-error", role: "alert", hidden: true });
-  const input = el("input", {
-    type: "text",
-    maxLength: MAX_CHAT_LENGTH,
-    placeholder: "Chat is offline",
-    autocomplete: "off",
-    disabled: true,
-    "data-testid": "chat-input",
-    "aria-label": "Chat message",
-  });
-  const send = el("button", { type: "submit", disabled: true, "data-testid": "chat-send" }, "Send");
-  const form = el("form", { className: "chat-form" }, input, send);
-  container.classList.add("chat");
-  container.replaceChildren(el("h2", {}, "Chat"), me, log, error, form);
-  const panel = { me, log, error, input, send, form, seen: new Set(), selfId: null, errorTimer: 0, current: null };
-  // Enter in the input submits the form, so this covers both Enter and the button.
-  form.addEventListener("submit", (ev) => {
-    ev.preventDefault();
-    panel.current?.send(input.value);
-  });
-  return panel;
-}
-
-function pad(n) {
-  return String(n).padStart(2, "0");
-}
-
-export function formatTime(ts) {
-  const d = new Date(ts);
-  if (Number.isNaN(d.getTime())) return "--:--:--";
-  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-}
-
-function showError(panel, text) {
-  panel.error.textContent = text;
-  panel.error.hidden = false;
-  clearTimeout(panel.errorTimer);
-  panel.errorTimer = setTimeout(() => {
-    panel.error.hidden = true;
-  }, ERROR_SHOW_MS);
-}
-
-function renderMessage(panel, msg) {
-  const seq = Number(msg.seq);
-  if (!Number.isFinite(seq) || panel.seen.has(seq)) return; // dedupe by seq
-  panel.seen.add(seq);
-  const from = msg.from || {};
-  const item = el("li", { className: "chat-msg", "data-seq": String(seq) });
-  if (from.role === "publisher") item.classList.add("from-publisher");
-  if (panel.selfId && from.id === panel.selfId) item.classList.add("from-me");
-  // User-controlled strings only ever go through textContent (via append()).
-  const name = el("b", { className: "chat-from" }, String(from.name ?? "anonymous"));
-  item.append(el("time", { className: "chat-time" }, formatTime(msg.ts)), " ", name);
-  if (from.role === "publisher") item.append(" ", el("span", { className: "badge" }, "broadcaster"));
-  item.append(": ", el("span", { className: "chat-text" }, String(msg.text ?? "")));
-
-  // Keep the list sorted by seq; new messages almost always go at the end.
-  const log = panel.log;
-  const stick = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
-  let after = log.lastElementChild;
-  while (after && Number(after.dataset.seq) > seq) after = after.previousElementSibling;
-  log.insertBefore(item, after ? after.nextElementSibling : log.firstElementChild);
-  while (log.childElementCount > MAX_RENDERED) {
-    panel.seen.delete(Number(log.firstElementChild.dataset.seq));
-    log.firstElementChild.remove();
-  }
-  if (stick) log.scrollTop = log.scrollHeight;
-}
-
-/** Render the (disabled) chat panel into container now; attachChat reuses it. */
-export function mountChat(containerElement) {
-  let panel = panels.get(containerElement);
+/** The panel in ``container`` (built on first use; disabled until a transport is attached). */
+export function mountChat(container) {
+  let panel = panels.get(container);
   if (!panel) {
-    panel = buildPanel(containerElement);
-    panels.set(containerElement, panel);
+    panel = new ChatPanel(container);
+    panels.set(container, panel);
   }
   return panel;
 }
 
 /**
- * Attach the chat UI in containerElement to dataChannel.
- * options.onPresence({viewers, live}) is called for "welcome" and "presence";
- * options.onWelcome(welcomeMessage) for "welcome".
- * Returns {send(text) -> boolean, detach()}.
+ * Chat over a WHIP/WHEP session's data channel "chat" in ``container``'s panel.
+ * ``onPresence({viewers, live})`` is called for "welcome" and "presence", ``onWelcome(msg)``
+ * for "welcome". Returns ``{send(text), detach()}``.
  */
-export function attachChat(dataChannel, containerElement, { onPresence, onWelcome } = {}) {
-  const panel = mountChat(containerElement);
-  panel.current?.detach();
-
-  const setEnabled = (on, placeholder = on ? "Say something…" : "Connecting to chat…") => {
-    panel.input.disabled = !on;
-    panel.send.disabled = !on;
-    panel.input.placeholder = placeholder;
+export function attachChat(dataChannel, container, { onPresence, onWelcome } = {}) {
+  const panel = mountChat(container);
+  const transport = {
+    kind: "datachannel",
+    ready: () => dataChannel.readyState === "open",
+    async send(text) {
+      if (dataChannel.readyState !== "open") throw new Error("closed");
+      dataChannel.send(JSON.stringify({ type: "chat", text }));
+      return null; // accepted messages come back as "chat", refusals as "error"
+    },
   };
-
   const onMessage = (ev) => {
     let msg;
     try {
@@ -136,61 +58,118 @@ export function attachChat(dataChannel, containerElement, { onPresence, onWelcom
     } catch {
       return; // ignore non-JSON frames
     }
-    switch (msg?.type) {
-      case "welcome":
-        panel.selfId = msg.participant?.id ?? null;
-        panel.me.textContent = msg.participant?.name ? `You are ${msg.participant.name}` : "";
-        onWelcome?.(msg);
-        onPresence?.({ viewers: msg.viewers, live: msg.live });
-        break;
-      case "history":
-        for (const m of msg.messages ?? []) renderMessage(panel, m);
-        break;
-      case "chat":
-        renderMessage(panel, msg);
-        break;
-      case "presence":
-        onPresence?.({ viewers: msg.viewers, live: msg.live });
-        break;
-      case "error":
-        showError(panel, msg.detail || ERROR_TEXT[msg.code] || msg.code || "error");
-        break;
-      default:
-        break; // unknown types are ignored (forward compatibility)
+    if (msg?.type === "welcome") {
+      panel.setParticipant(msg.participant, msg.participant?.badges ?? []);
+      onWelcome?.(msg);
+      onPresence?.({ viewers: msg.viewers, live: msg.live });
+    } else if (msg?.type === "presence") {
+      onPresence?.({ viewers: msg.viewers, live: msg.live });
+    } else {
+      panel.handle(msg);
     }
   };
-  const onOpen = () => setEnabled(true);
-  const onClose = () => setEnabled(false, "Chat is offline");
-
+  const onOpen = () => panel.useDataChannel(transport);
+  const onClose = () => panel.dropTransport(transport);
   dataChannel.addEventListener("message", onMessage);
   dataChannel.addEventListener("open", onOpen);
   dataChannel.addEventListener("close", onClose);
-  setEnabled(dataChannel.readyState === "open");
-
-  const handle = {
-    send(text) {
-      const t = String(text ?? "").trim();
-      if (!t) return false;
-      if ([...t].length > MAX_CHAT_LENGTH) {
-        showError(panel, ERROR_TEXT.too_long);
-        return false;
-      }
-      if (dataChannel.readyState !== "open") {
-        showError(panel, "Chat is not connected.");
-        return false;
-      }
-      dataChannel.send(JSON.stringify({ type: "chat", text: t }));
-      panel.input.value = "";
-      return true;
+  if (dataChannel.readyState === "open") onOpen();
+  return {
+    send: (text) => {
+      panel.input.value = text;
+      return panel.submit();
     },
     detach() {
       dataChannel.removeEventListener("message", onMessage);
       dataChannel.removeEventListener("open", onOpen);
       dataChannel.removeEventListener("close", onClose);
-      setEnabled(false, "Chat is offline");
-      if (panel.current === handle) panel.current = null;
+      panel.dropTransport(transport);
     },
   };
-  panel.current = handle;
-  return handle;
+}
+
+/**
+ * Chat in ``room`` over the pages' Socket.IO connection (its own connection: the cookies
+ * of its handshake make a logged-in page chat under its username). Joined while no data
+ * channel carries the chat (see the module comment). ``onRoom({live, viewers})`` gets the
+ * room's state (join ack and "room" events); ``onJoin(chat)`` the join ack's ``chat``
+ * member. Returns ``{close()}``.
+ */
+export function connectSocketChat(container, room, { onRoom, onJoin, token = null } = {}) {
+  const panel = mountChat(container);
+  let suspended = false;
+  let joined = false;
+  let retry = 0;
+  let socket = null;
+
+  const transport = {
+    kind: "socketio",
+    ready: () => joined,
+    send: (text) => socket.emit("chat", { text }),
+    suspend() {
+      suspended = true;
+      clearTimeout(retry);
+      if (joined) socket.emit("leave", {}).catch(() => {});
+      joined = false;
+    },
+    resume() {
+      if (!suspended) return;
+      suspended = false;
+      join();
+    },
+  };
+
+  async function join() {
+    clearTimeout(retry);
+    if (suspended || !socket?.connected) return;
+    let ack;
+    try {
+      // A private room's pages need its playback token, as its WHEP and LL-HLS do.
+      ack = await socket.emit("join", token ? { room, token } : { room });
+    } catch {
+      return; // reconnects call join again
+    }
+    if (suspended) return;
+    if (!ack || ack.error) {
+      joined = false;
+      panel.renderEnabled();
+      if (ack?.status === 401) return; // no (valid) playback token: retrying cannot help
+      retry = setTimeout(join, Math.max(JOIN_RETRY_MS, (Number(ack?.retry_after) || 0) * 1000));
+      return;
+    }
+    joined = true;
+    onRoom?.(ack);
+    const chat = ack.chat;
+    if (chat) {
+      panel.setParticipant(chat.participant, chat.badges ?? []);
+      panel.handle({ type: "history", messages: chat.history ?? [] });
+      onJoin?.(chat);
+    }
+    if (panel.transport === null || panel.transport === transport) panel.setTransport(transport);
+    else panel.renderEnabled();
+  }
+
+  panel.fallback = transport;
+  socket = connectLiveEvents({
+    connect: join,
+    disconnect() {
+      joined = false;
+      panel.renderEnabled();
+    },
+    chat(event) {
+      if (!suspended) panel.handle(event);
+    },
+    room(state) {
+      if (!suspended) onRoom?.(state);
+    },
+  });
+  return {
+    transport,
+    close() {
+      clearTimeout(retry);
+      socket.close();
+      if (panel.fallback === transport) panel.fallback = null;
+      panel.dropTransport(transport);
+    },
+  };
 }

@@ -15,9 +15,19 @@
 // Keys: GET/POST /api/channels/{name}/keys, DELETE .../keys/{id}; a new key is shown
 // once, with the OBS settings and an FFmpeg command line to copy. Health: bitrate,
 // frame rate and resolution from the peer connection's outbound-rtp stats; viewers
-// from the chat presence and GET /api/channels/{name} every VIEWERS_MS.
+// from the chat presence and GET /api/channels/{name} every VIEWERS_MS; while the channel
+// is live (from this page or any encoder), the SFU's view of the ingest from
+// GET /api/channels/{name}/ingest (bitrate, fps, resolution, key-frame interval, loss,
+// RTT, jitter) every VIEWERS_MS.
+//
+// Chat: over the pages' Socket.IO connection, and over the WHIP session's data channel
+// while live (chat.js); the broadcaster moderates from it (chat-moderation.js). Links go
+// to the analytics (/studio/analytics) and the moderation panel (/moderation/{channel}).
 
 import { ApiError, api, el, formatDate, showError } from "./api.js";
+import { renderIngestFigures } from "./ingest-figures.js";
+import { connectSocketChat, mountChat } from "./chat.js";
+import { enableChatActions } from "./chat-moderation.js";
 import { WhipPublisher } from "./publisher.js";
 import { requireUser } from "./shell.js";
 import { HttpError } from "./webrtc.js";
@@ -138,13 +148,36 @@ function renderHealth(health) {
   ui.size.textContent = health?.width ? `${health.width}×${health.height}` : "–";
 }
 
+const ingestUi = Object.fromEntries(["bitrate", "fps", "resolution", "keyframe", "loss", "rtt", "jitter"]
+  .map((key) => [key, $(`ingest-${key}`)]));
+
 async function pollViewers() {
-  if (!publisher.running) return;
+  let live = publisher.running;
   try {
     const body = await api(channelPath(), { login: "optional" });
-    if (body.live) ui.viewers.textContent = String(Number(body.viewers) || 0);
+    live = Boolean(body.live);
+    if (body.live && publisher.running) ui.viewers.textContent = String(Number(body.viewers) || 0);
   } catch {
     /* presence over the data channel still updates the count */
+  }
+  await pollIngest(live);
+}
+
+/** The SFU's view of the ingest while the channel is live (any encoder). */
+async function pollIngest(live) {
+  const state = $("ingest-state");
+  if (!live) {
+    renderIngestFigures(null, ingestUi);
+    state.textContent = "(not live)";
+    return;
+  }
+  try {
+    const sample = await api(`${channelPath()}/ingest`, { login: "optional" });
+    renderIngestFigures(sample, ingestUi);
+    state.textContent = sample?.at ? `(at ${new Date(sample.at).toLocaleTimeString()})` : "";
+  } catch (err) {
+    renderIngestFigures(null, ingestUi);
+    state.textContent = err instanceof ApiError && err.status === 404 ? "(no ingest yet)" : "(unavailable)";
   }
 }
 
@@ -239,6 +272,9 @@ async function init() {
   channel = user.channel || user.username;
   ui.room.textContent = channel;
   ui.channelLink.href = `/watch/${encodeURIComponent(channel)}`;
+  $("moderation-link").href = `/moderation/${encodeURIComponent(channel)}`;
+  connectSocketChat(ui.chat, channel);
+  enableChatActions(mountChat(ui.chat), channel, user);
   ui.controls.addEventListener("submit", goLive);
   ui.stop.addEventListener("click", stop);
   ui.info.addEventListener("submit", saveInfo);

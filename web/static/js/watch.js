@@ -2,6 +2,11 @@
 // plus the "chat" data channel; fall back to LL-HLS (/hls/{room}/index.m3u8 with
 // hls.js, see hls-player.js) when WebRTC is missing or does not connect.
 //
+// Chat (chat.js) runs on the data channel while the WebRTC path has one open, and over
+// the pages' Socket.IO connection otherwise (LL-HLS, before playback, without WebRTC):
+// one conversation, one panel. chat-moderation.js adds the moderator's and reporter's
+// actions; qoe.js sends the quality-of-experience beacons of each playback.
+//
 // Paths: "webrtc" and "hls". Mode (?path=auto|webrtc|hls, or the switch on the
 // page): "auto" starts with WebRTC and moves to LL-HLS by itself when the browser
 // has no RTCPeerConnection, when the WHEP request fails, or when the session is not
@@ -11,8 +16,11 @@
 // problems that LL-HLS cannot solve; see fallbackHelps). Once on LL-HLS the page
 // stays there until the viewer switches. A manual choice is kept: no automatic
 // switch away from it.
-import { attachChat, mountChat } from "./chat.js";
+import { attachChat, connectSocketChat, mountChat } from "./chat.js";
+import { enableChatActions } from "./chat-moderation.js";
 import { HlsPlayer, hlsSupport } from "./hls-player.js";
+import { QoeBeacons } from "./qoe.js";
+import { session as userSession } from "./shell.js";
 import {
   HttpError, backoffDelay, closeSession, rtcConfiguration, negotiate, pollStats,
   roomFromPath, setState, sleep, watchConnection,
@@ -50,7 +58,9 @@ let webrtcLatency = null; // {ms, method} from getStats
 // LL-HLS path
 let hlsPlayer = null;
 let hlsGeneration = 0; // bumped by every start/stop: a stale start gives up
-let chatNote = null;
+
+let chatPanel = null;
+const qoe = new QoeBeacons(ui.video, room, { latency: () => currentLatency()?.ms ?? null });
 
 function secondsParam(name, fallback) {
   const value = Number(params.get(name));
@@ -163,11 +173,13 @@ async function watchLoop() {
         // without a publisher there is no LL-HLS stream either.
         setState(ui.state, "waiting");
         notice("Waiting for the broadcaster…");
+        qoe.waiting();
         await sleep(Math.max(1, err.retryAfterS ?? DEFAULT_RETRY_AFTER_S) * 1000, signal);
         continue;
       }
       const detail = err instanceof HttpError ? err.message : `${err.name}: ${err.message}`;
       setState(ui.state, `error: ${detail}`);
+      qoe.error(`WebRTC: ${detail}`);
       if (err instanceof HttpError && (err.status === 401 || err.status === 403)) {
         notice("Not allowed to watch this room.");
         break; // retrying with the same token cannot help
@@ -282,6 +294,8 @@ async function startHls() {
 }
 
 function onHlsStatus({ state, detail }) {
+  if (state === "error") qoe.error(detail);
+  else if (state === "waiting") qoe.waiting();
   if (state === "playing") {
     setState(ui.state, "playing");
     notice("");
@@ -309,13 +323,16 @@ function markHlsUnavailable(reason) {
 
 // ------------------------------------------------------------------ path switching
 
-/** Run ``path`` ("webrtc" | "hls"), tearing the other one down first. Serialized. */
-function usePath(path, reason = "") {
-  switching = switching.then(() => switchTo(path, reason)).catch((err) => console.warn("path switch", err));
+/**
+ * Run ``path`` ("webrtc" | "hls"), tearing the other one down first. Serialized.
+ * ``since``: performance.now() of the viewer's click (join time counts from there).
+ */
+function usePath(path, reason = "", since = undefined) {
+  switching = switching.then(() => switchTo(path, reason, since)).catch((err) => console.warn("path switch", err));
   return switching;
 }
 
-async function switchTo(path, reason) {
+async function switchTo(path, reason, since) {
   ui.pathReason.textContent = reason;
   if (path === current) return;
   const previous = current;
@@ -324,6 +341,7 @@ async function switchTo(path, reason) {
   if (previous === "webrtc") await stopWebrtc();
   if (previous === "hls") stopHls();
   if (current !== path) return;
+  qoe.start(path, since);
   webrtcLatency = null;
   showLatency(null);
   ui.stats.textContent = "–";
@@ -356,7 +374,7 @@ function select(path) {
   const url = new URL(location.href);
   url.searchParams.set("path", path);
   history.replaceState(history.state, "", url);
-  return usePath(path, "");
+  return usePath(path, "", performance.now());
 }
 
 function renderPath() {
@@ -369,7 +387,6 @@ function renderPath() {
   for (const [button, p] of [[ui.pathWebrtc, "webrtc"], [ui.pathHls, "hls"]]) {
     button.setAttribute("aria-pressed", String(current === p));
   }
-  if (chatNote) chatNote.hidden = current !== "hls";
 }
 
 function showLatency(value) {
@@ -391,6 +408,12 @@ function showLatency(value) {
   ui.latencyMethod.textContent = `(${value.method})`;
 }
 
+/** The latency estimate of the path that plays ({ms, method} or null). */
+function currentLatency() {
+  if (current === "hls") return ui.video.paused ? null : hlsPlayer?.latency() ?? null;
+  return current === "webrtc" && connected ? webrtcLatency : null;
+}
+
 /** Once a second: the latency of whichever path plays, and the LL-HLS stats line. */
 function tick() {
   if (current === "hls" && hlsPlayer) {
@@ -405,15 +428,17 @@ function syncUnmute() {
   ui.unmute.hidden = !ui.video.muted;
 }
 
-/** The chat panel says why it is off on the LL-HLS path (chat is on the WHEP data channel). */
-function mountChatNote() {
-  const panel = mountChat(ui.chat);
-  chatNote = document.createElement("p");
-  chatNote.className = "chat-note";
-  chatNote.dataset.testid = "chat-unavailable";
-  chatNote.textContent = "Chat runs on the WebRTC connection, so it is unavailable on LL-HLS. Switch to WebRTC to chat.";
-  chatNote.hidden = true;
-  panel.form.before(chatNote);
+/** The room's state over Socket.IO (join ack, "room" events): live state and viewers off WebRTC. */
+function onRoomState({ live: isLive, viewers }) {
+  if (current !== "webrtc" && Number.isFinite(viewers)) ui.viewers.textContent = String(viewers);
+  if (current === "webrtc" && typeof isLive === "boolean" && live === null) onPresence({ live: isLive });
+}
+
+/** The chat panel: Socket.IO until a data channel opens; moderation once the user is known. */
+function mountChatPanel() {
+  chatPanel = mountChat(ui.chat);
+  connectSocketChat(ui.chat, room, { onRoom: onRoomState, token });
+  userSession.then((user) => enableChatActions(chatPanel, room, user)).catch(() => {});
 }
 
 // Debug/test hooks: the current WHEP session's RTCPeerConnection (null between
@@ -427,13 +452,14 @@ window.relaycastWatch = {
   get latency() { return current === "hls" ? hlsPlayer?.latency() ?? null : webrtcLatency; },
   get hls() { return hlsPlayer?.hls ?? null; },
   get hlsUnavailable() { return hlsUnavailable; },
+  get chat() { return chatPanel; },
+  get qoe() { return qoe; },
   select,
 };
 
 function init() {
   ui.room.textContent = room;
-  mountChat(ui.chat);
-  mountChatNote();
+  mountChatPanel();
   document.title = `Watch ${room} · relaycast`;
   ui.video.muted = true; // start muted so autoplay is permitted
   syncUnmute();

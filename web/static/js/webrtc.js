@@ -117,6 +117,12 @@ export function parseRetryAfter(value) {
   return Math.max(0, Math.round((when - Date.now()) / 1000));
 }
 
+/** The pages' readable CSRF cookie rc_csrf ("" when not logged in). */
+function csrfCookie() {
+  const found = document.cookie.split(";").map((c) => c.trim()).find((c) => c.startsWith("rc_csrf="));
+  return found ? decodeURIComponent(found.slice("rc_csrf=".length)) : "";
+}
+
 /**
  * POST an SDP offer to a WHIP or WHEP endpoint.
  * Returns {location, answer}. Throws HttpError on non-2xx, TypeError on network errors.
@@ -125,6 +131,10 @@ export async function postOffer(endpoint, sdp, token) {
   const headers = { "Content-Type": "application/sdp", Accept: "application/sdp" };
   // RFC 9725 §4.5: bearer-token authentication via the Authorization header.
   if (token) headers.Authorization = `Bearer ${token}`;
+  // A logged-in page's session cookie names the viewer (who chats under the username on the
+  // data channel); a cookie-authenticated POST counts only with the double-submit CSRF header.
+  const csrf = csrfCookie();
+  if (csrf) headers["X-CSRF-Token"] = csrf;
   // fetch() follows 307/308 redirects, which the specs allow for load balancing.
   const res = await fetch(endpoint, { method: "POST", headers, body: sdp });
   if (!res.ok) {

@@ -1,0 +1,20 @@
+// The SFU's view of a publisher's ingest (an Ingest object of GET /api/channels/{name}/ingest
+// or of a stream's analytics: {at, bitrate_bps, fps, width, height, keyframe_interval_s,
+// loss (fraction), rtt_ms (null when unknown), jitter_ms}) as text, for the studio and the
+// analytics page.
+
+/** The latest ingest sample into ``out`` ({bitrate, fps, resolution, keyframe, loss, rtt, jitter} elements). */
+export function renderIngestFigures(s, out) {
+  const set = (key, text) => { if (out[key]) out[key].textContent = text; };
+  if (!s) {
+    for (const key of Object.keys(out)) set(key, "–");
+    return;
+  }
+  set("bitrate", s.bitrate_bps == null ? "–" : `${Math.round(s.bitrate_bps / 1000)} kbps`);
+  set("fps", s.fps == null ? "–" : String(Math.round(s.fps)));
+  set("resolution", s.width && s.height ? `${s.width}×${s.height}` : "–");
+  set("keyframe", s.keyframe_interval_s == null ? "–" : `${Number(s.keyframe_interval_s).toFixed(1)} s`);
+  set("loss", s.loss == null ? "–" : `${(s.loss * 100).toFixed(1)} %`);
+  set("rtt", s.rtt_ms == null ? "n/a" : `${Math.round(s.rtt_ms)} ms`);
+  set("jitter", s.jitter_ms == null ? "–" : `${Math.round(s.jitter_ms)} ms`);
+}
