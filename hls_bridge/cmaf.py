@@ -14,6 +14,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from sfu.picture_size import BitReader, rbsp
+
 from .errors import HlsBridgeError
 
 __all__ = [
@@ -139,30 +141,6 @@ def _init_segment(
     return _ftyp() + moov
 
 
-def _remove_emulation_prevention(nal: bytes) -> bytes:
-    return nal.replace(b"\x00\x00\x03", b"\x00\x00") if b"\x00\x00\x03" in nal else nal
-
-
-class _BitReader:
-    def __init__(self, data: bytes) -> None:
-        self._value = int.from_bytes(data, "big")
-        self._left = len(data) * 8
-
-    def bits(self, count: int) -> int:
-        if count > self._left:
-            raise CmafError("SPS ends early")
-        self._left -= count
-        return (self._value >> self._left) & ((1 << count) - 1)
-
-    def ue(self) -> int:
-        zeros = 0
-        while self.bits(1) == 0:
-            zeros += 1
-            if zeros > 31:
-                raise CmafError("bad Exp-Golomb code in SPS")
-        return (1 << zeros) - 1 + self.bits(zeros)
-
-
 def avc_decoder_configuration(sps: bytes, pps: bytes) -> bytes:
     """The ``AVCDecoderConfigurationRecord`` (ISO/IEC 14496-15 §5.3.3.1) for one SPS/PPS.
 
@@ -181,12 +159,16 @@ def avc_decoder_configuration(sps: bytes, pps: bytes) -> bytes:
         struct.pack(">BH", 1, len(pps)), pps,
     ]
     if profile in _HIGH_PROFILES:
-        reader = _BitReader(_remove_emulation_prevention(sps[4:40]))
-        reader.ue()  # seq_parameter_set_id
-        chroma_format = reader.ue()
-        if chroma_format == 3:
-            reader.bits(1)  # separate_colour_plane_flag
-        depth_luma, depth_chroma = reader.ue(), reader.ue()
+        reader = BitReader(rbsp(sps[:64]))
+        try:
+            reader.bits(24)  # profile_idc, constraint flags, level_idc
+            reader.ue()  # seq_parameter_set_id
+            chroma_format = reader.ue()
+            if chroma_format == 3:
+                reader.bits(1)  # separate_colour_plane_flag
+            depth_luma, depth_chroma = reader.ue(), reader.ue()
+        except ValueError as exc:
+            raise CmafError(f"bad SPS: {exc}") from None
         record.append(struct.pack(
             ">BBBB", 0xFC | chroma_format, 0xF8 | depth_luma, 0xF8 | depth_chroma, 0,
         ))

@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Subcommands in their own modules: each has add_arguments(parser) and main(args).
     from . import (
+        chat_fanout,
         directory_bench,
         hls_latency,
         hlsjs_latency,
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("hls-latency", hls_latency, "LL-HLS latency: capture time in frames vs player/hls.js"),
         ("hlsjs-latency", hlsjs_latency, "LL-HLS latency in stock hls.js and the watch page (PDT vs now)"),
         ("sio-fanout", sio_fanout, "Socket.IO room-state fan-out across two signaling instances (Redis)"),
+        ("chat-fanout", chat_fanout, "chat fan-out: data channels and Socket.IO pages, two nodes (Redis)"),
         ("relay-serve", relay_serve, "the service with the naive MediaRelay baseline Router (fanout --mode relay)"),
         ("directory-bench", directory_bench, "directory and search latency at a steady request rate"),
     ):

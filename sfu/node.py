@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import socketio
@@ -56,8 +57,12 @@ from .worker import Worker
 
 logger = logging.getLogger(__name__)
 
-CHAT_CALL_TIMEOUT_S = 5.0
+CHAT_CALL_TIMEOUT_S = 10.0
 """How long a data-channel message waits for signaling's verdict before ``unavailable``."""
+CHAT_SEND_DEADLINE_S = 4.0
+"""A ``chat_send`` signaling starts handling later than this after it was sent is refused
+(``unavailable``) rather than numbered: well inside :data:`CHAT_CALL_TIMEOUT_S`, so a
+sender told "not sent" was really not sent."""
 
 
 class LinkChatUpstream:
@@ -67,8 +72,9 @@ class LinkChatUpstream:
         self.link = link
 
     async def submit(self, room: str, participant: Identity, text: str) -> dict[str, Any]:
-        ack = await self.link.call(NodeCall.CHAT_SEND,
-                                   {"room": room, "participant": participant.to_dict(), "text": text})
+        deadline_ms = int((time.time() + CHAT_SEND_DEADLINE_S) * 1000)
+        ack = await self.link.call(NodeCall.CHAT_SEND, {"room": room, "participant": participant.to_dict(),
+                                                        "text": text, "deadline": deadline_ms})
         return ack if isinstance(ack, dict) else {"error": "unavailable", "detail": "no answer"}
 
     async def history(self, room: str) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ _NAL_FU_A = 28
 _MAX_EXP_GOLOMB_ZEROS = 31  # ue(v) values of an SPS fit in 32 bits (H.264 §9.1)
 
 
-class _BitReader:
+class BitReader:
     """MSB-first bit reader over an RBSP (emulation prevention bytes removed)."""
 
     __slots__ = ("_value", "_left")
@@ -56,7 +56,7 @@ class _BitReader:
         return (code + 1) // 2 if code & 1 else -(code // 2)
 
 
-def _rbsp(nal: bytes) -> bytes:
+def rbsp(nal: bytes) -> bytes:
     """The NAL unit's payload without its header byte and emulation prevention bytes
     (``00 00 03`` → ``00 00``, H.264 §7.4.1)."""
     body = nal[1:]
@@ -73,7 +73,7 @@ def _rbsp(nal: bytes) -> bytes:
     return bytes(out)
 
 
-def _skip_scaling_list(reader: _BitReader, size: int) -> None:
+def _skip_scaling_list(reader: BitReader, size: int) -> None:
     """scaling_list() (H.264 §7.3.2.1.1.1): only its length matters here."""
     last, following = 8, 8
     for _ in range(size):
@@ -88,12 +88,12 @@ def h264_sps_size(nal: bytes) -> PictureSize | None:
     if len(nal) < 4 or nal[0] & 0x1F != _NAL_SPS:
         return None
     try:
-        return _parse_sps(_BitReader(_rbsp(nal)))
+        return _parse_sps(BitReader(rbsp(nal)))
     except ValueError:
         return None
 
 
-def _parse_sps(r: _BitReader) -> PictureSize | None:
+def _parse_sps(r: BitReader) -> PictureSize | None:
     profile_idc = r.bits(8)
     r.bits(16)  # constraint_set flags, reserved_zero_2bits, level_idc
     r.ue()  # seq_parameter_set_id

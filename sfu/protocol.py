@@ -46,9 +46,12 @@ class Rpc(StrEnum):
 class NodeCall(StrEnum):
     """Node → signaling requests (Socket.IO events with an ack): the data channels' chat.
 
-    * ``chat_send`` ``{room, participant: Identity, text}`` → ``{"message": <numbered
-      message>}`` or ``{"error": code, "detail": str, "retry_after"?: s}``
-      (signaling's chat authority decides, numbers and fans out; docs/chat.md);
+    * ``chat_send`` ``{room, participant: Identity, text, deadline?: epoch ms}`` →
+      ``{"message": <numbered message>}`` or ``{"error": code, "detail": str,
+      "retry_after"?: s}`` (signaling's chat authority decides, numbers and fans out;
+      docs/chat.md); a request signaling gets to after ``deadline`` is answered
+      ``unavailable`` without being numbered, so the node never reports "not sent" for a
+      message that was sent;
     * ``chat_history`` ``{room}`` → ``{"messages": [...]}`` (oldest first) or ``{"error", "detail"}``.
     """
 

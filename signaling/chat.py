@@ -252,6 +252,10 @@ class ChatService:
         """Local delivery: ``sink(room, event)`` for every event of every room, in order."""
         self.dropped = 0
         """Events not delivered locally because the outbox was full."""
+        self.accepted: dict[str, int] = {}
+        """Messages numbered here, by path (``via``)."""
+        self.refused: dict[str, int] = {}
+        """Messages refused here, by code (``held`` included)."""
         self._buckets = TokenBuckets(rate, burst, clock=clock)
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._outbox: asyncio.Queue[tuple[str, Event]] | None = None
@@ -290,6 +294,15 @@ class ChatService:
             ``too_long``, a policy's code (``banned``, ``slow_mode`` …), ``held`` (kept for
             review, not fanned out) or ``unavailable`` (the log did not store it).
         """
+        try:
+            message = await self._submit(room, sender, text)
+        except ChatRefused as refused:
+            self.refused[refused.code] = self.refused.get(refused.code, 0) + 1
+            raise
+        self.accepted[sender.via] = self.accepted.get(sender.via, 0) + 1
+        return message
+
+    async def _submit(self, room: str, sender: Sender, text: Any) -> Event:
         wait = self._buckets.take(f"{room}\0{sender.id}")
         if wait > 0:
             raise ChatRefused("rate_limited", f"at most {self.rate:g} messages/s", wait)

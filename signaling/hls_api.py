@@ -28,7 +28,7 @@ from common.names import is_room_name
 from common.problems import HttpProblem
 from hls_bridge.problems import ENCODER_UNAVAILABLE, PROBLEM_TYPES
 
-from .app_keys import NAMESPACE_KEY, RECORDINGS, ROOMS
+from .app_keys import CHAT, NAMESPACE_KEY, RECORDINGS, ROOMS
 
 __all__ = ["METRICS_REGISTRY", "add_routes", "hls_nodes", "list_recordings", "public_hls_node"]
 
@@ -166,6 +166,27 @@ class _Collector(Collector):
             for name, count in counts.items():
                 bridges.add_metric([report["node"], name], count)
         yield from (encoder, bridges, cpu, factor, rss, restarts, idle, refused)
+        yield from _chat_metrics(app)
+
+
+def _chat_metrics(app: web.Application) -> Iterator[Any]:
+    """This instance's chat authority (docs/chat.md): messages it numbered by path, refused
+    by code, and events it could not deliver to its pages and nodes."""
+    chat = app.get(CHAT)
+    if chat is None:
+        return
+    accepted = CounterMetricFamily("relaycast_chat_messages", "Chat messages this signaling "
+                                   "instance accepted and numbered", labels=["via"])
+    for via, count in sorted(chat.accepted.items()):
+        accepted.add_metric([via], count)
+    refused = CounterMetricFamily("relaycast_chat_refused", "Chat messages this signaling "
+                                  "instance refused, by error code", labels=["code"])
+    for code, count in sorted(chat.refused.items()):
+        refused.add_metric([code], count)
+    dropped = CounterMetricFamily("relaycast_chat_delivery_dropped", "Chat events not "
+                                  "delivered to this instance's pages and nodes (outbox full)")
+    dropped.add_metric([], chat.dropped)
+    yield from (accepted, refused, dropped)
 
 
 METRICS_REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)

@@ -482,7 +482,9 @@ class SfuNamespace(socketio.AsyncNamespace):
         The node is authenticated, so the participant's identity is its session's."""
         if self.chat is None or sid not in self.registry.nodes or not isinstance(data, dict):
             return {"error": "unavailable", "detail": "chat is not served here"}
-        room, text = data.get("room"), data.get("text")
+        room, text, deadline = data.get("room"), data.get("text"), data.get("deadline")
+        if isinstance(deadline, int | float) and time.time() * 1000 > deadline:
+            return {"error": "unavailable", "detail": "chat is too busy right now; not sent"}
         try:
             identity = Identity.from_dict(data.get("participant"))
         except ProtocolError as exc:

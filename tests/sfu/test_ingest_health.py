@@ -414,9 +414,12 @@ async def test_aiortc_publisher_through_the_stats_rpc(service: Any, monkeypatch:
     try:
         await whip_client.wait_connected(publisher.pc)
 
+        last: list[Any] = []
+
         async def report() -> dict[str, Any] | None:
             ingest = await ingest_of_room(svc.app, "demo")  # stats RPC over the node's link
             tracks = svc.worker.routers["demo"].ingest()["tracks"]
+            last[:] = [ingest, tracks, sent_fps()]
             ok = (ingest is not None and tracks["video"]["packets"] >= 120  # a full window
                   and ingest["width"] == 640 and ingest["fps"] and sent_fps() > 0
                   and abs(ingest["fps"] - sent_fps()) <= 0.25 * sent_fps() + 2
@@ -424,7 +427,8 @@ async def test_aiortc_publisher_through_the_stats_rpc(service: Any, monkeypatch:
                   and tracks["video"]["loss"] is not None and tracks["video"]["loss"] >= 0.05)
             return {**ingest, "tracks": tracks} if ok else None
 
-        seen = await wait_for(report, 30, "a full ingest report of the aiortc publisher", interval_s=0.25)
+        seen = await wait_for(report, 30, lambda: f"a full ingest report of the aiortc publisher "
+                              f"(last: ingest, tracks, fps sent = {last})", interval_s=0.25)
     finally:
         await publisher.close()
     print(f"\ningest of the aiortc publisher: {seen}; dropped {len(dropped)} video packets")

@@ -176,3 +176,41 @@ async def test_a_private_rooms_chat_needs_its_playback_token(
     token, _ = await tokens_of(service.app).issue_playback("secret", None)
     joined = await outsider.sio.call("join", {"room": "secret", "token": token}, timeout=10)
     assert joined["room"] == "secret" and "chat" in joined
+
+
+async def test_a_node_request_past_its_deadline_is_refused_not_numbered(service: Service) -> None:
+    """A data-channel message signaling only gets to after the node stopped waiting must
+    not be numbered: the node has told its sender "not sent"."""
+    import time
+
+    from signaling.app_keys import NAMESPACE_KEY
+
+    namespace = service.app[NAMESPACE_KEY]
+    sid = next(iter(namespace.registry.nodes))
+    participant = {"id": "p1", "name": "late", "role": "viewer"}
+    now_ms = time.time() * 1000
+    late = await namespace.on_chat_send(sid, {"room": "demo", "participant": participant,
+                                              "text": "stale", "deadline": now_ms - 1})
+    assert late["error"] == "unavailable"
+    fresh = await namespace.on_chat_send(sid, {"room": "demo", "participant": participant,
+                                               "text": "fresh", "deadline": now_ms + 60_000})
+    assert fresh["message"]["text"] == "fresh"
+    assert [m["text"] for m in await service.app[CHAT].history("demo")] == ["fresh"]
+    # Only registered nodes may speak for participants; pipes never chat.
+    assert (await namespace.on_chat_send("not-a-node", {"room": "demo"}))["error"] == "unavailable"
+    pipe = {**participant, "role": "pipe"}
+    refused = await namespace.on_chat_send(sid, {"room": "demo", "participant": pipe, "text": "x"})
+    assert refused["error"] == "bad_message"
+
+
+async def test_chat_counters_are_on_the_metrics_page(
+    service: Service, chat_pages: list[ChatPage], http: Any
+) -> None:
+    page = await new_page(chat_pages, service)
+    assert "message" in await page.send("counted")
+    assert (await page.send(""))["error"] == "bad_message"
+    async with http.get(f"{service.url}/metrics") as resp:
+        text = await resp.text()
+    assert 'relaycast_chat_messages_total{via="socketio"} 1.0' in text
+    assert 'relaycast_chat_refused_total{code="bad_message"} 1.0' in text
+    assert "relaycast_chat_delivery_dropped_total 0.0" in text
