@@ -360,6 +360,15 @@ async def _flood(conn: multiprocessing.connection.Connection, url: str, rate: fl
                               headers={"X-Forwarded-For": "10.255.255.254"})
             ack = await sio.call("join", {"room": ROOM}, timeout=20)
             conn.send("ready" if isinstance(ack, dict) and "chat" in ack else f"join refused: {ack!r}")
+        async def rejoin() -> None:
+            """What a flooder does once the server disconnected it: connect and join again."""
+            try:
+                await sio.connect(url, transports=["websocket"], wait_timeout=5,
+                                  headers={"X-Forwarded-For": "10.255.255.254"})
+                await sio.call("join", {"room": ROOM}, timeout=5)
+            except Exception:
+                pass
+
         def on_ack(answer: Any = None) -> None:
             count("accepted" if isinstance(answer, dict) and "message" in answer else (
                 str(answer.get("error")) if isinstance(answer, dict) else "bad_ack"))
@@ -369,7 +378,7 @@ async def _flood(conn: multiprocessing.connection.Connection, url: str, rate: fl
             if command != "flood":
                 break
             replies.clear()
-            sent = await _flood_phase(session, sio, on_ack, rate, *rest)
+            sent = await _flood_phase(session, sio, on_ack, rate, *rest, rejoin=rejoin, count=count)
             deadline = time.monotonic() + 15
             while session is None and sum(replies.values()) < sent and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
@@ -389,10 +398,15 @@ async def _flood(conn: multiprocessing.connection.Connection, url: str, rate: fl
 
 
 async def _flood_phase(session: Any, sio: Any, on_ack: Any, rate: float, phase: str, t0: float,
-                       seconds: float) -> int:
-    """Send ``rate`` messages/s from ``t0`` (time.time()) for ``seconds``: the count sent."""
+                       seconds: float, *, rejoin: Any, count: Any) -> int:
+    """Send ``rate`` messages/s from ``t0`` (time.time()) for ``seconds``: the count sent.
+
+    A Socket.IO flooder the server disconnected reconnects and joins again (at most once a
+    second, as a determined one would); what it could not send meanwhile counts as
+    ``not_sent``, each disconnection as ``disconnected``."""
     total = round(rate * seconds)
     sent = 0
+    next_rejoin = 0.0
     while sent < total:
         delay = t0 + sent / rate - time.time()
         if delay > 0:
@@ -404,8 +418,17 @@ async def _flood_phase(session: Any, sio: Any, on_ack: Any, rate: float, phase: 
             text = f"f|{phase}|x|{sent}|{time.time():.6f}"
             if session is not None and session.channel is not None:
                 session.channel.send(json.dumps({"type": "chat", "text": text}))
+            elif sio.connected:
+                try:
+                    await sio.emit("chat", {"text": text}, callback=on_ack)
+                except Exception:  # disconnected meanwhile
+                    count("not_sent")
             else:
-                await sio.emit("chat", {"text": text}, callback=on_ack)
+                count("not_sent")
+                if time.monotonic() >= next_rejoin:
+                    count("disconnected")
+                    next_rejoin = time.monotonic() + 1.0
+                    await rejoin()
             sent += 1
     return sent
 

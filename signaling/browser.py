@@ -17,7 +17,10 @@ reports a new state:
   unreachable).
 * ``chat`` ``{"text": str}`` (after ``join``) → ack ``{"message": <numbered message>}`` or
   ``{"error": code, "detail": str, "retry_after"?: s}``: the room's chat authority
-  (:class:`signaling.chat.ChatService`) decides, exactly as for data-channel messages.
+  (:class:`signaling.chat.ChatService`) decides, exactly as for data-channel messages.  A
+  connection refused ``rate_limited`` :data:`FLOOD_REFUSALS` times within
+  :data:`FLOOD_WINDOW_S` seconds is disconnected; a guest's address is then muted for
+  :data:`FLOOD_MUTE_S` seconds.
 * ``leave`` (no data) → ack ``{"left": name | None}``.
 * any other event → ack ``{"error": "unknown event ..."}``.  Every event asking for an
   ack gets one, whatever its payload (none, several arguments, any JSON); bad input is
@@ -52,6 +55,7 @@ is connected to — emits each state (`announce_room`'s ``origin``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -78,6 +82,16 @@ JOIN_RATE = 10.0
 """Joins per second per client address (burst as many); more are refused with ``retry_after``."""
 
 CHAT_EVENT = "chat"
+FLOOD_REFUSALS = 200
+FLOOD_WINDOW_S = 10.0
+"""A connection whose chat messages are refused ``rate_limited`` this many times within
+this many seconds is flooding: it is disconnected (its refusals cost the instance CPU that
+the room's deliveries need)."""
+FLOOD_MUTE_S = 60.0
+"""After a guest's connection was disconnected for flooding, guests from its address are
+refused ``rate_limited`` for this long without their messages reaching the chat authority
+(a reconnecting guest is a new participant with a fresh bucket).  Users keep their own
+bucket across connections."""
 
 Ack = dict[str, Any]
 
@@ -125,6 +139,11 @@ class BrowserNamespace(socketio.AsyncNamespace):
         """Client address → its connections to this namespace here (only addresses with some)."""
         self.senders: dict[str, Sender] = {}
         """Socket.IO sid → who it chats as (connections here)."""
+        self.floods: dict[str, tuple[float, int]] = {}
+        """Socket.IO sid → (start of its refusal window, monotonic s; ``rate_limited`` refusals in it)."""
+        self.clock = clock
+        self.muted: dict[str, float] = {}
+        """Client address → until when (monotonic s) its guests' chat is refused (:data:`FLOOD_MUTE_S`)."""
         self.join_limiter = TokenBuckets(join_rate, max(1, int(join_rate)), clock=clock)
         self._events: dict[str, Callable[[str, tuple[Any, ...]], Awaitable[Ack]]] = {
             "join": self._join, "leave": self._leave, "chat": self._chat,
@@ -196,6 +215,7 @@ class BrowserNamespace(socketio.AsyncNamespace):
     async def on_disconnect(self, sid: str, *args: Any) -> None:
         self.joined.pop(sid, None)  # python-socketio leaves its rooms itself
         self.senders.pop(sid, None)
+        self.floods.pop(sid, None)
         address = self.addresses.pop(sid, None)
         if address is not None:
             left = self.connections.get(address, 1) - 1
@@ -250,10 +270,41 @@ class BrowserNamespace(socketio.AsyncNamespace):
         text = data.get("text") if isinstance(data, dict) else None
         if not isinstance(text, str):
             return {"error": "bad_message", "detail": 'expected {"text": "..."}'}
+        address = self.addresses.get(sid, "?")
+        muted_for = self.muted.get(address, 0.0) - self.clock() if sender.user_id is None else 0.0
+        if muted_for > 0:
+            self._count_flood(sid)
+            return {"error": "rate_limited", "detail": "this address flooded the chat; wait",
+                    "retry_after": round(muted_for, 3)}
         try:
             return {"message": await self.app[CHAT].submit(room, sender, text)}
         except ChatRefused as refused:
+            if refused.code == "rate_limited":
+                self._count_flood(sid)
             return refused.to_error()
+
+    def _count_flood(self, sid: str) -> None:
+        """Disconnect ``sid`` at its :data:`FLOOD_REFUSALS`-th ``rate_limited`` refusal within
+        :data:`FLOOD_WINDOW_S` (after this ack is sent)."""
+        now = self.clock()
+        start, count = self.floods.get(sid, (now, 0))
+        if now - start > FLOOD_WINDOW_S:
+            start, count = now, 0
+        self.floods[sid] = (start, count + 1)
+        if count + 1 == FLOOD_REFUSALS:
+            address = self.addresses.get(sid, "?")
+            logger.info("disconnecting a flooding chat connection from %s (%d refusals in %.0f s)",
+                        address, FLOOD_REFUSALS, FLOOD_WINDOW_S)
+            sender = self.senders.get(sid)
+            if sender is not None and sender.user_id is None:
+                self.muted = {a: t for a, t in self.muted.items() if t > now}  # bounded
+                self.muted[address] = now + FLOOD_MUTE_S
+            task = asyncio.ensure_future(self._disconnect_later(sid))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _disconnect_later(self, sid: str) -> None:
+        await asyncio.sleep(0)  # let the refusal's ack go out first
+        await self.server.disconnect(sid, namespace=NAMESPACE)
 
     async def deliver_chat(self, room: str, event: dict[str, Any]) -> None:
         """A :class:`~signaling.chat.ChatService` sink: ``event`` to this instance's pages

@@ -5,7 +5,8 @@ A room's chat reaches people three ways — the WebRTC participants' ``chat`` da
 without a data channel) and the REST API — and all three feed :meth:`ChatService.submit`
 in a signaling process:
 
-1. the sender's token bucket (``rate`` messages/s, ``burst``), per participant;
+1. the sender's token bucket (``rate`` messages/s, ``burst``), per user (a guest: per
+   participant);
 2. the text rules (:func:`sfu.chat_text.check_text`: bidi and control characters removed,
    not empty, at most ``max_chars`` grapheme clusters);
 3. the room's :class:`ChatPolicy` (moderation: bans, timeouts, slow mode, blocked terms ...;
@@ -303,7 +304,7 @@ class ChatService:
         return message
 
     async def _submit(self, room: str, sender: Sender, text: Any) -> Event:
-        wait = self._buckets.take(f"{room}\0{sender.id}")
+        wait = self._buckets.take(f"{room}\0{sender.target}")  # a user's tabs and paths share one
         if wait > 0:
             raise ChatRefused("rate_limited", f"at most {self.rate:g} messages/s", wait)
         if not isinstance(text, str):

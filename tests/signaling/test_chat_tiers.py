@@ -214,3 +214,36 @@ async def test_chat_counters_are_on_the_metrics_page(
     assert 'relaycast_chat_messages_total{via="socketio"} 1.0' in text
     assert 'relaycast_chat_refused_total{code="bad_message"} 1.0' in text
     assert "relaycast_chat_delivery_dropped_total 0.0" in text
+
+
+async def test_a_flooding_page_is_refused_then_disconnected(
+    service: Service, chat_pages: list[ChatPage]
+) -> None:
+    from signaling import browser
+
+    await make_channel(service.app, "carol")
+    flooder = await new_page(chat_pages, service)
+    guest = await new_page(chat_pages, service)  # another guest from the same address
+    other = await new_page(chat_pages, service, await access_token(service.app, "carol"))
+    codes = []
+    for i in range(browser.FLOOD_REFUSALS + 40):
+        try:
+            reply = await flooder.sio.call("chat", {"text": f"flood {i}"}, timeout=2)
+        except Exception:  # disconnected: no ack
+            break
+        codes.append(reply.get("error", "ok"))
+    assert codes[:10] == ["ok"] * 10  # the burst
+    assert codes.count("rate_limited") >= browser.FLOOD_REFUSALS - 1
+    assert not flooder.sio.connected or await _disconnected(flooder)
+    # The flooder's address is muted for guests (a reconnecting guest gets a fresh bucket);
+    # users keep their own bucket and chat on.
+    muted = await guest.send("me too?")
+    assert muted["error"] == "rate_limited" and muted["retry_after"] > 30
+    assert "message" in await other.send("still here")
+
+
+async def _disconnected(page: ChatPage) -> bool:
+    from tests.polling import wait_for
+
+    await wait_for(lambda: not page.sio.connected, 5, "the flooder disconnected")
+    return True
