@@ -3,10 +3,11 @@
 #   make test    install system + Python test dependencies (once) and run the test suite
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
-APT_PACKAGES := ffmpeg chromium-headless-shell nginx redis-server coturn postgresql
+APT_PACKAGES := ffmpeg chromium-headless-shell nginx redis-server coturn postgresql iproute2
 # postgresql: the tests start their own server (initdb/pg_ctl in a temporary directory);
 # Debian's package must not create and start a system cluster, hence postgresql-common
-# first with create_main_cluster = false.
+# first with create_main_cluster = false.  iproute2: the adaptive-delivery tests put a browser behind
+# a rate-limited veth in a network namespace (ip netns, tc tbf; they skip without root).
 NO_MAIN_CLUSTER := sed -ri 's/^\#?\s*create_main_cluster\s*=.*/create_main_cluster = false/' /etc/postgresql-common/createcluster.conf
 STAMP := .make
 

@@ -72,6 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     fan.add_argument("--workers", type=int, default=1,
                      help="forward mode: SFU worker processes, `relaycast serve --workers N` (default 1); "
                           "CPU is summed over the serve process and its workers")
+    fan.add_argument("--simulcast", action="store_true",
+                     help="publish 3-layer VP8 simulcast with temporal layers (loadtest.simulcast_publisher) "
+                          "instead of one stream")
+    fan.add_argument("--limited-fraction", type=float, default=0.0,
+                     help="this fraction of the subscribers sit behind a rate-limited link (default 0)")
+    fan.add_argument("--limited-bps", type=int, default=800_000,
+                     help="the limited subscribers' link rate, bits/s (default 800000; a user-space relay "
+                          "with a 100 ms drop-tail queue per subscriber)")
+    fan.add_argument("--no-viewer-transport-cc", action="store_true",
+                     help="subscribers do not offer transport-cc (no feedback: the SFU estimates from "
+                          "nothing; browsers always offer it)")
     fan.add_argument("--out", type=Path, default=Path("loadtest/results"), help="results folder")
 
     cdn = sub.add_parser("cdn", help="LL-HLS CDN fan-out: N emulated LL-HLS players through a real nginx edge",
@@ -108,11 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
         publisher_ramp,
         relay_serve,
         replan_cost,
+        simulcast_publisher,
         sio_fanout,
         transcode,
     )
     for name, module, text in (
         ("transcode", transcode, "LL-HLS transcode capacity: ladders per core in real time"),
+        ("simulcast-publish", simulcast_publisher, "WHIP-publish 3-layer VP8 simulcast + Opus like a browser"),
         ("replan-cost", replan_cost, "what an LL-HLS ladder re-plan costs per frame"),
         ("pipe-hop", pipe_hop, "latency added by a node-to-node pipe (cascading)"),
         ("publisher-ramp", publisher_ramp, "WHIP 201 to full camera resolution, Chromium publisher"),
@@ -163,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         subscriber_procs=args.subscriber_procs, decode_every=args.decode_every, max_decoders=args.max_decoders,
         join_concurrency=args.join_concurrency, probes=args.probes, fast_receive=not args.aiortc_receive,
         wait_quiet=args.wait_quiet, profile_at=args.profile_at,
-        profile_joins_at=args.profile_joins_at, workers=args.workers, out=args.out)
+        profile_joins_at=args.profile_joins_at, workers=args.workers, simulcast=args.simulcast,
+        limited_fraction=args.limited_fraction, limited_bps=args.limited_bps,
+        viewer_transport_cc=not args.no_viewer_transport_cc, out=args.out)
     return _run(run_fanout(opts))
 
 

@@ -8,7 +8,7 @@ beside the SFU on one machine.  Tested against the same aiortc versions as the p
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pylibsrtp
@@ -69,3 +69,12 @@ def set_encoder_target_bitrate(sender: RTCRtpSender, bitrate: int) -> bool:
         return False
     encoder.target_bitrate = bitrate
     return True
+
+
+def route_rtcp_to_sender(sender: RTCRtpSender, ssrcs: Sequence[int]) -> None:
+    """Have aiortc route RTCP feedback and reports about ``ssrcs`` to ``sender``: its RtpRouter
+    only knows the sender's own SSRC, and a simulcast publisher sends several
+    (:mod:`loadtest.simulcast_publisher`)."""
+    router = sender.transport._rtp_router
+    for ssrc in ssrcs:
+        router.register_sender(sender, ssrc)

@@ -52,7 +52,7 @@ import aiohttp
 
 from . import procstat
 from .cluster_procs import ONE_ADDRESS_LOAD, RelaycastProcess, free_port, listening
-from .report import Sample, percentile, rounded, window_metrics
+from .report import Sample, percentile, rounded, viewer_classes, window_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,10 @@ class FanoutOptions:
     profile_seconds: float = 10.0
     profile_joins_at: int | None = None  # forward/relay N whose join probes run under py-spy
     workers: int = 1  # forward mode: `relaycast serve --workers N` (SFU worker processes)
+    simulcast: bool = False  # publish 3-layer VP8 simulcast (loadtest.simulcast_publisher)
+    limited_fraction: float = 0.0  # this fraction of subscribers sit behind a rate-limited link
+    limited_bps: int = 800_000
+    viewer_transport_cc: bool = True  # subscribers offer transport-cc and send feedback, as browsers do
     out: Path = Path("loadtest/results")
 
 
@@ -147,9 +151,15 @@ class PublisherProcess:
     """``python -m loadtest publish --pattern --json``; keeps every progress line."""
 
     def __init__(self, whip_url: str, key: str, opts: FanoutOptions, log_path: Path) -> None:
-        self.cmd = [sys.executable, "-m", "loadtest", "publish", whip_url, "--token", key, "--pattern",
-                    "--width", str(opts.width), "--height", str(opts.height), "--fps", str(opts.fps),
-                    "--bitrate", str(opts.bitrate), "--json"]
+        self.simulcast = opts.simulcast
+        if opts.simulcast:
+            self.cmd = [sys.executable, "-m", "loadtest", "simulcast-publish", whip_url, "--token", key,
+                        "--width", str(opts.width), "--height", str(opts.height), "--fps", str(opts.fps),
+                        "--json"]
+        else:
+            self.cmd = [sys.executable, "-m", "loadtest", "publish", whip_url, "--token", key, "--pattern",
+                        "--width", str(opts.width), "--height", str(opts.height), "--fps", str(opts.fps),
+                        "--bitrate", str(opts.bitrate), "--json"]
         self.log_path = log_path
         self.lines: list[dict[str, Any]] = []
         self.proc: asyncio.subprocess.Process | None = None
@@ -164,6 +174,9 @@ class PublisherProcess:
         deadline = time.monotonic() + timeout
         while True:  # connected, encoder bitrate set, and sending video
             last = self.lines[-1] if self.lines else {}
+            if self.simulcast and last.get("state") == "connected" and all(
+                    layer.get("packets", 0) > 0 for layer in last.get("layers", [])) and last.get("layers"):
+                return
             if (last.get("state") == "connected" and last.get("bitrate_target")
                     and last.get("video", {}).get("pps", 0) > 0):
                 return
@@ -187,6 +200,10 @@ class PublisherProcess:
         a, b = inside[0], inside[-1]
         dt = b["t"] - a["t"]
         out: dict[str, Any] = {"fps": round((b.get("frames", 0) - a.get("frames", 0)) / dt, 2)}
+        if self.simulcast:
+            for la, lb in zip(a.get("layers", []), b.get("layers", []), strict=False):
+                out[f"{lb['rid']}_kbps"] = round((lb["bytes"] - la["bytes"]) * 8 / dt / 1000, 1)
+            return out
         for kind in ("video", "audio"):
             if kind in a and kind in b:
                 out[f"{kind}_kbps"] = round((b[kind]["bytes"] - a[kind]["bytes"]) * 8 / dt / 1000, 1)
@@ -278,9 +295,16 @@ class FanoutRun:
         # so the time measured is the SFU's, not a busy load-generator's.
         self.prober: SubscriberProcess | None = None
         self.latency: list[tuple[float, float]] = []
+        self.latency_by_sub: list[tuple[int, int, float, float]] = []  # (pool, index, t, ms)
         self.baseline: dict[str, Any] | None = None
         self.decoders = 0
         self.total = 0
+        self._limited_decoder = False
+
+    def _limited(self, index: int) -> bool:
+        """Whether subscriber ``index`` sits behind a rate-limited link (spread evenly)."""
+        fraction = self.opts.limited_fraction
+        return fraction > 0 and math.floor((index + 1) * fraction) > math.floor(index * fraction)
 
     async def __aenter__(self) -> FanoutRun:
         await self.sfu.start()
@@ -315,6 +339,7 @@ class FanoutRun:
                 s["pool"] = i
                 subs.append(s)
             self.latency.extend((t, ms) for _, t, ms in snap["latency"])
+            self.latency_by_sub.extend((i, index, t, ms) for index, t, ms in snap["latency"])
         pids = self.sfu.pids()
         times = [procstat.cpu_times(pid) for pid in pids]
         user, system = sum(t[0] for t in times), sum(t[1] for t in times)
@@ -346,22 +371,28 @@ class FanoutRun:
         if add <= 0:
             return []
         plan: list[list[bool]] = [[] for _ in self.pools]
+        limits: list[list[int | None]] = [[] for _ in self.pools]
         for i in range(add):
             index = self.total + i
             every = self.opts.decode_every
-            sampled = i == 0 or (every > 0 and index % every == 0)  # the first joiner of each step
+            limited = self._limited(index)
+            # the first joiner of each step decodes, and the first limited one
+            sampled = i == 0 or (every > 0 and index % every == 0) or (limited and not self._limited_decoder)
             decode = sampled and self.decoders < self.opts.max_decoders
             self.decoders += decode
+            self._limited_decoder = self._limited_decoder or (limited and decode)
             pool = min(range(len(self.pools)), key=lambda k: self.pools[k].count + len(plan[k]))
             plan[pool].append(decode)
+            limits[pool].append(self.opts.limited_bps if limited else None)
         before = [pool.count for pool in self.pools]
         calls = []
-        for pool, decode in zip(self.pools, plan, strict=True):
+        for pool, decode, limit in zip(self.pools, plan, limits, strict=True):
             if decode:
                 pool.count += len(decode)
                 calls.append(pool.call({"cmd": "join", "url": f"{self.sfu.url}/whep/{ROOM}", "decode": decode,
                                         "concurrency": max(1, self.opts.join_concurrency // len(self.pools)),
-                                        "fast": self.opts.fast_receive},
+                                        "fast": self.opts.fast_receive, "limits": limit,
+                                        "transport_cc": self.opts.viewer_transport_cc},
                                        timeout=self.opts.join_timeout + 5 * add))
         await asyncio.gather(*calls)
         self.total = target
@@ -378,6 +409,8 @@ class FanoutRun:
         b, cpu_b = await self.sample(), self.sfu.cpu_by_process()
         assert self.publisher is not None
         result = window_metrics(a, b, self.latency, self.baseline, joined)
+        if self.opts.limited_fraction > 0:
+            result["classes"] = viewer_classes(a, b, self.latency_by_sub, self.baseline, joined)
         result["sfu_cpu_pct_by_process"] = {name: round(100 * (cpu_b[name] - cpu_a[name]) / (b.t - a.t), 1)
                                             for name in cpu_b if name in cpu_a}
         result["target_n"] = target
@@ -500,7 +533,7 @@ async def run_mode(mode: str, opts: FanoutOptions, log_dir: Path) -> dict[str, A
             print(f"[{mode}] N={n}: " + ", ".join(f"{k}={step.get(k)}" for k in (
                 "n", "sfu_cpu_pct", "us_per_packet", "fps_median", "fps_min", "loss_pct",
                 "latency_p50_ms", "latency_p95_ms", "join_probe_p95_ms", "mem_per_subscriber_kb",
-                "sfu_cpu_pct_by_process"))
+                "sfu_cpu_pct_by_process", "classes"))
                 + f", hls_bridge={step.get('hls_bridge')}", flush=True)
             if mode == "forward" and opts.profile_at == n:
                 result["profile"] = {"n": n, **await run.profile(f"{mode}-{n}")}

@@ -6,7 +6,10 @@ Builds real :class:`sfu.consumer.Consumer` objects whose
 :class:`sfu.aiortc_private.RawRtpSender` protects with a real SRTP session
 (AES-CM-128-HMAC-SHA1-80, as negotiated with browsers) and sends with real
 ``sendto`` on 127.0.0.1 UDP sockets to a sink, then times
-``Consumer.forward`` for a stream of 1,100-byte VP8 packets.  It reports CPU µs
+``Consumer.forward`` for a stream of 1,100-byte VP8 packets.  ``--adaptive`` times what a
+viewer gets by default since adaptive delivery: an adaptive consumer (layer and temporal
+checks) that numbers each packet for transport-cc through a
+:class:`sfu.bandwidth.BandwidthEstimator` (the viewer offered it, as browsers do).  It reports CPU µs
 per forwarded packet (``time.process_time``, so user + kernel of this process)
 and, for comparison, the raw floor of the same work written inline (pack a
 header, protect, ``sendto``).  Everything a WebRTC session adds on top (ICE,
@@ -29,9 +32,11 @@ from aiortc import RTCRtpCodecParameters
 from aiortc.rtcdtlstransport import State
 
 from sfu import aiortc_private
+from sfu.bandwidth import BandwidthEstimator
 from sfu.consumer import Consumer
 from sfu.producer import MediaPacket
 from sfu.rtp import URI_ABS_SEND_TIME, URI_MID
+from sfu.twcc import TRANSPORT_CC_URI
 
 PAYLOAD = bytes(range(256)) * 4 + bytes(76)  # 1,100 bytes, like a full VP8 packet
 
@@ -64,7 +69,7 @@ class _FakeDtls:
         self.transport._connection._nominated = {1: _Pair(transport, sink)}  # type: ignore[attr-defined]
 
 
-def _params(ssrc: int) -> Any:
+def _params(ssrc: int, adaptive: bool = False) -> Any:
     class P:
         pass
 
@@ -72,10 +77,12 @@ def _params(ssrc: int) -> Any:
     p.ssrc, p.rtx_ssrc, p.rtx_payload_type, p.mid, p.cname = ssrc, ssrc + 1, 97, "1", "bench"
     p.codec = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
     p.extensions = {URI_MID: 1, URI_ABS_SEND_TIME: 3}
+    if adaptive:
+        p.extensions[TRANSPORT_CC_URI] = 5
     return p
 
 
-async def run(consumers: int, packets: int) -> dict[str, float]:
+async def run(consumers: int, packets: int, adaptive: bool = False) -> dict[str, float]:
     loop = asyncio.get_running_loop()
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
@@ -85,8 +92,11 @@ async def run(consumers: int, packets: int) -> dict[str, float]:
     for i in range(consumers):
         transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
         transports.append(transport)
-        consumer = Consumer("video", 90000, f"bench-{i}")
-        consumer.on_sender_started(_params(1000 + 2 * i), aiortc_private.RawRtpSender(_FakeDtls(transport, sink_addr)))  # type: ignore[arg-type]
+        consumer = Consumer("video", 90000, f"bench-{i}", adaptive=adaptive)
+        if adaptive:
+            consumer.bwe = BandwidthEstimator()
+        consumer.on_sender_started(_params(1000 + 2 * i, adaptive),
+                                   aiortc_private.RawRtpSender(_FakeDtls(transport, sink_addr)))  # type: ignore[arg-type]
         out.append(consumer)
 
     def media(seq: int) -> MediaPacket:
@@ -118,7 +128,8 @@ async def run(consumers: int, packets: int) -> dict[str, float]:
         t.close()
     sink.close()
     dropped = sum(c.raw.dropped for c in out if c.raw is not None)
-    return {"consumers": consumers, "packets": packets, "forward_us_per_packet": round(forward_us, 2),
+    return {"consumers": consumers, "packets": packets, "adaptive": adaptive,
+            "forward_us_per_packet": round(forward_us, 2),
             "raw_floor_us_per_packet": round(floor_us, 2), "dropped": dropped}
 
 
@@ -126,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.forward_micro", description=__doc__.split("\n")[0])
     parser.add_argument("--consumers", type=int, default=100)
     parser.add_argument("--packets", type=int, default=2000)
+    parser.add_argument("--adaptive", action="store_true",
+                        help="adaptive consumers numbering packets for transport-cc (the default for viewers)")
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args.consumers, args.packets))
+    result = asyncio.run(run(args.consumers, args.packets, args.adaptive))
     print(json.dumps(result))
     return 0
 

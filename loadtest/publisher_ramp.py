@@ -38,7 +38,7 @@ TWCC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensio
 RESOLUTION_CHOICE = {(640, 360): "360p", (1280, 720): "720p", (1920, 1080): "1080p"}
 
 # The publisher's video sender as getStats() reports it (the broadcast page exposes its
-# peer connection as window.__relaycast.pc).
+# peer connection as window.__relaycast.pc); with simulcast, its largest stream.
 SENDER_STATS_JS = """
 async () => {
   const pc = window.__relaycast?.pc;
@@ -46,7 +46,8 @@ async () => {
   const report = await pc.getStats();
   let out = null, pairId = null;
   for (const s of report.values()) {
-    if (s.type === 'outbound-rtp' && s.kind === 'video') out = s;
+    if (s.type === 'outbound-rtp' && s.kind === 'video'
+        && (!out || (s.frameWidth ?? 0) > (out.frameWidth ?? 0))) out = s;
     if (s.type === 'transport' && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
   }
   const pair = pairId ? report.get(pairId) : null;

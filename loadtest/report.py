@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,8 @@ def window_metrics(a: Sample, b: Sample, latency: list[tuple[float, float]], bas
             if kind == "video":
                 video_expected += e
                 video_received += min(r, e)
+        # a rate-limited subscriber's relay dropped what the SFU sent beyond the link's rate
+        delivered += s.get("relay_dropped", 0) - p.get("relay_dropped", 0)
         expected += sub_expected
         received += sub_received
         if sub_expected:
@@ -147,6 +149,41 @@ def window_metrics(a: Sample, b: Sample, latency: list[tuple[float, float]], bas
         "join_keyframe_p95_ms": rounded(percentile(key_join, 95)),
         "join_connected_p50_ms": rounded(percentile(conn, 50)),
     })
+    return out
+
+
+def viewer_classes(a: Sample, b: Sample, latency: list[tuple[int, int, float, float]],
+                   baseline: dict[str, Any] | None, joined: list[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`window_metrics` per viewer class — ``unlimited`` and ``limited`` (behind a
+    rate-limited link, ``limit_bps``) — with ``latency`` as ``(pool, index, t, ms)``, plus
+    the picture size each class ends on (from the last key frame each subscriber got:
+    ``{"WxH": count}``) and, for subscribers whose key frames changed size, the time from
+    connecting to the last change (``adapt_s``: how long the SFU took to settle on a layer)."""
+    out: dict[str, Any] = {}
+    for name, wanted in (("unlimited", False), ("limited", True)):
+        keys = {(s["pool"], s["index"]) for s in b.subs if bool(s.get("limit_bps")) == wanted}
+        if not keys:
+            continue
+
+        def only(sample: Sample, keys: set[tuple[int, int]] = keys) -> Sample:
+            return replace(sample, subs=[s for s in sample.subs if (s["pool"], s["index"]) in keys])
+
+        inside = [(t, ms) for pool, index, t, ms in latency if (pool, index) in keys]
+        metrics = window_metrics(only(a), only(b), inside, baseline, [])
+        sizes: dict[str, int] = {}
+        adapt: list[float] = []
+        for sub in only(b).subs:
+            frames = sub.get("keyframe_sizes") or []
+            if frames:
+                size = f"{frames[-1][1]}x{frames[-1][2]}"
+                sizes[size] = sizes.get(size, 0) + 1
+            if len(frames) > 1 and sub.get("t_connected"):
+                adapt.append(frames[-1][0] - sub["t_connected"])
+        out[name] = {k: metrics[k] for k in ("n", "fps_median", "fps_min", "loss_pct", "video_loss_pct",
+                                             "latency_samples", "latency_p50_ms", "latency_p95_ms")}
+        out[name]["sizes"] = sizes
+        out[name]["adapt_s_p50"] = rounded(percentile(adapt, 50))
+        out[name]["adapt_s_max"] = rounded(max(adapt)) if adapt else None
     return out
 
 

@@ -27,7 +27,8 @@ the join time (WHEP POST sent → first decoded frame).
 lines on stdin (one reply line per command on stdout); ``loadtest fanout`` starts
 one or more of these processes.  Commands::
 
-    {"cmd": "join", "url": U, "decode": [bool, ...], "concurrency": c, "fast": true}
+    {"cmd": "join", "url": U, "decode": [bool, ...], "concurrency": c, "fast": true,
+     "limits": [bits/s or null, ...]}  (limits: viewers behind a user-space rate limit)
     {"cmd": "probe", "url": U, "count": k}  (join time: sequential decoding viewers that leave)
     {"cmd": "wait_media", "timeout": s}
     {"cmd": "snapshot"}
@@ -42,6 +43,7 @@ import json
 import logging
 import os
 import random
+import re
 import struct
 import sys
 import time
@@ -54,9 +56,12 @@ from aiortc.codecs import depayload, is_rtx
 from aiortc.rtp import RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket, RtpPacket
 
 from sfu import aiortc_private
+from sfu.picture_size import vp8_keyframe_size
 from sfu.rtp import vp8_is_keyframe_start
+from sfu.twcc import FEEDBACK_INTERVAL_S, TRANSPORT_CC_URI, TwccRecorder
 
 from . import aiortc_hooks, whip_client
+from .impair_relay import Impairment, view_through_relay
 from .pattern import code_to_capture_time, read_code
 
 logger = logging.getLogger(__name__)
@@ -68,6 +73,7 @@ _GAP_GIVE_UP_S = 0.5  # a sampled decoder waits this long for a repair before as
 _PROBE_SPACING_S = 0.5
 _RECEIVE_BUFFER = 1 << 20  # SO_RCVBUF per subscriber socket: rides out scheduling hiccups
 _RTP = struct.Struct("!HII")  # sequence number, timestamp, SSRC
+LIMITED_QUEUE_MS = 100.0  # a rate-limited viewer's bottleneck queue (drop-tail), ms
 
 
 class SeqCounter:
@@ -155,8 +161,15 @@ class SampleDecoder:
 class LightSubscriber:
     """One WHEP viewer that counts RTP and optionally decodes (see module docstring)."""
 
-    def __init__(self, index: int, decode: bool) -> None:
+    def __init__(self, index: int, decode: bool, limit_bps: int | None = None,
+                 transport_cc: bool = True) -> None:
         self.index = index
+        self.transport_cc = transport_cc
+        """Offer transport-cc and send transport feedback every 50 ms, as browsers do."""
+        self.limit_bps = limit_bps
+        """Behind a user-space rate limit (:class:`loadtest.impair_relay.ImpairRelay`), bits/s."""
+        self.relay: Any = None
+        self.keyframe_sizes: list[tuple[float, int, int]] = []  # (time.time(), width, height)
         self.session: whip_client.WhipSession | None = None
         self.video = SeqCounter()
         self.audio = SeqCounter()
@@ -184,6 +197,11 @@ class LightSubscriber:
         self._rtcp: aiortc_private.RawRtpSender | None = None
         self._rtcp_ssrc = random.getrandbits(32)
         self._video_ssrc = 0
+        # transport-wide congestion control, as a browser does it (answered when offered)
+        self._twcc_id = 0
+        self._twcc: TwccRecorder | None = None
+        self._twcc_task: asyncio.Task[None] | None = None
+        self.feedback_sent = 0
 
     # ------------------------------------------------------------ joining
     async def join(self, url: str, http: aiohttp.ClientSession, timeout: float = 20.0,
@@ -195,8 +213,19 @@ class LightSubscriber:
         connection is up; then (``fast``) straight from the socket.
         """
         self.t_post = time.time()
-        session = await asyncio.wait_for(whip_client.view(url, http=http), timeout)
+        if self.limit_bps:
+            session, self.relay = await asyncio.wait_for(view_through_relay(
+                url, down=Impairment(rate_bps=self.limit_bps, queue_ms=LIMITED_QUEUE_MS), http=http,
+                edit_offer=whip_client.offer_transport_cc if self.transport_cc else None, seed=self.index),
+                timeout)
+        else:
+            session = await asyncio.wait_for(
+                whip_client.view(url, http=http, transport_cc=self.transport_cc), timeout)
         self.session = session
+        match = re.search(r"^a=extmap:(\d+) " + re.escape(TRANSPORT_CC_URI), session.answer, re.MULTILINE)
+        if match and 1 <= int(match.group(1)) <= 14:
+            self._twcc_id = int(match.group(1))
+            self._twcc = TwccRecorder(self._rtcp_ssrc)
         for transceiver in session.pc.getTransceivers():
             if transceiver.kind not in ("audio", "video"):
                 continue
@@ -215,7 +244,27 @@ class LightSubscriber:
                     break
                 await asyncio.sleep(0.01)
 
+    async def _send_feedback(self) -> None:
+        """RTCP transport feedback every 50 ms (what libwebrtc receivers send above ~200 kbps)."""
+        recorder = self._twcc
+        assert recorder is not None
+        while self.session is not None:
+            await asyncio.sleep(FEEDBACK_INTERVAL_S)
+            if recorder.pending and self._rtcp is not None:
+                for packet in recorder.build_feedback():
+                    if self._rtcp.send_rtcp(packet):
+                        self.feedback_sent += 1
+
     async def close(self, http: aiohttp.ClientSession) -> None:
+        if self._twcc_task is not None:
+            self._twcc_task.cancel()
+            self._twcc_task = None
+        if self.relay is not None:
+            relay, self.relay = self.relay, None
+            try:
+                await relay.close()
+            except OSError:
+                pass
         if self.session is not None:
             session, self.session = self.session, None
             try:
@@ -253,6 +302,8 @@ class LightSubscriber:
             return False
         self._pts = pts
         self._rtcp = aiortc_private.RawRtpSender(dtls)
+        if self._twcc is not None and self._twcc_task is None:
+            self._twcc_task = asyncio.ensure_future(self._send_feedback())
         return True
 
     def _on_raw(self, data: bytes) -> None:
@@ -264,7 +315,10 @@ class LightSubscriber:
         first = data[0]
         offset = 12 + 4 * (first & 0x0F)
         if first & 0x10:  # header extension
-            offset += 4 + 4 * ((data[offset + 2] << 8) | data[offset + 3])
+            length = 4 * ((data[offset + 2] << 8) | data[offset + 3])
+            if self._twcc is not None and data[offset] == 0xBE and data[offset + 1] == 0xDE:
+                self._record_twcc(data, offset + 4, offset + 4 + length, ssrc)
+            offset += 4 + length
         end = len(data) - (data[-1] if first & 0x20 else 0)
         kind, rtx = info
         if rtx:
@@ -281,6 +335,24 @@ class LightSubscriber:
         self._video(seq, timestamp, data[1] >> 7, data[offset:end])
         if self._rtcp is not None and highest >= 0 and self.video.highest > highest + 1:
             self._nack(highest + 1, self.video.highest)
+
+    def _record_twcc(self, data: bytes, pos: int, end: int, ssrc: int) -> None:
+        """Find the transport-wide sequence number among the one-byte-header elements
+        (RFC 8285 §4.2) and record its arrival."""
+        wanted = self._twcc_id
+        while pos < end:
+            byte = data[pos]
+            if byte == 0:  # padding
+                pos += 1
+                continue
+            element, size = byte >> 4, (byte & 0x0F) + 1
+            if element == 15:
+                return
+            if element == wanted and size == 2:
+                assert self._twcc is not None
+                self._twcc.record((data[pos + 1] << 8) | data[pos + 2], time.monotonic_ns() // 1000, ssrc)
+                return
+            pos += 1 + size
 
     def _nack(self, first: int, end: int) -> None:
         """Generic NACK (RFC 4585 §6.2.1) for extended sequence numbers [first, end)."""
@@ -309,6 +381,10 @@ class LightSubscriber:
         if payload and payload[0] & 0x17 == 0x10:  # S bit set, partition index 0
             frame.start = ext
             frame.key = vp8_is_keyframe_start(payload)
+            if frame.key and len(self.keyframe_sizes) < 64:
+                size = vp8_keyframe_size(payload)
+                if size is not None and (not self.keyframe_sizes or self.keyframe_sizes[-1][1:] != size[:2]):
+                    self.keyframe_sizes.append((time.time(), size[0], size[1]))
         if marker:
             frame.end = ext
         if frame.parts is not None:
@@ -399,6 +475,11 @@ class LightSubscriber:
             "fast_path": self.fast_path,
             "nacks_sent": self.nacks_sent,
             "plis_sent": self.plis_sent,
+            "feedback_sent": self.feedback_sent,
+            "limit_bps": self.limit_bps,
+            "relay_dropped": 0 if self.relay is None else (
+                self.relay.stats.down.lost + self.relay.stats.down.queue_dropped),
+            "keyframe_sizes": self.keyframe_sizes,
             "unreadable": decoder.unreadable if decoder else 0,
             "t_post": self.t_post,
             "t_connected": self.t_connected,
@@ -425,11 +506,15 @@ class SubscriberPool:
         return self._http
 
     async def join(self, url: str, decode: list[bool], concurrency: int = 4,
-                   fast: bool = True) -> list[dict[str, Any]]:
-        """Add ``len(decode)`` subscribers, at most ``concurrency`` joining at once."""
+                   fast: bool = True, limits: list[int | None] | None = None,
+                   transport_cc: bool = True) -> list[dict[str, Any]]:
+        """Add ``len(decode)`` subscribers, at most ``concurrency`` joining at once;
+        ``limits[i]`` puts the i-th behind a rate limit (bits/s, a user-space relay)."""
         http = await self._session()
         limit = asyncio.Semaphore(max(1, concurrency))
-        new = [LightSubscriber(len(self.subscribers) + i, d) for i, d in enumerate(decode)]
+        limits = limits or [None] * len(decode)
+        new = [LightSubscriber(len(self.subscribers) + i, d, lim, transport_cc)
+               for i, (d, lim) in enumerate(zip(decode, limits, strict=False))]
         self.subscribers.extend(new)
 
         async def one(sub: LightSubscriber) -> None:
@@ -526,7 +611,8 @@ async def serve_stdio(pool: SubscriberPool) -> None:
                 if cmd == "join":
                     result: dict[str, Any] = {"joined": await pool.join(
                         request["url"], [bool(d) for d in request["decode"]],
-                        int(request.get("concurrency", 4)), bool(request.get("fast", True)))}
+                        int(request.get("concurrency", 4)), bool(request.get("fast", True)),
+                        request.get("limits"), bool(request.get("transport_cc", True)))}
                 elif cmd == "probe":
                     result = {"probes": await pool.probe(request["url"], int(request.get("count", 1)),
                                                          float(request.get("timeout", 10)))}
@@ -552,10 +638,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.subscriber",
                                      description="A pool of lightweight WHEP subscribers (JSON lines on stdio).")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--ice-address", default="127.0.0.1",
+                        help="the one address to gather ICE candidates on (default 127.0.0.1; a "
+                             "network namespace's address when the pool runs inside one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s subscriber[%(process)d] %(levelname)s %(name)s: %(message)s")
-    whip_client.pin_loopback()
+    aiortc_private.set_host_addresses([args.ice_address])
     asyncio.run(serve_stdio(SubscriberPool()))
     return 0
 

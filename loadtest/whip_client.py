@@ -8,6 +8,7 @@ and host candidates pinned to loopback through
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
@@ -16,6 +17,7 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessi
 from aiortc.mediastreams import MediaStreamTrack
 
 from sfu import aiortc_private
+from sfu.twcc import TRANSPORT_CC_URI
 
 
 class WhipError(Exception):
@@ -65,8 +67,32 @@ class WhipSession:
         return status
 
 
+TRANSPORT_CC_EXTENSION_ID = 5
+"""``a=extmap`` id a viewer offering transport-cc uses (aiortc's own are 1–3)."""
+
+
+def offer_transport_cc(sdp: str, extension_id: int = TRANSPORT_CC_EXTENSION_ID) -> str:
+    """Add transport-wide congestion control to an aiortc offer, as browsers offer it:
+    ``a=extmap:<id>`` of the transport-wide sequence number extension
+    (draft-holmer-rmcat-transport-wide-cc-extensions-01 §2) and ``a=rtcp-fb:<pt> transport-cc``
+    for every payload type of every audio/video m= section.  aiortc neither offers nor
+    implements it; the caller must send the feedback itself."""
+    out: list[str] = []
+    media = False
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            media = line.startswith(("m=audio", "m=video"))
+        out.append(line)
+        if media and line.startswith("a=mid:"):
+            out.append(f"a=extmap:{extension_id} {TRANSPORT_CC_URI}")
+        elif media and line.startswith("a=rtpmap:"):
+            out.append(f"a=rtcp-fb:{line[9:].split()[0]} transport-cc")
+    return "\r\n".join(out) + "\r\n"
+
+
 async def _post_offer(
-    pc: RTCPeerConnection, url: str, token: str | None, http: aiohttp.ClientSession | None
+    pc: RTCPeerConnection, url: str, token: str | None, http: aiohttp.ClientSession | None,
+    edit_offer: Callable[[str], str] | None = None,
 ) -> tuple[str, str, str | None]:
     await pc.setLocalDescription(await pc.createOffer())
     headers = {"Content-Type": "application/sdp"}
@@ -74,8 +100,9 @@ async def _post_offer(
         headers["Authorization"] = f"Bearer {token}"
     own = http is None
     http = http or aiohttp.ClientSession()
+    offer = pc.localDescription.sdp if edit_offer is None else edit_offer(pc.localDescription.sdp)
     try:
-        async with http.post(url, data=pc.localDescription.sdp, headers=headers) as resp:
+        async with http.post(url, data=offer, headers=headers) as resp:
             body = await resp.text()
             if resp.status != 201:
                 try:
@@ -110,11 +137,12 @@ async def publish(
 
 
 async def _negotiate(
-    pc: RTCPeerConnection, url: str, token: str | None, chat: bool, http: aiohttp.ClientSession | None
+    pc: RTCPeerConnection, url: str, token: str | None, chat: bool, http: aiohttp.ClientSession | None,
+    edit_offer: Callable[[str], str] | None = None,
 ) -> WhipSession:
     channel = pc.createDataChannel("chat", ordered=True) if chat else None
     try:
-        location, answer, etag = await _post_offer(pc, url, token, http)
+        location, answer, etag = await _post_offer(pc, url, token, http, edit_offer)
     except BaseException:
         await pc.close()
         raise
@@ -128,12 +156,14 @@ async def view(
     chat: bool = False,
     token: str | None = None,
     http: aiohttp.ClientSession | None = None,
+    transport_cc: bool = False,
 ) -> WhipSession:
-    """WHEP-view ``url`` (``.../whep/{room}``): recvonly transceivers (+ optional chat)."""
+    """WHEP-view ``url`` (``.../whep/{room}``): recvonly transceivers (+ optional chat);
+    ``transport_cc`` offers transport-wide congestion control (:func:`offer_transport_cc`)."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     for kind in kinds:
         pc.addTransceiver(kind, direction="recvonly")
-    return await _negotiate(pc, url, token, chat, http)
+    return await _negotiate(pc, url, token, chat, http, offer_transport_cc if transport_cc else None)
 
 
 async def wait_connected(pc: RTCPeerConnection, timeout: float = 10.0) -> None:

@@ -16,7 +16,16 @@ encodes them.  This module rewires single receiver/sender *instances* so that:
   and receives the viewer's RTCP (NACK, PLI, FIR, REMB, RR) through a callback;
 * the ingest health (:mod:`sfu.ingest_health`) reads a receiver's RTCP receive
   statistics (:func:`receive_statistics`) and the round trip of the ICE consent
-  checks the peer answered (:func:`ice_round_trip_time`).
+  checks the peer answered (:func:`ice_round_trip_time`);
+* a simulcast publisher's streams (RFC 8853) are told apart and repaired per SSRC: the
+  RtpStreamId / RepairedRtpStreamId header extensions are negotiated
+  (:func:`enable_header_extension`), RTX is mapped by RepairedRtpStreamId, NACKs are
+  generated per stream (:func:`install_forwarding_receiver`);
+* a viewer's transport-cc feedback (RTPFB FMT 15), which aiortc misreads as a NACK, reaches
+  the viewer's bandwidth estimator raw (:func:`install_rtcp_tap`);
+* ICE restarts (RFC 9725 §4.3.3; aioice has none): :func:`restart_ice` on the SFU, and
+  :func:`begin_ice_restart` / :func:`complete_ice_restart` for aiortc test clients;
+  :class:`RawRtpSender` follows the newly nominated pair.
 
 An aiortc upgrade should only ever require changes here.  Tested against aiortc
 1.14–1.16 and aioice 0.9–0.13.
@@ -28,6 +37,7 @@ import asyncio
 import copy
 import logging
 import random
+import secrets
 import socket
 import time
 import weakref
@@ -37,10 +47,14 @@ from typing import Any, NamedTuple
 
 import aioice.ice
 import aioice.stun
+import aioice.turn
+import pylibsrtp
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aiortc import RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc import codecs as aiortc_codecs
 from aiortc.codecs import is_rtx
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from aiortc.rtcicetransport import RTCIceCandidate, candidate_from_aioice, candidate_to_aioice
 from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpHeaderExtensionParameters
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import AnyRtcpPacket, RtpPacket, unwrap_rtx
@@ -151,6 +165,377 @@ def accept_peer_consent_checks() -> None:
     connection_cls._relaycast_consent = True  # type: ignore[attr-defined]
 
 
+# ------------------------------------------------------------------ ICE restart
+# aioice has no ICE restart: the functions below drive its Connection's check list by hand
+# (written against aioice 0.13's Connection: _check_list, _check_list_state, _nominated,
+# _early_checks, _remote_candidates, _protocols).
+
+ICE_RESTART_TIMEOUT_S = 30.0
+"""How long, s, the checks of a restarted ICE session run before the restart counts as
+failed; the previously selected pair then stays in use until its consent expires
+(RFC 7675 §5.1), which ends the session."""
+CHECK_PACING_S = 0.02
+"""Ta, s: one ordinary connectivity check starts per interval (RFC 8445 §6.1.4.2; aioice's
+pace in ``Connection.connect``)."""
+_ICE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+class IceRestartUnavailable(RuntimeError):
+    """ICE cannot be restarted now: the first connectivity checks have not selected a pair
+    yet, or the connection is closed (the session keeps its ICE state)."""
+
+
+class _Restart:
+    """One ICE restart of an aioice ``Connection`` in progress (RFC 8445 §9).
+
+    ``previous``: the pairs selected before it, per component; they keep carrying media
+    (and consent checks, with the new credentials) until a pair of the new generation is
+    nominated.  ``gone``: client side, the sockets of an address that went away, closed
+    once the new pair is selected."""
+
+    __slots__ = ("previous", "state", "task", "gone")
+
+    def __init__(self, previous: dict[int, Any]) -> None:
+        # weak: an entry of _restarts must not keep its connection alive
+        self.previous = {component: weakref.ref(pair) for component, pair in previous.items()}
+        self.state: asyncio.Queue[int] | None = None
+        self.task: asyncio.Task[bool] | None = None
+        self.gone: list[Any] = []
+
+    def waiting(self, connection: Any) -> bool:
+        """No pair of the new generation is nominated for every component yet."""
+        nominated = connection._nominated
+        return len(nominated) < len(connection._components) or any(
+            (ref := self.previous.get(component)) is not None and pair is ref()
+            for component, pair in nominated.items())
+
+
+_restarts: weakref.WeakKeyDictionary[Any, _Restart] = weakref.WeakKeyDictionary()
+_raw_senders: weakref.WeakKeyDictionary[Any, weakref.WeakSet[RawRtpSender]] = (
+    weakref.WeakKeyDictionary())
+
+
+def enable_ice_restart() -> None:
+    """Let aioice connections restart ICE and raw senders follow the selected pair
+    (process-wide, idempotent).
+
+    aioice completes a check list once every component has a nominated pair; during a
+    restart the previous generation's pair is still nominated (it carries the media), so a
+    restarting connection completes only when each component's nominated pair is a new one.
+    Whenever the nominated pair changes (a restart, or a peer nominating another pair), the
+    :class:`RawRtpSender` routes on that connection are dropped and re-resolved on their
+    next packet — they cache the pair's socket and address, nothing is looked up per packet.
+    """
+    connection_cls = aioice.ice.Connection
+    if getattr(connection_cls, "_relaycast_restart", False):
+        return
+    original_maybe_complete = connection_cls._check_list_maybe_complete
+
+    def _check_list_maybe_complete(self: Any) -> bool:
+        restart = _restarts.get(self)
+        if restart is not None and restart.waiting(self):
+            return False
+        _follow_nominated(self)
+        return bool(original_maybe_complete(self))
+
+    connection_cls._check_list_maybe_complete = _check_list_maybe_complete  # type: ignore[method-assign]
+    connection_cls._relaycast_restart = True  # type: ignore[attr-defined]
+
+
+def _follow_nominated(connection: Any) -> None:
+    """Drop the routes of raw senders whose pair is no longer the nominated one."""
+    senders = _raw_senders.get(connection)
+    if not senders:
+        return
+    pair = connection._nominated.get(1)
+    for sender in list(senders):
+        if sender._pair is not pair:
+            sender._route = None
+
+
+def _register_raw_sender(connection: Any, sender: RawRtpSender) -> None:
+    try:
+        senders = _raw_senders.get(connection)
+        if senders is None:
+            senders = _raw_senders[connection] = weakref.WeakSet()
+    except TypeError:  # a stand-in connection without weak references (benchmarks)
+        return
+    senders.add(sender)
+
+
+def _ice_string(length: int) -> str:
+    """Random ice-chars (RFC 8839 §5.4) from a CSPRNG."""
+    return "".join(secrets.choice(_ICE_CHARS) for _ in range(length))
+
+
+def _ice_transport(pc: Any) -> Any:
+    """The one connected ICE transport of a max-bundle peer connection (RFC 9725 §4.4).
+
+    :raises IceRestartUnavailable: none has selected a pair yet, or it is closed.
+    :raises ValueError: several transports carry media (not bundled).
+    """
+    transports: dict[int, Any] = {}
+    for transceiver in pc.getTransceivers():
+        ice = transceiver.receiver.transport.transport
+        transports[id(ice)] = ice
+    if pc.sctp is not None:
+        ice = pc.sctp.transport.transport
+        transports[id(ice)] = ice
+    connected = [t for t in transports.values()
+                 if t._connection._nominated and not t._connection._closing]
+    if not connected:
+        raise IceRestartUnavailable("ICE has not selected a candidate pair (or is closed)")
+    if len(connected) > 1:
+        raise ValueError("the peer connection has several ICE transports (not max-bundle)")
+    return connected[0]
+
+
+def _check_credentials(ufrag: str, pwd: str) -> None:
+    """:raises ValueError: not an ice-ufrag (4–256 ice-chars) / ice-pwd (22–256), RFC 8839 §5.4."""
+    aioice.ice.validate_username(ufrag)
+    aioice.ice.validate_password(pwd)
+
+
+def _new_generation(connection: Any, restart: _Restart, remote_ufrag: str, remote_pwd: str) -> None:
+    """Drop the previous generation's check list and remote candidates and take the peer's
+    new credentials (RFC 8445 §9); the nominated pairs stay until new ones are nominated."""
+    for pair in connection._check_list:
+        if pair.task is not None:
+            pair.task.cancel()
+    restart.state = asyncio.Queue()
+    connection._check_list = []
+    connection._check_list_state = restart.state
+    connection._check_list_done = False
+    connection._nominating.clear()
+    connection._remote_candidates = []
+    connection._remote_candidates_end = False
+    connection.remote_username = remote_ufrag
+    connection.remote_password = remote_pwd
+
+
+def _supersede(connection: Any) -> _Restart:
+    """A new restart of ``connection``; one still running is cancelled, its gone sockets kept."""
+    if connection._closing:
+        raise IceRestartUnavailable("the ICE connection is closed")
+    running = _restarts.pop(connection, None)
+    restart = _Restart(dict(connection._nominated))  # still the previous generation's pairs
+    if running is not None:
+        if running.task is not None:
+            running.task.cancel()
+        restart.gone = running.gone
+    return restart
+
+
+async def _add_remote_candidates(ice: Any, candidates: Sequence[Any], end_of_candidates: bool) -> None:
+    connection = ice._connection
+    ice.iceGatherer._remote_candidates_end = False  # aiortc's flag: trickle goes on after a restart
+    for candidate in candidates:
+        await connection.add_remote_candidate(candidate_to_aioice(candidate))
+    if end_of_candidates:
+        ice.iceGatherer._remote_candidates_end = True
+        await connection.add_remote_candidate(None)
+    connection.sort_check_list()
+    connection._unfreeze_initial()
+
+
+async def _run_checks(connection: Any, restart: _Restart, timeout_s: float) -> bool:
+    """Ordinary checks of the new generation, paced like aioice's ``connect`` (triggered
+    checks start on their own, RFC 8445 §7.3.1.4) until a new pair is nominated for every
+    component, the check list fails, the connection closes or ``timeout_s`` passes.
+    :returns: whether the restart selected a new pair."""
+    result = aioice.ice.ICE_FAILED
+    assert restart.state is not None
+    try:
+        async with asyncio.timeout(timeout_s):
+            while connection._check_periodic():
+                await asyncio.sleep(CHECK_PACING_S)
+            result = await restart.state.get()
+    except TimeoutError:
+        logger.info("ICE restart of %r: no new pair within %g s", connection, timeout_s)
+    if _restarts.get(connection) is not restart:
+        return False  # superseded by a newer restart meanwhile
+    del _restarts[connection]
+    connection._check_list_done = True
+    for pair in connection._check_list:
+        if pair.task is not None:
+            pair.task.cancel()
+    if result == aioice.ice.ICE_COMPLETED:
+        for protocol in restart.gone:  # no longer nominated: closing it ends nothing
+            await protocol.close()
+        return True
+    connection._protocols.extend(restart.gone)  # still carries the selected pair; closed with it
+    return False
+
+
+async def restart_ice(
+    pc: Any,
+    remote_ufrag: str,
+    remote_pwd: str,
+    remote_candidates: Sequence[RTCIceCandidate],
+    *,
+    end_of_candidates: bool = False,
+    timeout_s: float = ICE_RESTART_TIMEOUT_S,
+) -> tuple[str, str, list[RTCIceCandidate]]:
+    """Restart ICE on the server side of ``pc`` (RFC 9725 §4.3.3, RFC 8445 §9).
+
+    The peer's new ``remote_ufrag`` / ``remote_pwd`` (and its first candidates of the new
+    generation) replace the old ones; the server takes a new ufrag (8 ice-chars) and pwd
+    (24 ice-chars, ~143 bits) for the same host sockets, so its candidates keep their
+    addresses.  The check list starts over in the background: the peer's checks arrive on
+    those sockets as before, and one from an address it did not signal becomes a
+    peer-reflexive candidate (RFC 8445 §7.3.1.3).  Media, DTLS and SRTP keep using the
+    previously selected pair until the peer nominates a new one; :class:`RawRtpSender`
+    then moves to it; consent checks (RFC 7675) use the new credentials.  A restart while
+    another runs supersedes it.
+
+    :param remote_candidates: the fragment's candidates (``sdpMid`` not needed).
+    :returns: ``(local_ufrag, local_pwd, local_candidates)`` for the 200 response.
+    :raises ValueError: malformed credentials (RFC 8839 §5.4) or an unbundled ``pc``.
+    :raises IceRestartUnavailable: ICE has not selected a pair yet, or it is closed.
+    """
+    enable_ice_restart()
+    _check_credentials(remote_ufrag, remote_pwd)
+    ice = _ice_transport(pc)
+    connection = ice._connection
+    if not connection._check_list_done and connection not in _restarts:
+        raise IceRestartUnavailable("the first ICE checks are still running")
+    restart = _supersede(connection)
+    local_ufrag, local_pwd = _ice_string(8), _ice_string(24)
+    connection._local_username, connection._local_password = local_ufrag, local_pwd
+    _restarts[connection] = restart
+    _new_generation(connection, restart, remote_ufrag, remote_pwd)
+    await _add_remote_candidates(ice, remote_candidates, end_of_candidates)
+    restart.task = asyncio.ensure_future(_run_checks(connection, restart, timeout_s))
+    restart.task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return local_ufrag, local_pwd, [candidate_from_aioice(c) for c in connection.local_candidates]
+
+
+class _GoneTransport:
+    """The socket of a network address that went away: sends nothing, is closed later."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        pass
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return bool(self._transport.is_closing())
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+
+async def _rebind_host_sockets(connection: Any) -> list[Any]:
+    """New host sockets (new ports) on the same addresses; the old ones go silent (nothing
+    sent, everything received dropped), as when the network under them changes.
+    :returns: the old protocols."""
+    loop = asyncio.get_running_loop()
+    gone, fresh, kept = [], [], []
+    for protocol in connection._protocols:
+        old = protocol.local_candidate
+        if old.type != "host":
+            kept.append(protocol)
+            continue
+        transport, new = await loop.create_datagram_endpoint(
+            lambda: aioice.ice.StunProtocol(connection), local_addr=(old.host, 0))
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # as aioice's own host sockets
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, aioice.turn.UDP_SOCKET_BUFFER_SIZE)
+        host, port = transport.get_extra_info("sockname")[:2]
+        new.local_candidate = Candidate(
+            foundation=candidate_foundation("host", "udp", host), component=old.component,
+            transport="udp", priority=candidate_priority(old.component, "host"), host=host,
+            port=port, type="host")
+        protocol.transport = _GoneTransport(protocol.transport)
+        protocol.datagram_received = lambda data, addr: None
+        gone.append(protocol)
+        fresh.append(new)
+    connection._protocols = fresh + kept
+    connection._local_candidates = [p.local_candidate for p in connection._protocols]
+    return gone
+
+
+async def begin_ice_restart(pc: Any, *, rebind: bool = False) -> tuple[str, str, list[RTCIceCandidate]]:
+    """Client side, step 1 of an ICE restart (an aiortc WHIP/WHEP client, RFC 9725 §4.3.3):
+    new local credentials for the PATCH fragment.
+
+    The peer's checks with the new credentials are answered at once and acted on in
+    :func:`complete_ice_restart` (RFC 8445 §7.3).  With ``rebind`` the host sockets move
+    to new ports and the old ones go silent — the client's address changes, as when a
+    phone moves from Wi-Fi to cellular; media stops until the restart completes.
+
+    :returns: ``(ufrag, pwd, candidates)`` to send (candidates: the current host ones).
+    :raises IceRestartUnavailable: ICE has not selected a pair yet, or it is closed.
+
+    When the PATCH is refused, call this again for another try, or close ``pc`` and open a
+    new session (after ``rebind`` the old address stays silent).
+    """
+    enable_ice_restart()
+    ice = _ice_transport(pc)
+    connection = ice._connection
+    restart = _supersede(connection)
+    ufrag, pwd = _ice_string(8), _ice_string(24)
+    connection._local_username, connection._local_password = ufrag, pwd
+    connection.remote_username = None  # any peer ufrag until complete_ice_restart
+    connection._early_checks.clear()
+    connection._early_checks_done = False
+    _restarts[connection] = restart
+    if rebind:
+        restart.gone.extend(await _rebind_host_sockets(connection))
+    return ufrag, pwd, [candidate_from_aioice(c) for c in connection.local_candidates]
+
+
+async def complete_ice_restart(
+    pc: Any,
+    remote_ufrag: str,
+    remote_pwd: str,
+    remote_candidates: Sequence[RTCIceCandidate],
+    *,
+    end_of_candidates: bool = True,
+    timeout_s: float = 10.0,
+) -> None:
+    """Client side, step 2: the server's new credentials and candidates (the PATCH's 200
+    fragment); runs the checks as the controlling agent and returns once a new pair is
+    nominated (RFC 8445 §8.1).  The old address's sockets (``rebind``) are closed then.
+
+    :raises ValueError: malformed credentials (RFC 8839 §5.4).
+    :raises IceRestartUnavailable: no :func:`begin_ice_restart` before.
+    :raises ConnectionError: no new pair within ``timeout_s`` (the previous pair stays).
+    """
+    _check_credentials(remote_ufrag, remote_pwd)
+    ice = _ice_transport(pc)
+    connection = ice._connection
+    restart = _restarts.get(connection)
+    if restart is None or restart.state is not None:
+        raise IceRestartUnavailable("begin_ice_restart was not called")
+    _new_generation(connection, restart, remote_ufrag, remote_pwd)
+    await _add_remote_candidates(ice, remote_candidates, end_of_candidates)
+    for early in connection._early_checks:  # answered already, acted on now
+        connection.check_incoming(*early)
+    connection._early_checks.clear()
+    connection._early_checks_done = True
+    restart.task = asyncio.ensure_future(_run_checks(connection, restart, timeout_s))
+    if not await restart.task:
+        raise ConnectionError("the ICE restart selected no new candidate pair")
+
+
+def selected_candidate_pair(pc: Any) -> tuple[tuple[str, int], tuple[str, int]] | None:
+    """``((local address, port), (remote address, port))`` of the pair ``pc`` sends on
+    (W3C webrtc-pc ``RTCIceTransport.getSelectedCandidatePair``); ``None`` before one is
+    selected."""
+    try:
+        pair = _ice_transport(pc)._connection._nominated.get(1)
+    except (IceRestartUnavailable, ValueError):
+        return None
+    if pair is None:
+        return None
+    return (pair.local_addr[0], pair.local_addr[1]), (pair.remote_addr[0], pair.remote_addr[1])
+
+
 # ------------------------------------------------------------------ capabilities
 
 _H264_EXTRA_PROFILES = ("4d001f", "640c1f", "64001f")
@@ -225,6 +610,17 @@ def enable_transport_cc(transceiver: RTCRtpTransceiver, extension_id: int) -> No
     if not any(e.uri == TRANSPORT_CC_URI for e in extensions):
         transceiver._headerExtensions = [
             *extensions, RTCRtpHeaderExtensionParameters(id=extension_id, uri=TRANSPORT_CC_URI)]
+
+
+def enable_header_extension(transceiver: RTCRtpTransceiver, uri: str, extension_id: int) -> None:
+    """Answer (and parse) the RTP header extension ``uri`` with the offer's id on a transceiver
+    (before ``createAnswer``): aiortc negotiates only the extensions it implements, so the
+    simulcast RtpStreamId / RepairedRtpStreamId (RFC 8852 §3–4) would be dropped from the
+    answer, and RTP packets would be parsed without them."""
+    extensions = transceiver._headerExtensions
+    if not any(e.uri == uri for e in extensions):
+        transceiver._headerExtensions = [
+            *extensions, RTCRtpHeaderExtensionParameters(id=extension_id, uri=uri)]
 
 
 def transport_cc_negotiated(parameters: Any) -> bool:
@@ -318,6 +714,14 @@ def install_forwarding_receiver(
     padding-only probes included, before any other check — and the transport's
     :class:`TransportFeedback` reports it.
 
+    Simulcast (RFC 8853): each stream of a publisher arrives on its own SSRC, routed here by
+    payload type; each media SSRC gets its own NACK generator (aiortc's keeps one sequence
+    space), and an RTX packet from an unknown SSRC is mapped to its stream's media SSRC by its
+    RepairedRtpStreamId (RFC 8852 §4) — aiortc maps RTX only through ``a=ssrc-group:FID``,
+    which simulcast offers from browsers do not carry.  The caller tells the streams apart
+    by the RtpStreamId in ``packet.extensions.rtp_stream_id`` (sent until the SFU's receiver
+    reports name the SSRC; it must remember SSRC → rid itself).
+
     aiortc learns a publisher's RTX SSRC only from a second ``a=ssrc`` line.
     FFmpeg's WHIP muxer names it in ``a=ssrc-group:FID`` alone (RFC 5576 §4),
     so an RTX packet from an unknown SSRC is mapped to the media SSRC of its
@@ -326,10 +730,11 @@ def install_forwarding_receiver(
     """
     name = "_RTCRtpReceiver__"
     kind = getattr(receiver, name + "kind")
-    nack_generator = NackGenerator() if kind == "video" else None
+    nack_generators: dict[int, NackGenerator] = {}  # media SSRC -> its NACK state (video)
     original_rtcp = receiver._handle_rtcp_packet
     original_stop = receiver.stop
     media_ssrc: dict[int, int] = {}  # media payload type -> SSRC, for unsignalled RTX
+    rid_ssrc: dict[str, int] = {}  # RtpStreamId -> media SSRC (simulcast, RFC 8852 §3)
     feedback: TransportFeedback | None = None
 
     async def receive(self: RTCRtpReceiver, parameters: Any) -> None:
@@ -368,17 +773,29 @@ def install_forwarding_receiver(
             rtx_ssrc = getattr(self, name + "rtx_ssrc")
             original_ssrc = rtx_ssrc.get(packet.ssrc)
             apt = codec.parameters.get("apt")
-            if original_ssrc is None and isinstance(apt, int):
-                original_ssrc = media_ssrc.get(apt)  # RTX SSRC only in a=ssrc-group:FID
+            if original_ssrc is None:
+                repaired = packet.extensions.repaired_rtp_stream_id
+                if repaired is not None:  # simulcast RTX names its stream (RFC 8852 §4)
+                    original_ssrc = rid_ssrc.get(repaired)
+                elif isinstance(apt, int) and not rid_ssrc:
+                    original_ssrc = media_ssrc.get(apt)  # RTX SSRC only in a=ssrc-group:FID
                 if original_ssrc is not None:
                     rtx_ssrc[packet.ssrc] = original_ssrc
             if original_ssrc is None or len(packet.payload) < 2 or apt not in codecs:
                 return
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
-        elif packet.payload_type not in media_ssrc:
-            media_ssrc[packet.payload_type] = packet.ssrc
-        if nack_generator is not None and nack_generator.add(packet):
-            await self._send_rtcp_nack(packet.ssrc, sorted(nack_generator.missing))
+        else:
+            rid = packet.extensions.rtp_stream_id
+            if rid is not None and rid_ssrc.get(rid) != packet.ssrc:
+                rid_ssrc[rid] = packet.ssrc
+            if packet.payload_type not in media_ssrc:
+                media_ssrc[packet.payload_type] = packet.ssrc
+        if kind == "video":
+            generator = nack_generators.get(packet.ssrc)
+            if generator is None:
+                generator = nack_generators[packet.ssrc] = NackGenerator()
+            if generator.add(packet):
+                await self._send_rtcp_nack(packet.ssrc, sorted(generator.missing))
         on_rtp(packet, arrival_time_ms)
 
     async def handle_rtcp(self: RTCRtpReceiver, packet: AnyRtcpPacket) -> None:
@@ -503,6 +920,125 @@ def install_forwarding_sender(
     sender._handle_rtcp_packet = MethodType(handle_rtcp, sender)  # type: ignore[method-assign]
 
 
+# -------------------------------------------------------- consume side: RTCP tap
+
+_RTCP_TAP = "_relaycast_rtcp_tap"  # RTCDtlsTransport attribute: the on_feedback callback
+
+
+def split_transport_feedback(data: bytes, on_feedback: Callable[[bytes], None]) -> bytes:
+    """Hand each RTCP transport feedback packet (RTPFB, FMT 15;
+    draft-holmer-rmcat-transport-wide-cc-extensions-01 §3.1) of the compound RTCP packet
+    ``data`` (RFC 3550 §6.1, already SRTCP-unprotected) to ``on_feedback`` as raw bytes, and
+    return the compound without them (``data`` itself when it holds none; ``b""`` when it
+    held nothing else).  A truncated tail is left in the rest, for aiortc to reject.
+    """
+    n = len(data)
+    pos = 0
+    kept: list[bytes] | None = None
+    while pos + 4 <= n:
+        first = data[pos]
+        end = pos + (((data[pos + 2] << 8) | data[pos + 3]) + 1) * 4
+        if end > n:
+            break
+        if first >> 6 == 2 and first & 0x1F == 15 and data[pos + 1] == 205:
+            if kept is None:
+                kept = [data[:pos]]
+            on_feedback(data[pos:end])
+        elif kept is not None:
+            kept.append(data[pos:end])
+        pos = end
+    if kept is None:
+        return data
+    kept.append(data[pos:])
+    return b"".join(kept)
+
+
+def install_rtcp_tap(dtls_transport: RTCDtlsTransport, on_feedback: Callable[[bytes], None]) -> None:
+    """Deliver the viewer's transport-cc feedback on ``dtls_transport`` (one instance) to
+    ``on_feedback(packet: bytes)``, one raw RTPFB FMT 15 packet per call (§3.1).
+
+    aiortc parses FMT 15 as a generic NACK (RFC 4585 §6.2.1) and drops its FCI; a feedback
+    packet with RTCP padding even makes it reject the whole compound packet — the NACK or
+    receiver report beside it included.  The tap takes the FMT 15 packets out of each
+    compound packet before aiortc parses it; aiortc's own handling (receiver reports, NACK,
+    PLI, REMB routed to the senders) continues with the rest.  Installing again replaces the
+    callback.  An exception from ``on_feedback`` is logged, not raised into aiortc's receive
+    loop (it would end the transport).
+    """
+    already = getattr(dtls_transport, _RTCP_TAP, None) is not None
+    setattr(dtls_transport, _RTCP_TAP, on_feedback)
+    if already:
+        return
+    original = dtls_transport._handle_rtcp_data
+
+    def deliver(packet: bytes) -> None:
+        try:
+            getattr(dtls_transport, _RTCP_TAP)(packet)
+        except Exception:  # noqa: BLE001 — the receive loop must go on
+            logger.exception("transport feedback callback failed")
+
+    async def handle_rtcp_data(self: RTCDtlsTransport, data: bytes) -> None:
+        rest = split_transport_feedback(data, deliver)
+        if rest:
+            await original(rest)
+
+    dtls_transport._handle_rtcp_data = MethodType(handle_rtcp_data, dtls_transport)  # type: ignore[method-assign]
+    setattr(dtls_transport, _RTCP_DELIVER, (deliver, original))
+
+
+_RTCP_DELIVER = "_relaycast_rtcp_deliver"  # RTCDtlsTransport: (deliver, aiortc's own handler)
+_DIRECT = "_relaycast_rtcp_direct"  # aioice protocol attribute: the hook is installed
+
+
+def receive_rtcp_directly(dtls_transport: RTCDtlsTransport) -> int:
+    """Take a connected viewer transport's SRTCP out of aiortc's receive loop (call after
+    :func:`install_rtcp_tap`, once the transport is connected; idempotent).
+
+    A browser sends transport-cc feedback every 50 ms — at 200 viewers 4,000 datagrams a
+    second, each costing ~25 µs in aiortc's path (aioice queue, the DTLS transport's receive
+    coroutine, SRTCP unprotect, parse, routing) before the estimator sees it.  Here the
+    ICE socket's datagram callback unprotects SRTCP itself (RFC 3711 §3.4) and hands the
+    feedback to the tap synchronously; anything else in the packet (receiver reports, NACK,
+    PLI, REMB) still goes to aiortc's handler, in a task.  RTP, DTLS and STUN are untouched.
+    Returns the number of ICE sockets hooked (0: not connected yet — call again later).
+    """
+    tap = getattr(dtls_transport, _RTCP_DELIVER, None)
+    if tap is None or dtls_transport._state != State.CONNECTED or dtls_transport._rx_srtp is None:
+        return 0
+    deliver, original = tap
+    unprotect_rtcp = dtls_transport._rx_srtp.unprotect_rtcp
+    hooked = 0
+    for protocol in getattr(dtls_transport.transport._connection, "_protocols", []):
+        if getattr(protocol, _DIRECT, False):
+            hooked += 1
+            continue
+        received = protocol.datagram_received
+
+        def datagram_received(data: bytes, addr: Any, received: Any = received) -> None:
+            # RFC 5761 §4 / RFC 7983: version 2, then an RTCP packet type (aiortc's is_rtcp)
+            if len(data) > 22 and 127 < data[0] < 192 and 191 < data[1] < 209:
+                try:
+                    plain = unprotect_rtcp(data)
+                except pylibsrtp.Error:
+                    return
+                rest = split_transport_feedback(plain, deliver)
+                if rest:
+                    task = asyncio.ensure_future(original(rest))
+                    task.add_done_callback(_rtcp_task_done)
+                return
+            received(data, addr)
+
+        protocol.datagram_received = datagram_received
+        setattr(protocol, _DIRECT, True)
+        hooked += 1
+    return hooked
+
+
+def _rtcp_task_done(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("RTCP handling failed: %r", task.exception())
+
+
 class _Route:
     __slots__ = ("protect", "protect_rtcp", "sock_sendto", "transport", "addr")
 
@@ -524,16 +1060,19 @@ class RawRtpSender:
     Skips aiortc's coroutine chain (``_send_rtp`` → ``Connection.send`` →
     ``sendto``): one ``protect`` and one ``sendto`` on the nominated ICE pair's
     socket per packet.  The route is resolved once and reused while the DTLS
-    transport stays connected (no ICE restart exists to move it).  Errors
+    transport stays connected and its nominated pair stays the same: when the
+    pair changes (an ICE restart, :func:`restart_ice`) the route is dropped and
+    resolved again on the next packet (:func:`enable_ice_restart`).  Errors
     (transport closed, no nominated pair, socket errors) are counted in
     ``dropped``, never raised.
     """
 
-    __slots__ = ("_dtls", "_route", "dropped")
+    __slots__ = ("_dtls", "_route", "_pair", "dropped", "__weakref__")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
         self._route: _Route | None = None
+        self._pair: Any = None  # the nominated ICE pair the route was resolved for
         self.dropped = 0
 
     def _resolve(self) -> _Route | None:
@@ -541,9 +1080,12 @@ class RawRtpSender:
         dtls = self._dtls
         if dtls._state != State.CONNECTED or dtls._tx_srtp is None:
             return None
-        pair = dtls.transport._connection._nominated.get(1)
+        connection = dtls.transport._connection
+        pair = connection._nominated.get(1)
         if pair is None or pair.protocol.transport is None:
             return None
+        self._pair = pair
+        _register_raw_sender(connection, self)  # dropped when the nominated pair changes
         self._route = _Route(dtls._tx_srtp, pair.protocol.transport, pair.remote_addr)
         return self._route
 

@@ -54,6 +54,13 @@ class SfuConfig:
         (ICE and DTLS, RFC 8445 / RFC 6347) before the SFU closes it and reports
         ``session_closed`` (``RELAYCAST_CONNECT_TIMEOUT_S``, default 15 s).  Offers whose
         client never completes ICE would otherwise hold a session slot and a socket.
+    :ivar adaptive: viewers' video consumers pick their simulcast/temporal layer from the
+        bandwidth estimate and the viewer's size hint (``RELAYCAST_ADAPTIVE``, default on;
+        ``0`` forwards the top layer, every frame, to everyone).
+    :ivar initial_estimate_bps: a viewer's bandwidth estimate before its first feedback,
+        bits/s (``RELAYCAST_INITIAL_ESTIMATE_BPS``, default 2,500,000 — libwebrtc's
+        ``x-google-start-bitrate`` the SFU gives publishers); a viewer starts on the largest
+        layer that fits it.
     """
 
     ice_gather: tuple[str, ...] = ()
@@ -71,6 +78,8 @@ class SfuConfig:
     there (``RELAYCAST_PIPE_LINGER_S``)."""
 
     role: str = "media"
+    adaptive: bool = True
+    initial_estimate_bps: int = 2_500_000
 
     def __post_init__(self) -> None:
         if self.role not in NODE_ROLES:
@@ -111,6 +120,9 @@ class SfuConfig:
             node_id=env.get("RELAYCAST_NODE_ID", "sfu-1"),
             pipe_linger_s=env_number(env, "RELAYCAST_PIPE_LINGER_S", 10.0, 0, 3600),
             role=env.get("RELAYCAST_NODE_ROLE", "media").strip().lower() or "media",
+            adaptive=env.get("RELAYCAST_ADAPTIVE", "1").strip().lower() not in ("0", "false", "no", "off"),
+            initial_estimate_bps=int(env_number(env, "RELAYCAST_INITIAL_ESTIMATE_BPS", 2_500_000,
+                                                50_000, 100_000_000, integer=True)),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -129,5 +141,7 @@ class SfuConfig:
             "RELAYCAST_NODE_ID": self.node_id,
             "RELAYCAST_PIPE_LINGER_S": repr(self.pipe_linger_s),
             "RELAYCAST_NODE_ROLE": self.role,
+            "RELAYCAST_ADAPTIVE": "1" if self.adaptive else "0",
+            "RELAYCAST_INITIAL_ESTIMATE_BPS": str(self.initial_estimate_bps),
         }
         return env

@@ -9,7 +9,21 @@ ids — and sends it with one SRTP protect and one ``sendto``.  It also:
   (RFC 4585 §6.2.1), as RTX (RFC 4588) when negotiated;
 * turns PLI/FIR from the viewer into a throttled key-frame request upstream;
 * emits an RTCP sender report (RFC 3550 §6.4.1) per second mapped from the
-  publisher's own reports, so players can lip-sync audio and video.
+  publisher's own reports, so players can lip-sync audio and video;
+* numbers every packet for transport-wide congestion control when the viewer negotiated
+  it (draft-holmer-rmcat-transport-wide-cc-extensions-01 §2), through the viewer's
+  :class:`~sfu.bandwidth.BandwidthEstimator`, which the viewer's feedback drives.
+
+An *adaptive* video consumer (a viewer's) picks its layer itself (mediasoup
+``SimulcastConsumer``, LiveKit ``DownTrack`` + ``StreamAllocator``): every tick
+:meth:`Consumer.update_layers` asks its :class:`~sfu.layer_selector.LayerSelector` for the
+(spatial, temporal) target that fits the estimate and the viewer's rendered size
+(:meth:`Consumer.set_max_size`); a spatial switch waits for a key frame of the target
+simulcast stream (PLI upstream for it), a temporal one happens at the next frame that
+allows it (VP8 layer sync, RFC 7741 §4.2); frames above the temporal target are dropped
+and the output sequence numbers close up behind them (:meth:`Forwarder.drop`), VP8 picture
+ids stay continuous (:class:`~sfu.vp8.Vp8Munger`); when nothing fits, video pauses and audio
+goes on.
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ import itertools
 import logging
 import struct
 import time
+from array import array
 from typing import TYPE_CHECKING
 
 from aiortc import RTCRtpCodecParameters
@@ -39,14 +54,28 @@ from aiortc.rtp import (
 
 from . import aiortc_private
 from .forwarder import Forwarder
+from .layer_selector import LayerInfo, LayerSelector
 from .rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID
+from .twcc import TRANSPORT_CC_URI
+from .vp8 import Vp8Munger
 
 if TYPE_CHECKING:
-    from .producer import MediaPacket, Producer
+    from .bandwidth import BandwidthEstimator
+    from .producer import Layer, MediaPacket, Producer
 
 logger = logging.getLogger(__name__)
 _ids = itertools.count(1)
 _HEADER = struct.Struct("!BBHII")
+_U16 = struct.Struct("!H").pack
+CONGESTION_MEMORY_S = 3.0
+"""An estimate that fell within this many seconds is a congestion signal: only then may it
+take a viewer below what it receives now (an estimate that is merely low — the estimator
+has not yet seen the rate the stream needs — does not)."""
+KEYFRAME_WAIT_RETRY_S = 1.0
+PAUSE_AFTER_S = 2.0
+"""Video pauses only when even the lowest layer has not fitted the budget for this long."""
+RTX_SHARE = 0.5
+"""Retransmissions take at most this share of the viewer's bandwidth estimate."""
 
 
 class Consumer:
@@ -54,11 +83,13 @@ class Consumer:
 
     :param kind: ``"audio"`` or ``"video"``.
     :param clock_rate: codec clock rate in Hz.
+    :param adaptive: a video consumer that picks its own layer (viewers); a non-adaptive
+        one (node pipes) gets the producer's top layer, every temporal layer.
     """
 
     HISTORY = 1024  # packets kept per consumer for NACK (~3 s of 1.5 Mbps video)
 
-    def __init__(self, kind: str, clock_rate: int, subscriber_id: str) -> None:
+    def __init__(self, kind: str, clock_rate: int, subscriber_id: str, *, adaptive: bool = False) -> None:
         self.id = f"c{next(_ids)}"
         self.kind = kind
         self.subscriber_id = subscriber_id
@@ -69,6 +100,8 @@ class Consumer:
         self.params: aiortc_private.SendParameters | None = None
         self.raw: aiortc_private.RawRtpSender | None = None
         self.closed = False
+        self.bwe: BandwidthEstimator | None = None
+        """The viewer transport's estimator (shared with its other consumers), if any."""
         # counters
         self.packets_sent = 0
         self.octets_sent = 0
@@ -76,10 +109,17 @@ class Consumer:
         self.nacks_received = 0
         self.plis_received = 0
         self.dropped_waiting = 0
+        self.dropped_temporal = 0
+        self.layer_switches = 0
+        self.padding_sent = 0
         self.remb_bps: int | None = None
         self.fraction_lost = 0
         self.rtt_s: float | None = None
-        self._history: list[tuple[int, int, MediaPacket] | None] = [None] * self.HISTORY
+        self._history: list[tuple[int, int, MediaPacket, bytes] | None] = [None] * self.HISTORY
+        self._resent_at = array("d", bytes(8 * self.HISTORY))  # monotonic time, per ring slot
+        self._rtx_tokens = 0.0  # bytes retransmissions may still take (bucket of 100 ms)
+        self._rtx_refilled = 0.0
+        self.retransmits_skipped = 0
         self._rtx_seq = 0
         self._waiting_since = time.monotonic()
         self._last_sr_mid = 0
@@ -90,6 +130,24 @@ class Consumer:
         self._ext_static = b""
         self._ast_element = b""  # one-byte-header element prefix for abs-send-time
         self._level_id = 0
+        self._twcc_id = 0
+        self._next_twcc = None  # bound BandwidthEstimator.next_sequence when negotiated
+        # layers (adaptive video consumers)
+        self.adaptive = adaptive and kind == "video"
+        self.selector = LayerSelector() if self.adaptive else None
+        self.max_width: int | None = None
+        self.max_height: int | None = None
+        self.paused = False
+        """Video paused: not even the lowest layer fits the estimate."""
+        self._layer: Layer | None = None  # the layer forwarded now (adaptive)
+        self._target_layer: Layer | None = None  # waiting for its key frame
+        self._tid = 255  # highest temporal layer forwarded now
+        self._target_tid = 255
+        self._munger = None
+        self._last_estimate = 0
+        self._last_source = ""
+        self._short_since: float | None = None  # when the budget fell below the lowest layer
+        self._estimate_fell_at = -1e9
 
     # ------------------------------------------------------------ lifecycle
     def on_sender_started(self, params: aiortc_private.SendParameters, raw: aiortc_private.RawRtpSender) -> None:
@@ -105,9 +163,15 @@ class Consumer:
         ast_id = ext.get(URI_ABS_SEND_TIME, 0)
         self._ast_element = bytes([(ast_id << 4) | 2]) if 1 <= ast_id <= 14 else b""
         self._level_id = ext.get(URI_AUDIO_LEVEL, 0) if 1 <= ext.get(URI_AUDIO_LEVEL, 0) <= 14 else 0
+        twcc_id = ext.get(TRANSPORT_CC_URI, 0)
+        if 1 <= twcc_id <= 14 and self.bwe is not None:
+            self._twcc_id = twcc_id
+            self._next_twcc = self.bwe.next_sequence
+        if self.kind == "video" and params.codec.mimeType.lower() == "video/vp8":
+            self._munger = Vp8Munger()
         self._rtx_seq = self.forwarder.last_seq_out ^ 0x5A5A
         if self.producer is not None:
-            self.producer.request_keyframe()
+            self._ask_keyframe()
 
     def attach(self, producer: Producer) -> None:
         """Start (or resume) forwarding ``producer``; gates on its next key frame."""
@@ -118,42 +182,190 @@ class Consumer:
         self.forwarder.switch_source()
         self.producer = producer
         self._waiting_since = time.monotonic()
-        producer.add_consumer(self)
-        if self.raw is not None:
+        if self.adaptive:
+            self._layer = self._target_layer = None
+            self._tid = self._target_tid = 255
+            self.paused = False
+            self._choose_layer(producer, time.monotonic(), 0)  # asks the layer for a key frame
+        else:
+            producer.add_consumer(self)
+        if self.raw is not None and not self.adaptive:
             # Not yet connected: on_sender_started asks once packets can flow;
             # a key frame now would arrive before it and be wasted.
-            producer.request_keyframe()
+            self._ask_keyframe()
 
     def detach(self) -> None:
         """Producer gone (publisher left): keep the output space, wait for the next one."""
         if self.producer is not None:
             self.producer.remove_consumer(self)
             self.producer = None
+        self._layer = self._target_layer = None
         self.forwarder.switch_source()
 
     def close(self) -> None:
         self.detach()
         self.closed = True
         self.raw = None
+        self._next_twcc = None
         self._history = []
 
     @property
-    def waiting_for_keyframe(self) -> bool:
-        return self.producer is not None and not self.forwarder.started
+    def current_layer(self) -> Layer | None:
+        """The producer layer this adaptive consumer forwards now (``None``: not adaptive,
+        paused, or before its first key frame)."""
+        return self._layer
 
-    def needs_keyframe_retry(self, now: float, after_s: float = 1.0) -> bool:
+    @property
+    def waiting_for_keyframe(self) -> bool:
+        return self.producer is not None and not self.forwarder.started and not self.paused
+
+    def needs_keyframe_retry(self, now: float, after_s: float = KEYFRAME_WAIT_RETRY_S) -> bool:
         """True when still gated on a key frame ``after_s`` seconds after asking."""
-        if self.kind != "video" or not self.waiting_for_keyframe or self.raw is None:
+        if self.kind != "video" or self.raw is None:
+            return False
+        if not (self.waiting_for_keyframe or self._target_layer is not None):
             return False
         if now - self._waiting_since >= after_s:
             self._waiting_since = now
             return True
         return False
 
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a key frame of the layer this consumer waits for or gets."""
+        self._ask_keyframe()
+
+    def _ask_keyframe(self) -> None:
+        producer = self.producer
+        if producer is None or self.kind != "video":
+            return
+        layer = self._target_layer or self._layer
+        if layer is not None:
+            if not producer.closed:
+                layer.request_keyframe()
+        elif not self.adaptive:
+            producer.request_keyframe()
+
+    # --------------------------------------------------------------- layers
+    def set_max_size(self, width: int | None, height: int | None) -> None:
+        """The viewer's rendered video size in device pixels (``None``: no hint); the consumer
+        never sends a layer much larger (:class:`~sfu.layer_selector.LayerSelector`).  Applied
+        at once."""
+        self.max_width, self.max_height = width, height
+        if self.producer is not None and self.adaptive:
+            self.update_layers(time.monotonic(), 0)
+
+    def _budget(self, now: float, audio_bps: int) -> int | None:
+        """Bits per second the video may use: the estimate less the audio; ``None`` (no
+        limit) without an estimator.  While the estimate has not fallen lately it never
+        counts for less than what this consumer sends now."""
+        bwe = self.bwe
+        if bwe is None:
+            return None
+        estimate = bwe.estimate_bps
+        source = bwe.source
+        if estimate < self._last_estimate * 0.97 and source == self._last_source:
+            self._estimate_fell_at = now  # not when another signal takes over (first REMB)
+        self._last_estimate = estimate
+        self._last_source = source
+        budget = estimate - audio_bps
+        if now - self._estimate_fell_at > CONGESTION_MEMORY_S:
+            budget = max(budget, int(self._current_bps() * 1.05))
+        return max(budget, 0)
+
+    def _current_bps(self) -> int:
+        layer = self._layer
+        if layer is None or self.paused:
+            return 0
+        rates = layer.bitrates_bps
+        return sum(rates[: min(self._tid, len(rates) - 1) + 1])
+
+    def update_layers(self, now: float, audio_bps: int) -> None:
+        """Pick the layer (the room's tick, the size hint): see the module docstring."""
+        producer = self.producer
+        if not self.adaptive or producer is None or producer.closed:
+            return
+        self._choose_layer(producer, now, audio_bps)
+
+    def _choose_layer(self, producer: Producer, now: float, audio_bps: int) -> None:
+        selector = self.selector
+        assert selector is not None
+        layers = producer.layers
+        infos = [
+            LayerInfo(layer.spatial, layer.width, layer.height, _cumulative(layer.bitrates_bps),
+                      layer.active or not producer.simulcast)
+            for layer in layers
+        ]
+        budget = self._budget(now, audio_bps)
+        if budget is not None and not self.paused:
+            # Pause only after PAUSE_AFTER_S of shortfall: until then the lowest layer stays
+            # (a burst of delay noise must not blank the picture).
+            lowest = min((info.bitrates_bps[0] for info in infos if info.active and info.bitrates_bps[0]),
+                         default=0)
+            if budget < lowest:
+                if self._short_since is None:
+                    self._short_since = now
+                if now - self._short_since < PAUSE_AFTER_S:
+                    budget = lowest
+            else:
+                self._short_since = None
+        target = selector.select(infos, 10**10 if budget is None else budget,
+                                 self.max_width, self.max_height, now)
+        if target is None:
+            self._pause()
+        else:
+            spatial, temporal = target
+            self._target_tid = temporal  # down from the next frame on, up at a layer sync
+            self._go_to(layers[min(spatial, len(layers) - 1)], now)
+        if budget is not None and self.bwe is not None:
+            need = selector.probe_bps
+            if need and need > budget:
+                self.bwe.probe(need + audio_bps)
+
+    def _go_to(self, layer: Layer, now: float) -> None:
+        self.paused = False
+        if layer is self._layer:
+            if self._target_layer is not None:  # cancel a pending switch
+                self._target_layer.remove_sink(self)
+                self._target_layer = None
+            return
+        if layer is self._target_layer:
+            return
+        if self._target_layer is not None:
+            self._target_layer.remove_sink(self)
+        self._target_layer = layer
+        self._waiting_since = now
+        layer.add_sink(self)
+        if self.raw is not None:
+            layer.request_keyframe()
+
+    def _pause(self) -> None:
+        if self.paused:
+            return
+        self.paused = True
+        for layer in (self._layer, self._target_layer):
+            if layer is not None:
+                layer.remove_sink(self)
+        self._layer = self._target_layer = None
+        self.forwarder.switch_source()
+
+    def _switch_to(self, layer: Layer) -> None:
+        """A key frame of the target layer arrived: forward it from now on."""
+        old = self._layer
+        if old is not None:
+            old.remove_sink(self)
+            self.layer_switches += 1
+        self._layer = layer
+        self._target_layer = None
+        self._tid = self._target_tid
+        self.forwarder.switch_source()
+
     # ------------------------------------------------------------ fast path
-    def _extension(self, media: MediaPacket) -> bytes:
-        """The whole RFC 8285 one-byte-header block (0xBEDE, length, elements, padding)."""
-        layout = (self._ext_static, self._ast_element, self._level_id)
+    def _extension(self, media: MediaPacket) -> tuple[bytes, bytes, int]:
+        """The RFC 8285 one-byte-header block (0xBEDE, length, elements, padding) around the
+        transport-wide sequence number: ``(before, after, header bytes)``; the number goes
+        between them when transport-cc was negotiated, and the RTP header with the block
+        takes ``header bytes``."""
+        layout = (self._ext_static, self._ast_element, self._level_id, self._twcc_id)
         block = media.extensions.get(layout)
         if block is None:
             body = self._ext_static
@@ -161,41 +373,117 @@ class Consumer:
                 body += self._ast_element + media.abs_send_time
             if self._level_id and media.audio_level is not None:
                 body += bytes((self._level_id << 4, media.audio_level))
-            if body:
-                body += b"\x00" * (-len(body) % 4)
-                block = struct.pack("!HH", 0xBEDE, len(body) >> 2) + body
+            size = len(body)
+            if self._twcc_id:
+                body += bytes(((self._twcc_id << 4) | 1,))
+                size += 3
+            if size:
+                pad = -size % 4
+                before = struct.pack("!HH", 0xBEDE, (size + pad) >> 2) + body
+                block = (before, b"\x00" * pad, 12 + 4 + size + pad)
             else:
-                block = b""
+                block = (b"", b"", 12)
             media.extensions[layout] = block
         return block
 
     def forward(self, media: MediaPacket) -> None:
         """Rewrite and send one packet (the hot path; no allocation beyond the datagram)."""
-        raw = self.raw
-        if raw is None:
+        if self.raw is None:
             return
+        if media.layer is not self._layer:
+            if not self.adaptive:  # the producer's top layer changed: a new stream
+                self._layer = media.layer
+                self.forwarder.switch_source()
+            elif media.layer is not self._target_layer or not media.keyframe:
+                return
+            else:
+                self._switch_to(media.layer)
+        munger = self._munger
+        if self.adaptive:
+            if media.frame_start:  # temporal switches happen between frames
+                tid = media.tid
+                if media.keyframe or self._tid > self._target_tid:
+                    self._tid = self._target_tid
+                elif self._tid < tid <= self._target_tid and media.layer_sync:
+                    self._tid = tid  # up one temporal layer at a frame that allows it
+            if media.tid > self._tid and (munger is None or munger.drop(media.payload)):
+                self.dropped_temporal += 1
+                self.forwarder.drop(media.seq)
+                return
         fwd = self.forwarder
         if not fwd.started:
             if not media.keyframe:
                 self.dropped_waiting += 1
                 return
             fwd.start(media.seq, media.timestamp)
+            if self._munger is not None:
+                self._munger.start(media.payload)
         mapped = fwd.munge(media.seq, media.timestamp)
         if mapped is None:
             return
         seq, ts = mapped
-        self._history[seq % self.HISTORY] = (seq, ts, media)
-        self._send(seq, ts, media, self._pt, self._ssrc, b"")
+        payload = media.payload
+        if munger is not None:
+            if media.frame_start:
+                munger.forwarded(payload)
+            key = munger.key
+            if key is not None:
+                rewrites = media.rewrites
+                if rewrites is None:
+                    rewrites = media.rewrites = {}
+                payload = rewrites.get(key)
+                if payload is None:
+                    payload = rewrites[key] = munger.rewrite(media.payload)
+        self._history[seq % self.HISTORY] = (seq, ts, media, payload)
+        self._send(seq, ts, media, payload, self._pt, self._ssrc, b"")
 
-    def _send(self, seq: int, ts: int, media: MediaPacket, pt: int, ssrc: int, prefix: bytes) -> None:
+    def _send(self, seq: int, ts: int, media: MediaPacket, payload: bytes, pt: int, ssrc: int,
+              prefix: bytes, probe: bool = False) -> None:
         raw = self.raw
         if raw is None:
             return
-        block = self._extension(media)
-        header = _HEADER.pack(0x90 if block else 0x80, (media.marker << 7) | pt, seq, ts, ssrc)
-        if raw.send_rtp(b"".join((header, block, prefix, media.payload))):
+        before, after, header_size = self._extension(media)
+        header = _HEADER.pack(0x90 if before else 0x80, (media.marker << 7) | pt, seq, ts, ssrc)
+        next_twcc = self._next_twcc
+        if next_twcc is not None:
+            size = header_size + len(prefix) + len(payload)
+            bwe = self.bwe
+            number = bwe.next_probe_sequence(size) if probe and bwe is not None else next_twcc(size)
+            data = b"".join((header, before, _U16(number), after, prefix, payload))
+        else:
+            data = b"".join((header, before, after, prefix, payload))
+        if raw.send_rtp(data):
             self.packets_sent += 1
-            self.octets_sent += len(media.payload)
+            self.octets_sent += len(payload)
+
+    def send_padding(self, size: int) -> bool:
+        """Send about ``size`` bytes of probe traffic (the estimator's padding sender): an RTX
+        copy of a recent packet (RFC 4588; the viewer discards it as a duplicate), else a
+        padding-only RTX packet (RFC 3550 §5.1, at most 255 bytes).  ``False`` without RTX
+        or before the transport is up."""
+        params = self.params
+        if self.raw is None or params is None or params.rtx_payload_type is None:
+            return False
+        self.padding_sent += 1
+        history = self._history
+        entry = history[self.forwarder.last_seq_out % self.HISTORY] if history else None
+        self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+        if entry is not None and entry[0] == self.forwarder.last_seq_out:
+            seq, ts, media, payload = entry
+            self._send(self._rtx_seq, ts, media, payload, params.rtx_payload_type, params.rtx_ssrc,
+                       _U16(seq), probe=True)
+            return True
+        pad = max(1, min(size - 12, 255))
+        header = _HEADER.pack(0xA0, params.rtx_payload_type, self._rtx_seq, self.forwarder.last_ts_out,
+                              params.rtx_ssrc)
+        data = header + bytes(pad - 1) + bytes((pad,))
+        bwe = self.bwe
+        if self._twcc_id and bwe is not None:
+            number = bwe.next_probe_sequence(len(data) + 4)
+            ext = struct.pack("!HHBHB", 0xBEDE, 1, (self._twcc_id << 4) | 1, number, 0)
+            data = _HEADER.pack(0xB0, params.rtx_payload_type, self._rtx_seq, self.forwarder.last_ts_out,
+                                params.rtx_ssrc) + ext + bytes(pad - 1) + bytes((pad,))
+        return self.raw.send_rtp(data)
 
     # ----------------------------------------------------------------- RTCP
     def on_rtcp(self, packet: AnyRtcpPacket) -> None:
@@ -206,13 +494,14 @@ class Consumer:
                 self.retransmit(seq)
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
             self.plis_received += 1
-            if self.producer is not None:
-                self.producer.request_keyframe()
+            self._ask_keyframe()
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
             try:
                 self.remb_bps, _ = unpack_remb_fci(packet.fci)
             except ValueError:
-                pass
+                return
+            if self.bwe is not None:
+                self.bwe.on_remb(self.remb_bps)
         elif isinstance(packet, RtcpRrPacket | RtcpSrPacket):
             for report in packet.reports:
                 if report.ssrc != self._ssrc:
@@ -222,22 +511,45 @@ class Consumer:
                     rtt = time.time() - self._last_sr_time - report.dlsr / 65536
                     if rtt >= 0:
                         self.rtt_s = rtt
+                if self.bwe is not None and self.kind == "video":
+                    self.bwe.on_receiver_report(report.fraction_lost, self.rtt_s)
 
     def retransmit(self, seq: int) -> bool:
-        """Resend output packet ``seq`` from the sequencer ring; RTX when negotiated."""
+        """Resend output packet ``seq`` from the sequencer ring; RTX when negotiated.
+
+        Bounded as libwebrtc bounds its own: a packet resent less than one round trip ago
+        (100 ms while the RTT is unknown) is not resent again — the first copy may still be
+        on its way — and retransmissions take at most :data:`RTX_SHARE` of the viewer's
+        bandwidth estimate (a 100 ms bucket), so a NACK storm after a link drop does not
+        keep the link full.  ``False`` when not resent."""
         if not self._history:
             return False
-        entry = self._history[seq % self.HISTORY]
+        slot = seq % self.HISTORY
+        entry = self._history[slot]
         if entry is None or entry[0] != seq or self.params is None:
             return False
-        _, ts, media = entry
+        _, ts, media, payload = entry
+        now = time.monotonic()
+        if now - self._resent_at[slot] < (self.rtt_s or 0.1):
+            self.retransmits_skipped += 1
+            return False
+        bwe = self.bwe
+        if bwe is not None:
+            rate = bwe.estimate_bps * RTX_SHARE / 8  # bytes/s
+            self._rtx_tokens = min(rate * 0.1, self._rtx_tokens + (now - self._rtx_refilled) * rate)
+            self._rtx_refilled = now
+            if self._rtx_tokens < len(payload):
+                self.retransmits_skipped += 1
+                return False
+            self._rtx_tokens -= len(payload)
+        self._resent_at[slot] = now
         self.retransmits += 1
         rtx_pt = self.params.rtx_payload_type
         if rtx_pt is not None:
             self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
-            self._send(self._rtx_seq, ts, media, rtx_pt, self.params.rtx_ssrc, struct.pack("!H", seq))
+            self._send(self._rtx_seq, ts, media, payload, rtx_pt, self.params.rtx_ssrc, _U16(seq))
         else:
-            self._send(seq, ts, media, self._pt, self._ssrc, b"")
+            self._send(seq, ts, media, payload, self._pt, self._ssrc, b"")
         return True
 
     def sender_report(self) -> bytes | None:
@@ -245,7 +557,8 @@ class Consumer:
         producer = self.producer
         if producer is None or self.params is None or not self.forwarder.started:
             return None
-        clock = producer.sender_clock
+        layer = self._layer
+        clock = producer.sender_clock if layer is None else layer.sender_clock
         if clock is None:
             return None
         elapsed = time.monotonic() - clock.received
@@ -281,9 +594,28 @@ class Consumer:
             "kind": self.kind,
             "packets_sent": self.packets_sent,
             "retransmits": self.retransmits,
+            "retransmits_skipped": self.retransmits_skipped,
+            "padding_sent": self.padding_sent,
             "nacks_received": self.nacks_received,
             "plis_received": self.plis_received,
             "fraction_lost": self.fraction_lost,
             "rtt_ms": None if self.rtt_s is None else round(self.rtt_s * 1000, 1),
             "remb_bps": self.remb_bps,
+            **({"layer": None if self.paused or self._layer is None else {
+                    "spatial": self._layer.spatial, "rid": self._layer.rid,
+                    "temporal": None if self._tid == 255 else self._tid},
+                "paused": self.paused, "switches": self.layer_switches,
+                "dropped_temporal": self.dropped_temporal,
+                "max_size": None if self.max_width is None else [self.max_width, self.max_height]}
+               if self.adaptive else {}),
         }
+
+
+def _cumulative(rates: tuple[int, ...]) -> tuple[int, ...]:
+    """Per-temporal-layer bps → bps of layers 0..t together."""
+    total = 0
+    out = []
+    for rate in rates:
+        total += rate
+        out.append(total)
+    return tuple(out) or (0,)

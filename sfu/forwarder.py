@@ -5,7 +5,14 @@ continuous output space.  It starts on a key frame, and when the producer is
 replaced (publisher reconnects) it resynchronises on the new producer's next key
 frame so the viewer sees one unbroken stream: sequence numbers continue at
 ``last + 1`` and the RTP timestamp advances by the wall-clock gap (90 kHz ticks
-for video, 48 kHz for Opus), never backwards.
+for video, 48 kHz for Opus), never backwards.  A switch of simulcast layer is the
+same resynchronisation on the new layer's key frame.
+
+Packets the consumer does not forward (a temporal layer above its target) are
+:meth:`Forwarder.drop`-ped: the output sequence numbers close up behind them, so a
+viewer sees no loss (LiveKit ``RTPMunger.PacketDropped``).  A packet that arrives
+late (a retransmission from the publisher) is mapped with the offset that held
+when its neighbours were forwarded.
 """
 
 from __future__ import annotations
@@ -35,7 +42,12 @@ class Forwarder:
         "last_seq_out",
         "last_ts_out",
         "last_wall",
+        "offset_from",
+        "_offsets",
     )
+
+    OFFSET_HISTORY = 64
+    """Offset changes remembered for late packets (one per dropped run of packets)."""
 
     def __init__(self, clock_rate: int, frame_ticks: int = 3000) -> None:
         self.clock_rate = clock_rate
@@ -49,6 +61,8 @@ class Forwarder:
         self.last_seq_out = random.randint(0, 0x7FFF)
         self.last_ts_out = random.randint(0, 0xFFFFFFFF)
         self.last_wall = 0.0
+        self.offset_from = 0  # extended input seq from which seq_offset holds
+        self._offsets: list[tuple[int, int]] = []  # (extended input seq from, offset) before it
 
     def switch_source(self) -> None:
         """The producer changed: wait for a key frame, then continue the output space."""
@@ -68,7 +82,8 @@ class Forwarder:
             seq_out = self.last_seq_out
         self.seq_offset = (seq_out - seq) & 0xFFFF
         self.ts_offset = (ts_out - timestamp) & 0xFFFFFFFF
-        self.first_seq_in = self.highest_seq_in = seq
+        self.first_seq_in = self.highest_seq_in = self.offset_from = seq
+        self._offsets = []
         self.last_seq_out = (seq_out - 1) & 0xFFFF
         self.started = True
         self.resync = False
@@ -81,6 +96,30 @@ class Forwarder:
             return self.highest_seq_in
         return self.highest_seq_in - (0x10000 - delta)
 
+    def drop(self, seq: int) -> None:
+        """Input packet ``seq`` is not forwarded: later packets close up behind it.  A packet
+        older than the newest one seen keeps its slot (a gap the viewer may NACK in vain)."""
+        if not self.started:
+            return
+        previous = self.highest_seq_in
+        extended = self._extend(seq)
+        if extended <= previous:
+            return
+        if self.offset_from != extended:
+            self._offsets.append((self.offset_from, self.seq_offset))
+            if len(self._offsets) > self.OFFSET_HISTORY:
+                del self._offsets[0]
+        self.seq_offset = (self.seq_offset - 1) & 0xFFFF
+        self.offset_from = extended + 1
+
+    def _offset_at(self, extended: int) -> int | None:
+        """The seq offset that held for extended input seq ``extended`` (older than
+        :attr:`offset_from`), or ``None`` when forgotten or dropped."""
+        for start, offset in reversed(self._offsets):
+            if extended >= start:
+                return offset
+        return None
+
     def munge(self, seq: int, timestamp: int) -> tuple[int, int] | None:
         """Map an input packet; ``None`` for packets older than the anchor key frame.
 
@@ -88,9 +127,16 @@ class Forwarder:
         than 32768 packets keeps flowing (16-bit RFC 1982 comparison against the
         anchor alone would start dropping everything after half the seq space).
         """
-        if self._extend(seq) < self.first_seq_in:
+        extended = self._extend(seq)
+        if extended < self.first_seq_in:
             return None
-        seq_out = (seq + self.seq_offset) & 0xFFFF
+        offset = self.seq_offset
+        if extended < self.offset_from:
+            earlier = self._offset_at(extended)
+            if earlier is None:
+                return None
+            offset = earlier
+        seq_out = (seq + offset) & 0xFFFF
         ts_out = (timestamp + self.ts_offset) & 0xFFFFFFFF
         if seq_newer(seq_out, self.last_seq_out):
             self.last_seq_out = seq_out

@@ -5,7 +5,8 @@ track (VP8 or H.264 for video, Opus for audio) plus its RTX, and a viewer is
 answered with the codec its producer uses — or refused with 422 when the
 viewer's offer cannot receive it (no transcoding on this path).  A publisher whose
 offer asks for transport-wide congestion control feedback gets it
-(:func:`negotiate_transport_cc`); viewers are answered without it.
+(:func:`negotiate_transport_cc`), and so does a viewer whose offer asks for it (the
+SFU then estimates the viewer's bandwidth from its feedback).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ answered to a publisher that negotiated transport-cc: its send-side estimator st
 first frame (1.7 Mbps up to 640x480) give way to 2.5 Mbps, libwebrtc's own maximum for
 960x540 and up — so the encoder can start at 720p.  A link slower than that is found
 within a few feedback intervals by the delay-based estimator transport-cc feeds."""
+SIMULCAST_MAX_BITRATE_KBPS = 3500
+"""``x-google-max-bitrate`` answered to a simulcast publisher, kbps: libwebrtc caps all its
+simulcast streams together with it, and three layers (e.g. 150 + 500 + 2500 kbps) would not
+fit under :data:`PUBLISHER_START_BITRATE_KBPS`."""
 FORWARDABLE = {"video": ("video/vp8", "video/h264"), "audio": ("audio/opus",)}
 MAX_SDP_BYTES = 64 * 1024
 
@@ -130,8 +135,13 @@ def offered_transport_cc(media: aiortc_sdp.MediaDescription, payload_type: int) 
     return None
 
 
-def negotiate_transport_cc(pc: RTCPeerConnection, transceiver: RTCRtpTransceiver) -> bool:
-    """Answer transport-cc on a publisher's transceiver when its offer has it.
+def negotiate_transport_cc(pc: RTCPeerConnection, transceiver: RTCRtpTransceiver, *,
+                           publisher: bool = True, simulcast: bool = False) -> bool:
+    """Answer transport-cc on a transceiver when its offer has it.
+
+    For a viewer (``publisher=False``) the SFU is the sender: the viewer's feedback drives
+    the SFU's estimate of its downlink (:mod:`sfu.bandwidth`); nothing else changes.  A
+    simulcast publisher's maximum is :data:`SIMULCAST_MAX_BITRATE_KBPS` (all its layers).
 
     Call after the codecs were chosen (:func:`choose_publish_codec`) and before
     ``createAnswer``.  When the offer's m= section of the transceiver's kind lists
@@ -156,11 +166,12 @@ def negotiate_transport_cc(pc: RTCPeerConnection, transceiver: RTCRtpTransceiver
     if extension_id is None:
         return False
     aiortc_private.enable_transport_cc(transceiver, extension_id)
-    if transceiver.kind == "video":
+    if transceiver.kind == "video" and publisher:
         for codec in codecs:
             if not is_rtx(codec):
                 codec.parameters["x-google-start-bitrate"] = PUBLISHER_START_BITRATE_KBPS
-                codec.parameters["x-google-max-bitrate"] = PUBLISHER_START_BITRATE_KBPS
+                codec.parameters["x-google-max-bitrate"] = (
+                    SIMULCAST_MAX_BITRATE_KBPS if simulcast else PUBLISHER_START_BITRATE_KBPS)
     return True
 
 

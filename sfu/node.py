@@ -16,6 +16,9 @@ RPC              request                                          ack
 ``pipe_offer``   ``PipeOffer {room, session_id, identity}``       ``Answer {sdp}`` (the offer)
 ``pipe_answer``  ``PipeAnswer {session_id, sdp}``                 ``{ok}``
 ``stats``        ``{}`` or ``{room}``                             the worker's statistics (one room's)
+``ice_restart``  ``IceRestart {session_id, ice_ufrag, ice_pwd,    ``IceRestarted {ice_ufrag, ice_pwd,
+                 candidates, end_of_candidates}``                 candidates, mids, media}``
+``video_size``   ``VideoSize {session_id, width, height}``        ``{ok}``
 ===============  ===============================================  =========================
 
 A pipe is opened by signaling in three RPCs: ``pipe_offer`` on the origin node,
@@ -127,6 +130,8 @@ class SignalingLink:
             Rpc.PIPE_OFFER: worker.pipe_offer,
             Rpc.PIPE_ANSWER: worker.pipe_answer,
             Rpc.STATS: worker.stats,
+            Rpc.ICE_RESTART: worker.ice_restart,
+            Rpc.VIDEO_SIZE: worker.video_size,
         }
         for rpc, handler in handlers.items():
             sio.on(str(rpc), handler, namespace=NAMESPACE)

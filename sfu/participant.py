@@ -6,11 +6,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamTrack
 
 from .consumer import Consumer
+
+if TYPE_CHECKING:
+    from .bandwidth import BandwidthEstimator
 from .producer import Producer
 from .protocol import Identity
 
@@ -69,6 +73,8 @@ class Participant:
         self.pc = pc
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, Consumer] = {}
+        self.bwe: BandwidthEstimator | None = None
+        """A viewer transport's bandwidth estimator (:mod:`sfu.bandwidth`), shared by its consumers."""
         self.tracks: list[PlaceholderTrack] = []
         self.closed = False
         self.connected = False
@@ -96,6 +102,8 @@ class Participant:
             producer.close()
         for consumer in self.consumers.values():
             consumer.close()
+        if self.bwe is not None:
+            self.bwe.close()
         for track in self.tracks:
             track.stop()
         try:

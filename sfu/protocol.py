@@ -16,6 +16,7 @@ Events: ``load`` (every second: the node's heartbeat, its load and ``room_states
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -41,6 +42,8 @@ class Rpc(StrEnum):
     PIPE_OFFER = "pipe_offer"
     PIPE_ANSWER = "pipe_answer"
     STATS = "stats"
+    ICE_RESTART = "ice_restart"
+    VIDEO_SIZE = "video_size"
 
 
 class NodeCall(StrEnum):
@@ -197,6 +200,132 @@ class Trickle:
         if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
             raise ProtocolError("candidates must be a list of strings")
         return cls(_text(data, "session_id"), tuple(candidates), bool(data.get("end_of_candidates")))
+
+
+_ICE_CHAR = re.compile(r"^[A-Za-z0-9+/]+$")
+
+
+def ice_credentials_problem(ufrag: Any, pwd: Any) -> str | None:
+    """Why ``ufrag`` / ``pwd`` are not an ``ice-ufrag`` (4–256 ice-chars) and ``ice-pwd``
+    (22–256 ice-chars) of RFC 8839 §5.4; ``None`` when they are."""
+    if not isinstance(ufrag, str) or not 4 <= len(ufrag) <= 256 or not _ICE_CHAR.match(ufrag):
+        return "ice-ufrag must be 4 to 256 ice-chars (RFC 8839 §5.4)"
+    if not isinstance(pwd, str) or not 22 <= len(pwd) <= 256 or not _ICE_CHAR.match(pwd):
+        return "ice-pwd must be 22 to 256 ice-chars (RFC 8839 §5.4)"
+    return None
+
+
+def _candidates(data: dict[str, Any]) -> tuple[str, ...]:
+    candidates = data.get("candidates") or []
+    if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
+        raise ProtocolError("candidates must be a list of strings")
+    return tuple(candidates)
+
+
+@dataclass(frozen=True)
+class IceRestart:
+    """``ice_restart``: restart ICE for a session with the client's new credentials
+    (RFC 9725 §4.3.3, RFC 8445 §9); the session, its DTLS and SRTP stay.
+
+    :ivar ice_ufrag: the client's new ``ice-ufrag`` (RFC 8839 §5.4).
+    :ivar ice_pwd: the client's new ``ice-pwd``.
+    :ivar candidates: the fragment's ``candidate:...`` values (without ``a=``).
+    :ivar end_of_candidates: the fragment had ``a=end-of-candidates``.
+    """
+
+    session_id: str
+    ice_ufrag: str
+    ice_pwd: str
+    candidates: tuple[str, ...] = ()
+    end_of_candidates: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "ice_ufrag": self.ice_ufrag, "ice_pwd": self.ice_pwd,
+                "candidates": list(self.candidates), "end_of_candidates": self.end_of_candidates}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> IceRestart:
+        """:raises ProtocolError: a field of the wrong shape, credentials that break RFC 8839 §5.4."""
+        data = _object(data, "the request")
+        problem = ice_credentials_problem(data.get("ice_ufrag"), data.get("ice_pwd"))
+        if problem:
+            raise ProtocolError(problem)
+        return cls(_text(data, "session_id"), data["ice_ufrag"], data["ice_pwd"], _candidates(data),
+                   bool(data.get("end_of_candidates")))
+
+
+@dataclass(frozen=True)
+class IceRestarted:
+    """The ack of ``ice_restart``: the server's new ICE credentials and candidates, and what
+    the 200 fragment needs to name the bundle's ``m=`` section (RFC 8840 §4.4, RFC 9725 §4.3.3).
+
+    :ivar candidates: ``candidate:...`` values (without ``a=``), addresses as announced.
+    :ivar mids: the ``a=group:BUNDLE`` mids of the session's answer.
+    :ivar media: the answer's first ``m=`` line (the bundle tag's), e.g.
+        ``m=video 9 UDP/TLS/RTP/SAVPF 96``.
+    """
+
+    ice_ufrag: str
+    ice_pwd: str
+    candidates: tuple[str, ...]
+    mids: tuple[str, ...] = ()
+    media: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ice_ufrag": self.ice_ufrag, "ice_pwd": self.ice_pwd,
+                "candidates": list(self.candidates), "mids": list(self.mids), "media": self.media}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> IceRestarted:
+        data = _object(data, "the reply")
+        problem = ice_credentials_problem(data.get("ice_ufrag"), data.get("ice_pwd"))
+        if problem:
+            raise ProtocolError(problem)
+        mids = data.get("mids") or []
+        if not isinstance(mids, list) or not all(isinstance(m, str) for m in mids):
+            raise ProtocolError("mids must be a list of strings")
+        media = data.get("media") or ""
+        if not isinstance(media, str):
+            raise ProtocolError("media must be a string")
+        return cls(data["ice_ufrag"], data["ice_pwd"], _candidates(data), tuple(mids), media)
+
+
+MAX_VIDEO_SIDE = 16384
+"""The largest width or height, device pixels, a viewer size hint may give."""
+
+
+@dataclass(frozen=True)
+class VideoSize:
+    """``video_size``: the viewer's rendered video size in device pixels, or ``None`` for both
+    (no hint); the session's video Consumer never sends a layer much larger
+    (:meth:`sfu.consumer.Consumer.set_max_size`, docs/whip-whep.md)."""
+
+    session_id: str
+    width: int | None
+    height: int | None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "width": self.width, "height": self.height}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> VideoSize:
+        """:raises ProtocolError: one of width/height ``None`` and not the other, or a value
+        that is not an integer in 1..:data:`MAX_VIDEO_SIDE`."""
+        data = _object(data, "the request")
+        width, height = size_hint(data.get("width"), data.get("height"))
+        return cls(_text(data, "session_id"), width, height)
+
+
+def size_hint(width: Any, height: Any) -> tuple[int | None, int | None]:
+    """A viewer size hint's ``(width, height)``: both ``None`` (no hint) or both integers in
+    1..:data:`MAX_VIDEO_SIDE`.  :raises ProtocolError: anything else (booleans too)."""
+    if width is None and height is None:
+        return None, None
+    for name, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_VIDEO_SIDE:
+            raise ProtocolError(f"{name} must be an integer from 1 to {MAX_VIDEO_SIDE} "
+                                "(or width and height both null)")
+    return width, height
 
 
 @dataclass(frozen=True)
@@ -386,7 +515,8 @@ def _count(value: Any) -> int:
 
 
 __all__ = [
-    "NAMESPACE", "OK", "Answer", "CloseSession", "Identity", "NodeEvent", "OpenSession",
-    "PipeAnswer", "PipeOffer", "ProtocolError", "RoomState", "Rpc", "RpcError", "SessionClosed",
-    "SessionConnected", "SessionKind", "Trickle",
+    "MAX_VIDEO_SIDE", "NAMESPACE", "OK", "Answer", "CloseSession", "IceRestart", "IceRestarted",
+    "Identity", "NodeEvent", "OpenSession", "PipeAnswer", "PipeOffer", "ProtocolError", "RoomState",
+    "Rpc", "RpcError", "SessionClosed", "SessionConnected", "SessionKind", "Trickle", "VideoSize",
+    "ice_credentials_problem", "size_hint",
 ]

@@ -20,6 +20,7 @@ from typing import Any
 from aiortc import RTCSessionDescription
 
 from . import aiortc_private
+from .bandwidth import BandwidthEstimator
 from .chat import CHAT_LABEL, ChatRoom, ChatUpstream
 from .config import SfuConfig
 from .consumer import Consumer
@@ -39,6 +40,13 @@ from .negotiation import (
 from .participant import Participant, PlaceholderTrack, new_peer_connection
 from .producer import Producer
 from .protocol import Identity, SessionKind
+from .simulcast_sdp import (
+    URI_REPAIRED_RID,
+    URI_RID,
+    SimulcastOffer,
+    answer_simulcast,
+    offered_simulcast,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +143,45 @@ class Router:
             return None
         return publisher_ingest(producer.health for producer in self.producers.values())
 
+    def delivery(self) -> dict[str, Any] | None:
+        """How the room's video reaches its viewers here, or ``None`` without video::
+
+            {"simulcast": bool,
+             "layers": [{"spatial", "rid", "width", "height", "bitrate_bps", "active"}],
+             "viewers": {"<spatial>": count, ...}, "paused": count,
+             "estimate_bps": {"p50": int, "min": int} | None}
+
+        ``layers`` by spatial index (0 = smallest); ``viewers`` counts connected viewers by the
+        layer they get now (``rid`` names it for simulcast), ``paused`` those whose video is
+        paused; ``estimate_bps`` summarises the viewers' bandwidth estimates (bits/s)."""
+        producer = self.producers.get("video")
+        if producer is None:
+            return None
+        by_layer: dict[str, int] = {}
+        paused = 0
+        estimates = []
+        for viewer in self.viewers.values():
+            consumer = viewer.consumers.get("video")
+            if consumer is None or not viewer.connected:
+                continue
+            if viewer.bwe is not None:
+                estimates.append(viewer.bwe.estimate_bps)
+            if consumer.paused:
+                paused += 1
+            elif consumer.current_layer is not None:
+                key = str(consumer.current_layer.spatial)
+                by_layer[key] = by_layer.get(key, 0) + 1
+        estimates.sort()
+        return {
+            "simulcast": producer.simulcast,
+            "layers": [{"spatial": layer.spatial, "rid": layer.rid, "width": layer.width,
+                        "height": layer.height, "bitrate_bps": sum(layer.bitrates_bps),
+                        "active": layer.active} for layer in producer.layers],
+            "viewers": by_layer,
+            "paused": paused,
+            "estimate_bps": {"p50": estimates[len(estimates) // 2], "min": estimates[0]} if estimates else None,
+        }
+
     def _publish_state(self) -> None:
         self.chat.broadcast({"type": "presence", **self.presence()})
         self._on_state({"room": self.room, **self.state()})
@@ -164,8 +211,11 @@ class Router:
         """
         if identity.role == SessionKind.PIPE and self.publisher is not None and not self.pipe_fed:
             raise RoomConflict(f"room {self.room!r} has its own publisher on this node")
+        simulcast = offered_simulcast(offer_sdp)
         participant, answer = await self._open_session(
-            session_id, offer_sdp, identity, publish=True, configure=self._add_producers
+            session_id, offer_sdp, identity, publish=True,
+            configure=lambda participant: self._add_producers(participant, simulcast),
+            edit_answer=None if simulcast is None else lambda sdp: answer_simulcast(sdp, simulcast),
         )
         aiortc_private.set_receive_buffer(participant.pc, INGEST_RECEIVE_BUFFER)
         old = self.publisher
@@ -180,14 +230,22 @@ class Router:
         return answer
 
     @staticmethod
-    def _add_producers(participant: Participant) -> None:
+    def _add_producers(participant: Participant, simulcast: SimulcastOffer | None) -> None:
         for transceiver in participant.pc.getTransceivers():
             codecs = choose_publish_codec(transceiver.kind, aiortc_private.negotiated_codecs(transceiver))
             aiortc_private.restrict_codecs(transceiver, codecs)
-            negotiate_transport_cc(participant.pc, transceiver)
+            negotiate_transport_cc(participant.pc, transceiver,
+                                   simulcast=simulcast is not None and transceiver.kind == "video")
             transceiver.direction = "recvonly"
+            rids = None
+            if simulcast is not None and transceiver.kind == "video":
+                rids = simulcast.rids
+                aiortc_private.enable_header_extension(transceiver, URI_RID, simulcast.rid_extension_id)
+                if simulcast.repaired_rid_extension_id is not None:
+                    aiortc_private.enable_header_extension(
+                        transceiver, URI_REPAIRED_RID, simulcast.repaired_rid_extension_id)
             participant.producers[transceiver.kind] = Producer(
-                transceiver.kind, codecs[0], transceiver.receiver, participant.session_id
+                transceiver.kind, codecs[0], transceiver.receiver, participant.session_id, rids=rids
             )
 
     async def _open_session(
@@ -198,8 +256,10 @@ class Router:
         *,
         publish: bool,
         configure: Callable[[Participant], None],
+        edit_answer: Callable[[str], str] | None = None,
     ) -> tuple[Participant, str]:
-        """Validate the offer, negotiate, let ``configure`` set up the transceivers, answer.
+        """Validate the offer, negotiate, let ``configure`` set up the transceivers, answer
+        (``edit_answer`` adds what aiortc cannot write: simulcast).
 
         Everything is released again if any step fails (no partial sessions).
         """
@@ -219,6 +279,8 @@ class Router:
             self._watch_chat(participant)
             try:
                 answer = await _answer(pc, self.config)
+                if edit_answer is not None:
+                    answer = edit_answer(answer)
             except SfuError:
                 raise
             except Exception as exc:  # aiortc: the answer does not fit the offer
@@ -267,12 +329,21 @@ class Router:
                 continue
             codecs = choose_consumer_codec(producer.codec, aiortc_private.negotiated_codecs(transceiver))
             aiortc_private.restrict_codecs(transceiver, codecs)
+            negotiate_transport_cc(participant.pc, transceiver, publisher=False)
             track = PlaceholderTrack(transceiver.kind)
             participant.tracks.append(track)
             participant.pc.addTrack(track)
             transceiver.direction = "sendonly"
-            consumer = Consumer(transceiver.kind, codecs[0].clockRate, participant.session_id)
+            consumer = Consumer(transceiver.kind, codecs[0].clockRate, participant.session_id,
+                                adaptive=self.config.adaptive)
             consumer.codec = codecs[0]
+            if participant.bwe is None:
+                participant.bwe = BandwidthEstimator(initial_bps=self.config.initial_estimate_bps)
+                aiortc_private.install_rtcp_tap(transceiver.sender.transport,
+                                                participant.bwe.on_transport_feedback)
+            consumer.bwe = participant.bwe
+            if transceiver.kind == "video" and participant.bwe is not None:
+                participant.bwe.set_padding_sender(consumer.send_padding)
             self._install_consumer(consumer, transceiver)
             participant.consumers[transceiver.kind] = consumer
 
@@ -282,6 +353,8 @@ class Router:
 
         def started(params: aiortc_private.SendParameters) -> None:
             consumer.on_sender_started(params, aiortc_private.RawRtpSender(sender.transport))
+            if consumer.bwe is not None:  # a viewer: its feedback skips aiortc's receive loop
+                aiortc_private.receive_rtcp_directly(sender.transport)
 
         aiortc_private.install_forwarding_sender(sender, started, consumer.on_rtcp)
 
@@ -424,7 +497,7 @@ class Router:
         now = time.monotonic()
         self._expire_unconnected(now)
         for producer in self.producers.values():
-            producer.health.sample()
+            producer.sample()
         if self.pipe_fed and not self.viewers and not self.holders:
             if self._pipe_idle_since is None:
                 self._pipe_idle_since = now
@@ -434,11 +507,14 @@ class Router:
                 task.add_done_callback(lambda t: t.cancelled() or t.exception())
         else:
             self._pipe_idle_since = None
+        audio = self.producers.get("audio")
+        audio_bps = 0 if audio is None else sum(audio.top.bitrates_bps)
         for viewer in self._outputs():
             for consumer in viewer.consumers.values():
                 consumer.send_sender_report()
-                if consumer.needs_keyframe_retry(now) and consumer.producer is not None:
-                    consumer.producer.request_keyframe()
+                consumer.update_layers(now, audio_bps)
+                if consumer.needs_keyframe_retry(now):
+                    consumer.request_keyframe()
 
     def _expire_unconnected(self, now: float) -> None:
         """Close the sessions that have not connected ``config.connect_timeout_s`` after they

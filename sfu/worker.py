@@ -13,17 +13,20 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiortc.sdp import candidate_from_sdp
+from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 
 from . import aiortc_private
 from .chat import ChatUpstream
 from .config import SfuConfig
 from .errors import BadOffer, Overloaded, RoomNotLive, SessionNotFound, SfuError
-from .negotiation import candidate_reachable
+from .negotiation import announce_address, candidate_reachable
+from .participant import Participant
 from .protocol import (
     OK,
     Answer,
     CloseSession,
+    IceRestart,
+    IceRestarted,
     NodeEvent,
     OpenSession,
     PipeAnswer,
@@ -34,6 +37,7 @@ from .protocol import (
     SessionConnected,
     SessionKind,
     Trickle,
+    VideoSize,
 )
 from .router import Router
 
@@ -44,6 +48,14 @@ chat_upstream=..., on_session_connected=...)``."""
 logger = logging.getLogger(__name__)
 
 EventSink = Callable[[str, dict[str, Any]], Awaitable[None] | None]
+
+
+class IceRestartRefused(SfuError):
+    """ICE cannot be restarted now: the session's first checks have not connected (409;
+    RFC 9725 §4.3.3: the session and its ICE state stay as they were)."""
+
+    status = 409
+    title = "ICE restart not possible now"
 
 
 class Worker:
@@ -82,6 +94,7 @@ class Worker:
         aiortc_private.set_host_addresses(config.ice_gather or None)
         aiortc_private.extend_codec_capabilities()
         aiortc_private.accept_peer_consent_checks()
+        aiortc_private.enable_ice_restart()
 
     async def __aenter__(self) -> Worker:
         self._tick_task = asyncio.create_task(self._run_tick(), name="sfu-tick")
@@ -125,16 +138,31 @@ class Worker:
     async def trickle(self, data: dict[str, Any]) -> dict[str, Any]:
         return await self._rpc(self._trickle, data)
 
+    async def ice_restart(self, data: dict[str, Any]) -> dict[str, Any]:
+        """:class:`~sfu.protocol.IceRestart` → :class:`~sfu.protocol.IceRestarted` (RFC 9725
+        §4.3.3): the session's ICE restarts with the client's new credentials, DTLS and
+        SRTP stay.  400 malformed credentials or candidates, 404 unknown session, 409 its
+        first ICE checks have not connected yet."""
+        return await self._rpc(self._ice_restart, data)
+
+    async def video_size(self, data: dict[str, Any]) -> dict[str, Any]:
+        """:class:`~sfu.protocol.VideoSize` → ``{"ok": true}``: the viewer's rendered video
+        size reaches its video Consumer (``Consumer.set_max_size``); a session without video
+        takes it and does nothing.  400 malformed, 404 unknown session."""
+        return await self._rpc(self._video_size, data)
+
     async def stats(self, data: dict[str, Any] | None = None) -> dict[str, Any]:
         """``{room?}`` → ``{node_id, sessions, rooms: {name: {live, viewers, pipes, pipe?,
-        ingest}}}``: every room here, or only ``data["room"]`` when given (``rooms`` is then
-        empty if this node does not host it).  ``ingest`` is the publisher's ingest health
-        (:meth:`Router.ingest`, ``None`` without a publisher here)."""
+        ingest, delivery}}}``: every room here, or only ``data["room"]`` when given (``rooms``
+        is then empty if this node does not host it).  ``ingest`` is the publisher's ingest
+        health (:meth:`Router.ingest`, ``None`` without a publisher here), ``delivery`` how its
+        video reaches the viewers here (:meth:`Router.delivery`: layers, viewers per layer,
+        paused, estimates)."""
         room = data.get("room") if isinstance(data, dict) else None
         routers = self.routers.items() if not isinstance(room, str) else (
             [(room, self.routers[room])] if room in self.routers else [])
         return {"node_id": self.config.node_id, "sessions": len(self._session_rooms),
-                "rooms": {name: {**router.state(), "ingest": router.ingest()}
+                "rooms": {name: {**router.state(), "ingest": router.ingest(), "delivery": router.delivery()}
                           for name, router in routers}}
 
     async def _rpc(self, fn: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]], data: Any) -> dict[str, Any]:
@@ -229,28 +257,71 @@ class Worker:
         self._forget(session_id)
         return OK
 
-    async def _trickle(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Trickle ICE (RFC 9725 §4.3.2): remote candidates for an existing session."""
-        request = Trickle.from_wire(data)
-        room = self._session_rooms.get(request.session_id)
-        participant = self.routers[room].find(request.session_id) if room in self.routers else None
+    def _participant(self, session_id: str) -> Participant:
+        """:raises SessionNotFound: no such session on this node."""
+        room = self._session_rooms.get(session_id)
+        participant = self.routers[room].find(session_id) if room in self.routers else None
         if participant is None:
             raise SessionNotFound("no such session on this node")
-        candidates = request.candidates
+        return participant
+
+    @staticmethod
+    def _remote_candidates(participant: Participant, lines: tuple[str, ...]) -> tuple[list[Any], bool]:
+        """Parse ``candidate:...`` values for ``participant``'s bundle transport, dropping those
+        a loopback-only node cannot reach.  :returns: the candidates and whether any was
+        dropped.  :raises BadOffer: a malformed line."""
         transceivers = participant.pc.getTransceivers()
         mid = transceivers[0].mid if transceivers else None
-        for line in candidates:
+        candidates, dropped = [], False
+        for line in lines:
             try:
                 candidate = candidate_from_sdp(str(line).removeprefix("a=").removeprefix("candidate:"))
             except (ValueError, IndexError, AssertionError) as exc:
                 raise BadOffer(f"bad candidate line: {line!r}") from exc
             if not candidate_reachable(candidate.ip, aiortc_private.host_addresses()):
-                continue  # a loopback-only node never checks other addresses
+                dropped = True  # a loopback-only node never checks other addresses
+                continue
             candidate.sdpMid = mid
             candidate.sdpMLineIndex = 0
+            candidates.append(candidate)
+        return candidates, dropped
+
+    async def _trickle(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Trickle ICE (RFC 9725 §4.3.2): remote candidates for an existing session."""
+        request = Trickle.from_wire(data)
+        participant = self._participant(request.session_id)
+        candidates, _ = self._remote_candidates(participant, request.candidates)
+        for candidate in candidates:
             await participant.pc.addIceCandidate(candidate)
         if request.end_of_candidates:
             await participant.pc.addIceCandidate(None)
+        return OK
+
+    async def _ice_restart(self, data: dict[str, Any]) -> dict[str, Any]:
+        request = IceRestart.from_wire(data)
+        participant = self._participant(request.session_id)
+        candidates, dropped = self._remote_candidates(participant, request.candidates)
+        try:
+            ufrag, pwd, local = await aiortc_private.restart_ice(
+                participant.pc, request.ice_ufrag, request.ice_pwd, candidates,
+                # as for an offer: with candidates dropped, peer-reflexive ones must stay learnable
+                end_of_candidates=request.end_of_candidates and not dropped)
+        except aiortc_private.IceRestartUnavailable as exc:
+            raise IceRestartRefused(f"{exc}; trickle candidates, or retry") from None
+        except ValueError as exc:
+            raise BadOffer(str(exc)) from None
+        logger.info("session %s…: ICE restarted", request.session_id[:8])
+        lines = "\r\n".join(f"a=candidate:{candidate_to_sdp(c)}" for c in local)
+        lines = announce_address(lines, self.config.ice_announce)
+        mids, media = _bundle_tag(participant.pc.localDescription.sdp if participant.pc.localDescription else "")
+        announced = tuple(ln.removeprefix("a=") for ln in lines.split("\r\n") if ln)
+        return IceRestarted(ufrag, pwd, announced, mids, media).to_wire()
+
+    async def _video_size(self, data: dict[str, Any]) -> dict[str, Any]:
+        request = VideoSize.from_wire(data)
+        consumer = self._participant(request.session_id).consumers.get("video")
+        if consumer is not None:
+            consumer.set_max_size(request.width, request.height)
         return OK
 
     def _forget(self, session_id: str) -> None:
@@ -343,3 +414,14 @@ class Worker:
         self.routers.clear()
         self._session_rooms.clear()
 
+
+def _bundle_tag(sdp: str) -> tuple[tuple[str, ...], str]:
+    """The ``a=group:BUNDLE`` mids and the first ``m=`` line of a local description."""
+    mids: tuple[str, ...] = ()
+    media = ""
+    for line in sdp.splitlines():
+        if line.startswith("a=group:BUNDLE ") and not mids:
+            mids = tuple(line.split()[1:])
+        elif line.startswith("m=") and not media:
+            media = line.strip()
+    return mids, media

@@ -8,7 +8,10 @@ method here; this module owns the rest (LiveKit's service → routing split):
   SFU protocol (:class:`~signaling.sfu_client.SfuClient`), cleans up after a failure (a
   session the node may still create after a 504 is closed; a room placed for nothing is
   released) and records the session;
-* :meth:`SessionService.trickle` and :meth:`SessionService.close` act on a recorded session;
+* :meth:`SessionService.trickle`, :meth:`SessionService.restart_ice` (RFC 9725 §4.3.3: the
+  record takes the client's new ICE credentials and a new ETag),
+  :meth:`SessionService.video_size` (a viewer's size hint) and :meth:`SessionService.close`
+  act on a recorded session;
 * :meth:`SessionService.on_node_event` forgets sessions the nodes ended or lost.
 
 Session records live in a :class:`SessionStore`: in memory for one signaling process, in
@@ -19,17 +22,20 @@ through any signaling instance behind a load balancer, not only the one that cre
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import re
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sfu.protocol import (
+    IceRestart,
+    IceRestarted,
     Identity,
     NodeEvent,
     OpenSession,
@@ -38,6 +44,7 @@ from sfu.protocol import (
     SessionClosed,
     SessionKind,
     Trickle,
+    VideoSize,
 )
 
 from .admission import PendingLimitReached, PendingSessions
@@ -65,9 +72,10 @@ class Session:
     :ivar id: 192 random bits, URL-safe (RFC 9725 §5: not guessable).
     :ivar resource: ``"whip"`` (a publisher) or ``"whep"`` (a viewer).
     :ivar node_sid: the SFU node's Socket.IO sid (the RPC address); ``node_id`` its id.
-    :ivar etag: the strong ETag of the ICE session (RFC 9725 §4.3.1).
-    :ivar remote_ufrag: the client's ``ice-ufrag`` / ``ice-pwd`` from the offer (a PATCH
-        with other ones is an ICE restart).
+    :ivar etag: the strong ETag of the ICE session (RFC 9725 §4.3.1); a new one after each
+        ICE restart (§4.3.3).
+    :ivar remote_ufrag: the client's ``ice-ufrag`` / ``ice-pwd`` from the offer or its last ICE
+        restart (a PATCH with other ones is an ICE restart).
     :ivar created: Unix time, s.
     :ivar client: the client's address (behind trusted proxies, :mod:`common.client_address`).
     :ivar connected: ICE and DTLS completed on the node (``session_connected``); until then
@@ -146,6 +154,11 @@ class SessionStore(ABC):
     async def get(self, session_id: str) -> Session | None: ...
 
     @abstractmethod
+    async def replace(self, session: Session) -> bool:
+        """Store ``session`` over its record, only while that record still exists (a session
+        closed meanwhile is not brought back).  :returns: whether it was stored."""
+
+    @abstractmethod
     async def mark_connected(self, session_id: str, node_id: str) -> Session | None:
         """Record that the session on ``node_id`` connected; the updated record."""
 
@@ -177,6 +190,12 @@ class MemorySessionStore(SessionStore):
 
     async def get(self, session_id: str) -> Session | None:
         return self.sessions.get(session_id)
+
+    async def replace(self, session: Session) -> bool:
+        if session.id not in self.sessions:
+            return False
+        self.sessions[session.id] = session
+        return True
 
     async def mark_connected(self, session_id: str, node_id: str) -> Session | None:
         session = self.sessions.get(session_id)
@@ -232,6 +251,12 @@ class RedisSessionStore(SessionStore):
                 return Session.from_json(raw)
         return None
 
+    async def replace(self, session: Session) -> bool:
+        r = self.registry
+        stored = await r._op(r.redis.eval(_REPLACE, 1, r.k_node_sessions(session.node_id), session.id,
+                                          session.to_json(), r.ttl_ms))
+        return bool(stored)
+
     async def mark_connected(self, session_id: str, node_id: str) -> Session | None:
         r = self.registry
         raw = await r._op(r.redis.hget(r.k_node_sessions(node_id), session_id))
@@ -269,6 +294,22 @@ class RedisSessionStore(SessionStore):
         for values in await r._op(pipe.execute()):
             out.extend(s for v in values if (s := Session.from_json(v)) is not None and s.room == room)
         return out
+
+
+_REPLACE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+return 0
+"""
+"""RedisSessionStore.replace: HSET only an existing field (atomic; a closed session stays closed)."""
+
+
+def new_etag() -> str:
+    """A strong entity tag (RFC 9110 §8.8.3) for a session's ICE session, 128 random bits."""
+    return f'"{secrets.token_urlsafe(16)}"'
 
 
 # ----------------------------------------------------------------- service
@@ -356,7 +397,7 @@ class SessionService:
             raise _refused(exc.error, retry_after) from None
         ufrag, pwd = ice_credentials(offer)
         session = Session(session_id, resource, room, node.sid, node.node_id,
-                          f'"{secrets.token_urlsafe(16)}"', ufrag, pwd, identity, time.time(), client,
+                          new_etag(), ufrag, pwd, identity, time.time(), client,
                           owner_digest=owner_digest)
         try:
             await self.store.add(session)
@@ -399,6 +440,46 @@ class SessionService:
         node = self._node_of(session)
         try:
             await self.client.trickle(node, Trickle(session.id, tuple(candidates), end_of_candidates))
+        except RpcFailed as exc:
+            raise _refused(exc.error, self.config.retry_after_s) from None
+
+    async def restart_ice(self, session: Session, ufrag: str, pwd: str, candidates: Sequence[str],
+                          end_of_candidates: bool = False) -> tuple[Session, IceRestarted]:
+        """Restart the session's ICE with the client's new ``ufrag`` / ``pwd`` (RFC 9725 §4.3.3,
+        RFC 8445 §9); its DTLS, SRTP and media stay.  The record keeps the new credentials
+        and a new ETag (in Redis mode too: any instance then serves the next PATCH).
+
+        :param candidates: the fragment's ``candidate:...`` values (without ``a=``).
+        :returns: the updated session and the node's new credentials and candidates.
+        :raises SessionRefused: 404 the session or its node is gone, 409 its first ICE checks
+            have not connected yet (nothing changed), 400 malformed, 503 Redis unavailable
+            (the node restarted ICE: the client may restart again), 504 no answer.
+        """
+        node = self._node_of(session)
+        request = IceRestart(session.id, ufrag, pwd, tuple(candidates), end_of_candidates)
+        try:
+            restarted = await self.client.ice_restart(node, request)
+        except RpcFailed as exc:
+            raise _refused(exc.error, self.config.retry_after_s) from None
+        updated = dataclasses.replace(session, etag=new_etag(), remote_ufrag=ufrag, remote_pwd=pwd)
+        try:
+            stored = await self.store.replace(updated)
+        except NoNodeAvailable:
+            raise SessionRefused(503, "session state is unavailable (Redis)",
+                                 retry_after_s=self.config.retry_after_s) from None
+        if not stored:
+            raise SessionRefused(404, "the session ended during the ICE restart")
+        logger.info("%s session %s… restarted ICE", session.resource.upper(), session.id[:6])
+        return updated, restarted
+
+    async def video_size(self, session: Session, width: int | None, height: int | None) -> None:
+        """A WHEP viewer's rendered video size, device pixels (``None`` both: no hint), for its
+        video Consumer on the node (``video_size`` RPC, docs/whip-whep.md).
+
+        :raises SessionRefused: 404 the session or its node is gone, 400 malformed, 504."""
+        node = self._node_of(session)
+        try:
+            await self.client.video_size(node, VideoSize(session.id, width, height))
         except RpcFailed as exc:
             raise _refused(exc.error, self.config.retry_after_s) from None
 

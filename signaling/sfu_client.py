@@ -14,12 +14,16 @@ from typing import TYPE_CHECKING, Any
 from sfu.protocol import (
     Answer,
     CloseSession,
+    IceRestart,
+    IceRestarted,
     OpenSession,
     PipeAnswer,
     PipeOffer,
+    ProtocolError,
     Rpc,
     RpcError,
     Trickle,
+    VideoSize,
 )
 
 if TYPE_CHECKING:
@@ -57,6 +61,19 @@ class SfuClient:
     async def trickle(self, node: SfuNode, request: Trickle) -> None:
         """Remote ICE candidates for a session (RFC 9725 §4.3.2)."""
         await self._call(node, Rpc.TRICKLE, request.to_wire())
+
+    async def ice_restart(self, node: SfuNode, request: IceRestart) -> IceRestarted:
+        """Restart a session's ICE with the client's new credentials (RFC 9725 §4.3.3): the
+        node's new credentials and candidates; 502 for a reply of the wrong shape."""
+        result = await self._call(node, Rpc.ICE_RESTART, request.to_wire())
+        try:
+            return IceRestarted.from_wire(result)
+        except ProtocolError as exc:
+            raise RpcFailed(RpcError(502, "Bad SFU reply", str(exc))) from None
+
+    async def video_size(self, node: SfuNode, request: VideoSize) -> None:
+        """A viewer's rendered video size for its video Consumer (docs/whip-whep.md)."""
+        await self._call(node, Rpc.VIDEO_SIZE, request.to_wire())
 
     async def close(self, node: SfuNode, session_id: str) -> None:
         """End a session on the node; :raises RpcFailed: 404 when the node does not know it."""

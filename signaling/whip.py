@@ -3,15 +3,20 @@
 WHEP is WHIP's resource model in the other direction, so one handler class
 serves both: ``POST /whip/{room}`` publishes, ``POST /whep/{room}`` views, and
 each creates a session resource ``/{whip|whep}/{room}/{session}`` that accepts
-PATCH (trickle ICE), DELETE and OPTIONS.
+PATCH (trickle ICE and ICE restart), DELETE and OPTIONS; a WHEP session also has
+``/{session}/video-size`` (POST: the viewer's rendered video size).
 
 Choices where the specs leave room (documented in docs/whip-whep.md):
 
-* Trickle ICE is supported (PATCH ``application/trickle-ice-sdpfrag`` → 204);
-  ICE restart is not (aiortc cannot restart ICE) → 422 (RFC 9725 §4.3.1).
-  Because trickle is supported, PATCH is a conditional request: the 201 carries
-  a strong ``ETag`` and a PATCH without ``If-Match`` gets 428, a stale one 412
-  (RFC 9725 §4.3.1–§4.3.2).
+* Trickle ICE (PATCH ``application/trickle-ice-sdpfrag`` → 204, RFC 9725 §4.3.2) and ICE
+  restart (a fragment with a new ``ice-ufrag``/``ice-pwd`` → 200 with the server's new
+  ones, its candidates and a new ``ETag``, §4.3.3) are both supported.  PATCH is a
+  conditional request: the 201 carries a strong ``ETag`` and a PATCH without ``If-Match``
+  gets 428, a stale one 412 (§4.3.1).  A refused restart leaves the session and its ICE
+  session as they were.
+* A WHEP viewer reports its rendered video size with ``POST {session}/video-size``
+  ``{"width", "height"}`` (device pixels) → 204; its video never comes in a layer much
+  larger (docs/whip-whep.md).
 * WHEP before any publisher → 409 + ``Retry-After`` (no hold-and-start).
 * A new WHIP session for a live room replaces the old publisher session.
 * GET on an endpoint or session → 204: the resources have no representation
@@ -29,6 +34,7 @@ Choices where the specs leave room (documented in docs/whip-whep.md):
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Awaitable
@@ -40,6 +46,7 @@ from aiohttp import web
 from common.bearer import bearer_token
 from common.problems import HttpProblem
 from hls_bridge.access import viewer_token
+from sfu.protocol import IceRestarted, ProtocolError, ice_credentials_problem, size_hint
 from sfu.sdp_validation import valid_candidate
 
 from .app_keys import CONFIG, LIMITER, ROOMS, SESSION_SERVICE, VIEWER_IDENTIFY
@@ -52,7 +59,10 @@ T = TypeVar("T")
 
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
+JSON = "application/json"
 MAX_SDP_BYTES = 64 * 1024
+MAX_HINT_BYTES = 1024
+"""The largest ``video-size`` body, bytes."""
 _SDP_LINE = re.compile(r"^[a-z]=\S")
 
 
@@ -89,6 +99,22 @@ def parse_sdpfrag(body: bytes) -> SdpFrag:
     )
 
 
+def restart_sdpfrag(restarted: IceRestarted) -> str:
+    """The 200 body of an ICE restart (RFC 9725 §4.3.3, RFC 8840 §4.4): the server's new
+    ``ice-ufrag``/``ice-pwd``, the bundle group and its tag ``m=`` section with the server's
+    candidates and ``a=end-of-candidates`` (it has no others)."""
+    lines = [f"a=ice-ufrag:{restarted.ice_ufrag}", f"a=ice-pwd:{restarted.ice_pwd}"]
+    if restarted.mids:
+        lines.append("a=group:BUNDLE " + " ".join(restarted.mids))
+    if restarted.media:
+        lines.append(restarted.media)
+    if restarted.mids:
+        lines.append(f"a=mid:{restarted.mids[0]}")
+    lines += [f"a={c}" for c in restarted.candidates]
+    lines.append("a=end-of-candidates")
+    return "\r\n".join(lines) + "\r\n"
+
+
 def if_match(header: str, etag: str) -> bool:
     """RFC 9110 §13.1.1 with strong comparison: ``*`` or a listed tag equal to ``etag``."""
     return any(tag.strip() in ("*", etag) for tag in header.split(","))
@@ -113,6 +139,9 @@ class MediaResources:
             web.get(base, self.get_endpoint),
             web.options(base, self.options_endpoint),
             web.patch(base + "/{session}", self.patch),
+            *([web.post(base + "/{session}/video-size", self.video_size),
+               web.options(base + "/{session}/video-size", self.options_video_size)]
+              if self.kind == "whep" else []),
             web.delete(base + "/{session}", self.delete),
             web.get(base + "/{session}", self.get_session),
             web.options(base + "/{session}", self.options_session),
@@ -293,14 +322,18 @@ class MediaResources:
         return offer
 
     async def patch(self, request: web.Request) -> web.Response:
-        """Trickle ICE (RFC 9725 §4.3.2) → 204 without body or ETag.
+        """Trickle ICE (RFC 9725 §4.3.2) → 204 without body or ETag; ICE restart (§4.3.3: the
+        fragment names another ``ice-ufrag`` or ``ice-pwd``) → 200 ``application/trickle-ice-sdpfrag``
+        with the server's new ``ice-ufrag``/``ice-pwd`` and candidates, and a new ``ETag``.
 
         Checked in this order (RFC 9110 §13.2.2: preconditions before the content):
         404 unknown session, 401/403/429 a WHIP session without its stream key
         (:meth:`_authorize_owner`), 415 not ``application/trickle-ice-sdpfrag``, 428 no
         ``If-Match``, 412 ``If-Match`` neither ``*`` nor the current ETag, 413,
-        400 malformed fragment, 422 ICE restart (new ufrag/pwd; not supported,
-        RFC 9725 §4.3.1 — the session and its ICE session stay as they were).
+        400 malformed fragment (a restart also needs both ``ice-ufrag`` and ``ice-pwd``,
+        RFC 8839 §5.4); a restart the node cannot do now → 409 (its first ICE checks are
+        still running) — a refused restart leaves the session and its ICE session as they
+        were (§4.3.3).
         """
         self._limit(request)
         session = await self._session(request)
@@ -325,13 +358,59 @@ class MediaResources:
         if (frag.ufrag and frag.ufrag != session.remote_ufrag) or (
             frag.pwd and frag.pwd != session.remote_pwd
         ):
-            raise HttpProblem(
-                422, None, "ICE restart is not supported; DELETE this session and POST a new offer"
-            )
+            return await self._restart(request, session, frag)
         if frag.candidates or frag.end_of_candidates:
             await _refusal_as_problem(
                 request.app[SESSION_SERVICE].trickle(session, frag.candidates, frag.end_of_candidates))
         return web.Response(status=204)
+
+    @staticmethod
+    async def _restart(request: web.Request, session: Session, frag: SdpFrag) -> web.Response:
+        """ICE restart (RFC 9725 §4.3.3) → 200 with the server's fragment and a new ``ETag``."""
+        if not frag.ufrag or not frag.pwd:
+            raise HttpProblem(400, None, "an ICE restart needs both a=ice-ufrag and a=ice-pwd")
+        problem = ice_credentials_problem(frag.ufrag, frag.pwd)
+        if problem:
+            raise HttpProblem(400, None, problem)
+        session, restarted = await _refusal_as_problem(request.app[SESSION_SERVICE].restart_ice(
+            session, frag.ufrag, frag.pwd, frag.candidates, frag.end_of_candidates))
+        return web.Response(status=200, text=restart_sdpfrag(restarted), content_type=SDPFRAG,
+                            headers={"ETag": session.etag})
+
+    async def video_size(self, request: web.Request) -> web.Response:
+        """A WHEP viewer's rendered video size: ``{"width": int, "height": int}`` in device
+        pixels (1–16384 each; both ``null`` clears the hint) → 204; the session's video never
+        comes in a layer much larger (:meth:`sfu.consumer.Consumer.set_max_size`).
+
+        Checked in this order: 429 (the PATCH rate limit), 404 unknown session, 415 not
+        ``application/json``, 413 over 1 KiB, 400 not a JSON object of that shape (RFC 9457
+        problem+json)."""
+        self._limit(request)
+        session = await self._session(request)
+        if request.content_type != JSON:
+            raise HttpProblem(415, None, f"the size must be {JSON}", headers={"Accept-Post": JSON})
+        if request.content_length is not None and request.content_length > MAX_HINT_BYTES:
+            raise HttpProblem(413, None, f"size bodies are limited to {MAX_HINT_BYTES} bytes")
+        body = await request.content.read(MAX_HINT_BYTES + 1)
+        if len(body) > MAX_HINT_BYTES:
+            raise HttpProblem(413, None, f"size bodies are limited to {MAX_HINT_BYTES} bytes")
+        try:
+            data = json.loads(body)
+        except ValueError:  # UnicodeDecodeError too
+            raise HttpProblem(400, None, "the body is not JSON") from None
+        if not isinstance(data, dict) or set(data) != {"width", "height"}:
+            raise HttpProblem(400, None, 'the body must be {"width": int, "height": int}')
+        try:
+            width, height = size_hint(data.get("width"), data.get("height"))
+        except ProtocolError as exc:
+            raise HttpProblem(400, None, str(exc)) from None
+        await _refusal_as_problem(request.app[SESSION_SERVICE].video_size(session, width, height))
+        return web.Response(status=204)
+
+    async def options_video_size(self, request: web.Request) -> web.Response:
+        """CORS preflight of ``video-size``: ``Accept-Post: application/json``."""
+        return web.Response(status=200, headers={
+            "Accept-Post": JSON, "Allow": "POST, OPTIONS", "Access-Control-Allow-Methods": "POST, OPTIONS"})
 
     async def delete(self, request: web.Request) -> web.Response:
         """End the session and free everything (RFC 9725 §4.2) → 200; ``If-Match`` is ignored.

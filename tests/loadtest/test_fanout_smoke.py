@@ -105,3 +105,23 @@ def test_collapsed_stack_summary() -> None:
     summary = summarize_collapsed(text)
     assert summary["self"][0] == (75.0, "send (b.py:2)")
     assert (100.0, "main (a.py:1)") in summary["inclusive"]
+
+
+async def test_fanout_with_simulcast_and_rate_limited_viewers_reports_each_class(tmp_path: Path) -> None:
+    """The issue-13 benchmark shape, small: a 3-layer simulcast publisher, one of two viewers
+    behind a 300 kbit/s link; each class is reported with the picture size its viewers end on.
+    (How fast a limited viewer moves down is asserted where the SFU can be watched:
+    tests/sfu/test_simulcast_*.py, tests/e2e/test_adaptive_netns.py.)"""
+    opts = _options(tmp_path, "forward", [2])
+    opts.width, opts.height = 640, 360
+    opts.simulcast, opts.limited_fraction, opts.limited_bps = True, 0.5, 300_000
+    opts.settle, opts.seconds, opts.probes = 4.0, 3.0, 0
+    results = await run_fanout(opts)
+    step = results["forward"]["steps"][0]
+    classes = step["classes"]
+    assert classes["unlimited"]["n"] == 1 and classes["limited"]["n"] == 1, classes
+    assert set(classes["unlimited"]["sizes"]) == {"640x360"}, classes
+    (limited_size,) = classes["limited"]["sizes"]
+    assert limited_size in {"640x360", "320x180", "160x90"}, classes
+    assert classes["limited"]["fps_median"] > 5, classes  # a harness test: quality is measured elsewhere
+    assert {"q_kbps", "h_kbps", "f_kbps"} <= set(step["publisher"]), step["publisher"]

@@ -454,7 +454,7 @@ def test_consumer_asks_for_a_keyframe_once_it_can_send() -> None:
     consumer.attach(producer)  # type: ignore[arg-type]
     assert producer.keyframe_requests == 0 and consumer.waiting_for_keyframe
     params = SimpleNamespace(
-        codec=SimpleNamespace(payloadType=96), ssrc=0x1234, extensions={}, mid="0", rtx_ssrc=0x5678,
+        codec=SimpleNamespace(payloadType=96, mimeType="video/VP8"), ssrc=0x1234, extensions={}, mid="0", rtx_ssrc=0x5678,
         rtx_payload_type=97,
     )
     consumer.on_sender_started(params, FakeRaw())  # type: ignore[arg-type]

@@ -89,7 +89,7 @@ async def test_whip_answer_carries_transport_cc_when_offered(
     assert aiortc_private.transport_feedback(receivers[0]) is None  # nothing kept
 
 
-async def test_offer_without_transport_cc_and_whep_answers_stay_without(
+async def test_offer_without_transport_cc_stays_without_and_whep_gets_it(
     service: Service, pcs: list[RTCPeerConnection], http: aiohttp.ClientSession
 ) -> None:
     _, answer = await _publish(service, pcs, http, transport_cc=False)
@@ -100,7 +100,8 @@ async def test_offer_without_transport_cc_and_whep_answers_stay_without(
     assert all(aiortc_private.transport_feedback(t.receiver) is None
                for t in router.publisher.pc.getTransceivers())
 
-    # A viewer asking for it does not get it: the SFU does not number what it sends.
+    # A viewer asking for it gets it (the SFU numbers what it sends and estimates the
+    # viewer's bandwidth from the feedback), without the publisher's x-google bitrates.
     viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pcs.append(viewer)
     for kind in ("video", "audio"):
@@ -111,4 +112,6 @@ async def test_offer_without_transport_cc_and_whep_answers_stay_without(
                          headers={"Content-Type": "application/sdp"}) as resp:
         assert resp.status == 201, await resp.text()
         whep_answer = await resp.text()
-    assert "transport-cc" not in whep_answer and TRANSPORT_CC_URI not in whep_answer
+    assert "a=rtcp-fb:" in whep_answer and " transport-cc" in whep_answer
+    assert TRANSPORT_CC_URI in whep_answer
+    assert "x-google" not in whep_answer

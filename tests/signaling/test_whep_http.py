@@ -226,7 +226,7 @@ async def test_unknown_room_is_404(service: Service, http, make_offer) -> None:
         ("etag", False, 204),
         (None, False, 428),
         ('"stale"', False, 412),
-        ("*", True, 422),
+        ("*", True, 409),  # ICE restart before ICE ever connected (RFC 9725 §4.3.3)
         (None, True, 428),
     ],
     ids=["trickle", "missing-if-match", "stale-if-match", "restart", "restart-missing-if-match"],

@@ -334,9 +334,11 @@ FRAGMENTS: dict[str, Callable[[str], str | bytes]] = {
         (FRAG, None, "trickle", 428),
         (FRAG, '"stale"', "trickle", 412),
         (FRAG, "W/etag", "trickle", 412),  # weak tags never match (strong comparison)
-        (FRAG, "*", "restart", 422),  # ICE restart is not supported (RFC 9725 §4.3.1)
-        (FRAG, "etag", "restart", 422),
-        (FRAG, "*", "new-pwd", 422),
+        # An ICE restart (RFC 9725 §4.3.3) of a session whose ICE never connected: 409, the
+        # session stays as it was (a connected one restarts: tests/signaling/test_ice_restart_api.py).
+        (FRAG, "*", "restart", 409),
+        (FRAG, "etag", "restart", 409),
+        (FRAG, "*", "new-pwd", 409),
         (FRAG, None, "restart", 428),
         (FRAG, '"stale"', "restart", 412),
         (FRAG, "etag", "bad-candidate", 400),

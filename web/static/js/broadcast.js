@@ -9,7 +9,7 @@ const ui = {
   room: $("room"), preview: $("preview"), state: $("state"), viewers: $("viewers"),
   stats: $("stats"), controls: $("controls"), camera: $("camera"), mic: $("microphone"),
   resolution: $("resolution"), key: $("stream-key"), goLive: $("go-live"), stop: $("stop"),
-  chat: $("chat"),
+  chat: $("chat"), simulcast: $("simulcast"),
 };
 ui.lockWhileLive = [ui.key];
 const room = roomFromPath();
@@ -39,7 +39,14 @@ async function goLive() {
 
 // Debug/test hook: the current WHIP session's RTCPeerConnection (null between
 // sessions), for getStats() from devtools or the end-to-end tests.
-window.__relaycast = { get pc() { return publisher.pc; } };
+window.__relaycast = {
+  get pc() { return publisher.pc; },
+  // The WHIP session's adaptive-delivery state: rids offered/answered, ICE restarts.
+  get session() {
+    const s = publisher.session;
+    return s && { location: s.location, etag: s.etag, simulcast: s.simulcast, iceRestarts: s.iceRestarts ?? 0 };
+  },
+};
 
 async function init() {
   ui.room.textContent = room;

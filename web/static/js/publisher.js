@@ -5,11 +5,21 @@
 //
 // States shown in ui.state (data-state = first word): idle, connecting, live,
 // reconnecting, stopped, "error: <why>".
+//
+// Adaptive delivery (docs/web.md "Adaptive delivery"): the camera goes out as three
+// simulcast layers (rids q/h/f, simulcast.js) with VP8 temporal layers, unless the
+// page's "Simulcast" box (ui.simulcast) is unticked, the browser refuses, or the source
+// is too small; the server's answer without a=simulcast leaves one full-size encoding.
+// A failing connection first tries an ICE restart (PATCH, RFC 9725 §4.3.3) before a new
+// session.
 
 import { attachChat, mountChat } from "./chat.js";
 import {
-  HttpError, backoffDelay, closeSession, rtcConfiguration, negotiate, pollStats, setState, sleep,
-  watchConnection,
+  encodingsAfterAnswer, planEncodings, rescaleEncodings, simulcastRids, vp8RefusesMode,
+} from "./simulcast.js";
+import {
+  HttpError, backoffDelay, closeSession, rtcConfiguration, negotiate, pollStats,
+  restartSessionIce, setState, sleep, watchConnection,
 } from "./webrtc.js";
 
 const RESOLUTIONS = { "360p": [640, 360], "720p": [1280, 720], "1080p": [1920, 1080] };
@@ -25,15 +35,53 @@ export function describe(err) {
   return err instanceof HttpError ? err.message : `${err.name}: ${err.message}`;
 }
 
-/** Outgoing video figures from two getStats() reports: {kbps, fps, width, height}. */
+/**
+ * Outgoing video figures from two getStats() reports: {kbps, fps, width, height, layers}.
+ * With simulcast there is one outbound-rtp per layer (paused ones left out): ``kbps`` is their sum, ``fps``/
+ * ``width``/``height`` the largest layer's, ``layers`` [{rid, kbps, fps, width, height}]
+ * each (lowest first; one entry without a rid when not simulcast).
+ */
 export function videoHealth(report, prev, dt) {
+  const layers = [];
   for (const st of report.values()) {
-    if (st.type !== "outbound-rtp" || st.kind !== "video") continue;
+    // A paused simulcast layer (active false) keeps its last frame size: not sent now.
+    if (st.type !== "outbound-rtp" || st.kind !== "video" || st.active === false) continue;
     const before = prev?.get(st.id);
     const kbps = before && dt > 0 ? Math.round(((st.bytesSent - before.bytesSent) * 8) / dt / 1000) : 0;
-    return { kbps, fps: st.framesPerSecond ?? 0, width: st.frameWidth ?? 0, height: st.frameHeight ?? 0 };
+    layers.push({
+      rid: st.rid ?? null, kbps, fps: st.framesPerSecond ?? 0, width: st.frameWidth ?? 0, height: st.frameHeight ?? 0,
+    });
   }
-  return null;
+  if (!layers.length) return null;
+  layers.sort((a, b) => a.height - b.height || a.kbps - b.kbps);
+  const top = layers[layers.length - 1];
+  const kbps = layers.reduce((sum, l) => sum + l.kbps, 0);
+  return { kbps, fps: top.fps, width: top.width, height: top.height, layers };
+}
+
+/**
+ * ``pc.addTransceiver`` for the camera track with the simulcast/temporal encodings of
+ * :func:`planEncodings`, falling back step by step when the browser throws (no temporal
+ * scalability, then no simulcast, then its default single encoding).
+ * @returns {RTCRtpTransceiver}
+ */
+function addVideoTransceiver(pc, track, init, simulcast) {
+  const { width = null, height = null } = track.getSettings?.() ?? {};
+  const temporal = !vp8RefusesMode(globalThis.RTCRtpSender?.getCapabilities?.("video"));
+  const attempts = [
+    planEncodings(width, height, { simulcast, temporal }),
+    planEncodings(width, height, { simulcast, temporal: false }),
+    planEncodings(width, height, { simulcast: false, temporal: false }),
+  ];
+  for (const encodings of attempts) {
+    try {
+      return pc.addTransceiver(track, encodings ? { ...init, sendEncodings: encodings } : init);
+    } catch (err) {
+      if (!encodings) throw err;
+      console.warn("relaycast: sendEncodings refused, trying fewer", encodings, err);
+    }
+  }
+  throw new Error("unreachable");
 }
 
 /**
@@ -47,7 +95,9 @@ export class WhipPublisher {
     this.onHealth = onHealth;
     this.onLive = onLive;
     this.stream = null; // local MediaStream: preview and publish source
-    this.session = null; // {pc, dc, location, token, cleanup[]} of the current WHIP session
+    // {pc, dc, location, etag, token, video (transceiver), simulcast: {offered, answered}
+    // (rids), iceRestarts, cleanup[]} of the current WHIP session
+    this.session = null;
     this.run = null; // AbortController spanning goLive() .. stop()
     mountChat(ui.chat);
     ui.preview.muted = true;
@@ -69,6 +119,11 @@ export class WhipPublisher {
 
   get running() {
     return this.run !== null;
+  }
+
+  /** Simulcast wanted: the page's "Simulcast" box when it has one, else on. */
+  get simulcastWanted() {
+    return this.ui.simulcast ? this.ui.simulcast.checked : true;
   }
 
   // ---- media capture -------------------------------------------------------
@@ -116,6 +171,7 @@ export class WhipPublisher {
       const track = kind === "video" ? next.getVideoTracks()[0] : next.getAudioTracks()[0];
       if (track) await tr.sender.replaceTrack(track);
     }
+    if (this.session) await this.rescaleLayers(); // the new camera may be another size
     old?.getTracks().forEach((t) => t.stop());
     await this.populateDevices();
   }
@@ -150,23 +206,48 @@ export class WhipPublisher {
   // ---- WHIP session ------------------------------------------------------------
   async publish(endpoint, signal, token) {
     const pc = new RTCPeerConnection(await rtcConfiguration());
+    let video = null;
     for (const track of this.stream.getTracks()) {
-      pc.addTransceiver(track, { direction: "sendonly", streams: [this.stream] });
+      const init = { direction: "sendonly", streams: [this.stream] };
+      if (track.kind === "video") video = addVideoTransceiver(pc, track, init, this.simulcastWanted);
+      else pc.addTransceiver(track, init);
     }
     // The chat channel must exist before createOffer so the offer carries the
     // m=application (SCTP) section: WHIP sessions are never renegotiated.
     const dc = pc.createDataChannel("chat", { ordered: true });
-    const s = { pc, dc, token, location: null, cleanup: [] };
+    const s = { pc, dc, token, location: null, etag: null, video, simulcast: null, cleanup: [] };
     const chat = attachChat(dc, this.ui.chat, { onPresence: (p) => this.onPresence(p) });
     s.cleanup.push(() => chat.detach());
     try {
       await negotiate(s, endpoint, token, signal);
+      await this.adaptEncodings(s);
     } catch (err) {
       await this.teardown(s);
       throw err;
     }
     s.cleanup.push(pollStats(pc, (report, prev, dt) => this.renderStats(report, prev, dt)));
     return s;
+  }
+
+  /**
+   * After the answer: note which rids were offered and answered (RFC 8853 §5.1), and when
+   * the server took no simulcast (or another codec than VP8) fix the encoding the browser
+   * kept (:func:`encodingsAfterAnswer`). A refused setParameters leaves the encoding as is.
+   */
+  async adaptEncodings(s) {
+    if (!s.video) return;
+    s.simulcast = {
+      offered: simulcastRids(s.pc.localDescription.sdp, "send"),
+      answered: simulcastRids(s.pc.remoteDescription.sdp, "recv"),
+    };
+    const params = s.video.sender.getParameters();
+    const encodings = encodingsAfterAnswer(params.encodings ?? [], params.codecs?.[0]?.mimeType ?? "");
+    if (!encodings) return;
+    try {
+      await s.video.sender.setParameters({ ...params, encodings });
+    } catch (err) {
+      console.warn("relaycast: could not adjust the video encoding", err);
+    }
   }
 
   /** DELETE the session resource (RFC 9725 §4.2), then close the pc. Idempotent. */
@@ -178,10 +259,18 @@ export class WhipPublisher {
     await closeSession(s, s.token, { keepalive });
   }
 
-  /** Resolves with a reason once the session is lost, or "stopped" on abort. */
+  /** Resolves with a reason once the session is lost (an ICE restart, RFC 9725 §4.3.3,
+   * tried first), or "stopped" on abort. */
   untilLost(s, signal, onConnected) {
     return new Promise((resolve) => {
-      const unwatch = watchConnection(s.pc, { channel: s.dc, onConnected, onLost: resolve });
+      const unwatch = watchConnection(s.pc, {
+        channel: s.dc, onConnected, onLost: resolve,
+        restart: () => restartSessionIce(s, s.token),
+        onRestart: (reason) => {
+          setState(this.ui.state, "reconnecting");
+          this.ui.stats.textContent = `restarting ICE (${reason})`;
+        },
+      });
       signal.addEventListener("abort", () => { unwatch(); resolve("stopped"); }, { once: true });
     });
   }
@@ -256,6 +345,7 @@ export class WhipPublisher {
     this.ui.goLive.disabled = running;
     this.ui.stop.disabled = !running;
     for (const input of this.ui.lockWhileLive ?? []) input.disabled = running;
+    if (this.ui.simulcast) this.ui.simulcast.disabled = running; // fixed per session (one offer)
   }
 
   onPresence({ viewers }) {
@@ -266,7 +356,9 @@ export class WhipPublisher {
     const health = videoHealth(report, prev, dt);
     if (!health) return;
     const res = health.width ? `${health.width}×${health.height}` : "–";
-    this.ui.stats.textContent = `video ${health.kbps} kbps · ${health.fps} fps · ${res}`;
+    const sent = health.layers.filter((l) => l.rid && l.height > 0);
+    const layers = sent.length > 1 ? ` · ${sent.length} layers (${sent.map((l) => `${l.rid} ${l.height}p`).join(", ")})` : "";
+    this.ui.stats.textContent = `video ${health.kbps} kbps · ${health.fps} fps · ${res}${layers}`;
     this.onHealth?.(health);
   }
 
@@ -283,6 +375,23 @@ export class WhipPublisher {
     const [width, height] = RESOLUTIONS[this.ui.resolution.value];
     const track = this.stream?.getVideoTracks()[0];
     track?.applyConstraints({ width: { ideal: width }, height: { ideal: height }, frameRate: { ideal: 30 } })
+      .then(() => this.rescaleLayers())
       .catch(() => this.onDeviceChange());
+  }
+
+  /** While live with simulcast: re-plan the layers for the camera's new size
+   * (:func:`rescaleEncodings`), so the top active layer stays the full picture. */
+  async rescaleLayers() {
+    const sender = this.session?.video?.sender;
+    const settings = sender?.track?.getSettings();
+    if (!sender || !settings) return;
+    const params = sender.getParameters();
+    const encodings = rescaleEncodings(params.encodings, settings.width, settings.height);
+    if (!encodings) return;
+    try {
+      await sender.setParameters({ ...params, encodings });
+    } catch (err) {
+      console.warn("relaycast: could not re-plan the simulcast layers", err);
+    }
   }
 }

@@ -43,7 +43,7 @@ const ui = {
   size: $("health-resolution"), info: $("info-form"), title: $("title"), category: $("category"),
   tags: $("tags"), description: $("description"), infoResult: $("info-result"), keyForm: $("key-form"),
   keyLabel: $("key-label"), newKey: $("new-key"), keys: $("keys").querySelector("tbody"),
-  keysError: $("keys-error"), copyResult: $("copy-result"),
+  keysError: $("keys-error"), copyResult: $("copy-result"), simulcast: $("simulcast"),
 };
 
 let channel = ""; // the user's channel name

@@ -16,14 +16,21 @@
 // problems that LL-HLS cannot solve; see fallbackHelps). Once on LL-HLS the page
 // stays there until the viewer switches. A manual choice is kept: no automatic
 // switch away from it.
+//
+// Adaptive delivery (docs/web.md "Adaptive delivery"): once a WHEP session is up the
+// page reports its video element's size in device pixels (video-size.js: POST
+// <session>/video-size) so the SFU picks a simulcast layer no larger than needed; a
+// failing connection first tries an ICE restart (PATCH, RFC 9725 §4.3.3) before a new
+// session.
 import { attachChat, connectSocketChat, mountChat } from "./chat.js";
 import { enableChatActions } from "./chat-moderation.js";
 import { HlsPlayer, hlsSupport } from "./hls-player.js";
 import { QoeBeacons } from "./qoe.js";
 import { session as userSession } from "./shell.js";
+import { VideoSizeReporter } from "./video-size.js";
 import {
   HttpError, backoffDelay, closeSession, rtcConfiguration, negotiate, pollStats,
-  roomFromPath, setState, sleep, watchConnection,
+  restartSessionIce, roomFromPath, setState, sleep, watchConnection,
 } from "./webrtc.js";
 
 const $ = (id) => document.querySelector(`[data-testid="${id}"]`);
@@ -49,7 +56,9 @@ let switching = Promise.resolve(); // path switches run one after another
 let hlsUnavailable = ""; // why LL-HLS cannot play here, once known
 
 // WebRTC path
-let session = null; // {pc, dc, location, cleanup[]} of the current WHEP session
+// {pc, dc, location, etag, sizes (VideoSizeReporter), iceRestarts, cleanup[]} of the
+// current WHEP session
+let session = null;
 let run = null; // AbortController for the connect/reconnect loop
 let connected = false;
 let live = null; // from chat welcome/presence; null = unknown
@@ -111,6 +120,8 @@ async function play(signal) {
     throw err;
   }
   s.cleanup.push(pollStats(pc, renderStats));
+  s.sizes = new VideoSizeReporter(ui.video, s.location).start();
+  s.cleanup.push(() => s.sizes.stop());
   return s;
 }
 
@@ -131,7 +142,15 @@ function untilLost(s, signal, onConnectedExtra) {
       onConnectedExtra();
       showPlayState();
     };
-    const unwatch = watchConnection(s.pc, { channel: s.dc, onConnected, onLost: resolve });
+    const unwatch = watchConnection(s.pc, {
+      channel: s.dc, onConnected, onLost: resolve,
+      restart: () => restartSessionIce(s, token),
+      onRestart: (reason) => {
+        connected = false;
+        setState(ui.state, "reconnecting");
+        notice(`Connection interrupted (${reason}); restarting ICE…`);
+      },
+    });
     signal.addEventListener("abort", () => { unwatch(); resolve("stopped"); }, { once: true });
   });
 }
@@ -444,7 +463,17 @@ function mountChatPanel() {
 // Debug/test hooks: the current WHEP session's RTCPeerConnection (null between
 // sessions), for getStats() from devtools or the end-to-end tests, and the
 // playback path state.
-window.__relaycast = { get pc() { return session?.pc ?? null; } };
+window.__relaycast = {
+  get pc() { return session?.pc ?? null; },
+  // The WHEP session's adaptive-delivery state: its URL, the last size hint the server
+  // took, and how many ICE restarts it went through.
+  get session() {
+    return session && {
+      location: session.location, etag: session.etag ?? null, iceRestarts: session.iceRestarts ?? 0,
+      videoSize: session.sizes?.last ?? null, videoSizeUnsupported: session.sizes?.unsupported ?? false,
+    };
+  },
+};
 window.relaycastWatch = {
   get mode() { return mode; },
   get path() { return current; },
