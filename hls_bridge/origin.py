@@ -207,10 +207,13 @@ def playable(store: RenditionStore) -> bool:
 async def _multivariant(request: web.Request) -> web.Response:
     """Multivariant playlist, once every rendition is `playable` (held at most
     `blocking_timeout`, then 503 with ``Retry-After``): a player that starts from it
-    never meets an empty media playlist."""
+    never meets an empty media playlist.  Before the transcoder has planned its ladder
+    (a bridge just started, a starved transcoder) there is none yet: 503 with
+    ``Retry-After: 1`` too — a temporary state, not a missing resource (RFC 9110 §15.6.4)."""
     room = await _room(request)
     if room.multivariant is None:
-        raise hls_problem(404, NOT_FOUND, "the multivariant playlist is not ready")
+        raise hls_problem(503, NOT_READY, "the multivariant playlist is not ready yet",
+                          headers={"Retry-After": "1"})
     stores = list(room.renditions.values())
     if not all(playable(store) for store in stores):
         loop = asyncio.get_running_loop()

@@ -28,6 +28,20 @@ async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str, bytes]:
         return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
 
 
+async def get_as_a_player(http: aiohttp.ClientSession, url: str, timeout_s: float = 30.0) -> tuple[int, str, bytes]:
+    """GET ``url`` again after a 503 (``Retry-After``) as a player does, until it answers
+    otherwise or ``timeout_s`` passes: a starved transcoder's first playlist may take longer
+    than the origin holds a request (it then answers 503 + Retry-After)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        async with http.get(url, timeout=aiohttp.ClientTimeout(total=20)) as resp:
+            result = resp.status, resp.headers.get("Content-Type", ""), await resp.read()
+            retry = float(resp.headers.get("Retry-After", "1") or 1)
+        if result[0] != 503 or asyncio.get_running_loop().time() + 0.5 > deadline:
+            return result
+        await asyncio.sleep(min(retry, 1.0))
+
+
 def ffprobe_frames(path: Path) -> list[dict]:
     result = subprocess.run(
         [FFPROBE, "-v", "error", "-select_streams", "v:0", "-show_frames",
@@ -154,7 +168,7 @@ async def test_bridge_stops_after_idle_seconds_without_requests(service, http) -
     )
     try:
         await whip_client.wait_connected(pub.pc)
-        status, _, body = await get(http, f"{svc.url}/hls/demo/index.m3u8")
+        status, _, body = await get_as_a_player(http, f"{svc.url}/hls/demo/index.m3u8")
         assert status == 200, body
         bridge = svc.hls.bridges["demo"]
         # Video only: no audio rendition.
@@ -172,8 +186,11 @@ async def test_bridge_stops_after_idle_seconds_without_requests(service, http) -
         process = bridge.process
         assert process is not None and not process.attached
         assert process.done and process.proc is not None and process.proc.returncode == 0
-        # The room is still live: the next request starts a fresh bridge.
-        status, _, body = await get(http, f"{svc.url}/hls/demo/index.m3u8")
+        # The room is still live: the next request starts a fresh bridge.  (A longer idle
+        # time now: under CPU pressure the fresh bridge's first playlist may take over 1 s,
+        # and the 1 s idle check would stop it again before it is looked at.)
+        svc.hls.config = HlsConfig(idle_s=30.0, check_interval_s=0.2)
+        status, _, body = await get_as_a_player(http, f"{svc.url}/hls/demo/index.m3u8")
         assert status == 200, body
         assert svc.hls.bridges["demo"] is not bridge
     finally:

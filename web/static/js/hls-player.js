@@ -155,6 +155,12 @@ export class HlsPlayer {
         this.retryLater("waiting", "Waiting for the broadcaster…");
         return;
       }
+      if (data.type === Hls.ErrorTypes.NETWORK_ERROR && code === 503) {
+        // The room is live but its LL-HLS stream is not ready yet (a bridge starting, its
+        // transcoder busy, or no CPU to start one): the origin says so with Retry-After.
+        this.retryLater("waiting", "Waiting for the LL-HLS stream…");
+        return;
+      }
       const what = code ? `${data.details} (HTTP ${code})` : data.details;
       this.retryLater("error", `LL-HLS playback failed: ${what}; retrying…`);
     });
