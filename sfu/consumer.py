@@ -474,16 +474,15 @@ class Consumer:
                        _U16(seq), probe=True)
             return True
         pad = max(1, min(size - 12, 255))
-        header = _HEADER.pack(0xA0, params.rtx_payload_type, self._rtx_seq, self.forwarder.last_ts_out,
-                              params.rtx_ssrc)
-        data = header + bytes(pad - 1) + bytes((pad,))
+        padding = bytes(pad - 1) + bytes((pad,))
         bwe = self.bwe
-        if self._twcc_id and bwe is not None:
-            number = bwe.next_probe_sequence(len(data) + 4)
+        ext = b""
+        if self._twcc_id and bwe is not None:  # the header extension: 4 + 4 bytes
+            number = bwe.next_probe_sequence(12 + 8 + pad)
             ext = struct.pack("!HHBHB", 0xBEDE, 1, (self._twcc_id << 4) | 1, number, 0)
-            data = _HEADER.pack(0xB0, params.rtx_payload_type, self._rtx_seq, self.forwarder.last_ts_out,
-                                params.rtx_ssrc) + ext + bytes(pad - 1) + bytes((pad,))
-        return self.raw.send_rtp(data)
+        header = _HEADER.pack(0xB0 if ext else 0xA0, params.rtx_payload_type, self._rtx_seq,
+                              self.forwarder.last_ts_out, params.rtx_ssrc)
+        return self.raw.send_rtp(header + ext + padding)
 
     # ----------------------------------------------------------------- RTCP
     def on_rtcp(self, packet: AnyRtcpPacket) -> None:
