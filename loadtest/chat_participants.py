@@ -70,7 +70,7 @@ class _Participant:
         self.errors[code] = self.errors.get(code, 0) + 1
 
 
-def _ignore(_: bytes) -> None:
+def _ignore(_: bytes, __: int = 0) -> None:
     pass
 
 

@@ -138,6 +138,20 @@ class SfuProcess(RelaycastProcess):
         """The serve process and its SFU worker children."""
         return [self.pid, *self.workers().values()]
 
+    def estimator_pids(self) -> list[int]:
+        """The bandwidth estimator processes (``python -m sfu.estimator_main``) beside the
+        serve process's and its workers' forwarding: their CPU is reported apart."""
+        out = []
+        for parent in self.pids():
+            for pid in procstat.children(parent):
+                try:
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if b"sfu.estimator_main" in argv:
+                    out.append(pid)
+        return out
+
     def cpu_by_process(self) -> dict[str, float]:
         """CPU seconds so far: ``serve`` and each SFU worker child (by its node id)."""
         pids = {"serve": self.pid, **self.workers()}
@@ -349,7 +363,8 @@ class FanoutRun:
             sfu_drops=sum(procstat.udp_drops(pid) for pid in pids),
             sub_drops=sum(procstat.udp_drops(p.pid) for p in self.pools),
             pub_cpu_s=procstat.cpu_seconds(self.publisher.proc.pid), subs=subs,
-            pool_cpu_s=sum(s["cpu_s"] for s in snaps), machine_cpu_s=procstat.machine_cpu_seconds())
+            pool_cpu_s=sum(s["cpu_s"] for s in snaps), machine_cpu_s=procstat.machine_cpu_seconds(),
+            estimator_cpu_s=sum(map(procstat.cpu_seconds, self.sfu.estimator_pids())))
 
     async def measure_baseline(self) -> dict[str, Any]:
         """Publisher only, no viewers: the SFU's idle cost and RSS."""
@@ -531,7 +546,7 @@ async def run_mode(mode: str, opts: FanoutOptions, log_dir: Path) -> dict[str, A
             step["meets_targets"] = meets_targets(step)
             steps.append(step)
             print(f"[{mode}] N={n}: " + ", ".join(f"{k}={step.get(k)}" for k in (
-                "n", "sfu_cpu_pct", "us_per_packet", "fps_median", "fps_min", "loss_pct",
+                "n", "sfu_cpu_pct", "us_per_packet", "estimator_cpu_pct", "us_per_packet_with_estimator", "fps_median", "fps_min", "loss_pct",
                 "latency_p50_ms", "latency_p95_ms", "join_probe_p95_ms", "mem_per_subscriber_kb",
                 "sfu_cpu_pct_by_process", "classes"))
                 + f", hls_bridge={step.get('hls_bridge')}", flush=True)

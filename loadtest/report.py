@@ -61,6 +61,8 @@ class Sample:
     subs: list[dict[str, Any]]  # per subscriber, across pools
     pool_cpu_s: float
     machine_cpu_s: float
+    estimator_cpu_s: float = 0.0
+    """The SFU's bandwidth estimator processes (sfu.estimator_main), not counted in sfu_cpu_s."""
 
 
 def window_metrics(a: Sample, b: Sample, latency: list[tuple[float, float]], baseline: dict[str, Any] | None,
@@ -127,7 +129,10 @@ def window_metrics(a: Sample, b: Sample, latency: list[tuple[float, float]], bas
         "publisher_cpu_pct": round(100.0 * (b.pub_cpu_s - a.pub_cpu_s) / dt, 1),
         "machine_cpu_pct": round(100.0 * (b.machine_cpu_s - a.machine_cpu_s) / dt, 1),
     }
-    ours = cpu + (b.pool_cpu_s - a.pool_cpu_s) + (b.pub_cpu_s - a.pub_cpu_s)
+    estimator = b.estimator_cpu_s - a.estimator_cpu_s
+    out["estimator_cpu_pct"] = round(100.0 * estimator / dt, 1)
+    out["us_per_packet_with_estimator"] = rounded(1e6 * (cpu + estimator) / forwarded, 2) if forwarded else None
+    ours = cpu + estimator + (b.pool_cpu_s - a.pool_cpu_s) + (b.pub_cpu_s - a.pub_cpu_s)
     out["other_processes_cpu_pct"] = round(100.0 * ((b.machine_cpu_s - a.machine_cpu_s) - ours) / dt, 1)
     if baseline and forwarded:
         extra = cpu - baseline["sfu_cpu_pct"] / 100.0 * dt
@@ -260,19 +265,21 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 def table(result: dict[str, Any]) -> str:
     """One markdown table for a mode's steps."""
-    head = ("| N | SFU CPU % (kernel) | µs/pkt total / marginal | fwd pkt/s | fps median / min | loss % "
+    head = ("| N | SFU CPU % (kernel) | µs/pkt total / marginal | estimator CPU % (µs/pkt with it) "
+            "| fwd pkt/s | fps median / min | loss % "
             "| g2g p50 / p95 ms (samples) | join p50 / p95 ms (probes) | ramp join p95 ms | RSS MB | KB/sub "
             "| subs CPU % | other CPU % | pub. kbps |")
-    rows = [head, "|" + "---|" * 14]
+    rows = [head, "|" + "---|" * 15]
     base = result.get("baseline") or {}
     if base:
-        rows.append(f"| 0 | {_fmt(base.get('sfu_cpu_pct'))} | – | – | – | – | – | – | – | {_fmt(base.get('sfu_rss_mb'))} "
+        rows.append(f"| 0 | {_fmt(base.get('sfu_cpu_pct'))} | – | – | – | – | – | – | – | – | {_fmt(base.get('sfu_rss_mb'))} "
                     f"| – | – | – | {_fmt((base.get('publisher') or {}).get('video_kbps'), 0)} |")
     for s in result.get("steps", []):
         other = s.get("other_processes_cpu_pct")
         rows.append(
             f"| {s['n']} | {_fmt(s['sfu_cpu_pct'])} ({_fmt(s.get('sfu_kernel_cpu_pct'))}) "
             f"| {_fmt(s.get('us_per_packet'))} / {_fmt(s.get('us_per_packet_marginal'))} "
+            f"| {_fmt(s.get('estimator_cpu_pct'))} ({_fmt(s.get('us_per_packet_with_estimator'))}) "
             f"| {_fmt(s['forwarded_pps'], 0)} | {_fmt(s.get('fps_median'))} / {_fmt(s.get('fps_min'))} "
             f"| {_fmt(s.get('loss_pct'), 2)} "
             f"| {_fmt(s.get('latency_p50_ms'), 0)} / {_fmt(s.get('latency_p95_ms'), 0)} ({s['latency_samples']}) "

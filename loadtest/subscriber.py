@@ -58,7 +58,7 @@ from aiortc.rtp import RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfb
 from sfu import aiortc_private
 from sfu.picture_size import vp8_keyframe_size
 from sfu.rtp import vp8_is_keyframe_start
-from sfu.twcc import FEEDBACK_INTERVAL_S, TRANSPORT_CC_URI, TwccRecorder
+from sfu.twcc import TRANSPORT_CC_URI, TwccRecorder
 
 from . import aiortc_hooks, whip_client
 from .impair_relay import Impairment, view_through_relay
@@ -72,6 +72,11 @@ _MAX_OPEN_FRAMES = 48  # incomplete frames tracked per subscriber
 _GAP_GIVE_UP_S = 0.5  # a sampled decoder waits this long for a repair before asking for a key frame
 _PROBE_SPACING_S = 0.5
 _RECEIVE_BUFFER = 1 << 20  # SO_RCVBUF per subscriber socket: rides out scheduling hiccups
+FEEDBACK_INTERVAL_S = 0.0625
+"""How often a viewer sends transport-cc feedback: what Chromium's watch page sends, measured
+(16.0 feedback packets a second, docs/benchmarks.md).  libwebrtc's receiver sizes its
+interval so that feedback takes 5 % of *its own* send rate (RemoteEstimatorProxy, clamped to
+50–250 ms), which for a receive-only viewer does not follow the stream it receives."""
 _RTP = struct.Struct("!HII")  # sequence number, timestamp, SSRC
 LIMITED_QUEUE_MS = 100.0  # a rate-limited viewer's bottleneck queue (drop-tail), ms
 
@@ -165,7 +170,7 @@ class LightSubscriber:
                  transport_cc: bool = True) -> None:
         self.index = index
         self.transport_cc = transport_cc
-        """Offer transport-cc and send transport feedback every 50 ms, as browsers do."""
+        """Offer transport-cc and send transport feedback every 62.5 ms, as Chromium does."""
         self.limit_bps = limit_bps
         """Behind a user-space rate limit (:class:`loadtest.impair_relay.ImpairRelay`), bits/s."""
         self.relay: Any = None
@@ -245,7 +250,7 @@ class LightSubscriber:
                 await asyncio.sleep(0.01)
 
     async def _send_feedback(self) -> None:
-        """RTCP transport feedback every 50 ms (what libwebrtc receivers send above ~200 kbps)."""
+        """RTCP transport feedback every :data:`FEEDBACK_INTERVAL_S` (Chromium's rate)."""
         recorder = self._twcc
         assert recorder is not None
         while self.session is not None:
@@ -306,8 +311,9 @@ class LightSubscriber:
             self._twcc_task = asyncio.ensure_future(self._send_feedback())
         return True
 
-    def _on_raw(self, data: bytes) -> None:
-        """One SRTP-unprotected RTP packet (RFC 3550 §5.1; RTX per RFC 4588 §4)."""
+    def _on_raw(self, data: bytes, arrival_us: int) -> None:
+        """One SRTP-unprotected RTP packet (RFC 3550 §5.1; RTX per RFC 4588 §4) the kernel
+        received at ``arrival_us`` (µs, CLOCK_REALTIME)."""
         info = self._pts.get(data[1] & 0x7F)
         if info is None:
             return
@@ -317,7 +323,7 @@ class LightSubscriber:
         if first & 0x10:  # header extension
             length = 4 * ((data[offset + 2] << 8) | data[offset + 3])
             if self._twcc is not None and data[offset] == 0xBE and data[offset + 1] == 0xDE:
-                self._record_twcc(data, offset + 4, offset + 4 + length, ssrc)
+                self._record_twcc(data, offset + 4, offset + 4 + length, ssrc, arrival_us)
             offset += 4 + length
         end = len(data) - (data[-1] if first & 0x20 else 0)
         kind, rtx = info
@@ -336,9 +342,9 @@ class LightSubscriber:
         if self._rtcp is not None and highest >= 0 and self.video.highest > highest + 1:
             self._nack(highest + 1, self.video.highest)
 
-    def _record_twcc(self, data: bytes, pos: int, end: int, ssrc: int) -> None:
+    def _record_twcc(self, data: bytes, pos: int, end: int, ssrc: int, arrival_us: int) -> None:
         """Find the transport-wide sequence number among the one-byte-header elements
-        (RFC 8285 §4.2) and record its arrival."""
+        (RFC 8285 §4.2) and record its arrival (µs)."""
         wanted = self._twcc_id
         while pos < end:
             byte = data[pos]
@@ -350,7 +356,7 @@ class LightSubscriber:
                 return
             if element == wanted and size == 2:
                 assert self._twcc is not None
-                self._twcc.record((data[pos + 1] << 8) | data[pos + 2], time.monotonic_ns() // 1000, ssrc)
+                self._twcc.record((data[pos + 1] << 8) | data[pos + 2], arrival_us, ssrc)
                 return
             pos += 1 + size
 

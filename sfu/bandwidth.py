@@ -89,6 +89,30 @@ _REFERENCE_MS = 64.0
 _LONG_RUN = 64  # "not received" runs longer than this are clipped to the send history
 
 
+def send_due_padding(cluster: ProbeCluster, history: SendHistory, now: float,
+                     send: Callable[[int], bool]) -> tuple[int, bool]:
+    """Send, through ``send(size)``, the padding probe ``cluster`` is due by ``now`` plus one
+    :data:`PACE_INTERVAL_S` (bytes and packets of the cluster already in ``history`` count;
+    at most 64 packets a call).  Returns (packets sent, whether ``send`` refused one)."""
+    sent_bytes, sent_packets = history.bytes_since(cluster.first_seq, cluster.id)
+    due = cluster.bytes_due(now, sent_bytes, PACE_INTERVAL_S)
+    packets_due = cluster.packets_due(now, sent_packets, PACE_INTERVAL_S)
+    count = 0
+    while (due > 0 or packets_due > 0) and count < 64:
+        try:
+            sent = send(cluster.padding_size)
+        except Exception:  # noqa: BLE001 — a broken sender ends the probe, not the pacer
+            logger.exception("probe padding sender failed")
+            sent = False
+        if not sent:
+            return count, True
+        due -= cluster.padding_size
+        packets_due -= 1
+        cluster.padding_sent += 1
+        count += 1
+    return count, False
+
+
 class BandwidthEstimator:
     """Per-subscriber-transport bandwidth estimator (see the module docstring).
 
@@ -96,17 +120,22 @@ class BandwidthEstimator:
     :param min_bps: the estimate never goes below this.
     :param max_bps: … nor above this; probes never ask for more.
     :param clock: monotonic clock, seconds (tests pass a virtual one).
+    :param history: the send history to number packets into and read feedback against
+        (default: a new :class:`~sfu.send_history.SendHistory` on ``clock``; the estimator
+        process passes a :class:`~sfu.send_history.SharedSendHistory` the forwarding
+        process writes).
     :raises ValueError: not ``0 < min_bps <= initial_bps <= max_bps``.
     """
 
     def __init__(self, *, initial_bps: int = 1_000_000, min_bps: int = 30_000,
-                 max_bps: int = 20_000_000, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_bps: int = 20_000_000, clock: Callable[[], float] = time.monotonic,
+                 history: SendHistory | None = None) -> None:
         if not 0 < min_bps <= initial_bps <= max_bps:
             raise ValueError("need 0 < min_bps <= initial_bps <= max_bps")
         self.min_bps = min_bps
         self.max_bps = max_bps
         self._clock = clock
-        self._history = SendHistory(clock)
+        self._history = SendHistory(clock) if history is None else history
         # The hot path without an extra call layer: this instance's next_sequence *is* the
         # history's bound method (same signature and meaning as the method below).
         self.next_sequence = self._history.next_sequence  # type: ignore[method-assign]
@@ -118,6 +147,7 @@ class BandwidthEstimator:
         self._probe_rates = ProbeBitrateEstimator()
         self._probes = ProbeController()
         self._padding: Callable[[int], bool] | None = None
+        self._remote_pacer: Callable[[ProbeCluster], None] | None = None
         self._pacer: asyncio.Task[None] | None = None
         self._closed = False
         self._acked: list[tuple[float, float, int]] = []  # … (send ms, arrival ms, bytes)
@@ -240,13 +270,24 @@ class BandwidthEstimator:
         cannot.  None: no probing."""
         self._padding = send
 
+    def set_remote_pacer(self, start: Callable[[ProbeCluster], None] | None) -> None:
+        """Probe clusters are paced in another process (the forwarding one, by
+        :func:`send_due_padding` over the same shared history): ``start(cluster)`` is called
+        as each one starts, and :meth:`pace` then only ends it once its time is up.  None:
+        paced here, through the padding sender."""
+        self._remote_pacer = start
+
+    @property
+    def _can_probe(self) -> bool:
+        return (self._padding is not None or self._remote_pacer is not None) and not self._closed
+
     def probe(self, target_bps: int) -> None:
         """Ask to find out whether the link carries ``target_bps``: starts a probe cluster
         unless one runs, the last failed recently (1–3 s back-off), there is no padding
         sender, the estimate already reaches 1.25 × the target, or the path is congested
         now (over-use, or > 10 % loss).  Steps of at most 2 × the estimate, the next step
         following a successful one at once."""
-        if self._padding is None or self._closed:
+        if not self._can_probe:
             return
         now = self._clock()
         self._check_probe_timeout(now)
@@ -262,6 +303,9 @@ class BandwidthEstimator:
             return
         self._history.cluster = cluster.id
         self._probe_rates.forget(cluster.id)
+        if self._remote_pacer is not None:
+            self._remote_pacer(cluster)
+            return  # the driver (the estimator process's loop) calls pace() to end it
         self.pace()
         if self._probes.active is cluster and cluster.sending and self._pacer is None:
             try:
@@ -283,34 +327,43 @@ class BandwidthEstimator:
 
     def pace(self) -> int:
         """Send the padding due now for the probe cluster being sent (the asyncio pacer calls
-        this every :data:`PACE_INTERVAL_S`; simulations call it themselves).  Returns the
-        padding packets sent."""
+        this every :data:`PACE_INTERVAL_S`; simulations and the estimator process call it
+        themselves — with a remote pacer it only ends the cluster once its time is up).
+        Returns the padding packets sent."""
         cluster = self._probes.active
         send = self._padding
         if cluster is None or not cluster.sending:
             return 0
         now = self._clock()
-        sent_bytes, sent_packets = self._history.bytes_since(cluster.first_seq, cluster.id)
-        due = cluster.bytes_due(now, sent_bytes, PACE_INTERVAL_S)
-        packets_due = cluster.packets_due(now, sent_packets, PACE_INTERVAL_S)
         count = 0
-        while (due > 0 or packets_due > 0) and count < 64 and send is not None:
-            try:
-                sent = send(cluster.padding_size)
-            except Exception:  # noqa: BLE001 — a broken sender ends the probe, not the pacer
-                logger.exception("probe padding sender failed")
-                sent = False
-            if not sent:
+        if self._remote_pacer is None and send is not None:
+            count, refused = send_due_padding(cluster, self._history, now, send)
+            if refused:
                 self._end_cluster(cluster, now)
                 self._probes.finish(None, now)
                 return count
-            due -= cluster.padding_size
-            packets_due -= 1
-            cluster.padding_sent += 1
-            count += 1
-        if now - cluster.start_s >= cluster.duration_s or send is None:
+        elif self._remote_pacer is None:
+            self._end_cluster(cluster, now)  # the padding sender went away
+            return 0
+        if now - cluster.start_s >= cluster.duration_s:
             self._end_cluster(cluster, now)
         return count
+
+    @property
+    def probing(self) -> bool:
+        """A probe cluster is being sent (its driver calls :meth:`pace` every
+        :data:`PACE_INTERVAL_S` when no asyncio pacer runs)."""
+        cluster = self._probes.active
+        return cluster is not None and cluster.sending and not self._closed
+
+    def padding_refused(self) -> None:
+        """The padding sender could not send what :meth:`pace` asked for (reported later,
+        from another process): the cluster being sent ends, as a failed probe."""
+        cluster = self._probes.active
+        if cluster is not None and cluster.sending:
+            now = self._clock()
+            self._end_cluster(cluster, now)
+            self._probes.finish(None, now)
 
     def _end_cluster(self, cluster: ProbeCluster, now: float) -> None:
         self._probes.stop_sending(now)
@@ -534,7 +587,7 @@ class BandwidthEstimator:
                 self._probes.finish(None, now)
             else:
                 self._check_probe_timeout(now)
-        elif cluster is None and self._padding is not None and not self._closed:
+        elif cluster is None and self._can_probe:
             # Application-limited (the SFU sends a layer well below the estimate) while a
             # higher rate was wanted lately: probe again on our own once the back-off allows
             # (libwebrtc probes in ALR periodically for the same reason).
@@ -587,7 +640,7 @@ class BandwidthEstimator:
         self._probe_rates.forget(cluster.id)
         if cluster.duration_s > CLUSTER_DURATION_S:
             self._probe_quiet_until = now + PROBE_QUIET_S
-        if self._probes.finish(result, now) and self._probes.goal_bps > 1.1 * result and self._padding:
+        if self._probes.finish(result, now) and self._probes.goal_bps > 1.1 * result and self._can_probe:
             self._start_probe(self._probes.asked_bps, now)  # the next step at once
 
     # ------------------------------------------------------------------ misc
@@ -636,6 +689,7 @@ class BandwidthEstimator:
         """Stop probing (cancels the pacer); the estimator answers but probes no more."""
         self._closed = True
         self._padding = None
+        self._remote_pacer = None
         if self._pacer is not None:
             self._pacer.cancel()
             self._pacer = None

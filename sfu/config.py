@@ -61,6 +61,10 @@ class SfuConfig:
         bits/s (``RELAYCAST_INITIAL_ESTIMATE_BPS``, default 2,500,000 — libwebrtc's
         ``x-google-start-bitrate`` the SFU gives publishers); a viewer starts on the largest
         layer that fits it.
+    :ivar estimator_process: viewers' bandwidth estimation runs in a process of its own
+        beside each forwarding process (:mod:`sfu.estimator_link`;
+        ``RELAYCAST_ESTIMATOR_PROCESS``, default on; ``0`` estimates in the forwarding
+        process).
     """
 
     ice_gather: tuple[str, ...] = ()
@@ -80,6 +84,7 @@ class SfuConfig:
     role: str = "media"
     adaptive: bool = True
     initial_estimate_bps: int = 2_500_000
+    estimator_process: bool = True
 
     def __post_init__(self) -> None:
         if self.role not in NODE_ROLES:
@@ -121,6 +126,8 @@ class SfuConfig:
             pipe_linger_s=env_number(env, "RELAYCAST_PIPE_LINGER_S", 10.0, 0, 3600),
             role=env.get("RELAYCAST_NODE_ROLE", "media").strip().lower() or "media",
             adaptive=env.get("RELAYCAST_ADAPTIVE", "1").strip().lower() not in ("0", "false", "no", "off"),
+            estimator_process=env.get("RELAYCAST_ESTIMATOR_PROCESS", "1").strip().lower()
+            not in ("0", "false", "no", "off"),
             initial_estimate_bps=int(env_number(env, "RELAYCAST_INITIAL_ESTIMATE_BPS", 2_500_000,
                                                 50_000, 100_000_000, integer=True)),
         )
@@ -143,5 +150,6 @@ class SfuConfig:
             "RELAYCAST_NODE_ROLE": self.role,
             "RELAYCAST_ADAPTIVE": "1" if self.adaptive else "0",
             "RELAYCAST_INITIAL_ESTIMATE_BPS": str(self.initial_estimate_bps),
+            "RELAYCAST_ESTIMATOR_PROCESS": "1" if self.estimator_process else "0",
         }
         return env

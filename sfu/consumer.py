@@ -60,7 +60,7 @@ from .twcc import TRANSPORT_CC_URI
 from .vp8 import Vp8Munger
 
 if TYPE_CHECKING:
-    from .bandwidth import BandwidthEstimator
+    from .estimator_link import Estimator
     from .producer import Layer, MediaPacket, Producer
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class Consumer:
         self.params: aiortc_private.SendParameters | None = None
         self.raw: aiortc_private.RawRtpSender | None = None
         self.closed = False
-        self.bwe: BandwidthEstimator | None = None
+        self.bwe: Estimator | None = None
         """The viewer transport's estimator (shared with its other consumers), if any."""
         # counters
         self.packets_sent = 0
@@ -131,6 +131,9 @@ class Consumer:
         self._ast_element = b""  # one-byte-header element prefix for abs-send-time
         self._level_id = 0
         self._twcc_id = 0
+        self._ext_layout: tuple[bytes, bytes, int, int] = (b"", b"", 0, 0)
+        """(_ext_static, _ast_element, _level_id, _twcc_id): the key of a packet's extension
+        block cache (MediaPacket.extensions), fixed once the sender started."""
         self._next_twcc = None  # bound BandwidthEstimator.next_sequence when negotiated
         # layers (adaptive video consumers)
         self.adaptive = adaptive and kind == "video"
@@ -167,6 +170,7 @@ class Consumer:
         if 1 <= twcc_id <= 14 and self.bwe is not None:
             self._twcc_id = twcc_id
             self._next_twcc = self.bwe.next_sequence
+        self._ext_layout = (self._ext_static, self._ast_element, self._level_id, self._twcc_id)
         if self.kind == "video" and params.codec.mimeType.lower() == "video/vp8":
             self._munger = Vp8Munger()
         self._rtx_seq = self.forwarder.last_seq_out ^ 0x5A5A
@@ -365,7 +369,7 @@ class Consumer:
         transport-wide sequence number: ``(before, after, header bytes)``; the number goes
         between them when transport-cc was negotiated, and the RTP header with the block
         takes ``header bytes``."""
-        layout = (self._ext_static, self._ast_element, self._level_id, self._twcc_id)
+        layout = self._ext_layout
         block = media.extensions.get(layout)
         if block is None:
             body = self._ext_static

@@ -14,7 +14,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from .consumer import Consumer
 
 if TYPE_CHECKING:
-    from .bandwidth import BandwidthEstimator
+    from .estimator_link import Estimator
 from .producer import Producer
 from .protocol import Identity
 
@@ -73,7 +73,7 @@ class Participant:
         self.pc = pc
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, Consumer] = {}
-        self.bwe: BandwidthEstimator | None = None
+        self.bwe: Estimator | None = None
         """A viewer transport's bandwidth estimator (:mod:`sfu.bandwidth`), shared by its consumers."""
         self.tracks: list[PlaceholderTrack] = []
         self.closed = False

@@ -25,6 +25,7 @@ from .chat import CHAT_LABEL, ChatRoom, ChatUpstream
 from .config import SfuConfig
 from .consumer import Consumer
 from .errors import BadOffer, InvalidSdp, RoomConflict, RoomNotLive, SfuError, UnsupportedMedia
+from .estimator_link import EstimatorLink
 from .ingest_health import publisher_ingest
 from .negotiation import (
     announce_address,
@@ -63,6 +64,8 @@ class Router:
         publisher, codec change).
     :param on_state: called with the room state dict whenever it changes.
     :param on_session_connected: called when a session first connects (ICE and DTLS up).
+    :param estimators: where viewers' bandwidth estimators run (the Worker's estimator
+        process); None: in this process.
     """
 
     def __init__(
@@ -73,9 +76,11 @@ class Router:
         on_state: Callable[[dict[str, Any]], None],
         chat_upstream: ChatUpstream | None = None,
         on_session_connected: SessionConnected | None = None,
+        estimators: EstimatorLink | None = None,
     ) -> None:
         self.room = room
         self.config = config
+        self._estimators = estimators
         self.publisher: Participant | None = None
         self.viewers: dict[str, Participant] = {}
         self.pipes: dict[str, Participant] = {}
@@ -338,7 +343,9 @@ class Router:
                                 adaptive=self.config.adaptive)
             consumer.codec = codecs[0]
             if participant.bwe is None:
-                participant.bwe = BandwidthEstimator(initial_bps=self.config.initial_estimate_bps)
+                initial = self.config.initial_estimate_bps
+                participant.bwe = (BandwidthEstimator(initial_bps=initial) if self._estimators is None
+                                   else self._estimators.open(initial))
                 aiortc_private.install_rtcp_tap(transceiver.sender.transport,
                                                 participant.bwe.on_transport_feedback)
             consumer.bwe = participant.bwe

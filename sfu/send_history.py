@@ -70,7 +70,7 @@ class SendHistory:
     @property
     def last_sequence(self) -> int:
         """The last sequence number handed out (65535 before the first)."""
-        return (self._seq - 1) & 0xFFFF
+        return (self.next_seq - 1) & 0xFFFF
 
     @property
     def cluster(self) -> int:
@@ -80,10 +80,14 @@ class SendHistory:
     @cluster.setter
     def cluster(self, cluster_id: int) -> None:
         self._tag = (cluster_id & CLUSTER_MASK) << CLUSTER_SHIFT
+        self._cluster_changed(cluster_id)
+
+    def _cluster_changed(self, cluster_id: int) -> None:
+        pass
 
     def slot(self, seq: int) -> int:
         """The ring slot of ``seq`` (16 bits) when it is known, else -1."""
-        distance = (self._seq - seq) & 0xFFFF  # 1 = the last one handed out
+        distance = (self.next_seq - seq) & 0xFFFF  # 1 = the last one handed out
         if distance == 0 or distance > RING_SIZE:
             return -1
         slot = seq & RING_MASK
@@ -94,7 +98,7 @@ class SendHistory:
         """(bytes, packets) handed out from sequence number ``first_seq`` to the last one,
         counting only packets of probe cluster ``cluster_id`` when it is not 0; (0, 0) when
         ``first_seq`` is not known (not yet used or overwritten)."""
-        span = (self._seq - first_seq) & 0xFFFF
+        span = (self.next_seq - first_seq) & 0xFFFF
         if span == 0 or span > RING_SIZE or self.slot(first_seq) < 0:
             return 0, 0
         total = packets = 0
@@ -112,7 +116,7 @@ class SendHistory:
         the ring; off the hot path)."""
         times, meta = self.times, self.metas
         total = 0
-        seq = self._seq
+        seq = self.next_seq
         for _ in range(RING_SIZE):
             seq = (seq - 1) & 0xFFFF
             slot = seq & RING_MASK
@@ -120,3 +124,80 @@ class SendHistory:
                 break
             total += meta[slot] & SIZE_MASK
         return total * 8 / window_s if window_s > 0 else 0.0
+
+
+SHARED_SIZE = 8 + 16 * RING_SIZE
+"""Bytes one :class:`SharedSendHistory` takes in a shared buffer: the next sequence number
+(int64), then ``times`` (RING_SIZE float64) and ``metas`` (RING_SIZE int64)."""
+_NEVER_RING = array("d", [NEVER]) * RING_SIZE
+_ZERO_RING = array("q", bytes(8 * RING_SIZE))
+
+
+class SharedSendHistory(SendHistory):
+    """A :class:`SendHistory` kept in a shared buffer (``multiprocessing.shared_memory``) of
+    :data:`SHARED_SIZE` bytes, so that the forwarding process numbers packets into it
+    (:meth:`next_sequence`, the same two array stores plus the counter) and the estimator
+    process (:mod:`sfu.estimator_main`) reads the send times and sizes its feedback reports
+    on, and marks report states, without copying anything.
+
+    :param buffer: this history's bytes (a memoryview slice of the shared block).
+    :param reset: start empty (the forwarding side, when it takes the slot for a new transport).
+    :param on_cluster: called with the probe cluster id when :attr:`cluster` is set (the
+        estimator side: the forwarding side must tag what it sends, see :meth:`set_tag`).
+    """
+
+    __slots__ = ("_counter", "_on_cluster", "_buffer")
+
+    def __init__(self, buffer: memoryview, clock: Callable[[], float] = time.monotonic, *,
+                 reset: bool = False, on_cluster: Callable[[int], None] | None = None) -> None:
+        self._clock = clock
+        self._tag = 0
+        self._buffer = buffer
+        self._counter = buffer[0:8].cast("q")
+        self.times = buffer[8:8 + 8 * RING_SIZE].cast("d")  # type: ignore[assignment]
+        self.metas = buffer[8 + 8 * RING_SIZE:SHARED_SIZE].cast("q")  # type: ignore[assignment]
+        self._on_cluster = on_cluster
+        if reset:
+            self.times[:] = _NEVER_RING
+            self.metas[:] = _ZERO_RING
+            self._counter[0] = 0
+        self._seq = self._counter[0]
+
+    def next_sequence(self, size: int) -> int:
+        # The base class's, with the shared counter stored too (written out, not a call to
+        # super(): this is the hot path).
+        seq = self._seq
+        self._counter[0] = self._seq = (seq + 1) & 0xFFFF
+        slot = seq & RING_MASK
+        self.times[slot] = self._clock()
+        self.metas[slot] = (size & SIZE_MASK) | self._tag
+        return seq
+
+    @property
+    def next_seq(self) -> int:
+        return self._counter[0]
+
+    def set_tag(self, cluster_id: int) -> None:
+        """The forwarding side: tag the packets numbered from now on with probe cluster
+        ``cluster_id`` (0: none), as the estimator asked."""
+        self._tag = (cluster_id & CLUSTER_MASK) << CLUSTER_SHIFT
+
+    def _cluster_changed(self, cluster_id: int) -> None:
+        if self._on_cluster is not None:
+            self._on_cluster(cluster_id)
+
+    def release(self) -> None:
+        """Let go of the shared buffer (its views), so that the block can be closed; the
+        history must not be used afterwards."""
+        for view in (self._counter, self.times, self.metas, self._buffer):
+            view.release()  # type: ignore[union-attr]
+
+    def detach(self) -> None:
+        """Go on in private memory (a copy) and let go of the shared buffer, whose slot may
+        then serve another transport: a late :meth:`next_sequence` (a packet sent while its
+        session closes) lands in the copy, never in the next owner's slot."""
+        if not isinstance(self.times, memoryview):
+            return  # already private
+        times, metas, counter = array("d", self.times), array("q", self.metas), array("q", self._counter)
+        self.release()
+        self.times, self.metas, self._counter = times, metas, counter  # type: ignore[assignment]

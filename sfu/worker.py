@@ -19,6 +19,7 @@ from . import aiortc_private
 from .chat import ChatUpstream
 from .config import SfuConfig
 from .errors import BadOffer, Overloaded, RoomNotLive, SessionNotFound, SfuError
+from .estimator_link import EstimatorLink
 from .negotiation import announce_address, candidate_reachable
 from .participant import Participant
 from .protocol import (
@@ -88,6 +89,8 @@ class Worker:
         self._sessions_changed = asyncio.Event()
         self.load_reporters: dict[str, Callable[[], Any]] = {}
         """Extra sections of `load()`, e.g. ``{"hls": bridge_manager.report}`` (JSON values)."""
+        self.estimators = EstimatorLink(enabled=config.estimator_process)
+        """Viewers' bandwidth estimators, run in a process of their own (sfu.estimator_link)."""
         self.chat_upstream: ChatUpstream | None = None
         """Signaling's chat authority (set by :class:`sfu.node.SignalingLink` before any
         room exists); None = each room numbers its own chat."""
@@ -186,7 +189,8 @@ class Worker:
         if router is None:
             router = self.router_factory(room, self.config, self._session_closed, self._room_state,
                                          chat_upstream=self.chat_upstream,
-                                         on_session_connected=self._session_connected)
+                                         on_session_connected=self._session_connected,
+                                         estimators=self.estimators)
             self.routers[room] = router
         return router
 
@@ -413,6 +417,7 @@ class Worker:
             await router.close()
         self.routers.clear()
         self._session_rooms.clear()
+        await self.estimators.close()
 
 
 def _bundle_tag(sdp: str) -> tuple[tuple[str, ...], str]:

@@ -78,8 +78,10 @@ def test_viewers_per_worker_default() -> None:
 
 def test_a_worker_child_gets_the_serve_settings_back() -> None:
     sfu = SfuConfig(ice_gather=("127.0.0.1",), ice_announce="192.0.2.7", max_sessions=40, publisher_reserve=3,
-                    connect_timeout_s=2.5, node_id="edge-9", pipe_linger_s=0.5, chat_rate=1.5, role="hls")
+                    connect_timeout_s=2.5, node_id="edge-9", pipe_linger_s=0.5, chat_rate=1.5, role="hls",
+                    estimator_process=False, adaptive=False)
     assert SfuConfig.from_env(sfu.to_env()) == sfu
+    assert SfuConfig.from_env({}).estimator_process  # on by default
     [spec] = workers.sfu_worker_specs(1, "http://127.0.0.1:9", "s" * 20, sfu, env={"RELAYCAST_WORKERS": "8"})
     assert SfuConfig.from_env(spec.env) == replace(sfu, node_id="edge-9-w1", role="media")
     assert spec.env["RELAYCAST_NODE_SECRET"] == "s" * 20 and "s" * 20 not in " ".join(spec.argv)

@@ -53,12 +53,12 @@ async def test_lossy_subscriber_is_repaired_by_nack(service, monkeypatch: pytest
     original = LightSubscriber._on_raw
     seen = {"video": 0}
 
-    def lossy(self: LightSubscriber, data: bytes) -> None:
+    def lossy(self: LightSubscriber, data: bytes, arrival_us: int) -> None:
         if self._pts.get(data[1] & 0x7F) == ("video", False):
             seen["video"] += 1
             if seen["video"] % 29 == 0:
                 return  # drop it, as a full socket buffer would
-        original(self, data)
+        original(self, data, arrival_us)
 
     monkeypatch.setattr(LightSubscriber, "_on_raw", lossy)
     pub = await whip_client.publish(f"{service.url}/whip/demo", STREAM_KEY,

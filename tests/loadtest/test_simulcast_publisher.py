@@ -214,7 +214,7 @@ class Answerer:
         self.deleted.set()
         return web.Response(status=200)
 
-    def _on_rtp(self, data: bytes) -> None:
+    def _on_rtp(self, data: bytes, arrival_us: int = 0) -> None:
         packet = _parse_rtp(data)
         self.arrivals.append(packet)
         self.streams.setdefault(packet.ssrc, Stream()).add(packet)
