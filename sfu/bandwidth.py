@@ -339,8 +339,7 @@ class BandwidthEstimator:
         if self._remote_pacer is None and send is not None:
             count, refused = send_due_padding(cluster, self._history, now, send)
             if refused:
-                self._end_cluster(cluster, now)
-                self._probes.finish(None, now)
+                self._fail_cluster(cluster, now)
                 return count
         elif self._remote_pacer is None:
             self._end_cluster(cluster, now)  # the padding sender went away
@@ -361,9 +360,11 @@ class BandwidthEstimator:
         from another process): the cluster being sent ends, as a failed probe."""
         cluster = self._probes.active
         if cluster is not None and cluster.sending:
-            now = self._clock()
-            self._end_cluster(cluster, now)
-            self._probes.finish(None, now)
+            self._fail_cluster(cluster, self._clock())
+
+    def _fail_cluster(self, cluster: ProbeCluster, now: float) -> None:
+        self._end_cluster(cluster, now)
+        self._probes.finish(None, now)
 
     def _end_cluster(self, cluster: ProbeCluster, now: float) -> None:
         self._probes.stop_sending(now)
