@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     fan.add_argument("--no-viewer-transport-cc", action="store_true",
                      help="subscribers do not offer transport-cc (no feedback: the SFU estimates from "
                           "nothing; browsers always offer it)")
+    fan.add_argument("--pin-sfu", action="store_true",
+                     help="forward mode: the SFU's forwarding process alone on CPU 0, everything else "
+                          "(load generator, publisher, bridge, estimator process) on the other CPUs, so "
+                          "that its µs per packet is its own work (needs --workers 1)")
     fan.add_argument("--out", type=Path, default=Path("loadtest/results"), help="results folder")
 
     cdn = sub.add_parser("cdn", help="LL-HLS CDN fan-out: N emulated LL-HLS players through a real nginx edge",
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_quiet=args.wait_quiet, profile_at=args.profile_at,
         profile_joins_at=args.profile_joins_at, workers=args.workers, simulcast=args.simulcast,
         limited_fraction=args.limited_fraction, limited_bps=args.limited_bps,
-        viewer_transport_cc=not args.no_viewer_transport_cc, out=args.out)
+        viewer_transport_cc=not args.no_viewer_transport_cc, pin_sfu=args.pin_sfu, out=args.out)
     return _run(run_fanout(opts))
 
 

@@ -94,8 +94,12 @@ class FanoutOptions:
     limited_fraction: float = 0.0  # this fraction of subscribers sit behind a rate-limited link
     limited_bps: int = 800_000
     viewer_transport_cc: bool = True  # subscribers offer transport-cc and send feedback, as browsers do
+    pin_sfu: bool = False  # forward mode: the forwarding process alone on CPU 0, the rest elsewhere
     out: Path = Path("loadtest/results")
 
+
+SFU_CPU = 0
+"""``--pin-sfu``: the CPU the forwarding process gets to itself."""
 
 # --------------------------------------------------------------- processes
 class SfuProcess(RelaycastProcess):
@@ -314,6 +318,18 @@ class FanoutRun:
         self.decoders = 0
         self.total = 0
         self._limited_decoder = False
+        self._others: set[int] = set()
+        self._own_cpus: set[int] = set()
+        self._pinner: asyncio.Task[None] | None = None
+
+    async def _pin_loop(self) -> None:
+        """``--pin-sfu``: keep the forwarding process (all its threads) on CPU 0 and what it
+        starts (the estimator process, bridge transcoders) on the other CPUs, every 0.5 s."""
+        while True:
+            procstat.pin(self.sfu.pid, {SFU_CPU})
+            for child in procstat.children(self.sfu.pid):
+                procstat.pin(child, self._others)
+            await asyncio.sleep(0.5)
 
     def _limited(self, index: int) -> bool:
         """Whether subscriber ``index`` sits behind a rate-limited link (spread evenly)."""
@@ -321,13 +337,27 @@ class FanoutRun:
         return fraction > 0 and math.floor((index + 1) * fraction) > math.floor(index * fraction)
 
     async def __aenter__(self) -> FanoutRun:
+        if self.opts.pin_sfu:
+            self._others = set(os.sched_getaffinity(0)) - {SFU_CPU}
+            if not self._others or SFU_CPU not in os.sched_getaffinity(0):
+                raise ValueError(f"--pin-sfu needs CPU {SFU_CPU} and at least one other")
+            if self.opts.workers != 1:
+                raise ValueError("--pin-sfu pins one forwarding process: use it with --workers 1")
+            self._own_cpus = set(os.sched_getaffinity(0))
+            procstat.pin(os.getpid(), self._others)  # what this process starts inherits it
         await self.sfu.start()
+        if self.opts.pin_sfu:
+            self._pinner = asyncio.create_task(self._pin_loop(), name="fanout-pin")
         self.publisher = PublisherProcess(f"{self.sfu.url}/whip/{ROOM}", self.sfu.key, self.opts,
                                           self.log_dir / f"publisher-{self.mode}.log")
         await self.publisher.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._pinner is not None:
+            self._pinner.cancel()
+        if self._own_cpus:
+            procstat.pin(os.getpid(), self._own_cpus)  # as it was (a caller may go on)
         probers = [self.prober] if self.prober is not None else []
         await asyncio.gather(*(p.stop() for p in [*self.pools, *probers]), return_exceptions=True)
         if self.publisher is not None:
@@ -429,6 +459,11 @@ class FanoutRun:
         result["sfu_cpu_pct_by_process"] = {name: round(100 * (cpu_b[name] - cpu_a[name]) / (b.t - a.t), 1)
                                             for name in cpu_b if name in cpu_a}
         result["target_n"] = target
+        if self.opts.pin_sfu:
+            result["pinned"] = {"forwarding": sorted(procstat.affinity(self.sfu.pid)),
+                                "estimators": sorted({c for pid in self.sfu.estimator_pids()
+                                                      for c in procstat.affinity(pid)}),
+                                "load_generator": sorted(procstat.affinity(os.getpid()))}
         result["publisher"] = self.publisher.window(a.t, b.t)
         result["hls_bridge"] = await self.hls_bridge()
         if self.opts.probes > 0:

@@ -106,3 +106,26 @@ def cpu_model() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+def pin(pid: int, cpus: set[int]) -> bool:
+    """Set the CPU affinity of every thread of ``pid`` (``sched_setaffinity(2)`` per thread:
+    the call itself sets one thread's).  False when the process is gone."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return False
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:
+            continue  # the thread ended meanwhile
+    return True
+
+
+def affinity(pid: int) -> set[int]:
+    """The CPUs ``pid``'s main thread may run on (empty when it is gone)."""
+    try:
+        return set(os.sched_getaffinity(pid))
+    except OSError:
+        return set()

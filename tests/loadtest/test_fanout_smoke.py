@@ -40,6 +40,24 @@ async def test_fanout_forward_harness_reports_sane_figures(tmp_path: Path) -> No
     assert "forward_max_n_at_targets" in saved["summary"]
 
 
+@pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2 or 0 not in __import__("os").sched_getaffinity(0),
+                    reason="--pin-sfu needs CPU 0 and another")
+async def test_pin_sfu_gives_the_forwarding_process_cpu_0_and_the_rest_the_others(tmp_path: Path) -> None:
+    import os
+
+    mine = set(os.sched_getaffinity(0))
+    opts = _options(tmp_path, "forward", [2])
+    opts.pin_sfu, opts.probes = True, 0
+    results = await run_fanout(opts)
+    step = results["forward"]["steps"][0]
+    assert step["forwarded_packets"] > 0 and step["estimator_cpu_pct"] >= 0
+    pinned = step["pinned"]
+    assert pinned["forwarding"] == [0]
+    assert pinned["load_generator"] and 0 not in pinned["load_generator"]
+    assert pinned["estimators"] and 0 not in pinned["estimators"]  # the viewers' estimator process
+    assert set(os.sched_getaffinity(0)) == mine  # this process (the test) is as it was
+
+
 async def test_fanout_relay_baseline_decodes_and_reencodes(tmp_path: Path) -> None:
     results = await run_fanout(_options(tmp_path, "relay", [1]))
     step = results["relay"]["steps"][0]
