@@ -1,14 +1,50 @@
-"""The start of a helper child process's ``main`` (LL-HLS transcoder, thumbnail worker):
-its command line, dying with its parent, log redaction and logging, SIGINT ignored."""
+"""Helper child processes (LL-HLS transcoder, thumbnail worker, bandwidth estimator): how
+the service starts one (:func:`spawn_child`) and the start of its ``main``
+(:func:`start_child`: its command line, dying with its parent, log redaction and logging,
+SIGINT ignored)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
+import os
 import signal
+import socket
+import sys
 
 from .log_redaction import install_redaction
 from .parent_death import die_with_parent
+
+
+async def spawn_child(module: str, nice: int = 0) -> tuple[asyncio.subprocess.Process, socket.socket]:
+    """Start ``python -m MODULE --fd N --parent PID --log-level LEVEL`` with one end of a new
+    ``AF_UNIX`` stream socket pair; returns the process and this process's end.
+
+    The child runs in a process group of its own (a terminal's Ctrl-C reaches only the
+    service, which stops it) but in the service's session: with autogroup scheduling
+    (sched(7)) a new session would be a CPU group of its own, as heavy as the forwarding
+    process whatever its nice value.  ``nice`` (0..19) is added to this process's at once,
+    before the child has imported anything or started a thread.
+
+    :raises OSError: the process could not be started (both ends are closed then).
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", module, "--fd", str(theirs.fileno()), "--parent", str(os.getpid()),
+            "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
+            pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL, process_group=0)
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    if nice:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, proc.pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
+    return proc, ours
 
 
 def start_child(prog: str, parent: str, argv: list[str] | None = None) -> argparse.Namespace:

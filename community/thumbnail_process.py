@@ -16,10 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
 import signal
-import socket
-import sys
 import time
 from dataclasses import asdict
 from functools import partial
@@ -27,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from common.child_main import spawn_child
 from hls_bridge.transcoder_process import LinkSink
 
 from . import thumbnail_link as link
@@ -228,28 +226,8 @@ class ThumbnailProcess:
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     async def _spawn(self) -> asyncio.StreamReader:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "community.thumbnail_worker", "--fd", str(theirs.fileno()),
-                "--parent", str(os.getpid()),
-                "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
-                pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
-                # Its own process group (a terminal's Ctrl-C reaches only the service, which
-                # stops it) in the service's session: with autogroup scheduling (sched(7)) a
-                # new session would weigh as much as the forwarding process whatever its nice.
-                process_group=0,
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
+        self.proc, ours = await spawn_child("community.thumbnail_worker", self.nice)
         self.starts += 1
-        if self.nice:  # at once, before it has imported anything
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, self.proc.pid,
-                               min(19, os.getpriority(os.PRIO_PROCESS, 0) + self.nice))
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=link.MAX_FRAME)
         self._writer = writer
         logger.info("thumbnail worker started (pid %d)", self.proc.pid)

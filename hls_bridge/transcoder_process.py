@@ -17,11 +17,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import pickle
 import signal
-import socket
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
@@ -29,6 +26,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import psutil
+
+from common.child_main import spawn_child
 
 from . import media_link as link
 
@@ -126,25 +125,7 @@ class TranscoderProcess:
         :raises OSError: the process could not be started.
         """
         self._store = store
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "hls_bridge.transcoder_main", "--fd", str(theirs.fileno()),
-                "--parent", str(os.getpid()),
-                "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
-                pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
-                # Its own process group, so a terminal's Ctrl-C reaches only the service (which
-                # stops it), but the service's session: with autogroup scheduling (sched(7))
-                # a new session would be a CPU group of its own, as heavy as the forwarding
-                # process's whatever its nice value.
-                process_group=0,
-            )
-        finally:
-            theirs.close()
-        if self.nice:  # at once, before it has imported anything or started a thread
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, self.proc.pid,
-                               os.getpriority(os.PRIO_PROCESS, 0) + self.nice)
+        self.proc, ours = await spawn_child("hls_bridge.transcoder_main", self.nice)
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=link.MAX_FRAME)
         self._writer = writer
         with contextlib.suppress(psutil.Error):

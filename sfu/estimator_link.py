@@ -52,13 +52,13 @@ import contextlib
 import logging
 import os
 import pickle
-import socket
 import struct
-import sys
 import time
 from collections.abc import Callable
 from multiprocessing import shared_memory
 from typing import Any
+
+from common.child_main import spawn_child
 
 from .bandwidth import PACE_INTERVAL_S, BandwidthEstimator, send_due_padding
 from .probe import ProbeCluster
@@ -418,21 +418,11 @@ class EstimatorLink:
                 estimator.on_stats(message[2])
 
     async def _start(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "sfu.estimator_main", "--fd", str(theirs.fileno()),
-                "--parent", str(os.getpid()),
-                "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
-                pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
-                process_group=0,  # a terminal's Ctrl-C reaches the service only
-            )
+            self._proc, ours = await spawn_child("sfu.estimator_main")
         except OSError as exc:
-            ours.close()
             self.lost(f"it could not start ({exc})")
             return
-        finally:
-            theirs.close()
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_unix_connection(lambda: _Protocol(self), sock=ours)
         if self.failed or self._closing:
