@@ -284,6 +284,17 @@ async def route_through_relay(
     relays: list[ImpairRelay] = []
     by_location: dict[str, ImpairRelay] = {}
 
+    async def through(relay: ImpairRelay, route: Any, body: str) -> tuple[Any, str]:
+        """Send the request with its candidates on the relay's upstream side; the answer's
+        first candidate becomes the relay's target, and the page sees the relay's address."""
+        response = await route.fetch(post_data=rewrite_candidates(body, relay.upstream_address))
+        text = await response.text()
+        target = first_candidate(text)
+        if target is not None:
+            relay.target = target
+            text = rewrite_candidates(text, relay.address)
+        return response, text
+
     async def handle(route: Any) -> None:
         request = route.request
         method = request.method
@@ -293,12 +304,7 @@ async def route_through_relay(
                                 impairment=impairment, up=up, down=down, seed=seed + len(relays))
             await relay.start()
             relays.append(relay)
-            response = await route.fetch(post_data=rewrite_candidates(body, relay.upstream_address))
-            text = await response.text()
-            target = first_candidate(text)
-            if target is not None:
-                relay.target = target
-                text = rewrite_candidates(text, relay.address)
+            response, text = await through(relay, route, body)
             location = response.headers.get("location")
             if location:
                 by_location[urlsplit(urljoin(request.url, location)).path] = relay
@@ -306,12 +312,7 @@ async def route_through_relay(
             return
         relay = by_location.get(urlsplit(request.url).path)
         if method == "PATCH" and relay is not None:
-            response = await route.fetch(post_data=rewrite_candidates(body, relay.upstream_address))
-            text = await response.text()
-            target = first_candidate(text)
-            if target is not None:
-                relay.target = target
-                text = rewrite_candidates(text, relay.address)
+            response, text = await through(relay, route, body)
             await route.fulfill(response=response, body=text)
             return
         await route.continue_()

@@ -57,11 +57,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlparse
+from urllib.parse import urlparse
 
 import aiohttp
 import av
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
 from aiortc.rtp import (
     RTCP_PSFB_FIR,
     RTCP_PSFB_PLI,
@@ -558,9 +558,6 @@ class SimulcastPublisher:
             self.audio_track = ToneAudioTrack()
             pc.addTransceiver(self.audio_track, direction="sendonly")
         try:
-            await pc.setLocalDescription(await pc.createOffer())
-            self.offer = munge_offer(pc.localDescription.sdp, [s.rid for s in self.specs],
-                                     transport_cc_id=TRANSPORT_CC_EXT_ID if self.transport_cc else None)
             await self._post()
             await asyncio.wait_for(self._first_keys.wait(), timeout)
             if self._error is not None:
@@ -570,29 +567,20 @@ class SimulcastPublisher:
             raise
 
     async def _post(self) -> None:
-        assert self.pc is not None and self.offer is not None
-        headers = {"Content-Type": "application/sdp"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        http = self._http or aiohttp.ClientSession()
-        try:
-            async with http.post(self.url, data=self.offer, headers=headers) as resp:
-                body = await resp.text()
-                if resp.status != 201:
-                    try:
-                        problem: dict[str, object] | str = await resp.json(content_type=None)
-                    except ValueError:
-                        problem = body
-                    raise whip_client.WhipError(resp.status, problem, dict(resp.headers))
-                self.location = urljoin(self.url, resp.headers["Location"])
-                etag = resp.headers.get("ETag")
-        finally:
-            if self._http is None:
-                await http.close()
+        """Offer (munged for simulcast, :func:`munge_offer`) and POST it: the WHIP exchange
+        of :func:`loadtest.whip_client._post_offer`."""
+        assert self.pc is not None
+
+        def munge(sdp: str) -> str:
+            self.offer = munge_offer(sdp, [s.rid for s in self.specs],
+                                     transport_cc_id=TRANSPORT_CC_EXT_ID if self.transport_cc else None)
+            return self.offer
+
+        self.location, body, etag = await whip_client._post_offer(
+            self.pc, self.url, self.token, self._http, edit_offer=munge)
         self.answer = body
         self.simulcast = parse_answer(body)
         self._session = whip_client.WhipSession(self.pc, self.location, body, etag, token=self.token)
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
 
     async def stop(self) -> None:
         """Stop sending, DELETE the WHIP resource (best effort, 10 s) and close the connection."""
