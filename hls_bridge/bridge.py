@@ -300,7 +300,10 @@ class RoomBridge:
             if self.process is not None:
                 self.process.detach()
                 self.process.kill()
-            self.store.end()
+            try:
+                self.store.end()
+            except Exception:  # players keep what was published; the task must not fail
+                logger.exception("HLS bridge for room %r: ending the playlists failed", self.room)
 
     async def _wait_or_kill_stalled(self, process: TranscoderProcess) -> int:
         """The process's exit status; a process silent for ``STALLED_S`` (it reports every

@@ -271,7 +271,12 @@ class RenditionStore:
         return segment
 
     def end(self) -> None:
-        """Mark the stream ended (EXT-X-ENDLIST); wakes every waiter."""
+        """Mark the stream ended (EXT-X-ENDLIST); wakes every waiter.  A segment in progress
+        (the transcoder stopped between two segment boundaries) is closed first: players may
+        already have its parts, and the last segment of a playlist may be shorter than the
+        target duration (RFC 8216bis §4.4.3.1)."""
+        if self.playlist.pending_parts and not self.playlist.ended:
+            self.close_segment()
         self.playlist.end()
         self._changed_state()
 
@@ -515,8 +520,8 @@ class RoomStore:
         store.end()
 
     def end(self) -> None:
-        """End every rendition (EXT-X-ENDLIST); the recorder is told once, even if a
-        rendition refuses to end (PlaylistStateError: a segment still in progress)."""
+        """End every rendition (EXT-X-ENDLIST; a segment in progress is closed first); the
+        recorder is told once, even if a rendition fails to end."""
         try:
             for store in self.renditions.values():
                 if not store.playlist.ended:

@@ -573,11 +573,29 @@ def test_store_hooks_and_late_attach(caplog) -> None:
     room.end()
     assert late.events == [("segment", "v0", 1, pytest.approx(1.0), 50), ("end",)]
 
-    # a rendition that cannot end (segment in progress) still ends the recording
+    # a segment in progress when the stream ends (the transcoder stopped mid-segment) is
+    # closed as the last, shorter segment: players may already have its parts
     told = Events()
     room = RoomStore(recorder=told)
     synthetic(room, ("v0",), 1)
     room.renditions["v0"].publish_part(b"x", 0.2, True)
+    room.end()
+    playlist = room.renditions["v0"].playlist
+    assert playlist.ended and not playlist.pending_parts
+    assert [s.duration for s in playlist.segments][-1] == pytest.approx(0.2)
+    assert told.events[-2:] == [("segment", "v0", 1, pytest.approx(0.2), 1), ("end",)]
+
+    # a rendition that fails to end still ends the recording
+    told = Events()
+    room = RoomStore(recorder=told)
+    synthetic(room, ("v0",), 1)
+    rendition = room.renditions["v0"]
+    rendition.publish_part(b"x", 0.2, True)
+
+    def refuse(*args: object) -> None:
+        raise PlaylistStateError("refused")
+
+    rendition.close_segment = refuse  # type: ignore[method-assign]
     with pytest.raises(PlaylistStateError):
         room.end()
     assert told.events[-1] == ("end",)
