@@ -117,7 +117,7 @@ class Layer:
     __slots__ = (
         "rid", "ssrc", "spatial", "sinks", "keyframe_requester", "width", "height", "octets",
         "bitrates_bps", "last_timestamp", "last_packet_s", "sender_clock", "keyframes",
-        "_sampled_octets", "_sampled_at",
+        "keyframe_timestamp", "_sampled_octets", "_sampled_at",
     )
 
     def __init__(self, rid: str | None, send_pli: Callable[[Layer], None]) -> None:
@@ -134,6 +134,7 @@ class Layer:
         self.last_packet_s = 0.0
         self.sender_clock: SenderClock | None = None
         self.keyframes = 0
+        self.keyframe_timestamp: int | None = None  # RTP timestamp of the last key frame counted
         self._sampled_octets = [0] * MAX_TEMPORAL_LAYERS
         self._sampled_at = time.monotonic()
 
@@ -287,8 +288,15 @@ class Producer:
         elif self._h264 and payload and not payload[0] & 0x60:
             tid = 1  # nal_ref_idc 0: no other picture references this one
         keyframe = frame_start and is_keyframe_start(self._mime, payload)
-        if keyframe and self.kind == "video":
-            self._on_keyframe(layer, packet.timestamp, payload)
+        if self.kind == "video":
+            if keyframe:
+                self._on_keyframe(layer, packet.timestamp, payload)
+            elif (not frame_start and packet.timestamp != layer.keyframe_timestamp
+                  and is_keyframe_start(self._mime, payload)):
+                # A key frame's first packet that came after others of its frame (lost, then
+                # retransmitted): the key frame is counted and measured, but consumers do not
+                # start on it — they have dropped the rest of that frame while they waited.
+                self._on_keyframe(layer, packet.timestamp, payload)
         level = packet.extensions.audio_level
         media = MediaPacket(
             packet.sequence_number,
@@ -310,6 +318,7 @@ class Producer:
 
     def _on_keyframe(self, layer: Layer, timestamp: int, payload: bytes) -> None:
         layer.keyframes += 1
+        layer.keyframe_timestamp = timestamp
         if layer is self.top:
             self.health.on_keyframe(timestamp, payload)
         if self.simulcast:

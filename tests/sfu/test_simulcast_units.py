@@ -181,6 +181,27 @@ def test_a_publisher_without_simulcast_has_one_layer(monkeypatch: pytest.MonkeyP
     assert producer.consumers == []
 
 
+def test_a_key_frame_whose_first_packet_comes_late_is_still_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first packet of a key frame lost and retransmitted after the rest of its frame:
+    the key frame is counted and measured (ingest health), once, but no consumer starts on
+    it (the rest of the frame went by while it waited)."""
+    producer = _producer(monkeypatch, None)
+    sink = Sink()
+    producer.add_consumer(sink)
+    continuation = b"\x00" + bytes(20)  # S = 0: not the start of a partition
+    producer.on_rtp(_rtp(7, 2, 0, continuation), 0)
+    producer.on_rtp(_rtp(7, 3, 0, continuation), 0)
+    assert producer.top.keyframes == 0
+    producer.on_rtp(_rtp(7, 1, 0, _vp8(640, 360)), 0)  # the retransmitted first packet
+    assert producer.top.keyframes == 1
+    assert (producer.health.width, producer.health.height) == (640, 360)
+    producer.on_rtp(_rtp(7, 1, 0, _vp8(640, 360)), 0)  # retransmitted twice
+    assert producer.top.keyframes == 1
+    assert [m.keyframe for m in sink.got] == [False, False, False, False]
+    producer.on_rtp(_rtp(7, 4, 3000, _vp8(640, 360)), 0)  # the next key frame, in order
+    assert producer.top.keyframes == 2 and sink.got[-1].keyframe
+
+
 # ------------------------------------------------------------------ adaptive consumer
 
 class FakeRaw:
