@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="forward mode: the SFU's forwarding process alone on CPU 0, everything else "
                           "(load generator, publisher, bridge, estimator process) on the other CPUs, so "
                           "that its µs per packet is its own work (needs --workers 1)")
+    fan.add_argument("--server-tree", type=Path, default=None,
+                     help="serve the product of this checkout instead (e.g. `git worktree add /tmp/base REV`), "
+                          "driven by this checkout's load generator: a baseline in the same harness")
     fan.add_argument("--out", type=Path, default=Path("loadtest/results"), help="results folder")
 
     cdn = sub.add_parser("cdn", help="LL-HLS CDN fan-out: N emulated LL-HLS players through a real nginx edge",
@@ -182,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         wait_quiet=args.wait_quiet, profile_at=args.profile_at,
         profile_joins_at=args.profile_joins_at, workers=args.workers, simulcast=args.simulcast,
         limited_fraction=args.limited_fraction, limited_bps=args.limited_bps,
-        viewer_transport_cc=not args.no_viewer_transport_cc, pin_sfu=args.pin_sfu, out=args.out)
+        viewer_transport_cc=not args.no_viewer_transport_cc, pin_sfu=args.pin_sfu,
+        server_tree=args.server_tree.resolve() if args.server_tree else None, out=args.out)
     return _run(run_fanout(opts))
 
 

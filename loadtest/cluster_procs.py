@@ -112,15 +112,17 @@ class RelaycastProcess:
         return self.proc.pid
 
     async def launch(self, args: list[str], env: dict[str, str], up: Callable[[str], bool],
-                     timeout: float = 30.0, command: list[str] | None = None) -> str:
-        """Start ``relaycast ARGS`` (or ``command ARGS``) and return the first stdout line ``up``
-        accepts.
+                     timeout: float = 30.0, command: list[str] | None = None,
+                     cwd: Path | None = None) -> str:
+        """Start ``relaycast ARGS`` (or ``command ARGS``), in ``cwd`` if given, and return the
+        first stdout line ``up`` accepts.
 
         :raises RuntimeError: the process exited or said nothing of the kind in ``timeout`` s.
         """
         with self.log_path.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                *(command or relaycast_command()), *args, stdout=asyncio.subprocess.PIPE, stderr=log, env=env)
+                *(command or relaycast_command()), *args, stdout=asyncio.subprocess.PIPE, stderr=log, env=env,
+                cwd=cwd)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         while True:

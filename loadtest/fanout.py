@@ -95,6 +95,7 @@ class FanoutOptions:
     limited_bps: int = 800_000
     viewer_transport_cc: bool = True  # subscribers offer transport-cc and send feedback, as browsers do
     pin_sfu: bool = False  # forward mode: the forwarding process alone on CPU 0, the rest elsewhere
+    server_tree: Path | None = None  # serve this checkout's product (a baseline) instead of this one's
     out: Path = Path("loadtest/results")
 
 
@@ -105,10 +106,12 @@ SFU_CPU = 0
 class SfuProcess(RelaycastProcess):
     """``relaycast serve`` on a free loopback port with a known stream key."""
 
-    def __init__(self, mode: str, log_path: Path, workers: int = 1) -> None:
+    def __init__(self, mode: str, log_path: Path, workers: int = 1, tree: Path | None = None) -> None:
         super().__init__("relaycast serve", log_path)
         self.mode = mode
         self.worker_count = workers
+        self.tree = tree
+        """Another checkout (e.g. a baseline commit) whose product to serve; None: this one."""
         self.key = "sk_bench_" + secrets.token_urlsafe(18)
         self.url = ""
 
@@ -116,6 +119,8 @@ class SfuProcess(RelaycastProcess):
         # Every load-test viewer joins from 127.0.0.1: lift the per-address limits (and the
         # node's session cap, which the step counts go beyond).
         env = dict(os.environ, **ONE_ADDRESS_LOAD, RELAYCAST_MAX_SESSIONS="100000", PYTHONUNBUFFERED="1")
+        if self.tree is not None:
+            env["PYTHONPATH"] = str(self.tree)  # before the editable install's finder
         # The relay baseline is not part of the product: loadtest serves it in its own process.
         command = [sys.executable, "-m", "loadtest"] if self.mode == "relay" else None
         args = ["--log-level", "warning", "relay-serve" if command else "serve", "--host", "127.0.0.1",
@@ -123,7 +128,7 @@ class SfuProcess(RelaycastProcess):
                 "--stream-key", self.key]
         if command is None:
             args += ["--workers", str(self.worker_count)]
-        self.url = (await self.launch(args, env, listening, timeout, command)).split()[-1]
+        self.url = (await self.launch(args, env, listening, timeout, command, cwd=self.tree)).split()[-1]
 
     def workers(self) -> dict[str, int]:
         """The serve process's SFU worker children (``relaycast sfu --node-id ID``): ID → pid.
@@ -306,7 +311,7 @@ class FanoutRun:
         self.mode = mode
         self.opts = opts
         self.log_dir = log_dir
-        self.sfu = SfuProcess(mode, log_dir / f"sfu-{mode}.log", opts.workers)
+        self.sfu = SfuProcess(mode, log_dir / f"sfu-{mode}.log", opts.workers, opts.server_tree)
         self.publisher: PublisherProcess | None = None
         self.pools: list[SubscriberProcess] = []
         # Join probes run in a process of their own, like a real viewer's client,
@@ -600,9 +605,10 @@ async def run_mode(mode: str, opts: FanoutOptions, log_dir: Path) -> dict[str, A
     return result
 
 
-def _source_state() -> dict[str, Any]:
-    """The commit measured and the files that differed from it (best effort, no git = empty)."""
-    root = Path(__file__).resolve().parents[1]
+def _source_state(root: Path | None = None) -> dict[str, Any]:
+    """The commit measured and the files that differed from it (best effort, no git = empty):
+    of ``root``, else of this checkout."""
+    root = root or Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10).stdout.strip()
@@ -627,7 +633,7 @@ async def run_fanout(opts: FanoutOptions) -> dict[str, Any]:
         "machine": {"nproc": os.cpu_count(), "cpu": procstat.cpu_model(), "python": sys.version.split()[0]},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
         "targets": {"loss_pct": TARGET_LOSS_PCT, "fps_median": TARGET_FPS},
-        "source": _source_state(),
+        "source": _source_state(opts.server_tree),
     }
     for mode in modes:
         results[mode] = await run_mode(mode, opts, log_dir)

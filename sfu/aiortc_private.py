@@ -1006,7 +1006,7 @@ def receive_rtcp_directly(dtls_transport: RTCDtlsTransport) -> int:
     if tap is None or dtls_transport._state != State.CONNECTED or dtls_transport._rx_srtp is None:
         return 0
     deliver, original = tap
-    unprotect_rtcp = dtls_transport._rx_srtp.unprotect_rtcp
+    unprotect_rtcp = srtp_function(dtls_transport._rx_srtp, "unprotect_rtcp")
     hooked = 0
     for protocol in getattr(dtls_transport.transport._connection, "_protocols", []):
         if getattr(protocol, _DIRECT, False):
@@ -1039,11 +1039,55 @@ def _rtcp_task_done(task: asyncio.Future[None]) -> None:
         logger.warning("RTCP handling failed: %r", task.exception())
 
 
+_SRTP_TRAILERS = {"protect": "SRTP_MAX_TRAILER_LEN", "protect_rtcp": "SRTP_MAX_SRTCP_TRAILER_LEN",
+                  "unprotect": None, "unprotect_rtcp": None}
+
+
+def srtp_function(session: pylibsrtp.Session, operation: str = "protect") -> Callable[[bytes], bytes]:
+    """``session.protect`` (or ``protect_rtcp``, ``unprotect``, ``unprotect_rtcp``: RFC 3711
+    §3.3, §3.4) without pylibsrtp's per-call overhead: its methods go through two Python
+    frames, a type check and a fresh ``int *`` on every packet; this reuses one length cell
+    and the session's own 1,500-byte buffer (pylibsrtp internals, hence here).  Same output,
+    same errors (:class:`pylibsrtp.Error`; ``ValueError`` for a packet too long for the
+    buffer).  Falls back to the session's method if pylibsrtp's internals are not what
+    this expects.
+
+    :raises KeyError: an unknown ``operation``.
+    """
+    trailer_name = _SRTP_TRAILERS[operation]
+    method = getattr(session, operation)
+    try:
+        from pylibsrtp._binding import ffi, lib
+
+        cdata = session._cdata
+        buffer = session._buffer
+        srtp_t = session._srtp[0]
+        limit = len(cdata) - (getattr(pylibsrtp, trailer_name) if trailer_name else 0)
+        fail = pylibsrtp._srtp_assert
+        function = getattr(lib, "srtp_" + operation)
+    except (ImportError, AttributeError, TypeError):
+        return method  # type: ignore[no-any-return]
+    length = ffi.new("int *")
+
+    def process(data: bytes) -> bytes:
+        size = len(data)
+        if size > limit:
+            return method(data)  # type: ignore[no-any-return]  # raises ValueError, as pylibsrtp does
+        length[0] = size
+        buffer[0:size] = data
+        status = function(srtp_t, cdata, length)
+        if status:
+            fail(status)
+        return buffer[0:length[0]]  # type: ignore[no-any-return]
+
+    return process
+
+
 class _Route:
     __slots__ = ("protect", "protect_rtcp", "sock_sendto", "transport", "addr")
 
     def __init__(self, srtp: Any, transport: Any, addr: Any) -> None:
-        self.protect = srtp.protect
+        self.protect = srtp_function(srtp)  # srtp (and srtp_t) live as long as the method
         self.protect_rtcp = srtp.protect_rtcp
         self.transport = transport
         self.addr = addr
@@ -1110,7 +1154,20 @@ class RawRtpSender:
             if route is None:
                 self.dropped += 1
                 return False
-        return self._send(route, route.protect(data))
+        # _send written out: one frame less per packet (the hot path)
+        data = route.protect(data)
+        try:
+            if route.sock_sendto is None or route.transport._buffer:
+                route.transport.sendto(data, route.addr)
+            else:
+                route.sock_sendto(data, route.addr)
+            return True
+        except (BlockingIOError, InterruptedError):
+            route.transport.sendto(data, route.addr)
+            return True
+        except OSError:
+            self.dropped += 1
+            return False
 
     def send_rtcp(self, data: bytes) -> bool:
         route = self._route

@@ -33,6 +33,7 @@ import logging
 import struct
 import time
 from array import array
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiortc import RTCRtpCodecParameters
@@ -66,7 +67,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 _ids = itertools.count(1)
 _HEADER = struct.Struct("!BBHII")
+"""The fixed RTP header (RFC 3550 §5.1) when no extension is sent: V/P/X/CC, M/PT, seq, ts, SSRC."""
 _U16 = struct.Struct("!H").pack
+_header_structs: dict[tuple[int, bool, int], struct.Struct] = {}
+
+
+def _header_struct(elements: int, twcc: bool, pad: int) -> struct.Struct:
+    """The fixed RTP header, then ``elements`` bytes passed as one ``bytes`` (an RFC 8285
+    block's 0xBEDE, length and elements; none without extensions), the transport-wide
+    sequence number (``twcc``: its element's id byte ends ``elements``) and ``pad`` zero
+    bytes, in one :class:`struct.Struct`."""
+    key = (elements, twcc, pad)
+    fmt = _header_structs.get(key)
+    if fmt is None:
+        fmt = _header_structs[key] = struct.Struct(f"!BBHII{elements}s{'H' if twcc else ''}{pad}x")
+    return fmt
 CONGESTION_MEMORY_S = 3.0
 """An estimate that fell within this many seconds is a congestion signal: only then may it
 take a viewer below what it receives now (an estimate that is merely low — the estimator
@@ -115,7 +130,15 @@ class Consumer:
         self.remb_bps: int | None = None
         self.fraction_lost = 0
         self.rtt_s: float | None = None
-        self._history: list[tuple[int, int, MediaPacket, bytes] | None] = [None] * self.HISTORY
+        # The sequencer ring, by output seq % HISTORY, as parallel arrays rather than a tuple
+        # per packet: a tuple would be a new GC-tracked object per packet per viewer, and the
+        # ring's churn (200 viewers × 1,024 slots) made the collector's full passes take
+        # ~130 ms every few seconds in the forwarding process.
+        self._sent_ids = array("q", [-1]) * self.HISTORY
+        """(output timestamp << 16) | output seq per slot; -1: empty."""
+        self._sent_media: list[MediaPacket | None] = [None] * self.HISTORY
+        self._sent_payload: list[bytes | None] = [None] * self.HISTORY
+        """The payload as sent (``media.payload``, or a copy with the VP8 descriptor rewritten)."""
         self._resent_at = array("d", bytes(8 * self.HISTORY))  # monotonic time, per ring slot
         self._rtx_tokens = 0.0  # bytes retransmissions may still take (bucket of 100 ms)
         self._rtx_refilled = 0.0
@@ -211,7 +234,7 @@ class Consumer:
         self.closed = True
         self.raw = None
         self._next_twcc = None
-        self._history = []
+        self._sent_media = []
 
     @property
     def current_layer(self) -> Layer | None:
@@ -364,11 +387,15 @@ class Consumer:
         self.forwarder.switch_source()
 
     # ------------------------------------------------------------ fast path
-    def _extension(self, media: MediaPacket) -> tuple[bytes, bytes, int]:
-        """The RFC 8285 one-byte-header block (0xBEDE, length, elements, padding) around the
-        transport-wide sequence number: ``(before, after, header bytes)``; the number goes
-        between them when transport-cc was negotiated, and the RTP header with the block
-        takes ``header bytes``."""
+    def _extension(self, media: MediaPacket) -> tuple[Callable[..., bytes], bytes, int, int]:
+        """The RTP header and RFC 8285 one-byte-header extension block for ``media`` as this
+        consumer sends it: ``(pack, elements, first byte, header bytes)``.  ``pack(first
+        byte, M|PT, seq, ts, ssrc, elements[, transport-wide seq])`` returns the fixed header
+        (RFC 3550 §5.1), 0xBEDE + length, ``elements``, the transport-wide number when
+        transport-cc was negotiated (draft-holmer-rmcat-transport-wide-cc-extensions-01 §2,
+        the last element) and the block's zero padding; the RTP header with the block
+        takes ``header bytes``.  Cached on the packet by extension layout: consumers that
+        negotiated the same ids share one."""
         layout = self._ext_layout
         block = media.extensions.get(layout)
         if block is None:
@@ -383,16 +410,18 @@ class Consumer:
                 size += 3
             if size:
                 pad = -size % 4
-                before = struct.pack("!HH", 0xBEDE, (size + pad) >> 2) + body
-                block = (before, b"\x00" * pad, 12 + 4 + size + pad)
+                elements = _U16(0xBEDE) + _U16((size + pad) >> 2) + body
+                block = (_header_struct(len(elements), bool(self._twcc_id), pad).pack, elements, 0x90,
+                         12 + 4 + size + pad)
             else:
-                block = (b"", b"", 12)
+                block = (_header_struct(0, False, 0).pack, b"", 0x80, 12)
             media.extensions[layout] = block
         return block
 
     def forward(self, media: MediaPacket) -> None:
         """Rewrite and send one packet (the hot path; no allocation beyond the datagram)."""
-        if self.raw is None:
+        raw = self.raw
+        if raw is None:
             return
         if media.layer is not self._layer:
             if not self.adaptive:  # the producer's top layer changed: a new stream
@@ -420,8 +449,8 @@ class Consumer:
                 self.dropped_waiting += 1
                 return
             fwd.start(media.seq, media.timestamp)
-            if self._munger is not None:
-                self._munger.start(media.payload)
+            if munger is not None:
+                munger.start(media.payload)
         mapped = fwd.munge(media.seq, media.timestamp)
         if mapped is None:
             return
@@ -438,25 +467,43 @@ class Consumer:
                 payload = rewrites.get(key)
                 if payload is None:
                     payload = rewrites[key] = munger.rewrite(media.payload)
-        self._history[seq % self.HISTORY] = (seq, ts, media, payload)
-        self._send(seq, ts, media, payload, self._pt, self._ssrc, b"")
+        slot = seq % self.HISTORY
+        self._sent_ids[slot] = (ts << 16) | seq
+        self._sent_media[slot] = media
+        self._sent_payload[slot] = payload
+        # _send written out (the hot path): one struct call for the header, the extension
+        # block and the transport-wide number, one concatenation with the payload
+        block = media.extensions.get(self._ext_layout) or self._extension(media)
+        pack, elements, first, header_size = block
+        next_twcc = self._next_twcc
+        if next_twcc is not None:
+            data = pack(first, (media.marker << 7) | self._pt, seq, ts, self._ssrc, elements,
+                        next_twcc(header_size + len(payload))) + payload
+        else:
+            data = pack(first, (media.marker << 7) | self._pt, seq, ts, self._ssrc, elements) + payload
+        if raw.send_rtp(data):
+            self.packets_sent += 1
+            self.octets_sent += len(payload)
 
     def _send(self, seq: int, ts: int, media: MediaPacket, payload: bytes, pt: int, ssrc: int,
               prefix: bytes, probe: bool = False) -> None:
+        """Send ``prefix + payload`` as ``media``'s packet with these header fields (RTX:
+        ``prefix`` is the original sequence number, RFC 4588 §4); ``probe``: numbered as
+        probe traffic for the estimator."""
         raw = self.raw
         if raw is None:
             return
-        before, after, header_size = self._extension(media)
-        header = _HEADER.pack(0x90 if before else 0x80, (media.marker << 7) | pt, seq, ts, ssrc)
+        pack, elements, first, header_size = self._extension(media)
+        marker_pt = (media.marker << 7) | pt
         next_twcc = self._next_twcc
         if next_twcc is not None:
             size = header_size + len(prefix) + len(payload)
             bwe = self.bwe
             number = bwe.next_probe_sequence(size) if probe and bwe is not None else next_twcc(size)
-            data = b"".join((header, before, _U16(number), after, prefix, payload))
+            header = pack(first, marker_pt, seq, ts, ssrc, elements, number)
         else:
-            data = b"".join((header, before, after, prefix, payload))
-        if raw.send_rtp(data):
+            header = pack(first, marker_pt, seq, ts, ssrc, elements)
+        if raw.send_rtp(b"".join((header, prefix, payload))):
             self.packets_sent += 1
             self.octets_sent += len(payload)
 
@@ -469,11 +516,11 @@ class Consumer:
         if self.raw is None or params is None or params.rtx_payload_type is None:
             return False
         self.padding_sent += 1
-        history = self._history
-        entry = history[self.forwarder.last_seq_out % self.HISTORY] if history else None
+        seq = self.forwarder.last_seq_out
+        entry = self._sent(seq)
         self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
-        if entry is not None and entry[0] == self.forwarder.last_seq_out:
-            seq, ts, media, payload = entry
+        if entry is not None:
+            ts, media, payload = entry
             self._send(self._rtx_seq, ts, media, payload, params.rtx_payload_type, params.rtx_ssrc,
                        _U16(seq), probe=True)
             return True
@@ -517,6 +564,19 @@ class Consumer:
                 if self.bwe is not None and self.kind == "video":
                     self.bwe.on_receiver_report(report.fraction_lost, self.rtt_s)
 
+    def _sent(self, seq: int) -> tuple[int, MediaPacket, bytes] | None:
+        """``(output timestamp, packet, payload as sent)`` of output seq ``seq`` from the
+        sequencer ring, or ``None`` when it is no longer (or never was) there."""
+        if not self._sent_media:  # closed
+            return None
+        slot = seq % self.HISTORY
+        ident = self._sent_ids[slot]
+        media = self._sent_media[slot]
+        payload = self._sent_payload[slot]
+        if ident < 0 or ident & 0xFFFF != seq or media is None or payload is None:
+            return None
+        return ident >> 16, media, payload
+
     def retransmit(self, seq: int) -> bool:
         """Resend output packet ``seq`` from the sequencer ring; RTX when negotiated.
 
@@ -525,13 +585,11 @@ class Consumer:
         on its way — and retransmissions take at most :data:`RTX_SHARE` of the viewer's
         bandwidth estimate (a 100 ms bucket), so a NACK storm after a link drop does not
         keep the link full.  ``False`` when not resent."""
-        if not self._history:
+        entry = self._sent(seq)
+        if entry is None or self.params is None:
             return False
+        ts, media, payload = entry
         slot = seq % self.HISTORY
-        entry = self._history[slot]
-        if entry is None or entry[0] != seq or self.params is None:
-            return False
-        _, ts, media, payload = entry
         now = time.monotonic()
         if now - self._resent_at[slot] < (self.rtt_s or 0.1):
             self.retransmits_skipped += 1

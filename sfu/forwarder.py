@@ -20,8 +20,6 @@ from __future__ import annotations
 import random
 import time
 
-from .rtp import seq_newer
-
 
 class Forwarder:
     """Seq/ts offset state for one consumer.
@@ -127,9 +125,15 @@ class Forwarder:
         than 32768 packets keeps flowing (16-bit RFC 1982 comparison against the
         anchor alone would start dropping everything after half the seq space).
         """
-        extended = self._extend(seq)
-        if extended < self.first_seq_in:
-            return None
+        # _extend and seq_newer written out: this runs per packet per consumer
+        highest = self.highest_seq_in
+        delta = (seq - highest) & 0xFFFF
+        if delta < 0x8000:  # newer than (or the same as) every input seen: the usual case
+            extended = self.highest_seq_in = highest + delta
+        else:
+            extended = highest - (0x10000 - delta)
+            if extended < self.first_seq_in:
+                return None
         offset = self.seq_offset
         if extended < self.offset_from:
             earlier = self._offset_at(extended)
@@ -138,7 +142,7 @@ class Forwarder:
             offset = earlier
         seq_out = (seq + offset) & 0xFFFF
         ts_out = (timestamp + self.ts_offset) & 0xFFFFFFFF
-        if seq_newer(seq_out, self.last_seq_out):
+        if 0 < ((seq_out - self.last_seq_out) & 0xFFFF) < 0x8000:  # RFC 1982: newer
             self.last_seq_out = seq_out
             self.last_ts_out = ts_out
             self.last_wall = time.monotonic()
