@@ -143,6 +143,7 @@ class Consumer:
         self._rtx_tokens = 0.0  # bytes retransmissions may still take (bucket of 100 ms)
         self._rtx_refilled = 0.0
         self.retransmits_skipped = 0
+        self.retransmits_stale = 0
         self._rtx_seq = 0
         self._waiting_since = time.monotonic()
         self._last_sr_mid = 0
@@ -584,9 +585,16 @@ class Consumer:
         (100 ms while the RTT is unknown) is not resent again — the first copy may still be
         on its way — and retransmissions take at most :data:`RTX_SHARE` of the viewer's
         bandwidth estimate (a 100 ms bucket), so a NACK storm after a link drop does not
-        keep the link full.  ``False`` when not resent."""
+        keep the link full.  Nor is a packet sent before the current source started (the
+        layer or publisher this viewer switched away from).  ``False`` when not resent."""
         entry = self._sent(seq)
         if entry is None or self.params is None:
+            return False
+        if self.forwarder.before_start(seq):
+            # A packet of the layer (or publisher) this viewer left: its decoder starts over
+            # on the new source's key frame and has no use for it, while the key frame's own
+            # losses need the retransmission budget (a link that just dropped loses both).
+            self.retransmits_stale += 1
             return False
         ts, media, payload = entry
         slot = seq % self.HISTORY
@@ -656,6 +664,7 @@ class Consumer:
             "packets_sent": self.packets_sent,
             "retransmits": self.retransmits,
             "retransmits_skipped": self.retransmits_skipped,
+            "retransmits_stale": self.retransmits_stale,
             "padding_sent": self.padding_sent,
             "nacks_received": self.nacks_received,
             "plis_received": self.plis_received,

@@ -376,6 +376,27 @@ def test_consumer_switch_source_waits_for_new_keyframe_and_continues() -> None:
     assert (tss[2] - tss[1]) & 0xFFFFFFFF >= 3000
 
 
+def test_nacks_for_the_source_a_viewer_left_are_not_answered() -> None:
+    """After a switch (another layer, a new publisher) the viewer's decoder starts over on
+    the new source's key frame: the old source's packets would only take the retransmission
+    budget that the key frame's own losses need."""
+    consumer, raw = _consumer(1000, 0)
+    first, second = FakeProducer(), FakeProducer()
+    consumer.attach(first)  # type: ignore[arg-type]
+    for i in range(4):
+        consumer.forward(_media(10 + i, 3000 * i, key=i == 0))
+    assert consumer.retransmit(1002), "the current source's packets are resent"
+    consumer.detach()
+    consumer.attach(second)  # type: ignore[arg-type]
+    consumer.forward(_media(500, 90_000, key=True))
+    consumer.forward(_media(501, 93_000))
+    assert raw.headers()[-2][2] == 1004, "the new source continues the output numbers"
+    sent = len(raw.sent)
+    assert not consumer.retransmit(1003) and not consumer.retransmit(1000)
+    assert consumer.retransmits_stale == 2 and len(raw.sent) == sent
+    assert consumer.retransmit(1005), "the new source's packets are resent"
+
+
 def test_consumer_answers_nack_from_history_as_rtx() -> None:
     consumer, raw = _consumer(200, 0)
     consumer.attach(FakeProducer())  # type: ignore[arg-type]
