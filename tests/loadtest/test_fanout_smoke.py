@@ -58,6 +58,32 @@ async def test_pin_sfu_gives_the_forwarding_process_cpu_0_and_the_rest_the_other
     assert set(os.sched_getaffinity(0)) == mine  # this process (the test) is as it was
 
 
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / ".git").exists(), reason="needs a git checkout")
+async def test_server_tree_serves_the_other_checkouts_product(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--server-tree``: the baseline's SFU, not this checkout's, under the same load generator."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    tree = tmp_path / "baseline"
+    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(tree), "HEAD"],
+                   check=True, capture_output=True, timeout=60)
+    try:
+        marker = tmp_path / "imported-from"
+        with (tree / "sfu" / "__init__.py").open("a") as init:  # the baseline says where it ran from
+            init.write("\nimport os as _os\nif _os.environ.get('RELAYCAST_TEST_MARKER'):\n"
+                       "    open(_os.environ['RELAYCAST_TEST_MARKER'], 'w').write(__file__)\n")
+        monkeypatch.setenv("RELAYCAST_TEST_MARKER", str(marker))
+        opts = _options(tmp_path / "out", "forward", [1])
+        opts.probes, opts.server_tree = 0, tree
+        results = await run_fanout(opts)
+        assert results["forward"]["steps"][0]["forwarded_packets"] > 0
+        assert Path(marker.read_text()).resolve() == (tree / "sfu" / "__init__.py").resolve()
+        assert results["source"]["commit"] and "sfu/__init__.py" in results["source"]["modified"]
+    finally:
+        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)],
+                       capture_output=True, timeout=60)
+
+
 async def test_fanout_relay_baseline_decodes_and_reencodes(tmp_path: Path) -> None:
     results = await run_fanout(_options(tmp_path, "relay", [1]))
     step = results["relay"]["steps"][0]
