@@ -1154,20 +1154,7 @@ class RawRtpSender:
             if route is None:
                 self.dropped += 1
                 return False
-        # _send written out: one frame less per packet (the hot path)
-        data = route.protect(data)
-        try:
-            if route.sock_sendto is None or route.transport._buffer:
-                route.transport.sendto(data, route.addr)
-            else:
-                route.sock_sendto(data, route.addr)
-            return True
-        except (BlockingIOError, InterruptedError):
-            route.transport.sendto(data, route.addr)
-            return True
-        except OSError:
-            self.dropped += 1
-            return False
+        return self._send(route, route.protect(data))
 
     def send_rtcp(self, data: bytes) -> bool:
         route = self._route
