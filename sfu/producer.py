@@ -100,6 +100,10 @@ class SenderClock:
 
 MAX_TEMPORAL_LAYERS = 4
 ACTIVE_WITHIN_S = 1.0
+NO_KEYFRAME_PLI_S = 1.0
+"""A video stream that has sent this long (s) without a key frame the SFU saw gets a PLI
+(and again every as long), whether or not anyone watches: ingest health, the LL-HLS bridge
+and the first viewer all need one."""
 """A layer that sent nothing for this long is inactive (the publisher paused it: libwebrtc
 stops its top simulcast streams when its own uplink estimate is low)."""
 
@@ -117,7 +121,7 @@ class Layer:
     __slots__ = (
         "rid", "ssrc", "spatial", "sinks", "keyframe_requester", "width", "height", "octets",
         "bitrates_bps", "last_timestamp", "last_packet_s", "sender_clock", "keyframes",
-        "keyframe_timestamp", "_sampled_octets", "_sampled_at",
+        "keyframe_timestamp", "keyless_since", "_sampled_octets", "_sampled_at",
     )
 
     def __init__(self, rid: str | None, send_pli: Callable[[Layer], None]) -> None:
@@ -135,6 +139,7 @@ class Layer:
         self.sender_clock: SenderClock | None = None
         self.keyframes = 0
         self.keyframe_timestamp: int | None = None  # RTP timestamp of the last key frame counted
+        self.keyless_since: float | None = None  # packets flowing, no key frame ever seen, since
         self._sampled_octets = [0] * MAX_TEMPORAL_LAYERS
         self._sampled_at = time.monotonic()
 
@@ -357,10 +362,19 @@ class Producer:
             logger.debug("producer %s: RTCP BYE", self.id)
 
     def sample(self) -> None:
-        """Twice a second (the room's tick): layer bitrates, the top layer, ingest counters."""
+        """Twice a second (the room's tick): layer bitrates, the top layer, ingest counters;
+        a PLI for a video stream that has sent for :data:`NO_KEYFRAME_PLI_S` without a key
+        frame the SFU saw (its first one lost before anything could NACK it: a receiver's
+        NACKs start at the first packet it got)."""
         now = time.monotonic()
         for layer in self.layers:
             layer.sample(now)
+            if self.kind == "video" and not layer.keyframes and layer.active:
+                if layer.keyless_since is None:
+                    layer.keyless_since = now
+                elif now - layer.keyless_since >= NO_KEYFRAME_PLI_S:
+                    layer.keyless_since = now
+                    layer.request_keyframe()
         if self.simulcast:
             if any(layer.width is None for layer in self.layers):
                 self._rank()  # no size yet for some: bitrate decides meanwhile

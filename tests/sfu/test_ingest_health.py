@@ -369,19 +369,24 @@ def test_publisher_ingest_without_video() -> None:
 
 def drop_every_nth_video_packet(session: whip_client.WhipSession, nth: int) -> set[int]:
     """Make the test publisher's own transport drop every ``nth`` new video packet before
-    SRTP (RTX repairs and RTCP pass).  :returns: the dropped sequence numbers (growing)."""
+    SRTP (RTX repairs and RTCP pass), and the first one: the start of the publisher's only
+    key frame, lost before the SFU could NACK it (the SFU must ask for another).
+    :returns: the dropped sequence numbers (growing)."""
     media_pt, _ = payload_types(session.answer, "video")
     dtls = session.pc.getTransceivers()[0].sender.transport
     original = dtls._send_rtp
     dropped: set[int] = set()
+    sent: list[int] = []
 
     async def send_rtp(data: bytes) -> None:
         is_rtcp = 192 <= data[1] <= 223  # RFC 5761 §4
         if not is_rtcp and data[1] & 0x7F == media_pt:
             seq = int.from_bytes(data[2:4], "big")
-            if seq % nth == 0:
+            if seq % nth == 0 or not sent:
                 dropped.add(seq)
+                sent.append(seq)
                 return
+            sent.append(seq)
         await original(data)
 
     dtls._send_rtp = send_rtp

@@ -202,6 +202,32 @@ def test_a_key_frame_whose_first_packet_comes_late_is_still_counted(monkeypatch:
     assert producer.top.keyframes == 2 and sink.got[-1].keyframe
 
 
+def test_a_stream_without_a_key_frame_the_sfu_saw_gets_a_pli(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A publisher's first key frame lost before anything could NACK it (NACKs start at the
+    first packet received): the producer asks for another, once a second, until it sees one."""
+    from sfu import producer as producer_module
+
+    clock = [100.0]
+    monkeypatch.setattr(producer_module.time, "monotonic", lambda: clock[0])
+    producer = _producer(monkeypatch, None)
+    asked: list[float] = []
+    delta = _vp8(0, 0, key=False)
+    producer.on_rtp(_rtp(7, 1, 0, delta), 0)
+    producer.top.keyframe_requester = SimpleNamespace(  # type: ignore[assignment]
+        request=lambda: asked.append(clock[0]), close=lambda: None)
+    for tick in range(1, 7):  # the room's tick, twice a second, packets flowing
+        clock[0] = 100.0 + tick * 0.5
+        producer.on_rtp(_rtp(7, 1 + tick, tick * 3000, delta), 0)
+        producer.sample()
+    assert asked == [101.5, 102.5]
+    producer.on_rtp(_rtp(7, 20, 30_000, _vp8(640, 360)), 0)
+    for tick in range(7, 12):
+        clock[0] = 100.0 + tick * 0.5
+        producer.on_rtp(_rtp(7, 20 + tick, tick * 3000 + 30_000, delta), 0)
+        producer.sample()
+    assert asked == [101.5, 102.5], "no more once a key frame came"
+
+
 # ------------------------------------------------------------------ adaptive consumer
 
 class FakeRaw:
