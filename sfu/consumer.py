@@ -135,7 +135,7 @@ class Consumer:
         # ring's churn (200 viewers × 1,024 slots) made the collector's full passes take
         # ~130 ms every few seconds in the forwarding process.
         self._sent_ids = array("q", [-1]) * self.HISTORY
-        """(output timestamp << 16) | output seq per slot; -1: empty."""
+        """(forwarder epoch << 48) | (output timestamp << 16) | output seq per slot; -1: empty."""
         self._sent_media: list[MediaPacket | None] = [None] * self.HISTORY
         self._sent_payload: list[bytes | None] = [None] * self.HISTORY
         """The payload as sent (``media.payload``, or a copy with the VP8 descriptor rewritten)."""
@@ -469,7 +469,7 @@ class Consumer:
                 if payload is None:
                     payload = rewrites[key] = munger.rewrite(media.payload)
         slot = seq % self.HISTORY
-        self._sent_ids[slot] = (ts << 16) | seq
+        self._sent_ids[slot] = (fwd.epoch << 48) | (ts << 16) | seq
         self._sent_media[slot] = media
         self._sent_payload[slot] = payload
         # _send written out (the hot path): one struct call for the header, the extension
@@ -521,7 +521,7 @@ class Consumer:
         entry = self._sent(seq)
         self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
         if entry is not None:
-            ts, media, payload = entry
+            _, ts, media, payload = entry
             self._send(self._rtx_seq, ts, media, payload, params.rtx_payload_type, params.rtx_ssrc,
                        _U16(seq), probe=True)
             return True
@@ -565,9 +565,9 @@ class Consumer:
                 if self.bwe is not None and self.kind == "video":
                     self.bwe.on_receiver_report(report.fraction_lost, self.rtt_s)
 
-    def _sent(self, seq: int) -> tuple[int, MediaPacket, bytes] | None:
-        """``(output timestamp, packet, payload as sent)`` of output seq ``seq`` from the
-        sequencer ring, or ``None`` when it is no longer (or never was) there."""
+    def _sent(self, seq: int) -> tuple[int, int, MediaPacket, bytes] | None:
+        """``(forwarder epoch, output timestamp, packet, payload as sent)`` of output seq
+        ``seq`` from the sequencer ring, or ``None`` when it is no longer (or never was) there."""
         if not self._sent_media:  # closed
             return None
         slot = seq % self.HISTORY
@@ -576,7 +576,7 @@ class Consumer:
         payload = self._sent_payload[slot]
         if ident < 0 or ident & 0xFFFF != seq or media is None or payload is None:
             return None
-        return ident >> 16, media, payload
+        return ident >> 48, (ident >> 16) & 0xFFFFFFFF, media, payload
 
     def retransmit(self, seq: int) -> bool:
         """Resend output packet ``seq`` from the sequencer ring; RTX when negotiated.
@@ -590,13 +590,13 @@ class Consumer:
         entry = self._sent(seq)
         if entry is None or self.params is None:
             return False
-        if self.forwarder.before_start(seq):
+        epoch, ts, media, payload = entry
+        if epoch != self.forwarder.epoch:
             # A packet of the layer (or publisher) this viewer left: its decoder starts over
             # on the new source's key frame and has no use for it, while the key frame's own
             # losses need the retransmission budget (a link that just dropped loses both).
             self.retransmits_stale += 1
             return False
-        ts, media, payload = entry
         slot = seq % self.HISTORY
         now = time.monotonic()
         if now - self._resent_at[slot] < (self.rtt_s or 0.1):

@@ -40,7 +40,7 @@ class Forwarder:
         "last_seq_out",
         "last_ts_out",
         "last_wall",
-        "start_seq_out",
+        "epoch",
         "offset_from",
         "_offsets",
     )
@@ -60,7 +60,9 @@ class Forwarder:
         self.last_seq_out = random.randint(0, 0x7FFF)
         self.last_ts_out = random.randint(0, 0xFFFFFFFF)
         self.last_wall = 0.0
-        self.start_seq_out: int | None = None  # output seq of the key frame the current source started on
+        self.epoch = 0
+        """Counts starts (15 bits, wrapping): packets sent under another epoch belong to a
+        source (layer, publisher) this consumer has left."""
         self.offset_from = 0  # extended input seq from which seq_offset holds
         self._offsets: list[tuple[int, int]] = []  # (extended input seq from, offset) before it
 
@@ -85,7 +87,7 @@ class Forwarder:
         self.first_seq_in = self.highest_seq_in = self.offset_from = seq
         self._offsets = []
         self.last_seq_out = (seq_out - 1) & 0xFFFF
-        self.start_seq_out = seq_out
+        self.epoch = (self.epoch + 1) & 0x7FFF
         self.started = True
         self.resync = False
 
@@ -96,13 +98,6 @@ class Forwarder:
             self.highest_seq_in += delta
             return self.highest_seq_in
         return self.highest_seq_in - (0x10000 - delta)
-
-    def before_start(self, seq_out: int) -> bool:
-        """Output seq ``seq_out`` was sent before the current source started (an earlier
-        layer or publisher, RFC 1982 comparison): nothing after the key frame it started on
-        depends on it."""
-        start = self.start_seq_out
-        return start is not None and 0 < ((start - seq_out) & 0xFFFF) < 0x8000
 
     def drop(self, seq: int) -> None:
         """Input packet ``seq`` is not forwarded: later packets close up behind it.  A packet

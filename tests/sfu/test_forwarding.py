@@ -395,6 +395,11 @@ def test_nacks_for_the_source_a_viewer_left_are_not_answered() -> None:
     assert not consumer.retransmit(1003) and not consumer.retransmit(1000)
     assert consumer.retransmits_stale == 2 and len(raw.sent) == sent
     assert consumer.retransmit(1005), "the new source's packets are resent"
+    for i in range(40_000):  # more than half the sequence space on the same source
+        consumer.forward(_media(502 + i, 96_000 + 3000 * (i // 5)))
+    raw.sent.clear()
+    assert consumer.retransmit((1005 + 40_000) & 0xFFFF), "still the current source"
+    assert consumer.retransmits_stale == 2
 
 
 def test_consumer_answers_nack_from_history_as_rtx() -> None:
