@@ -100,12 +100,12 @@ class SenderClock:
 
 MAX_TEMPORAL_LAYERS = 4
 ACTIVE_WITHIN_S = 1.0
+"""A layer that sent nothing for this long is inactive (the publisher paused it: libwebrtc
+stops its top simulcast streams when its own uplink estimate is low)."""
 NO_KEYFRAME_PLI_S = 1.0
 """A video stream that has sent this long (s) without a key frame the SFU saw gets a PLI
 (and again every as long), whether or not anyone watches: ingest health, the LL-HLS bridge
 and the first viewer all need one."""
-"""A layer that sent nothing for this long is inactive (the publisher paused it: libwebrtc
-stops its top simulcast streams when its own uplink estimate is low)."""
 
 
 class Layer:

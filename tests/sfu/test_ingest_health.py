@@ -376,17 +376,16 @@ def drop_every_nth_video_packet(session: whip_client.WhipSession, nth: int) -> s
     dtls = session.pc.getTransceivers()[0].sender.transport
     original = dtls._send_rtp
     dropped: set[int] = set()
-    sent: list[int] = []
+    first = [True]
 
     async def send_rtp(data: bytes) -> None:
         is_rtcp = 192 <= data[1] <= 223  # RFC 5761 §4
         if not is_rtcp and data[1] & 0x7F == media_pt:
             seq = int.from_bytes(data[2:4], "big")
-            if seq % nth == 0 or not sent:
+            drop, first[0] = seq % nth == 0 or first[0], False
+            if drop:
                 dropped.add(seq)
-                sent.append(seq)
                 return
-            sent.append(seq)
         await original(data)
 
     dtls._send_rtp = send_rtp
