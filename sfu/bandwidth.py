@@ -176,6 +176,9 @@ class BandwidthEstimator:
         self.duplicate_reports = 0
         self.unknown_reports = 0
         self.padding_packets = 0
+        self.congestion_cuts = 0
+        """Decreases the delay- and loss-based detectors made (§5.5 over-use, §6 loss): the
+        estimate falling for congestion — not for a probe's verdict on a step above it."""
 
     # ----------------------------------------------------------------- hot path
 
@@ -566,6 +569,9 @@ class BandwidthEstimator:
             loss.update(self._loss_lost / total, now_ms, aimd.bps, aimd.rtt_ms, self._queue_ms, acked)
             self._loss_received = self._loss_lost = 0
         if aimd.bps < before or loss.bps < loss_before:
+            self.congestion_cuts += 1
+            if acked is not None:
+                self._probes.congested(acked)
             # Losses of packets sent before a decrease tell of the old rate, not the new one.
             self._loss_epoch = now
             self._loss_received = self._loss_lost = 0
@@ -641,7 +647,7 @@ class BandwidthEstimator:
         self._probe_rates.forget(cluster.id)
         if cluster.duration_s > CLUSTER_DURATION_S:
             self._probe_quiet_until = now + PROBE_QUIET_S
-        if self._probes.finish(result, now) and self._probes.goal_bps > 1.1 * result and self._can_probe:
+        if self._probes.finish(result, now, self._probe_rates.saturated) and self._probes.goal_bps > 1.1 * result and self._can_probe:
             self._start_probe(self._probes.asked_bps, now)  # the next step at once
 
     # ------------------------------------------------------------------ misc
@@ -674,12 +680,15 @@ class BandwidthEstimator:
             "duplicate_reports": self.duplicate_reports,
             "unknown_reports": self.unknown_reports,
             "padding_packets": self.padding_packets,
+            "congestion_cuts": self.congestion_cuts,
             "probe": {
                 "active_target_bps": None if cluster is None else int(cluster.target_bps),
                 "sending": cluster is not None and cluster.sending,
                 "clusters": self._probes.clusters,
                 "successes": self._probes.successes,
                 "failures": self._probes.failures,
+                "capacity_bps": (None if self._probes.capacity_bps is None
+                                 else int(self._probes.capacity_bps)),
                 "last_result_bps": (None if self._probes.last_result_bps is None
                                     else int(self._probes.last_result_bps)),
                 "wanted_bps": int(self._probes.wanted(now)),

@@ -85,7 +85,9 @@ def _header_struct(elements: int, twcc: bool, pad: int) -> struct.Struct:
 CONGESTION_MEMORY_S = 3.0
 """An estimate that fell within this many seconds is a congestion signal: only then may it
 take a viewer below what it receives now (an estimate that is merely low — the estimator
-has not yet seen the rate the stream needs — does not)."""
+has not yet seen the rate the stream needs — does not).  With transport-cc "fell" means
+the estimator's detectors cut it (``congestion_cuts``): a probe's verdict that the link is
+full lowers the estimate too, but the media alone did not congest it."""
 KEYFRAME_WAIT_RETRY_S = 1.0
 PAUSE_AFTER_S = 2.0
 """Video pauses only when even the lowest layer has not fitted the budget for this long."""
@@ -173,6 +175,7 @@ class Consumer:
         self._munger = None
         self._last_estimate = 0
         self._last_source = ""
+        self._last_cuts = 0
         self._short_since: float | None = None  # when the budget fell below the lowest layer
         self._estimate_fell_at = -1e9
 
@@ -291,8 +294,13 @@ class Consumer:
             return None
         estimate = bwe.estimate_bps
         source = bwe.source
-        if estimate < self._last_estimate * 0.97 and source == self._last_source:
+        cuts = bwe.congestion_cuts
+        if source == "transport-cc" == self._last_source:
+            if cuts != self._last_cuts and estimate < self._last_estimate:
+                self._estimate_fell_at = now
+        elif estimate < self._last_estimate * 0.97 and source == self._last_source:
             self._estimate_fell_at = now  # not when another signal takes over (first REMB)
+        self._last_cuts = cuts
         self._last_estimate = estimate
         self._last_source = source
         budget = estimate - audio_bps

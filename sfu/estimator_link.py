@@ -26,7 +26,8 @@ How:
   ``("probe", eid, at, target_bps)``, ``("refused", eid)`` (padding could not be sent),
   ``("stats", eid)``.
 
-  estimator → forwarding: ``("est", eid, bps, source, feedback_packets, reported_received)``
+  estimator → forwarding: ``("est", eid, bps, source, feedback_packets, reported_received,
+  congestion_cuts)``
   (on a change of ≥ 1 % or of source, else every :data:`sfu.estimator_main.REFRESH_S`),
   ``("tag", eid, cluster_id)`` (tag what is numbered from now on with a probe cluster),
   ``("cluster", eid, cluster_id, target_bps, start_s, first_seq, long)`` (a probe cluster
@@ -128,6 +129,7 @@ class RemoteEstimator:
         self._source = "initial"
         self._feedback_packets = 0
         self._reported_received = 0
+        self._congestion_cuts = 0
         self.padding_packets = 0
         self._padding: Callable[[int], bool] | None = None
         self._stats: dict[str, Any] = {}
@@ -152,6 +154,10 @@ class RemoteEstimator:
     @property
     def reported_received(self) -> int:
         return self._local.reported_received if self._local is not None else self._reported_received
+
+    @property
+    def congestion_cuts(self) -> int:
+        return self._local.congestion_cuts if self._local is not None else self._congestion_cuts
 
     @property
     def remote(self) -> bool:
@@ -215,11 +221,13 @@ class RemoteEstimator:
 
     # ------------------------------------------------------- from the estimator process
 
-    def on_estimate(self, bps: int, source: str, feedback_packets: int, reported_received: int) -> None:
+    def on_estimate(self, bps: int, source: str, feedback_packets: int, reported_received: int,
+                    congestion_cuts: int) -> None:
         self._estimate = bps
         self._source = source
         self._feedback_packets = feedback_packets
         self._reported_received = reported_received
+        self._congestion_cuts = congestion_cuts
 
     def on_cluster(self, cluster_id: int, target_bps: float, start_s: float, first_seq: int,
                    long: bool) -> None:

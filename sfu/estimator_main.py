@@ -179,7 +179,7 @@ class EstimatorServer:
                 or now - entry.pushed_at >= REFRESH_S):
             entry.pushed_bps, entry.pushed_source, entry.pushed_at = bps, source, now
             self.outbox.append(("est", entry.eid, bps, source, estimator.feedback_packets,
-                                estimator.reported_received))
+                                estimator.reported_received, estimator.congestion_cuts))
 
     def _close(self, entry: _Entry) -> None:
         entry.estimator.close()

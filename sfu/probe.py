@@ -15,6 +15,23 @@ spread them out has about the arrival rate.
 current estimate per step (a step that worked is followed at once by the next, towards the
 rate asked for), and after a step that did not work the next waits 1 s, then 2 s, then 3 s
 (10 s without a failure start it again at 1 s).
+
+Once a step has *saturated* the link (its packets were lost or queued: see
+:class:`ProbeBitrateEstimator`) — which counts as a failure, whatever the rate that
+arrived — what arrived is the link's known *capacity* (so is the acknowledged rate when
+congestion cut the estimate: :meth:`ProbeController.congested`), and from then on every step is at
+most :data:`CAPACITY_STEP` × the capacity, in 200 ms clusters, each success raising the
+capacity to its result (LiveKit's stream allocator likewise probes 20 % above what it has);
+after :data:`CAPACITY_FORGET_AFTER` successes in a row it is forgotten and steps double again.
+A 2 × step over a link found full overflows its queue: with a token-bucket bottleneck of
+~1 Mbit/s (a few KB of bucket, ~50 ms of queue) a 200 ms cluster at twice the link's rate
+drops tens of packets, media among them, and the viewer's picture waits a repair round trip
+behind the rest of the cluster (0.25–0.45 s frozen, tests/e2e/test_adaptive_netns.py).  A
+25 % step overshoots by at most a quarter of the rate for 200 ms plus a quarter of the bucket
+it may have passed whole: within the bucket and queue of such a link, so the step shows as a
+growing delay, not as loss.  When the link gets better the steps succeed one after another
+(~0.3 s each): a first one may have passed a bucket whole, a second 25 % above it cannot,
+so two show that the link got better and the climb goes on in 2 × steps.
 Times are seconds on the estimator's monotonic clock, rates bps.
 """
 
@@ -45,6 +62,11 @@ being at its edge)."""
 SUCCESS_RATIO = 0.7
 """A result at least this fraction of the cluster's target counts as success (libwebrtc's
 exponential probing goes on above 0.7 × the target)."""
+CAPACITY_STEP = 1.25
+"""Once the link's capacity is known, a step probes at most this many times it (see the
+module docstring)."""
+CAPACITY_FORGET_AFTER = 2
+"""Successes in a row above the known capacity after which it is forgotten."""
 BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 3.0
 """After a failed probe the next waits 1 s, then 2 s, then 3 s (capped: when the link comes
 back, the next probe finds it within 3 s however many failed before)."""
@@ -110,18 +132,17 @@ class ProbeBitrateEstimator:
     bytes but the last / send span; receive rate = bytes but the first / arrival span, and
     the same over the later packets — from the median arrival to the 90th percentile
     (*sustained*: a bucket passes the start of a cluster at line rate, then the rest at its
-    own rate).  The link was
-    *saturated* (:attr:`saturated`: evidence that it is full; long clusters only) when
-    more than 5 % (+ the path's inherent loss) of the cluster's bytes were lost or the
-    one-way delay grew by more than 10 ms (and a tenth of the send span) from the
-    cluster's start to its end;
-    then, or when either receive rate is under 0.9 × the send rate, the result is
-    0.95 × the smaller receive rate, else min(send rate, receive rate).  None until ≥ 80 %
-    of the packets and bytes sent in the cluster (and of its minimum size) are
-    acknowledged — except a long cluster, all reported, of which ≥ 80 % of its minimum
-    packet count arrived: with more loss than that it measured a saturated link (tbf drops what its
-    queue cannot hold; what arrives arrives at the bucket's rate) — or when a span is ≤ 0
-    or > 1 s, or the receive rate exceeds twice the send rate.  :attr:`saturated` tells about the last result."""
+    own rate).  The link was *saturated* (:attr:`saturated`: evidence that it is full;
+    long clusters only) when more than 5 % (+ the path's inherent loss) of the cluster's
+    bytes were lost (every packet reported: ``complete``) or the one-way delay grew by more
+    than 10 ms (and a tenth of the send span) from the cluster's start to its end; then, or
+    when either receive rate is under 0.9 × the send rate, the result is 0.95 × the smaller
+    receive rate, else min(send rate, receive rate).  None until ≥ 80 % of the packets and
+    bytes sent in the cluster (and of its minimum size) are acknowledged — except a long
+    cluster, all reported, of which ≥ 80 % of its minimum packet count arrived: with more
+    loss than that it measured a saturated link (tbf drops what its queue cannot hold; what
+    arrives arrives at the bucket's rate) — or when a span is ≤ 0 or > 1 s, or the receive
+    rate exceeds twice the send rate.  :attr:`saturated` tells about the last result."""
 
     __slots__ = ("_clusters", "saturated")
 
@@ -181,7 +202,8 @@ class ProbeBitrateEstimator:
         start_delay = min(a - s for s, a, _ in by_send[:quarter])
         end_delay = min(a - s for s, a, _ in by_send[-quarter:])
         grown = (end_delay - start_delay) * 1000 > max(_DELAY_GROWTH_MS, 100 * send_span)
-        lost = sent_bytes > 0 and total < (1 - _LOSS_SATURATED - inherent_loss) * sent_bytes
+        # Lost, not merely unreported yet (feedback may come late or out of order).
+        lost = complete and sent_bytes > 0 and total < (1 - _LOSS_SATURATED - inherent_loss) * sent_bytes
         received = min(receive_bps, sustained)
         # Only a long cluster outlasts frame bursts and a bucket: a short one's delay and
         # loss are those of one or two frames.
@@ -203,10 +225,13 @@ class ProbeController:
     :ivar goal_bps: what probing goes on towards: :data:`GOAL_HEADROOM` × ``asked_bps``
         (at most ``max_bps``).
     :ivar active: the cluster being sent or awaiting its result, or None.
+    :ivar capacity_bps: the link's known capacity: what arrived in the last step that
+        saturated it, raised by a later success (None: no step has saturated it, or
+        :data:`CAPACITY_FORGET_AFTER` succeeded since).
     """
 
     __slots__ = ("asked_bps", "goal_bps", "wanted_bps", "_wanted_at", "active", "_next_id", "_backoff_s", "_next_allowed_s",
-                 "_last_failure_s", "clusters", "successes", "failures", "last_result_bps")
+                 "_last_failure_s", "clusters", "successes", "failures", "last_result_bps", "capacity_bps", "_capped_successes")
 
     def __init__(self) -> None:
         self.asked_bps = self.goal_bps = self.wanted_bps = 0.0
@@ -218,13 +243,18 @@ class ProbeController:
         self._last_failure_s = -math.inf
         self.clusters = self.successes = self.failures = 0
         self.last_result_bps: float | None = None
+        self.capacity_bps: float | None = None
+        self._capped_successes = 0
 
     def request(self, target_bps: float, estimate_bps: float, max_bps: float, now: float,
                 first_seq: int, acked_bps: float | None = None) -> ProbeCluster | None:
         """Ask for ``target_bps``: a new cluster, or None (one is active, the last failed
         too recently, or the estimate already reaches the target).  ``acked_bps``: the rate
         acknowledged now (None: unknown); a step above :data:`LONG_CLUSTER_RATIO` × it gets
-        a long cluster."""
+        a long cluster.  Once the capacity is known the step is at most
+        :data:`CAPACITY_STEP` × :attr:`capacity_bps`, always a long cluster (a short one
+        passes a token bucket whole), and is sent even when the estimate already reaches it
+        (an estimate above a known capacity is unverified)."""
         self.asked_bps = float(target_bps)
         if target_bps >= self.wanted_bps or now - self._wanted_at > REPROBE_MEMORY_S:
             self.wanted_bps, self._wanted_at = float(target_bps), now
@@ -232,14 +262,27 @@ class ProbeController:
         if self.active is not None or now < self._next_allowed_s or self.goal_bps <= estimate_bps:
             return None
         step = min(self.goal_bps, MAX_STEP * estimate_bps)
-        if step <= estimate_bps:
+        floor = estimate_bps
+        capacity = self.capacity_bps
+        capped = capacity is not None and step > CAPACITY_STEP * capacity
+        if capacity is not None and capped:
+            step = CAPACITY_STEP * capacity
+            floor = min(estimate_bps, capacity)
+        if step <= floor:
             return None
-        long = acked_bps is None or step > LONG_CLUSTER_RATIO * acked_bps
+        long = capped or acked_bps is None or step > LONG_CLUSTER_RATIO * acked_bps
         cluster = ProbeCluster(self._next_id, step, now, first_seq, long)
         self._next_id = self._next_id % 0xFFFF + 1
         self.active = cluster
         self.clusters += 1
         return cluster
+
+    def congested(self, acked_bps: float) -> None:
+        """Congestion cut the estimate while ``acked_bps`` was acknowledged: the link is full
+        at that rate, its known capacity (the first probe after a link drop must not be a
+        2 × step either)."""
+        self.capacity_bps = acked_bps
+        self._capped_successes = 0
 
     def wanted(self, now: float) -> float:
         """The highest rate asked for within the last :data:`REPROBE_MEMORY_S` (0: none).
@@ -257,14 +300,23 @@ class ProbeController:
             self.active.sending = False
             self.active.ended_s = now
 
-    def finish(self, result_bps: float | None, now: float) -> bool:
-        """The active cluster's outcome (None: no result).  True when it succeeded."""
+    def finish(self, result_bps: float | None, now: float, saturated: bool = False) -> bool:
+        """The active cluster's outcome (None: no result; ``saturated``: the result is what
+        the link carried while the cluster filled it — the capacity from now on).  True when
+        it succeeded: a result ≥ :data:`SUCCESS_RATIO` × the target, without saturating."""
         cluster = self.active
         if cluster is None:
             return False
         self.active = None
         self.last_result_bps = result_bps
-        if result_bps is not None and result_bps >= SUCCESS_RATIO * cluster.target_bps:
+        if result_bps is not None and saturated:
+            self.capacity_bps = result_bps
+            self._capped_successes = 0
+        elif result_bps is not None and result_bps >= SUCCESS_RATIO * cluster.target_bps:
+            if self.capacity_bps is not None:
+                self._capped_successes += 1
+                self.capacity_bps = (None if self._capped_successes >= CAPACITY_FORGET_AFTER
+                                     else max(self.capacity_bps, result_bps))
             self.successes += 1
             self._backoff_s = BACKOFF_MIN_S
             self._next_allowed_s = now  # the next step may follow at once

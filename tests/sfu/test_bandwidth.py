@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sfu import probe
 from sfu.bandwidth import FEEDBACK_TIMEOUT_S, BandwidthEstimator
 from sfu.twcc import TwccRecorder
 from tests.polling import wait_for
@@ -107,7 +108,9 @@ def test_token_bucket_drop_leaves_the_estimate_at_the_link_not_collapsed() -> No
     during = sim.estimates(12, 20)
     # ≥ 650k: also no dip for the queue a failed probe built (616k without PROBE_QUIET_S).
     assert min(during) >= 650_000, min(during)
-    assert max(during) <= 900_000, max(during)
+    # A step 25 % above the learnt capacity may pass the bucket whole and count as a success
+    # (sfu.probe.CAPACITY_STEP); the next one finds the link full again.
+    assert max(during) <= probe.CAPACITY_STEP * CAPACITY_LOW, max(during)
     assert sim.layer_log and sim.layer_log[0][0] < 11.0  # moved down within a second
 
 
@@ -119,7 +122,7 @@ def test_token_bucket_does_not_fool_probes_into_the_top_layer() -> None:
     stats = sim.bwe.stats()
     assert stats["probe"]["failures"] >= 2  # it kept asking for the top layer, and was told no
     assert not [t for t, layer in sim.layer_log if 11.0 <= t < 20.0 and layer == 2]
-    assert max(bps for t, bps in sim.samples if 12.0 <= t < 20.0) <= 900_000
+    assert max(bps for t, bps in sim.samples if 12.0 <= t < 20.0) <= probe.CAPACITY_STEP * CAPACITY_LOW
 
 
 def test_token_bucket_return_reaches_2_5_mbit_within_6_s_and_the_top_layer_after() -> None:
@@ -180,7 +183,9 @@ def test_queue_overflow_loss_is_not_learnt_as_inherent_loss() -> None:
     stays full (the delay gradient sees nothing), the drops keep the estimate at the
     capacity (§6 alone) for 30 s — they do not become "link loss" once the full queue has
     been there for a while."""
-    link = SimulatedLink(1_000_000, delay_s=0.025, queue_bytes=10_000)
+    # 6 KB: a queue the estimate's own overshoot overflows (a 10 KB one overflowed only under
+    # 2 × probes, which no longer follow a saturated one: sfu.probe.CAPACITY_STEP).
+    link = SimulatedLink(1_000_000, delay_s=0.025, queue_bytes=6_000)
     sim = Simulation(link, source_bps=3_000_000)
     sim.run(40)
     assert link.dropped > 100

@@ -369,3 +369,39 @@ def test_probe_controller_long_clusters_and_backoff_reset() -> None:
     assert controller.request(2_000_000, 1_000_000, 20_000_000, 30.0, 0) is not None
     controller.finish(None, 30.2)
     assert controller.request(2_000_000, 1_000_000, 20_000_000, 31.3, 0) is not None
+
+
+def test_a_step_that_saturated_the_link_fails_and_caps_the_next_steps() -> None:
+    """A 2 × step over a link found full would overflow it again: after a saturated result
+    (a failure, whatever its rate) steps are 1.25 × the capacity, long, sent even when the
+    drifted estimate reaches them; two successes above it in a row forget it."""
+    controller = probe.ProbeController()
+    first = controller.request(2_000_000, 700_000, 20_000_000, 0.0, 0, acked_bps=650_000)
+    assert first is not None and first.target_bps == 1_400_000
+    # 760k arrived of 1.4M asked: ≥ 0.7 × the target would be a success, but the link was full.
+    assert not controller.finish(1_000_000, 0.4, saturated=True)
+    assert controller.capacity_bps == 1_000_000 and controller.failures == 1
+    capped = controller.request(2_000_000, 1_300_000, 20_000_000, 1.5, 0, acked_bps=1_000_000)
+    assert capped is not None and capped.target_bps == pytest.approx(1_250_000)
+    assert capped.duration_s == probe.LONG_CLUSTER_DURATION_S  # 1.25 × acked: long all the same
+    assert controller.finish(1_240_000, 1.8)
+    assert controller.capacity_bps == 1_240_000  # raised by the success, still known
+    second = controller.request(2_000_000, 1_240_000, 20_000_000, 1.8, 0, acked_bps=1_000_000)
+    assert second is not None and second.target_bps == pytest.approx(1_550_000)
+    assert controller.finish(1_540_000, 2.1)
+    assert controller.capacity_bps is None  # two in a row: the link got better
+    third = controller.request(5_000_000, 1_540_000, 20_000_000, 2.1, 0, acked_bps=1_000_000)
+    assert third is not None and third.target_bps == 3_080_000  # 2 × steps again
+
+
+def test_unreported_packets_of_a_probe_are_not_lost_ones() -> None:
+    """Late or reordered feedback: a result taken while 10 % of the cluster is unreported must
+    not call the link saturated for loss (it did, and a capped probe then failed for ever)."""
+    cluster = probe.ProbeCluster(1, 1_000_000, 10.0, 0, long=True)
+    rates = probe.ProbeBitrateEstimator()
+    for k in range(18):  # 18 of 20 packets reported, sent and received at 1 Mbit/s
+        rates.add(cluster.id, 10.0 + 0.01 * k, 5000.0 + 10.0 * k, 1250)
+    assert rates.result(cluster, 20, 25_000, complete=False) == pytest.approx(17 * 1250 * 8 / 0.17)
+    assert not rates.saturated
+    rates.result(cluster, 20, 25_000, complete=True)  # the 2 are reported lost: 10 % of the bytes
+    assert rates.saturated

@@ -384,6 +384,7 @@ class FakeEstimator:
     def __init__(self, bps: int, source: str = "transport-cc") -> None:
         self.estimate_bps = bps
         self.source = source
+        self.congestion_cuts = 0
         self.probes: list[int] = []
 
     def probe(self, target_bps: int) -> None:
@@ -427,6 +428,25 @@ def test_a_low_estimate_only_takes_a_viewer_down_once_it_has_fallen() -> None:
     bwe.estimate_bps = 300_000
     consumer.update_layers(5.5, 40_000)
     assert bwe.probes == [2_400_000 + 40_000], "short of the next step: probe towards it"
+
+
+def test_with_transport_cc_only_a_detector_cut_is_congestion() -> None:
+    """A probe's verdict that the link is full (a step above it saturated it) lowers the
+    estimate, but the media alone did not congest the link: the viewer keeps its layer.  A
+    cut by the delay- or loss-based detector is congestion."""
+    consumer, raw, producer, _ = _adaptive()
+    selector = consumer.selector = RecordingSelector()  # type: ignore[assignment]
+    f = producer.layers[2]
+    f.bitrates_bps = (1_000_000, 500_000, 500_000)
+    consumer.forward(_media(f, 10, 0, key=True))
+    bwe = consumer.bwe = FakeEstimator(3_000_000)  # type: ignore[assignment]
+    consumer.update_layers(0.0, 40_000)
+    bwe.estimate_bps = 1_500_000  # the probe's verdict: no cut
+    consumer.update_layers(0.5, 40_000)
+    assert selector.budgets[-1] == int(2_000_000 * 1.05)
+    bwe.estimate_bps, bwe.congestion_cuts = 1_400_000, 1  # over-use: a cut
+    consumer.update_layers(1.0, 40_000)
+    assert selector.budgets[-1] == 1_400_000 - 40_000
 
 
 def test_retransmissions_are_bounded_by_the_round_trip_and_the_estimate() -> None:
