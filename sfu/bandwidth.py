@@ -647,7 +647,8 @@ class BandwidthEstimator:
         self._probe_rates.forget(cluster.id)
         if cluster.duration_s > CLUSTER_DURATION_S:
             self._probe_quiet_until = now + PROBE_QUIET_S
-        if self._probes.finish(result, now, self._probe_rates.saturated) and self._probes.goal_bps > 1.1 * result and self._can_probe:
+        succeeded = self._probes.finish(result, now, self._probe_rates.saturated)
+        if succeeded and self._probes.goal_bps > 1.1 * result and self._can_probe:
             self._start_probe(self._probes.asked_bps, now)  # the next step at once
 
     # ------------------------------------------------------------------ misc

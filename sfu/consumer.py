@@ -295,7 +295,7 @@ class Consumer:
         estimate = bwe.estimate_bps
         source = bwe.source
         cuts = bwe.congestion_cuts
-        if source == "transport-cc" == self._last_source:
+        if source == "transport-cc" and self._last_source == "transport-cc":
             if cuts != self._last_cuts and estimate < self._last_estimate:
                 self._estimate_fell_at = now
         elif estimate < self._last_estimate * 0.97 and source == self._last_source:

@@ -27,8 +27,8 @@ A 2 × step over a link found full overflows its queue: with a token-bucket bott
 ~1 Mbit/s (a few KB of bucket, ~50 ms of queue) a 200 ms cluster at twice the link's rate
 drops tens of packets, media among them, and the viewer's picture waits a repair round trip
 behind the rest of the cluster (0.25–0.45 s frozen, tests/e2e/test_adaptive_netns.py).  A
-25 % step overshoots by at most a quarter of the rate for 200 ms plus a quarter of the bucket
-it may have passed whole: within the bucket and queue of such a link, so the step shows as a
+25 % step over 200 ms overshoots such a link by ~5 KB (~10 KB for a second step after a
+first one the bucket passed whole): within its bucket and queue, so the step shows as a
 growing delay, not as loss.  When the link gets better the steps succeed one after another
 (~0.3 s each): a first one may have passed a bucket whole, a second 25 % above it cannot,
 so two show that the link got better and the climb goes on in 2 × steps.
@@ -226,12 +226,14 @@ class ProbeController:
         (at most ``max_bps``).
     :ivar active: the cluster being sent or awaiting its result, or None.
     :ivar capacity_bps: the link's known capacity: what arrived in the last step that
-        saturated it, raised by a later success (None: no step has saturated it, or
-        :data:`CAPACITY_FORGET_AFTER` succeeded since).
+        saturated it, or what was acknowledged when congestion last cut the estimate
+        (:meth:`congested`), raised by a later success (None: not known yet, or
+        :data:`CAPACITY_FORGET_AFTER` steps succeeded since).
     """
 
     __slots__ = ("asked_bps", "goal_bps", "wanted_bps", "_wanted_at", "active", "_next_id", "_backoff_s", "_next_allowed_s",
-                 "_last_failure_s", "clusters", "successes", "failures", "last_result_bps", "capacity_bps", "_capped_successes")
+                 "_last_failure_s", "clusters", "successes", "failures", "last_result_bps", "capacity_bps",
+                 "_capped_successes")
 
     def __init__(self) -> None:
         self.asked_bps = self.goal_bps = self.wanted_bps = 0.0
