@@ -45,5 +45,5 @@ test: $(STAMP)/install-test
 	$(PYTHON) -m pytest -q
 
 lint:
-	ruff check relaycast common sfu signaling turn hls_bridge loadtest tests
-	mypy relaycast common sfu signaling turn hls_bridge --ignore-missing-imports
+	ruff check relaycast common sfu signaling turn hls_bridge ingest loadtest tests
+	mypy relaycast common sfu signaling turn hls_bridge ingest --ignore-missing-imports

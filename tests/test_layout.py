@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PRODUCT = ("relaycast", "community", "common", "sfu", "signaling", "turn", "hls_bridge", "web")
+PRODUCT = ("relaycast", "community", "common", "sfu", "signaling", "turn", "hls_bridge", "ingest", "web")
 PACKAGES = (*PRODUCT, "loadtest")
 
 # docs/architecture.md, "Packages and what they may import".
@@ -23,10 +23,11 @@ ALLOWED: dict[str, set[str]] = {
     "turn": {"common"},
     "sfu": {"common"},
     "hls_bridge": {"common", "sfu"},
+    "ingest": {"common"},
     "signaling": {"common", "sfu", "turn", "hls_bridge", "web"},
     "community": {"common", "sfu", "signaling", "hls_bridge", "web"},
-    "relaycast": {"common", "community", "sfu", "signaling", "turn", "hls_bridge", "web"},
-    "loadtest": {"common", "community", "sfu", "signaling", "turn", "hls_bridge", "web", "relaycast"},
+    "relaycast": {"common", "community", "sfu", "signaling", "turn", "hls_bridge", "ingest", "web"},
+    "loadtest": {"common", "community", "sfu", "signaling", "turn", "hls_bridge", "ingest", "web", "relaycast"},
 }
 
 
