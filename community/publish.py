@@ -178,6 +178,14 @@ class ChannelPublishAuthority(PublishAuthority):
         self._note_use(key.key_id)
         return PublishGrant(room, digest, key.key_id, key.owner_id)
 
+    async def room_for_key(self, key: str) -> str | None:
+        """The channel of stream key ``key`` (revoked or not: :meth:`authorize` says why
+        it refuses); None for an unknown key or an access token."""
+        if looks_like_jwt(key):
+            return None
+        found = await self._key(key_digest(key))
+        return None if found is None else found.channel
+
     def _authorize_token(self, room: str, bearer: str) -> PublishGrant:
 
         try:

@@ -62,7 +62,7 @@ async def cors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """CORS for the WHIP/WHEP and API resources, on success and on error alike."""
-    if not request.path.startswith(_CORS_PREFIXES):
+    if not (request.path.startswith(_CORS_PREFIXES) or request.path == "/whip"):
         return await handler(request)
     origin = request.app[CONFIG].cors_origin
     headers = {

@@ -92,6 +92,12 @@ class PublishAuthority(ABC):
             credential) or 403 ``insufficient_scope`` (a valid credential of another room).
         """
 
+    async def room_for_key(self, key: str) -> str | None:
+        """The room stream key ``key`` publishes to, for clients that present only a key
+        (``POST /whip``, RTMP's ``rtmp://HOST/live`` + key); None when the key is unknown
+        (then :meth:`authorize` refuses it with the reason).  The default knows none."""
+        return None
+
     async def owns(self, grant_owner: str, room: str, bearer: str) -> bool:
         """Whether ``bearer`` is the credential that created a WHIP session whose grant had
         ``grant_owner`` (RFC 9725 §4.2: only the publisher ends its session).  The default

@@ -65,6 +65,14 @@ class StaticKeys(PublishAuthority):
     async def room_exists(self, room: str) -> bool:
         return room in self.digests
 
+    async def room_for_key(self, key: str) -> str | None:
+        digest = key_digest(key).encode()
+        found = None
+        for room, value in self.digests.items():  # every digest compared: constant time
+            if hmac.compare_digest(value.encode(), digest):
+                found = room
+        return found
+
     async def authorize(self, room: str, bearer: str) -> PublishGrant:
         check = self.check_key(room, bearer)
         if check is KeyCheck.OK:

@@ -135,6 +135,8 @@ class MediaResources:
     def routes(self) -> list[web.RouteDef]:
         base = f"/{self.kind}/{{room}}"
         return [
+            *([web.post("/whip", self.post_by_key), web.options("/whip", self.options_endpoint)]
+              if self.kind == "whip" else []),
             web.post(base, self.post),
             web.get(base, self.get_endpoint),
             web.options(base, self.options_endpoint),
@@ -266,7 +268,25 @@ class MediaResources:
         A WHEP viewer may be placed on an edge node (:mod:`signaling.cascade`).
         """
         self._limit(request)
-        room_name = request.match_info["room"]
+        return await self._open(request, request.match_info["room"])
+
+    async def post_by_key(self, request: web.Request) -> web.Response:
+        """``POST /whip``: publish to the room of the stream key presented (RFC 9725 §4.2
+        leaves the endpoint URL to the service).  For clients configured with a key alone
+        (the RTMP ingest's ``rtmp://HOST/live`` + key, a WHIP encoder given one URL for all
+        channels).  ``Location`` is the session under ``/whip/{room}/`` as usual.
+
+        Errors: 401 without a Bearer credential or with a key no room has (429 while the
+        address is blocked for wrong keys), then as :meth:`post`."""
+        self._limit(request)
+        token = self._bearer(request)
+        room_name = await request.app[ROOMS].authority.room_for_key(token)
+        if room_name is None:
+            self._key_failure(request)
+            raise _access_problem(AccessRefused.invalid("invalid stream key"))
+        return await self._open(request, room_name)
+
+    async def _open(self, request: web.Request, room_name: str) -> web.Response:
         rooms = request.app[ROOMS]
         checked: PublishGrant | AccessRefused | None = None
         if self.kind == "whip" and rooms.get(room_name) is None and bearer_token(request) is not None:

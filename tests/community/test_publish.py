@@ -118,6 +118,11 @@ async def test_key_refusals(svc: Service, http: aiohttp.ClientSession, offer: An
     resp = await post_whip(http, svc, "alice", alice, sdp)
     await problem(resp, 401)
     assert challenge_error(resp) == "invalid_token"
+    # POST /whip (the room from the key, as the RTMP ingest publishes): the same reason
+    by_key = await http.post(f"{svc.url}/whip", data=sdp,
+                             headers={"Content-Type": SDP, "Authorization": f"Bearer {alice}"})
+    body = await problem(by_key, 401)
+    assert "revoked" in body["detail"]
     assert svc.app[SESSION_SERVICE].store.sessions == {}
 
 

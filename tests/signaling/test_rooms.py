@@ -36,6 +36,15 @@ def test_create_returns_the_key_once_and_stores_only_its_digest() -> None:
     assert keys.create("given", KEY_A) == KEY_A
 
 
+async def test_room_for_key_names_the_keys_room_or_none() -> None:
+    keys = StaticKeys()
+    keys.create("a", KEY_A)
+    other = keys.create("b")
+    assert await keys.room_for_key(KEY_A) == "a"
+    assert await keys.room_for_key(other) == "b"
+    assert await keys.room_for_key("sk_guess") is None
+
+
 @pytest.mark.parametrize("name", ["", "-demo", "_demo", "a b", "a/b", "../x", "é", "x" * 65, "demo\n"])
 def test_create_refuses_names_outside_the_room_rule(name: str) -> None:
     # ROOM_RE ends in $, which also matches before a final newline: only a full match counts.

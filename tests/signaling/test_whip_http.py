@@ -242,6 +242,23 @@ async def test_bearer_auth(
     assert_nothing_allocated(service)
 
 
+async def test_post_whip_without_a_room_publishes_to_the_keys_room(service: Service, http, make_offer) -> None:
+    """``POST /whip``: the stream key alone names the room (RTMP ingest, encoders given one
+    URL); a key no room has is 401 like a wrong key."""
+    resp = await http.post(f"{service.url}/whip", data=await make_offer(), headers={"Content-Type": SDP, **AUTH})
+    assert resp.status == 201, await resp.text()
+    assert SESSION_PATH.match(resp.headers["Location"]), resp.headers["Location"]
+    other_key = await make_channel(service.app, "other")
+    resp = await http.post(f"{service.url}/whip", data=await make_offer(),
+                           headers={"Content-Type": SDP, "Authorization": f"Bearer {other_key}"})
+    assert resp.status == 201 and resp.headers["Location"].startswith("/whip/other/")
+    for headers in ({"Authorization": "Bearer sk_guess"}, {}):
+        resp = await http.post(f"{service.url}/whip", data=await make_offer(), headers={"Content-Type": SDP, **headers})
+        await problem(resp, 401)
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    assert (await http.options(f"{service.url}/whip")).headers["Accept-Post"] == SDP
+
+
 async def test_wrong_keys_are_throttled_but_the_right_key_is_accepted(
     service: Service, http, make_offer
 ) -> None:
