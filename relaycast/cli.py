@@ -21,6 +21,7 @@ from sfu.config import SfuConfig
 from sfu.worker import RouterFactory
 from signaling.config import SignalingConfig
 
+from .ingest_process import IngestConfig
 from .workers import WorkerError, WorkersConfig
 
 
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             workers = WorkersConfig.from_env(workers=args.workers, embedded_sfu=config.embedded_sfu)
             community = CommunityConfig.from_env(data_dir=args.data_dir)
-            return asyncio.run(serve(config, workers=workers.count, community=community))
+            ingest = IngestConfig.from_env(os.environ, config.host)
+            return asyncio.run(serve(config, workers=workers.count, community=community, ingest=ingest))
         return asyncio.run(_sfu_node(args))
     except (ConfigError, CommunityConfigError) as exc:
         print(f"relaycast: configuration error: {exc}", file=sys.stderr)
@@ -149,7 +151,7 @@ class _Signals:
 
 
 async def serve(config: SignalingConfig, router_factory: RouterFactory | None = None, workers: int = 1,
-                community: CommunityConfig | None = None) -> int:
+                community: CommunityConfig | None = None, ingest: IngestConfig | None = None) -> int:
     """Run the service until SIGINT/SIGTERM, printing its URLs, the demo channel's stream key
     and, on the first run, the admin account's password.
 
@@ -157,11 +159,12 @@ async def serve(config: SignalingConfig, router_factory: RouterFactory | None = 
         :class:`sfu.router.Router`).
     :param workers: SFU worker processes (:class:`relaycast.service.Service`); 1 = none.
     :param community: the platform's settings (default from the environment).
+    :param ingest: the RTMP ingest's settings (None: no RTMP ingest).
     """
     from .service import Service
 
     async with Service(config, router_factory=router_factory, workers=workers,
-                       community=community) as service:
+                       community=community, ingest=ingest) as service:
         print(f"relaycast listening on {service.url}", flush=True)
         if service.admin_password is not None:  # before the stream key: the last line
             print(f"  admin login: admin / {service.admin_password}  (shown once; change it in /settings)",
@@ -176,6 +179,10 @@ async def serve(config: SignalingConfig, router_factory: RouterFactory | None = 
             print(f"  WHIP:      {service.url}/whip/{room}", flush=True)
             print(f"  WHEP:      {service.url}/whep/{room}", flush=True)
             print(f"  stream key (Bearer token): {service.demo_stream_key}", flush=True)
+        if service.ingest is not None:
+            host = service.ingest.settings.rtmp_host
+            host = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+            print(f"  RTMP:      rtmp://{host}:{service.ingest.rtmp_port}/live  (stream key as the key)", flush=True)
         await _wait_for_signal()
         print("relaycast shutting down", flush=True)
     return 0

@@ -32,6 +32,7 @@ from signaling.http_guard import ConnectionGuard, EdgeSite
 from signaling.nodes import PlacementStrategy
 from signaling.publish_auth import AccessRefused
 
+from .ingest_process import IngestConfig, IngestError, IngestProcess
 from .workers import Supervisor, sfu_worker_specs, viewers_per_worker
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Service:
         router_factory: RouterFactory | None = None,
         workers: int = 1,
         community: CommunityConfig | None = None,
+        ingest: IngestConfig | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -96,6 +98,9 @@ class Service:
         self.admin_password: str | None = None
         self.hls: BridgeManager | None = None
         self.recordings = RecordingConfig.from_env()
+        self.ingest_config = ingest
+        self.ingest: IngestProcess | None = None
+        """The RTMP ingest process (``ingest`` given with a port), started by `start`."""
         self._sweeper: asyncio.Task[None] | None = None
         if config.embedded_sfu:
             # Mounted now (the app freezes at start-up); the worker is attached in start().
@@ -180,6 +185,21 @@ class Service:
             except BaseException:
                 await self.stop()
                 raise
+        await self._start_ingest()
+
+    async def _start_ingest(self) -> None:
+        """The RTMP ingest process, publishing to this service's ``POST /whip``.  Its failure
+        to listen (a port in use) is logged, not fatal: WHIP publishing goes on."""
+        config = self.ingest_config
+        if config is None or config.rtmp_port is None:
+            return
+        process = IngestProcess(config.settings(f"{self.url}/whip"))
+        try:
+            await process.start()
+        except (IngestError, OSError) as exc:
+            logger.error("%s; RTMP ingest is off", exc)
+            return
+        self.ingest = process
 
     async def _ensure_demo_channel(self) -> None:
         """The demo channel and its key (`demo_stream_key`)."""
@@ -217,6 +237,9 @@ class Service:
         await self.supervisor.wait_until(registered, 60.0, f"{len(names)} SFU workers to register")
 
     async def stop(self) -> None:
+        if self.ingest is not None:  # first: its sessions end through this service's WHIP
+            await self.ingest.close()
+            self.ingest = None
         if self.supervisor is not None:
             await self.supervisor.stop()
             self.supervisor = None

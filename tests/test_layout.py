@@ -23,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "turn": {"common"},
     "sfu": {"common"},
     "hls_bridge": {"common", "sfu"},
-    "ingest": {"common"},
+    "ingest": {"common", "sfu"},
     "signaling": {"common", "sfu", "turn", "hls_bridge", "web"},
     "community": {"common", "sfu", "signaling", "hls_bridge", "web"},
     "relaycast": {"common", "community", "sfu", "signaling", "turn", "hls_bridge", "ingest", "web"},

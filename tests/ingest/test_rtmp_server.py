@@ -171,3 +171,33 @@ async def test_enhanced_rtmp_hevc_is_refused_with_a_message(endpoint: Endpoint) 
             status = amf0.decode_all(message.payload)[3]
     assert status["level"] == "error" and "HEVC" in status["description"]
     writer.close()
+
+
+async def test_rtmps_with_a_certificate(tmp_path: Any) -> None:
+    """RTMP over TLS (``rtmps://``): the same endpoint given an ``ssl.SSLContext``."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    endpoint = Endpoint()
+    endpoint.server = RtmpServer(endpoint.on_publish, port=0, ssl=context)
+    await endpoint.server.start()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "lavfi",
+            "-i", "testsrc2=size=160x120:rate=30", "-t", "1", "-c:v", "libx264", "-preset", "ultrafast",
+            "-bf", "0", "-f", "flv", f"rtmps://127.0.0.1:{endpoint.server.port}/live/{KEY}",
+            stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err.decode()
+        (sink,) = endpoint.sinks
+        # (ffmpeg's TLS close may come before its deleteStream is read)
+        assert await asyncio.wait_for(sink.closed, 5) in ("unpublished", "disconnected")
+        assert sum(1 for _, tag in sink.video if tag.kind == "frame") >= 25
+    finally:
+        await endpoint.server.close()

@@ -1,0 +1,149 @@
+"""RTMP in, WebRTC out: Debian's ffmpeg publishes to the RTMP endpoint, a WhipRelay republishes
+into a real relaycast service over POST /whip, and an aiortc WHEP viewer decodes what the
+SFU forwards — H.264 baseline passed through (nothing encoded), High with B-frames
+transcoded, a wrong key refused with the service's reason, a reconnect continued."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+
+from ingest import whip_relay
+from ingest.rtmp_server import PublishRequest, RtmpServer
+from ingest.whip_relay import WhipRelay
+from loadtest import whip_client
+from relaycast.service import Service
+from tests.polling import wait_for
+from tests.services import STREAM_KEY, make_config
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg")
+
+
+@dataclass
+class Ingest:
+    service: Service
+    server: RtmpServer
+    relays: list[WhipRelay] = field(default_factory=list)
+
+    def url(self, key: str = STREAM_KEY) -> str:
+        return f"rtmp://127.0.0.1:{self.server.port}/live/{key}"
+
+    def publishing(self) -> bool:
+        router = self.service.worker.routers.get("demo") if self.service.worker else None
+        return router is not None and router.producers.get("video") is not None
+
+
+@pytest.fixture
+async def ingest() -> AsyncIterator[Ingest]:
+    async with Service(make_config()) as service, aiohttp.ClientSession() as http:
+        relays: list[WhipRelay] = []
+
+        async def on_publish(request: PublishRequest) -> WhipRelay:
+            relay = await WhipRelay.open(f"{service.url}/whip", request.key, http, request.peer)
+            relays.append(relay)
+            return relay
+
+        server = RtmpServer(on_publish, port=0)
+        await server.start()
+        try:
+            yield Ingest(service, server, relays)
+        finally:
+            await server.close()
+
+
+def _ffmpeg(url: str, seconds: float, *video: str) -> Any:
+    return asyncio.create_subprocess_exec(
+        "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-re",
+        "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", str(seconds),
+        "-c:v", "libx264", "-g", "30", *video, "-c:a", "aac", "-f", "flv", url,
+        stderr=asyncio.subprocess.PIPE)
+
+
+async def _watch(ingest: Ingest, seconds: float) -> list[Any]:
+    """A WHEP viewer's decoded video frames for ``seconds`` (or until the stream ends)."""
+    session = await whip_client.view(f"{ingest.service.url}/whep/demo", kinds=("video",))
+    frames: list[Any] = []
+    try:
+        track = await wait_for_track(session)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while loop.time() < end:
+            try:
+                frames.append(await asyncio.wait_for(track.recv(), max(0.1, end - loop.time())))
+            except TimeoutError:
+                break
+            except Exception:  # noqa: BLE001 — the track ended with the stream
+                break
+    finally:
+        await session.close()
+    return frames
+
+
+async def wait_for_track(session: whip_client.WhipSession) -> Any:
+    await whip_client.wait_connected(session.pc)
+    receivers = [t.receiver for t in session.pc.getTransceivers() if t.kind == "video"]
+    return receivers[0].track
+
+
+async def test_baseline_h264_is_passed_through_and_decodes_in_order(ingest: Ingest) -> None:
+    proc = await _ffmpeg(ingest.url(), 6, "-preset", "ultrafast", "-profile:v", "baseline", "-bf", "0")
+    await wait_for(ingest.publishing, 10, lambda: "the RTMP publisher in the room")
+    frames = await _watch(ingest, 3.0)
+    await proc.wait()
+    (relay,) = ingest.relays
+    assert not relay.transcoding  # passed through: nothing decoded or encoded on the way
+    assert len(frames) >= 60, len(frames)  # 3 s at 30 fps, from the first key frame on
+    assert {(f.width, f.height) for f in frames} == {(320, 240)}
+    pts = [f.pts for f in frames]
+    assert pts == sorted(pts) and len(set(pts)) == len(pts)
+    steps = {b - a for a, b in zip(pts, pts[1:], strict=False)}
+    # Every frame, 1/30 s apart: FLV's millisecond timestamps make it 33 or 34 ms (× 90).
+    assert steps <= {2970, 3060}, steps
+
+
+async def test_b_frames_are_transcoded_and_play_in_presentation_order(ingest: Ingest) -> None:
+    proc = await _ffmpeg(ingest.url(), 6, "-preset", "veryfast", "-profile:v", "high", "-bf", "2")
+    await wait_for(ingest.publishing, 10, lambda: "the RTMP publisher in the room")
+    frames = await _watch(ingest, 3.0)
+    await proc.wait()
+    (relay,) = ingest.relays
+    assert relay.transcoding
+    assert len(frames) >= 45, len(frames)
+    pts = [f.pts for f in frames]
+    assert pts == sorted(pts) and len(set(pts)) == len(pts)
+
+
+async def test_a_wrong_key_is_refused_with_the_services_reason(ingest: Ingest) -> None:
+    proc = await _ffmpeg(ingest.url("sk_wrong"), 1, "-preset", "ultrafast", "-bf", "0")
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode != 0 and "invalid stream key" in err.decode()
+    assert not ingest.relays
+
+
+async def test_an_encoder_that_reconnects_replaces_its_session(ingest: Ingest) -> None:
+    first = await _ffmpeg(ingest.url(), 30, "-preset", "ultrafast", "-bf", "0")
+    await wait_for(ingest.publishing, 10, lambda: "the first RTMP publisher")
+    session = await whip_client.view(f"{ingest.service.url}/whep/demo", kinds=("video",))
+    try:
+        track = await wait_for_track(session)
+        await asyncio.wait_for(track.recv(), 10)
+        first.kill()  # the encoder dies mid-stream ...
+        await first.wait()
+        second = await _ffmpeg(ingest.url(), 4, "-preset", "ultrafast", "-bf", "0")  # ... and comes back
+        await wait_for(lambda: len(ingest.relays) == 2, 10, lambda: "the second RTMP publish")
+        # the same viewer session goes on with the new publisher's frames
+        count = 0
+        while count < 30:
+            await asyncio.wait_for(track.recv(), 10)
+            count += 1
+        await second.wait()
+    finally:
+        await session.close()
+    assert whip_relay.MAX_QUEUED > 0 and ingest.relays[1].frames_in >= 30
