@@ -26,6 +26,7 @@ counted (``dropped``).  :meth:`close` ends the WHIP session (DELETE) and the pee
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import json
 import logging
@@ -120,6 +121,7 @@ class WhipRelay:
             [c for c in codecs if c.mimeType == "video/H264" and c.parameters.get("packetization-mode") == "1"]
             + [c for c in codecs if c.mimeType == "video/rtx"])
         pc.addTransceiver(audio, direction="sendonly")
+        location = None
         try:
             await pc.setLocalDescription(await pc.createOffer())
             headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {key}"}
@@ -136,6 +138,10 @@ class WhipRelay:
             raise
         except (aiohttp.ClientError, OSError, ValueError, KeyError) as exc:
             await pc.close()
+            if location is not None:  # created, but its answer was unusable: end it
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with http.delete(location, headers={"Authorization": f"Bearer {key}"}):
+                        pass
             raise PublishRefused(f"the service could not take the stream ({type(exc).__name__})",
                                  "NetStream.Publish.Failed") from None
         return cls(pc, video, audio, location, key, http, peer)

@@ -4,7 +4,10 @@ sessions ended when their key is revoked or rotated or their owner is suspended.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -236,9 +239,9 @@ async def test_keys_are_never_logged(svc: Service, http: aiohttp.ClientSession,
 
 
 async def serve_output(data_dir: str, *args: str) -> tuple[CliProcess, dict[str, str]]:
-    process = CliProcess("serve", RELAYCAST_ICE_GATHER="127.0.0.1")
+    process = CliProcess("serve", RELAYCAST_ICE_GATHER="127.0.0.1", RELAYCAST_RTMP_PORT="0")
     await process.launch("serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", data_dir, *args)
-    await process.wait_line("stream key (Bearer token):", 60)
+    await process.wait_line("RTMP:", 60)  # the last line
     shown = {}
     for line in process.lines:
         label, _, value = line.strip().partition(": ")
@@ -263,6 +266,15 @@ async def test_serve_prints_a_working_demo_channel_and_the_first_run_admin(
         resp = await http.post(whip, data=b"not an offer",
                                headers={"Content-Type": SDP, "Authorization": f"Bearer {key}"})
         assert resp.status == 400, await resp.text()  # admitted; the offer is refused
+        rtmp = first["RTMP"].split()[0]
+        assert re.fullmatch(r"rtmp://127\.0\.0\.1:\d+/live", rtmp), first["RTMP"]
+        if shutil.which("ffmpeg"):  # the printed RTMP URL takes the printed key
+            ffmpeg = await asyncio.create_subprocess_exec(
+                "ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30",
+                "-t", "1", "-c:v", "libx264", "-preset", "ultrafast", "-bf", "0", "-f", "flv", f"{rtmp}/{key}",
+                stderr=asyncio.subprocess.PIPE)
+            _, err = await asyncio.wait_for(ffmpeg.communicate(), 30)
+            assert ffmpeg.returncode == 0, err.decode()
     finally:
         assert await process_stop(process) == 0
     # The same data directory again, no key given: a fresh key, the old one still valid,

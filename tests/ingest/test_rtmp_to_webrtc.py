@@ -96,6 +96,12 @@ async def test_baseline_h264_is_passed_through_and_decodes_in_order(ingest: Inge
     proc = await _ffmpeg(ingest.url(), 6, "-preset", "ultrafast", "-profile:v", "baseline", "-bf", "0")
     await wait_for(ingest.publishing, 10, lambda: "the RTMP publisher in the room")
     frames = await _watch(ingest, 3.0)
+    router = ingest.service.worker.routers["demo"]
+    video, audio = router.producers["video"], router.producers["audio"]
+    # An ordinary publisher for the SFU: H.264 video, Opus audio (AAC decoded, encoded again),
+    # ingest health counted as for WHIP.
+    assert (video.codec.mimeType, audio.codec.mimeType) == ("video/H264", "audio/opus")
+    assert video.health.packets > 0 and audio.health.packets > 0
     await proc.wait()
     (relay,) = ingest.relays
     assert not relay.transcoding  # passed through: nothing decoded or encoded on the way
