@@ -1,0 +1,112 @@
+"""CPU per RTMP ingest: what the service spends to take in one RTMP stream, against what it
+spends on the same stream as a WHIP publisher.
+
+Starts a real ``relaycast serve`` (default configuration, the LL-HLS bridge allowed to run,
+RTMP on a free port) on 127.0.0.1, encodes a test clip once with Debian's ffmpeg (1280x720,
+30 fps, ~2.5 Mbit/s H.264 + AAC: baseline without B-frames for the passthrough case, High
+with 2 B-frames — OBS's x264 default — for the transcode case), then has ffmpeg publish it
+over RTMP with ``-c copy -re`` and reads, over a window, the CPU seconds of
+
+* the forwarding process (``relaycast serve``: it receives the stream as the WHIP publisher
+  the ingest process makes of it — what any WHIP publisher of that stream costs it), and
+* the ingest process (``python -m ingest.main``: RTMP, AAC → Opus, the H.264 passthrough or
+  the transcode).
+
+The ratio (forwarding + ingest) / forwarding is the RTMP ingest's cost in WHIP publishers.
+The encoder (ffmpeg) and the bridge's transcoder are not counted.  Usage::
+
+    python -m loadtest.rtmp_ingest_cost [--seconds 10] [--warmup 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from loadtest.cluster_procs import RelaycastProcess, free_port
+from loadtest.procstat import children, cpu_seconds
+
+KEY = "sk_cost_" + "c" * 24
+
+
+async def _encode(path: Path, size: str, clip_s: float, *video: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30",
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", str(clip_s),
+        "-c:v", "libx264", "-b:v", "2500k", "-maxrate", "2500k", "-bufsize", "5000k", "-g", "60", *video,
+        "-c:a", "aac", "-b:a", "128k", "-f", "flv", str(path))
+    if await proc.wait() != 0:
+        raise RuntimeError(f"ffmpeg could not encode {path}")
+
+
+def _ingest_pid(serve_pid: int) -> int:
+    for pid in children(serve_pid):
+        try:
+            if b"ingest.main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except OSError:
+            continue
+    raise RuntimeError("no ingest process under relaycast serve")
+
+
+async def measure(clip: Path, serve: RelaycastProcess, rtmp_port: int, seconds: float, warmup: float) -> dict[str, float]:
+    ingest = _ingest_pid(serve.pid)
+    proc = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip),
+        "-t", str(warmup + seconds + 2), "-c", "copy", "-f", "flv",
+        f"rtmp://127.0.0.1:{rtmp_port}/live/{KEY}")
+    try:
+        await asyncio.sleep(warmup)
+        t0 = asyncio.get_running_loop().time()
+        serve0, ingest0 = cpu_seconds(serve.pid), cpu_seconds(ingest)
+        await asyncio.sleep(seconds)
+        elapsed = asyncio.get_running_loop().time() - t0
+        serve_cpu = (cpu_seconds(serve.pid) - serve0) / elapsed
+        ingest_cpu = (cpu_seconds(ingest) - ingest0) / elapsed
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await proc.wait()
+    return {"forwarding_cpu_pct": round(100 * serve_cpu, 1), "ingest_cpu_pct": round(100 * ingest_cpu, 1),
+            "ratio_to_whip": round((serve_cpu + ingest_cpu) / serve_cpu, 2) if serve_cpu else float("nan")}
+
+
+async def main_async(seconds: float, warmup: float, size: str = "1280x720", clip_s: float = 20.0) -> dict[str, object]:
+    """Both cases; ``size`` and ``clip_s`` (the clip's length, looped) make a quick run."""
+    with tempfile.TemporaryDirectory(prefix="rtmp-cost-") as tmp:
+        work = Path(tmp)
+        clips = {"passthrough": work / "baseline.flv", "transcode (B-frames)": work / "bframes.flv"}
+        await _encode(clips["passthrough"], size, clip_s, "-preset", "veryfast", "-profile:v", "baseline", "-bf", "0")
+        await _encode(clips["transcode (B-frames)"], size, clip_s, "-preset", "veryfast", "-profile:v", "high",
+                      "-bf", "2")
+        rtmp_port = free_port()
+        env = dict(os.environ, RELAYCAST_RTMP_PORT=str(rtmp_port), RELAYCAST_ICE_GATHER="127.0.0.1",
+                   RELAYCAST_DATA_DIR=str(work / "data"))
+        serve = RelaycastProcess("relaycast serve", work / "serve.log")
+        await serve.launch(["--log-level", "warning", "serve", "--host", "127.0.0.1", "--port", str(free_port()),
+                            "--stream-key", KEY], env, lambda line: "RTMP:" in line, timeout=60)
+        results: dict[str, object] = {"seconds": seconds, "warmup": warmup, "size": size}
+        try:
+            for name, clip in clips.items():
+                results[name] = await measure(clip, serve, rtmp_port, seconds, warmup)
+                print(f"{name}: {json.dumps(results[name])}", flush=True)
+                await asyncio.sleep(2)
+        finally:
+            await serve.stop()
+        return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.rtmp_ingest_cost", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="measurement window (s)")
+    parser.add_argument("--warmup", type=float, default=4.0, help="seconds of stream before the window")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main_async(args.seconds, args.warmup)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
