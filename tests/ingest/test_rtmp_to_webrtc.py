@@ -102,6 +102,14 @@ async def test_baseline_h264_is_passed_through_and_decodes_in_order(ingest: Inge
     # ingest health counted as for WHIP.
     assert (video.codec.mimeType, audio.codec.mimeType) == ("video/H264", "audio/opus")
     assert video.health.packets > 0 and audio.health.packets > 0
+    listener = await whip_client.view(f"{ingest.service.url}/whep/demo", kinds=("audio",))
+    try:  # the Opus the ingest process encoded decodes: 48 kHz, 20 ms frames
+        await whip_client.wait_connected(listener.pc)
+        track = next(t.receiver.track for t in listener.pc.getTransceivers() if t.kind == "audio")
+        heard = [await asyncio.wait_for(track.recv(), 5) for _ in range(10)]
+        assert {(f.sample_rate, f.samples) for f in heard} == {(48000, 960)}
+    finally:
+        await listener.close()
     await proc.wait()
     (relay,) = ingest.relays
     assert not relay.transcoding  # passed through: nothing decoded or encoded on the way
