@@ -119,6 +119,7 @@ class WhipRelay:
         """Video is decoded and encoded again (the source has B-frames)."""
         self.frames_in = 0
         self._config: flv.AvcConfig | None = None
+        self._config_record = b""
         self._decoder: av.CodecContext | None = None
         self._waiting_keyframe = False
         self._aac: av.CodecContext | None = None
@@ -174,6 +175,7 @@ class WhipRelay:
     async def on_video(self, timestamp_ms: int, tag: flv.VideoTag) -> None:
         if tag.kind == "config":
             self._config = flv.parse_avc_config(tag.data)
+            self._config_record = tag.data
             if self._decoder is not None:
                 self._decoder = self._new_decoder()
             return
@@ -249,13 +251,9 @@ class WhipRelay:
 
     def _new_decoder(self) -> av.CodecContext:
         decoder = av.CodecContext.create("h264", "r")
-        assert self._config is not None
-        # The configuration record as extradata: the decoder reads length-prefixed units.
-        record = bytes((1, self._config.profile, 0, self._config.level, 0xFC | (self._config.length_size - 1)))
-        record += bytes((0xE0 | len(self._config.sps),)) + b"".join(
-            len(s).to_bytes(2, "big") + s for s in self._config.sps)
-        record += bytes((len(self._config.pps),)) + b"".join(len(p).to_bytes(2, "big") + p for p in self._config.pps)
-        decoder.extradata = record
+        # The configuration record as it came is the decoder's extradata (avcC): it then
+        # reads the length-prefixed NAL units of the FLV frames as they are.
+        decoder.extradata = self._config_record
         return decoder
 
     def _decode(self, timestamp_ms: int, tag: flv.VideoTag) -> None:

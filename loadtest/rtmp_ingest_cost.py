@@ -43,6 +43,19 @@ async def _encode(path: Path, size: str, clip_s: float, *video: str) -> None:
         raise RuntimeError(f"ffmpeg could not encode {path}")
 
 
+async def start_serve(work: Path, key: str) -> tuple[RelaycastProcess, str, int]:
+    """A ``relaycast serve`` on 127.0.0.1 with its data in ``work`` and RTMP on a free port,
+    demo room key ``key``; returns it, its base URL and the RTMP port (once it printed it)."""
+    rtmp_port = free_port()
+    env = dict(os.environ, RELAYCAST_RTMP_PORT=str(rtmp_port), RELAYCAST_ICE_GATHER="127.0.0.1",
+               RELAYCAST_DATA_DIR=str(work / "data"))
+    serve = RelaycastProcess("relaycast serve", work / "serve.log")
+    port = free_port()
+    await serve.launch(["--log-level", "warning", "serve", "--host", "127.0.0.1", "--port", str(port),
+                        "--stream-key", key], env, lambda line: "RTMP:" in line, timeout=60)
+    return serve, f"http://127.0.0.1:{port}", rtmp_port
+
+
 def _ingest_pid(serve_pid: int) -> int:
     for pid in children(serve_pid):
         try:
@@ -83,12 +96,7 @@ async def main_async(seconds: float, warmup: float, size: str = "1280x720", clip
         await _encode(clips["passthrough"], size, clip_s, "-preset", "veryfast", "-profile:v", "baseline", "-bf", "0")
         await _encode(clips["transcode (B-frames)"], size, clip_s, "-preset", "veryfast", "-profile:v", "high",
                       "-bf", "2")
-        rtmp_port = free_port()
-        env = dict(os.environ, RELAYCAST_RTMP_PORT=str(rtmp_port), RELAYCAST_ICE_GATHER="127.0.0.1",
-                   RELAYCAST_DATA_DIR=str(work / "data"))
-        serve = RelaycastProcess("relaycast serve", work / "serve.log")
-        await serve.launch(["--log-level", "warning", "serve", "--host", "127.0.0.1", "--port", str(free_port()),
-                            "--stream-key", KEY], env, lambda line: "RTMP:" in line, timeout=60)
+        serve, _, rtmp_port = await start_serve(work, KEY)
         results: dict[str, object] = {"seconds": seconds, "warmup": warmup, "size": size}
         try:
             for name, clip in clips.items():

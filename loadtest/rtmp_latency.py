@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -30,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from loadtest import whip_client
-from loadtest.cluster_procs import RelaycastProcess, free_port
 from loadtest.ffmpeg_whip import FfmpegWhipProcess, _video_frame
 from loadtest.pattern import MovingBackground, capture_time_code, code_to_capture_time, read_code
+from loadtest.rtmp_ingest_cost import start_serve
 
 KEY = "sk_latency_" + "l" * 24
 WIDTH, HEIGHT, FPS = 640, 360, 30
@@ -111,14 +110,7 @@ async def main_async(seconds: float, cases: tuple[str, ...] = CASES) -> dict[str
     """Each case of ``cases`` in turn (see the module docstring); their g2g summaries."""
     whip_client.pin_loopback()
     with tempfile.TemporaryDirectory(prefix="rtmp-latency-") as tmp:
-        rtmp_port = free_port()
-        env = dict(os.environ, RELAYCAST_RTMP_PORT=str(rtmp_port), RELAYCAST_ICE_GATHER="127.0.0.1",
-                   RELAYCAST_DATA_DIR=str(Path(tmp) / "data"))
-        serve = RelaycastProcess("relaycast serve", Path(tmp) / "serve.log")
-        line = await serve.launch(["--log-level", "warning", "serve", "--host", "127.0.0.1", "--port",
-                                   str(free_port()), "--stream-key", KEY], env, lambda s: "listening on" in s,
-                                  timeout=60)
-        base = line.split()[-1]
+        serve, base, rtmp_port = await start_serve(Path(tmp), KEY)
         rtmp = f"rtmp://127.0.0.1:{rtmp_port}/live/{KEY}"
         results: dict[str, Any] = {"seconds": seconds, "size": f"{WIDTH}x{HEIGHT}", "fps": FPS}
         try:

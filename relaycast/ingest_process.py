@@ -111,7 +111,8 @@ class IngestProcess:
             await self._stop_process()
             raise IngestError(f"RTMP ingest: {answer['error']}")
         self.rtmp_port, self.rtmps_port = answer["rtmp_port"], answer.get("rtmps_port")
-        self.settings = _same_ports(self.settings, self.rtmp_port, self.rtmps_port)
+        # A restart listens where the first start did (port 0 asked for any).
+        self.settings = replace(self.settings, rtmp_port=self.rtmp_port, rtmps_port=self.rtmps_port)
 
     async def _supervise(self) -> None:
         """Restart the process when it dies (not when the service closes it); a restart that
@@ -158,7 +159,3 @@ class IngestProcess:
                 await self._watch
         await self._stop_process()
 
-
-def _same_ports(settings: IngestSettings, rtmp: int, rtmps: int | None) -> IngestSettings:
-    """A restart listens where the first start did (``port`` 0 asked for any)."""
-    return replace(settings, rtmp_port=rtmp, rtmps_port=rtmps)
