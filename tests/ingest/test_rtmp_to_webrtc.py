@@ -21,6 +21,7 @@ from loadtest import whip_client
 from relaycast.service import Service
 from tests.polling import wait_for
 from tests.services import STREAM_KEY, make_config
+from tests.sfu.sfu_helpers import receiver_tracks
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg")
 
@@ -86,10 +87,9 @@ async def _watch(ingest: Ingest, seconds: float) -> list[Any]:
     return frames
 
 
-async def wait_for_track(session: whip_client.WhipSession) -> Any:
+async def wait_for_track(session: whip_client.WhipSession, kind: str = "video") -> Any:
     await whip_client.wait_connected(session.pc)
-    receivers = [t.receiver for t in session.pc.getTransceivers() if t.kind == "video"]
-    return receivers[0].track
+    return receiver_tracks(session.pc)[kind]
 
 
 async def test_baseline_h264_is_passed_through_and_decodes_in_order(ingest: Ingest) -> None:
@@ -104,8 +104,7 @@ async def test_baseline_h264_is_passed_through_and_decodes_in_order(ingest: Inge
     assert video.health.packets > 0 and audio.health.packets > 0
     listener = await whip_client.view(f"{ingest.service.url}/whep/demo", kinds=("audio",))
     try:  # the Opus the ingest process encoded decodes: 48 kHz, 20 ms frames
-        await whip_client.wait_connected(listener.pc)
-        track = next(t.receiver.track for t in listener.pc.getTransceivers() if t.kind == "audio")
+        track = await wait_for_track(listener, "audio")
         heard = [await asyncio.wait_for(track.recv(), 5) for _ in range(10)]
         assert {(f.sample_rate, f.samples) for f in heard} == {(48000, 960)}
     finally:
