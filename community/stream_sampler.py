@@ -11,7 +11,8 @@ viewers by tier, each viewer's watch time, and the publisher's ingest health.
 * Every viewer present at a sample gets :data:`SAMPLE_INTERVAL_S` of watch time (the
   resolution is one interval).
 * **Ingest**: the origin nodes' readings of the publishers, one ``stats`` RPC per node
-  (:func:`community.api.ingest.ingest_of_rooms`), stored with ``at`` on the boundary.
+  (:func:`community.api.ingest.ingest_of_rooms`), stored with ``at`` on the boundary: the
+  measured figures only (a publisher session's ``advice`` is live state, not a sample).
 
 **One writer per stream in a cluster.** Every signaling instance runs a sampler, but an
 instance samples only the rooms whose origin SFU node is connected to it
@@ -37,7 +38,7 @@ from sqlalchemy import Float, String, case, func, literal, select
 from signaling.app_keys import NAMESPACE_KEY, ROOMS, SESSION_SERVICE
 
 from .analytics_store import BeaconQueue, dialect_insert, utc_boundary
-from .api.ingest import ingest_of_rooms
+from .api.ingest import INGEST_FIELDS, ingest_of_rooms
 from .database import Database
 from .models import (
     Channel,
@@ -140,7 +141,9 @@ class ViewerSampler:
             for stream_id, count in counts.all():
                 out.streams[stream_id]["llhls"] = int(count)
         try:
-            ingest = await ingest_of_rooms(self.app, owned.values())
+            readings = await ingest_of_rooms(self.app, owned.values())
+            ingest = {room: {name: values.get(name) for name in INGEST_FIELDS}  # measured only
+                      for room, values in readings.items()}
         except Exception:
             logger.exception("reading ingest health failed")
             ingest = {}

@@ -13,7 +13,7 @@ the API::
 
     {"bitrate_bps": int, "fps": float, "width": int, "height": int,
      "keyframe_interval_s": float, "loss": float, "rtt_ms": float, "jitter_ms": float,
-     "tracks": {"video": {...}, "audio": {...}}}
+     "advice": str, "tracks": {"video": {...}, "audio": {...}}}
 
 each value ``None`` when the SFU cannot see it.  Units and sources:
 
@@ -33,7 +33,10 @@ each value ``None`` when the SFU cannot see it.  Units and sources:
   (:func:`sfu.aiortc_private.ice_round_trip_time`).  RTCP gives a receiver no RTT of its own
   (the sender computes it from our receiver reports, RFC 3550 §6.4.1; RFC 3611 XR is not
   negotiated), so a publisher that does not answer consent checks — FFmpeg's WHIP muxer —
-  has ``None``.
+  has ``None``;
+* ``advice``: not measured here — what the publisher's encoder should change, in words, as
+  the publisher session was told (``ingest_advice`` RPC, :class:`sfu.protocol.IngestAdvice`:
+  the RTMP ingest process's B-frame advice); ``None`` without one.
 """
 
 from __future__ import annotations
@@ -245,13 +248,14 @@ class TrackHealth:
 
 INGEST_FIELDS = ("bitrate_bps", "fps", "width", "height", "keyframe_interval_s", "loss",
                  "rtt_ms", "jitter_ms")
-"""The members of a publisher's ingest report (besides ``tracks``)."""
+"""The measured members of a publisher's ingest report (besides ``advice`` and ``tracks``)."""
 
 
-def publisher_ingest(tracks: Iterable[TrackHealth]) -> dict[str, Any]:
+def publisher_ingest(tracks: Iterable[TrackHealth], advice: str | None = None) -> dict[str, Any]:
     """One publisher's ingest report from its tracks' health (shape in the module notes):
     bitrates add up, loss is weighted by the packets each track expected, the picture
-    values come from the video track, jitter from the audio track if any."""
+    values come from the video track, jitter from the audio track if any; ``advice`` is the
+    publisher session's, passed through."""
     snapshots = {track.kind: track.snapshot() for track in tracks}
     video, audio = snapshots.get("video"), snapshots.get("audio")
     rates = [s.bitrate_bps for s in snapshots.values() if s.bitrate_bps is not None]
@@ -267,5 +271,6 @@ def publisher_ingest(tracks: Iterable[TrackHealth]) -> dict[str, Any]:
         "loss": round(sum(s.lost for s in snapshots.values()) / expected, 4) if expected else None,
         "rtt_ms": rtt,
         "jitter_ms": jitter_source.jitter_ms if jitter_source else None,
+        "advice": advice,
         "tracks": {kind: s.to_json() for kind, s in snapshots.items()},
     }

@@ -6,20 +6,21 @@ acks.  Payloads are the dataclasses of :mod:`sfu.protocol` (their ``to_wire`` /
 ``from_wire`` JSON objects); every failed RPC acks :class:`~sfu.protocol.RpcError`
 ``{"error": {status, title, detail}}``:
 
-===============  ===============================================  =========================
-RPC              request                                          ack
-===============  ===============================================  =========================
-``publish``      ``OpenSession {room, session_id, sdp, identity}``  ``Answer {sdp}``
-``subscribe``    ``OpenSession {room, session_id, sdp, identity}``  ``Answer {sdp}``
-``trickle``      ``Trickle {session_id, candidates, end_of_candidates}``  ``{ok}``
-``close``        ``CloseSession {session_id}``                    ``{ok}``
-``pipe_offer``   ``PipeOffer {room, session_id, identity}``       ``Answer {sdp}`` (the offer)
-``pipe_answer``  ``PipeAnswer {session_id, sdp}``                 ``{ok}``
-``stats``        ``{}`` or ``{room}``                             the worker's statistics (one room's)
-``ice_restart``  ``IceRestart {session_id, ice_ufrag, ice_pwd,    ``IceRestarted {ice_ufrag, ice_pwd,
-                 candidates, end_of_candidates}``                 candidates, mids, media}``
-``video_size``   ``VideoSize {session_id, width, height}``        ``{ok}``
-===============  ===============================================  =========================
+=================  =======================================================  ====================================
+RPC                request                                                  ack
+=================  =======================================================  ====================================
+``publish``        ``OpenSession {room, session_id, sdp, identity}``        ``Answer {sdp}``
+``subscribe``      ``OpenSession {room, session_id, sdp, identity}``        ``Answer {sdp}``
+``trickle``        ``Trickle {session_id, candidates, end_of_candidates}``  ``{ok}``
+``close``          ``CloseSession {session_id}``                            ``{ok}``
+``pipe_offer``     ``PipeOffer {room, session_id, identity}``               ``Answer {sdp}`` (the offer)
+``pipe_answer``    ``PipeAnswer {session_id, sdp}``                         ``{ok}``
+``stats``          ``{}`` or ``{room}``                                     the worker's statistics (one room's)
+``ice_restart``    ``IceRestart {session_id, ice_ufrag, ice_pwd,            ``IceRestarted {ice_ufrag, ice_pwd,
+                   candidates, end_of_candidates}``                         candidates, mids, media}``
+``video_size``     ``VideoSize {session_id, width, height}``                ``{ok}``
+``ingest_advice``  ``IngestAdvice {session_id, advice}``                    ``{ok}``
+=================  =======================================================  ====================================
 
 A pipe is opened by signaling in three RPCs: ``pipe_offer`` on the origin node,
 ``publish`` with a ``pipe`` identity on the edge node (its answer), ``pipe_answer`` on the
@@ -132,6 +133,7 @@ class SignalingLink:
             Rpc.STATS: worker.stats,
             Rpc.ICE_RESTART: worker.ice_restart,
             Rpc.VIDEO_SIZE: worker.video_size,
+            Rpc.INGEST_ADVICE: worker.ingest_advice,
         }
         for rpc, handler in handlers.items():
             sio.on(str(rpc), handler, namespace=NAMESPACE)

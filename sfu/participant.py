@@ -55,6 +55,9 @@ class Participant:
         least once; until then the session is *pending*.
     :ivar created_at_s: ``time.monotonic()`` when the session was created (its SDP answer
         or, for a node pipe, its offer): the connect deadline counts from here.
+    :ivar ingest_advice: a publisher's: what its encoder should change, in words (at most
+        :data:`~sfu.protocol.MAX_ADVICE_CHARS` characters; ``None``: nothing), as signaling
+        passed it on (``ingest_advice`` RPC); reported with the room's ingest health.
     :param on_connected: called once, when the session first connects.
     """
 
@@ -79,6 +82,7 @@ class Participant:
         self.closed = False
         self.connected = False
         self.created_at_s = time.monotonic()
+        self.ingest_advice: str | None = None
         self._on_failed = on_failed
         self._on_connected = on_connected
 

@@ -44,6 +44,7 @@ class Rpc(StrEnum):
     STATS = "stats"
     ICE_RESTART = "ice_restart"
     VIDEO_SIZE = "video_size"
+    INGEST_ADVICE = "ingest_advice"
 
 
 class NodeCall(StrEnum):
@@ -328,6 +329,44 @@ def size_hint(width: Any, height: Any) -> tuple[int | None, int | None]:
     return width, height
 
 
+MAX_ADVICE_CHARS = 200
+"""The longest ingest advice, characters (code points)."""
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def ingest_advice(advice: Any) -> str | None:
+    """An ingest advice as given: ``None`` (no advice) or one line of 1–:data:`MAX_ADVICE_CHARS`
+    characters without control characters.  :raises ProtocolError: anything else."""
+    if advice is None:
+        return None
+    if (not isinstance(advice, str) or not 1 <= len(advice) <= MAX_ADVICE_CHARS
+            or _CONTROL_CHARS.search(advice)):
+        raise ProtocolError(f"advice must be a string of 1 to {MAX_ADVICE_CHARS} characters "
+                            "without control characters, or null")
+    return advice
+
+
+@dataclass(frozen=True)
+class IngestAdvice:
+    """``ingest_advice``: what the publisher's encoder should change, in words, as whoever
+    republishes it found (the RTMP ingest process: ``"set bframes=0 / profile baseline for
+    lower latency and no transcoding"`` when it transcodes B-frames); ``None`` clears it.
+    The node keeps it with the publisher session — a new session starts without one — and
+    reports it as the ``advice`` of the room's ``ingest`` (``stats``)."""
+
+    session_id: str
+    advice: str | None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "advice": self.advice}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> IngestAdvice:
+        """:raises ProtocolError: no session id, or an advice :func:`ingest_advice` refuses."""
+        data = _object(data, "the request")
+        return cls(_text(data, "session_id"), ingest_advice(data.get("advice")))
+
+
 @dataclass(frozen=True)
 class CloseSession:
     """``close``: end a session and free everything it holds."""
@@ -515,8 +554,8 @@ def _count(value: Any) -> int:
 
 
 __all__ = [
-    "MAX_VIDEO_SIDE", "NAMESPACE", "OK", "Answer", "CloseSession", "IceRestart", "IceRestarted",
-    "Identity", "NodeEvent", "OpenSession", "PipeAnswer", "PipeOffer", "ProtocolError", "RoomState",
-    "Rpc", "RpcError", "SessionClosed", "SessionConnected", "SessionKind", "Trickle", "VideoSize",
-    "ice_credentials_problem", "size_hint",
+    "MAX_ADVICE_CHARS", "MAX_VIDEO_SIDE", "NAMESPACE", "OK", "Answer", "CloseSession", "IceRestart",
+    "IceRestarted", "Identity", "IngestAdvice", "NodeEvent", "OpenSession", "PipeAnswer", "PipeOffer",
+    "ProtocolError", "RoomState", "Rpc", "RpcError", "SessionClosed", "SessionConnected", "SessionKind",
+    "Trickle", "VideoSize", "ice_credentials_problem", "ingest_advice", "size_hint",
 ]

@@ -28,6 +28,7 @@ from .protocol import (
     CloseSession,
     IceRestart,
     IceRestarted,
+    IngestAdvice,
     NodeEvent,
     OpenSession,
     PipeAnswer,
@@ -153,6 +154,13 @@ class Worker:
         size reaches its video Consumer (``Consumer.set_max_size``); a session without video
         takes it and does nothing.  400 malformed, 404 unknown session."""
         return await self._rpc(self._video_size, data)
+
+    async def ingest_advice(self, data: dict[str, Any]) -> dict[str, Any]:
+        """:class:`~sfu.protocol.IngestAdvice` → ``{"ok": true}``: the publisher session keeps
+        the advice (``None`` clears it) and its room's ``ingest`` report carries it
+        (:meth:`Router.ingest`).  400 malformed, 404 no such publisher session here (a
+        viewer's or a pipe's session is not one)."""
+        return await self._rpc(self._ingest_advice, data)
 
     async def stats(self, data: dict[str, Any] | None = None) -> dict[str, Any]:
         """``{room?}`` → ``{node_id, sessions, rooms: {name: {live, viewers, pipes, pipe?,
@@ -326,6 +334,16 @@ class Worker:
         consumer = self._participant(request.session_id).consumers.get("video")
         if consumer is not None:
             consumer.set_max_size(request.width, request.height)
+        return OK
+
+    async def _ingest_advice(self, data: dict[str, Any]) -> dict[str, Any]:
+        request = IngestAdvice.from_wire(data)
+        participant = self._participant(request.session_id)
+        if participant.identity.role != SessionKind.PUBLISHER:
+            raise SessionNotFound("no such publisher session on this node")
+        participant.ingest_advice = request.advice
+        logger.info("session %s…: ingest advice %s", request.session_id[:8],
+                    "set" if request.advice else "cleared", extra={"room": participant.room})
         return OK
 
     def _forget(self, session_id: str) -> None:

@@ -10,8 +10,9 @@ method here; this module owns the rest (LiveKit's service → routing split):
   released) and records the session;
 * :meth:`SessionService.trickle`, :meth:`SessionService.restart_ice` (RFC 9725 §4.3.3: the
   record takes the client's new ICE credentials and a new ETag),
-  :meth:`SessionService.video_size` (a viewer's size hint) and :meth:`SessionService.close`
-  act on a recorded session;
+  :meth:`SessionService.video_size` (a viewer's size hint),
+  :meth:`SessionService.ingest_advice` (a publisher's encoder advice, kept on its node) and
+  :meth:`SessionService.close` act on a recorded session;
 * :meth:`SessionService.on_node_event` forgets sessions the nodes ended or lost.
 
 Session records live in a :class:`SessionStore`: in memory for one signaling process, in
@@ -37,6 +38,7 @@ from sfu.protocol import (
     IceRestart,
     IceRestarted,
     Identity,
+    IngestAdvice,
     NodeEvent,
     OpenSession,
     ProtocolError,
@@ -480,6 +482,20 @@ class SessionService:
         node = self._node_of(session)
         try:
             await self.client.video_size(node, VideoSize(session.id, width, height))
+        except RpcFailed as exc:
+            raise _refused(exc.error, self.config.retry_after_s) from None
+
+    async def ingest_advice(self, session: Session, advice: str | None) -> None:
+        """A WHIP session's ingest advice: what its encoder should change, in words (at most
+        :data:`~sfu.protocol.MAX_ADVICE_CHARS` characters; ``None`` clears it).  It is kept
+        with the publisher on the session's node (``ingest_advice`` RPC), not in the session
+        record: the ingest health comes from that node, and a new publisher session starts
+        without it (docs/whip-whep.md).
+
+        :raises SessionRefused: 404 the session or its node is gone, 400 malformed, 504."""
+        node = self._node_of(session)
+        try:
+            await self.client.ingest_advice(node, IngestAdvice(session.id, advice))
         except RpcFailed as exc:
             raise _refused(exc.error, self.config.retry_after_s) from None
 

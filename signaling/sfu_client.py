@@ -16,6 +16,7 @@ from sfu.protocol import (
     CloseSession,
     IceRestart,
     IceRestarted,
+    IngestAdvice,
     OpenSession,
     PipeAnswer,
     PipeOffer,
@@ -74,6 +75,11 @@ class SfuClient:
     async def video_size(self, node: SfuNode, request: VideoSize) -> None:
         """A viewer's rendered video size for its video Consumer (docs/whip-whep.md)."""
         await self._call(node, Rpc.VIDEO_SIZE, request.to_wire())
+
+    async def ingest_advice(self, node: SfuNode, request: IngestAdvice) -> None:
+        """A publisher session's ingest advice (``None`` clears it), reported with its room's
+        ingest health (docs/whip-whep.md); :raises RpcFailed: 404 not a publisher session there."""
+        await self._call(node, Rpc.INGEST_ADVICE, request.to_wire())
 
     async def close(self, node: SfuNode, session_id: str) -> None:
         """End a session on the node; :raises RpcFailed: 404 when the node does not know it."""

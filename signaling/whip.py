@@ -17,6 +17,10 @@ Choices where the specs leave room (documented in docs/whip-whep.md):
 * A WHEP viewer reports its rendered video size with ``POST {session}/video-size``
   ``{"width", "height"}`` (device pixels) → 204; its video never comes in a layer much
   larger (docs/whip-whep.md).
+* Ingest advice, relaycast's extension of the WHIP session (RFC 9725 §4.9 allows
+  extensions; not advertised): PATCH ``application/json`` ``{"advice": str | null}`` with
+  the publisher's Bearer credential → 204; the studio shows it with the ingest health (the
+  RTMP ingest process says so when it transcodes B-frames; docs/whip-whep.md).
 * WHEP before any publisher → 409 + ``Retry-After`` (no hold-and-start).
 * A new WHIP session for a live room replaces the old publisher session.
 * GET on an endpoint or session → 204: the resources have no representation
@@ -39,14 +43,20 @@ import logging
 import re
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from common.bearer import bearer_token
 from common.problems import HttpProblem
 from hls_bridge.access import viewer_token
-from sfu.protocol import IceRestarted, ProtocolError, ice_credentials_problem, size_hint
+from sfu.protocol import (
+    IceRestarted,
+    ProtocolError,
+    ice_credentials_problem,
+    ingest_advice,
+    size_hint,
+)
 from sfu.sdp_validation import valid_candidate
 
 from .app_keys import CONFIG, LIMITER, ROOMS, SESSION_SERVICE, VIEWER_IDENTIFY
@@ -63,6 +73,9 @@ JSON = "application/json"
 MAX_SDP_BYTES = 64 * 1024
 MAX_HINT_BYTES = 1024
 """The largest ``video-size`` body, bytes."""
+MAX_ADVICE_BYTES = 4096
+"""The largest ingest advice body (PATCH ``application/json`` of a WHIP session), bytes:
+200 characters, each up to a 12-byte JSON escape, and the member name."""
 _SDP_LINE = re.compile(r"^[a-z]=\S")
 
 
@@ -344,7 +357,8 @@ class MediaResources:
     async def patch(self, request: web.Request) -> web.Response:
         """Trickle ICE (RFC 9725 §4.3.2) → 204 without body or ETag; ICE restart (§4.3.3: the
         fragment names another ``ice-ufrag`` or ``ice-pwd``) → 200 ``application/trickle-ice-sdpfrag``
-        with the server's new ``ice-ufrag``/``ice-pwd`` and candidates, and a new ``ETag``.
+        with the server's new ``ice-ufrag``/``ice-pwd`` and candidates, and a new ``ETag``;
+        on a WHIP session, ``application/json`` is an ingest advice (:meth:`_ingest_advice`).
 
         Checked in this order (RFC 9110 §13.2.2: preconditions before the content):
         404 unknown session, 401/403/429 a WHIP session without its stream key
@@ -358,6 +372,8 @@ class MediaResources:
         self._limit(request)
         session = await self._session(request)
         await self._authorize_owner(request, session)
+        if self.kind == "whip" and request.content_type == JSON:
+            return await self._ingest_advice(request, session)
         if request.content_type != SDPFRAG:
             raise HttpProblem(
                 415, None, f"PATCH bodies must be {SDPFRAG}", headers={"Accept-Patch": SDPFRAG}
@@ -397,6 +413,28 @@ class MediaResources:
         return web.Response(status=200, text=restart_sdpfrag(restarted), content_type=SDPFRAG,
                             headers={"ETag": session.etag})
 
+    @staticmethod
+    async def _ingest_advice(request: web.Request, session: Session) -> web.Response:
+        """relaycast's extension of a WHIP session (RFC 9725 §4.9): PATCH ``application/json``
+        ``{"advice": "<1–200 characters, one line>"}`` → 204 No Content; the publisher's
+        ingest health (``GET /api/channels/{name}/ingest``, the studio) carries it until
+        ``{"advice": null}`` clears it or the session ends.  ``If-Match`` is not needed (the
+        ETag tags the ICE session, which this does not change).
+
+        Reached after the session (404) and its stream key (401/403/429) were checked; then
+        413 over :data:`MAX_ADVICE_BYTES`, 400 not JSON, not an object with exactly
+        ``advice``, or an advice that is not null nor a string of 1–200 characters without
+        control characters (RFC 9457 problem+json)."""
+        data = await _read_json(request, MAX_ADVICE_BYTES, "advice bodies")
+        if not isinstance(data, dict) or set(data) != {"advice"}:
+            raise HttpProblem(400, None, 'the body must be {"advice": string or null}')
+        try:
+            advice = ingest_advice(data["advice"])
+        except ProtocolError as exc:
+            raise HttpProblem(400, None, str(exc)) from None
+        await _refusal_as_problem(request.app[SESSION_SERVICE].ingest_advice(session, advice))
+        return web.Response(status=204)
+
     async def video_size(self, request: web.Request) -> web.Response:
         """A WHEP viewer's rendered video size: ``{"width": int, "height": int}`` in device
         pixels (1–16384 each; both ``null`` clears the hint) → 204; the session's video never
@@ -409,15 +447,7 @@ class MediaResources:
         session = await self._session(request)
         if request.content_type != JSON:
             raise HttpProblem(415, None, f"the size must be {JSON}", headers={"Accept-Post": JSON})
-        if request.content_length is not None and request.content_length > MAX_HINT_BYTES:
-            raise HttpProblem(413, None, f"size bodies are limited to {MAX_HINT_BYTES} bytes")
-        body = await request.content.read(MAX_HINT_BYTES + 1)
-        if len(body) > MAX_HINT_BYTES:
-            raise HttpProblem(413, None, f"size bodies are limited to {MAX_HINT_BYTES} bytes")
-        try:
-            data = json.loads(body)
-        except ValueError:  # UnicodeDecodeError too
-            raise HttpProblem(400, None, "the body is not JSON") from None
+        data = await _read_json(request, MAX_HINT_BYTES, "size bodies")
         if not isinstance(data, dict) or set(data) != {"width", "height"}:
             raise HttpProblem(400, None, 'the body must be {"width": int, "height": int}')
         try:
@@ -476,6 +506,21 @@ class MediaResources:
                 "Access-Control-Allow-Methods": "PATCH, DELETE, OPTIONS",
             },
         )
+
+
+async def _read_json(request: web.Request, max_bytes: int, what: str) -> Any:
+    """The body as JSON: 413 over ``max_bytes`` (with or without ``Content-Length``), 400
+    when it is not JSON (``what`` names the bodies in the 413's detail)."""
+    too_large = HttpProblem(413, None, f"{what} are limited to {max_bytes} bytes")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_large
+    body = await request.content.read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise too_large
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError too; RecursionError: "[[[[…"
+        raise HttpProblem(400, None, "the body is not JSON") from None
 
 
 def _access_problem(refused: AccessRefused) -> HttpProblem:

@@ -30,7 +30,7 @@ from ..app import COMMUNITY
 from ..beacons import BeaconBatch, BeaconsAccepted
 from ..throttles import too_many
 from .base import ApiRoutes, Call
-from .ingest import Ingest
+from .ingest import IngestFigures
 from .streams import ID_RE, NOT_FOUND, can_view, load_stream
 
 routes = ApiRoutes("analytics")
@@ -90,8 +90,8 @@ class ChatActivity(BaseModel):
 
 
 class IngestHistory(BaseModel):
-    latest: Ingest | None
-    samples: list[Ingest]
+    latest: IngestFigures | None
+    samples: list[IngestFigures]
 
 
 class AnalyticsOut(BaseModel):

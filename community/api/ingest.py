@@ -3,8 +3,10 @@
 * ``GET /api/channels/{name}/ingest`` (the channel's owner or an admin) → :class:`Ingest`:
   bitrate (bps), frames per second, picture size, key-frame interval (s), packet loss
   (fraction 0–1), round-trip time (ms) and jitter (ms); a value the SFU cannot see is
-  ``null``.  404 for an unknown channel, for anyone but the owner or an admin (the same
-  answer: nothing tells them apart), and when no publisher is live on an SFU node.
+  ``null``; and ``advice``, what the encoder should change, when the publisher session was
+  told (the RTMP ingest's B-frame advice, a PATCH of the WHIP session: docs/whip-whep.md).
+  404 for an unknown channel, for anyone but the owner or an admin (the same answer:
+  nothing tells them apart), and when no publisher is live on an SFU node.
 
 The values come from the room's origin node through the ``stats`` RPC
 (:meth:`signaling.sfu_client.SfuClient.stats`, :meth:`sfu.worker.Worker.stats`), computed on
@@ -22,10 +24,11 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from common.problems import HttpProblem
+from sfu.protocol import MAX_ADVICE_CHARS, ProtocolError, ingest_advice
 from signaling.app_keys import NAMESPACE_KEY, ROOMS
 from signaling.sfu_client import RpcFailed, SfuClient
 
@@ -46,13 +49,14 @@ INGEST_FIELDS = ("bitrate_bps", "fps", "width", "height", "keyframe_interval_s",
 _INTEGER_FIELDS = ("bitrate_bps", "width", "height")
 
 
-class Ingest(BaseModel):
-    """A publisher's ingest health at ``at``: ``bitrate_bps`` (RTP payload bits/s over ~2 s,
-    all tracks), ``fps`` (video frames/s), ``width``/``height`` (px, from the last key
-    frame's SPS or VP8 header), ``keyframe_interval_s`` (s, mean of the last 4 spacings),
-    ``loss`` (fraction 0–1 of the packets expected over ~2 s, RFC 3550 §6.4.1), ``rtt_ms``
-    (ICE consent check round trip, RFC 7675; null when the publisher does not answer
-    checks), ``jitter_ms`` (RFC 3550 §A.8 interarrival jitter, audio track if any)."""
+class IngestFigures(BaseModel):
+    """A publisher's ingest health at ``at`` as measured (a stored sample's fields):
+    ``bitrate_bps`` (RTP payload bits/s over ~2 s, all tracks), ``fps`` (video frames/s),
+    ``width``/``height`` (px, from the last key frame's SPS or VP8 header),
+    ``keyframe_interval_s`` (s, mean of the last 4 spacings), ``loss`` (fraction 0–1 of the
+    packets expected over ~2 s, RFC 3550 §6.4.1), ``rtt_ms`` (ICE consent check round trip,
+    RFC 7675; null when the publisher does not answer checks), ``jitter_ms`` (RFC 3550 §A.8
+    interarrival jitter, audio track if any)."""
 
     at: datetime
     bitrate_bps: int | None
@@ -65,9 +69,20 @@ class Ingest(BaseModel):
     jitter_ms: float | None
 
 
+class Ingest(IngestFigures):
+    """The live publisher's ingest health: its :class:`IngestFigures` and ``advice``, what
+    its encoder should change in words (at most 200 characters), as its WHIP session was
+    told — e.g. ``"set bframes=0 / profile baseline for lower latency and no transcoding"``
+    from the RTMP ingest when it transcodes B-frames; null when none."""
+
+    advice: str | None = Field(default=None, max_length=MAX_ADVICE_CHARS)
+
+
 def ingest_values(reported: Any) -> dict[str, Any] | None:
     """The :data:`INGEST_FIELDS` of a node's ``ingest`` report, each a finite number or
-    ``None`` (anything else a node sends is dropped); ``None`` when there is no report."""
+    ``None``, and its ``advice``, a string of at most :data:`~sfu.protocol.MAX_ADVICE_CHARS`
+    characters without control characters or ``None`` (anything else a node sends is
+    dropped); ``None`` when there is no report."""
     if not isinstance(reported, Mapping):
         return None
     out: dict[str, Any] = {}
@@ -81,6 +96,10 @@ def ingest_values(reported: Any) -> dict[str, Any] | None:
             out[name] = int(out[name])
     if out["loss"] is not None:
         out["loss"] = min(1.0, float(out["loss"]))
+    try:
+        out["advice"] = ingest_advice(reported.get("advice"))
+    except ProtocolError:
+        out["advice"] = None
     return out
 
 
@@ -89,9 +108,9 @@ async def ingest_of_rooms(app: web.Application, rooms: Iterable[str]) -> dict[st
     RPC per origin node, the nodes asked concurrently.
 
     :returns: ``{room: {"at": datetime (UTC), "bitrate_bps", "fps", "width", "height",
-        "keyframe_interval_s", "loss", "rtt_ms", "jitter_ms"}}`` — the :class:`Ingest`
-        fields, ready for an ``IngestSample`` row — for each room whose origin node reported
-        a publisher.  Rooms that are not live, whose node is gone or did not answer within
+        "keyframe_interval_s", "loss", "rtt_ms", "jitter_ms", "advice"}}`` — the
+        :class:`Ingest` fields (without ``advice``, those of an ``IngestSample`` row) — for
+        each room whose origin node reported a publisher.  Rooms that are not live, whose node is gone or did not answer within
         :data:`INGEST_RPC_TIMEOUT_S` are left out.  Never raises for a node's failure; on
         an app without signaling (no SFU) it is ``{}``.
     """

@@ -447,7 +447,8 @@ async def test_ingest_readings_are_stored_and_exposed(
 ) -> None:
     """The sampler stores the ingest reading every round, keyed by the round's boundary,
     and the gauges show the latest (the reading itself, from the SFU's ``stats`` RPC, is a
-    stand-in here; the service test reads a real one)."""
+    stand-in here; the service test reads a real one).  The publisher session's ``advice``
+    is live state, neither stored nor in the analytics."""
     community = community_of(platform_client)
     owner = await make_user(community, "ivy")
     stream_id = await start_live(community, "ivy")
@@ -463,7 +464,8 @@ async def test_ingest_readings_are_stored_and_exposed(
     }
 
     async def read(app: Any, rooms: Any) -> dict[str, dict[str, Any]]:
-        return {room: {"at": datetime.now(UTC), **reading} for room in rooms}  # read now
+        return {room: {"at": datetime.now(UTC), **reading, "advice": "set bframes=0"}  # read now
+                for room in rooms}
 
     monkeypatch.setattr(stream_sampler, "ingest_of_rooms", read)
     analytics = analytics_of(platform_client.server.app)

@@ -1,6 +1,8 @@
 """``GET /api/channels/{name}/ingest``: the live publisher's ingest health for its owner and
 admins, through the real service (signaling, the embedded SFU node's ``stats`` RPC, an aiortc
-WHIP publisher on 127.0.0.1); 404 for everyone else, for unknown channels and when not live."""
+WHIP publisher on 127.0.0.1); 404 for everyone else, for unknown channels and when not live.
+The advice its WHIP session was given (``PATCH`` ``{"advice"}``, as the RTMP ingest does when
+it transcodes B-frames) comes with it, until cleared or a new session replaces that one."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from community.api.ingest import ingest_values
 from community.app import COMMUNITY
 from community.config import CommunityConfig
 from community.models import User
@@ -23,7 +26,8 @@ from tests.polling import wait_for
 from tests.services import access_token, make_channel, make_config
 
 INGEST_FIELDS = {"at", "bitrate_bps", "fps", "width", "height", "keyframe_interval_s", "loss",
-                 "rtt_ms", "jitter_ms"}
+                 "rtt_ms", "jitter_ms", "advice"}
+ADVICE = "set bframes=0 / profile baseline for lower latency and no transcoding"
 
 
 @pytest.fixture
@@ -72,6 +76,7 @@ async def test_owner_and_admin_read_the_live_ingest_others_get_404(svc: Service,
 
         ingest = await wait_for(measured, 30, "the owner's ingest report with fps and size", interval_s=0.25)
         assert set(ingest) == INGEST_FIELDS
+        assert ingest["advice"] is None
         assert (ingest["width"], ingest["height"]) == (320, 180)
         assert 5 <= ingest["fps"] <= 25 and ingest["bitrate_bps"] > 0
         assert ingest["at"].endswith(("Z", "+00:00"))
@@ -93,6 +98,61 @@ async def test_owner_and_admin_read_the_live_ingest_others_get_404(svc: Service,
         async with http.get(url, headers=owner) as resp:
             return resp.status == 404
     await wait_for(gone, 20, "404 once the publisher left")
+
+
+@pytest.mark.timeout(90)
+async def test_the_ingest_carries_the_sessions_advice_until_a_new_session(
+        svc: Service, http: aiohttp.ClientSession) -> None:
+    key = await make_channel(svc.app, "alice")
+    owner = auth(await access_token(svc.app, "alice"))
+    url = f"{svc.url}/api/channels/alice/ingest"
+
+    async def reported(advice: str | None) -> dict[str, Any] | None:
+        async with http.get(url, headers=owner) as resp:
+            body = await resp.json()
+            return body if resp.status == 200 and body["advice"] == advice else None
+
+    async def advise(location: str, advice: str | None) -> int:
+        async with http.patch(location, json={"advice": advice}, headers=auth(key)) as resp:
+            return resp.status
+
+    # As the RTMP ingest publishes: POST /whip with the key alone, then PATCH its session.
+    first = await whip_client.publish(f"{svc.url}/whip", key, [PatternVideoTrack(320, 180, 15)])
+    second = None
+    try:
+        await whip_client.wait_connected(first.pc)
+        await wait_for(lambda: reported(None), 20, "the live publisher's ingest, no advice", interval_s=0.25)
+        assert await advise(first.location, ADVICE) == 204
+        ingest = await reported(ADVICE)  # at once: the node keeps it, nothing is sampled
+        assert ingest is not None and set(ingest) == INGEST_FIELDS
+        assert await advise(first.location, None) == 204
+        assert await reported(None) is not None
+        assert await advise(first.location, ADVICE) == 204
+        assert await reported(ADVICE) is not None
+
+        # The encoder reconnects: its new session replaces the old one, without advice.
+        second = await whip_client.publish(f"{svc.url}/whip", key, [PatternVideoTrack(320, 180, 15)])
+        assert svc.worker is not None
+        assert svc.worker.routers["alice"].publisher.session_id == second.location.rsplit("/", 1)[1]
+        await whip_client.wait_connected(second.pc)
+        await wait_for(lambda: reported(None), 20, "the new session's ingest, no advice", interval_s=0.25)
+        assert await advise(first.location, ADVICE) == 404  # the old session is gone
+        assert await reported(None) is not None
+    finally:
+        await first.close()
+        if second is not None:
+            await second.close()
+
+
+@pytest.mark.parametrize(
+    ("advice", "kept"),
+    [(ADVICE, ADVICE), ("x" * 200, "x" * 200), ("x" * 201, None), ("", None), ("a\nb", None),
+     (7, None), (["set bframes=0"], None), (None, None)],
+)
+def test_ingest_values_keep_only_an_advice_of_the_protocols_shape(advice: Any, kept: str | None) -> None:
+    values = ingest_values({"bitrate_bps": 1000, "advice": advice})
+    assert values is not None and values["advice"] == kept and values["bitrate_bps"] == 1000
+    assert ingest_values({"bitrate_bps": 1000})["advice"] is None  # an older node: no member
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@
 // from the chat presence and GET /api/channels/{name} every VIEWERS_MS; while the channel
 // is live (from this page or any encoder), the SFU's view of the ingest from
 // GET /api/channels/{name}/ingest (bitrate, fps, resolution, key-frame interval, loss,
-// RTT, jitter) every VIEWERS_MS.
+// RTT, jitter) every VIEWERS_MS, and its advice for the encoder, when it has one, as a
+// warning line (the RTMP ingest's: it transcodes a stream with B-frames).
 //
 // Chat: over the pages' Socket.IO connection, and over the WHIP session's data channel
 // while live (chat.js); the broadcaster moderates from it (chat-moderation.js). Links go
@@ -163,20 +164,44 @@ async function pollViewers() {
   await pollIngest(live);
 }
 
+/**
+ * The ingest's advice for the encoder (an Ingest's `advice`: one line, at most 200
+ * characters, or null) as the warning line's text; "" for none. The one advice given today
+ * is the RTMP ingest's when it transcodes B-frames ("set bframes=0 / profile baseline for
+ * lower latency and no transcoding"): it is said why.
+ */
+function adviceText(advice) {
+  const said = typeof advice === "string" ? advice.trim() : "";
+  if (!said) return "";
+  const text = /[.!?]$/.test(said) ? said : `${said}.`;
+  return /\bb-?frames\b/i.test(said)
+    ? `Your encoder sends B-frames, so relaycast transcodes the video for WebRTC viewers: ${text}`
+    : `Advice for your encoder: ${text}`;
+}
+
+function renderAdvice(sample) {
+  const line = $("ingest-advice");
+  line.textContent = adviceText(sample?.advice);
+  line.hidden = !line.textContent;
+}
+
 /** The SFU's view of the ingest while the channel is live (any encoder). */
 async function pollIngest(live) {
   const state = $("ingest-state");
   if (!live) {
     renderIngestFigures(null, ingestUi);
+    renderAdvice(null);
     state.textContent = "(not live)";
     return;
   }
   try {
     const sample = await api(`${channelPath()}/ingest`, { login: "optional" });
     renderIngestFigures(sample, ingestUi);
+    renderAdvice(sample);
     state.textContent = sample?.at ? `(at ${new Date(sample.at).toLocaleTimeString()})` : "";
   } catch (err) {
     renderIngestFigures(null, ingestUi);
+    renderAdvice(null);
     state.textContent = err instanceof ApiError && err.status === 404 ? "(no ingest yet)" : "(unavailable)";
   }
 }
