@@ -58,12 +58,16 @@ _STREAM_ID = 1
 class PublishRefused(Exception):
     """Raised by ``on_publish`` to refuse: ``code`` is the NetStream status code sent to the
     encoder (``NetStream.Publish.BadName`` for a wrong key), ``description`` the reason it
-    shows (never the key)."""
+    shows (never the key), ``status`` the service's HTTP status when it answered (401, 403,
+    404, 409, 503; None when it could not be reached) — SRT sends 1000 + it as the
+    rejection reason."""
 
-    def __init__(self, description: str, code: str = "NetStream.Publish.BadName") -> None:
+    def __init__(self, description: str, code: str = "NetStream.Publish.BadName",
+                 status: int | None = None) -> None:
         super().__init__(description)
         self.code = code
         self.description = description
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)

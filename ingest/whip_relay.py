@@ -1,25 +1,29 @@
-"""An RTMP publisher, republished into relaycast over WHIP: the :class:`~ingest.rtmp_server.MediaSink`
-the ingest process gives each ``publish``.
+"""An RTMP or SRT publisher, republished into relaycast over WHIP: the sink the ingest process
+gives each RTMP ``publish`` (:class:`~ingest.rtmp_server.MediaSink`) and each SRT caller
+(:class:`~ingest.srt_server.TsSink`).
 
-:meth:`WhipRelay.open` offers an H.264 video and an Opus audio track to ``POST /whip`` with
-the encoder's stream key as Bearer credential — so the key is checked, a reconnect replaces
-the previous session and the room's viewers, ingest health and LL-HLS bridge see an
-ordinary WHIP publisher.  Then:
+:meth:`WhipRelay.open` offers an H.264 video and an Opus audio track to ``POST /whip`` (the
+key's own room) or ``POST /whip/{channel}`` with the encoder's stream key as Bearer credential
+— so the key is checked, a reconnect replaces the previous session and the room's viewers,
+ingest health and LL-HLS bridge see an ordinary WHIP publisher.  Both protocols come down
+to H.264 access units (FLV's length-prefixed NAL units, MPEG-TS's Annex B byte stream) with
+a decode and a presentation time in 90 kHz ticks; then:
 
-* **H.264 without B-frames** (every composition offset 0) is passed through: each access
-  unit becomes one ``av.Packet`` in Annex B form (start codes), the SPS and PPS of the
-  latest configuration record put before every IDR picture, its RTP timestamp the FLV
-  timestamp × 90 (ms → 90 kHz).  aiortc packetizes it (RFC 6184, packetization-mode 1); no
-  decode, no encode (:attr:`WhipRelay.transcoding` stays False).
-* **H.264 with B-frames** (a non-zero composition offset: OBS's x264 default ``bframes=2``)
-  cannot be forwarded to WebRTC as it is — browsers' WebRTC decoders show frames in the
-  order they arrive.  From that frame's key frame on, video is decoded (FFmpeg's H.264
-  decoder through PyAV, which reorders) and aiortc encodes the pictures again (H.264
-  without B-frames); the log says once "set bframes=0 / profile baseline for lower latency
-  and no transcoding".
-* **AAC** is decoded and encoded to Opus here (PyAV: 48 kHz stereo, 20 ms, 96 kbit/s,
-  libopus complexity 5 — half the cost of aiortc's own encoder at complexity 10); aiortc
-  sends the packets.
+* **H.264 without B-frames** (pts = dts on every access unit) is passed through: each access
+  unit becomes one ``av.Packet`` in Annex B form (start codes, access unit delimiters
+  dropped), the latest SPS and PPS (FLV's configuration record, or in-band ones) put before
+  every IDR picture that lacks them, its RTP timestamp the pts.  aiortc packetizes it
+  (RFC 6184, packetization-mode 1); no decode, no encode (:attr:`WhipRelay.transcoding`
+  stays False).
+* **H.264 with B-frames** (pts ≠ dts: OBS's x264 default ``bframes=2``) cannot be
+  forwarded to WebRTC as it is — browsers' WebRTC decoders show frames in the order they
+  arrive.  From that frame's key frame on, video is decoded (FFmpeg's H.264 decoder through
+  PyAV, which reorders) and aiortc encodes the pictures again (H.264 without B-frames); the
+  log says once "set bframes=0 / profile baseline for lower latency and no transcoding".
+* **AAC** (FLV's raw frames after an AudioSpecificConfig, or MPEG-TS's ADTS frames) is
+  decoded and encoded to Opus here (PyAV: 48 kHz stereo, 20 ms, 96 kbit/s, libopus
+  complexity 5 — half the cost of aiortc's own encoder at complexity 10); aiortc sends the
+  packets.  **Opus** (MPEG-TS) is passed through.
 
 Media waits in bounded queues (:data:`MAX_QUEUED`); beyond them the oldest is dropped and
 counted (``dropped``).  :meth:`close` ends the WHIP session (DELETE) and the peer connection.
@@ -43,6 +47,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from . import flv
 from .rtmp_server import PublishRefused
+from .srt_server import split_annexb
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +109,7 @@ class _QueueTrack(MediaStreamTrack):
 
 
 class WhipRelay:
-    """One RTMP publisher's WHIP session (see the module docstring).  Made by :meth:`open`."""
+    """One RTMP or SRT publisher's WHIP session (see the module docstring).  Made by :meth:`open`."""
 
     def __init__(self, pc: RTCPeerConnection, video: _QueueTrack, audio: _QueueTrack,
                  location: str, key: str, http: aiohttp.ClientSession, peer: str) -> None:
@@ -118,22 +123,27 @@ class WhipRelay:
         self.transcoding = False
         """Video is decoded and encoded again (the source has B-frames)."""
         self.frames_in = 0
-        self._config: flv.AvcConfig | None = None
-        self._config_record = b""
+        self._length_size: int | None = None
+        """FLV: bytes of each NAL unit's length prefix (from the configuration record)."""
+        self._sps: list[bytes] = []
+        self._pps: list[bytes] = []
+        """The latest SPS and PPS NAL units (configuration record or in-band)."""
         self._decoder: av.CodecContext | None = None
         self._waiting_keyframe = False
         self._aac: av.CodecContext | None = None
         self._resampler: av.AudioResampler | None = None
         self._opus: av.CodecContext | None = None
         self._audio_samples = 0
+        self._advice_task: asyncio.Task[None] | None = None
         self._closed = False
 
     @classmethod
     async def open(cls, whip_url: str, key: str, http: aiohttp.ClientSession, peer: str = "") -> WhipRelay:
-        """Publish to ``whip_url`` (``…/whip``: the key's own room) with ``key``.
+        """Publish to ``whip_url`` (``…/whip``: the key's own room; ``…/whip/{channel}``) with ``key``.
 
         :raises PublishRefused: the service refused (401/403: the key — the problem's detail
-            is the reason; 404; 409/503: no room for it now) or could not be reached."""
+            is the reason; 404; 409/503: no room for it now; ``status`` says which) or could
+            not be reached (``status`` None)."""
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         video, audio = _QueueTrack("video"), _QueueTrack("audio")
         transceiver = pc.addTransceiver(video, direction="sendonly")
@@ -152,7 +162,7 @@ class WhipRelay:
                 if resp.status != 201:
                     raise PublishRefused(_reason(resp.status, body),
                                          "NetStream.Publish.BadName" if resp.status in (401, 403, 404)
-                                         else "NetStream.Publish.Failed")
+                                         else "NetStream.Publish.Failed", resp.status)
                 location = urljoin(whip_url, resp.headers["Location"])
             await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
         except PublishRefused:
@@ -173,45 +183,126 @@ class WhipRelay:
         pass
 
     async def on_video(self, timestamp_ms: int, tag: flv.VideoTag) -> None:
+        """An FLV video tag at its RTMP timestamp (the decode time, ms)."""
         if tag.kind == "config":
-            self._config = flv.parse_avc_config(tag.data)
-            self._config_record = tag.data
-            if self._decoder is not None:
-                self._decoder = self._new_decoder()
+            config = flv.parse_avc_config(tag.data)
+            self._length_size = config.length_size
+            self._sps, self._pps = list(config.sps), list(config.pps)
             return
-        if tag.kind != "frame" or self._config is None:
+        if tag.kind != "frame" or self._length_size is None:
             return
-        self.frames_in += 1
-        if tag.composition_ms and not self.transcoding:
-            self.transcoding = True
-            self._decoder = self._new_decoder()
-            self._waiting_keyframe = not tag.keyframe
-            logger.warning("RTMP %s: the stream has B-frames: transcoding its video for WebRTC; %s",
-                           self.peer, BFRAMES_ADVICE)
-        if self.transcoding:
-            self._decode(timestamp_ms, tag)
-        else:
-            packet = av.Packet(self._annexb(tag))
-            packet.pts = packet.dts = timestamp_ms * 90
-            packet.time_base = VIDEO_TIME_BASE
-            self.video.put(packet)
+        dts = timestamp_ms * 90
+        self.video_access_unit(flv.split_nalus(tag.data, self._length_size), dts + tag.composition_ms * 90, dts)
 
     async def on_audio(self, timestamp_ms: int, tag: flv.AudioTag) -> None:
+        """An FLV audio tag (AAC: its AudioSpecificConfig, then raw frames)."""
         if tag.kind == "config":
             flv.parse_aac_config(tag.data)  # refuses a malformed one (FlvError)
-            self._aac = av.CodecContext.create("aac", "r")
-            self._aac.extradata = tag.data
-            # 20 ms frames of 48 kHz stereo for the Opus encoder (RFC 7587 §4: 48 kHz RTP clock).
-            self._resampler = av.AudioResampler(format="s16", layout="stereo", rate=OPUS_RATE,
-                                                frame_size=OPUS_RATE // 50)
-            self._opus = _opus_encoder()
+            self._open_aac(tag.data)
+        elif self._aac is not None:
+            self.aac_frame(tag.data)
+
+    def on_ts_video(self, data: bytes, pts: int, dts: int) -> None:
+        """An MPEG-TS H.264 access unit (Annex B) with its pts and dts (90 kHz ticks)."""
+        self.video_access_unit(split_annexb(data), pts, dts)
+
+    def on_ts_audio(self, codec: str, data: bytes, duration: int) -> None:
+        """An MPEG-TS audio packet: ``codec`` ``"aac"`` (an ADTS frame) or ``"opus"`` (one
+        Opus packet, passed through), ``duration`` in 48 kHz samples (Opus)."""
+        if codec == "aac":
+            if self._aac is None:
+                self._open_aac(None)  # ADTS headers carry the configuration
+            self.aac_frame(data)
+        elif codec == "opus" and data:
+            packet = av.Packet(data)
+            packet.pts = self._audio_samples
+            packet.time_base = OPUS_TIME_BASE
+            self._audio_samples += duration
+            self.audio.put(packet)
+
+    # -------------------------------------------------------------- video
+    def video_access_unit(self, nalus: list[bytes], pts: int, dts: int) -> None:
+        """One H.264 access unit's NAL units (no start codes or length prefixes) with its
+        presentation and decode times (90 kHz ticks): passed through, or decoded for the
+        encoder once a reordered frame (pts ≠ dts) was seen."""
+        nalus = [n for n in nalus if n and n[0] & 0x1F != _AUD]
+        types = {n[0] & 0x1F for n in nalus}
+        if _SPS in types:
+            self._sps = [n for n in nalus if n[0] & 0x1F == _SPS]
+        if _PPS in types:
+            self._pps = [n for n in nalus if n[0] & 0x1F == _PPS]
+        if _IDR in types and _SPS not in types:
+            nalus = [*self._sps, *self._pps, *nalus]
+        if not nalus:
             return
-        if self._aac is None or self._resampler is None or self._opus is None or not tag.data:
+        self.frames_in += 1
+        keyframe = _IDR in types
+        if pts != dts and not self.transcoding:
+            self.transcoding = True
+            self._decoder = av.CodecContext.create("h264", "r")
+            self._waiting_keyframe = not keyframe
+            logger.warning("%s: the stream has B-frames: transcoding its video for WebRTC; %s",
+                           self.peer, BFRAMES_ADVICE)
+            self._advice_task = asyncio.get_running_loop().create_task(self._advise(BFRAMES_ADVICE))
+        packet = av.Packet(b"".join(_START + n for n in nalus))
+        packet.pts, packet.dts = pts, dts
+        packet.time_base = VIDEO_TIME_BASE
+        if self.transcoding:
+            self._decode(packet, keyframe)
+        else:
+            self.video.put(packet)
+
+    async def _advise(self, advice: str) -> None:
+        """Tell the service what the encoder should change, for the broadcaster's studio page
+        (``PATCH`` of the WHIP session with ``{"advice": …}``: relaycast's extension,
+        docs/whip-whep.md); best effort."""
+        headers = {"Authorization": f"Bearer {self._key}"}
+        try:
+            async with self._http.patch(self.location, json={"advice": advice}, headers=headers,
+                                        timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                if resp.status != 204:
+                    logger.info("%s: the service did not take the advice (HTTP %d)", self.peer, resp.status)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            logger.info("%s: the advice did not reach the service: %s", self.peer, type(exc).__name__)
+
+    def _decode(self, packet: av.Packet, keyframe: bool) -> None:
+        if self._waiting_keyframe:
+            if not keyframe:
+                return
+            self._waiting_keyframe = False
+        decoder = self._decoder
+        assert decoder is not None
+        try:
+            frames = decoder.decode(packet)
+        except av.error.FFmpegError as exc:
+            logger.debug("%s: a video frame did not decode: %s", self.peer, exc)
+            return
+        for frame in frames:
+            if frame.pts is None:
+                continue
+            frame.time_base = VIDEO_TIME_BASE
+            self.video.put(frame)
+
+    # -------------------------------------------------------------- audio
+    def _open_aac(self, config: bytes | None) -> None:
+        """An AAC decoder (``config``: the AudioSpecificConfig; None for ADTS frames) and the
+        Opus encoder behind it."""
+        self._aac = av.CodecContext.create("aac", "r")
+        if config is not None:
+            self._aac.extradata = config
+        # 20 ms frames of 48 kHz stereo for the Opus encoder (RFC 7587 §4: 48 kHz RTP clock).
+        self._resampler = av.AudioResampler(format="s16", layout="stereo", rate=OPUS_RATE,
+                                            frame_size=OPUS_RATE // 50)
+        self._opus = _opus_encoder()
+
+    def aac_frame(self, data: bytes) -> None:
+        """One AAC frame (raw after a configuration, or ADTS), decoded and encoded to Opus."""
+        if self._aac is None or self._resampler is None or self._opus is None or not data:
             return
         try:
-            frames = self._aac.decode(av.Packet(tag.data))
+            frames = self._aac.decode(av.Packet(data))
         except av.error.FFmpegError as exc:
-            logger.debug("RTMP %s: an AAC frame did not decode: %s", self.peer, exc)
+            logger.debug("%s: an AAC frame did not decode: %s", self.peer, exc)
             return
         for frame in frames:
             frame.pts = None  # the resampler counts samples itself
@@ -231,53 +322,13 @@ class WhipRelay:
         self.video.stop()
         self.audio.stop()
         try:
-            async with self._http.delete(self.location, headers={"Authorization": f"Bearer {self._key}"}):
+            async with self._http.delete(self.location, headers={"Authorization": f"Bearer {self._key}"},
+                                         timeout=aiohttp.ClientTimeout(total=5)):
                 pass
-        except (aiohttp.ClientError, OSError):
+        except (aiohttp.ClientError, OSError, TimeoutError):
             pass
         await self.pc.close()
-        logger.info("RTMP %s: session ended (%s)", self.peer, reason)
-
-    # -------------------------------------------------------------- video
-    def _annexb(self, tag: flv.VideoTag) -> bytes:
-        """The access unit with start codes; SPS and PPS put before an IDR that lacks them."""
-        config = self._config
-        assert config is not None
-        nalus = [n for n in flv.split_nalus(tag.data, config.length_size) if n[0] & 0x1F != _AUD]
-        types = {n[0] & 0x1F for n in nalus}
-        if _IDR in types and _SPS not in types:
-            nalus = [*config.sps, *config.pps, *nalus]
-        return b"".join(_START + n for n in nalus)
-
-    def _new_decoder(self) -> av.CodecContext:
-        decoder = av.CodecContext.create("h264", "r")
-        # The configuration record as it came is the decoder's extradata (avcC): it then
-        # reads the length-prefixed NAL units of the FLV frames as they are.
-        decoder.extradata = self._config_record
-        return decoder
-
-    def _decode(self, timestamp_ms: int, tag: flv.VideoTag) -> None:
-        if self._waiting_keyframe:
-            if not tag.keyframe:
-                return
-            self._waiting_keyframe = False
-        decoder = self._decoder
-        assert decoder is not None
-        packet = av.Packet(tag.data)
-        packet.dts = timestamp_ms
-        packet.pts = timestamp_ms + tag.composition_ms
-        packet.time_base = fractions.Fraction(1, 1000)
-        try:
-            frames = decoder.decode(packet)
-        except av.error.FFmpegError as exc:
-            logger.debug("RTMP %s: a video frame did not decode: %s", self.peer, exc)
-            return
-        for frame in frames:
-            if frame.pts is None:
-                continue
-            frame.pts = frame.pts * 90
-            frame.time_base = VIDEO_TIME_BASE
-            self.video.put(frame)
+        logger.info("%s: session ended (%s)", self.peer, reason)
 
 
 def _reason(status: int, body: str) -> str:

@@ -175,7 +175,8 @@ class ServeProcess(RelaycastProcess):
         for var in ("REDIS_URL", "RELAYCAST_REDIS_URL", "RELAYCAST_DEMO_ROOM"):
             env.pop(var, None)
         env.update(ONE_ADDRESS_LOAD)
-        env["RELAYCAST_RTMP_PORT"] = "0"  # two instances on one machine: RTMP on free ports
+        # Two instances on one machine: RTMP and SRT on free ports.
+        env["RELAYCAST_RTMP_PORT"] = env["RELAYCAST_SRT_PORT"] = "0"
         env.update(self.extra_env)
         args = ["--log-level", "warning", "serve", "--host", "127.0.0.1", "--port", str(free_port()),
                 "--room", self.room, "--no-embedded-sfu", "--redis-url", self.redis_url]

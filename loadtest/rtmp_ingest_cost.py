@@ -47,7 +47,7 @@ async def start_serve(work: Path, key: str) -> tuple[RelaycastProcess, str, int]
     """A ``relaycast serve`` on 127.0.0.1 with its data in ``work`` and RTMP on a free port,
     demo room key ``key``; returns it, its base URL and the RTMP port (once it printed it)."""
     rtmp_port = free_port()
-    env = dict(os.environ, RELAYCAST_RTMP_PORT=str(rtmp_port), RELAYCAST_ICE_GATHER="127.0.0.1",
+    env = dict(os.environ, RELAYCAST_RTMP_PORT=str(rtmp_port), RELAYCAST_SRT_PORT="0", RELAYCAST_ICE_GATHER="127.0.0.1",
                RELAYCAST_DATA_DIR=str(work / "data"))
     serve = RelaycastProcess("relaycast serve", work / "serve.log")
     port = free_port()

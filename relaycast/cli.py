@@ -159,7 +159,7 @@ async def serve(config: SignalingConfig, router_factory: RouterFactory | None = 
         :class:`sfu.router.Router`).
     :param workers: SFU worker processes (:class:`relaycast.service.Service`); 1 = none.
     :param community: the platform's settings (default from the environment).
-    :param ingest: the RTMP ingest's settings (None: no RTMP ingest).
+    :param ingest: the RTMP/SRT ingest's settings (None: no ingest process).
     """
     from .service import Service
 
@@ -182,6 +182,10 @@ async def serve(config: SignalingConfig, router_factory: RouterFactory | None = 
         if service.ingest is not None:
             host = service.ingest.settings.rtmp_host
             host = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+            if service.ingest.srt_port is not None:
+                channel = quote(config.demo_room) if config.demo_room else "CHANNEL"
+                print(f"  SRT:       srt://{host}:{service.ingest.srt_port}?streamid=#!::r={channel},m=publish,"
+                      "s=STREAM_KEY", flush=True)
             print(f"  RTMP:      rtmp://{host}:{service.ingest.rtmp_port}/live  (stream key as the key)", flush=True)
         await _wait_for_signal()
         print("relaycast shutting down", flush=True)

@@ -1,4 +1,4 @@
-"""The RTMP ingest process beside the service: its settings from the environment
+"""The RTMP/SRT ingest process beside the service: its settings from the environment
 (:class:`IngestConfig`) and its supervision (:class:`IngestProcess`: started at nice
 :data:`INGEST_NICE`, restarted after a crash).  What it does: :mod:`ingest.main`,
 docs/ingest.md."""
@@ -28,33 +28,46 @@ STABLE_S = 60.0
 
 @dataclass(frozen=True)
 class IngestConfig:
-    """``RELAYCAST_RTMP_PORT`` (default 1935; ``off`` for no RTMP ingest; 0 any free port),
-    ``RELAYCAST_RTMP_HOST`` (default the service's host), ``RELAYCAST_RTMPS_PORT`` with
-    ``RELAYCAST_TLS_CERT`` and ``RELAYCAST_TLS_KEY`` (PEM files) for RTMPS."""
+    """``RELAYCAST_RTMP_PORT`` (default 1935; ``off`` for no ingest process; 0 any free port),
+    ``RELAYCAST_RTMP_HOST`` (default the service's host; SRT listens there too),
+    ``RELAYCAST_RTMPS_PORT`` with ``RELAYCAST_TLS_CERT`` and ``RELAYCAST_TLS_KEY`` (PEM
+    files) for RTMPS, ``RELAYCAST_SRT_PORT`` (UDP, default 9000; ``off``; 0 any free port)
+    and ``RELAYCAST_SRT_PASSPHRASE`` (10–79 characters: every SRT caller must encrypt with
+    it; default none)."""
 
     rtmp_port: int | None = 1935
     rtmp_host: str = "127.0.0.1"
     rtmps_port: int | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    srt_port: int | None = 9000
+    srt_passphrase: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], host: str) -> IngestConfig:
-        """:raises ConfigError: a port that is not a number in 0..65535, or RTMPS without
-        both a certificate and a key."""
-        raw = env.get("RELAYCAST_RTMP_PORT", "1935").strip().lower()
-        port = None if raw in ("off", "no", "false", "") else _port(raw, "RELAYCAST_RTMP_PORT")
+        """:raises ConfigError: a port that is not a number in 0..65535, RTMPS without
+        both a certificate and a key, an SRT passphrase outside 10–79 characters."""
+        port = _optional_port(env, "RELAYCAST_RTMP_PORT", "1935")
         raw_tls = env.get("RELAYCAST_RTMPS_PORT", "").strip()
         rtmps = _port(raw_tls, "RELAYCAST_RTMPS_PORT") if raw_tls else None
         cert, key = env.get("RELAYCAST_TLS_CERT") or None, env.get("RELAYCAST_TLS_KEY") or None
         if rtmps is not None and not (cert and key):
             raise ConfigError("RELAYCAST_RTMPS_PORT needs RELAYCAST_TLS_CERT and RELAYCAST_TLS_KEY")
-        return cls(port, env.get("RELAYCAST_RTMP_HOST", host), rtmps, cert, key)
+        srt = _optional_port(env, "RELAYCAST_SRT_PORT", "9000")
+        passphrase = env.get("RELAYCAST_SRT_PASSPHRASE") or None
+        if passphrase is not None and not 10 <= len(passphrase) <= 79:
+            raise ConfigError("RELAYCAST_SRT_PASSPHRASE must have 10 to 79 characters (SRT's limits)")
+        return cls(port, env.get("RELAYCAST_RTMP_HOST", host), rtmps, cert, key, srt, passphrase)
 
     def settings(self, whip_url: str) -> IngestSettings:
         assert self.rtmp_port is not None
         return IngestSettings(whip_url, self.rtmp_host, self.rtmp_port, ("127.0.0.1",), self.rtmps_port,
-                              self.tls_cert, self.tls_key)
+                              self.tls_cert, self.tls_key, self.srt_port, self.srt_passphrase)
+
+
+def _optional_port(env: Mapping[str, str], name: str, default: str) -> int | None:
+    raw = env.get(name, default).strip().lower()
+    return None if raw in ("off", "no", "false", "") else _port(raw, name)
 
 
 def _port(raw: str, name: str) -> int:
@@ -74,7 +87,9 @@ class IngestError(Exception):
 class IngestProcess:
     """``python -m ingest.main`` for one service (see the module docstring).
 
-    :ivar rtmp_port: the port it listens on (known after :meth:`start`).
+    :ivar rtmp_port: the port it listens on (known after :meth:`start`); ``rtmps_port`` and
+        ``srt_port`` likewise (None when off, or for SRT when it could not listen:
+        ``srt_error`` says why).
     :ivar restarts: restarts attempted after a crash (counted once each attempt is over).
     """
 
@@ -82,6 +97,8 @@ class IngestProcess:
         self.settings = settings
         self.rtmp_port: int | None = None
         self.rtmps_port: int | None = None
+        self.srt_port: int | None = None
+        self.srt_error: str | None = None
         self.restarts = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -109,10 +126,14 @@ class IngestProcess:
             answer = {"error": f"no answer ({type(exc).__name__})"}
         if "error" in answer:
             await self._stop_process()
-            raise IngestError(f"RTMP ingest: {answer['error']}")
+            raise IngestError(f"ingest: {answer['error']}")
         self.rtmp_port, self.rtmps_port = answer["rtmp_port"], answer.get("rtmps_port")
+        self.srt_port, self.srt_error = answer.get("srt_port"), answer.get("srt_error")
+        if self.srt_error:
+            logger.warning("%s; the service goes on without SRT ingest", self.srt_error)
         # A restart listens where the first start did (port 0 asked for any).
-        self.settings = replace(self.settings, rtmp_port=self.rtmp_port, rtmps_port=self.rtmps_port)
+        self.settings = replace(self.settings, rtmp_port=self.rtmp_port, rtmps_port=self.rtmps_port,
+                                srt_port=self.srt_port if self.srt_port is not None else self.settings.srt_port)
 
     async def _supervise(self) -> None:
         """Restart the process when it dies (not when the service closes it); a restart that
@@ -126,7 +147,7 @@ class IngestProcess:
                 status = await proc.wait()
                 if self._closing:
                     return
-                logger.error("RTMP ingest process %d exited with status %s", proc.pid, status)
+                logger.error("ingest process %d exited with status %s", proc.pid, status)
                 if asyncio.get_running_loop().time() - started > STABLE_S:
                     failures = 0  # it had run well: the next restart is quick again
             await asyncio.sleep(RESTART_DELAYS_S[min(failures, len(RESTART_DELAYS_S) - 1)])
@@ -151,7 +172,7 @@ class IngestProcess:
                 await proc.wait()
 
     async def close(self) -> None:
-        """Stop it: its RTMP sessions end, their WHIP sessions are deleted."""
+        """Stop it: its RTMP and SRT sessions end, their WHIP sessions are deleted."""
         self._closing = True
         if self._watch is not None:
             self._watch.cancel()

@@ -100,7 +100,7 @@ class Service:
         self.recordings = RecordingConfig.from_env()
         self.ingest_config = ingest
         self.ingest: IngestProcess | None = None
-        """The RTMP ingest process (``ingest`` given with a port), started by `start`."""
+        """The RTMP/SRT ingest process (``ingest`` given with an RTMP port), started by `start`."""
         self._sweeper: asyncio.Task[None] | None = None
         if config.embedded_sfu:
             # Mounted now (the app freezes at start-up); the worker is attached in start().
@@ -188,8 +188,8 @@ class Service:
         await self._start_ingest()
 
     async def _start_ingest(self) -> None:
-        """The RTMP ingest process, publishing to this service's ``POST /whip``.  Its failure
-        to listen (a port in use) is logged, not fatal: WHIP publishing goes on."""
+        """The RTMP/SRT ingest process, publishing to this service's ``POST /whip``.  Its
+        failure to listen (a port in use) is logged, not fatal: WHIP publishing goes on."""
         config = self.ingest_config
         if config is None or config.rtmp_port is None:
             return
@@ -197,7 +197,7 @@ class Service:
         try:
             await process.start()
         except (IngestError, OSError) as exc:
-            logger.error("%s; RTMP ingest is off", exc)
+            logger.error("%s; RTMP and SRT ingest are off", exc)
             return
         self.ingest = process
 

@@ -17,7 +17,8 @@ class ServeProcess(CliProcess):
     def __init__(self, *args: str, **env: str) -> None:
         # RTMP on any free port: the ingest process runs as in production, and several serve
         # processes (or one beside a real service) never contend for 1935.
-        super().__init__("serve", **{"RELAYCAST_ICE_GATHER": "127.0.0.1", "RELAYCAST_RTMP_PORT": "0", **env})
+        super().__init__("serve", **{"RELAYCAST_ICE_GATHER": "127.0.0.1", "RELAYCAST_RTMP_PORT": "0",
+                                     "RELAYCAST_SRT_PORT": "0", **env})
         self.args = args
         self.url = ""
 

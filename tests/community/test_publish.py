@@ -239,7 +239,8 @@ async def test_keys_are_never_logged(svc: Service, http: aiohttp.ClientSession,
 
 
 async def serve_output(data_dir: str, *args: str) -> tuple[CliProcess, dict[str, str]]:
-    process = CliProcess("serve", RELAYCAST_ICE_GATHER="127.0.0.1", RELAYCAST_RTMP_PORT="0")
+    process = CliProcess("serve", RELAYCAST_ICE_GATHER="127.0.0.1", RELAYCAST_RTMP_PORT="0",
+                         RELAYCAST_SRT_PORT="0")
     await process.launch("serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", data_dir, *args)
     await process.wait_line("RTMP:", 60)  # the last line
     shown = {}
@@ -273,6 +274,15 @@ async def test_serve_prints_a_working_demo_channel_and_the_first_run_admin(
                 "ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30",
                 "-t", "1", "-c:v", "libx264", "-preset", "ultrafast", "-bf", "0", "-f", "flv", f"{rtmp}/{key}",
                 stderr=asyncio.subprocess.PIPE)
+            _, err = await asyncio.wait_for(ffmpeg.communicate(), 30)
+            assert ffmpeg.returncode == 0, err.decode()
+        srt = first["SRT"]
+        assert re.fullmatch(r"srt://127\.0\.0\.1:\d+\?streamid=#!::r=demo,m=publish,s=STREAM_KEY", srt), srt
+        if shutil.which("ffmpeg"):  # the printed SRT URL with the printed key: admitted in the handshake
+            ffmpeg = await asyncio.create_subprocess_exec(
+                "ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30",
+                "-t", "1", "-c:v", "libx264", "-preset", "ultrafast", "-bf", "0", "-f", "mpegts",
+                srt.replace("STREAM_KEY", key), stderr=asyncio.subprocess.PIPE)
             _, err = await asyncio.wait_for(ffmpeg.communicate(), 30)
             assert ffmpeg.returncode == 0, err.decode()
     finally:

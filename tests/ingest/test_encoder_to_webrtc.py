@@ -1,11 +1,13 @@
-"""RTMP in, WebRTC out: Debian's ffmpeg publishes to the RTMP endpoint, a WhipRelay republishes
-into a real relaycast service over POST /whip, and an aiortc WHEP viewer decodes what the
-SFU forwards — H.264 baseline passed through (nothing encoded), High with B-frames
-transcoded, a wrong key refused with the service's reason, a reconnect continued."""
+"""RTMP and SRT in, WebRTC out: Debian's ffmpeg publishes to the RTMP endpoint (FLV) or the SRT
+listener (MPEG-TS, the SRT Access Control stream id), a WhipRelay republishes into a real
+relaycast service over POST /whip, and an aiortc WHEP viewer decodes what the SFU forwards —
+H.264 baseline passed through (nothing encoded), High with B-frames transcoded, a wrong key
+refused with the service's reason at connect/publish, a reconnect continued."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,11 +16,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ingest import whip_relay
+from ingest import srt_lib, whip_relay
 from ingest.rtmp_server import PublishRequest, RtmpServer
+from ingest.srt_server import SrtPublish, SrtServer
 from ingest.whip_relay import WhipRelay
 from loadtest import whip_client
 from relaycast.service import Service
+from tests.ingest import srt_caller
 from tests.polling import wait_for
 from tests.services import STREAM_KEY, make_config
 from tests.sfu.sfu_helpers import receiver_tracks
@@ -28,42 +32,51 @@ pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs De
 
 @dataclass
 class Ingest:
+    protocol: str
     service: Service
-    server: RtmpServer
+    server: RtmpServer | SrtServer
     relays: list[WhipRelay] = field(default_factory=list)
 
-    def url(self, key: str = STREAM_KEY) -> str:
-        return f"rtmp://127.0.0.1:{self.server.port}/live/{key}"
+    def url(self, key: str = STREAM_KEY, channel: str = "demo") -> str:
+        if self.protocol == "rtmp":
+            return f"rtmp://127.0.0.1:{self.server.port}/live/{key}"
+        return f"srt://127.0.0.1:{self.server.port}?streamid=#!::r={channel},m=publish,s={key}"
 
     def publishing(self) -> bool:
         router = self.service.worker.routers.get("demo") if self.service.worker else None
         return router is not None and router.producers.get("video") is not None
 
 
-@pytest.fixture
-async def ingest() -> AsyncIterator[Ingest]:
+@pytest.fixture(params=["rtmp", "srt"])
+async def ingest(request: pytest.FixtureRequest) -> AsyncIterator[Ingest]:
     async with Service(make_config()) as service, aiohttp.ClientSession() as http:
         relays: list[WhipRelay] = []
 
-        async def on_publish(request: PublishRequest) -> WhipRelay:
-            relay = await WhipRelay.open(f"{service.url}/whip", request.key, http, request.peer)
+        async def on_publish(publish: PublishRequest) -> WhipRelay:
+            relay = await WhipRelay.open(f"{service.url}/whip", publish.key, http, publish.peer)
             relays.append(relay)
             return relay
 
-        server = RtmpServer(on_publish, port=0)
+        async def on_srt_publish(publish: SrtPublish) -> WhipRelay:
+            relay = await WhipRelay.open(f"{service.url}/whip/{publish.channel}", publish.key, http, publish.peer)
+            relays.append(relay)
+            return relay
+
+        server = RtmpServer(on_publish, port=0) if request.param == "rtmp" else SrtServer(on_srt_publish, port=0)
         await server.start()
         try:
-            yield Ingest(service, server, relays)
+            yield Ingest(request.param, service, server, relays)
         finally:
             await server.close()
 
 
-def _ffmpeg(url: str, seconds: float, *video: str) -> Any:
+def _ffmpeg(ingest: Ingest, seconds: float, *video: str, key: str = STREAM_KEY) -> Any:
     return asyncio.create_subprocess_exec(
         "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-re",
         "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", str(seconds),
-        "-c:v", "libx264", "-g", "30", *video, "-c:a", "aac", "-f", "flv", url,
+        "-c:v", "libx264", "-g", "30", *video, "-c:a", "aac",
+        "-f", "flv" if ingest.protocol == "rtmp" else "mpegts", ingest.url(key),
         stderr=asyncio.subprocess.PIPE)
 
 
@@ -93,8 +106,8 @@ async def wait_for_track(session: whip_client.WhipSession, kind: str = "video") 
 
 
 async def test_baseline_h264_is_passed_through_and_decodes_in_order(ingest: Ingest) -> None:
-    proc = await _ffmpeg(ingest.url(), 6, "-preset", "ultrafast", "-profile:v", "baseline", "-bf", "0")
-    await wait_for(ingest.publishing, 10, lambda: "the RTMP publisher in the room")
+    proc = await _ffmpeg(ingest, 8, "-preset", "ultrafast", "-profile:v", "baseline", "-bf", "0")
+    await wait_for(ingest.publishing, 10, lambda: "the publisher in the room")
     frames = await _watch(ingest, 3.0)
     router = ingest.service.worker.routers["demo"]
     video, audio = router.producers["video"], router.producers["audio"]
@@ -117,14 +130,19 @@ async def test_baseline_h264_is_passed_through_and_decodes_in_order(ingest: Inge
     pts = [f.pts for f in frames]
     assert pts == sorted(pts) and len(set(pts)) == len(pts)
     steps = {b - a for a, b in zip(pts, pts[1:], strict=False)}
-    # Every frame, 1/30 s apart: FLV's millisecond timestamps make it 33 or 34 ms (× 90).
-    assert steps <= {2970, 3060}, steps
+    # Every frame, 1/30 s apart: FLV's millisecond timestamps make it 33 or 34 ms (× 90),
+    # MPEG-TS's 90 kHz ones exactly 3000 ticks.
+    assert steps <= ({2970, 3060} if ingest.protocol == "rtmp" else {3000}), steps
 
 
 async def test_b_frames_are_transcoded_and_play_in_presentation_order(ingest: Ingest) -> None:
-    proc = await _ffmpeg(ingest.url(), 6, "-preset", "veryfast", "-profile:v", "high", "-bf", "2")
-    await wait_for(ingest.publishing, 10, lambda: "the RTMP publisher in the room")
+    proc = await _ffmpeg(ingest, 8, "-preset", "veryfast", "-profile:v", "high", "-bf", "2")
+    await wait_for(ingest.publishing, 10, lambda: "the publisher in the room")
     frames = await _watch(ingest, 3.0)
+    # The broadcaster's studio shows the advice: the SFU reports it with the ingest health.
+    router = ingest.service.worker.routers["demo"]
+    await wait_for(lambda: router.ingest().get("advice") == whip_relay.BFRAMES_ADVICE,
+                   5, lambda: "the advice in the room's ingest report")
     await proc.wait()
     (relay,) = ingest.relays
     assert relay.transcoding
@@ -133,24 +151,47 @@ async def test_b_frames_are_transcoded_and_play_in_presentation_order(ingest: In
     assert pts == sorted(pts) and len(set(pts)) == len(pts)
 
 
-async def test_a_wrong_key_is_refused_with_the_services_reason(ingest: Ingest) -> None:
-    proc = await _ffmpeg(ingest.url("sk_wrong"), 1, "-preset", "ultrafast", "-bf", "0")
-    _, err = await asyncio.wait_for(proc.communicate(), 20)
-    assert proc.returncode != 0 and "invalid stream key" in err.decode()
+async def test_a_wrong_key_is_refused_with_the_services_reason(
+        ingest: Ingest, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        proc = await _ffmpeg(ingest, 1, "-preset", "ultrafast", "-bf", "0", key="sk_wrong")
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode != 0 and not ingest.relays
+    if ingest.protocol == "rtmp":
+        assert "invalid stream key" in err.decode()  # the encoder shows the service's reason
+    else:  # refused in SRT's handshake with 1000 + the service's 401 (the encoder logs a rejection)
+        assert "rejection" in err.decode().lower()
+        assert "refused (1401): invalid stream key" in caplog.text
+    assert "sk_wrong" not in caplog.text
+
+
+@pytest.mark.parametrize("ingest", ["srt"], indirect=True)
+async def test_srt_callers_get_the_reason_in_the_handshake(ingest: Ingest) -> None:
+    port = ingest.server.port
+    cases = {
+        "#!::r=demo,m=publish,s=sk_wrong": srt_lib.SRT_REJX_UNAUTHORIZED,  # the service's 401
+        f"#!::r=elsewhere,m=publish,s={STREAM_KEY}": srt_lib.SRT_REJX_NOTFOUND,  # no such channel: 404
+        f"#!::r=demo,s={STREAM_KEY}": srt_lib.SRT_REJX_BAD_MODE,  # m defaults to request: not a publisher
+        f"#!::r=demo,m=publish,x={STREAM_KEY}": srt_lib.SRT_REJX_KEY_NOTSUP,
+        STREAM_KEY: srt_lib.SRT_REJX_BAD_REQUEST,  # not the access control form
+        "#!::r=demo,m=publish": srt_lib.SRT_REJX_UNAUTHORIZED,  # no key
+    }
+    for stream_id, reason in cases.items():
+        assert await asyncio.to_thread(srt_caller.rejection, port, stream_id) == reason, stream_id
     assert not ingest.relays
 
 
 async def test_an_encoder_that_reconnects_replaces_its_session(ingest: Ingest) -> None:
-    first = await _ffmpeg(ingest.url(), 30, "-preset", "ultrafast", "-bf", "0")
-    await wait_for(ingest.publishing, 10, lambda: "the first RTMP publisher")
+    first = await _ffmpeg(ingest, 30, "-preset", "ultrafast", "-bf", "0")
+    await wait_for(ingest.publishing, 10, lambda: "the first publisher")
     session = await whip_client.view(f"{ingest.service.url}/whep/demo", kinds=("video",))
     try:
         track = await wait_for_track(session)
         await asyncio.wait_for(track.recv(), 10)
         first.kill()  # the encoder dies mid-stream ...
         await first.wait()
-        second = await _ffmpeg(ingest.url(), 4, "-preset", "ultrafast", "-bf", "0")  # ... and comes back
-        await wait_for(lambda: len(ingest.relays) == 2, 10, lambda: "the second RTMP publish")
+        second = await _ffmpeg(ingest, 4, "-preset", "ultrafast", "-bf", "0")  # ... and comes back
+        await wait_for(lambda: len(ingest.relays) == 2, 10, lambda: "the second publish")
         # the same viewer session goes on with the new publisher's frames
         count = 0
         while count < 30:

@@ -1,6 +1,7 @@
 """The ingest process beside a real service: started at a lower priority, RTMP from Debian's
-ffmpeg goes live in the service's room, a crash is followed by a restart on the same port,
-a port in use leaves the service running without RTMP, and its settings from the environment."""
+ffmpeg goes live in the service's room, a crash is followed by a restart on the same ports,
+an RTMP port in use leaves the service running without ingest, an SRT port in use leaves it
+with RTMP, and its settings from the environment."""
 
 from __future__ import annotations
 
@@ -32,6 +33,15 @@ def test_settings_from_the_environment() -> None:
             IngestConfig.from_env({"RELAYCAST_RTMP_PORT": bad}, "h")
     with pytest.raises(ConfigError, match="TLS_CERT"):
         IngestConfig.from_env({"RELAYCAST_RTMPS_PORT": "443"}, "h")
+    assert IngestConfig.from_env({}, "h").srt_port == 9000
+    assert IngestConfig.from_env({"RELAYCAST_SRT_PORT": "off"}, "h").srt_port is None
+    srt = IngestConfig.from_env({"RELAYCAST_SRT_PORT": "0", "RELAYCAST_SRT_PASSPHRASE": "p" * 10}, "h")
+    assert (srt.srt_port, srt.srt_passphrase) == (0, "p" * 10)
+    with pytest.raises(ConfigError, match="RELAYCAST_SRT_PORT"):
+        IngestConfig.from_env({"RELAYCAST_SRT_PORT": "udp"}, "h")
+    for bad in ("short", "p" * 80):
+        with pytest.raises(ConfigError, match="10 to 79"):
+            IngestConfig.from_env({"RELAYCAST_SRT_PASSPHRASE": bad}, "h")
 
 
 def _live(service: Service) -> bool:
@@ -54,18 +64,19 @@ async def _publish(port: int, seconds: float) -> asyncio.subprocess.Process:
 
 @needs_ffmpeg
 async def test_rtmp_goes_live_through_the_ingest_process_which_is_restarted_after_a_crash() -> None:
-    async with Service(make_config(), ingest=IngestConfig(rtmp_port=0)) as service:
+    async with Service(make_config(), ingest=IngestConfig(rtmp_port=0, srt_port=0)) as service:
         ingest = service.ingest
-        assert ingest is not None and ingest.rtmp_port and ingest.pid
+        assert ingest is not None and ingest.rtmp_port and ingest.srt_port and ingest.pid
         assert os.getpriority(os.PRIO_PROCESS, ingest.pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + INGEST_NICE)
         proc = await _publish(ingest.rtmp_port, 30)
         await wait_for(lambda: _live(service), 15, lambda: "the RTMP stream live in room demo")
-        first_pid, port = ingest.pid, ingest.rtmp_port
+        first_pid, port, srt_port = ingest.pid, ingest.rtmp_port, ingest.srt_port
         before = _producer(service)
         os.kill(first_pid, signal.SIGKILL)  # the ingest process crashes: the stream ends ...
         await proc.wait()
         await wait_for(lambda: ingest.restarts == 1 and ingest.pid != first_pid and ingest.rtmp_port == port,
                        15, lambda: "the ingest process restarted")
+        assert ingest.srt_port == srt_port
         proc = await _publish(port, 4)  # ... and the encoder's reconnect replaces the dead session
         await wait_for(lambda: _producer(service) not in (None, before), 15, lambda: "the RTMP stream live again")
         await proc.wait()
@@ -77,6 +88,18 @@ async def test_a_port_in_use_leaves_the_service_up_without_rtmp(caplog: pytest.L
         taken.listen()
         port = taken.getsockname()[1]
         with caplog.at_level(logging.ERROR):
-            async with Service(make_config(), ingest=IngestConfig(rtmp_port=port)) as service:
+            async with Service(make_config(), ingest=IngestConfig(rtmp_port=port, srt_port=0)) as service:
                 assert service.ingest is None and service.url
-        assert "RTMP ingest is off" in caplog.text and "in use" in caplog.text
+        assert "RTMP and SRT ingest are off" in caplog.text and "in use" in caplog.text
+
+
+async def test_an_srt_port_in_use_leaves_rtmp_up(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        with caplog.at_level(logging.WARNING):
+            async with Service(make_config(), ingest=IngestConfig(rtmp_port=0, srt_port=port)) as service:
+                ingest = service.ingest
+                assert ingest is not None and ingest.rtmp_port and ingest.srt_port is None
+                assert ingest.srt_error and "SRT cannot listen" in ingest.srt_error
+        assert "without SRT ingest" in caplog.text

@@ -1,0 +1,63 @@
+"""A minimal SRT caller for tests, through libsrt (:mod:`ingest.srt_lib`): what an encoder's
+SRT layer does, without its MPEG-TS — to send garbage, stall, or read the rejection reason a
+listener gives."""
+
+from __future__ import annotations
+
+import ctypes
+
+from ingest import srt_lib
+
+SRTO_STREAMID = 46
+
+
+class Rejected(Exception):
+    def __init__(self, reason: int) -> None:
+        super().__init__(f"rejected: {reason}")
+        self.reason = reason
+
+
+def _lib() -> ctypes.CDLL:
+    lib = srt_lib.load()
+    lib.srt_connect.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.srt_getrejectreason.argtypes = [ctypes.c_int]
+    lib.srt_sendmsg.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    return lib
+
+
+def connect(port: int, stream_id: str, passphrase: str | None = None) -> int:
+    """A connected caller's socket (blocks up to libsrt's 3 s connect timeout).
+
+    :raises Rejected: the listener rejected it (``reason``: its rejection code)."""
+    lib = _lib()
+    sock = lib.srt_create_socket()
+    sid = stream_id.encode()
+    lib.srt_setsockflag(sock, SRTO_STREAMID, sid, len(sid))
+    if passphrase:
+        secret = passphrase.encode()
+        lib.srt_setsockflag(sock, srt_lib.SRTO_PASSPHRASE, secret, len(secret))
+    address = srt_lib.sockaddr("127.0.0.1", port)
+    if lib.srt_connect(sock, address, len(address)) < 0:
+        reason = lib.srt_getrejectreason(sock)
+        lib.srt_close(sock)
+        raise Rejected(reason)
+    return sock
+
+
+def rejection(port: int, stream_id: str) -> int:
+    """The rejection reason a caller with ``stream_id`` gets (0: it was admitted)."""
+    try:
+        sock = connect(port, stream_id)
+    except Rejected as exc:
+        return exc.reason
+    close(sock)
+    return 0
+
+
+def send(sock: int, data: bytes) -> None:
+    if _lib().srt_sendmsg(sock, data, len(data), -1, 1) < 0:
+        raise OSError("srt_sendmsg failed")
+
+
+def close(sock: int) -> None:
+    _lib().srt_close(sock)
