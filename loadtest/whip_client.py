@@ -8,6 +8,7 @@ and host candidates pinned to loopback through
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin
@@ -18,6 +19,11 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from sfu import aiortc_private
 from sfu.twcc import TRANSPORT_CC_URI
+
+logger = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_S = 30.0
+"""Default bound on each half of `WhipSession.close` (the DELETE, the peer connection's close)."""
 
 
 class WhipError(Exception):
@@ -49,22 +55,54 @@ class WhipSession:
     channel: RTCDataChannel | None = None
     token: str | None = field(default=None, repr=False)
 
-    async def close(self, http: aiohttp.ClientSession | None = None) -> int | None:
-        """DELETE the resource (best effort) and close the peer connection."""
-        status = None
-        own = http is None
-        http = http or aiohttp.ClientSession()
+    async def close(self, http: aiohttp.ClientSession | None = None, *,
+                    timeout: float = CLOSE_TIMEOUT_S) -> int | None:
+        """DELETE the resource (best effort) and close the peer connection, each within
+        ``timeout`` s; never raises (but for the caller's own cancellation).
+
+        :returns: the DELETE's status, ``None`` if it got no answer in time.
+        """
+        try:
+            return await self.delete(http, timeout=timeout)
+        finally:
+            await close_pc(self.pc, timeout)
+
+    async def delete(self, http: aiohttp.ClientSession | None = None, *,
+                     timeout: float = CLOSE_TIMEOUT_S) -> int | None:
+        """DELETE the resource within ``timeout`` s (connection set-up included; a node or
+        instance that died may never answer); the status, ``None`` on an error or no answer."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
-            async with http.delete(self.location, headers=headers) as resp:
-                status = resp.status
-        except aiohttp.ClientError:
-            pass
-        finally:
-            if own:
-                await http.close()
-            await self.pc.close()
-        return status
+            async with asyncio.timeout(timeout):
+                if http is None:
+                    async with aiohttp.ClientSession() as own, own.delete(self.location, headers=headers) as resp:
+                        return resp.status
+                async with http.delete(self.location, headers=headers) as resp:
+                    return resp.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            logger.debug("DELETE %s: %r", self.location, exc)
+            return None
+
+
+async def close_pc(pc: RTCPeerConnection, timeout: float = CLOSE_TIMEOUT_S) -> bool:
+    """``pc.close()`` within ``timeout`` s; never raises (but for the caller's own cancellation).
+
+    aiortc's close can wait forever: `RTCRtpSender.stop`/`RTCRtpReceiver.stop` wait on
+    events their RTP/RTCP tasks set, which never happens when such a task was cancelled
+    before it ran or died of an unexpected error, and a second ``close()`` awaits the first
+    one's end, which never comes when the first was interrupted.
+
+    :returns: whether it closed in time without an error.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await pc.close()
+        return True
+    except TimeoutError:
+        logger.warning("RTCPeerConnection.close() did not finish within %g s; abandoned", timeout)
+    except Exception:
+        logger.warning("RTCPeerConnection.close() failed", exc_info=True)
+    return False
 
 
 TRANSPORT_CC_EXTENSION_ID = 5
@@ -144,7 +182,7 @@ async def _negotiate(
     try:
         location, answer, etag = await _post_offer(pc, url, token, http, edit_offer)
     except BaseException:
-        await pc.close()
+        await close_pc(pc)
         raise
     return WhipSession(pc, location, answer, etag, channel=channel, token=token)
 
@@ -179,6 +217,9 @@ async def wait_connected(pc: RTCPeerConnection, timeout: float = 10.0) -> None:
     pc.on("connectionstatechange", check)
     check()
     try:
-        await asyncio.wait_for(done, timeout)
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
+        # that arrives once the awaited future is done.
+        async with asyncio.timeout(timeout):
+            await done
     finally:
         pc.remove_listener("connectionstatechange", check)

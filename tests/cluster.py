@@ -55,6 +55,8 @@ async def running_cluster(redis: RedisServer, **config: Any) -> AsyncIterator[Cl
         try:
             yield c
         finally:
+            for node in c.nodes:  # all gone at once (SIGKILL, no await in between), then reaped
+                node.kill()
             for node in c.nodes:
                 await node.close()
 

@@ -8,20 +8,29 @@ missing receiver reports) and POST again: the publisher lands on B (which still 
 the room's edge viewers), A's viewers too; B's viewers are served again either way (their
 sessions survive, but with a 1 s stall detector they usually re-POST before the
 publisher, whose receiver-report detector needs 2 s, is back).
+
+Nothing here can hang: every wait is bounded, the clients' `stop` is bounded and never
+raises, and the node processes are SIGKILLed (process group) by `running_cluster` and, as
+a last resort, by the `_no_leftover_nodes` fixture before the event loop is closed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import statistics
 import time
+import warnings
+from collections.abc import AsyncIterator
 
+import pytest
 import redis.asyncio as aioredis
 
 from loadtest.resilient import ReconnectingPublisher, ReconnectingViewer
 from loadtest.sources import PatternVideoTrack
 from relaycast.service import Service
 from signaling.app_keys import ROOMS
+from tests.cli_process import killing_leftovers
 from tests.cluster import node_of, running_cluster
 from tests.polling import wait_for
 from tests.redis_server import RedisServer
@@ -30,9 +39,25 @@ from tests.services import STREAM_KEY
 RECOVERY_BOUND_S = 15.0
 """Generous: client detection (1–2 s) + node loss (≈0.1 s) + new sessions (≈1 s) on 2 cores."""
 
+STOP_BOUND_S = 15.0
+"""All clients' `stop` together (each is bounded by about 4 * close_s = 8 s by itself)."""
 
+
+@pytest.fixture
+async def _no_leftover_nodes() -> AsyncIterator[None]:
+    """SIGKILL the process group of every node the test left running.  Async on purpose:
+    pytest-asyncio finishes an async fixture before it closes the test's event loop, so
+    this runs even when closing the loop would hang on a task that never ends."""
+    with killing_leftovers() as killed:
+        yield
+    if killed:
+        warnings.warn(f"node processes left running, killed: {killed}", stacklevel=1)
+
+
+@pytest.mark.usefixtures("_no_leftover_nodes")
 async def test_kill_9_of_the_origin_node_mid_stream(redis_server: RedisServer) -> None:
-    redis = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    redis = aioredis.Redis.from_url(redis_server.url, decode_responses=True,
+                                    socket_timeout=5, socket_connect_timeout=5)
     offsets = iter(range(0, 10_000_000, 100_000))
     publisher = ReconnectingPublisher(
         "", STREAM_KEY, lambda: [PatternVideoTrack(320, 180, 15, code="counter", first_code=next(offsets))])
@@ -49,7 +74,7 @@ async def test_kill_9_of_the_origin_node_mid_stream(redis_server: RedisServer) -
                 viewer = ReconnectingViewer(f"{svc.url}/whep/demo")
                 await viewer.start()
                 viewers.append(viewer)
-                await wait_for(lambda v=viewer: bool(v.frames), 15, "the viewer's first frame")
+                await wait_for(lambda v=viewer: bool(v.frames), 15, "the viewer's first frame", wake=viewer.new_frame)
                 await wait_for(lambda n=i + 1: _room_viewers(cluster.a, n), 10, "the load reports")
             placed = [await node_of(svc, v.session.location) for v, svc in zip(viewers, (cluster.a, cluster.b) * 2,
                                                                            strict=True) if v.session]
@@ -60,7 +85,7 @@ async def test_kill_9_of_the_origin_node_mid_stream(redis_server: RedisServer) -
             for viewer in viewers:  # every viewer plays the new publisher session's frames
                 try:
                     await wait_for(lambda v=viewer: v.first_frame_after(killed, 100_000) is not None,
-                                   RECOVERY_BOUND_S + 5, "every viewer to receive again")
+                                   RECOVERY_BOUND_S + 5, "every viewer to receive again", wake=viewer.new_frame)
                 except AssertionError:
                     state = [(v.log.attempts, v.log.reasons, v.log.last_error, v.frames[-1:] if v.frames else None,
                               v.session and await node_of(cluster.a if i % 2 == 0 else cluster.b, v.session.location))
@@ -84,10 +109,12 @@ async def test_kill_9_of_the_origin_node_mid_stream(redis_server: RedisServer) -
             assert await redis.zscore("relaycast:nodes", "node-a") is None
             assert await redis.hget("relaycast:room:demo", "node") == "node-b"
             assert not await redis.hgetall("relaycast:pipes:demo")  # B is the origin now
-        finally:
-            await redis.aclose()
-            for client in [*viewers, publisher]:
-                await client.stop()
+        finally:  # bounded (running_cluster kills the nodes next, whatever happened)
+            try:
+                async with asyncio.timeout(STOP_BOUND_S):  # a belt: each stop() is bounded and never raises
+                    await asyncio.gather(*(client.stop() for client in [*viewers, publisher]))
+            finally:
+                await redis.aclose()
 
 
 def _room_viewers(svc: Service, n: int) -> bool:
