@@ -31,7 +31,7 @@ from sfu.errors import RoomNotLive
 
 from .admission import Admission
 from .encoders import EncoderChoice, choose_encoder
-from .errors import BridgeRefused
+from .errors import PASSTHROUGH_LOST_STATUS, BridgeRefused
 from .ladder import parse_ladder
 from .store import RoomStore
 from .transcoder_process import TranscoderProcess
@@ -88,6 +88,9 @@ class HlsConfig:
     min_idle_cores: float = 0.5
     """A bridge starts only while the machine has at least this many idle cores
     (averaged over the last few seconds); 0 = always start."""
+    passthrough: bool = True
+    """Publish an H.264 source with regular key frames as the top rendition without
+    encoding it (:func:`passthrough_plan`); ``RELAYCAST_HLS_PASSTHROUGH=0`` encodes it."""
 
     def __post_init__(self) -> None:
         parse_ladder(self.ladder)  # raises ValueError naming the bad entry
@@ -105,7 +108,8 @@ class HlsConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> HlsConfig:
         """``RELAYCAST_HLS_LADDER``, ``_PART_S``, ``_SEGMENT_S``, ``_IDLE_S``,
-        ``_VIEWER_THRESHOLD``, ``_X264_PRESET``, ``_NICE``, ``_MIN_IDLE_CORES``; then
+        ``_VIEWER_THRESHOLD``, ``_X264_PRESET``, ``_NICE``, ``_MIN_IDLE_CORES``,
+        ``_PASSTHROUGH``; then
         ``overrides``.  Raises ConfigError on bad values."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
@@ -128,6 +132,10 @@ class HlsConfig:
                     f"RELAYCAST_HLS_VIEWER_THRESHOLD={text!r} is not a whole number") from None
         if "RELAYCAST_HLS_NICE" in env:
             values["nice"] = int(env_number(env, "RELAYCAST_HLS_NICE", 19, 0, 19, integer=True))
+        if text := env.get("RELAYCAST_HLS_PASSTHROUGH", "").strip().lower():
+            if text not in ("0", "1", "on", "off", "true", "false", "yes", "no"):
+                raise ConfigError(f"RELAYCAST_HLS_PASSTHROUGH={text!r}: expected 1/on or 0/off")
+            values["passthrough"] = text in ("1", "on", "true", "yes")
         if "RELAYCAST_HLS_MIN_IDLE_CORES" in env:
             values["min_idle_cores"] = env_number(env, "RELAYCAST_HLS_MIN_IDLE_CORES", 0.5, 0, 1024)
         values.update(overrides)
@@ -135,6 +143,37 @@ class HlsConfig:
             return cls(**values)
         except ValueError as exc:
             raise ConfigError(f"RELAYCAST_HLS_*: {exc}") from exc
+
+
+MAX_PASSTHROUGH_SEGMENT_S = 4.0
+"""The longest source key-frame interval passthrough takes, s (it becomes the segment length)."""
+
+
+def passthrough_plan(video: TrackTap, config: HlsConfig) -> tuple[int, int | None] | str:
+    """``(segment_frames, bitrate_bps)`` to publish the tapped H.264 track as the top
+    rendition without encoding it — segments as long as its key-frame interval — or why not.
+
+    It must be H.264 without simulcast, at the bridge's frame rate (within 10 %), with its
+    last key-frame spacings (at least two, as the SFU measured them) the same number of
+    frames within half a frame, at most :data:`MAX_PASSTHROUGH_SEGMENT_S` and at least a
+    part long."""
+    if video.info.mime_type.lower() != "video/h264":
+        return f"the source is {video.info.mime_type}, not H.264"
+    if video.simulcast:
+        return "the source sends simulcast"
+    spacings = video.health.keyframe_spacings_s()
+    if len(spacings) < 2:
+        return "fewer than three of the source's key frames seen yet"
+    snapshot = video.health.snapshot()
+    if snapshot.fps is None or abs(snapshot.fps - config.fps) > 0.1 * config.fps:
+        return f"the source's frame rate ({snapshot.fps}) is not {config.fps} fps"
+    frames = [spacing * config.fps for spacing in spacings]
+    gop = round(frames[-1])
+    if any(abs(f - gop) > 0.5 for f in frames):
+        return "the source's key frames are irregular (" + ", ".join(f"{s:.3f}" for s in spacings) + " s apart)"
+    if not config.part_s * config.fps <= gop <= MAX_PASSTHROUGH_SEGMENT_S * config.fps:
+        return f"the source's key-frame interval ({gop} frames) is outside one part to {MAX_PASSTHROUGH_SEGMENT_S:g} s"
+    return gop, snapshot.bitrate_bps
 
 
 def with_x264_preset(choice: EncoderChoice, preset: str) -> EncoderChoice:
@@ -176,6 +215,12 @@ class RoomBridge:
         """Transcoder processes started after the first one."""
         self.task: asyncio.Task[None] | None = None
         self.stopped = False
+        self.passthrough = False
+        """The current transcoder publishes the source as the top rendition."""
+        self._passthrough_lost = False
+        self._segment_frames: int | None = None
+        """Segment length in frames once the first transcoder took the source's key-frame
+        interval (kept by its successors: TARGETDURATION must not change)."""
         self._restart_times: list[float] = []
 
     @property
@@ -253,9 +298,27 @@ class RoomBridge:
     async def _spawn(self) -> TranscoderProcess:
         assert self.encoder is not None
         process = TranscoderProcess(self.room, nice=self.config.nice)
+        passthrough = None
+        if self.config.passthrough and not self._passthrough_lost:
+            plan = passthrough_plan(self.taps["video"], self.config)
+            # A successor keeps its predecessor's segment length (TARGETDURATION stays).
+            kept = (self._segment_frames or round(self.config.segment_s * self.config.fps)
+                    if self.store.renditions else None)
+            if isinstance(plan, str):
+                logger.info("HLS bridge for room %r: top rendition encoded: %s", self.room, plan)
+            elif kept is not None and plan[0] != kept:
+                logger.info("HLS bridge for room %r: top rendition encoded: the source's key-frame "
+                            "interval (%d frames) is not the segment length (%d)", self.room, plan[0], kept)
+            else:
+                self._segment_frames, bitrate = plan
+                passthrough = {"bitrate": bitrate}
+                logger.info("HLS bridge for room %r: the source passes through as the top rendition "
+                            "(segments of %d frames, its key-frame interval)", self.room, self._segment_frames)
+        self.passthrough = passthrough is not None
         config = {
             "ladder": self.config.ladder, "fps": self.config.fps,
             "segment_s": self.config.segment_s, "part_s": self.config.part_s,
+            "segment_frames": self._segment_frames, "passthrough": passthrough,
             "encoder": {"name": self.encoder.name, "options": dict(self.encoder.options)},
             # A restarted transcoder continues every video rendition its predecessor had,
             # even if its first frame is smaller (a publisher ramping up again).
@@ -274,6 +337,8 @@ class RoomBridge:
                 status = await self._wait_or_kill_stalled(process)
                 if self.stopped or process.done or self.publisher_gone():
                     return
+                if status == PASSTHROUGH_LOST_STATUS and self.passthrough:
+                    self._passthrough_lost = True  # the successor encodes the top rendition
                 now = time.monotonic()
                 self._restart_times = [t for t in self._restart_times if now - t < 60.0]
                 if len(self._restart_times) >= MAX_RESTARTS_PER_MIN:

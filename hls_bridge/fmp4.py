@@ -9,10 +9,11 @@ The box writing itself lives in :mod:`hls_bridge.cmaf` and is re-exported here.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Protocol
+
+from common.h264 import iter_nal_units
 
 from .cmaf import (
     CmafError,
@@ -51,23 +52,6 @@ _AAC_SAMPLE_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050,
 
 
 # --- H.264 ------------------------------------------------------------------------------
-
-
-def iter_nal_units(data: bytes) -> Iterator[bytes]:
-    """The NAL units of an Annex-B byte stream (ITU-T H.264 Annex B), start codes removed.
-
-    Trailing zero bytes (``trailing_zero_8bits``, the first byte of a 4-byte start
-    code) are stripped; a NAL unit never ends in 0x00.
-    """
-    start = data.find(b"\x00\x00\x01")
-    while start >= 0:
-        start += 3
-        end = data.find(b"\x00\x00\x01", start)
-        nal = data[start:] if end < 0 else data[start:end]
-        nal = nal.rstrip(b"\x00")
-        if nal:
-            yield nal
-        start = end
 
 
 def annexb_to_avcc(data: bytes, *, keep_parameter_sets: bool = False) -> bytes:

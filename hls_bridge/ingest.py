@@ -21,7 +21,9 @@ Path of a packet::
   and a key frame is requested.
 * Frames are delivered as ``av.VideoFrame`` / ``av.AudioFrame`` with ``pts`` in
   RTP clock ticks (``time_base`` 1/90000 for video, 1/48000 for Opus), counted
-  from the tap's first frame (0) and continuous across RTP timestamp wrap.
+  from the tap's first frame (0) and continuous across RTP timestamp wrap.  An H.264
+  frame's ``opaque`` is the access unit it was decoded from (Annex B bytes, as
+  depacketized: RFC 6184), for the transcoder's passthrough rendition.
 * Nothing on the forwarding path blocks: the decoder backlog and the output
   queue are bounded; when full, the oldest frames go (video backlog overflow
   restarts at the next key frame) and every drop is counted.
@@ -301,6 +303,9 @@ class FrameDecoder:
             "av.VideoCodecContext | av.AudioCodecContext",
             av.CodecContext.create(_DECODERS[mime], "r"),
         )
+        self._h264 = mime == "video/h264"
+        if self._h264:  # each frame carries its access unit (frame.opaque), for passthrough
+            self._context.copy_opaque = True
         self.thread = threading.Thread(
             target=self._run, name=f"ingest-decode-{_DECODERS[mime]}", daemon=True
         )
@@ -409,6 +414,8 @@ class FrameDecoder:
         packet = av.Packet(data)
         packet.pts = encoded.pts
         packet.time_base = self.time_base
+        if self._h264:
+            packet.opaque = data
         frames: list[DecodedFrame] = []
         for frame in self._context.decode(packet):
             if frame.pts is None:

@@ -54,6 +54,19 @@ most ``floor(part_target / (1024/48000))`` frames as fit, all but the last of eq
 (47 frames at a 0.2 s part target: 8,8,8,8,8,7, never a 2-frame tail).  Its parts are all
 independent.
 
+Passthrough (``passthrough=True``, with ``segment_frames`` the source's regular key-frame
+interval): when the source is H.264 and its size is the top rung's, rendition ``v0`` is
+the source bitstream itself — each decoded frame carries its access unit (Annex B, the
+tap's ``frame.opaque``), which is packaged on the frame's slot without scaling or
+encoding; the lower rungs are encoded as usual, with the same forced key frames, which
+fall on the source's own key frames.  Its ``BANDWIDTH`` comes from ``passthrough_bitrate``
+(the source's measured bitrate).  The source must keep to the grid: a source frame at every
+segment boundary slot and an IDR picture there, at most one frame per slot, the same size.
+When it does not, :class:`PassthroughLost` is raised out of `feed_video` (nothing of that
+frame published): the bridge restarts the transcoder without passthrough, which continues
+every rendition after a discontinuity.  A slot without a source frame between boundaries
+only lengthens the previous sample.
+
 Threading: `feed_video`, `feed_audio` (or `feed`) and `end` are synchronous and do the
 scaling and encoding; call them from one worker thread. Store changes (RoomStore
 waiters are asyncio based) are handed to the event loop with
@@ -71,7 +84,7 @@ import threading
 import time
 from collections.abc import AsyncIterable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from functools import partial
@@ -93,6 +106,7 @@ from .fmp4 import (
     h264_parameter_sets,
     init_segment_audio,
     init_segment_video,
+    iter_nal_units,
 )
 from .ladder import Rung, plan_ladder
 from .playlist import AudioRendition, VariantStream
@@ -104,6 +118,7 @@ __all__ = [
     "AUDIO_RATE",
     "AUDIO_RENDITION",
     "LadderTranscoder",
+    "PassthroughLost",
     "TranscoderError",
 ]
 
@@ -121,6 +136,19 @@ PEAK_FACTOR = 1.25
 
 class TranscoderError(HlsBridgeError):
     """Bad transcoder settings, or a store update that failed on the event loop."""
+
+
+class PassthroughLost(TranscoderError):
+    """The source no longer keeps to the grid that passthrough needs (see the module
+    docstring); the message says how.  The transcoder process exits with
+    :data:`hls_bridge.errors.PASSTHROUGH_LOST_STATUS` and is restarted without passthrough."""
+
+
+_NAL_IDR = 5
+
+
+def _has_idr(access_unit: bytes) -> bool:
+    return any(nal[0] & 0x1F == _NAL_IDR for nal in iter_nal_units(access_unit) if nal)
 
 
 def _drop_leading_samples(frame: av.AudioFrame, count: int) -> av.AudioFrame:
@@ -154,7 +182,8 @@ class _VideoOutput:
 
     name: str
     rung: Rung
-    ctx: VideoCodecContext
+    ctx: VideoCodecContext | None
+    """The rung's encoder; None when the rendition is the source passed through."""
     packager: TrackPackager
     last_picture: av.VideoFrame | None = None
     codecs: str | None = None
@@ -178,6 +207,8 @@ class _Stats:
     audio_rebases: int = 0
     replans: int = 0
     """Ladder re-plans for a new source size (each one a discontinuity)."""
+    passthrough_frames: int = 0
+    """Source access units packaged as they came (rendition ``v0`` in passthrough)."""
     bytes_out: dict[str, int] = field(default_factory=dict)
 
 
@@ -196,7 +227,11 @@ class LadderTranscoder:
       ones filled in, see `plan_ladder`), e.g. a restarted transcoder keeping every
       rendition its predecessor published.
     - ``fps``: output frame rate (constant); ``segment_s``/``part_s``: target segment
-      and part durations in seconds.
+      and part durations in seconds; ``segment_frames`` (frames) replaces ``segment_s``
+      when given (the source's key-frame interval, for passthrough).
+    - ``passthrough``: package an H.264 source as rendition ``v0`` without encoding it
+      when it fits (see the module docstring); ``passthrough_bitrate`` (bits/s, the
+      source's) is then ``v0``'s nominal bitrate.
     - ``encoder_choice``: H.264 encoder, default `choose_encoder()` (probed lazily in
       the worker thread).
     - ``audio``: publish the ``a0`` AAC rendition and name it in the variants.
@@ -224,11 +259,14 @@ class LadderTranscoder:
         replan_after_s: float = 1.0,
         reuse_renditions: bool = False,
         min_rungs: int = 0,
+        segment_frames: int | None = None,
+        passthrough: bool = False,
+        passthrough_bitrate: int | None = None,
     ) -> None:
         self.fps = Fraction(fps)
         if self.fps <= 0 or not rungs:
             raise TranscoderError("fps must be positive and the ladder not empty")
-        self.segment_frames = round(segment_s * self.fps)
+        self.segment_frames = segment_frames or round(segment_s * self.fps)
         self.part_frames = math.floor(part_s * self.fps + Fraction(1, 1000))
         if self.part_frames < 1 or self.segment_frames < self.part_frames:
             raise TranscoderError(
@@ -254,6 +292,8 @@ class LadderTranscoder:
         self._replan_slots = max(1, round(replan_after_s * self.fps))
         self._reuse = reuse_renditions
         self._min_rungs = min_rungs
+        self._passthrough = passthrough
+        self._passthrough_bitrate = passthrough_bitrate
         self._room = room_store
         self._encoder_choice = encoder_choice
         self._audio_enabled = audio
@@ -341,6 +381,9 @@ class LadderTranscoder:
             self._anchor = self._clock()
         self._watch_size(frame)
         slot = self._slot_for(frame)
+        if slot is None and self._outputs[0].ctx is None:
+            raise PassthroughLost("two source frames for one output slot (a frame rate above "
+                                  f"{float(self.fps):g} fps)")
         if slot is not None:
             for missing in range(self._last_slot + 1, slot):
                 self._encode_rungs(None, missing, ops)
@@ -384,7 +427,7 @@ class LadderTranscoder:
         self._ended = True
         ops: list[Callable[[], Any]] = []
         for output in self._outputs or ():
-            for packet in output.ctx.encode(None):
+            for packet in output.ctx.encode(None) if output.ctx is not None else ():
                 self._package_video(output, packet, ops)
             self._flush_video(output, ops, close=True)
         if self._audio_enabled and self._resampler is not None:
@@ -435,9 +478,18 @@ class LadderTranscoder:
                                      min_rungs=self._min_rungs)
         self._planned_for = (frame.width, frame.height)
         self._encoder_choice = self._encoder_choice or choose_encoder()
+        if self._passthrough:
+            top = self.rungs[0]
+            if not isinstance(frame.opaque, bytes):
+                self._passthrough = False
+                logger.info("passthrough off: the source is not H.264")
+            elif (top.width, top.height) != (frame.width, frame.height):
+                self._passthrough = False
+                logger.info("passthrough off: the source (%dx%d) is larger than the top rung (%dx%d)",
+                            frame.width, frame.height, top.width, top.height)
         outputs = []
         for index, rung in enumerate(self.rungs):
-            outputs.append(self._new_output(f"v{index}", rung))
+            outputs.append(self._new_output(f"v{index}", rung, passthrough=self._passthrough and index == 0))
             ops.append(partial(self._add_rendition, f"v{index}"))
         self._size_rung_pool(len(outputs))
         logger.info(
@@ -446,17 +498,21 @@ class LadderTranscoder:
         )
         return outputs
 
-    def _new_output(self, name: str, rung: Rung, sequence_number: int = 1) -> _VideoOutput:
-        """A rung's encoder and packager; decode times are slot times (continuous
-        across re-plans)."""
+    def _new_output(self, name: str, rung: Rung, sequence_number: int = 1, *,
+                    passthrough: bool = False) -> _VideoOutput:
+        """A rung's encoder (none for the source passed through) and packager; decode
+        times are slot times (continuous across re-plans)."""
+        packager = TrackPackager(1, VIDEO_TIMESCALE, h264=True, start_time=Fraction(0),
+                                 sequence_number=sequence_number)
+        if passthrough:
+            return _VideoOutput(name, replace(rung, video_bitrate=self._passthrough_bitrate or rung.video_bitrate),
+                                None, packager)
         choice = self._encoder_choice
         assert choice is not None
         ctx = open_video_encoder(
             choice, rung.width, rung.height, self.fps, rung.video_bitrate,
             4 * self.segment_frames, time_base=1 / self.fps,
         )
-        packager = TrackPackager(1, VIDEO_TIMESCALE, h264=True, start_time=Fraction(0),
-                                 sequence_number=sequence_number)
         return _VideoOutput(name, rung, ctx, packager)
 
     def _size_rung_pool(self, rungs: int) -> None:
@@ -468,9 +524,11 @@ class LadderTranscoder:
 
     def _watch_size(self, frame: av.VideoFrame) -> None:
         """Track a source size change that may re-plan the ladder (a configured ladder only)."""
+        size = (frame.width, frame.height)
+        if self._outputs and self._outputs[0].ctx is None and size != self._planned_for:
+            raise PassthroughLost(f"the source's size changed to {size[0]}x{size[1]}")
         if self._configured is None:
             return
-        size = (frame.width, frame.height)
         if size == self._planned_for:
             self._new_size = None
         elif size != self._new_size:
@@ -520,8 +578,8 @@ class LadderTranscoder:
         self.stats.replans += 1
         outputs: list[_VideoOutput] = []
         for index, output in enumerate(old):
-            replace = index >= len(rungs) or output.rung != rungs[index]
-            if replace:
+            changed = index >= len(rungs) or output.rung != rungs[index]
+            if changed and output.ctx is not None:
                 for packet in output.ctx.encode(None):
                     self._package_video(output, packet, ops)
             self._flush_video(output, ops, close=True)
@@ -529,7 +587,7 @@ class LadderTranscoder:
                 ops.append(partial(self._room.end_rendition, output.name))
                 continue
             ops.append(partial(self._call, output.name, "discontinuity"))
-            if replace:
+            if changed:
                 output = self._new_output(output.name, rungs[index],
                                           output.packager.sequence_number)
             outputs.append(output)
@@ -594,6 +652,9 @@ class LadderTranscoder:
         self, output: _VideoOutput, frame: av.VideoFrame | None, slot: int,
         ops: list[Callable[[], Any]],
     ) -> None:
+        if output.ctx is None:
+            self._pass_through(output, frame, slot, ops)
+            return
         rung = output.rung
         if frame is None:  # repeat the previous picture
             picture = output.last_picture
@@ -611,17 +672,42 @@ class LadderTranscoder:
         for packet in output.ctx.encode(picture):
             self._package_video(output, packet, ops)
 
+    def _pass_through(self, output: _VideoOutput, frame: av.VideoFrame | None, slot: int,
+                      ops: list[Callable[[], Any]]) -> None:
+        """Package the source's access unit of ``frame`` on ``slot`` (see the module docstring).
+
+        :raises PassthroughLost: no source frame, or no IDR picture, at a segment boundary."""
+        boundary = slot % self.segment_frames == 0
+        if frame is None:  # no source frame for this slot: the previous sample lasts longer
+            if boundary:
+                raise PassthroughLost(f"no source frame at the segment boundary (frame {slot})")
+            self._advance(output, slot, ops)
+            return
+        access_unit = frame.opaque
+        if not isinstance(access_unit, bytes):
+            raise PassthroughLost("a source frame without its access unit")
+        keyframe = _has_idr(access_unit)
+        if boundary and not keyframe:
+            raise PassthroughLost(f"the source has no key frame at the segment boundary (frame {slot})")
+        packet = av.Packet(access_unit)
+        packet.pts = packet.dts = slot
+        packet.time_base = 1 / self.fps
+        packet.is_keyframe = keyframe
+        self.stats.passthrough_frames += 1
+        self._package_video(output, packet, ops)
+
     def _package_video(
         self, output: _VideoOutput, packet: av.Packet, ops: list[Callable[[], Any]]
     ) -> None:
-        packet.time_base = packet.time_base or output.ctx.time_base
+        packet.time_base = packet.time_base or 1 / self.fps
         packet.duration = 1
         slot = packet.pts
         assert slot is not None
         if slot % self.segment_frames == 0 and not packet.is_keyframe:
-            raise TranscoderError(f"{output.ctx.name} ignored the forced keyframe at frame {slot}")
+            raise TranscoderError(f"the encoder of {output.name} ignored the forced keyframe at frame {slot}")
         if output.codecs is None:
-            sps, pps = h264_parameter_sets(output.ctx.extradata or bytes(packet))
+            extradata = output.ctx.extradata if output.ctx is not None else None
+            sps, pps = h264_parameter_sets(extradata or bytes(packet))
             output.codecs = codecs_string_avc(sps)
             init = init_segment_video(
                 output.rung.width, output.rung.height, sps, pps, timescale=VIDEO_TIMESCALE
@@ -629,6 +715,10 @@ class LadderTranscoder:
             ops.append(partial(self._call, output.name, "set_init", init))
             self._maybe_set_variants(ops)
         output.packager.add(packet)
+        self._advance(output, slot, ops)
+
+    def _advance(self, output: _VideoOutput, slot: int, ops: list[Callable[[], Any]]) -> None:
+        """After ``slot``: start, cut a part of, or close the rendition's segment."""
         position = slot % self.segment_frames
         if position == 0:
             output.segment_start = slot

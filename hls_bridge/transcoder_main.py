@@ -12,7 +12,14 @@ when its parent dies (:func:`common.parent_death.die_with_parent`), then:
    decode) and :class:`~hls_bridge.transcoder.LadderTranscoder` in this process, writing
    into a :class:`StoreProxy` whose calls go back as STORE frames;
 3. on END, or when the link closes, ends the taps, lets the transcoder flush and end the
-   renditions, sends DONE and exits 0.
+   renditions, sends DONE and exits 0; when the source stops fitting the top rendition's
+   passthrough (:class:`~hls_bridge.transcoder.PassthroughLost`) it exits with
+   :data:`~hls_bridge.transcoder.PASSTHROUGH_LOST_STATUS` without DONE (the bridge
+   restarts it without passthrough).
+
+CONFIG also carries ``segment_frames`` (the segment length in frames, when set by the
+bridge: the source's key-frame interval) and ``passthrough`` (``{"bitrate": bits/s}`` or
+null).
 
 Every second it sends a REPORT: ``{"worker_s": transcoder-thread seconds, "media_s":
 media seconds transcoded, "dropped_frames", "repeated_frames", "decoded": {kind: frames},
@@ -38,9 +45,10 @@ from sfu.direct import MediaPacket, PacketSink
 
 from . import media_link as link
 from .encoders import EncoderChoice
+from .errors import PASSTHROUGH_LOST_STATUS
 from .ingest import ProducerTap, merge_frames
 from .ladder import parse_ladder
-from .transcoder import LadderTranscoder
+from .transcoder import LadderTranscoder, PassthroughLost
 
 logger = logging.getLogger("hls_bridge.transcoder_process")
 
@@ -157,6 +165,9 @@ async def run(fd: int) -> int:
         audio="audio" in tracks,
         reuse_renditions=bool(config.get("min_rungs")),
         min_rungs=int(config.get("min_rungs") or 0),
+        segment_frames=config.get("segment_frames"),
+        passthrough=bool(config.get("passthrough")),
+        passthrough_bitrate=(config.get("passthrough") or {}).get("bitrate"),
     )
     taps = {kind: ProducerTap(track, max_queue=16 if kind == "audio" else 8)
             for kind, track in tracks.items()}
@@ -199,6 +210,14 @@ async def run(fd: int) -> int:
     reporting = asyncio.create_task(report())
     try:
         await transcoder.run(merge_frames(list(taps.values())))
+    except PassthroughLost as exc:
+        # Not DONE: the renditions go on, continued by a transcoder without passthrough.
+        logger.warning("room %r: passthrough ends (%s); the top rendition will be encoded", config["room"], exc)
+        out.flush_store()
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+        return PASSTHROUGH_LOST_STATUS
     finally:
         reporting.cancel()
         reading.cancel()

@@ -62,7 +62,6 @@ OPEN_LIMIT_BYTES = 1 << 20
 """A caller whose first MiB holds no MPEG-TS program (garbage) is disconnected.  Encoders
 send the PAT and PMT every 100 ms or so: 0.4 s of a 20 Mbit/s stream."""
 SRT_REJX_DOWN = 1503
-_START_CODE = b"\x00\x00\x01"
 
 
 class TsSink(Protocol):
@@ -136,21 +135,6 @@ def parse_stream_id(text: str) -> tuple[str, str]:
         raise StreamIdRefused(srt_lib.SRT_REJX_UNAUTHORIZED,
                               f"no stream key (s=) in the stream id: {STREAM_ID_FORMAT}")
     return fields["r"], fields["s"]
-
-
-def split_annexb(data: bytes) -> list[bytes]:
-    """The NAL units of an Annex B byte stream (ITU-T H.264 Annex B), without start codes;
-    bytes before the first start code are dropped."""
-    nalus = []
-    start = data.find(_START_CODE)
-    while start >= 0:
-        begin = start + 3
-        start = data.find(_START_CODE, begin)
-        # A 4-byte start code's leading zero (and trailing_zero_8bits) belongs to no NAL unit.
-        nalu = data[begin:start if start >= 0 else len(data)].rstrip(b"\x00")
-        if nalu:
-            nalus.append(nalu)
-    return nalus
 
 
 class _SrtInput:

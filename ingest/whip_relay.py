@@ -45,9 +45,10 @@ import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from common.h264 import iter_nal_units
+
 from . import flv
 from .rtmp_server import PublishRefused
-from .srt_server import split_annexb
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ class WhipRelay:
 
     def on_ts_video(self, data: bytes, pts: int, dts: int) -> None:
         """An MPEG-TS H.264 access unit (Annex B) with its pts and dts (90 kHz ticks)."""
-        self.video_access_unit(split_annexb(data), pts, dts)
+        self.video_access_unit(list(iter_nal_units(data)), pts, dts)
 
     def on_ts_audio(self, codec: str, data: bytes, duration: int) -> None:
         """An MPEG-TS audio packet: ``codec`` ``"aac"`` (an ADTS frame) or ``"opus"`` (one

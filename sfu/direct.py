@@ -29,6 +29,7 @@ from .errors import RoomNotLive
 from .producer import MediaPacket, PacketSink, Producer
 
 if TYPE_CHECKING:
+    from .ingest_health import TrackHealth
     from .worker import Worker
 
 __all__ = ["DirectTransport", "MediaPacket", "PacketSink", "RoomInfo", "TrackInfo", "TrackSource", "TrackTap"]
@@ -135,6 +136,17 @@ class TrackTap:
     def request_keyframe(self) -> None:
         """Ask the publisher for a key frame (video only; throttled PLI, RFC 4585 §6.3.1)."""
         self._producer.request_keyframe()
+
+    @property
+    def simulcast(self) -> bool:
+        """The publisher sends simulcast streams (the tap follows one of them)."""
+        return self._producer.simulcast
+
+    @property
+    def health(self) -> TrackHealth:
+        """The track's ingest health as the SFU measures it (read it, do not feed it):
+        e.g. ``keyframe_spacings_s()``, ``snapshot().fps`` / ``.bitrate_bps``."""
+        return self._producer.health
 
 
 class DirectTransport:

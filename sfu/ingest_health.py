@@ -211,6 +211,12 @@ class TrackHealth:
                 return sample if age >= _MIN_WINDOW_S else None
         return None
 
+    def keyframe_spacings_s(self) -> list[float]:
+        """The spacings of the last key frames, s, oldest first (at most
+        :data:`KEYFRAME_INTERVALS`; empty before the second key frame)."""
+        stamps = list(self._keyframe_timestamps)
+        return [((b - a) & 0xFFFFFFFF) / self.clock_rate for a, b in zip(stamps, stamps[1:], strict=False)]
+
     def keyframe_interval_s(self) -> float | None:
         """Mean spacing of the last key frames, s (``None`` before the second one)."""
         stamps = self._keyframe_timestamps

@@ -15,9 +15,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.h264 import iter_nal_units
 from ingest import srt_lib, srt_server
 from ingest.rtmp_server import PublishRefused
-from ingest.srt_server import SrtPublish, SrtServer, StreamIdRefused, parse_stream_id, split_annexb
+from ingest.srt_server import SrtPublish, SrtServer, StreamIdRefused, parse_stream_id
 from tests.ingest import srt_caller
 
 KEY = "sk_" + "k3y" * 8
@@ -61,8 +62,9 @@ def test_any_stream_id_parses_or_is_refused(text: str) -> None:
 def test_annex_b_is_split_into_nal_units() -> None:
     stream = b"\x00\x00\x00\x01\x09\xf0" + b"\x00\x00\x00\x01\x67\x42\x00" + b"\x00\x00\x01\x68\xce" \
         + b"\x00\x00\x01\x65\x88\x00\x01"
-    assert split_annexb(stream) == [b"\x09\xf0", b"\x67\x42", b"\x68\xce", b"\x65\x88\x00\x01"]
-    assert split_annexb(b"junk") == [] and split_annexb(b"xx\x00\x00\x01\x41\x9a") == [b"\x41\x9a"]
+    assert list(iter_nal_units(stream)) == [b"\x09\xf0", b"\x67\x42", b"\x68\xce", b"\x65\x88\x00\x01"]
+    assert list(iter_nal_units(b"junk")) == []
+    assert list(iter_nal_units(b"xx\x00\x00\x01\x41\x9a")) == [b"\x41\x9a"]
 
 
 # ------------------------------------------------------------------ against encoders
@@ -125,7 +127,7 @@ H264 = ("-c:v", "libx264", "-preset", "ultrafast", "-g", "30")
 
 
 def _types(access_unit: bytes) -> list[int]:
-    return [n[0] & 0x1F for n in split_annexb(access_unit)]
+    return [n[0] & 0x1F for n in iter_nal_units(access_unit)]
 
 
 @needs_ffmpeg
