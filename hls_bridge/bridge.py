@@ -246,7 +246,8 @@ class RoomBridge:
 
     def to_json(self) -> dict[str, Any]:
         """``{room, encoder, renditions, running, started_by, uptime_s, pid, cpu, rss_bytes,
-        restarts, realtime_factor, media_s, dropped_frames, dropped_packets}``: ``cpu`` is
+        restarts, passthrough, realtime_factor, media_s, dropped_frames, dropped_packets}``
+        (``passthrough``: the top rendition is the source, not encoded): ``cpu`` is
         the cores the transcoder process used since the previous call, ``rss_bytes`` its
         resident memory, ``realtime_factor`` media seconds per transcoder-thread second,
         ``dropped_packets`` RTP packets not handed to it because it was not reading."""
@@ -268,6 +269,7 @@ class RoomBridge:
             "cpu": round(process.cpu, 3) if process is not None else 0.0,
             "rss_bytes": process.rss if process is not None else 0,
             "restarts": self.restarts,
+            "passthrough": self.passthrough,
             "realtime_factor": round(media_s / busy, 2) if busy > 0 else None,
             "media_s": round(media_s, 1),
             "dropped_frames": int(report.get("dropped_frames") or 0),

@@ -41,7 +41,8 @@ class IngestSettings:
     the RTMP listen address, ``ice_hosts`` (the addresses its WHIP peer connections gather
     on: loopback, the service being on the same machine), and for RTMPS a certificate chain
     and key file (both or neither) and its port; ``srt_port`` (None: no SRT) on ``rtmp_host``,
-    and the listener-wide SRT passphrase (None: unencrypted)."""
+    the listener-wide SRT passphrase (None: unencrypted) and receiver latency (None: libsrt's
+    120 ms)."""
 
     whip_url: str
     rtmp_host: str = "127.0.0.1"
@@ -52,6 +53,7 @@ class IngestSettings:
     tls_key: str | None = None
     srt_port: int | None = None
     srt_passphrase: str | None = None
+    srt_latency_ms: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -93,7 +95,8 @@ async def serve(sock: socket.socket) -> None:
                   "srt_port": None, "srt_error": None}
         srt = None
         if settings.srt_port is not None:
-            srt = SrtServer(on_srt_publish, settings.rtmp_host, settings.srt_port, settings.srt_passphrase)
+            srt = SrtServer(on_srt_publish, settings.rtmp_host, settings.srt_port, settings.srt_passphrase,
+                            settings.srt_latency_ms)
             try:
                 await srt.start()
                 answer["srt_port"] = srt.port

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 SRTO_RCVTIMEO = 14
 SRTO_PASSPHRASE = 26
+SRTO_RCVLATENCY = 43
 LOG_CRIT = 2
 """libsrt's log level (syslog numbering): only critical messages reach stderr — its warnings
 would repeat what the listener logs itself."""
@@ -152,15 +153,16 @@ def peer_of(pointer: int | None) -> str:
 
 
 class Listener:
-    """A listening SRT socket (live mode, libsrt's defaults: 120 ms receiver latency, 5 s
-    peer-idle timeout) with an access-control callback (libsrt's ``srt_listen_callback``:
+    """A listening SRT socket (live mode; libsrt's defaults — 120 ms receiver latency unless
+    ``latency_ms``, 5 s peer-idle timeout — inherited by each accepted socket) with an
+    access-control callback (libsrt's ``srt_listen_callback``:
     it sees each caller's stream id before the handshake completes and may reject it with
     a reason code that the caller receives).
 
     :raises SrtError: bind/listen failed (the port is taken: code 1003, MJ_SETUP MN_NORES…)."""
 
     def __init__(self, host: str, port: int, on_caller: Callable[[int, str, str], int],
-                 passphrase: str | None = None, backlog: int = 16) -> None:
+                 passphrase: str | None = None, latency_ms: int | None = None, backlog: int = 16) -> None:
         self.lib = lib = load()
         self._callback = LISTEN_CALLBACK(self._hook)  # kept alive while libsrt holds it
         self._on_caller = on_caller
@@ -168,6 +170,8 @@ class Listener:
         try:
             if passphrase:
                 self._set_string(self.sock, SRTO_PASSPHRASE, passphrase)
+            if latency_ms is not None:
+                self._set_int(self.sock, SRTO_RCVLATENCY, latency_ms)
             address = sockaddr(host, port)
             _check(lib, "srt_bind", lib.srt_bind(self.sock, address, len(address)))
             _check(lib, "srt_listen_callback", lib.srt_listen_callback(self.sock, self._callback, None))
@@ -205,8 +209,11 @@ class Listener:
         return sock, (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
 
     def set_receive_timeout(self, sock: int, ms: int) -> None:
-        value = ctypes.c_int(ms)
-        _check(self.lib, "srt_setsockflag", self.lib.srt_setsockflag(sock, SRTO_RCVTIMEO, ctypes.byref(value), 4))
+        self._set_int(sock, SRTO_RCVTIMEO, ms)
+
+    def _set_int(self, sock: int, option: int, number: int) -> None:
+        value = ctypes.c_int(number)
+        _check(self.lib, "srt_setsockflag", self.lib.srt_setsockflag(sock, option, ctypes.byref(value), 4))
 
     def _set_string(self, sock: int, option: int, text: str) -> None:
         data = text.encode()

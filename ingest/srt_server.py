@@ -165,14 +165,17 @@ class _SrtInput:
 class SrtServer:
     """The SRT listener (see the module docstring).  ``on_publish`` admits a caller and
     returns its :class:`TsSink`, or raises :class:`PublishRefused`; ``passphrase`` (10–79
-    characters) makes every caller encrypt (AES, SRT's KMREQ) with it."""
+    characters) makes every caller encrypt (AES, SRT's KMREQ) with it; ``latency_ms`` is the
+    receiver's latency (TSBPD; libsrt's 120 ms by default; a caller asking for more gets
+    more)."""
 
     def __init__(self, on_publish: Callable[[SrtPublish], Awaitable[TsSink]], host: str = "127.0.0.1",
-                 port: int = 9000, passphrase: str | None = None) -> None:
+                 port: int = 9000, passphrase: str | None = None, latency_ms: int | None = None) -> None:
         self._on_publish = on_publish
         self._host = host
         self._port = port
         self._passphrase = passphrase
+        self._latency_ms = latency_ms
         self._listener: srt_lib.Listener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._admitted: dict[int, TsSink] = {}
@@ -193,7 +196,7 @@ class SrtServer:
         :raises srt_lib.SrtUnavailable: libsrt is not installed."""
         self._loop = asyncio.get_running_loop()
         self._listener = await asyncio.to_thread(srt_lib.Listener, self._host, self._port, self._on_caller,
-                                                 self._passphrase)
+                                                 self._passphrase, self._latency_ms)
         self._start_thread(self._accept_loop, "srt-accept")
 
     async def close(self) -> None:

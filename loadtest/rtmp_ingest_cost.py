@@ -1,11 +1,11 @@
-"""CPU per RTMP ingest: what the service spends to take in one RTMP stream, against what it
-spends on the same stream as a WHIP publisher.
+"""CPU per RTMP (and SRT) ingest: what the service spends to take in one RTMP or SRT stream,
+against what it spends on the same stream as a WHIP publisher.
 
 Starts a real ``relaycast serve`` (default configuration, the LL-HLS bridge allowed to run,
 RTMP on a free port) on 127.0.0.1, encodes a test clip once with Debian's ffmpeg (1280x720,
 30 fps, ~2.5 Mbit/s H.264 + AAC: baseline without B-frames for the passthrough case, High
 with 2 B-frames — OBS's x264 default — for the transcode case), then has ffmpeg publish it
-over RTMP with ``-c copy -re`` and reads, over a window, the CPU seconds of
+over RTMP (and the baseline clip over SRT as MPEG-TS) with ``-c copy -re`` and reads, over a window, the CPU seconds of
 
 * the forwarding process (``relaycast serve``: it receives the stream as the WHIP publisher
   the ingest process makes of it — what any WHIP publisher of that stream costs it), and
@@ -24,7 +24,9 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from loadtest.cluster_procs import RelaycastProcess, free_port
@@ -43,17 +45,36 @@ async def _encode(path: Path, size: str, clip_s: float, *video: str) -> None:
         raise RuntimeError(f"ffmpeg could not encode {path}")
 
 
-async def start_serve(work: Path, key: str) -> tuple[RelaycastProcess, str, int]:
-    """A ``relaycast serve`` on 127.0.0.1 with its data in ``work`` and RTMP on a free port,
-    demo room key ``key``; returns it, its base URL and the RTMP port (once it printed it)."""
-    rtmp_port = free_port()
-    env = dict(os.environ, RELAYCAST_RTMP_PORT=str(rtmp_port), RELAYCAST_SRT_PORT="0", RELAYCAST_ICE_GATHER="127.0.0.1",
-               RELAYCAST_DATA_DIR=str(work / "data"))
+@dataclass(frozen=True)
+class Serve:
+    """A started ``relaycast serve``: the process, its base URL, its RTMP and SRT ports."""
+
+    process: RelaycastProcess
+    url: str
+    rtmp_port: int
+    srt_port: int
+
+    def srt_url(self, key: str) -> str:
+        return f"srt://127.0.0.1:{self.srt_port}?streamid=#!::r=demo,m=publish,s={key}"
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def start_serve(work: Path, key: str, **env_vars: str) -> Serve:
+    """A ``relaycast serve`` on 127.0.0.1 with its data in ``work``, RTMP and SRT on free
+    ports, demo room key ``key`` and ``env_vars`` set; returned once it printed its URLs."""
+    rtmp_port, srt_port = free_port(), free_udp_port()
+    env = dict(os.environ, RELAYCAST_RTMP_PORT=str(rtmp_port), RELAYCAST_SRT_PORT=str(srt_port),
+               RELAYCAST_ICE_GATHER="127.0.0.1", RELAYCAST_DATA_DIR=str(work / "data"), **env_vars)
     serve = RelaycastProcess("relaycast serve", work / "serve.log")
     port = free_port()
     await serve.launch(["--log-level", "warning", "serve", "--host", "127.0.0.1", "--port", str(port),
                         "--stream-key", key], env, lambda line: "RTMP:" in line, timeout=60)
-    return serve, f"http://127.0.0.1:{port}", rtmp_port
+    return Serve(serve, f"http://127.0.0.1:{port}", rtmp_port, srt_port)
 
 
 def _ingest_pid(serve_pid: int) -> int:
@@ -66,19 +87,23 @@ def _ingest_pid(serve_pid: int) -> int:
     raise RuntimeError("no ingest process under relaycast serve")
 
 
-async def measure(clip: Path, serve: RelaycastProcess, rtmp_port: int, seconds: float, warmup: float) -> dict[str, float]:
-    ingest = _ingest_pid(serve.pid)
+async def measure(clip: Path, serve: Serve, protocol: str, seconds: float, warmup: float) -> dict[str, float]:
+    """``clip`` published with ``-c copy -re`` over ``protocol`` (``rtmp``: FLV, ``srt``:
+    MPEG-TS); the CPU of the forwarding and the ingest processes over ``seconds``."""
+    ingest = _ingest_pid(serve.process.pid)
+    output = ["-f", "flv", f"rtmp://127.0.0.1:{serve.rtmp_port}/live/{KEY}"] if protocol == "rtmp" else \
+        ["-f", "mpegts", serve.srt_url(KEY)]
     proc = await asyncio.create_subprocess_exec(
         "ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip),
-        "-t", str(warmup + seconds + 2), "-c", "copy", "-f", "flv",
-        f"rtmp://127.0.0.1:{rtmp_port}/live/{KEY}")
+        "-t", str(warmup + seconds + 2), "-c", "copy", *output)
+    pid = serve.process.pid
     try:
         await asyncio.sleep(warmup)
         t0 = asyncio.get_running_loop().time()
-        serve0, ingest0 = cpu_seconds(serve.pid), cpu_seconds(ingest)
+        serve0, ingest0 = cpu_seconds(pid), cpu_seconds(ingest)
         await asyncio.sleep(seconds)
         elapsed = asyncio.get_running_loop().time() - t0
-        serve_cpu = (cpu_seconds(serve.pid) - serve0) / elapsed
+        serve_cpu = (cpu_seconds(pid) - serve0) / elapsed
         ingest_cpu = (cpu_seconds(ingest) - ingest0) / elapsed
     finally:
         if proc.returncode is None:
@@ -92,19 +117,20 @@ async def main_async(seconds: float, warmup: float, size: str = "1280x720", clip
     """Both cases; ``size`` and ``clip_s`` (the clip's length, looped) make a quick run."""
     with tempfile.TemporaryDirectory(prefix="rtmp-cost-") as tmp:
         work = Path(tmp)
-        clips = {"passthrough": work / "baseline.flv", "transcode (B-frames)": work / "bframes.flv"}
-        await _encode(clips["passthrough"], size, clip_s, "-preset", "veryfast", "-profile:v", "baseline", "-bf", "0")
-        await _encode(clips["transcode (B-frames)"], size, clip_s, "-preset", "veryfast", "-profile:v", "high",
-                      "-bf", "2")
-        serve, _, rtmp_port = await start_serve(work, KEY)
+        baseline, bframes = work / "baseline.flv", work / "bframes.flv"
+        await _encode(baseline, size, clip_s, "-preset", "veryfast", "-profile:v", "baseline", "-bf", "0")
+        await _encode(bframes, size, clip_s, "-preset", "veryfast", "-profile:v", "high", "-bf", "2")
+        cases = {"passthrough": (baseline, "rtmp"), "transcode (B-frames)": (bframes, "rtmp"),
+                 "SRT passthrough": (baseline, "srt")}
+        serve = await start_serve(work, KEY)
         results: dict[str, object] = {"seconds": seconds, "warmup": warmup, "size": size}
         try:
-            for name, clip in clips.items():
-                results[name] = await measure(clip, serve, rtmp_port, seconds, warmup)
+            for name, (clip, protocol) in cases.items():
+                results[name] = await measure(clip, serve, protocol, seconds, warmup)
                 print(f"{name}: {json.dumps(results[name])}", flush=True)
                 await asyncio.sleep(2)
         finally:
-            await serve.stop()
+            await serve.process.stop()
         return results
 
 

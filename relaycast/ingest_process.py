@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from common.child_main import spawn_child
-from common.config import ConfigError
+from common.config import ConfigError, env_number
 from ingest.main import IngestSettings
 
 logger = logging.getLogger(__name__)
@@ -32,8 +32,9 @@ class IngestConfig:
     ``RELAYCAST_RTMP_HOST`` (default the service's host; SRT listens there too),
     ``RELAYCAST_RTMPS_PORT`` with ``RELAYCAST_TLS_CERT`` and ``RELAYCAST_TLS_KEY`` (PEM
     files) for RTMPS, ``RELAYCAST_SRT_PORT`` (UDP, default 9000; ``off``; 0 any free port)
-    and ``RELAYCAST_SRT_PASSPHRASE`` (10–79 characters: every SRT caller must encrypt with
-    it; default none)."""
+    ``RELAYCAST_SRT_PASSPHRASE`` (10–79 characters: every SRT caller must encrypt with
+    it; default none) and ``RELAYCAST_SRT_LATENCY_MS`` (the receiver's latency, 20–8000 ms;
+    default libsrt's 120)."""
 
     rtmp_port: int | None = 1935
     rtmp_host: str = "127.0.0.1"
@@ -42,11 +43,13 @@ class IngestConfig:
     tls_key: str | None = None
     srt_port: int | None = 9000
     srt_passphrase: str | None = None
+    srt_latency_ms: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], host: str) -> IngestConfig:
         """:raises ConfigError: a port that is not a number in 0..65535, RTMPS without
-        both a certificate and a key, an SRT passphrase outside 10–79 characters."""
+        both a certificate and a key, an SRT passphrase outside 10–79 characters, an SRT
+        latency outside 20–8000 ms."""
         port = _optional_port(env, "RELAYCAST_RTMP_PORT", "1935")
         raw_tls = env.get("RELAYCAST_RTMPS_PORT", "").strip()
         rtmps = _port(raw_tls, "RELAYCAST_RTMPS_PORT") if raw_tls else None
@@ -57,12 +60,15 @@ class IngestConfig:
         passphrase = env.get("RELAYCAST_SRT_PASSPHRASE") or None
         if passphrase is not None and not 10 <= len(passphrase) <= 79:
             raise ConfigError("RELAYCAST_SRT_PASSPHRASE must have 10 to 79 characters (SRT's limits)")
-        return cls(port, env.get("RELAYCAST_RTMP_HOST", host), rtmps, cert, key, srt, passphrase)
+        latency = None
+        if "RELAYCAST_SRT_LATENCY_MS" in env:
+            latency = int(env_number(env, "RELAYCAST_SRT_LATENCY_MS", 120, 20, 8000, integer=True))
+        return cls(port, env.get("RELAYCAST_RTMP_HOST", host), rtmps, cert, key, srt, passphrase, latency)
 
     def settings(self, whip_url: str) -> IngestSettings:
         assert self.rtmp_port is not None
         return IngestSettings(whip_url, self.rtmp_host, self.rtmp_port, ("127.0.0.1",), self.rtmps_port,
-                              self.tls_cert, self.tls_key, self.srt_port, self.srt_passphrase)
+                              self.tls_cert, self.tls_key, self.srt_port, self.srt_passphrase, self.srt_latency_ms)
 
 
 def _optional_port(env: Mapping[str, str], name: str, default: str) -> int | None:

@@ -8,6 +8,7 @@ import ctypes
 
 from ingest import srt_lib
 
+SRTO_PEERLATENCY = 44
 SRTO_STREAMID = 46
 
 
@@ -22,6 +23,7 @@ def _lib() -> ctypes.CDLL:
     lib.srt_connect.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
     lib.srt_getrejectreason.argtypes = [ctypes.c_int]
     lib.srt_sendmsg.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.srt_getsockflag.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
     return lib
 
 
@@ -61,3 +63,11 @@ def send(sock: int, data: bytes) -> None:
 
 def close(sock: int) -> None:
     _lib().srt_close(sock)
+
+
+def peer_latency_ms(sock: int) -> int:
+    """The latency the listener applies to what this caller sends (negotiated in the handshake)."""
+    value, size = ctypes.c_int(0), ctypes.c_int(4)
+    if _lib().srt_getsockflag(sock, SRTO_PEERLATENCY, ctypes.byref(value), ctypes.byref(size)) < 0:
+        raise OSError("srt_getsockflag failed")
+    return value.value

@@ -42,6 +42,10 @@ def test_settings_from_the_environment() -> None:
     for bad in ("short", "p" * 80):
         with pytest.raises(ConfigError, match="10 to 79"):
             IngestConfig.from_env({"RELAYCAST_SRT_PASSPHRASE": bad}, "h")
+    assert IngestConfig.from_env({"RELAYCAST_SRT_LATENCY_MS": "40"}, "h").srt_latency_ms == 40
+    for bad in ("5", "fast"):
+        with pytest.raises(ConfigError, match="RELAYCAST_SRT_LATENCY_MS"):
+            IngestConfig.from_env({"RELAYCAST_SRT_LATENCY_MS": bad}, "h")
 
 
 def _live(service: Service) -> bool:

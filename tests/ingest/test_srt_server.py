@@ -85,10 +85,10 @@ class RecordingSink:
 
 
 class Endpoint:
-    def __init__(self, passphrase: str | None = None) -> None:
+    def __init__(self, passphrase: str | None = None, latency_ms: int | None = None) -> None:
         self.sinks: list[RecordingSink] = []
         self.requests: list[SrtPublish] = []
-        self.server = SrtServer(self.on_publish, port=0, passphrase=passphrase)
+        self.server = SrtServer(self.on_publish, port=0, passphrase=passphrase, latency_ms=latency_ms)
 
     async def on_publish(self, request: SrtPublish) -> RecordingSink:
         self.requests.append(request)
@@ -231,3 +231,20 @@ async def test_a_listener_passphrase_is_enforced() -> None:
         await endpoint.server.close()
     # A session admitted for a caller whose handshake then failed is not left open.
     assert all(sink.closed.done() for sink in endpoint.sinks)
+
+
+async def test_the_receiver_latency_is_negotiated_with_callers(endpoint: Endpoint) -> None:
+    async def latency_of(port: int) -> int:
+        sock = await asyncio.to_thread(srt_caller.connect, port, STREAM_ID)
+        try:
+            return srt_caller.peer_latency_ms(sock)
+        finally:
+            srt_caller.close(sock)
+
+    assert await latency_of(endpoint.server.port) == 120  # libsrt's default
+    tuned = Endpoint(latency_ms=300)
+    await tuned.server.start()
+    try:
+        assert await latency_of(tuned.server.port) == 300
+    finally:
+        await tuned.server.close()
