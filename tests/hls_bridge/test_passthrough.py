@@ -71,21 +71,25 @@ async def frames_of(pairs: list[tuple[bytes, av.VideoFrame]], skip: set[int] = f
             yield frame
 
 
-def transcoder(room: RoomStore, ladder: str, gop: int = 30) -> LadderTranscoder:
-    return LadderTranscoder(room, parse_ladder(ladder), encoder_choice=choose_encoder(["libx264"]),
-                            audio=False, segment_frames=gop, passthrough=True,
-                            passthrough_bitrate=SOURCE_BITRATE)
+async def transcode(pairs: list[tuple[bytes, av.VideoFrame]], ladder: str, gop: int = 30,
+                    skip: set[int] = frozenset()) -> tuple[RoomStore, LadderTranscoder]:
+    """The frames of ``pairs`` (but those at the ``skip`` indexes) through a passthrough
+    LadderTranscoder with segments of ``gop`` frames; its store and itself."""
+    room = RoomStore()
+    transcoder = LadderTranscoder(room, parse_ladder(ladder), encoder_choice=choose_encoder(["libx264"]),
+                                  audio=False, segment_frames=gop, passthrough=True,
+                                  passthrough_bitrate=SOURCE_BITRATE)
+    try:
+        await asyncio.wait_for(transcoder.run(frames_of(pairs, skip)), 60)
+    finally:
+        transcoder.close()
+    return room, transcoder
 
 
 @needs_ffprobe
 async def test_the_top_rendition_is_the_source_bitstream(tmp_path: Path) -> None:
     pairs = source(640, 360, 90, gop=30)
-    room = RoomStore()
-    ladder = transcoder(room, "360p,240p")
-    try:
-        await asyncio.wait_for(ladder.run(frames_of(pairs)), 60)
-    finally:
-        ladder.close()
+    room, ladder = await transcode(pairs, "360p,240p")
     assert ladder.stats.passthrough_frames == 90
     # v0's samples are the source's access units (as AVCC; SPS/PPS live in avcC), in order
     with av.open(str(rendition_file(tmp_path, room, "v0"))) as container:
@@ -105,12 +109,7 @@ async def test_the_top_rendition_is_the_source_bitstream(tmp_path: Path) -> None
 
 async def test_two_second_key_frames_make_two_second_segments() -> None:
     pairs = source(320, 180, 120, gop=60)
-    room = RoomStore()
-    ladder = transcoder(room, "180:400k", gop=60)
-    try:
-        await asyncio.wait_for(ladder.run(frames_of(pairs)), 60)
-    finally:
-        ladder.close()
+    room, ladder = await transcode(pairs, "180:400k", gop=60)
     segments = room.renditions["v0"].playlist.segments
     assert [s.duration for s in segments] == pytest.approx([2.0, 2.0])
     assert ladder.target_duration == 2
@@ -122,34 +121,20 @@ async def test_two_second_key_frames_make_two_second_segments() -> None:
 ])
 async def test_a_source_off_the_grid_ends_passthrough(gop: int, skip: set[int], message: str) -> None:
     pairs = source(320, 180, 60, gop=gop)
-    ladder = transcoder(RoomStore(), "180:400k")
-    try:
-        with pytest.raises(PassthroughLost, match=message):
-            await asyncio.wait_for(ladder.run(frames_of(pairs, skip)), 60)
-    finally:
-        ladder.close()
+    with pytest.raises(PassthroughLost, match=message):
+        await transcode(pairs, "180:400k", skip=skip)
 
 
 async def test_a_frame_lost_inside_a_segment_lengthens_the_previous_sample() -> None:
     pairs = source(320, 180, 60, gop=30)
-    room = RoomStore()
-    ladder = transcoder(room, "180:400k")
-    try:
-        await asyncio.wait_for(ladder.run(frames_of(pairs, {10})), 60)
-    finally:
-        ladder.close()
+    room, ladder = await transcode(pairs, "180:400k", skip={10})
     assert ladder.stats.passthrough_frames == 59
     assert [s.duration for s in room.renditions["v0"].playlist.segments] == pytest.approx([1.0, 1.0])
 
 
 async def test_a_source_larger_than_the_top_rung_is_encoded() -> None:
     pairs = source(640, 360, 30, gop=30)
-    room = RoomStore()
-    ladder = transcoder(room, "180:400k")
-    try:
-        await asyncio.wait_for(ladder.run(frames_of(pairs)), 60)
-    finally:
-        ladder.close()
+    room, ladder = await transcode(pairs, "180:400k")
     assert ladder.stats.passthrough_frames == 0 and room.renditions["v0"].playlist.segments
 
 
