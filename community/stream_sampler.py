@@ -12,7 +12,8 @@ viewers by tier, each viewer's watch time, and the publisher's ingest health.
   resolution is one interval).
 * **Ingest**: the origin nodes' readings of the publishers, one ``stats`` RPC per node
   (:func:`community.api.ingest.ingest_of_rooms`), stored with ``at`` on the boundary: the
-  measured figures only (a publisher session's ``advice`` is live state, not a sample).
+  measured figures only (a publisher session's ``advice`` is live state, not a sample; its
+  ``dropped_frames`` would need a column ``ingest_samples`` does not have).
 
 **One writer per stream in a cluster.** Every signaling instance runs a sampler, but an
 instance samples only the rooms whose origin SFU node is connected to it

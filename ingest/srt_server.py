@@ -67,8 +67,9 @@ SRT_REJX_DOWN = 1503
 class TsSink(Protocol):
     """Where one SRT caller's media goes (the WHIP relay); called on the event loop."""
 
-    def on_ts_video(self, data: bytes, pts: int, dts: int) -> None:
-        """One H.264 access unit, Annex B, with its pts and dts (90 kHz ticks)."""
+    def on_ts_video(self, data: bytes, pts: int, dts: int, corrupt: bool) -> None:
+        """One H.264 access unit, Annex B, with its pts and dts (90 kHz ticks); ``corrupt``
+        when the demuxer saw transport packets of it missing (lost beyond SRT's retransmission)."""
 
     def on_ts_audio(self, codec: str, data: bytes, duration: int) -> None:
         """One ``"aac"`` (ADTS) or ``"opus"`` packet; ``duration`` in 48 kHz samples."""
@@ -337,7 +338,7 @@ class SrtServer:
                     dts = packet.dts if packet.dts is not None else pts
                     if pts is None or dts is None:
                         continue
-                    loop.call_soon_threadsafe(sink.on_ts_video, bytes(packet), pts, dts)
+                    loop.call_soon_threadsafe(sink.on_ts_video, bytes(packet), pts, dts, packet.is_corrupt)
                 else:
                     assert audio is not None
                     duration = int(packet.duration * packet.time_base * 48000) if packet.duration else 960

@@ -26,7 +26,13 @@ a decode and a presentation time in 90 kHz ticks; then:
   packets.  **Opus** (MPEG-TS) is passed through.
 
 Media waits in bounded queues (:data:`MAX_QUEUED`); beyond them the oldest is dropped and
-counted (``dropped``).  :meth:`close` ends the WHIP session (DELETE) and the peer connection.
+counted (``dropped``).  :attr:`WhipRelay.dropped_frames` counts the video frames that did not
+reach viewers intact — dropped from the full queue, arrived damaged (SRT: packets lost beyond
+retransmission), undecodable or skipped until a key frame when transcoding — and the relay
+reports the total to the service for the broadcaster's ingest health (``PATCH`` of its WHIP
+session with ``{"dropped_frames": N}``: relaycast's extension, docs/whip-whep.md) at once
+and then whenever it changed, checked every :data:`REPORT_INTERVAL_S`.  :meth:`close` ends
+the WHIP session (DELETE) and the peer connection.
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 _START = b"\x00\x00\x00\x01"
 _IDR, _SPS, _PPS, _AUD = 5, 7, 8, 9
 BFRAMES_ADVICE = "set bframes=0 / profile baseline for lower latency and no transcoding"
+REPORT_INTERVAL_S = 2.0
+"""How often the relay checks whether its dropped-frame count changed (then reports it)."""
 OPUS_RATE = 48000
 OPUS_TIME_BASE = fractions.Fraction(1, OPUS_RATE)
 OPUS_BITRATE = 96_000
@@ -135,7 +143,10 @@ class WhipRelay:
         self._resampler: av.AudioResampler | None = None
         self._opus: av.CodecContext | None = None
         self._audio_samples = 0
+        self.damaged_frames = 0
+        """Video frames that arrived damaged, or did not decode or were skipped when transcoding."""
         self._advice_task: asyncio.Task[None] | None = None
+        self._reporting = asyncio.get_running_loop().create_task(self._report_drops())
         self._closed = False
 
     @classmethod
@@ -203,8 +214,10 @@ class WhipRelay:
         elif self._aac is not None:
             self.aac_frame(tag.data)
 
-    def on_ts_video(self, data: bytes, pts: int, dts: int) -> None:
-        """An MPEG-TS H.264 access unit (Annex B) with its pts and dts (90 kHz ticks)."""
+    def on_ts_video(self, data: bytes, pts: int, dts: int, corrupt: bool = False) -> None:
+        """An MPEG-TS H.264 access unit (Annex B) with its pts and dts (90 kHz ticks);
+        ``corrupt``: some of its transport packets were lost (still passed on, counted)."""
+        self.damaged_frames += corrupt
         self.video_access_unit(list(iter_nal_units(data)), pts, dts)
 
     def on_ts_audio(self, codec: str, data: bytes, duration: int) -> None:
@@ -253,22 +266,41 @@ class WhipRelay:
         else:
             self.video.put(packet)
 
+    @property
+    def dropped_frames(self) -> int:
+        """Video frames that did not reach viewers intact (see the module docstring)."""
+        return self.video.dropped + self.damaged_frames
+
     async def _advise(self, advice: str) -> None:
-        """Tell the service what the encoder should change, for the broadcaster's studio page
-        (``PATCH`` of the WHIP session with ``{"advice": …}``: relaycast's extension,
-        docs/whip-whep.md); best effort."""
+        """Tell the service what the encoder should change, for the broadcaster's studio page."""
+        await self._ingest_patch({"advice": advice})
+
+    async def _report_drops(self) -> None:
+        """Report :attr:`dropped_frames` at once (0: the studio then shows it is counted) and
+        whenever it changed, until the relay closes."""
+        reported = None
+        while not self._closed:
+            if self.dropped_frames != reported:
+                reported = self.dropped_frames
+                await self._ingest_patch({"dropped_frames": reported})
+            await asyncio.sleep(REPORT_INTERVAL_S)
+
+    async def _ingest_patch(self, body: dict[str, Any]) -> None:
+        """``PATCH`` of the WHIP session with ``body`` (relaycast's extension for the
+        broadcaster's ingest health, docs/whip-whep.md); best effort, at most 5 s."""
         headers = {"Authorization": f"Bearer {self._key}"}
         try:
-            async with self._http.patch(self.location, json={"advice": advice}, headers=headers,
+            async with self._http.patch(self.location, json=body, headers=headers,
                                         timeout=aiohttp.ClientTimeout(total=5)) as resp:
                 if resp.status != 204:
-                    logger.info("%s: the service did not take the advice (HTTP %d)", self.peer, resp.status)
+                    logger.info("%s: the service did not take %s (HTTP %d)", self.peer, sorted(body), resp.status)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            logger.info("%s: the advice did not reach the service: %s", self.peer, type(exc).__name__)
+            logger.info("%s: %s did not reach the service: %s", self.peer, sorted(body), type(exc).__name__)
 
     def _decode(self, packet: av.Packet, keyframe: bool) -> None:
         if self._waiting_keyframe:
             if not keyframe:
+                self.damaged_frames += 1
                 return
             self._waiting_keyframe = False
         decoder = self._decoder
@@ -276,6 +308,7 @@ class WhipRelay:
         try:
             frames = decoder.decode(packet)
         except av.error.FFmpegError as exc:
+            self.damaged_frames += 1
             logger.debug("%s: a video frame did not decode: %s", self.peer, exc)
             return
         for frame in frames:
@@ -320,6 +353,7 @@ class WhipRelay:
         if self._closed:
             return
         self._closed = True
+        self._reporting.cancel()
         self.video.stop()
         self.audio.stop()
         try:

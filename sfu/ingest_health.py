@@ -13,7 +13,7 @@ the API::
 
     {"bitrate_bps": int, "fps": float, "width": int, "height": int,
      "keyframe_interval_s": float, "loss": float, "rtt_ms": float, "jitter_ms": float,
-     "advice": str, "tracks": {"video": {...}, "audio": {...}}}
+     "advice": str, "dropped_frames": int, "tracks": {"video": {...}, "audio": {...}}}
 
 each value ``None`` when the SFU cannot see it.  Units and sources:
 
@@ -36,7 +36,11 @@ each value ``None`` when the SFU cannot see it.  Units and sources:
   has ``None``;
 * ``advice``: not measured here — what the publisher's encoder should change, in words, as
   the publisher session was told (``ingest_advice`` RPC, :class:`sfu.protocol.IngestAdvice`:
-  the RTMP ingest process's B-frame advice); ``None`` without one.
+  the RTMP ingest process's B-frame advice); ``None`` without one;
+* ``dropped_frames``: not measured here either — the running total of video frames that
+  whoever republishes the encoder had to drop before the SFU could see them (the RTMP/SRT
+  ingest: lost in transit, a full queue, an undecodable frame), as the publisher session was
+  told (``ingest_advice`` RPC); ``None`` when never reported.
 """
 
 from __future__ import annotations
@@ -254,14 +258,16 @@ class TrackHealth:
 
 INGEST_FIELDS = ("bitrate_bps", "fps", "width", "height", "keyframe_interval_s", "loss",
                  "rtt_ms", "jitter_ms")
-"""The measured members of a publisher's ingest report (besides ``advice`` and ``tracks``)."""
+"""The members of a publisher's ingest report measured here (besides ``advice``,
+``dropped_frames`` and ``tracks``)."""
 
 
-def publisher_ingest(tracks: Iterable[TrackHealth], advice: str | None = None) -> dict[str, Any]:
+def publisher_ingest(tracks: Iterable[TrackHealth], advice: str | None = None,
+                     dropped_frames: int | None = None) -> dict[str, Any]:
     """One publisher's ingest report from its tracks' health (shape in the module notes):
     bitrates add up, loss is weighted by the packets each track expected, the picture
-    values come from the video track, jitter from the audio track if any; ``advice`` is the
-    publisher session's, passed through."""
+    values come from the video track, jitter from the audio track if any; ``advice`` and
+    ``dropped_frames`` are the publisher session's, passed through."""
     snapshots = {track.kind: track.snapshot() for track in tracks}
     video, audio = snapshots.get("video"), snapshots.get("audio")
     rates = [s.bitrate_bps for s in snapshots.values() if s.bitrate_bps is not None]
@@ -278,5 +284,6 @@ def publisher_ingest(tracks: Iterable[TrackHealth], advice: str | None = None) -
         "rtt_ms": rtt,
         "jitter_ms": jitter_source.jitter_ms if jitter_source else None,
         "advice": advice,
+        "dropped_frames": dropped_frames,
         "tracks": {kind: s.to_json() for kind, s in snapshots.items()},
     }

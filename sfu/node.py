@@ -19,7 +19,8 @@ RPC                request                                                  ack
 ``ice_restart``    ``IceRestart {session_id, ice_ufrag, ice_pwd,            ``IceRestarted {ice_ufrag, ice_pwd,
                    candidates, end_of_candidates}``                         candidates, mids, media}``
 ``video_size``     ``VideoSize {session_id, width, height}``                ``{ok}``
-``ingest_advice``  ``IngestAdvice {session_id, advice}``                    ``{ok}``
+``ingest_advice``  ``IngestAdvice {session_id, advice?,                     ``{ok}``
+                   dropped_frames?}`` (at least one of the two)
 =================  =======================================================  ====================================
 
 A pipe is opened by signaling in three RPCs: ``pipe_offer`` on the origin node,

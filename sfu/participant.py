@@ -58,6 +58,10 @@ class Participant:
     :ivar ingest_advice: a publisher's: what its encoder should change, in words (at most
         :data:`~sfu.protocol.MAX_ADVICE_CHARS` characters; ``None``: nothing), as signaling
         passed it on (``ingest_advice`` RPC); reported with the room's ingest health.
+    :ivar ingest_dropped_frames: a publisher's: the running total of video frames that whoever
+        republishes its encoder (the RTMP/SRT ingest) had to drop, as signaling passed it on
+        (``ingest_advice`` RPC); ``None``: never reported (or cleared).  Reported with the
+        room's ingest health.
     :param on_connected: called once, when the session first connects.
     """
 
@@ -83,6 +87,7 @@ class Participant:
         self.connected = False
         self.created_at_s = time.monotonic()
         self.ingest_advice: str | None = None
+        self.ingest_dropped_frames: int | None = None
         self._on_failed = on_failed
         self._on_connected = on_connected
 

@@ -17,6 +17,7 @@ Events: ``load`` (every second: the node's heartbeat, its load and ``room_states
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -346,25 +347,68 @@ def ingest_advice(advice: Any) -> str | None:
     return advice
 
 
+MAX_DROPPED_FRAMES = 2**53 - 1
+"""The largest dropped-frame count (JSON's largest exact integer, JavaScript's
+``Number.MAX_SAFE_INTEGER``)."""
+
+
+def dropped_frames(count: Any) -> int | None:
+    """A dropped-frame count as given: ``None`` (not counted) or an integer from 0 to
+    :data:`MAX_DROPPED_FRAMES`.  :raises ProtocolError: anything else (booleans and floats
+    such as ``3.0`` too)."""
+    if count is None:
+        return None
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_DROPPED_FRAMES:
+        raise ProtocolError(f"dropped_frames must be an integer from 0 to {MAX_DROPPED_FRAMES}, or null")
+    return count
+
+
+INGEST_ADVICE_MEMBERS = ("advice", "dropped_frames")
+"""What an :class:`IngestAdvice` may set, in the order they are checked."""
+
+
 @dataclass(frozen=True)
 class IngestAdvice:
-    """``ingest_advice``: what the publisher's encoder should change, in words, as whoever
-    republishes it found (the RTMP ingest process: ``"set bframes=0 / profile baseline for
-    lower latency and no transcoding"`` when it transcodes B-frames); ``None`` clears it.
-    The node keeps it with the publisher session — a new session starts without one — and
-    reports it as the ``advice`` of the room's ``ingest`` (``stats``)."""
+    """``ingest_advice``: what whoever republishes the publisher's encoder (the RTMP/SRT
+    ingest process) tells about it that the SFU cannot see — ``advice``, what the encoder
+    should change, in words (``"set bframes=0 / profile baseline for lower latency and no
+    transcoding"`` when it transcodes B-frames), and ``dropped_frames``, the session's
+    running total of video frames it had to drop (lost in transit, a full queue, an
+    undecodable frame).  Only the members named in ``given`` change (at least one; on the
+    wire: the members present); ``None`` clears one.  The node keeps them with the publisher
+    session — a new session starts without them — and reports them as the ``advice`` and
+    ``dropped_frames`` of the room's ``ingest`` (``stats``)."""
 
     session_id: str
     advice: str | None
+    dropped_frames: int | None
+    given: frozenset[str]
+
+    def __post_init__(self) -> None:
+        if not self.given or not self.given <= set(INGEST_ADVICE_MEMBERS):
+            raise ProtocolError(f"an ingest advice sets one or more of {', '.join(INGEST_ADVICE_MEMBERS)}")
+
+    @classmethod
+    def of(cls, session_id: str, members: Mapping[str, Any]) -> IngestAdvice:
+        """The change that sets the :data:`INGEST_ADVICE_MEMBERS` present in ``members`` (others
+        are ignored).  :raises ProtocolError: none of them, or a value :func:`ingest_advice` or
+        :func:`dropped_frames` refuses (checked in that order)."""
+        given = frozenset(name for name in INGEST_ADVICE_MEMBERS if name in members)
+        advice = ingest_advice(members["advice"]) if "advice" in given else None
+        count = dropped_frames(members["dropped_frames"]) if "dropped_frames" in given else None
+        return cls(session_id, advice, count, given)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"session_id": self.session_id, "advice": self.advice}
+        values = {"advice": self.advice, "dropped_frames": self.dropped_frames}
+        return {"session_id": self.session_id,
+                **{name: values[name] for name in INGEST_ADVICE_MEMBERS if name in self.given}}
 
     @classmethod
     def from_wire(cls, data: Any) -> IngestAdvice:
-        """:raises ProtocolError: no session id, or an advice :func:`ingest_advice` refuses."""
+        """:raises ProtocolError: no session id, neither ``advice`` nor ``dropped_frames``,
+        or a value :meth:`of` refuses."""
         data = _object(data, "the request")
-        return cls(_text(data, "session_id"), ingest_advice(data.get("advice")))
+        return cls.of(_text(data, "session_id"), data)
 
 
 @dataclass(frozen=True)
@@ -554,8 +598,9 @@ def _count(value: Any) -> int:
 
 
 __all__ = [
-    "MAX_ADVICE_CHARS", "MAX_VIDEO_SIDE", "NAMESPACE", "OK", "Answer", "CloseSession", "IceRestart",
-    "IceRestarted", "Identity", "IngestAdvice", "NodeEvent", "OpenSession", "PipeAnswer", "PipeOffer",
-    "ProtocolError", "RoomState", "Rpc", "RpcError", "SessionClosed", "SessionConnected", "SessionKind",
-    "Trickle", "VideoSize", "ice_credentials_problem", "ingest_advice", "size_hint",
+    "INGEST_ADVICE_MEMBERS", "MAX_ADVICE_CHARS", "MAX_DROPPED_FRAMES", "MAX_VIDEO_SIDE", "NAMESPACE",
+    "OK", "Answer", "CloseSession", "IceRestart", "IceRestarted", "Identity", "IngestAdvice",
+    "NodeEvent", "OpenSession", "PipeAnswer", "PipeOffer", "ProtocolError", "RoomState", "Rpc",
+    "RpcError", "SessionClosed", "SessionConnected", "SessionKind", "Trickle", "VideoSize",
+    "dropped_frames", "ice_credentials_problem", "ingest_advice", "size_hint",
 ]

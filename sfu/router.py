@@ -142,13 +142,17 @@ class Router:
 
     def ingest(self) -> dict[str, Any] | None:
         """The publisher's ingest health (:func:`sfu.ingest_health.publisher_ingest`: bitrate,
-        fps, size, key-frame interval, loss, RTT, jitter, and the advice its session was given),
-        or ``None`` with no publisher here or on an edge node (its publisher is a pipe from the
-        origin, not the broadcaster)."""
+        fps, size, key-frame interval, loss, RTT, jitter, and the advice and dropped-frame count
+        its session was given), or ``None`` with no publisher here or on an edge node (its
+        publisher is a pipe from the origin, not the broadcaster)."""
         if not self.producers or self.pipe_fed:
             return None
-        advice = self.publisher.ingest_advice if self.publisher is not None else None
-        return publisher_ingest((producer.health for producer in self.producers.values()), advice)
+        publisher = self.publisher
+        return publisher_ingest(
+            (producer.health for producer in self.producers.values()),
+            publisher.ingest_advice if publisher is not None else None,
+            publisher.ingest_dropped_frames if publisher is not None else None,
+        )
 
     def delivery(self) -> dict[str, Any] | None:
         """How the room's video reaches its viewers here, or ``None`` without video::

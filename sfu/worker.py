@@ -157,7 +157,8 @@ class Worker:
 
     async def ingest_advice(self, data: dict[str, Any]) -> dict[str, Any]:
         """:class:`~sfu.protocol.IngestAdvice` → ``{"ok": true}``: the publisher session keeps
-        the advice (``None`` clears it) and its room's ``ingest`` report carries it
+        the advice and the dropped-frame count given (a member absent is left as it was,
+        ``None`` clears it) and its room's ``ingest`` report carries them
         (:meth:`Router.ingest`).  400 malformed, 404 no such publisher session here (a
         viewer's or a pipe's session is not one)."""
         return await self._rpc(self._ingest_advice, data)
@@ -341,9 +342,12 @@ class Worker:
         participant = self._participant(request.session_id)
         if participant.identity.role != SessionKind.PUBLISHER:
             raise SessionNotFound("no such publisher session on this node")
-        participant.ingest_advice = request.advice
-        logger.info("session %s…: ingest advice %s", request.session_id[:8],
-                    "set" if request.advice else "cleared", extra={"room": participant.room})
+        if "advice" in request.given:
+            participant.ingest_advice = request.advice
+            logger.info("session %s…: ingest advice %s", request.session_id[:8],
+                        "set" if request.advice else "cleared", extra={"room": participant.room})
+        if "dropped_frames" in request.given:  # every few seconds: not logged
+            participant.ingest_dropped_frames = request.dropped_frames
         return OK
 
     def _forget(self, session_id: str) -> None:

@@ -11,7 +11,8 @@ method here; this module owns the rest (LiveKit's service → routing split):
 * :meth:`SessionService.trickle`, :meth:`SessionService.restart_ice` (RFC 9725 §4.3.3: the
   record takes the client's new ICE credentials and a new ETag),
   :meth:`SessionService.video_size` (a viewer's size hint),
-  :meth:`SessionService.ingest_advice` (a publisher's encoder advice, kept on its node) and
+  :meth:`SessionService.ingest_advice` (a publisher's encoder advice and dropped-frame
+  count, kept on its node) and
   :meth:`SessionService.close` act on a recorded session;
 * :meth:`SessionService.on_node_event` forgets sessions the nodes ended or lost.
 
@@ -485,17 +486,22 @@ class SessionService:
         except RpcFailed as exc:
             raise _refused(exc.error, self.config.retry_after_s) from None
 
-    async def ingest_advice(self, session: Session, advice: str | None) -> None:
-        """A WHIP session's ingest advice: what its encoder should change, in words (at most
-        :data:`~sfu.protocol.MAX_ADVICE_CHARS` characters; ``None`` clears it).  It is kept
+    async def ingest_advice(self, session: Session, members: Mapping[str, Any]) -> None:
+        """A WHIP session's ingest advice: ``advice``, what its encoder should change, in
+        words (at most :data:`~sfu.protocol.MAX_ADVICE_CHARS` characters), and/or
+        ``dropped_frames``, the running total of video frames its republisher dropped (at most
+        :data:`~sfu.protocol.MAX_DROPPED_FRAMES`) — only the members present in ``members``
+        change, ``None`` clears one (:meth:`sfu.protocol.IngestAdvice.of`).  They are kept
         with the publisher on the session's node (``ingest_advice`` RPC), not in the session
         record: the ingest health comes from that node, and a new publisher session starts
-        without it (docs/whip-whep.md).
+        without them (docs/whip-whep.md).
 
+        :raises ProtocolError: neither member, or a value out of shape (checked before any RPC).
         :raises SessionRefused: 404 the session or its node is gone, 400 malformed, 504."""
+        request = IngestAdvice.of(session.id, members)
         node = self._node_of(session)
         try:
-            await self.client.ingest_advice(node, IngestAdvice(session.id, advice))
+            await self.client.ingest_advice(node, request)
         except RpcFailed as exc:
             raise _refused(exc.error, self.config.retry_after_s) from None
 

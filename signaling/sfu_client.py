@@ -77,8 +77,9 @@ class SfuClient:
         await self._call(node, Rpc.VIDEO_SIZE, request.to_wire())
 
     async def ingest_advice(self, node: SfuNode, request: IngestAdvice) -> None:
-        """A publisher session's ingest advice (``None`` clears it), reported with its room's
-        ingest health (docs/whip-whep.md); :raises RpcFailed: 404 not a publisher session there."""
+        """A publisher session's ingest advice and/or dropped-frame count (``None`` clears
+        one, an absent one stays), reported with its room's ingest health (docs/whip-whep.md);
+        :raises RpcFailed: 404 not a publisher session there."""
         await self._call(node, Rpc.INGEST_ADVICE, request.to_wire())
 
     async def close(self, node: SfuNode, session_id: str) -> None:

@@ -18,9 +18,11 @@ Choices where the specs leave room (documented in docs/whip-whep.md):
   ``{"width", "height"}`` (device pixels) → 204; its video never comes in a layer much
   larger (docs/whip-whep.md).
 * Ingest advice, relaycast's extension of the WHIP session (RFC 9725 §4.9 allows
-  extensions; not advertised): PATCH ``application/json`` ``{"advice": str | null}`` with
-  the publisher's Bearer credential → 204; the studio shows it with the ingest health (the
-  RTMP ingest process says so when it transcodes B-frames; docs/whip-whep.md).
+  extensions; not advertised): PATCH ``application/json`` ``{"advice": str | null,
+  "dropped_frames": int | null}`` (either or both) with the publisher's Bearer credential →
+  204; the studio shows them with the ingest health (the RTMP/SRT ingest process sends the
+  advice when it transcodes B-frames, and its count of dropped video frames;
+  docs/whip-whep.md).
 * WHEP before any publisher → 409 + ``Retry-After`` (no hold-and-start).
 * A new WHIP session for a live room replaces the old publisher session.
 * GET on an endpoint or session → 204: the resources have no representation
@@ -51,10 +53,10 @@ from common.bearer import bearer_token
 from common.problems import HttpProblem
 from hls_bridge.access import viewer_token
 from sfu.protocol import (
+    INGEST_ADVICE_MEMBERS,
     IceRestarted,
     ProtocolError,
     ice_credentials_problem,
-    ingest_advice,
     size_hint,
 )
 from sfu.sdp_validation import valid_candidate
@@ -75,7 +77,8 @@ MAX_HINT_BYTES = 1024
 """The largest ``video-size`` body, bytes."""
 MAX_ADVICE_BYTES = 4096
 """The largest ingest advice body (PATCH ``application/json`` of a WHIP session), bytes:
-200 characters, each up to a 12-byte JSON escape, and the member name."""
+200 characters, each up to a 12-byte JSON escape, a 16-digit ``dropped_frames`` and the
+member names."""
 _SDP_LINE = re.compile(r"^[a-z]=\S")
 
 
@@ -358,7 +361,8 @@ class MediaResources:
         """Trickle ICE (RFC 9725 §4.3.2) → 204 without body or ETag; ICE restart (§4.3.3: the
         fragment names another ``ice-ufrag`` or ``ice-pwd``) → 200 ``application/trickle-ice-sdpfrag``
         with the server's new ``ice-ufrag``/``ice-pwd`` and candidates, and a new ``ETag``;
-        on a WHIP session, ``application/json`` is an ingest advice (:meth:`_ingest_advice`).
+        on a WHIP session, ``application/json`` is an ingest advice and/or dropped-frame count
+        (:meth:`_ingest_advice`).
 
         Checked in this order (RFC 9110 §13.2.2: preconditions before the content):
         404 unknown session, 401/403/429 a WHIP session without its stream key
@@ -416,23 +420,27 @@ class MediaResources:
     @staticmethod
     async def _ingest_advice(request: web.Request, session: Session) -> web.Response:
         """relaycast's extension of a WHIP session (RFC 9725 §4.9): PATCH ``application/json``
-        ``{"advice": "<1–200 characters, one line>"}`` → 204 No Content; the publisher's
-        ingest health (``GET /api/channels/{name}/ingest``, the studio) carries it until
-        ``{"advice": null}`` clears it or the session ends.  ``If-Match`` is not needed (the
-        ETag tags the ICE session, which this does not change).
+        with an object of one or both of ``"advice": "<1–200 characters, one line>"`` and
+        ``"dropped_frames": <integer 0–2^53−1>`` (the running total of video frames the
+        republisher dropped) → 204 No Content; the publisher's ingest health (``GET
+        /api/channels/{name}/ingest``, the studio) carries each until ``null`` clears it or
+        the session ends; a member left out stays as it was.  ``If-Match`` is not needed
+        (the ETag tags the ICE session, which this does not change).
 
         Reached after the session (404) and its stream key (401/403/429) were checked; then
-        413 over :data:`MAX_ADVICE_BYTES`, 400 not JSON, not an object with exactly
-        ``advice``, or an advice that is not null nor a string of 1–200 characters without
-        control characters (RFC 9457 problem+json)."""
+        413 over :data:`MAX_ADVICE_BYTES`, 400 not JSON, not an object of one or both of
+        ``advice`` and ``dropped_frames`` and nothing else, an advice that is not null nor a
+        string of 1–200 characters without control characters, or a count that is not null
+        nor an integer from 0 to 2^53−1 (booleans and ``3.0`` are not) (RFC 9457
+        problem+json); a 400 changes neither."""
         data = await _read_json(request, MAX_ADVICE_BYTES, "advice bodies")
-        if not isinstance(data, dict) or set(data) != {"advice"}:
-            raise HttpProblem(400, None, 'the body must be {"advice": string or null}')
+        if not isinstance(data, dict) or not data or not set(data) <= set(INGEST_ADVICE_MEMBERS):
+            raise HttpProblem(400, None, 'the body must be an object with "advice" (string or null), '
+                                         '"dropped_frames" (integer or null) or both, and nothing else')
         try:
-            advice = ingest_advice(data["advice"])
-        except ProtocolError as exc:
+            await _refusal_as_problem(request.app[SESSION_SERVICE].ingest_advice(session, data))
+        except ProtocolError as exc:  # a value out of shape, found before any RPC
             raise HttpProblem(400, None, str(exc)) from None
-        await _refusal_as_problem(request.app[SESSION_SERVICE].ingest_advice(session, advice))
         return web.Response(status=204)
 
     async def video_size(self, request: web.Request) -> web.Response:

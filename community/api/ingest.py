@@ -3,8 +3,10 @@
 * ``GET /api/channels/{name}/ingest`` (the channel's owner or an admin) → :class:`Ingest`:
   bitrate (bps), frames per second, picture size, key-frame interval (s), packet loss
   (fraction 0–1), round-trip time (ms) and jitter (ms); a value the SFU cannot see is
-  ``null``; and ``advice``, what the encoder should change, when the publisher session was
-  told (the RTMP ingest's B-frame advice, a PATCH of the WHIP session: docs/whip-whep.md).
+  ``null``; and what the publisher session was told by a PATCH of the WHIP session
+  (docs/whip-whep.md), ``null`` until then: ``advice``, what the encoder should change (the
+  RTMP/SRT ingest's B-frame advice), and ``dropped_frames``, the running total of video
+  frames the RTMP/SRT ingest had to drop before the SFU (which cannot see them).
   404 for an unknown channel, for anyone but the owner or an admin (the same answer:
   nothing tells them apart), and when no publisher is live on an SFU node.
 
@@ -28,7 +30,13 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from common.problems import HttpProblem
-from sfu.protocol import MAX_ADVICE_CHARS, ProtocolError, ingest_advice
+from sfu.protocol import (
+    MAX_ADVICE_CHARS,
+    MAX_DROPPED_FRAMES,
+    ProtocolError,
+    dropped_frames,
+    ingest_advice,
+)
 from signaling.app_keys import NAMESPACE_KEY, ROOMS
 from signaling.sfu_client import RpcFailed, SfuClient
 
@@ -70,19 +78,25 @@ class IngestFigures(BaseModel):
 
 
 class Ingest(IngestFigures):
-    """The live publisher's ingest health: its :class:`IngestFigures` and ``advice``, what
-    its encoder should change in words (at most 200 characters), as its WHIP session was
-    told — e.g. ``"set bframes=0 / profile baseline for lower latency and no transcoding"``
-    from the RTMP ingest when it transcodes B-frames; null when none."""
+    """The live publisher's ingest health: its :class:`IngestFigures` and what its WHIP
+    session was told (docs/whip-whep.md, "Ingest advice"): ``advice``, what its encoder should
+    change in words (at most 200 characters) — e.g. ``"set bframes=0 / profile baseline for
+    lower latency and no transcoding"`` from the RTMP/SRT ingest when it transcodes B-frames;
+    null when none — and ``dropped_frames``, the session's running total of video frames
+    the RTMP/SRT ingest had to drop before they reached the SFU (lost in transit on SRT, a
+    full queue, an undecodable frame); null when never reported (a WebRTC encoder, which
+    publishes directly, has none).  Neither is stored with the analytics samples."""
 
     advice: str | None = Field(default=None, max_length=MAX_ADVICE_CHARS)
+    dropped_frames: int | None = Field(default=None, ge=0, le=MAX_DROPPED_FRAMES)
 
 
 def ingest_values(reported: Any) -> dict[str, Any] | None:
     """The :data:`INGEST_FIELDS` of a node's ``ingest`` report, each a finite number or
-    ``None``, and its ``advice``, a string of at most :data:`~sfu.protocol.MAX_ADVICE_CHARS`
-    characters without control characters or ``None`` (anything else a node sends is
-    dropped); ``None`` when there is no report."""
+    ``None``, its ``advice``, a string of at most :data:`~sfu.protocol.MAX_ADVICE_CHARS`
+    characters without control characters or ``None``, and its ``dropped_frames``, an
+    integer from 0 to :data:`~sfu.protocol.MAX_DROPPED_FRAMES` or ``None`` (anything else a
+    node sends is dropped); ``None`` when there is no report."""
     if not isinstance(reported, Mapping):
         return None
     out: dict[str, Any] = {}
@@ -96,10 +110,11 @@ def ingest_values(reported: Any) -> dict[str, Any] | None:
             out[name] = int(out[name])
     if out["loss"] is not None:
         out["loss"] = min(1.0, float(out["loss"]))
-    try:
-        out["advice"] = ingest_advice(reported.get("advice"))
-    except ProtocolError:
-        out["advice"] = None
+    for name, check in (("advice", ingest_advice), ("dropped_frames", dropped_frames)):
+        try:
+            out[name] = check(reported.get(name))
+        except ProtocolError:
+            out[name] = None
     return out
 
 
@@ -108,9 +123,10 @@ async def ingest_of_rooms(app: web.Application, rooms: Iterable[str]) -> dict[st
     RPC per origin node, the nodes asked concurrently.
 
     :returns: ``{room: {"at": datetime (UTC), "bitrate_bps", "fps", "width", "height",
-        "keyframe_interval_s", "loss", "rtt_ms", "jitter_ms", "advice"}}`` — the
-        :class:`Ingest` fields (without ``advice``, those of an ``IngestSample`` row) — for
-        each room whose origin node reported a publisher.  Rooms that are not live, whose node is gone or did not answer within
+        "keyframe_interval_s", "loss", "rtt_ms", "jitter_ms", "advice", "dropped_frames"}}`` —
+        the :class:`Ingest` fields (without ``advice`` and ``dropped_frames``, those of an
+        ``IngestSample`` row) — for each room whose origin node reported a publisher.  Rooms
+        that are not live, whose node is gone or did not answer within
         :data:`INGEST_RPC_TIMEOUT_S` are left out.  Never raises for a node's failure; on
         an app without signaling (no SFU) it is ``{}``.
     """

@@ -448,7 +448,8 @@ async def test_ingest_readings_are_stored_and_exposed(
     """The sampler stores the ingest reading every round, keyed by the round's boundary,
     and the gauges show the latest (the reading itself, from the SFU's ``stats`` RPC, is a
     stand-in here; the service test reads a real one).  The publisher session's ``advice``
-    is live state, neither stored nor in the analytics."""
+    is live state, and its ``dropped_frames`` has no column: neither is stored nor in the
+    analytics."""
     community = community_of(platform_client)
     owner = await make_user(community, "ivy")
     stream_id = await start_live(community, "ivy")
@@ -464,7 +465,8 @@ async def test_ingest_readings_are_stored_and_exposed(
     }
 
     async def read(app: Any, rooms: Any) -> dict[str, dict[str, Any]]:
-        return {room: {"at": datetime.now(UTC), **reading, "advice": "set bframes=0"}  # read now
+        return {room: {"at": datetime.now(UTC), **reading, "advice": "set bframes=0",  # read now
+                       "dropped_frames": 7}
                 for room in rooms}
 
     monkeypatch.setattr(stream_sampler, "ingest_of_rooms", read)

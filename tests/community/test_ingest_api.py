@@ -1,8 +1,9 @@
 """``GET /api/channels/{name}/ingest``: the live publisher's ingest health for its owner and
 admins, through the real service (signaling, the embedded SFU node's ``stats`` RPC, an aiortc
 WHIP publisher on 127.0.0.1); 404 for everyone else, for unknown channels and when not live.
-The advice its WHIP session was given (``PATCH`` ``{"advice"}``, as the RTMP ingest does when
-it transcodes B-frames) comes with it, until cleared or a new session replaces that one."""
+The advice and dropped-frame count its WHIP session was given (``PATCH`` ``{"advice"}``, as
+the RTMP/SRT ingest does when it transcodes B-frames, ``{"dropped_frames"}``, its running
+total every few seconds) come with it, until cleared or a new session replaces that one."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from tests.polling import wait_for
 from tests.services import access_token, make_channel, make_config
 
 INGEST_FIELDS = {"at", "bitrate_bps", "fps", "width", "height", "keyframe_interval_s", "loss",
-                 "rtt_ms", "jitter_ms", "advice"}
+                 "rtt_ms", "jitter_ms", "advice", "dropped_frames"}
 ADVICE = "set bframes=0 / profile baseline for lower latency and no transcoding"
 
 
@@ -76,7 +77,7 @@ async def test_owner_and_admin_read_the_live_ingest_others_get_404(svc: Service,
 
         ingest = await wait_for(measured, 30, "the owner's ingest report with fps and size", interval_s=0.25)
         assert set(ingest) == INGEST_FIELDS
-        assert ingest["advice"] is None
+        assert ingest["advice"] is None and ingest["dropped_frames"] is None  # a WebRTC encoder's
         assert (ingest["width"], ingest["height"]) == (320, 180)
         assert 5 <= ingest["fps"] <= 25 and ingest["bitrate_bps"] > 0
         assert ingest["at"].endswith(("Z", "+00:00"))
@@ -98,6 +99,62 @@ async def test_owner_and_admin_read_the_live_ingest_others_get_404(svc: Service,
         async with http.get(url, headers=owner) as resp:
             return resp.status == 404
     await wait_for(gone, 20, "404 once the publisher left")
+
+
+@pytest.mark.timeout(90)
+async def test_the_ingest_carries_the_sessions_dropped_frames_until_a_new_session(
+        svc: Service, http: aiohttp.ClientSession) -> None:
+    key = await make_channel(svc.app, "alice")
+    owner = auth(await access_token(svc.app, "alice"))
+    url = f"{svc.url}/api/channels/alice/ingest"
+
+    async def reported(drops: int | None, advice: str | None = None) -> dict[str, Any] | None:
+        async with http.get(url, headers=owner) as resp:
+            body = await resp.json()
+            ok = resp.status == 200 and (body["dropped_frames"], body["advice"]) == (drops, advice)
+            return body if ok else None
+
+    async def tell(location: str, body: dict[str, Any]) -> int:
+        async with http.patch(location, json=body, headers=auth(key)) as resp:
+            return resp.status
+
+    # As the RTMP/SRT ingest publishes: POST /whip with the key alone, then PATCH its session
+    # with the count (at once, then whenever it changed) and, with B-frames, the advice.
+    first = await whip_client.publish(f"{svc.url}/whip", key, [PatternVideoTrack(320, 180, 15)])
+    second = None
+    try:
+        await whip_client.wait_connected(first.pc)
+        await wait_for(lambda: reported(None), 20, "the live publisher's ingest, no count", interval_s=0.25)
+        assert await tell(first.location, {"dropped_frames": 0}) == 204
+        ingest = await reported(0)  # at once: the node keeps it, nothing is sampled
+        assert ingest is not None and set(ingest) == INGEST_FIELDS
+        assert await tell(first.location, {"advice": ADVICE}) == 204
+        assert await reported(0, ADVICE) is not None  # the advice leaves the count
+        assert await tell(first.location, {"dropped_frames": 2**53 - 1}) == 204
+        assert await reported(2**53 - 1, ADVICE) is not None  # the count leaves the advice
+        assert await tell(first.location, {"dropped_frames": 17}) == 204
+        assert await reported(17, ADVICE) is not None
+        assert await tell(first.location, {"dropped_frames": -1}) == 400
+        assert await reported(17, ADVICE) is not None
+        assert await tell(first.location, {"dropped_frames": None}) == 204
+        assert await reported(None, ADVICE) is not None
+        assert await tell(first.location, {"dropped_frames": 30}) == 204
+        assert await reported(30, ADVICE) is not None
+
+        # The encoder reconnects: the ingest's new session starts without a count.
+        second = await whip_client.publish(f"{svc.url}/whip", key, [PatternVideoTrack(320, 180, 15)])
+        assert svc.worker is not None
+        assert svc.worker.routers["alice"].publisher.session_id == second.location.rsplit("/", 1)[1]
+        await whip_client.wait_connected(second.pc)
+        await wait_for(lambda: reported(None), 20, "the new session's ingest, no count", interval_s=0.25)
+        assert await tell(first.location, {"dropped_frames": 31}) == 404  # the old session is gone
+        assert await reported(None) is not None
+        assert await tell(second.location, {"dropped_frames": 0}) == 204  # counting anew
+        assert await reported(0) is not None
+    finally:
+        await first.close()
+        if second is not None:
+            await second.close()
 
 
 @pytest.mark.timeout(90)
@@ -153,6 +210,20 @@ def test_ingest_values_keep_only_an_advice_of_the_protocols_shape(advice: Any, k
     values = ingest_values({"bitrate_bps": 1000, "advice": advice})
     assert values is not None and values["advice"] == kept and values["bitrate_bps"] == 1000
     assert ingest_values({"bitrate_bps": 1000})["advice"] is None  # an older node: no member
+
+
+@pytest.mark.parametrize(
+    ("count", "kept"),
+    [(0, 0), (1234, 1234), (2**53 - 1, 2**53 - 1), (2**53, None), (-1, None), (1.5, None),
+     (3.0, None), (True, None), ("3", None), (float("nan"), None), ([3], None), (None, None)],
+)
+def test_ingest_values_keep_only_a_dropped_frame_count_of_the_protocols_shape(
+        count: Any, kept: int | None) -> None:
+    values = ingest_values({"bitrate_bps": 1000, "advice": ADVICE, "dropped_frames": count})
+    assert values is not None and values["dropped_frames"] == kept
+    assert type(values["dropped_frames"]) is type(kept)  # an int, never a float or a bool
+    assert (values["advice"], values["bitrate_bps"]) == (ADVICE, 1000)  # the others as they were
+    assert ingest_values({"bitrate_bps": 1000})["dropped_frames"] is None  # an older node
 
 
 @pytest.fixture

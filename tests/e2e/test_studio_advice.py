@@ -1,12 +1,15 @@
-"""The studio tells the broadcaster what the ingest advises: the real service and headless
-Chromium.  An encoder publishes as the RTMP ingest republishes one (``POST /whip`` with the
-stream key, an aiortc publisher) and its session is given the ingest's B-frame advice
-(``PATCH`` ``{"advice"}``, docs/whip-whep.md); the owner's studio shows it as a warning line
-with the server's ingest health, and hides it once a new session (the encoder reconnecting)
-replaces that one.
+"""The studio tells the broadcaster what the ingest advises and how many frames it dropped:
+the real service and headless Chromium.  An encoder publishes as the RTMP/SRT ingest
+republishes one (``POST /whip`` with the stream key, an aiortc publisher) and its session is
+given the ingest's B-frame advice (``PATCH`` ``{"advice"}``, docs/whip-whep.md), then its
+count of dropped video frames alone (``PATCH`` ``{"dropped_frames"}``, as the ingest sends it
+every few seconds); the owner's studio shows the advice as a warning line with the server's
+ingest health and the count among its figures, and drops both once a new session (the
+encoder reconnecting) replaces that one.
 
 Screenshots at 390 px (phone) and 1280 px (desktop) width land in
-/tmp/relaycast-shots/studio-advice-*.png.
+/tmp/relaycast-shots/studio-advice-*.png (the server's figures folded) and
+/tmp/relaycast-shots/studio-dropped-*.png (unfolded, with the count).
 """
 
 from __future__ import annotations
@@ -74,7 +77,15 @@ async def publish(base: str, key: str) -> whip_client.WhipSession:
     return session
 
 
-async def test_the_studio_shows_the_ingest_advice_until_a_new_session(service) -> None:
+async def patch_session(location: str, key: str, body: dict[str, Any]) -> None:
+    """``PATCH`` of the encoder's WHIP session with ``body``, as the ingest sends it."""
+    async with aiohttp.ClientSession() as http:
+        async with http.patch(location, json=body, headers={"Authorization": f"Bearer {key}"}) as resp:
+            assert resp.status == 204, await resp.text()
+
+
+async def test_the_studio_shows_the_ingest_advice_and_dropped_frames_until_a_new_session(
+        service) -> None:
     base = service.url
     replaced = None
     async with chromium(chromium_args()) as browser:
@@ -83,10 +94,7 @@ async def test_the_studio_shows_the_ingest_advice_until_a_new_session(service) -
         key = await register_with_a_key(context, base, "caster")
         encoder = await publish(base, key)
         try:
-            async with aiohttp.ClientSession() as http:
-                async with http.patch(encoder.location, json={"advice": ADVICE},
-                                      headers={"Authorization": f"Bearer {key}"}) as resp:
-                    assert resp.status == 204, await resp.text()
+            await patch_session(encoder.location, key, {"advice": ADVICE})
             page = await context.new_page()
             page.set_default_timeout(20_000)
             errors = PageErrors(page)
@@ -100,12 +108,27 @@ async def test_the_studio_shows_the_ingest_advice_until_a_new_session(service) -
                 "!document.querySelector('[data-testid=server-health]').open")
             await expect(advice).to_have_attribute("role", "status")
             await expect(tid(page, "ingest-resolution")).to_have_text("640×360", timeout=POLL_MS)
+            dropped = tid(page, "ingest-dropped")
+            await expect(dropped).to_have_text("–")  # read, but no count reported yet
             await shots(page, "studio-advice")
 
-            # The encoder reconnects: a new session, without advice; the line goes.
+            # The ingest's count, alone: it shows among the server's figures, the advice stays.
+            await patch_session(encoder.location, key, {"dropped_frames": 1234})
+            await tid(page, "server-health").locator("summary").click()
+            await expect(dropped).to_be_visible()
+            await expect(dropped).to_have_text("1,234", timeout=POLL_MS)
+            await expect(dropped.locator("xpath=preceding-sibling::dt")).to_have_text("Dropped frames")
+            await expect(advice).to_have_text(SHOWN)
+            await expect(tid(page, "ingest-loss")).not_to_have_text("–")  # the SFU's own figures
+            await shots(page, "studio-dropped")
+            await patch_session(encoder.location, key, {"dropped_frames": 0})
+            await expect(dropped).to_have_text("0", timeout=POLL_MS)  # counted, none dropped
+
+            # The encoder reconnects: a new session, without advice or count; both go.
             replaced = await publish(base, key)
             await expect(advice).to_be_hidden(timeout=POLL_MS)
             await expect(advice).to_have_text("")
+            await expect(dropped).to_have_text("–")
             # ... while the channel is live and its ingest is read: not for want of a sample.
             await expect(tid(page, "ingest-state")).to_have_text(re.compile(r"^\(at "))
             await expect(tid(page, "ingest-resolution")).to_have_text("640×360")

@@ -115,6 +115,8 @@ async def test_baseline_h264_is_passed_through_and_decodes_in_order(ingest: Inge
     # ingest health counted as for WHIP.
     assert (video.codec.mimeType, audio.codec.mimeType) == ("video/H264", "audio/opus")
     assert video.health.packets > 0 and audio.health.packets > 0
+    # The relay reports the frames only it can see dropped (none here) with the ingest health.
+    await wait_for(lambda: router.ingest().get("dropped_frames") == 0, 5, lambda: "the relay's dropped frames")
     listener = await whip_client.view(f"{ingest.service.url}/whep/demo", kinds=("audio",))
     try:  # the Opus the ingest process encoded decodes: 48 kHz, 20 ms frames
         track = await wait_for_track(listener, "audio")

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from ingest import srt_lib, srt_server
 from ingest.rtmp_server import PublishRefused
 from ingest.srt_server import SrtPublish, SrtServer, StreamIdRefused, parse_stream_id
 from tests.ingest import srt_caller
+from tests.polling import wait_for
 
 KEY = "sk_" + "k3y" * 8
 STREAM_ID = f"#!::r=demo,m=publish,s={KEY}"
@@ -71,10 +73,13 @@ def test_annex_b_is_split_into_nal_units() -> None:
 class RecordingSink:
     def __init__(self) -> None:
         self.video: list[tuple[bytes, int, int]] = []
+        self.corrupt: list[int] = []
         self.audio: list[tuple[str, bytes, int]] = []
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
-    def on_ts_video(self, data: bytes, pts: int, dts: int) -> None:
+    def on_ts_video(self, data: bytes, pts: int, dts: int, corrupt: bool) -> None:
+        if corrupt:
+            self.corrupt.append(len(self.video))
         self.video.append((data, pts, dts))
 
     def on_ts_audio(self, codec: str, data: bytes, duration: int) -> None:
@@ -248,3 +253,28 @@ async def test_the_receiver_latency_is_negotiated_with_callers(endpoint: Endpoin
         assert await latency_of(tuned.server.port) == 300
     finally:
         await tuned.server.close()
+
+
+@needs_ffmpeg
+async def test_an_access_unit_with_a_lost_transport_packet_is_flagged(endpoint: Endpoint, tmp_path: Path) -> None:
+    """A video transport packet missing mid-stream (lost beyond SRT's retransmission): the
+    access unit it belonged to comes flagged ``corrupt`` (the relay counts it as dropped)."""
+    ts = tmp_path / "clip.ts"
+    proc = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
+        "-t", "2", *H264, "-bf", "0", "-f", "mpegts", str(ts))
+    assert await proc.wait() == 0
+    data = ts.read_bytes()
+    packets = [data[i:i + 188] for i in range(0, len(data), 188)]
+    video_pid = 0x100  # FFmpeg's first elementary stream
+    middle = [i for i, p in enumerate(packets) if ((p[1] & 0x1F) << 8 | p[2]) == video_pid and not p[1] & 0x40]
+    lost = middle[len(middle) // 2]
+    stream = b"".join(p for i, p in enumerate(packets) if i != lost)
+    sock = await asyncio.to_thread(srt_caller.connect, endpoint.server.port, STREAM_ID)
+    try:
+        await asyncio.to_thread(lambda: [srt_caller.send(sock, stream[i:i + 1316]) for i in range(0, len(stream), 1316)])
+        await wait_for(lambda: endpoint.sinks and len(endpoint.sinks[0].video) >= 55, 10, lambda: "the clip's frames")
+    finally:
+        srt_caller.close(sock)
+    sink = endpoint.sinks[0]
+    assert len(sink.corrupt) == 1 and 0 < sink.corrupt[0] < len(sink.video) - 1, sink.corrupt

@@ -18,8 +18,10 @@
 // from the chat presence and GET /api/channels/{name} every VIEWERS_MS; while the channel
 // is live (from this page or any encoder), the SFU's view of the ingest from
 // GET /api/channels/{name}/ingest (bitrate, fps, resolution, key-frame interval, loss,
-// RTT, jitter) every VIEWERS_MS, and its advice for the encoder, when it has one, as a
-// warning line (the RTMP ingest's: it transcodes a stream with B-frames).
+// dropped frames, RTT, jitter) every VIEWERS_MS — dropped frames are those the RTMP/SRT
+// ingest counted before the SFU, "–" for an encoder it does not republish — and its advice
+// for the encoder, when it has one, as a warning line (the RTMP/SRT ingest's: it transcodes
+// a stream with B-frames).
 //
 // Chat: over the pages' Socket.IO connection, and over the WHIP session's data channel
 // while live (chat.js); the broadcaster moderates from it (chat-moderation.js). Links go
@@ -149,7 +151,7 @@ function renderHealth(health) {
   ui.size.textContent = health?.width ? `${health.width}×${health.height}` : "–";
 }
 
-const ingestUi = Object.fromEntries(["bitrate", "fps", "resolution", "keyframe", "loss", "rtt", "jitter"]
+const ingestUi = Object.fromEntries(["bitrate", "fps", "resolution", "keyframe", "loss", "dropped", "rtt", "jitter"]
   .map((key) => [key, $(`ingest-${key}`)]));
 
 async function pollViewers() {
