@@ -128,12 +128,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-async def _wait_for_signal() -> None:
+def _stop_on_signal() -> asyncio.Event:
+    """An event that SIGINT or SIGTERM sets, from now on (the handlers are installed before
+    anything is printed: a supervisor that signals on a printed line must not find the
+    default action, which kills the process without stopping its children)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
 class _Signals:
@@ -163,6 +166,7 @@ async def serve(config: SignalingConfig, router_factory: RouterFactory | None = 
     """
     from .service import Service
 
+    stop = _stop_on_signal()
     async with Service(config, router_factory=router_factory, workers=workers,
                        community=community, ingest=ingest) as service:
         print(f"relaycast listening on {service.url}", flush=True)
@@ -187,7 +191,7 @@ async def serve(config: SignalingConfig, router_factory: RouterFactory | None = 
                 print(f"  SRT:       srt://{host}:{service.ingest.srt_port}?streamid=#!::r={channel},m=publish,"
                       "s=STREAM_KEY", flush=True)
             print(f"  RTMP:      rtmp://{host}:{service.ingest.rtmp_port}/live  (stream key as the key)", flush=True)
-        await _wait_for_signal()
+        await stop.wait()
         print("relaycast shutting down", flush=True)
     return 0
 
