@@ -298,6 +298,9 @@ class SrtServer:
             reason = str(exc)
         except av.error.FFmpegError as exc:
             reason = f"unreadable MPEG-TS ({exc.strerror})"
+        except Exception:  # noqa: BLE001 - a bug must still end the session below, not leak it
+            logger.exception("SRT %s: the connection failed", peer)
+            reason = "an internal error"
         if source.error is not None and source.error.code == srt_lib.SRT_ETIMEOUT:
             reason = f"nothing received for {STALL_TIMEOUT_S:.0f} s"
         with self._lock:

@@ -64,6 +64,8 @@ VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 _START = b"\x00\x00\x00\x01"
 _IDR, _SPS, _PPS, _AUD = 5, 7, 8, 9
 BFRAMES_ADVICE = "set bframes=0 / profile baseline for lower latency and no transcoding"
+CLOSE_TIMEOUT_S = 5.0
+"""The WHIP session's DELETE and the peer connection's close take at most this long each, s."""
 REPORT_INTERVAL_S = 2.0
 """How often the relay checks whether its dropped-frame count changed (then reports it)."""
 OPUS_RATE = 48000
@@ -349,7 +351,8 @@ class WhipRelay:
                     self.audio.put(packet)  # passed to aiortc as it is
 
     async def close(self, reason: str) -> None:
-        """End the WHIP session (DELETE, best effort) and the peer connection."""
+        """End the WHIP session (DELETE, best effort) and the peer connection, each within
+        :data:`CLOSE_TIMEOUT_S`."""
         if self._closed:
             return
         self._closed = True
@@ -358,11 +361,15 @@ class WhipRelay:
         self.audio.stop()
         try:
             async with self._http.delete(self.location, headers={"Authorization": f"Bearer {self._key}"},
-                                         timeout=aiohttp.ClientTimeout(total=5)):
+                                         timeout=aiohttp.ClientTimeout(total=CLOSE_TIMEOUT_S)):
                 pass
         except (aiohttp.ClientError, OSError, TimeoutError):
             pass
-        await self.pc.close()
+        try:  # aiortc's close can wait for ever on a sender whose task died
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self.pc.close()
+        except TimeoutError:
+            logger.warning("%s: the peer connection did not close in %.0f s; abandoned", self.peer, CLOSE_TIMEOUT_S)
         logger.info("%s: session ended (%s)", self.peer, reason)
 
 
