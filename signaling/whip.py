@@ -40,7 +40,6 @@ Choices where the specs leave room (documented in docs/whip-whep.md):
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Awaitable
@@ -50,6 +49,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from common.bearer import bearer_token
+from common.http_body import parse_json, read_body
 from common.problems import HttpProblem
 from hls_bridge.access import viewer_token
 from sfu.protocol import (
@@ -343,12 +343,7 @@ class MediaResources:
     @staticmethod
     async def _read_offer(request: web.Request) -> str:
         """The body as text: 413 over :data:`MAX_SDP_BYTES`, 400 unless UTF-8 starting ``v=0``."""
-        too_large = HttpProblem(413, None, f"SDP offers are limited to {MAX_SDP_BYTES} bytes")
-        if request.content_length is not None and request.content_length > MAX_SDP_BYTES:
-            raise too_large
-        body = await request.content.read(MAX_SDP_BYTES + 1)
-        if len(body) > MAX_SDP_BYTES:
-            raise too_large
+        body = await read_body(request, MAX_SDP_BYTES, "SDP offers")
         try:
             offer = body.decode("utf-8")
         except UnicodeDecodeError:
@@ -517,18 +512,9 @@ class MediaResources:
 
 
 async def _read_json(request: web.Request, max_bytes: int, what: str) -> Any:
-    """The body as JSON: 413 over ``max_bytes`` (with or without ``Content-Length``), 400
-    when it is not JSON (``what`` names the bodies in the 413's detail)."""
-    too_large = HttpProblem(413, None, f"{what} are limited to {max_bytes} bytes")
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise too_large
-    body = await request.content.read(max_bytes + 1)
-    if len(body) > max_bytes:
-        raise too_large
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):  # UnicodeDecodeError too; RecursionError: "[[[[…"
-        raise HttpProblem(400, None, "the body is not JSON") from None
+    """The body as JSON: 413 over ``max_bytes`` (``what`` names the bodies in its detail),
+    400 when it is not UTF-8 JSON (:mod:`common.http_body`)."""
+    return parse_json(await read_body(request, max_bytes, what))
 
 
 def _access_problem(refused: AccessRefused) -> HttpProblem:

@@ -32,6 +32,7 @@ from typing import Any, Generic, Literal, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from common.http_body import parse_json, read_body
 from common.problems import HttpProblem
 
 MAX_BODY_BYTES = 64 * 1024
@@ -107,20 +108,13 @@ def problem_from_validation(exc: ValidationError, status: int, where: str) -> Ht
 
 
 async def read_json(request: web.Request) -> Any:
-    """The JSON body: 415 unless ``application/json``, 413 over the cap, 400 if malformed."""
+    """The JSON body: 415 unless ``application/json``, 413 over the cap, 400 if malformed
+    (nested too deep included: :mod:`common.http_body`)."""
     if request.content_type != "application/json":
         raise HttpProblem(415, None, "send the body as application/json",
                           headers={"Accept": "application/json"})
-    too_large = HttpProblem(413, None, f"request bodies are limited to {MAX_BODY_BYTES} bytes")
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise too_large
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise too_large
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise HttpProblem(400, None, "the body is not valid UTF-8 JSON") from None
+    raw = await read_body(request, MAX_BODY_BYTES, "request bodies")
+    return parse_json(raw, "the body is not valid UTF-8 JSON")
 
 
 def _query_dict(request: web.Request) -> dict[str, Any]:
