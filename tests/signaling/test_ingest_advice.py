@@ -8,31 +8,20 @@ ingest publishes), media need not flow."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from aiortc import RTCPeerConnection
 
 from relaycast.service import Service
 from sfu.protocol import IngestAdvice
 from sfu.router import Router
 from tests.services import STREAM_KEY, make_channel
-from tests.signaling.whip_helpers import FRAG, SDP, new_offer, problem, sdpfrag
+from tests.signaling.whip_helpers import FRAG, SDP, MakeOffer, problem, sdpfrag
 
 AUTH = {"Authorization": f"Bearer {STREAM_KEY}"}
 JSON = {"Content-Type": "application/json"}
 ADVICE = "set bframes=0 / profile baseline for lower latency and no transcoding"
-MakeOffer = Callable[..., Awaitable[str]]
-
-
-@pytest.fixture
-async def make_offer() -> AsyncIterator[MakeOffer]:
-    pcs: list[RTCPeerConnection] = []
-    yield lambda *args, **kwargs: new_offer(pcs, *args, **kwargs)
-    for pc in pcs:
-        await pc.close()
 
 
 async def publish(svc: Service, http: aiohttp.ClientSession, offer: str) -> str:

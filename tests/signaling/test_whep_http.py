@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 
 import aiohttp
 import pytest
@@ -25,6 +25,7 @@ from tests.signaling.whip_helpers import (
     FRAG,
     SDP,
     STRONG_ETAG,
+    MakeOffer,
     check_answer,
     new_offer,
     problem,
@@ -34,7 +35,6 @@ from tests.signaling.whip_helpers import (
 AUTH = {"Authorization": f"Bearer {STREAM_KEY}"}
 SESSION_PATH = re.compile(r"^/whep/demo/([A-Za-z0-9_-]{32})$")
 VP8 = {"video": ["video/vp8", "video/rtx"]}
-MakeOffer = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture

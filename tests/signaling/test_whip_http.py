@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
-from aiortc import RTCPeerConnection
 
 from relaycast.service import Service
 from signaling.app_keys import SESSION_SERVICE
@@ -23,24 +22,14 @@ from tests.signaling.whip_helpers import (
     FRAG,
     SDP,
     STRONG_ETAG,
+    MakeOffer,
     check_answer,
-    new_offer,
     problem,
     sdpfrag,
 )
 
 AUTH = {"Authorization": f"Bearer {STREAM_KEY}"}
 SESSION_PATH = re.compile(r"^/whip/demo/([A-Za-z0-9_-]{32})$")  # token_urlsafe(24): 192 bits
-MakeOffer = Callable[..., Awaitable[str]]
-
-
-@pytest.fixture
-async def make_offer() -> AsyncIterator[MakeOffer]:
-    """``await make_offer(kinds, direction="sendonly", codecs=...)`` → a real aiortc offer."""
-    pcs: list[RTCPeerConnection] = []
-    yield lambda *args, **kwargs: new_offer(pcs, *args, **kwargs)
-    for pc in pcs:
-        await pc.close()
 
 
 def assert_nothing_allocated(svc: Service) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 
 import aiohttp
@@ -14,6 +14,10 @@ FRAG = "application/trickle-ice-sdpfrag"
 STRONG_ETAG = re.compile(r'^"[\x21\x23-\x7e]+"$')  # RFC 9110 §8.8.3: no W/ prefix
 CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) \d+ typ", re.MULTILINE)
 RFC9110_PHRASES = {413: "Content Too Large", 422: "Unprocessable Content"}
+
+
+MakeOffer = Callable[..., Awaitable[str]]
+"""The ``make_offer`` fixture: ``await make_offer(kinds, direction, codecs)`` → an SDP offer."""
 
 
 async def new_offer(
