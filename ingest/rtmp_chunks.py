@@ -195,12 +195,45 @@ class ChunkWriter:
         self.send(type_id, 0, payload)
 
 
+READ_SIZE = 65536
+"""Bytes asked of the socket per read: a second of a 500 kbit/s stream, or a few chunks."""
+
+
+class _BufferedRead:
+    """``read(n)`` over a stream reader from a local buffer, refilled :data:`READ_SIZE`
+    bytes at a time: one socket read and one deadline per refill instead of per header
+    field (see :func:`read_exactly`)."""
+
+    __slots__ = ("_reader", "_timeout_s", "_buffer", "_pos")
+
+    def __init__(self, reader: asyncio.StreamReader, timeout_s: float) -> None:
+        self._reader = reader
+        self._timeout_s = timeout_s
+        self._buffer = bytearray()
+        self._pos = 0
+
+    async def __call__(self, n: int) -> bytes:
+        pos = self._pos
+        end = pos + n
+        if end <= len(self._buffer):
+            self._pos = end
+            return bytes(self._buffer[pos:end])
+        buffer = self._buffer
+        del buffer[:pos]
+        self._pos = 0
+        while len(buffer) < n:
+            async with asyncio.timeout(self._timeout_s):
+                data = await self._reader.read(READ_SIZE)
+            if not data:
+                raise asyncio.IncompleteReadError(bytes(buffer), n)
+            buffer += data
+        self._pos = n
+        return bytes(buffer[:n])
+
+
 def read_exactly(reader: asyncio.StreamReader, timeout_s: float) -> Callable[[int], Awaitable[bytes]]:
-    """``read(n)`` over ``reader`` with a deadline of ``timeout_s`` per read (a stalled
-    encoder is timed out: ``TimeoutError``)."""
-
-    async def read(n: int) -> bytes:
-        async with asyncio.timeout(timeout_s):
-            return await reader.readexactly(n)
-
-    return read
+    """``read(n)`` → exactly ``n`` bytes of ``reader``; ``TimeoutError`` when nothing at all
+    arrived for ``timeout_s`` while bytes were still wanted (a stalled encoder is timed
+    out), ``asyncio.IncompleteReadError`` at the end of the stream.  It reads ahead: use
+    one for the whole connection (handshake included), never two on one reader."""
+    return _BufferedRead(reader, timeout_s)

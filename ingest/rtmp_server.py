@@ -104,10 +104,10 @@ class RtmpConnection:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  on_publish: OnPublish) -> None:
-        self._reader = reader
         self._writer = writer
         self._on_publish = on_publish
-        self._chunks = ChunkReader(read_exactly(reader, STALL_TIMEOUT_S))
+        self._read = read_exactly(reader, STALL_TIMEOUT_S)
+        self._chunks = ChunkReader(self._read)
         self._out = ChunkWriter(writer.write)
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.peer = f"{peer[0]}:{peer[1]}"
@@ -156,7 +156,7 @@ class RtmpConnection:
 
     async def _handshake(self) -> None:
         """§5.2: C0+C1 → S0+S1+S2 → C2 (plain handshake: S2 echoes C1)."""
-        read = read_exactly(self._reader, STALL_TIMEOUT_S)
+        read = self._read
         c0c1 = await read(1 + HANDSHAKE_SIZE)
         if c0c1[0] != 3:
             raise ChunkError(f"RTMP version {c0c1[0]} (only 3 is RTMP)")

@@ -10,24 +10,28 @@ to H.264 access units (FLV's length-prefixed NAL units, MPEG-TS's Annex B byte s
 a decode and a presentation time in 90 kHz ticks; then:
 
 * **H.264 without B-frames** (pts = dts on every access unit) is passed through: each access
-  unit becomes one ``av.Packet`` in Annex B form (start codes, access unit delimiters
-  dropped), the latest SPS and PPS (FLV's configuration record, or in-band ones) put before
-  every IDR picture that lacks them, its RTP timestamp the pts.  aiortc packetizes it
-  (RFC 6184, packetization-mode 1); no decode, no encode (:attr:`WhipRelay.transcoding`
-  stays False).
+  unit's NAL units (access unit delimiters dropped; the latest SPS and PPS — FLV's
+  configuration record, or in-band ones — put before every IDR picture that lacks them) are
+  packetized (RFC 6184, packetization-mode 1) with the pts as RTP timestamp and sent at
+  once; no decode, no encode (:attr:`WhipRelay.transcoding` stays False).
 * **H.264 with B-frames** (pts ≠ dts: OBS's x264 default ``bframes=2``) cannot be
   forwarded to WebRTC as it is — browsers' WebRTC decoders show frames in the order they
   arrive.  From that frame's key frame on, video is decoded (FFmpeg's H.264 decoder through
-  PyAV, which reorders) and aiortc encodes the pictures again (H.264 without B-frames); the
-  log says once "set bframes=0 / profile baseline for lower latency and no transcoding".
+  PyAV, which reorders) and encoded again (libx264: constrained baseline, no B-frames,
+  ``zerolatency``, :data:`TRANSCODE_BITRATE`; a key frame when the SFU asks with a PLI) in a
+  worker thread, at most :data:`MAX_TRANSCODING` frames behind; the log says once "set
+  bframes=0 / profile baseline for lower latency and no transcoding".
 * **AAC** (FLV's raw frames after an AudioSpecificConfig, or MPEG-TS's ADTS frames) is
   decoded and encoded to Opus here (PyAV: 48 kHz stereo, 20 ms, 96 kbit/s, libopus
-  complexity 5 — half the cost of aiortc's own encoder at complexity 10); aiortc sends the
-  packets.  **Opus** (MPEG-TS) is passed through.
+  complexity 5 — half the cost of aiortc's own encoder at complexity 10).  **Opus** (MPEG-TS)
+  is passed through.
 
-Media waits in bounded queues (:data:`MAX_QUEUED`); beyond them the oldest is dropped and
-counted (``dropped``).  :attr:`WhipRelay.dropped_frames` counts the video frames that did not
-reach viewers intact — dropped from the full queue, arrived damaged (SRT: packets lost beyond
+Packets go out through :class:`~ingest.rtp_sender.RtpStream` (RTP built here, NACK/RTX, PLI,
+sender reports), not aiortc's sender loop: aiortc only negotiates and runs ICE, DTLS and
+SRTP.  Frames that arrive before the peer connection is up wait, bounded
+(:data:`~ingest.rtp_sender.MAX_PENDING`, the oldest dropped and counted).
+:attr:`WhipRelay.dropped_frames` counts the video frames that did not reach viewers intact —
+dropped while waiting or behind the transcoder, arrived damaged (SRT: packets lost beyond
 retransmission), undecodable or skipped until a key frame when transcoding — and the relay
 reports the total to the service for the broadcaster's ingest health (``PATCH`` of its WHIP
 session with ``{"dropped_frames": N}``: relaycast's extension, docs/whip-whep.md) at once
@@ -38,28 +42,44 @@ the WHIP session (DELETE) and the peer connection.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fractions
 import json
 import logging
-from collections import deque
+import random
 from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
 import av
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from av.video.frame import PictureType
 
 from common.h264 import iter_nal_units
+from sfu import aiortc_private
 
 from . import flv
 from .rtmp_server import PublishRefused
+from .rtp_sender import RtpStream, packetize_h264
 
 logger = logging.getLogger(__name__)
 
-MAX_QUEUED = 300
-"""Video packets or audio frames waiting for aiortc at most (10 s of 30 fps video)."""
+MAX_TRANSCODING = 30
+"""Video frames waiting for the transcoder at most (1 s of 30 fps); beyond, frames are
+skipped until the next key frame (and counted)."""
+TRANSCODE_BITRATE = 2_500_000
+"""bps of the transcoded video (VBV 1 s): the start bitrate the SFU gives WHIP publishers."""
+TRANSCODE_GOP = 60
+"""Frames between the transcoder's key frames (2 s at 30 fps)."""
+SENDER_REPORT_INTERVAL_S = 1.0
+"""Mean seconds between RTCP sender reports (randomized ±50 %, RFC 3550 §6.3.1)."""
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 _START = b"\x00\x00\x00\x01"
 _IDR, _SPS, _PPS, _AUD = 5, 7, 8, 9
@@ -88,45 +108,42 @@ def _opus_encoder() -> av.CodecContext:
     return codec
 
 
-class _QueueTrack(MediaStreamTrack):
-    """A track whose ``recv`` returns what :meth:`put` queued (an ``av.Packet`` to pass
-    through or an ``av.Frame`` to encode), oldest first; bounded."""
+def _h264_encoder(width: int, height: int) -> av.CodecContext:
+    """The transcoder's encoder: H.264 constrained baseline (no B-frames), ``zerolatency``,
+    :data:`TRANSCODE_BITRATE`, a key frame every :data:`TRANSCODE_GOP` frames; 90 kHz pts."""
+    codec = av.CodecContext.create("libx264", "w")
+    codec.width, codec.height = width, height
+    codec.pix_fmt = "yuv420p"
+    codec.framerate = fractions.Fraction(30, 1)
+    codec.time_base = VIDEO_TIME_BASE
+    codec.bit_rate = TRANSCODE_BITRATE
+    codec.gop_size = TRANSCODE_GOP
+    codec.max_b_frames = 0
+    kbps = TRANSCODE_BITRATE // 1000
+    codec.options = {"preset": "veryfast", "tune": "zerolatency", "profile": "baseline",
+                     "x264-params": f"vbv-maxrate={kbps}:vbv-bufsize={kbps}"}
+    return codec
 
-    def __init__(self, kind: str) -> None:
-        super().__init__()
-        self.kind = kind
-        self._items: deque[Any] = deque()
-        self._ready = asyncio.Event()
-        self.dropped = 0
 
-    def put(self, item: Any) -> None:
-        if len(self._items) >= MAX_QUEUED:
-            self._items.popleft()
-            self.dropped += 1
-        self._items.append(item)
-        self._ready.set()
+def _raw_sender(transceiver: RTCRtpTransceiver, stream: RtpStream) -> None:
+    """Make the transceiver's sender a raw endpoint whose packets ``stream`` builds."""
+    sender = transceiver.sender
 
-    async def recv(self) -> Any:
-        while not self._items:
-            if self.readyState != "live":
-                raise MediaStreamError
-            self._ready.clear()
-            await self._ready.wait()
-        return self._items.popleft()
+    def started(params: aiortc_private.SendParameters) -> None:
+        stream.start(params, aiortc_private.RawRtpSender(sender.transport))
 
-    def stop(self) -> None:
-        super().stop()
-        self._ready.set()
+    aiortc_private.install_forwarding_sender(sender, started, stream.on_rtcp)
 
 
 class WhipRelay:
     """One RTMP or SRT publisher's WHIP session (see the module docstring).  Made by :meth:`open`."""
 
-    def __init__(self, pc: RTCPeerConnection, video: _QueueTrack, audio: _QueueTrack,
+    def __init__(self, pc: RTCPeerConnection, video: RtpStream, audio: RtpStream,
                  location: str, key: str, http: aiohttp.ClientSession, peer: str) -> None:
         self.pc = pc
         self.video = video
         self.audio = audio
+        video.on_keyframe_request = self._keyframe_requested
         self.location = location
         self._key = key
         self._http = http
@@ -140,7 +157,12 @@ class WhipRelay:
         self._pps: list[bytes] = []
         """The latest SPS and PPS NAL units (configuration record or in-band)."""
         self._decoder: av.CodecContext | None = None
+        self._encoder: av.CodecContext | None = None
         self._waiting_keyframe = False
+        self._keyframe_wanted = False
+        self._transcoder: concurrent.futures.ThreadPoolExecutor | None = None
+        self._transcoding_frames = 0
+        """Video frames handed to the transcoder thread and not yet back."""
         self._aac: av.CodecContext | None = None
         self._resampler: av.AudioResampler | None = None
         self._opus: av.CodecContext | None = None
@@ -148,8 +170,10 @@ class WhipRelay:
         self.damaged_frames = 0
         """Video frames that arrived damaged, or did not decode or were skipped when transcoding."""
         self._advice_task: asyncio.Task[None] | None = None
-        self._reporting = asyncio.get_running_loop().create_task(self._report_drops())
         self._closed = False
+        loop = asyncio.get_running_loop()
+        self._reporting = loop.create_task(self._report_drops())
+        self._sender_reports = loop.create_task(self._send_reports())
 
     @classmethod
     async def open(cls, whip_url: str, key: str, http: aiohttp.ClientSession, peer: str = "") -> WhipRelay:
@@ -159,14 +183,18 @@ class WhipRelay:
             is the reason; 404; 409/503: no room for it now; ``status`` says which) or could
             not be reached (``status`` None)."""
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        video, audio = _QueueTrack("video"), _QueueTrack("audio")
-        transceiver = pc.addTransceiver(video, direction="sendonly")
+        video, audio = RtpStream("video", 90000), RtpStream("audio", OPUS_RATE)
+        transceiver = pc.addTransceiver("video", direction="sendonly")
         codecs = RTCRtpSender.getCapabilities("video").codecs
         # H.264, packetization-mode 1 only (RFC 6184 §6.3): what the packets already are.
         transceiver.setCodecPreferences(
             [c for c in codecs if c.mimeType == "video/H264" and c.parameters.get("packetization-mode") == "1"]
             + [c for c in codecs if c.mimeType == "video/rtx"])
-        pc.addTransceiver(audio, direction="sendonly")
+        _raw_sender(transceiver, video)
+        audio_transceiver = pc.addTransceiver("audio", direction="sendonly")
+        audio_transceiver.setCodecPreferences(
+            [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType == "audio/opus"])
+        _raw_sender(audio_transceiver, audio)
         location = None
         try:
             await pc.setLocalDescription(await pc.createOffer())
@@ -230,11 +258,8 @@ class WhipRelay:
                 self._open_aac(None)  # ADTS headers carry the configuration
             self.aac_frame(data)
         elif codec == "opus" and data:
-            packet = av.Packet(data)
-            packet.pts = self._audio_samples
-            packet.time_base = OPUS_TIME_BASE
+            self.audio.send([data], self._audio_samples)
             self._audio_samples += duration
-            self.audio.put(packet)
 
     # -------------------------------------------------------------- video
     def video_access_unit(self, nalus: list[bytes], pts: int, dts: int) -> None:
@@ -260,18 +285,23 @@ class WhipRelay:
             logger.warning("%s: the stream has B-frames: transcoding its video for WebRTC; %s",
                            self.peer, BFRAMES_ADVICE)
             self._advice_task = asyncio.get_running_loop().create_task(self._advise(BFRAMES_ADVICE))
-        packet = av.Packet(b"".join(_START + n for n in nalus))
-        packet.pts, packet.dts = pts, dts
-        packet.time_base = VIDEO_TIME_BASE
         if self.transcoding:
-            self._decode(packet, keyframe)
+            packet = av.Packet(b"".join(_START + n for n in nalus))
+            packet.pts, packet.dts = pts, dts
+            packet.time_base = VIDEO_TIME_BASE
+            self._transcode(packet, keyframe)
         else:
-            self.video.put(packet)
+            self.video.send(packetize_h264(nalus), pts)
 
     @property
     def dropped_frames(self) -> int:
         """Video frames that did not reach viewers intact (see the module docstring)."""
         return self.video.dropped + self.damaged_frames
+
+    def _keyframe_requested(self) -> None:
+        """The SFU asked for a key frame (PLI): the transcoder's next frame is one (a
+        passed-through stream has them when the encoder makes them)."""
+        self._keyframe_wanted = True
 
     async def _advise(self, advice: str) -> None:
         """Tell the service what the encoder should change, for the broadcaster's studio page."""
@@ -287,6 +317,13 @@ class WhipRelay:
                 await self._ingest_patch({"dropped_frames": reported})
             await asyncio.sleep(REPORT_INTERVAL_S)
 
+    async def _send_reports(self) -> None:
+        """RTCP sender reports for both streams (RFC 3550 §6.4.1) until the relay closes."""
+        while not self._closed:
+            await asyncio.sleep(SENDER_REPORT_INTERVAL_S * random.uniform(0.5, 1.5))  # noqa: S311
+            self.video.send_sender_report()
+            self.audio.send_sender_report()
+
     async def _ingest_patch(self, body: dict[str, Any]) -> None:
         """``PATCH`` of the WHIP session with ``body`` (relaycast's extension for the
         broadcaster's ingest health, docs/whip-whep.md); best effort, at most 5 s."""
@@ -299,25 +336,58 @@ class WhipRelay:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             logger.info("%s: %s did not reach the service: %s", self.peer, sorted(body), type(exc).__name__)
 
-    def _decode(self, packet: av.Packet, keyframe: bool) -> None:
-        if self._waiting_keyframe:
+    def _transcode(self, packet: av.Packet, keyframe: bool) -> None:
+        """Hand an access unit to the transcoder thread (skipping to the next key frame when
+        it is :data:`MAX_TRANSCODING` frames behind); what it encodes is sent in order."""
+        if self._waiting_keyframe or self._transcoding_frames >= MAX_TRANSCODING:
             if not keyframe:
+                self._waiting_keyframe = True
                 self.damaged_frames += 1
                 return
             self._waiting_keyframe = False
+        if self._transcoder is None:
+            self._transcoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="relay-transcode")
+        force_keyframe, self._keyframe_wanted = self._keyframe_wanted, False
+        self._transcoding_frames += 1
+        future = asyncio.get_running_loop().run_in_executor(
+            self._transcoder, self._decode_and_encode, packet, force_keyframe)
+        future.add_done_callback(self._transcoded)
+
+    def _decode_and_encode(self, packet: av.Packet, force_keyframe: bool) -> tuple[list[tuple[av.Packet, int]], bool]:
+        """In the transcoder thread: ``([(encoded packet, pts)], whether it decoded)``."""
         decoder = self._decoder
         assert decoder is not None
         try:
             frames = decoder.decode(packet)
         except av.error.FFmpegError as exc:
-            self.damaged_frames += 1
             logger.debug("%s: a video frame did not decode: %s", self.peer, exc)
-            return
+            return [], False
+        out: list[tuple[av.Packet, int]] = []
         for frame in frames:
             if frame.pts is None:
                 continue
+            encoder = self._encoder
+            if encoder is None or (encoder.width, encoder.height) != (frame.width, frame.height):
+                encoder = self._encoder = _h264_encoder(frame.width, frame.height)
             frame.time_base = VIDEO_TIME_BASE
-            self.video.put(frame)
+            frame.pict_type = PictureType.I if force_keyframe else PictureType.NONE
+            force_keyframe = False
+            out.extend((p, p.pts if p.pts is not None else frame.pts) for p in encoder.encode(frame))
+        return out, True
+
+    def _transcoded(self, future: asyncio.Future[tuple[list[tuple[av.Packet, int]], bool]]) -> None:
+        self._transcoding_frames -= 1
+        if future.cancelled() or self._closed:
+            return
+        error = future.exception()
+        if error is not None:
+            self.damaged_frames += 1
+            logger.warning("%s: the transcoder failed on a frame: %r", self.peer, error)
+            return
+        encoded, decoded = future.result()
+        self.damaged_frames += not decoded
+        for packet, pts in encoded:
+            self.video.send(packetize_h264(list(iter_nal_units(bytes(packet)))), pts)
 
     # -------------------------------------------------------------- audio
     def _open_aac(self, config: bytes | None) -> None:
@@ -347,8 +417,8 @@ class WhipRelay:
                 out.time_base = OPUS_TIME_BASE
                 self._audio_samples += out.samples
                 for packet in self._opus.encode(out):
-                    packet.time_base = OPUS_TIME_BASE
-                    self.audio.put(packet)  # passed to aiortc as it is
+                    if packet.pts is not None:
+                        self.audio.send([bytes(packet)], packet.pts)
 
     async def close(self, reason: str) -> None:
         """End the WHIP session (DELETE, best effort) and the peer connection, each within
@@ -357,8 +427,9 @@ class WhipRelay:
             return
         self._closed = True
         self._reporting.cancel()
-        self.video.stop()
-        self.audio.stop()
+        self._sender_reports.cancel()
+        if self._transcoder is not None:
+            self._transcoder.shutdown(wait=False, cancel_futures=True)
         try:
             async with self._http.delete(self.location, headers={"Authorization": f"Bearer {self._key}"},
                                          timeout=aiohttp.ClientTimeout(total=CLOSE_TIMEOUT_S)):

@@ -202,4 +202,4 @@ async def test_an_encoder_that_reconnects_replaces_its_session(ingest: Ingest) -
         await second.wait()
     finally:
         await session.close()
-    assert whip_relay.MAX_QUEUED > 0 and ingest.relays[1].frames_in >= 30
+    assert ingest.relays[1].frames_in >= 30
