@@ -27,13 +27,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from common.config import ConfigError, env_number
+from common.latm import LatmError
 from sfu.errors import RoomNotLive
 
+from .aac_tap import LatmProbe
 from .admission import Admission
 from .encoders import EncoderChoice, choose_encoder
 from .errors import PASSTHROUGH_LOST_STATUS, BridgeRefused
 from .ladder import parse_ladder
 from .store import RoomStore
+from .transcoder import AUDIO_CHANNELS, AUDIO_RATE
 from .transcoder_process import TranscoderProcess
 
 if TYPE_CHECKING:
@@ -51,6 +54,8 @@ RETRY_AFTER_FAILURE_S = 10.0
 STALLED_S = 15.0
 """A transcoder process that sent nothing for this long (it reports every second) is
 killed and restarted."""
+AAC_PROBE_S = 1.0
+"""How long the bridge waits for an element of the AAC section to read its configuration, s."""
 MAX_RESTARTS_PER_MIN = 5
 """A transcoder that exits more often than this within a minute is not restarted again."""
 
@@ -217,6 +222,8 @@ class RoomBridge:
         self.stopped = False
         self.passthrough = False
         """The current transcoder publishes the source as the top rendition."""
+        self.audio_passthrough = False
+        """The current transcoder publishes the encoder's own AAC as ``a0``."""
         self._passthrough_lost = False
         self._segment_frames: int | None = None
         """Segment length in frames once the first transcoder took the source's key-frame
@@ -246,8 +253,9 @@ class RoomBridge:
 
     def to_json(self) -> dict[str, Any]:
         """``{room, encoder, renditions, running, started_by, uptime_s, pid, cpu, rss_bytes,
-        restarts, passthrough, realtime_factor, media_s, dropped_frames, dropped_packets}``
-        (``passthrough``: the top rendition is the source, not encoded): ``cpu`` is
+        restarts, passthrough, audio_passthrough, realtime_factor, media_s, dropped_frames,
+        dropped_packets}`` (``passthrough``: the top rendition is the source, not encoded;
+        ``audio_passthrough``: the audio rendition is the encoder's AAC): ``cpu`` is
         the cores the transcoder process used since the previous call, ``rss_bytes`` its
         resident memory, ``realtime_factor`` media seconds per transcoder-thread second,
         ``dropped_packets`` RTP packets not handed to it because it was not reading."""
@@ -270,6 +278,7 @@ class RoomBridge:
             "rss_bytes": process.rss if process is not None else 0,
             "restarts": self.restarts,
             "passthrough": self.passthrough,
+            "audio_passthrough": self.audio_passthrough,
             "realtime_factor": round(media_s / busy, 2) if busy > 0 else None,
             "media_s": round(media_s, 1),
             "dropped_frames": int(report.get("dropped_frames") or 0),
@@ -288,7 +297,7 @@ class RoomBridge:
         if self.stopped:
             return
         info = self.direct.room(self.room)
-        kinds = [k for k in (info.tracks if info is not None else ()) if k in ("video", "audio")]
+        kinds = [k for k in (info.tracks if info is not None else ()) if k in ("video", "audio", "aac")]
         if "video" not in kinds:
             raise RoomNotLive(f"room {self.room!r} has no video producer")
         self.taps = {kind: self.direct.tap(self.room, kind) for kind in kinds}
@@ -317,17 +326,49 @@ class RoomBridge:
                 logger.info("HLS bridge for room %r: the source passes through as the top rendition "
                             "(segments of %d frames, its key-frame interval)", self.room, self._segment_frames)
         self.passthrough = passthrough is not None
+        asc = await self._aac_plan()
+        self.audio_passthrough = asc is not None
+        # The encoder's AAC replaces the Opus (not decoded then); else the Opus is encoded.
+        tracks = {kind: tap for kind, tap in self.taps.items() if kind != ("audio" if asc else "aac")}
         config = {
             "ladder": self.config.ladder, "fps": self.config.fps,
             "segment_s": self.config.segment_s, "part_s": self.config.part_s,
             "segment_frames": self._segment_frames, "passthrough": passthrough,
+            "aac_passthrough": {"asc": asc} if asc else None,
             "encoder": {"name": self.encoder.name, "options": dict(self.encoder.options)},
             # A restarted transcoder continues every video rendition its predecessor had,
             # even if its first frame is smaller (a publisher ramping up again).
             "min_rungs": sum(1 for name in self.store.renditions if name.startswith("v")),
         }
-        await process.start(config, self.taps, self.store)
+        await process.start(config, tracks, self.store)
         return process
+
+    async def _aac_plan(self) -> str | None:
+        """The source's AudioSpecificConfig (hex) when ``a0`` can be the encoder's own AAC: the
+        room publishes an AAC section (an RTMP/SRT relay's, :mod:`hls_bridge.aac_tap`) of
+        AAC-LC at 48 kHz with one or two channels, and passthrough is on and was not lost.
+        The configuration is read from the section's next element (at most
+        :data:`AAC_PROBE_S` s)."""
+        tap = self.taps.get("aac")
+        if tap is None or not self.config.passthrough or self._passthrough_lost or tap.closed:
+            return None
+        probe = LatmProbe()
+        tap.add_consumer(probe)
+        try:
+            config = await asyncio.wait_for(asyncio.shield(probe.found), AAC_PROBE_S)
+        except (TimeoutError, LatmError) as exc:
+            logger.info("HLS bridge for room %r: AAC encoded from the Opus: the AAC section %s", self.room,
+                        "sent nothing" if isinstance(exc, TimeoutError) else f"is not AAC-LC ({exc})")
+            return None
+        finally:
+            tap.remove_consumer(probe)
+        if config.sample_rate != AUDIO_RATE or config.channels > AUDIO_CHANNELS:
+            logger.info("HLS bridge for room %r: AAC encoded from the Opus: the encoder's AAC is %d Hz, "
+                        "%d channels (passed through: %d Hz, 1-2)", self.room, config.sample_rate,
+                        config.channels, AUDIO_RATE)
+            return None
+        logger.info("HLS bridge for room %r: the encoder's AAC passes through as the audio rendition", self.room)
+        return config.asc.hex()
 
     async def _supervise(self) -> None:
         """Wait for the transcoder; restart it while the stream goes on."""

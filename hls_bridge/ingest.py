@@ -552,8 +552,9 @@ class ProducerTap:
 _END = object()
 
 
-async def merge_frames(taps: list[ProducerTap]) -> AsyncIterator[DecodedFrame]:
-    """The decoded frames of all ``taps`` in arrival order, until every tap has ended."""
+async def merge_frames(taps: list[Any]) -> AsyncIterator[Any]:
+    """The frames of all ``taps`` (:class:`ProducerTap`: decoded frames;
+    :class:`~hls_bridge.aac_tap.AacTap`: AAC frames) in arrival order, until every tap has ended."""
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=32)
 
     async def pump(tap: ProducerTap) -> None:

@@ -10,6 +10,7 @@ messages both ways::
                     "encoder": {"name", "options"}, "tracks": {kind: TrackInfo fields}}
       VIDEO   b"v"  one RTP packet of the video track: seq (u16) | timestamp (u32, 90 kHz
       AUDIO   b"a"  ticks / 48 kHz for Opus) | marker (u8) | keyframe (u8) | payload
+      AAC     b"A"  the same for the publisher's AAC section (MP4A-LATM, 90 kHz ticks)
       END     b"E"  (empty) no more media: flush, end the renditions, exit
 
     transcoder → bridge
@@ -35,13 +36,13 @@ import struct
 from sfu.direct import MediaPacket
 
 __all__ = [
-    "AUDIO", "CONFIG", "DONE", "END", "KEYFRAME", "MAX_FRAME", "REPORT", "STORE", "VIDEO",
+    "AAC", "AUDIO", "CONFIG", "DONE", "END", "KEYFRAME", "MAX_FRAME", "REPORT", "STORE", "VIDEO",
     "LinkClosed", "decode_media", "encode_media", "frame", "read_frame",
 ]
 
-CONFIG, VIDEO, AUDIO, END = b"C", b"v", b"a", b"E"
+CONFIG, VIDEO, AUDIO, AAC, END = b"C", b"v", b"a", b"A", b"E"
 KEYFRAME, STORE, REPORT, DONE = b"K", b"S", b"R", b"D"
-MEDIA_TYPES = {"video": VIDEO, "audio": AUDIO}
+MEDIA_TYPES = {"video": VIDEO, "audio": AUDIO, "aac": AAC}
 
 MAX_FRAME = 64 * 1024 * 1024
 """Largest frame accepted (bytes): a 4K key-frame part is a few MB."""

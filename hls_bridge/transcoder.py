@@ -67,7 +67,16 @@ frame published): the bridge restarts the transcoder without passthrough, which 
 every rendition after a discontinuity.  A slot without a source frame between boundaries
 only lengthens the previous sample.
 
-Threading: `feed_video`, `feed_audio` (or `feed`) and `end` are synchronous and do the
+AAC passthrough (``aac_passthrough``: the source's AudioSpecificConfig, AAC-LC at 48 kHz,
+one or two channels): ``a0`` is the broadcaster's own AAC — the RTMP/SRT relay's AAC section
+(:mod:`hls_bridge.aac_tap`) gives `feed_aac` the encoder's raw frames, which are packaged as
+they are, on the same segment and part plan as encoded audio (1,024-sample frames at 48 kHz).
+The timing rules are the same, a frame at a time: a gap of whole frames is filled with
+encoded silence, a frame that overlaps what was taken is dropped, a jump of more than
+``max_gap_s`` re-bases.  A frame whose configuration is not the planned one raises
+:class:`PassthroughLost` (as video passthrough does); decoded audio is ignored then.
+
+Threading: `feed_video`, `feed_audio`, `feed_aac` (or `feed`) and `end` are synchronous and do the
 scaling and encoding; call them from one worker thread. Store changes (RoomStore
 waiters are asyncio based) are handed to the event loop with
 ``loop.call_soon_threadsafe``, one batch per call, so a segment's last part and its
@@ -96,6 +105,9 @@ from av.video.codeccontext import VideoCodecContext
 from av.video.frame import PictureType
 from av.video.reformatter import VideoReformatter
 
+from common import latm
+
+from .aac_tap import AacFrame
 from .encoders import EncoderChoice, choose_encoder, open_video_encoder
 from .errors import HlsBridgeError
 from .fmp4 import (
@@ -235,6 +247,8 @@ class LadderTranscoder:
     - ``encoder_choice``: H.264 encoder, default `choose_encoder()` (probed lazily in
       the worker thread).
     - ``audio``: publish the ``a0`` AAC rendition and name it in the variants.
+    - ``aac_passthrough``: the source's AudioSpecificConfig (AAC-LC, 48 kHz, 1–2 channels):
+      ``a0`` is made of the frames `feed_aac` gets, not encoded (see the module docstring).
     - ``loop``: the event loop owning ``room_store`` (default: the running loop at
       construction, else the one `run` runs on; with none, store updates are applied
       at once in the calling thread).
@@ -262,6 +276,7 @@ class LadderTranscoder:
         segment_frames: int | None = None,
         passthrough: bool = False,
         passthrough_bitrate: int | None = None,
+        aac_passthrough: bytes | None = None,
     ) -> None:
         self.fps = Fraction(fps)
         if self.fps <= 0 or not rungs:
@@ -347,6 +362,15 @@ class LadderTranscoder:
         """Input media time (s) that maps to audio time 0 (moved by a re-base)."""
         self._audio_taken = Fraction(0)
         """Seconds of input audio handed to the resampler so far (fills included)."""
+        self._aac_config: latm.AacConfig | None = None
+        """The source's AAC configuration when ``a0`` passes it through."""
+        if aac_passthrough is not None:
+            config = latm.AacConfig.from_asc(aac_passthrough)
+            if config.sample_rate != AUDIO_RATE or config.channels > AUDIO_CHANNELS:
+                raise TranscoderError(f"AAC passthrough needs {AUDIO_RATE} Hz, at most {AUDIO_CHANNELS} channels")
+            self._aac_config = config
+        self._audio_channels = self._aac_config.channels if self._aac_config else AUDIO_CHANNELS
+        self._silence: bytes | None = None
         if audio:
             self._open_audio()
 
@@ -362,14 +386,16 @@ class LadderTranscoder:
             out[name] = float(size * 8 / seconds) if seconds else 0.0
         return out
 
-    def feed(self, frame: av.VideoFrame | av.AudioFrame) -> None:
-        """`feed_video` or `feed_audio`, by frame type (worker thread)."""
+    def feed(self, frame: av.VideoFrame | av.AudioFrame | AacFrame) -> None:
+        """`feed_video`, `feed_audio` or `feed_aac`, by frame type (worker thread)."""
         if isinstance(frame, av.VideoFrame):
             self.feed_video(frame)
         elif isinstance(frame, av.AudioFrame):
             self.feed_audio(frame)
+        elif isinstance(frame, AacFrame):
+            self.feed_aac(frame)
         else:
-            raise TypeError(f"expected an av.VideoFrame or av.AudioFrame, got {type(frame)!r}")
+            raise TypeError(f"expected an av.VideoFrame, av.AudioFrame or AacFrame, got {type(frame)!r}")
 
     def feed_video(self, frame: av.VideoFrame) -> None:
         """Scale and encode one decoded video frame for every rung (worker thread)."""
@@ -408,7 +434,7 @@ class LadderTranscoder:
     def feed_audio(self, frame: av.AudioFrame) -> None:
         """Resample and AAC-encode one decoded audio frame (worker thread)."""
         self._check_running()
-        if not self._audio_enabled:
+        if not self._audio_enabled or self._aac_config is not None:
             return
         assert self._resampler is not None
         if self._anchor is None:
@@ -418,6 +444,61 @@ class LadderTranscoder:
             for chunk in self._resampler.resample(piece):
                 self._encode_audio(chunk, ops)
         self._post(ops)
+
+    def feed_aac(self, frame: AacFrame) -> None:
+        """Package one of the source's AAC frames in ``a0`` (worker thread; AAC passthrough
+        only, see the module docstring).
+
+        :raises PassthroughLost: the frame's configuration is not the planned one."""
+        self._check_running()
+        if not self._audio_enabled or self._aac_config is None:
+            return
+        if frame.config != self._aac_config:
+            raise PassthroughLost(f"the source's AAC changed to {frame.config.sample_rate} Hz, "
+                                  f"{frame.config.channels} channels")
+        if self._anchor is None:
+            self._anchor = self._clock()
+        duration = Fraction(AAC_FRAME, AUDIO_RATE)
+        t = Fraction(frame.pts, 90000)
+        if self._audio_origin is None:
+            self._audio_origin = t - self._audio_taken
+        gap = t - self._audio_origin - self._audio_taken
+        if abs(gap) > self._max_gap_s:
+            self._audio_origin += gap
+            self.stats.audio_rebases += 1
+            logger.info("audio timestamps jumped by %.3f s; re-based", float(gap))
+            gap = Fraction(0)
+        missing = round(gap / duration)
+        if missing < 0:  # overlaps audio already taken
+            self.stats.audio_dropped_samples += AAC_FRAME
+            return
+        ops: list[Callable[[], Any]] = []
+        for _ in range(missing):
+            self._package_audio(self._silent_aac(), ops)
+            self.stats.audio_filled_samples += AAC_FRAME
+        self._package_audio(frame.data, ops)
+        self._audio_taken += duration * (missing + 1)
+        self.stats.audio_samples += AAC_FRAME * (missing + 1)
+        self._post(ops)
+
+    def _silent_aac(self) -> bytes:
+        """One AAC-LC frame of silence in the source's configuration (encoded once)."""
+        if self._silence is None:
+            ctx = av.CodecContext.create("aac", "w")
+            assert isinstance(ctx, AudioCodecContext)
+            layout = "mono" if self._audio_channels == 1 else "stereo"
+            ctx.sample_rate, ctx.layout, ctx.format = AUDIO_RATE, layout, "fltp"
+            ctx.time_base = Fraction(1, AUDIO_RATE)
+            ctx.bit_rate = self.audio_bitrate
+            packets: list[bytes] = []
+            for index in range(4):  # past the encoder's priming: a steady-state silent frame
+                silence = av.AudioFrame(format="fltp", layout=layout, samples=AAC_FRAME)
+                silence.sample_rate, silence.pts = AUDIO_RATE, index * AAC_FRAME
+                for plane in silence.planes:
+                    plane.update(bytes(plane.buffer_size))
+                packets += [bytes(p) for p in ctx.encode(silence)]
+            self._silence = packets[-1]
+        return self._silence
 
     def end(self) -> None:
         """Flush the encoders, publish the last parts, close the segments, end all renditions."""
@@ -434,6 +515,8 @@ class LadderTranscoder:
             for chunk in self._resampler.resample(None):
                 self._encode_audio(chunk, ops)
             self._encode_audio(None, ops)
+            self._flush_audio(ops, close=True)
+        elif self._audio_enabled:  # AAC passthrough: nothing buffered
             self._flush_audio(ops, close=True)
         ops.append(self._room.end)
         self._post(ops)
@@ -752,7 +835,7 @@ class LadderTranscoder:
         if self._audio_enabled:
             audio.append(AudioRendition(
                 AUDIO_GROUP, "audio", f"{AUDIO_RENDITION}/{PLAYLIST_NAME}",
-                channels=str(AUDIO_CHANNELS),
+                channels=str(self._audio_channels),
             ))
         variants = []
         for output in self._outputs or ():
@@ -774,6 +857,11 @@ class LadderTranscoder:
     # -- audio ---------------------------------------------------------------------
 
     def _open_audio(self) -> None:
+        if self._aac_config is not None:  # the source's AAC: no encoder
+            asc = self._aac_config.asc
+            self._audio_codecs = codecs_string_aac(asc)
+            self._open_audio_rendition(asc)
+            return
         ctx = av.CodecContext.create("aac", "w")
         assert isinstance(ctx, AudioCodecContext)
         ctx.sample_rate = AUDIO_RATE
@@ -789,13 +877,16 @@ class LadderTranscoder:
         self._resampler = av.AudioResampler(
             format="fltp", layout="stereo", rate=AUDIO_RATE, frame_size=AAC_FRAME
         )
+        self._open_audio_rendition(asc)
+
+    def _open_audio_rendition(self, asc: bytes) -> None:
         self._audio_packager = TrackPackager(1, AUDIO_RATE, h264=False, start_time=Fraction(0))
         store = self._room.add_rendition(
             AUDIO_RENDITION, target_duration=self.target_duration,
             part_target=self.part_target, window_segments=self._window_segments,
             reuse=self._reuse,
         )
-        store.set_init(init_segment_audio(AUDIO_RATE, AUDIO_CHANNELS, asc,
+        store.set_init(init_segment_audio(AUDIO_RATE, self._audio_channels, asc,
                                           bitrate=self.audio_bitrate))
 
     def _place_audio(self, frame: av.AudioFrame) -> list[av.AudioFrame]:
@@ -845,22 +936,25 @@ class LadderTranscoder:
             chunk.time_base = ctx.time_base
             self.stats.audio_samples += chunk.samples
         for packet in ctx.encode(chunk):
-            # Contiguous timestamps from the packet count (the encoder's priming delay
-            # would otherwise start the track at -1024).
-            index = self._audio_packets
-            self._audio_packets += 1
-            packet.pts = packet.dts = index * AAC_FRAME
-            packet.duration = AAC_FRAME
-            packet.time_base = Fraction(1, AUDIO_RATE)
-            assert self._audio_packager is not None
-            self._audio_packager.add(packet)
-            segment_samples = self.segment_duration * AUDIO_RATE
-            this_segment = (index * AAC_FRAME) // segment_samples
-            if ((index + 1) * AAC_FRAME) // segment_samples > this_segment:
-                self._flush_audio(ops, close=True)
-                self._audio_segment_start = (index + 1) * AAC_FRAME
-            elif self._ends_audio_part(index, this_segment, segment_samples):
-                self._flush_audio(ops, close=False)
+            self._package_audio(bytes(packet), ops)
+
+    def _package_audio(self, data: bytes, ops: list[Callable[[], Any]]) -> None:
+        """One AAC frame into ``a0``'s current part, closing parts and segments on the plan."""
+        # Contiguous timestamps from the packet count (the encoder's priming delay
+        # would otherwise start the track at -1024).
+        index = self._audio_packets
+        self._audio_packets += 1
+        assert self._audio_packager is not None
+        self._audio_packager.add_sample(data, pts=index * AAC_FRAME, dts=index * AAC_FRAME,
+                                        duration=AAC_FRAME, time_base=Fraction(1, AUDIO_RATE),
+                                        is_sync=True)
+        segment_samples = self.segment_duration * AUDIO_RATE
+        this_segment = (index * AAC_FRAME) // segment_samples
+        if ((index + 1) * AAC_FRAME) // segment_samples > this_segment:
+            self._flush_audio(ops, close=True)
+            self._audio_segment_start = (index + 1) * AAC_FRAME
+        elif self._ends_audio_part(index, this_segment, segment_samples):
+            self._flush_audio(ops, close=False)
 
     def _ends_audio_part(self, index: int, segment: int, segment_samples: Fraction) -> bool:
         """Whether AAC frame ``index`` (in ``segment``) ends a part: the segment's frames

@@ -18,8 +18,9 @@ when its parent dies (:func:`common.parent_death.die_with_parent`), then:
    restarts it without passthrough).
 
 CONFIG also carries ``segment_frames`` (the segment length in frames, when set by the
-bridge: the source's key-frame interval) and ``passthrough`` (``{"bitrate": bits/s}`` or
-null).
+bridge: the source's key-frame interval), ``passthrough`` (``{"bitrate": bits/s}`` or
+null) and ``aac_passthrough`` (``{"asc": hex}``, the source's AudioSpecificConfig, with an
+``aac`` track instead of ``audio``: ``a0`` is the encoder's AAC; or null).
 
 Every second it sends a REPORT: ``{"worker_s": transcoder-thread seconds, "media_s":
 media seconds transcoded, "dropped_frames", "repeated_frames", "decoded": {kind: frames},
@@ -44,6 +45,7 @@ from common.child_main import start_child
 from sfu.direct import MediaPacket, PacketSink
 
 from . import media_link as link
+from .aac_tap import AacTap
 from .encoders import EncoderChoice
 from .errors import PASSTHROUGH_LOST_STATUS
 from .ingest import ProducerTap, merge_frames
@@ -162,15 +164,17 @@ async def run(fd: int) -> int:
         parse_ladder(config["ladder"]),
         fps=config["fps"], segment_s=config["segment_s"], part_s=config["part_s"],
         encoder_choice=EncoderChoice(encoder["name"], encoder["options"]),
-        audio="audio" in tracks,
+        audio="audio" in tracks or "aac" in tracks,
         reuse_renditions=bool(config.get("min_rungs")),
         min_rungs=int(config.get("min_rungs") or 0),
         segment_frames=config.get("segment_frames"),
         passthrough=bool(config.get("passthrough")),
         passthrough_bitrate=(config.get("passthrough") or {}).get("bitrate"),
+        aac_passthrough=bytes.fromhex(config["aac_passthrough"]["asc"]) if config.get("aac_passthrough") else None,
     )
-    taps = {kind: ProducerTap(track, max_queue=16 if kind == "audio" else 8)
-            for kind, track in tracks.items()}
+    taps: dict[str, ProducerTap | AacTap] = {
+        kind: AacTap(track) if kind == "aac" else ProducerTap(track, max_queue=16 if kind == "audio" else 8)
+        for kind, track in tracks.items()}
     logger.info("transcoder for room %r started (pid %d, encoder %s)", config["room"],
                 os.getpid(), encoder["name"])
 

@@ -10,8 +10,8 @@ them, SRTP-protected, to the ICE socket (:class:`sfu.aiortc_private.RawRtpSender
 * :func:`packetize_h264`: an access unit's NAL units as RFC 6184 packetization-mode 1
   payloads — single NAL unit packets (§5.6), small neighbours aggregated in STAP-A (§5.7.1),
   large ones fragmented in FU-A (§5.8); at most :data:`PAYLOAD_MAX` bytes each.
-* :meth:`RtpStream.send`: one frame's payloads, the marker bit on the last (RFC 6184 §5.1;
-  RFC 7587 §4.1 leaves it 0 for Opus), the negotiated ``mid`` (RFC 8843 §15) and
+* :meth:`RtpStream.send`: one frame's payloads, the marker bit on the last (RFC 6184 §5.1,
+  RFC 6416 §6.1; RFC 7587 §4.1 leaves it 0 for Opus), the negotiated ``mid`` (RFC 8843 §15) and
   ``abs-send-time`` header extensions (RFC 8285 one-byte form).
 * NACK (RFC 4585 §6.2.1) is answered from a ring of the last :data:`HISTORY` packets, as RTX
   (RFC 4588 §4: the original sequence number before the payload) when negotiated; PLI and
@@ -114,11 +114,14 @@ class RtpStream:
     :param kind: ``"video"`` or ``"audio"``.
     :param clock_rate: the RTP clock, Hz (90000 for video, 48000 for Opus).
     :param on_keyframe_request: called when the receiver asks for a key frame (PLI/FIR).
+    :param marker: set the marker bit on each frame's last packet (default: video only).
     """
 
-    def __init__(self, kind: str, clock_rate: int, on_keyframe_request: Callable[[], None] | None = None) -> None:
+    def __init__(self, kind: str, clock_rate: int, on_keyframe_request: Callable[[], None] | None = None,
+                 *, marker: bool | None = None) -> None:
         self.kind = kind
         self.clock_rate = clock_rate
+        self._marker = kind == "video" if marker is None else marker
         self.on_keyframe_request = on_keyframe_request
         self._raw: RawRtpSender | None = None
         self._cname: bytes | None = None
@@ -176,7 +179,7 @@ class RtpStream:
         for index, payload in enumerate(payloads):
             seq = self._seq
             self._seq = (seq + 1) & 0xFFFF
-            marker = 1 if index == last and self.kind == "video" else 0
+            marker = 1 if index == last and self._marker else 0
             self._history[seq % HISTORY] = (seq, marker, ts, payload)
             self._send(seq, marker, ts, payload, self._pt, self._ssrc)
             self.packets_sent += 1

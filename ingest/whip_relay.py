@@ -24,7 +24,10 @@ a decode and a presentation time in 90 kHz ticks; then:
 * **AAC** (FLV's raw frames after an AudioSpecificConfig, or MPEG-TS's ADTS frames) is
   decoded and encoded to Opus here (PyAV: 48 kHz stereo, 20 ms, 96 kbit/s, libopus
   complexity 5 — half the cost of aiortc's own encoder at complexity 10).  **Opus** (MPEG-TS)
-  is passed through.
+  is passed through.  The encoder's **AAC-LC** is also sent as it is, in a third section of
+  the session (MP4A-LATM, :mod:`common.latm`; RTP timestamps count its samples in 90 kHz
+  ticks): the SFU forwards it only to the LL-HLS bridge, which publishes it instead of
+  encoding AAC again.  AAC other than LC (HE-AAC) is only converted to Opus.
 
 Packets go out through :class:`~ingest.rtp_sender.RtpStream` (RTP built here, NACK/RTX, PLI,
 sender reports), not aiortc's sender loop: aiortc only negotiates and runs ICE, DTLS and
@@ -54,20 +57,23 @@ from urllib.parse import urljoin
 import aiohttp
 import av
 from aiortc import (
+    RTCBundlePolicy,
     RTCConfiguration,
     RTCPeerConnection,
     RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from av.video.codeccontext import VideoCodecContext
 from av.video.frame import PictureType
 
+from common import latm
 from common.h264 import iter_nal_units
 from sfu import aiortc_private
 
 from . import flv
 from .rtmp_server import PublishRefused
-from .rtp_sender import RtpStream, packetize_h264
+from .rtp_sender import PAYLOAD_MAX, RtpStream, packetize_h264
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +114,11 @@ def _opus_encoder() -> av.CodecContext:
     return codec
 
 
-def _h264_encoder(width: int, height: int) -> av.CodecContext:
+def _h264_encoder(width: int, height: int) -> VideoCodecContext:
     """The transcoder's encoder: H.264 constrained baseline (no B-frames), ``zerolatency``,
     :data:`TRANSCODE_BITRATE`, a key frame every :data:`TRANSCODE_GOP` frames; 90 kHz pts."""
     codec = av.CodecContext.create("libx264", "w")
+    assert isinstance(codec, VideoCodecContext)
     codec.width, codec.height = width, height
     codec.pix_fmt = "yuv420p"
     codec.framerate = fractions.Fraction(30, 1)
@@ -138,11 +145,16 @@ def _raw_sender(transceiver: RTCRtpTransceiver, stream: RtpStream) -> None:
 class WhipRelay:
     """One RTMP or SRT publisher's WHIP session (see the module docstring).  Made by :meth:`open`."""
 
-    def __init__(self, pc: RTCPeerConnection, video: RtpStream, audio: RtpStream,
+    def __init__(self, pc: RTCPeerConnection, video: RtpStream, audio: RtpStream, aac: RtpStream,
                  location: str, key: str, http: aiohttp.ClientSession, peer: str) -> None:
         self.pc = pc
         self.video = video
         self.audio = audio
+        self.aac = aac
+        """The encoder's AAC-LC for the LL-HLS tier (MP4A-LATM, 90 kHz)."""
+        self._aac_config: latm.AacConfig | None = None
+        self._aac_samples = 0
+        self._aac_refused = False
         video.on_keyframe_request = self._keyframe_requested
         self.location = location
         self._key = key
@@ -156,8 +168,8 @@ class WhipRelay:
         self._sps: list[bytes] = []
         self._pps: list[bytes] = []
         """The latest SPS and PPS NAL units (configuration record or in-band)."""
-        self._decoder: av.CodecContext | None = None
-        self._encoder: av.CodecContext | None = None
+        self._decoder: VideoCodecContext | None = None
+        self._encoder: VideoCodecContext | None = None
         self._waiting_keyframe = False
         self._keyframe_wanted = False
         self._transcoder: concurrent.futures.ThreadPoolExecutor | None = None
@@ -182,7 +194,8 @@ class WhipRelay:
         :raises PublishRefused: the service refused (401/403: the key — the problem's detail
             is the reason; 404; 409/503: no room for it now; ``status`` says which) or could
             not be reached (``status`` None)."""
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        # max-bundle: two audio sections (Opus, AAC) must share the one transport (sfu.participant)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
         video, audio = RtpStream("video", 90000), RtpStream("audio", OPUS_RATE)
         transceiver = pc.addTransceiver("video", direction="sendonly")
         codecs = RTCRtpSender.getCapabilities("video").codecs
@@ -195,6 +208,12 @@ class WhipRelay:
         audio_transceiver.setCodecPreferences(
             [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType == "audio/opus"])
         _raw_sender(audio_transceiver, audio)
+        aac = RtpStream("audio", latm.CLOCK_RATE, marker=True)
+        aiortc_private.add_latm_capability()
+        aac_transceiver = pc.addTransceiver("audio", direction="sendonly")
+        aac_transceiver.setCodecPreferences(
+            [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType == latm.MIME_TYPE])
+        _raw_sender(aac_transceiver, aac)
         location = None
         try:
             await pc.setLocalDescription(await pc.createOffer())
@@ -218,7 +237,7 @@ class WhipRelay:
                         pass
             raise PublishRefused(f"the service could not take the stream ({type(exc).__name__})",
                                  "NetStream.Publish.Failed") from None
-        return cls(pc, video, audio, location, key, http, peer)
+        return cls(pc, video, audio, aac, location, key, http, peer)
 
     # ------------------------------------------------------------ MediaSink
     async def on_metadata(self, metadata: dict[str, Any]) -> None:
@@ -241,8 +260,15 @@ class WhipRelay:
         if tag.kind == "config":
             flv.parse_aac_config(tag.data)  # refuses a malformed one (FlvError)
             self._open_aac(tag.data)
+            try:
+                self._aac_config = latm.AacConfig.from_asc(tag.data)
+            except latm.LatmError as exc:
+                self._aac_config = None
+                logger.info("%s: %s: the LL-HLS tier gets AAC encoded from the Opus", self.peer, exc)
         elif self._aac is not None:
             self.aac_frame(tag.data)
+            if self._aac_config is not None:
+                self._send_aac(self._aac_config, tag.data)
 
     def on_ts_video(self, data: bytes, pts: int, dts: int, corrupt: bool = False) -> None:
         """An MPEG-TS H.264 access unit (Annex B) with its pts and dts (90 kHz ticks);
@@ -257,6 +283,14 @@ class WhipRelay:
             if self._aac is None:
                 self._open_aac(None)  # ADTS headers carry the configuration
             self.aac_frame(data)
+            try:
+                config, raw = latm.parse_adts(data)
+            except latm.LatmError as exc:
+                if not self._aac_refused:
+                    self._aac_refused = True
+                    logger.info("%s: %s: the LL-HLS tier gets AAC encoded from the Opus", self.peer, exc)
+            else:
+                self._send_aac(config, raw)
         elif codec == "opus" and data:
             self.audio.send([data], self._audio_samples)
             self._audio_samples += duration
@@ -280,7 +314,9 @@ class WhipRelay:
         keyframe = _IDR in types
         if pts != dts and not self.transcoding:
             self.transcoding = True
-            self._decoder = av.CodecContext.create("h264", "r")
+            decoder = av.CodecContext.create("h264", "r")
+            assert isinstance(decoder, VideoCodecContext)
+            self._decoder = decoder
             self._waiting_keyframe = not keyframe
             logger.warning("%s: the stream has B-frames: transcoding its video for WebRTC; %s",
                            self.peer, BFRAMES_ADVICE)
@@ -323,6 +359,7 @@ class WhipRelay:
             await asyncio.sleep(SENDER_REPORT_INTERVAL_S * random.uniform(0.5, 1.5))  # noqa: S311
             self.video.send_sender_report()
             self.audio.send_sender_report()
+            self.aac.send_sender_report()
 
     async def _ingest_patch(self, body: dict[str, Any]) -> None:
         """``PATCH`` of the WHIP session with ``body`` (relaycast's extension for the
@@ -400,6 +437,17 @@ class WhipRelay:
         self._resampler = av.AudioResampler(format="s16", layout="stereo", rate=OPUS_RATE,
                                             frame_size=OPUS_RATE // 50)
         self._opus = _opus_encoder()
+
+    def _send_aac(self, config: latm.AacConfig, raw: bytes) -> None:
+        """One raw AAC-LC frame on the AAC section, stamped with the samples sent before it
+        (90 kHz ticks); an element over the payload limit goes in several packets."""
+        if not raw:
+            return
+        element = latm.audio_mux_element(config, raw)
+        limit = PAYLOAD_MAX
+        self.aac.send([element[i:i + limit] for i in range(0, len(element), limit)],
+                      self._aac_samples * latm.CLOCK_RATE // config.sample_rate)
+        self._aac_samples += latm.FRAME_SAMPLES
 
     def aac_frame(self, data: bytes) -> None:
         """One AAC frame (raw after a configuration, or ADTS), decoded and encoded to Opus."""

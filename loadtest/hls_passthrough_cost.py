@@ -3,7 +3,8 @@
 Encodes a clip once with Debian's ffmpeg (1280x720, 30 fps, H.264 baseline at 2.5 Mbit/s, a
 key frame every second, no scene-cut key frames, + AAC), then for each mode starts a real
 ``relaycast serve`` on 127.0.0.1 — default configuration (ladder 720p,480p,360p, libx264
-veryfast) but ``RELAYCAST_HLS_PASSTHROUGH`` 1 or 0, and ``RELAYCAST_HLS_MIN_IDLE_CORES=0``
+veryfast) but ``RELAYCAST_HLS_PASSTHROUGH`` 1 (``v0`` the source's H.264, ``a0`` the
+encoder's 48 kHz AAC) or 0 (every rendition encoded), and ``RELAYCAST_HLS_MIN_IDLE_CORES=0``
 (on a small machine the bridge's admission would otherwise refuse to start it beside the
 encoder) — has ffmpeg publish the clip over RTMP with ``-c copy -re``, asks for
 ``/hls/demo/index.m3u8`` once the SFU saw three key frames, and reads the transcoder
@@ -89,6 +90,7 @@ async def measure(clip: Path, work: Path, passthrough: bool, seconds: float, war
         await encoder.wait()
         await serve.process.stop()
     return {"transcoder_cpu_pct": round(100 * cpu, 1), "passthrough": bridge.get("passthrough"),
+            "audio_passthrough": bridge.get("audio_passthrough"),
             "renditions": bridge.get("renditions"), "restarts": bridge.get("restarts")}
 
 

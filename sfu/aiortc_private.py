@@ -59,6 +59,8 @@ from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpHeaderExtensionParame
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import AnyRtcpPacket, RtpPacket, unwrap_rtx
 
+from common import latm
+
 from .twcc import FEEDBACK_INTERVAL_S, TRANSPORT_CC, TRANSPORT_CC_URI, TwccRecorder
 
 logger = logging.getLogger(__name__)
@@ -581,6 +583,23 @@ def extend_codec_capabilities() -> None:
             )
         )
         pt += 2
+
+
+def add_latm_capability() -> None:
+    """Let aiortc negotiate AAC as MP4A-LATM (RFC 6416; :mod:`common.latm`) too (idempotent).
+
+    aiortc never encodes or decodes it here: the RTMP/SRT relay sends the encoder's AAC this
+    way and the SFU only forwards it (to the LL-HLS bridge and node-to-node pipes, never to
+    WebRTC viewers: :func:`sfu.negotiation.publish_track`).  aiortc then lists it in the
+    offers of audio transceivers without codec preferences too, after Opus.
+    """
+    audio = aiortc_codecs.CODECS["audio"]
+    if any(c.mimeType.lower() == latm.MIME_TYPE.lower() for c in audio):
+        return
+    used = {c.payloadType for kind in ("audio", "video") for c in aiortc_codecs.CODECS[kind]}
+    audio.append(RTCRtpCodecParameters(
+        mimeType=latm.MIME_TYPE, clockRate=latm.CLOCK_RATE,
+        payloadType=next(pt for pt in range(96, 128) if pt not in used), parameters=dict(latm.FMTP)))
 
 
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:

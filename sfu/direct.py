@@ -83,7 +83,8 @@ class RoomInfo:
     :ivar name: the room name.
     :ivar live: a publisher (or a pipe from the origin node) is sending media.
     :ivar viewers: WebRTC viewers of the room on this node.
-    :ivar tracks: the published tracks by kind (empty when not live).
+    :ivar tracks: the published tracks by name: "video", "audio", and "aac" (an RTMP/SRT
+        relay's copy of the encoder's AAC); empty when not live.
     """
 
     name: str
@@ -106,10 +107,13 @@ class TrackTap:
     (:attr:`closed`; a publisher that reconnects publishes a *new* track: tap again).
     """
 
-    def __init__(self, transport: DirectTransport, room: str, producer: Producer) -> None:
+    def __init__(self, transport: DirectTransport, room: str, producer: Producer, track: str | None = None) -> None:
         self._transport = transport
         self._producer = producer
         self.room = room
+        self.track = track or producer.kind
+        """The room's track it follows: ``"video"``, ``"audio"`` or ``"aac"`` (an RTMP/SRT
+        relay's copy of the encoder's AAC, :data:`sfu.negotiation.FORWARDABLE`)."""
         self.info = _track_info(producer)
 
     @property
@@ -123,7 +127,7 @@ class TrackTap:
     @property
     def closed(self) -> bool:
         """True once the track ended, or the room now publishes another track of this kind."""
-        return self._producer.closed or self._transport._producer(self.room, self.kind) is not self._producer
+        return self._producer.closed or self._transport._producer(self.room, self.track) is not self._producer
 
     def add_consumer(self, sink: PacketSink) -> None:
         """Start handing every packet of the track to ``sink.forward`` (idempotent)."""
@@ -164,14 +168,14 @@ class DirectTransport:
         return self._info(name) if name in self._worker.routers else None
 
     def tap(self, room: str, kind: str) -> TrackTap:
-        """The room's current ``kind`` track.
+        """The room's current ``kind`` track (``"video"``, ``"audio"``, or ``"aac"``).
 
         :raises RoomNotLive: the room is not on this node or publishes no such track.
         """
         producer = self._producer(room, kind)
         if producer is None or producer.closed:
             raise RoomNotLive(f"room {room!r} publishes no {kind} track on this node")
-        return TrackTap(self, room, producer)
+        return TrackTap(self, room, producer, kind)
 
     def hold(self, room: str, holder: str) -> bool:
         """Keep the room's media flowing into this node for ``holder`` (an edge keeps its pipe

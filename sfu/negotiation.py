@@ -44,7 +44,10 @@ SIMULCAST_MAX_BITRATE_KBPS = 3500
 """``x-google-max-bitrate`` answered to a simulcast publisher, kbps: libwebrtc caps all its
 simulcast streams together with it, and three layers (e.g. 150 + 500 + 2500 kbps) would not
 fit under :data:`PUBLISHER_START_BITRATE_KBPS`."""
-FORWARDABLE = {"video": ("video/vp8", "video/h264"), "audio": ("audio/opus",)}
+FORWARDABLE = {"video": ("video/vp8", "video/h264"), "audio": ("audio/opus",), "aac": ("audio/mp4a-latm",)}
+"""Codecs the SFU takes from a publisher, by track: ``"aac"`` is a second audio section
+that offers only AAC as MP4A-LATM (RFC 6416; the RTMP/SRT relay's copy of the encoder's
+AAC): forwarded to the LL-HLS bridge and node-to-node pipes, never to WebRTC viewers."""
 MAX_SDP_BYTES = 64 * 1024
 
 
@@ -75,18 +78,33 @@ def parse_offer(sdp: str) -> aiortc_sdp.SessionDescription:
     return desc
 
 
+def _aac_section(media: aiortc_sdp.MediaDescription) -> bool:
+    codecs = [c for c in media.rtp.codecs if not is_rtx(c)]
+    return media.kind == "audio" and bool(codecs) and all(c.mimeType.lower() == "audio/mp4a-latm" for c in codecs)
+
+
+def publish_track(kind: str, negotiated: list[RTCRtpCodecParameters]) -> str:
+    """The track a publisher's transceiver of ``kind`` carries: ``kind``, or ``"aac"`` for
+    an audio section whose codecs are all MP4A-LATM (see :data:`FORWARDABLE`)."""
+    codecs = [c for c in negotiated if not is_rtx(c)]
+    if kind == "audio" and codecs and all(c.mimeType.lower() == "audio/mp4a-latm" for c in codecs):
+        return "aac"
+    return kind
+
+
 def check_track_counts(desc: aiortc_sdp.SessionDescription, *, publish: bool) -> None:
-    """At most one audio, one video and one data-channel section.
+    """At most one audio, one video and one data-channel section (a publisher may add one
+    audio section of AAC only, :data:`FORWARDABLE`).
 
     :raises UnsupportedMedia: more tracks than the SFU forwards, a publisher
         offer whose media is not ``sendonly``/``sendrecv``, or a viewer offer
         whose media is not ``recvonly``/``sendrecv``.
     """
-    counts = {"audio": 0, "video": 0, "application": 0}
+    counts = {"audio": 0, "video": 0, "application": 0, "aac": 0}
     for media in desc.media:
         if media.port == 0:
             continue
-        counts[media.kind] += 1
+        counts["aac" if publish and _aac_section(media) else media.kind] += 1
         if publish and media.kind != "application" and media.direction not in ("sendonly", "sendrecv"):
             raise UnsupportedMedia(f"publisher m={media.kind} must be sendonly, not {media.direction}")
         if not publish and media.kind != "application" and media.direction not in ("recvonly", "sendrecv"):
@@ -95,7 +113,7 @@ def check_track_counts(desc: aiortc_sdp.SessionDescription, *, publish: bool) ->
     for kind, n in counts.items():
         if n > 1:
             raise UnsupportedMedia(f"{n} {kind} sections offered; at most one is supported")
-    if publish and counts["audio"] + counts["video"] == 0:
+    if publish and counts["audio"] + counts["video"] + counts["aac"] == 0:
         raise UnsupportedMedia("publisher offer has no audio or video")
 
 
@@ -104,7 +122,8 @@ def _rtx_for(codecs: list[RTCRtpCodecParameters], base: RTCRtpCodecParameters) -
 
 
 def choose_publish_codec(kind: str, negotiated: list[RTCRtpCodecParameters]) -> list[RTCRtpCodecParameters]:
-    """The first forwardable codec the publisher offered, plus its RTX.
+    """The first forwardable codec the publisher offered for track ``kind`` (``"video"``,
+    ``"audio"``, ``"aac"``: :func:`publish_track`), plus its RTX.
 
     :raises UnsupportedMedia: none of VP8/H.264 (video) or Opus (audio) offered.
     """

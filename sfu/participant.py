@@ -6,9 +6,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamTrack
 
 from .consumer import Consumer
@@ -21,9 +21,26 @@ from .protocol import Identity
 logger = logging.getLogger(__name__)
 
 
-def new_peer_connection(ice_servers: list[RTCIceServer] | None = None) -> RTCPeerConnection:
-    """A peer connection with explicit ICE servers (never aiortc's public STUN default)."""
-    return RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers or [])))
+def new_peer_connection(ice_servers: list[RTCIceServer] | None = None, *, max_bundle: bool = False) -> RTCPeerConnection:
+    """A peer connection with explicit ICE servers (never aiortc's public STUN default).
+
+    ``max_bundle``: every m= section on one transport from the start (RFC 9143 §4.1
+    ``max-bundle``; W3C ``bundlePolicy``).  Needed for two sections of one kind (a
+    publisher's Opus and AAC): under aiortc's default ``balanced`` policy the second
+    shares the first's transport before BUNDLE is negotiated, and aiortc then never moves
+    it onto the bundle's transport, so it never sends or receives.  Only for offers whose
+    BUNDLE group holds every section, first section first (:func:`bundles_everything`).
+    """
+    policy = RTCBundlePolicy.MAX_BUNDLE if max_bundle else RTCBundlePolicy.BALANCED
+    return RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers or []), bundlePolicy=policy))
+
+
+def bundles_everything(desc: Any) -> bool:
+    """Whether a parsed offer's (aiortc ``SessionDescription``) BUNDLE group (RFC 9143)
+    holds every m= section it uses, the first of them first."""
+    mids = [m.rtp.muxId for m in desc.media if m.port]
+    group: list[str] = next((list(g.items) for g in desc.group if g.semantic == "BUNDLE"), [])
+    return bool(group) and bool(mids) and group[0] == mids[0] and set(mids) <= set(group)
 
 
 class PlaceholderTrack(MediaStreamTrack):

@@ -37,8 +37,9 @@ from .negotiation import (
     negotiate_transport_cc,
     parse_offer,
     pipe_codec_preferences,
+    publish_track,
 )
-from .participant import Participant, PlaceholderTrack, new_peer_connection
+from .participant import Participant, PlaceholderTrack, bundles_everything, new_peer_connection
 from .producer import Producer
 from .protocol import Identity, SessionKind
 from .simulcast_sdp import (
@@ -111,8 +112,8 @@ class Router:
 
     @property
     def track_kinds(self) -> set[str]:
-        """Kinds ("audio", "video") the room currently publishes."""
-        return set(self.producers)
+        """Kinds ("audio", "video") the room currently publishes to WebRTC viewers."""
+        return set(self.producers) & {"audio", "video"}
 
     @property
     def pipe_fed(self) -> bool:
@@ -149,7 +150,7 @@ class Router:
             return None
         publisher = self.publisher
         return publisher_ingest(
-            (producer.health for producer in self.producers.values()),
+            (self.producers[kind].health for kind in ("video", "audio") if kind in self.producers),
             publisher.ingest_advice if publisher is not None else None,
             publisher.ingest_dropped_frames if publisher is not None else None,
         )
@@ -243,7 +244,9 @@ class Router:
     @staticmethod
     def _add_producers(participant: Participant, simulcast: SimulcastOffer | None) -> None:
         for transceiver in participant.pc.getTransceivers():
-            codecs = choose_publish_codec(transceiver.kind, aiortc_private.negotiated_codecs(transceiver))
+            negotiated = aiortc_private.negotiated_codecs(transceiver)
+            track = publish_track(transceiver.kind, negotiated)
+            codecs = choose_publish_codec(track, negotiated)
             aiortc_private.restrict_codecs(transceiver, codecs)
             negotiate_transport_cc(participant.pc, transceiver,
                                    simulcast=simulcast is not None and transceiver.kind == "video")
@@ -255,7 +258,7 @@ class Router:
                 if simulcast.repaired_rid_extension_id is not None:
                     aiortc_private.enable_header_extension(
                         transceiver, URI_REPAIRED_RID, simulcast.repaired_rid_extension_id)
-            participant.producers[transceiver.kind] = Producer(
+            participant.producers[track] = Producer(
                 transceiver.kind, codecs[0], transceiver.receiver, participant.session_id, rids=rids
             )
 
@@ -282,7 +285,7 @@ class Router:
             if not any(m.kind in self.track_kinds and m.port for m in desc.media):
                 raise UnsupportedMedia("the offer receives none of the room's tracks ("
                                        + ", ".join(sorted(self.track_kinds)) + ")")
-        pc = new_peer_connection()
+        pc = new_peer_connection(max_bundle=bundles_everything(desc))
         participant = Participant(session_id, self.room, identity, pc, self._failed, self._connected)
         try:
             await _set_offer(pc, offer_sdp)
@@ -385,18 +388,18 @@ class Router:
         """
         if not self.live:
             raise RoomNotLive(f"room {self.room!r} has no publisher yet")
-        pc = new_peer_connection()
+        pc = new_peer_connection(max_bundle=True)  # one transport for all, two audio sections too
         participant = Participant(session_id, self.room, identity, pc, self._failed, self._connected)
         try:
-            for kind, producer in self.producers.items():
-                track = PlaceholderTrack(kind)
+            for name, producer in self.producers.items():  # "video", "audio", "aac"
+                track = PlaceholderTrack(producer.kind)
                 participant.tracks.append(track)
                 transceiver = pc.addTransceiver(track, direction="sendonly")
-                transceiver.setCodecPreferences(pipe_codec_preferences(kind, producer.codec))
-                consumer = Consumer(kind, producer.codec.clockRate, session_id)
+                transceiver.setCodecPreferences(pipe_codec_preferences(producer.kind, producer.codec))
+                consumer = Consumer(producer.kind, producer.codec.clockRate, session_id)
                 consumer.codec = producer.codec
                 self._install_consumer(consumer, transceiver)
-                participant.consumers[kind] = consumer
+                participant.consumers[name] = consumer
             await pc.setLocalDescription(await pc.createOffer())
         except BaseException:
             await participant.close()
@@ -418,10 +421,10 @@ class Router:
         except Exception as exc:
             await self._remove(participant)
             raise BadOffer(f"pipe answer refused: {exc}") from exc
-        for transceiver in participant.pc.getTransceivers():
-            consumer = participant.consumers.get(transceiver.kind)
-            producer = self.producers.get(transceiver.kind)
-            if consumer is None or producer is None:
+        # The transceivers are in the order pipe_offer added a consumer for each track.
+        for transceiver, (name, consumer) in zip(participant.pc.getTransceivers(), participant.consumers.items(), strict=True):
+            producer = self.producers.get(name)
+            if producer is None:
                 continue
             consumer.codec = choose_consumer_codec(
                 producer.codec, aiortc_private.negotiated_codecs(transceiver))[0]

@@ -97,6 +97,7 @@ class Worker:
         room exists); None = each room numbers its own chat."""
         aiortc_private.set_host_addresses(config.ice_gather or None)
         aiortc_private.extend_codec_capabilities()
+        aiortc_private.add_latm_capability()
         aiortc_private.accept_peer_consent_checks()
         aiortc_private.enable_ice_restart()
 

@@ -2,7 +2,7 @@
 second into a real service (RTMP endpoint → WhipRelay → SFU), and the LL-HLS bridge
 publishes that H.264 as the top rendition without encoding it — its samples are the
 source's access units — while the lower rung is encoded with its key frames on the
-source's.  A source whose key frames leave the grid ends the passthrough: the transcoder is
+source's, and the audio rendition is the encoder's own AAC frames.  A source whose key frames leave the grid ends the passthrough: the transcoder is
 restarted without it and the renditions go on after a discontinuity."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _encode(path: Path, seconds: int, *keyframes: str) -> None:
     forced = ["-force_key_frames", ",".join(keyframes)] if keyframes else ["-g", "30"]
     subprocess.run(
         ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-         "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30", "-f", "lavfi", "-i", "sine", "-t", str(seconds),
+         "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30", "-f", "lavfi", "-i", "sine=sample_rate=48000", "-t", str(seconds),
          "-c:v", "libx264", "-preset", "ultrafast", "-profile:v", "baseline", "-bf", "0", "-sc_threshold", "0",
          "-pix_fmt", "yuv420p", *forced, "-keyint_min", "1", "-c:a", "aac", "-f", "flv", str(path)],
         check=True, timeout=120)
@@ -126,6 +126,12 @@ def _demux(path: Path) -> list[tuple[bytes, bool]]:
         return [(bytes(p), p.is_keyframe) for p in container.demux(video=0) if p.size]
 
 
+def _audio_frames(path: Path) -> list[bytes]:
+    """The raw AAC frames of a file's audio (FLV's as the encoder made them; fMP4 samples)."""
+    with av.open(str(path)) as container:
+        return [bytes(p) for p in container.demux(audio=0) if p.size]
+
+
 async def test_the_top_rendition_is_the_rtmp_source_bitstream(
         live: tuple[Service, RtmpServer], tmp_path: Path) -> None:
     service, server = live
@@ -144,6 +150,9 @@ async def test_the_top_rendition_is_the_rtmp_source_bitstream(
             lower_init, lower = await _segments(http, f"{stream}/v1", 2)
             (tmp_path / "v1.mp4").write_bytes(lower_init + b"".join(lower))
             encoded = _demux(tmp_path / "v1.mp4")
+            audio_init, audio = await _segments(http, f"{stream}/a0", 3)
+            (tmp_path / "a0.mp4").write_bytes(audio_init + b"".join(audio))
+            aac = _audio_frames(tmp_path / "a0.mp4")
     finally:
         encoder.kill()
         await encoder.wait()
@@ -156,6 +165,12 @@ async def test_the_top_rendition_is_the_rtmp_source_bitstream(
     assert bridge.to_json()["restarts"] == 0
     # The 240p rung is encoded, with its key frames where the source has them.
     assert len(encoded) == 60 and [i for i, (_, key) in enumerate(encoded) if key][:2] == [0, 30]
+    # The audio rendition is the encoder's AAC: three segments of its frames, in order.
+    assert bridge.audio_passthrough and bridge.to_json()["audio_passthrough"]
+    source_aac = _audio_frames(flv)
+    assert len(aac) >= 3 * 46
+    start = source_aac.index(aac[0])
+    assert aac == source_aac[start:start + len(aac)]
 
 
 async def test_key_frames_off_the_grid_end_the_passthrough(

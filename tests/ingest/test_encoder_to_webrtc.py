@@ -7,6 +7,7 @@ refused with the service's reason at connect/publish, a reconnect continued."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import shutil
 from collections.abc import AsyncIterator
@@ -14,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import av
 import pytest
 
+from common import latm
 from ingest import srt_lib, whip_relay
 from ingest.rtmp_server import PublishRequest, RtmpServer
 from ingest.srt_server import SrtPublish, SrtServer
@@ -181,6 +184,65 @@ async def test_srt_callers_get_the_reason_in_the_handshake(ingest: Ingest) -> No
     for stream_id, reason in cases.items():
         assert await asyncio.to_thread(srt_caller.rejection, port, stream_id) == reason, stream_id
     assert not ingest.relays
+
+
+class _Collect:
+    """A packet sink on the SFU's AAC producer: whole LATM elements (RFC 6416 §6.1: the
+    marker ends one) with their RTP timestamps."""
+
+    def __init__(self) -> None:
+        self.elements: list[tuple[int, bytes]] = []
+        self._pending = b""
+
+    def forward(self, media: Any) -> None:
+        self._pending += media.payload
+        if media.marker:
+            self.elements.append((media.timestamp, self._pending))
+            self._pending = b""
+
+
+async def test_the_encoders_aac_reaches_the_sfu_as_it_is(ingest: Ingest, tmp_path: Any) -> None:
+    """Next to the Opus for WebRTC, the relay sends the encoder's AAC frames unchanged (the
+    LL-HLS tier's audio); WebRTC viewers never get that section."""
+    clip = tmp_path / ("clip.flv" if ingest.protocol == "rtmp" else "clip.ts")
+    encode = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "6", "-c:v", "libx264",
+        "-preset", "ultrafast", "-bf", "0", "-g", "30", "-c:a", "aac", "-ac", "2", "-b:a", "96k", str(clip))
+    assert await encode.wait() == 0
+    with av.open(str(clip)) as container:
+        source = [bytes(p) for p in container.demux(audio=0) if p.size]
+    if ingest.protocol == "srt":  # MPEG-TS carries ADTS frames: compare the raw ones
+        source = [latm.parse_adts(frame)[1] for frame in source]
+    proc = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-i", str(clip), "-c", "copy",
+        "-f", "flv" if ingest.protocol == "rtmp" else "mpegts", ingest.url())
+    await wait_for(lambda: ingest.publishing() and "aac" in ingest.service.worker.routers["demo"].producers,
+                   10, lambda: "the AAC section in the room")
+    router = ingest.service.worker.routers["demo"]
+    producer = router.producers["aac"]
+    assert producer.codec.mimeType == latm.MIME_TYPE and router.track_kinds == {"audio", "video"}
+    sink = _Collect()
+    producer.add_consumer(sink)
+    await wait_for(lambda: len(sink.elements) >= 50, 10, lambda: f"{len(sink.elements)} AAC frames")
+    producer.remove_consumer(sink)
+    session = await whip_client.view(f"{ingest.service.url}/whep/demo")
+    try:  # a WebRTC viewer is answered Opus and video only
+        await whip_client.wait_connected(session.pc)
+        assert sorted(receiver_tracks(session.pc)) == ["audio", "video"]
+        answer = session.pc.remoteDescription.sdp
+        assert "opus/48000" in answer and "MP4A-LATM" not in answer
+    finally:
+        await session.close()
+    proc.kill()
+    await proc.wait()
+    frames = [latm.parse_audio_mux_element(element) for _, element in sink.elements]
+    assert {config for config, _ in frames} == {latm.AacConfig(3, 2)}  # 48 kHz stereo AAC-LC
+    raw = [frame for _, frame in frames]
+    start = source.index(raw[0])
+    assert raw == source[start:start + len(raw)]  # every frame, in order, bit for bit
+    steps = {(b - a) & 0xFFFFFFFF for (a, _), (b, _) in itertools.pairwise(sink.elements)}
+    assert steps == {1920}  # 1,024 samples at 48 kHz in 90 kHz ticks
 
 
 async def test_an_encoder_that_reconnects_replaces_its_session(ingest: Ingest) -> None:

@@ -15,5 +15,6 @@ from loadtest import hls_passthrough_cost
 async def test_both_modes_measure_the_transcoder() -> None:
     results = await hls_passthrough_cost.main_async(1.5, 1.0, size="320x240", clip_s=4)
     assert results["passthrough"]["passthrough"] is True and results["encoded"]["passthrough"] is False
+    assert results["passthrough"]["audio_passthrough"] is True and results["encoded"]["audio_passthrough"] is False
     for mode in ("passthrough", "encoded"):
         assert results[mode]["transcoder_cpu_pct"] > 0 and results[mode]["restarts"] == 0, results[mode]

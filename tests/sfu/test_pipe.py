@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from common import latm
+from ingest.whip_relay import WhipRelay
 from sfu.worker import Worker
 from tests.polling import wait_for
+from tests.services import STREAM_KEY
 from tests.sfu.sfu_helpers import (
     OffsetPatternTrack,
     publish_pattern,
@@ -110,6 +116,52 @@ async def test_room_piped_to_a_second_node_serves_its_viewers(service: Any) -> N
         # Closing the pipe on the origin frees it there.
         assert (await origin.close_session({"session_id": PIPE_ID})) == {"ok": True}
         assert "demo" not in origin.routers or PIPE_ID not in origin.routers["demo"].pipes
+
+
+async def test_the_aac_section_of_an_rtmp_relay_crosses_the_pipe(service: Any, tmp_path: Path) -> None:
+    """A relay's third section (the encoder's AAC as MP4A-LATM) reaches the edge as its own
+    producer, frame for frame, beside the Opus a WebRTC viewer gets."""
+    origin: Worker = service.worker
+    path = tmp_path / "tone.aac"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "sine=frequency=440:sample_rate=48000", "-t", "2", "-ac", "2", "-c:a", "aac",
+                    "-f", "adts", str(path)], check=True)
+    data, frames = path.read_bytes(), []
+    while data:
+        length = ((data[3] & 0x03) << 11) | (data[4] << 3) | (data[5] >> 5)
+        frames.append(data[:length])
+        data = data[length:]
+    edge_config = dataclasses.replace(service.config.sfu, node_id="sfu-edge")
+    async with aiohttp.ClientSession() as http, Worker(edge_config) as edge:
+        relay = await WhipRelay.open(f"{service.url}/whip", STREAM_KEY, http)
+        try:
+            await wait_for(lambda: relay.aac.started, 10, "the relay's connection")
+            await open_pipe(origin, edge)
+            await wait_for(lambda: edge.routers["demo"].live, 10, "the edge room to go live")
+            producers = edge.routers["demo"].producers
+            assert set(producers) == {"video", "audio", "aac"} and producers["aac"].codec.mimeType == latm.MIME_TYPE
+            elements: list[bytes] = []
+            pending: list[bytes] = []
+
+            class Sink:
+                def forward(self, media: Any) -> None:
+                    pending.append(media.payload)
+                    if media.marker:
+                        elements.append(b"".join(pending))
+                        pending.clear()
+
+            producers["aac"].add_consumer(Sink())
+            for index, frame in enumerate(frames):  # ~real time, 1,024 samples each
+                relay.on_ts_audio("aac", frame, 1024)
+                if index % 5 == 4:
+                    await asyncio.sleep(0.1)
+            await wait_for(lambda: len(elements) >= 40, 10, lambda: f"{len(elements)} AAC frames on the edge")
+        finally:
+            await relay.close("test over")
+    raw = [latm.parse_adts(frame)[1] for frame in frames]
+    got = [latm.parse_audio_mux_element(element)[1] for element in elements]
+    start = raw.index(got[0])
+    assert got == raw[start:start + len(got)]
 
 
 async def test_pipe_offer_needs_a_live_room_and_answer_needs_an_offer(service: Any) -> None:
