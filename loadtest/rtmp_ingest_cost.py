@@ -12,8 +12,13 @@ over RTMP (and the baseline clip over SRT as MPEG-TS) with ``-c copy -re`` and r
 * the ingest process (``python -m ingest.main``: RTMP, AAC → Opus, the H.264 passthrough or
   the transcode).
 
-The ratio (forwarding + ingest) / forwarding is the RTMP ingest's cost in WHIP publishers.
-The encoder (ffmpeg) and the bridge's transcoder are not counted.  Usage::
+Two ratios per case: ``ratio_to_whip`` = (forwarding + ingest) / forwarding — the ingest's
+cost in what that same stream costs the forwarding process (which also receives the relay's
+AAC section, a WHIP publisher's does not) — and ``ratio_to_whip_publisher`` = (forwarding +
+ingest) / the forwarding process's CPU for a real WHIP publisher of the same size, rate,
+bitrate and key-frame interval, measured in the same run (FFmpeg's own WHIP muxer,
+:mod:`loadtest.ffmpeg_whip`, H.264 + Opus, encoding live in a process of its own).  The
+encoders (ffmpeg) and the bridge's transcoder are not counted.  Usage::
 
     python -m loadtest.rtmp_ingest_cost [--seconds 10] [--warmup 4]
 """
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtest.cluster_procs import RelaycastProcess, free_port
+from loadtest.ffmpeg_whip import FfmpegWhipProcess
 from loadtest.procstat import children, cpu_seconds
 
 KEY = "sk_cost_" + "c" * 24
@@ -113,6 +119,26 @@ async def measure(clip: Path, serve: Serve, protocol: str, seconds: float, warmu
             "ratio_to_whip": round((serve_cpu + ingest_cpu) / serve_cpu, 2) if serve_cpu else float("nan")}
 
 
+async def measure_whip(serve: Serve, size: str, seconds: float, warmup: float) -> dict[str, float]:
+    """The forwarding process's CPU for FFmpeg's WHIP muxer publishing ``size`` at 30 fps,
+    2.5 Mbit/s, a key frame every 60 frames, with Opus (the baseline of the ratios)."""
+    width, height = (int(n) for n in size.split("x"))
+    publisher = await FfmpegWhipProcess.start(
+        f"{serve.url}/whip/demo", KEY, warmup + seconds + 2, width, height,
+        args=["--bitrate", "2500000", "--gop", "60"])
+    try:
+        await publisher.wait_connected()
+        await asyncio.sleep(warmup)
+        pid = serve.process.pid
+        t0 = asyncio.get_running_loop().time()
+        serve0 = cpu_seconds(pid)
+        await asyncio.sleep(seconds)
+        elapsed = asyncio.get_running_loop().time() - t0
+        return {"forwarding_cpu_pct": round(100 * (cpu_seconds(pid) - serve0) / elapsed, 1)}
+    finally:
+        await publisher.stop()
+
+
 async def main_async(seconds: float, warmup: float, size: str = "1280x720", clip_s: float = 20.0) -> dict[str, object]:
     """Both cases; ``size`` and ``clip_s`` (the clip's length, looped) make a quick run."""
     with tempfile.TemporaryDirectory(prefix="rtmp-cost-") as tmp:
@@ -125,9 +151,17 @@ async def main_async(seconds: float, warmup: float, size: str = "1280x720", clip
         serve = await start_serve(work, KEY)
         results: dict[str, object] = {"seconds": seconds, "warmup": warmup, "size": size}
         try:
+            whip = await measure_whip(serve, size, seconds, warmup)
+            results["WHIP publisher"] = whip
+            print(f"WHIP publisher (FFmpeg's muxer): {json.dumps(whip)}", flush=True)
+            await asyncio.sleep(2)
             for name, (clip, protocol) in cases.items():
-                results[name] = await measure(clip, serve, protocol, seconds, warmup)
-                print(f"{name}: {json.dumps(results[name])}", flush=True)
+                figures = await measure(clip, serve, protocol, seconds, warmup)
+                total = figures["forwarding_cpu_pct"] + figures["ingest_cpu_pct"]
+                base = whip["forwarding_cpu_pct"]
+                figures["ratio_to_whip_publisher"] = round(total / base, 2) if base else float("nan")
+                results[name] = figures
+                print(f"{name}: {json.dumps(figures)}", flush=True)
                 await asyncio.sleep(2)
         finally:
             await serve.process.stop()
