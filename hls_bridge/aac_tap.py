@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from common import latm
 from sfu.direct import MediaPacket, TrackSource
 
+from .ingest import until_none
+
 MAX_QUEUED = 64
 """AAC frames waiting for the transcoder at most (1.4 s at 48 kHz)."""
 
@@ -131,11 +133,7 @@ class AacTap:
 
     async def frames(self) -> AsyncIterator[AacFrame]:
         """AAC frames in order until :meth:`close`."""
-        while True:
-            frame = await self._queue.get()
-            if frame is None:
-                self._queue.put_nowait(None)
-                return
+        async for frame in until_none(self._queue):
             yield frame
 
     def close(self) -> None:

@@ -47,7 +47,7 @@ from aiortc.codecs import depayload
 from sfu.direct import MediaPacket, TrackSource
 from sfu.rtp import is_keyframe_start
 
-__all__ = ["DecodedFrame", "EncodedFrame", "FrameAssembler", "FrameDecoder", "ProducerTap", "merge_frames"]
+__all__ = ["DecodedFrame", "EncodedFrame", "FrameAssembler", "FrameDecoder", "ProducerTap", "merge_frames", "until_none"]
 
 logger = logging.getLogger(__name__)
 
@@ -494,12 +494,7 @@ class ProducerTap:
     # ------------------------------------------------------------- output API
     async def frames(self) -> AsyncIterator[DecodedFrame]:
         """Decoded frames in order until :meth:`close` (``VideoFrame`` or ``AudioFrame``)."""
-        queue = self.decoder.queue
-        while True:
-            frame = await queue.get()
-            if frame is None:
-                queue.put_nowait(None)  # let other iterators end too
-                return
+        async for frame in until_none(self.decoder.queue):
             yield frame
 
     def close(self) -> None:
@@ -550,6 +545,16 @@ class ProducerTap:
 
 
 _END = object()
+
+
+async def until_none(queue: asyncio.Queue[Any]) -> AsyncIterator[Any]:
+    """The items of ``queue`` until a ``None`` (put back, so other iterators end too)."""
+    while True:
+        item = await queue.get()
+        if item is None:
+            queue.put_nowait(None)
+            return
+        yield item
 
 
 async def merge_frames(taps: list[Any]) -> AsyncIterator[Any]:

@@ -459,16 +459,7 @@ class LadderTranscoder:
         if self._anchor is None:
             self._anchor = self._clock()
         duration = Fraction(AAC_FRAME, AUDIO_RATE)
-        t = Fraction(frame.pts, 90000)
-        if self._audio_origin is None:
-            self._audio_origin = t - self._audio_taken
-        gap = t - self._audio_origin - self._audio_taken
-        if abs(gap) > self._max_gap_s:
-            self._audio_origin += gap
-            self.stats.audio_rebases += 1
-            logger.info("audio timestamps jumped by %.3f s; re-based", float(gap))
-            gap = Fraction(0)
-        missing = round(gap / duration)
+        missing = round(self._audio_gap(Fraction(frame.pts, 90000)) / duration)
         if missing < 0:  # overlaps audio already taken
             self.stats.audio_dropped_samples += AAC_FRAME
             return
@@ -899,16 +890,7 @@ class LadderTranscoder:
                 self._audio_taken += Fraction(frame.samples, rate)
             return [frame]
         duration = Fraction(frame.samples, rate)
-        t = frame.pts * frame.time_base
-        if self._audio_origin is None:
-            self._audio_origin = t - self._audio_taken
-        gap = t - self._audio_origin - self._audio_taken
-        if abs(gap) > self._max_gap_s:
-            self._audio_origin += gap
-            self.stats.audio_rebases += 1
-            logger.info("audio timestamps jumped by %.3f s; re-based", float(gap))
-            gap = Fraction(0)
-        gap_samples = round(gap * rate)
+        gap_samples = round(self._audio_gap(frame.pts * frame.time_base) * rate)
         if gap_samples > 0:
             silence = av.AudioFrame(format=frame.format.name, layout=frame.layout.name,
                                     samples=gap_samples)
@@ -927,6 +909,20 @@ class LadderTranscoder:
             frame = _drop_leading_samples(frame, overlap)
         self._audio_taken += Fraction(frame.samples, rate)
         return [frame]
+
+    def _audio_gap(self, t: Fraction) -> Fraction:
+        """Seconds between where audio at input media time ``t`` belongs and the end of what
+        was taken (positive: a gap, negative: an overlap); a jump of more than ``max_gap_s``
+        re-bases the timeline (gap 0)."""
+        if self._audio_origin is None:
+            self._audio_origin = t - self._audio_taken
+        gap = t - self._audio_origin - self._audio_taken
+        if abs(gap) > self._max_gap_s:
+            self._audio_origin += gap
+            self.stats.audio_rebases += 1
+            logger.info("audio timestamps jumped by %.3f s; re-based", float(gap))
+            gap = Fraction(0)
+        return gap
 
     def _encode_audio(self, chunk: av.AudioFrame | None, ops: list[Callable[[], Any]]) -> None:
         ctx = self._audio_ctx

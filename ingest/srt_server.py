@@ -240,13 +240,23 @@ class SrtServer:
             logger.warning("SRT %s: refused (%d): %s", peer, reason, exc.description)
             return reason
         except concurrent.futures.TimeoutError:
-            future.cancel()
+            future.cancel()  # WhipRelay.open ends what it opened; one that finished meanwhile:
+            future.add_done_callback(self._close_late_sink)
             logger.warning("SRT %s: refused: the service did not answer in %.0f s", peer, OPEN_TIMEOUT_S)
             return srt_lib.SRT_REJX_GW
         with self._lock:
             self._admitted[sock] = sink
         self._loop.call_soon_threadsafe(self._loop.call_later, ACCEPT_TIMEOUT_S, self._expire, sock)
         return 0
+
+    def _close_late_sink(self, future: concurrent.futures.Future[TsSink]) -> None:
+        """The session of a caller refused for a late answer, if it was opened after all: end
+        it (any thread), so it does not stand as the room's publisher with no media."""
+        if future.cancelled() or future.exception() is not None or self._loop is None:
+            return
+        sink = future.result()
+        self._loop.call_soon_threadsafe(
+            lambda: asyncio.ensure_future(sink.close("the SRT caller was refused: the service answered late")))
 
     def _expire(self, sock: int) -> None:
         with self._lock:

@@ -229,6 +229,9 @@ class WhipRelay:
         except PublishRefused:
             await pc.close()
             raise
+        except asyncio.CancelledError:  # the caller gave up (an SRT handshake that timed out)
+            asyncio.get_running_loop().create_task(_discard(pc, location, key, http))
+            raise
         except (aiohttp.ClientError, OSError, ValueError, KeyError) as exc:
             await pc.close()
             if location is not None:  # created, but its answer was unusable: end it
@@ -490,6 +493,19 @@ class WhipRelay:
         except TimeoutError:
             logger.warning("%s: the peer connection did not close in %.0f s; abandoned", self.peer, CLOSE_TIMEOUT_S)
         logger.info("%s: session ended (%s)", self.peer, reason)
+
+
+async def _discard(pc: RTCPeerConnection, location: str | None, key: str, http: aiohttp.ClientSession) -> None:
+    """Close a peer connection and end the WHIP session it may have created (each bounded
+    by :data:`CLOSE_TIMEOUT_S`): what an opening cancelled half-way leaves behind."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await pc.close()
+    if location is not None:
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+            async with http.delete(location, headers={"Authorization": f"Bearer {key}"},
+                                   timeout=aiohttp.ClientTimeout(total=CLOSE_TIMEOUT_S)):
+                pass
 
 
 def _reason(status: int, body: str) -> str:

@@ -28,19 +28,25 @@ def new_peer_connection(ice_servers: list[RTCIceServer] | None = None, *, max_bu
     ``max-bundle``; W3C ``bundlePolicy``).  Needed for two sections of one kind (a
     publisher's Opus and AAC): under aiortc's default ``balanced`` policy the second
     shares the first's transport before BUNDLE is negotiated, and aiortc then never moves
-    it onto the bundle's transport, so it never sends or receives.  Only for offers whose
-    BUNDLE group holds every section, first section first (:func:`bundles_everything`).
+    it onto the bundle's transport, so it never sends or receives.  Only where that is
+    needed (:func:`needs_max_bundle`): ``max-bundle`` changed which ICE candidates a
+    relay-only Chromium publisher's checks came from as the SFU saw them (a
+    peer-reflexive one beside the TURN relay in ``tests/turn/test_turn_browser.py``).
     """
     policy = RTCBundlePolicy.MAX_BUNDLE if max_bundle else RTCBundlePolicy.BALANCED
     return RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers or []), bundlePolicy=policy))
 
 
-def bundles_everything(desc: Any) -> bool:
-    """Whether a parsed offer's (aiortc ``SessionDescription``) BUNDLE group (RFC 9143)
-    holds every m= section it uses, the first of them first."""
-    mids = [m.rtp.muxId for m in desc.media if m.port]
+def needs_max_bundle(desc: Any) -> bool:
+    """Whether a parsed offer (aiortc ``SessionDescription``) has two audio or two video
+    sections (an RTMP/SRT relay's Opus and AAC) and a BUNDLE group (RFC 9143) that holds
+    every m= section it uses, the first of them first: then it is answered ``max-bundle``."""
+    used = [m for m in desc.media if m.port]
+    mids = [m.rtp.muxId for m in used]
+    kinds = [m.kind for m in used if m.kind in ("audio", "video")]
     group: list[str] = next((list(g.items) for g in desc.group if g.semantic == "BUNDLE"), [])
-    return bool(group) and bool(mids) and group[0] == mids[0] and set(mids) <= set(group)
+    return (len(kinds) > len(set(kinds)) and bool(group) and bool(mids) and group[0] == mids[0]
+            and set(mids) <= set(group))
 
 
 class PlaceholderTrack(MediaStreamTrack):

@@ -39,7 +39,7 @@ from .negotiation import (
     pipe_codec_preferences,
     publish_track,
 )
-from .participant import Participant, PlaceholderTrack, bundles_everything, new_peer_connection
+from .participant import Participant, PlaceholderTrack, needs_max_bundle, new_peer_connection
 from .producer import Producer
 from .protocol import Identity, SessionKind
 from .simulcast_sdp import (
@@ -285,7 +285,7 @@ class Router:
             if not any(m.kind in self.track_kinds and m.port for m in desc.media):
                 raise UnsupportedMedia("the offer receives none of the room's tracks ("
                                        + ", ".join(sorted(self.track_kinds)) + ")")
-        pc = new_peer_connection(max_bundle=bundles_everything(desc))
+        pc = new_peer_connection(max_bundle=needs_max_bundle(desc))
         participant = Participant(session_id, self.room, identity, pc, self._failed, self._connected)
         try:
             await _set_offer(pc, offer_sdp)
@@ -388,7 +388,8 @@ class Router:
         """
         if not self.live:
             raise RoomNotLive(f"room {self.room!r} has no publisher yet")
-        pc = new_peer_connection(max_bundle=True)  # one transport for all, two audio sections too
+        # Two audio sections (Opus and an RTMP/SRT relay's AAC) need one transport from the start.
+        pc = new_peer_connection(max_bundle=len({p.kind for p in self.producers.values()}) < len(self.producers))
         participant = Participant(session_id, self.room, identity, pc, self._failed, self._connected)
         try:
             for name, producer in self.producers.items():  # "video", "audio", "aac"

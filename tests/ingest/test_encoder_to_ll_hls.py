@@ -1,5 +1,5 @@
-"""RTMP in, LL-HLS out: Debian's ffmpeg publishes H.264 baseline + AAC with a key frame every
-second into a real service (RTMP endpoint → WhipRelay → SFU), and the LL-HLS bridge
+"""RTMP (and SRT) in, LL-HLS out: Debian's ffmpeg publishes H.264 baseline + AAC with a key frame every
+second into a real service (RTMP endpoint or SRT listener → WhipRelay → SFU), and the LL-HLS bridge
 publishes that H.264 as the top rendition without encoding it — its samples are the
 source's access units — while the lower rung is encoded with its key frames on the
 source's, and the audio rendition is the encoder's own AAC frames.  A source whose key frames leave the grid ends the passthrough: the transcoder is
@@ -21,6 +21,7 @@ import pytest
 
 from hls_bridge.bridge import HlsConfig
 from ingest.rtmp_server import PublishRequest, RtmpServer
+from ingest.srt_server import SrtPublish, SrtServer
 from ingest.whip_relay import WhipRelay
 from relaycast.service import Service
 from tests.polling import wait_for
@@ -32,7 +33,9 @@ _SKIPPED = (7, 8, 9)  # SPS, PPS (the init segment's avcC has them), access unit
 
 
 @pytest.fixture
-async def live() -> AsyncIterator[tuple[Service, RtmpServer]]:
+async def live(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Service, RtmpServer | SrtServer]]:
+    """A service and an RTMP endpoint (or, with the parameter ``"srt"``, an SRT listener)."""
+    protocol = getattr(request, "param", "rtmp")
     async with Service(make_config()) as service, aiohttp.ClientSession() as http:
         assert service.hls is not None
         service.hls.config = HlsConfig(ladder="360p,240p")
@@ -40,7 +43,10 @@ async def live() -> AsyncIterator[tuple[Service, RtmpServer]]:
         async def on_publish(request: PublishRequest) -> WhipRelay:
             return await WhipRelay.open(f"{service.url}/whip", request.key, http, request.peer)
 
-        server = RtmpServer(on_publish, port=0)
+        async def on_srt_publish(publish: SrtPublish) -> WhipRelay:
+            return await WhipRelay.open(f"{service.url}/whip/{publish.channel}", publish.key, http, publish.peer)
+
+        server = RtmpServer(on_publish, port=0) if protocol == "rtmp" else SrtServer(on_srt_publish, port=0)
         await server.start()
         try:
             yield service, server
@@ -79,10 +85,13 @@ def _samples(flv: Path) -> list[bytes]:
     return out
 
 
-async def _publish(server: RtmpServer, flv: Path) -> Any:
+async def _publish(server: RtmpServer | SrtServer, flv: Path) -> Any:
+    """The FLV as it is, over RTMP; or remuxed to MPEG-TS (Annex B, ADTS) over SRT."""
+    output = ["-f", "flv", f"rtmp://127.0.0.1:{server.port}/live/{STREAM_KEY}"] if isinstance(server, RtmpServer) \
+        else ["-f", "mpegts", f"srt://127.0.0.1:{server.port}?streamid=#!::r=demo,m=publish,s={STREAM_KEY}"]
     return await asyncio.create_subprocess_exec(
         "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-re", "-i", str(flv), "-c", "copy",
-        "-f", "flv", f"rtmp://127.0.0.1:{server.port}/live/{STREAM_KEY}", stderr=asyncio.subprocess.PIPE)
+        *output, stderr=asyncio.subprocess.PIPE)
 
 
 def _video(service: Service) -> Any:
@@ -132,8 +141,9 @@ def _audio_frames(path: Path) -> list[bytes]:
         return [bytes(p) for p in container.demux(audio=0) if p.size]
 
 
+@pytest.mark.parametrize("live", ["rtmp", "srt"], indirect=True)
 async def test_the_top_rendition_is_the_rtmp_source_bitstream(
-        live: tuple[Service, RtmpServer], tmp_path: Path) -> None:
+        live: tuple[Service, RtmpServer | SrtServer], tmp_path: Path) -> None:
     service, server = live
     flv = tmp_path / "source.flv"
     await asyncio.to_thread(_encode, flv, 14)

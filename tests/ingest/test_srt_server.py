@@ -6,6 +6,7 @@ own connection only; a listener passphrase is enforced."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import shutil
@@ -278,3 +279,33 @@ async def test_an_access_unit_with_a_lost_transport_packet_is_flagged(endpoint: 
         srt_caller.close(sock)
     sink = endpoint.sinks[0]
     assert len(sink.corrupt) == 1 and 0 < sink.corrupt[0] < len(sink.video) - 1, sink.corrupt
+
+
+async def test_a_service_answering_too_late_leaves_no_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admission waits OPEN_TIMEOUT_S for the service: a caller is then refused (1502),
+    the opening is cancelled, and a session opened all the same (the race) is ended."""
+    monkeypatch.setattr(srt_server, "OPEN_TIMEOUT_S", 0.3)
+    cancelled: list[bool] = []
+    late = RecordingSink()
+
+    async def slow(_: SrtPublish) -> RecordingSink:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        return late
+
+    server = SrtServer(slow, port=0)
+    await server.start()
+    try:
+        code = await asyncio.to_thread(srt_caller.rejection, server.port, STREAM_ID)
+        assert code == srt_lib.SRT_REJX_GW
+        await wait_for(lambda: cancelled, 5, "the opening cancelled")
+        # An opening that completed just as the deadline passed: its session is ended.
+        future: concurrent.futures.Future[RecordingSink] = concurrent.futures.Future()
+        future.set_result(late)
+        server._close_late_sink(future)
+        assert "answered late" in await asyncio.wait_for(asyncio.shield(late.closed), 5)
+    finally:
+        await server.close()
