@@ -145,13 +145,14 @@ def _raw_sender(transceiver: RTCRtpTransceiver, stream: RtpStream) -> None:
 class WhipRelay:
     """One RTMP or SRT publisher's WHIP session (see the module docstring).  Made by :meth:`open`."""
 
-    def __init__(self, pc: RTCPeerConnection, video: RtpStream, audio: RtpStream, aac: RtpStream,
+    def __init__(self, pc: RTCPeerConnection, video: RtpStream, audio: RtpStream, aac: RtpStream | None,
                  location: str, key: str, http: aiohttp.ClientSession, peer: str) -> None:
         self.pc = pc
         self.video = video
         self.audio = audio
         self.aac = aac
-        """The encoder's AAC-LC for the LL-HLS tier (MP4A-LATM, 90 kHz)."""
+        """The encoder's AAC-LC for the LL-HLS tier (MP4A-LATM, 90 kHz); None when the
+        service refused that section (an SFU from before it)."""
         self._aac_config: latm.AacConfig | None = None
         self._aac_samples = 0
         self._aac_refused = False
@@ -191,9 +192,25 @@ class WhipRelay:
     async def open(cls, whip_url: str, key: str, http: aiohttp.ClientSession, peer: str = "") -> WhipRelay:
         """Publish to ``whip_url`` (``…/whip``: the key's own room; ``…/whip/{channel}``) with ``key``.
 
+        An offer with the AAC section that the service answers 422 (an SFU node from before
+        that section, during a rolling deploy) is made again without it, once: the stream
+        goes live, and the LL-HLS tier encodes its AAC from the Opus.
+
         :raises PublishRefused: the service refused (401/403: the key — the problem's detail
-            is the reason; 404; 409/503: no room for it now; ``status`` says which) or could
-            not be reached (``status`` None)."""
+            is the reason; 404; 409/503: no room for it now; 422; ``status`` says which) or
+            could not be reached (``status`` None)."""
+        try:
+            return await cls._open(whip_url, key, http, peer, aac_section=True)
+        except PublishRefused as exc:
+            if exc.status != 422:
+                raise
+            logger.warning("%s: the service refused the AAC section (%s); publishing without it",
+                           peer, exc.description)
+        return await cls._open(whip_url, key, http, peer, aac_section=False)
+
+    @classmethod
+    async def _open(cls, whip_url: str, key: str, http: aiohttp.ClientSession, peer: str, *,
+                    aac_section: bool) -> WhipRelay:
         # max-bundle: two audio sections (Opus, AAC) must share the one transport (sfu.participant)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
         video, audio = RtpStream("video", 90000), RtpStream("audio", OPUS_RATE)
@@ -208,12 +225,14 @@ class WhipRelay:
         audio_transceiver.setCodecPreferences(
             [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType == "audio/opus"])
         _raw_sender(audio_transceiver, audio)
-        aac = RtpStream("audio", latm.CLOCK_RATE, marker=True)
-        aiortc_private.add_latm_capability()
-        aac_transceiver = pc.addTransceiver("audio", direction="sendonly")
-        aac_transceiver.setCodecPreferences(
-            [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType == latm.MIME_TYPE])
-        _raw_sender(aac_transceiver, aac)
+        aac = None
+        if aac_section:
+            aac = RtpStream("audio", latm.CLOCK_RATE, marker=True)
+            aiortc_private.add_latm_capability()
+            aac_transceiver = pc.addTransceiver("audio", direction="sendonly")
+            aac_transceiver.setCodecPreferences(
+                [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType == latm.MIME_TYPE])
+            _raw_sender(aac_transceiver, aac)
         location = None
         try:
             await pc.setLocalDescription(await pc.createOffer())
@@ -362,7 +381,8 @@ class WhipRelay:
             await asyncio.sleep(SENDER_REPORT_INTERVAL_S * random.uniform(0.5, 1.5))  # noqa: S311
             self.video.send_sender_report()
             self.audio.send_sender_report()
-            self.aac.send_sender_report()
+            if self.aac is not None:
+                self.aac.send_sender_report()
 
     async def _ingest_patch(self, body: dict[str, Any]) -> None:
         """``PATCH`` of the WHIP session with ``body`` (relaycast's extension for the
@@ -444,7 +464,7 @@ class WhipRelay:
     def _send_aac(self, config: latm.AacConfig, raw: bytes) -> None:
         """One raw AAC-LC frame on the AAC section, stamped with the samples sent before it
         (90 kHz ticks); an element over the payload limit goes in several packets."""
-        if not raw:
+        if not raw or self.aac is None:
             return
         element = latm.audio_mux_element(config, raw)
         limit = PAYLOAD_MAX

@@ -25,6 +25,7 @@ from ingest.srt_server import SrtPublish, SrtServer
 from ingest.whip_relay import WhipRelay
 from loadtest import whip_client
 from relaycast.service import Service
+from sfu import negotiation
 from tests.ingest import srt_caller
 from tests.polling import wait_for
 from tests.services import STREAM_KEY, make_config
@@ -265,3 +266,18 @@ async def test_an_encoder_that_reconnects_replaces_its_session(ingest: Ingest) -
     finally:
         await session.close()
     assert ingest.relays[1].frames_in >= 30
+
+
+async def test_an_sfu_from_before_the_aac_section_still_takes_the_stream(
+        service: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """During a rolling deploy an older SFU answers the three-section offer 422 ("two audio
+    sections"): the relay publishes again without the AAC section."""
+    monkeypatch.setattr(negotiation, "_aac_section", lambda media: False)  # as that SFU counts
+    async with aiohttp.ClientSession() as http:
+        relay = await WhipRelay.open(f"{service.url}/whip", STREAM_KEY, http, "encoder")
+        try:
+            assert relay.aac is None and "refused the AAC section" in caplog.text
+            assert set(service.worker.routers["demo"].producers) == {"video", "audio"}
+            relay.on_ts_audio("aac", bytes([0xFF, 0xF1, 0x4C, 0x80, 0x02, 0x1F, 0xFC]) + bytes(9), 1024)
+        finally:
+            await relay.close("test over")
