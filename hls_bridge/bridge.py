@@ -380,8 +380,8 @@ class RoomBridge:
                 status = await self._wait_or_kill_stalled(process)
                 if self.stopped or process.done or self.publisher_gone():
                     return
-                if status == PASSTHROUGH_LOST_STATUS and self.passthrough:
-                    self._passthrough_lost = True  # the successor encodes the top rendition
+                if status == PASSTHROUGH_LOST_STATUS and (self.passthrough or self.audio_passthrough):
+                    self._passthrough_lost = True  # the successor encodes v0 and a0
                 now = time.monotonic()
                 self._restart_times = [t for t in self._restart_times if now - t < 60.0]
                 if len(self._restart_times) >= MAX_RESTARTS_PER_MIN:
