@@ -78,18 +78,18 @@ def parse_offer(sdp: str) -> aiortc_sdp.SessionDescription:
     return desc
 
 
-def _aac_section(media: aiortc_sdp.MediaDescription) -> bool:
-    codecs = [c for c in media.rtp.codecs if not is_rtx(c)]
-    return media.kind == "audio" and bool(codecs) and all(c.mimeType.lower() == "audio/mp4a-latm" for c in codecs)
-
-
-def publish_track(kind: str, negotiated: list[RTCRtpCodecParameters]) -> str:
-    """The track a publisher's transceiver of ``kind`` carries: ``kind``, or ``"aac"`` for
-    an audio section whose codecs are all MP4A-LATM (see :data:`FORWARDABLE`)."""
-    codecs = [c for c in negotiated if not is_rtx(c)]
-    if kind == "audio" and codecs and all(c.mimeType.lower() == "audio/mp4a-latm" for c in codecs):
+def publish_track(kind: str, codecs: Sequence[RTCRtpCodecParameters]) -> str:
+    """The track a publisher's section of ``kind`` with ``codecs`` (offered or negotiated)
+    carries: ``kind``, or ``"aac"`` for an audio section whose codecs are all MP4A-LATM (see
+    :data:`FORWARDABLE`)."""
+    media = [c for c in codecs if not is_rtx(c)]
+    if kind == "audio" and media and all(c.mimeType.lower() == "audio/mp4a-latm" for c in media):
         return "aac"
     return kind
+
+
+def _aac_section(media: aiortc_sdp.MediaDescription) -> bool:
+    return publish_track(media.kind, media.rtp.codecs) == "aac"
 
 
 def check_track_counts(desc: aiortc_sdp.SessionDescription, *, publish: bool) -> None:
