@@ -45,7 +45,7 @@ from aiortc.rtp import (
 )
 
 from sfu.aiortc_private import RawRtpSender, SendParameters
-from sfu.rtp import URI_ABS_SEND_TIME, URI_MID, abs_send_time_now
+from sfu.rtp import abs_send_time_now, sender_elements
 
 PAYLOAD_MAX = 1200
 """Bytes of RTP payload at most: with the header, extensions and SRTP's tag a packet stays
@@ -156,12 +156,7 @@ class RtpStream:
         self._rtx_pt = params.rtx_payload_type
         self._rtx_ssrc = params.rtx_ssrc
         self._cname = params.cname.encode() if params.cname else None
-        mid_id = params.extensions.get(URI_MID, 0)
-        if 1 <= mid_id <= 14 and params.mid and len(params.mid.encode()) <= 16:
-            mid = params.mid.encode()
-            self._mid_element = bytes(((mid_id << 4) | (len(mid) - 1),)) + mid
-        ast_id = params.extensions.get(URI_ABS_SEND_TIME, 0)
-        self._ast_element = bytes(((ast_id << 4) | 2,)) if 1 <= ast_id <= 14 else b""
+        self._mid_element, self._ast_element = sender_elements(params.extensions, params.mid)
         self._raw = raw
         while self._pending:
             self.send(*self._pending.popleft())

@@ -56,7 +56,7 @@ from aiortc.rtp import (
 from . import aiortc_private
 from .forwarder import Forwarder
 from .layer_selector import LayerInfo, LayerSelector
-from .rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID
+from .rtp import URI_AUDIO_LEVEL, sender_elements
 from .twcc import TRANSPORT_CC_URI
 from .vp8 import Vp8Munger
 
@@ -186,12 +186,7 @@ class Consumer:
         self._pt = params.codec.payloadType or 0  # always set once negotiated
         self._ssrc = params.ssrc
         ext = params.extensions
-        mid_id = ext.get(URI_MID, 0)
-        if mid_id and params.mid and 1 <= mid_id <= 14:
-            mid = params.mid.encode()
-            self._ext_static = bytes([(mid_id << 4) | (len(mid) - 1)]) + mid
-        ast_id = ext.get(URI_ABS_SEND_TIME, 0)
-        self._ast_element = bytes([(ast_id << 4) | 2]) if 1 <= ast_id <= 14 else b""
+        self._ext_static, self._ast_element = sender_elements(ext, params.mid)
         self._level_id = ext.get(URI_AUDIO_LEVEL, 0) if 1 <= ext.get(URI_AUDIO_LEVEL, 0) <= 14 else 0
         twcc_id = ext.get(TRANSPORT_CC_URI, 0)
         if 1 <= twcc_id <= 14 and self.bwe is not None:

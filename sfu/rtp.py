@@ -6,10 +6,26 @@ Everything here works on bytes and ints; nothing decodes media.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 URI_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 URI_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 URI_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+
+
+def sender_elements(extensions: Mapping[str, int], mid: str | None) -> tuple[bytes, bytes]:
+    """What a sender puts in every packet's one-byte header extension (RFC 8285 §4.2), from
+    the negotiated ``extensions`` (URI → id): the ``mid`` element (RFC 8843 §15; ``b""``
+    unless negotiated with an id 1–14 and ``mid`` given) and the abs-send-time element's
+    header byte (``b""`` unless negotiated; its 3 bytes, :func:`abs_send_time_now`, follow
+    per packet)."""
+    mid_id = extensions.get(URI_MID, 0)
+    mid_element = b""
+    if mid and 1 <= mid_id <= 14:
+        value = mid.encode()
+        mid_element = bytes(((mid_id << 4) | (len(value) - 1),)) + value
+    ast_id = extensions.get(URI_ABS_SEND_TIME, 0)
+    return mid_element, bytes(((ast_id << 4) | 2,)) if 1 <= ast_id <= 14 else b""
 
 
 def abs_send_time_now() -> bytes:
