@@ -4,7 +4,10 @@
 The RTMP/SRT relay sends the encoder's AAC this way alongside the Opus it encodes for
 WebRTC, so the LL-HLS bridge can publish the broadcaster's own AAC.  Each RTP payload is one
 ``AudioMuxElement(1)`` that repeats the ``StreamMuxConfig`` (``useSameStreamMux`` 0): a
-receiver that joins at any packet knows the stream's sample rate and channels.  The RTP
+receiver that joins at any packet knows the stream's sample rate and channels.  A payload
+may hold several whole elements, each padded to a byte (RFC 6416 §6.1: the RTP timestamp is
+the first frame's; the relay puts up to :data:`FRAMES_PER_PACKET` in one packet), or a
+fragment of one larger than a packet (the marker bit on its last).  The RTP
 clock is 90 kHz (the media type's default, RFC 6416 §7.3), so the configuration need not be
 known when the session is negotiated — an RTMP encoder sends it only after ``publish`` was
 accepted.  Only what this writes is read back: one program, one layer, one sub-frame,
@@ -22,6 +25,9 @@ FMTP = {"cpresent": "1", "object": "2"}
 AAC_LC = 2
 FRAME_SAMPLES = 1024
 SAMPLE_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+FRAMES_PER_PACKET = 4
+"""Elements a sender puts in one RTP payload at most (~85 ms at 48 kHz: the LL-HLS tier
+waits that much longer for audio, and the stream takes a quarter of the packets)."""
 _HEADER_BITS = 45  # useSameStreamMux .. crcCheckPresent, as written by audio_mux_element
 
 
@@ -104,15 +110,35 @@ def audio_mux_element(config: AacConfig, frame: bytes) -> bytes:
 
 
 def parse_audio_mux_element(data: bytes) -> tuple[AacConfig, bytes]:
-    """The configuration and raw AAC frame of an element :func:`audio_mux_element` wrote.
+    """The configuration and raw AAC frame of an element :func:`audio_mux_element` wrote
+    (the first, if ``data`` holds several).
 
     :raises LatmError: another LATM form (a configuration referred to, not repeated; several
         programs, layers or sub-frames; other frame length types), not AAC-LC, or truncated."""
-    total = 8 * len(data)
+    config, frame, _ = _parse_at(data, 0)
+    return config, frame
+
+
+def parse_audio_mux_elements(data: bytes) -> list[tuple[AacConfig, bytes]]:
+    """Every element of an RTP payload that holds one or more whole elements, each padded
+    to a byte (RFC 6416 §6.1), in order.
+
+    :raises LatmError: as :func:`parse_audio_mux_element`, for any of them."""
+    elements = []
+    offset = 0
+    while offset < len(data):
+        config, frame, offset = _parse_at(data, offset)
+        elements.append((config, frame))
+    return elements
+
+
+def _parse_at(data: bytes, offset: int) -> tuple[AacConfig, bytes, int]:
+    """The element that starts at byte ``offset``: (configuration, frame, the byte after it)."""
+    total = 8 * (len(data) - offset)
     if total < _HEADER_BITS + 8:
         raise LatmError("LATM element too short")
-    value = int.from_bytes(data, "big")
-    header = value >> (total - _HEADER_BITS)
+    bits = int.from_bytes(data[offset:], "big")
+    header = bits >> (total - _HEADER_BITS)
     if header >> 29 != 0b0010000000000000:  # useSameStreamMux 0, version 0, same framing, 0/0/0
         raise LatmError("LATM element without its own single-program StreamMuxConfig")
     asc = (header >> 13) & 0xFFFF
@@ -124,12 +150,13 @@ def parse_audio_mux_element(data: bytes) -> tuple[AacConfig, bytes]:
     while True:
         if pos + 8 > total:
             raise LatmError("LATM PayloadLengthInfo truncated")
-        byte = (value >> (total - pos - 8)) & 0xFF
+        byte = (bits >> (total - pos - 8)) & 0xFF
         pos += 8
         length += byte
         if byte != 255:
             break
     if pos + 8 * length > total:
         raise LatmError("LATM payload truncated")
-    frame = (value >> (total - pos - 8 * length)) & ((1 << (8 * length)) - 1)
-    return config, frame.to_bytes(length, "big")
+    frame = (bits >> (total - pos - 8 * length)) & ((1 << (8 * length)) - 1)
+    end = pos + 8 * length
+    return config, frame.to_bytes(length, "big"), offset + (end + 7) // 8

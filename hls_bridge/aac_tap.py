@@ -1,5 +1,6 @@
 """The LL-HLS bridge's side of a publisher's AAC section: RTP packets of MP4A-LATM
-(RFC 6416 §6.1, the configuration in band: :mod:`common.latm`) → whole AAC-LC frames.
+(RFC 6416 §6.1, the configuration in band, one or more elements a packet:
+:mod:`common.latm`) → whole AAC-LC frames.
 
 Only the RTMP/SRT relay publishes such a section (the encoder's own AAC, next to the Opus
 it encodes for WebRTC); the bridge publishes it as the ``a0`` rendition instead of encoding
@@ -77,7 +78,7 @@ class LatmProbe:
         if whole is None or self.found.done():
             return
         try:
-            config, _ = latm.parse_audio_mux_element(whole[1])
+            config, _ = latm.parse_audio_mux_element(whole[1])  # the first of the payload's
         except latm.LatmError as exc:
             self.found.set_exception(exc)
         else:
@@ -115,9 +116,9 @@ class AacTap:
         whole = self._elements.push(media)
         if whole is None:
             return
-        timestamp, element = whole
+        timestamp, payload = whole
         try:
-            config, data = latm.parse_audio_mux_element(element)
+            elements = latm.parse_audio_mux_elements(payload)
         except latm.LatmError:
             self._unparsed += 1
             return
@@ -125,11 +126,13 @@ class AacTap:
             delta = (timestamp - self._last_ts) & 0xFFFFFFFF
             self._pts += delta - (1 << 32) if delta >= 1 << 31 else delta
         self._last_ts = timestamp
-        if self._queue.qsize() >= self._max_queue:
-            self._queue.get_nowait()
-            self._queue_dropped += 1
-        self.frames_decoded += 1
-        self._queue.put_nowait(AacFrame(data, self._pts, config))
+        for index, (config, data) in enumerate(elements):  # the timestamp is the first's
+            if self._queue.qsize() >= self._max_queue:
+                self._queue.get_nowait()
+                self._queue_dropped += 1
+            self.frames_decoded += 1
+            pts = self._pts + index * latm.FRAME_SAMPLES * latm.CLOCK_RATE // config.sample_rate
+            self._queue.put_nowait(AacFrame(data, pts, config))
 
     async def frames(self) -> AsyncIterator[AacFrame]:
         """AAC frames in order until :meth:`close`."""

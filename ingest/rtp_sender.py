@@ -149,6 +149,21 @@ class RtpStream:
     def started(self) -> bool:
         return self._raw is not None
 
+    @property
+    def ssrc(self) -> int | None:
+        """The negotiated SSRC (None before :meth:`start`)."""
+        return self._ssrc if self._raw is not None else None
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the last packet sent (16 bits)."""
+        return (self._seq - 1) & 0xFFFF
+
+    def send_rtcp(self, data: bytes) -> None:
+        """An RTCP packet of this stream's sender, SRTCP-protected (dropped before :meth:`start`)."""
+        if self._raw is not None:
+            self._raw.send_rtcp(data)
+
     def start(self, params: SendParameters, raw: RawRtpSender) -> None:
         """The peer connection is up (aiortc started the sender): send what waited."""
         self._pt = params.codec.payloadType or 0
@@ -171,20 +186,24 @@ class RtpStream:
             return
         ts = (self._ts_origin + timestamp) & 0xFFFFFFFF
         last = len(payloads) - 1
+        packets = []
         for index, payload in enumerate(payloads):
             seq = self._seq
             self._seq = (seq + 1) & 0xFFFF
             marker = 1 if index == last and self._marker else 0
             self._history[seq % HISTORY] = (seq, marker, ts, payload)
-            self._send(seq, marker, ts, payload, self._pt, self._ssrc)
-            self.packets_sent += 1
+            packets.append(self._packet(seq, marker, ts, payload, self._pt, self._ssrc))
             self.octets_sent += len(payload)
+        self.packets_sent += len(packets)
+        if len(packets) == 1:
+            self._raw.send_rtp(packets[0])
+        else:
+            self._raw.send_rtp_many(packets)  # a frame's fragments: one system call (UDP GSO)
         self._last_ts = ts
         self._last_sent = time.monotonic()
 
-    def _send(self, seq: int, marker: int, ts: int, payload: bytes, pt: int, ssrc: int) -> None:
-        raw = self._raw
-        assert raw is not None
+    def _packet(self, seq: int, marker: int, ts: int, payload: bytes, pt: int, ssrc: int) -> bytes:
+        """The RTP packet: header, the one-byte header extensions, ``payload``."""
         elements = self._mid_element + (self._ast_element + abs_send_time_now() if self._ast_element else b"")
         if elements:
             size = len(elements)
@@ -193,7 +212,7 @@ class RtpStream:
                 + struct.pack("!HH", 0xBEDE, (size + pad) // 4) + elements + bytes(pad)
         else:
             header = _HEADER.pack(0x80, (marker << 7) | pt, seq, ts, ssrc)
-        raw.send_rtp(header + payload)
+        return header + payload
 
     # ------------------------------------------------------------------ RTCP
     def on_rtcp(self, packet: AnyRtcpPacket) -> None:
@@ -215,9 +234,10 @@ class RtpStream:
         if self._rtx_pt is not None:
             rtx_seq = self._rtx_seq
             self._rtx_seq = (rtx_seq + 1) & 0xFFFF
-            self._send(rtx_seq, marker, ts, struct.pack("!H", seq) + payload, self._rtx_pt, self._rtx_ssrc)
+            self._raw.send_rtp(self._packet(rtx_seq, marker, ts, struct.pack("!H", seq) + payload,
+                                            self._rtx_pt, self._rtx_ssrc))
         else:
-            self._send(seq, marker, ts, payload, self._pt, self._ssrc)
+            self._raw.send_rtp(self._packet(seq, marker, ts, payload, self._pt, self._ssrc))
         return True
 
     def sender_report(self) -> bytes | None:
@@ -235,5 +255,5 @@ class RtpStream:
 
     def send_sender_report(self) -> None:
         report = self.sender_report()
-        if report is not None and self._raw is not None:
-            self._raw.send_rtcp(report)
+        if report is not None:
+            self.send_rtcp(report)

@@ -22,11 +22,11 @@ a decode and a presentation time in 90 kHz ticks; then:
   worker thread, at most :data:`MAX_TRANSCODING` frames behind; the log says once "set
   bframes=0 / profile baseline for lower latency and no transcoding".
 * **AAC** (FLV's raw frames after an AudioSpecificConfig, or MPEG-TS's ADTS frames) is
-  decoded and encoded to Opus here (PyAV: 48 kHz stereo, 20 ms, 96 kbit/s, libopus
+  decoded and encoded to Opus here (:mod:`ingest.aac_to_opus`: 48 kHz, 20 ms, libopus
   complexity 5 — half the cost of aiortc's own encoder at complexity 10).  **Opus** (MPEG-TS)
   is passed through.  The encoder's **AAC-LC** is also sent as it is, in a third section of
   the session (MP4A-LATM, :mod:`common.latm`; RTP timestamps count its samples in 90 kHz
-  ticks): the SFU forwards it only to the LL-HLS bridge, which publishes it instead of
+  ticks; up to four frames a packet): the SFU forwards it only to the LL-HLS bridge, which publishes it instead of
   encoding AAC again.  AAC other than LC (HE-AAC) is only converted to Opus.
 
 Packets go out through :class:`~ingest.rtp_sender.RtpStream` (RTP built here, NACK/RTX, PLI,
@@ -69,9 +69,10 @@ from av.video.frame import PictureType
 
 from common import latm
 from common.h264 import iter_nal_units
-from sfu import aiortc_private
+from sfu import aiortc_private, pause_resume
 
 from . import flv
+from .aac_to_opus import OPUS_RATE, AacToOpus
 from .rtmp_server import PublishRefused
 from .rtp_sender import PAYLOAD_MAX, RtpStream, packetize_h264
 
@@ -94,24 +95,6 @@ CLOSE_TIMEOUT_S = 5.0
 """The WHIP session's DELETE and the peer connection's close take at most this long each, s."""
 REPORT_INTERVAL_S = 2.0
 """How often the relay checks whether its dropped-frame count changed (then reports it)."""
-OPUS_RATE = 48000
-OPUS_TIME_BASE = fractions.Fraction(1, OPUS_RATE)
-OPUS_BITRATE = 96_000
-OPUS_COMPLEXITY = 5
-"""libopus complexity (0–10; its default 10 is what aiortc's own encoder uses): 5 costs about
-half the CPU, audibly the same for live speech and music at 96 kbit/s stereo."""
-
-
-def _opus_encoder() -> av.CodecContext:
-    """Opus for WebRTC (RFC 7587): 48 kHz stereo, 20 ms frames, 96 kbit/s, complexity 5."""
-    codec = av.CodecContext.create("libopus", "w")
-    codec.sample_rate = OPUS_RATE
-    codec.layout = "stereo"
-    codec.format = "s16"
-    codec.bit_rate = OPUS_BITRATE
-    codec.time_base = OPUS_TIME_BASE
-    codec.options = {"application": "audio", "compression_level": str(OPUS_COMPLEXITY), "frame_duration": "20"}
-    return codec
 
 
 def _h264_encoder(width: int, height: int) -> VideoCodecContext:
@@ -156,6 +139,10 @@ class WhipRelay:
         self._aac_config: latm.AacConfig | None = None
         self._aac_samples = 0
         self._aac_refused = False
+        self._aac_waiting: list[bytes] = []
+        """Elements for the AAC section's next packet, from :attr:`_aac_waiting_ts` on."""
+        self._aac_waiting_ts = 0
+        self._aac_waiting_config: latm.AacConfig | None = None
         video.on_keyframe_request = self._keyframe_requested
         self.location = location
         self._key = key
@@ -176,10 +163,12 @@ class WhipRelay:
         self._transcoder: concurrent.futures.ThreadPoolExecutor | None = None
         self._transcoding_frames = 0
         """Video frames handed to the transcoder thread and not yet back."""
-        self._aac: av.CodecContext | None = None
-        self._resampler: av.AudioResampler | None = None
-        self._opus: av.CodecContext | None = None
+        self._to_opus: AacToOpus | None = None
+        self.opus_paused = False
+        """The SFU paused the Opus stream (RFC 7728: no one takes it): not encoded, not sent."""
+        self.opus_pauses = 0
         self._audio_samples = 0
+        """48 kHz samples of Opus passed through (MPEG-TS) before the next packet."""
         self.damaged_frames = 0
         """Video frames that arrived damaged, or did not decode or were skipped when transcoding."""
         self._advice_task: asyncio.Task[None] | None = None
@@ -235,7 +224,12 @@ class WhipRelay:
             _raw_sender(aac_transceiver, aac)
         location = None
         try:
-            await pc.setLocalDescription(await pc.createOffer())
+            offer = await pc.createOffer()
+            # RFC 7728: the SFU may pause the Opus while no one takes it (then it is not encoded).
+            opus = aiortc_private.negotiated_codecs(audio_transceiver)[0]
+            sdp = pause_resume.offer_pause(offer.sdp, pc.getTransceivers().index(audio_transceiver),
+                                           opus.payloadType or 0)
+            await pc.setLocalDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {key}"}
             async with http.post(whip_url, data=pc.localDescription.sdp, headers=headers) as resp:
                 body = await resp.text()
@@ -259,7 +253,10 @@ class WhipRelay:
                         pass
             raise PublishRefused(f"the service could not take the stream ({type(exc).__name__})",
                                  "NetStream.Publish.Failed") from None
-        return cls(pc, video, audio, aac, location, key, http, peer)
+        relay = cls(pc, video, audio, aac, location, key, http, peer)
+        for transport in {id(t.sender.transport): t.sender.transport for t in pc.getTransceivers()}.values():
+            aiortc_private.install_pause_resume_listener(transport, relay._on_pause_resume)
+        return relay
 
     # ------------------------------------------------------------ MediaSink
     async def on_metadata(self, metadata: dict[str, Any]) -> None:
@@ -287,7 +284,7 @@ class WhipRelay:
             except latm.LatmError as exc:
                 self._aac_config = None
                 logger.info("%s: %s: the LL-HLS tier gets AAC encoded from the Opus", self.peer, exc)
-        elif self._aac is not None:
+        elif self._to_opus is not None:
             self.aac_frame(tag.data)
             if self._aac_config is not None:
                 self._send_aac(self._aac_config, tag.data)
@@ -302,7 +299,7 @@ class WhipRelay:
         """An MPEG-TS audio packet: ``codec`` ``"aac"`` (an ADTS frame) or ``"opus"`` (one
         Opus packet, passed through), ``duration`` in 48 kHz samples (Opus)."""
         if codec == "aac":
-            if self._aac is None:
+            if self._to_opus is None:
                 self._open_aac(None)  # ADTS headers carry the configuration
             self.aac_frame(data)
             try:
@@ -314,7 +311,8 @@ class WhipRelay:
             else:
                 self._send_aac(config, raw)
         elif codec == "opus" and data:
-            self.audio.send([data], self._audio_samples)
+            if not self.opus_paused:
+                self.audio.send([data], self._audio_samples)
             self._audio_samples += duration
 
     # -------------------------------------------------------------- video
@@ -450,46 +448,73 @@ class WhipRelay:
             self.video.send(packetize_h264(list(iter_nal_units(bytes(packet)))), pts)
 
     # -------------------------------------------------------------- audio
+    def _on_pause_resume(self, packet: bytes) -> None:
+        """RTCP PAUSE-RESUME from the SFU (RFC 7728 §8) for the Opus stream: PAUSE is
+        answered PAUSED with the last sequence number sent (§8.3) and stops the Opus
+        encode; RESUME starts it again at the next AAC frame (the RTP timestamps go on
+        from where they would have been)."""
+        try:
+            messages = pause_resume.parse(packet)
+        except ValueError:
+            return
+        ssrc = self.audio.ssrc
+        for message in messages:
+            if message.target_ssrc != ssrc or ssrc is None:
+                continue
+            if message.type == pause_resume.PAUSE:
+                if not self.opus_paused:
+                    self.opus_paused = True
+                    self.opus_pauses += 1
+                    logger.info("%s: no one takes the Opus: not encoding it (RFC 7728 PAUSE)", self.peer)
+                self.audio.send_rtcp(pause_resume.build(ssrc, [pause_resume.PauseMessage(
+                    ssrc, pause_resume.PAUSED, message.pause_id, self.audio.last_seq.to_bytes(4, "big"))]))
+            elif message.type == pause_resume.RESUME and self.opus_paused:
+                self.opus_paused = False
+                logger.info("%s: encoding the Opus again (RFC 7728 RESUME)", self.peer)
+
     def _open_aac(self, config: bytes | None) -> None:
-        """An AAC decoder (``config``: the AudioSpecificConfig; None for ADTS frames) and the
-        Opus encoder behind it."""
-        self._aac = av.CodecContext.create("aac", "r")
-        if config is not None:
-            self._aac.extradata = config
-        # 20 ms frames of 48 kHz stereo for the Opus encoder (RFC 7587 §4: 48 kHz RTP clock).
-        self._resampler = av.AudioResampler(format="s16", layout="stereo", rate=OPUS_RATE,
-                                            frame_size=OPUS_RATE // 50)
-        self._opus = _opus_encoder()
+        """The AAC → Opus transcode (``config``: the AudioSpecificConfig; None for ADTS frames)."""
+        self._to_opus = AacToOpus(config, self.peer)
 
     def _send_aac(self, config: latm.AacConfig, raw: bytes) -> None:
-        """One raw AAC-LC frame on the AAC section, stamped with the samples sent before it
-        (90 kHz ticks); an element over the payload limit goes in several packets."""
+        """One raw AAC-LC frame for the AAC section, stamped with the samples sent before it
+        (90 kHz ticks).  Elements of one configuration wait to share a packet, up to
+        :data:`~common.latm.FRAMES_PER_PACKET` or :data:`PAYLOAD_MAX` bytes (RFC 6416 §6.1:
+        the packet's timestamp is its first frame's); one over the payload limit goes alone
+        in several packets."""
         if not raw or self.aac is None:
             return
         element = latm.audio_mux_element(config, raw)
-        limit = PAYLOAD_MAX
-        self.aac.send([element[i:i + limit] for i in range(0, len(element), limit)],
-                      self._aac_samples * latm.CLOCK_RATE // config.sample_rate)
+        timestamp = self._aac_samples * latm.CLOCK_RATE // config.sample_rate
         self._aac_samples += latm.FRAME_SAMPLES
+        waiting = self._aac_waiting
+        if waiting and (config != self._aac_waiting_config
+                        or sum(map(len, waiting)) + len(element) > PAYLOAD_MAX):
+            self._flush_aac()
+        if len(element) > PAYLOAD_MAX:
+            limit = PAYLOAD_MAX
+            self.aac.send([element[i:i + limit] for i in range(0, len(element), limit)], timestamp)
+            return
+        if not waiting:
+            self._aac_waiting_ts, self._aac_waiting_config = timestamp, config
+        waiting.append(element)
+        if len(waiting) >= latm.FRAMES_PER_PACKET:
+            self._flush_aac()
+
+    def _flush_aac(self) -> None:
+        if self._aac_waiting and self.aac is not None:
+            self.aac.send([b"".join(self._aac_waiting)], self._aac_waiting_ts)
+        self._aac_waiting.clear()
 
     def aac_frame(self, data: bytes) -> None:
         """One AAC frame (raw after a configuration, or ADTS), decoded and encoded to Opus."""
-        if self._aac is None or self._resampler is None or self._opus is None or not data:
+        if self._to_opus is None or not data:
             return
-        try:
-            frames = self._aac.decode(av.Packet(data))
-        except av.error.FFmpegError as exc:
-            logger.debug("%s: an AAC frame did not decode: %s", self.peer, exc)
+        if self.opus_paused:
+            self._to_opus.skip()
             return
-        for frame in frames:
-            frame.pts = None  # the resampler counts samples itself
-            for out in self._resampler.resample(frame):
-                out.pts = self._audio_samples
-                out.time_base = OPUS_TIME_BASE
-                self._audio_samples += out.samples
-                for packet in self._opus.encode(out):
-                    if packet.pts is not None:
-                        self.audio.send([bytes(packet)], packet.pts)
+        for payload, pts in self._to_opus.push(data):
+            self.audio.send([payload], pts)
 
     async def close(self, reason: str) -> None:
         """End the WHIP session (DELETE, best effort) and the peer connection, each within

@@ -12,6 +12,11 @@ over RTMP (and the baseline clip over SRT as MPEG-TS) with ``-c copy -re`` and r
 * the ingest process (``python -m ingest.main``: RTMP, AAC → Opus, the H.264 passthrough or
   the transcode).
 
+Each case runs without a viewer — the service then pauses the relay's Opus (RFC 7728), which
+is not encoded — and the RTMP and SRT passthrough cases again with one WebRTC viewer (a
+WHEP session that counts the packets without decoding them), against FFmpeg's WHIP muxer
+with one such viewer.
+
 Two ratios per case: ``ratio_to_whip`` = (forwarding + ingest) / forwarding — the ingest's
 cost in what that same stream costs the forwarding process (which also receives the relay's
 AAC section, a WHIP publisher's does not) — and ``ratio_to_whip_publisher`` = (forwarding +
@@ -27,16 +32,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import aiohttp
 
 from loadtest.cluster_procs import RelaycastProcess, free_port
 from loadtest.ffmpeg_whip import FfmpegWhipProcess
 from loadtest.procstat import children, cpu_seconds
+from loadtest.subscriber import LightSubscriber
 
 KEY = "sk_cost_" + "c" * 24
 
@@ -93,24 +103,42 @@ def _ingest_pid(serve_pid: int) -> int:
     raise RuntimeError("no ingest process under relaycast serve")
 
 
-async def measure(clip: Path, serve: Serve, protocol: str, seconds: float, warmup: float) -> dict[str, float]:
+@contextlib.asynccontextmanager
+async def _viewer(serve: Serve, watch: bool) -> AsyncIterator[None]:
+    """With ``watch``, one WebRTC viewer of the room for the block: a WHEP session that takes
+    video and audio and counts the packets without decoding them
+    (:class:`loadtest.subscriber.LightSubscriber`), so its own CPU stays small."""
+    if not watch:
+        yield
+        return
+    async with aiohttp.ClientSession() as http:
+        viewer = LightSubscriber(0, decode=False)
+        await viewer.join(f"{serve.url}/whep/demo", http, fast=True)
+        try:
+            yield
+            if not (viewer.video.received and viewer.audio.received):
+                raise RuntimeError(f"the viewer got {viewer.video.received} video and "
+                                   f"{viewer.audio.received} audio packets")
+        finally:
+            await viewer.close(http)
+
+
+async def measure(clip: Path, serve: Serve, protocol: str, seconds: float, warmup: float,
+                  watch: bool = False) -> dict[str, float]:
     """``clip`` published with ``-c copy -re`` over ``protocol`` (``rtmp``: FLV, ``srt``:
-    MPEG-TS); the CPU of the forwarding and the ingest processes over ``seconds``."""
+    MPEG-TS); the CPU of the forwarding and the ingest processes over ``seconds`` (with
+    ``watch``, while one WebRTC viewer watches)."""
     ingest = _ingest_pid(serve.process.pid)
     output = ["-f", "flv", f"rtmp://127.0.0.1:{serve.rtmp_port}/live/{KEY}"] if protocol == "rtmp" else \
         ["-f", "mpegts", serve.srt_url(KEY)]
     proc = await asyncio.create_subprocess_exec(
         "ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip),
         "-t", str(warmup + seconds + 2), "-c", "copy", *output)
-    pid = serve.process.pid
     try:
-        await asyncio.sleep(warmup)
-        t0 = asyncio.get_running_loop().time()
-        serve0, ingest0 = cpu_seconds(pid), cpu_seconds(ingest)
-        await asyncio.sleep(seconds)
-        elapsed = asyncio.get_running_loop().time() - t0
-        serve_cpu = (cpu_seconds(pid) - serve0) / elapsed
-        ingest_cpu = (cpu_seconds(ingest) - ingest0) / elapsed
+        await asyncio.sleep(warmup / 2)
+        async with _viewer(serve, watch):
+            await asyncio.sleep(warmup / 2)
+            serve_cpu, ingest_cpu = await _window([serve.process.pid, ingest], seconds)
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -119,22 +147,30 @@ async def measure(clip: Path, serve: Serve, protocol: str, seconds: float, warmu
             "ratio_to_whip": round((serve_cpu + ingest_cpu) / serve_cpu, 2) if serve_cpu else float("nan")}
 
 
-async def measure_whip(serve: Serve, size: str, seconds: float, warmup: float) -> dict[str, float]:
+async def _window(pids: list[int], seconds: float) -> list[float]:
+    """Each process's CPU over ``seconds`` (cores)."""
+    loop = asyncio.get_running_loop()
+    t0, before = loop.time(), [cpu_seconds(pid) for pid in pids]
+    await asyncio.sleep(seconds)
+    elapsed = loop.time() - t0
+    return [(cpu_seconds(pid) - start) / elapsed for pid, start in zip(pids, before, strict=True)]
+
+
+async def measure_whip(serve: Serve, size: str, seconds: float, warmup: float, watch: bool = False) -> dict[str, float]:
     """The forwarding process's CPU for FFmpeg's WHIP muxer publishing ``size`` at 30 fps,
-    2.5 Mbit/s, a key frame every 60 frames, with Opus (the baseline of the ratios)."""
+    2.5 Mbit/s, a key frame every 60 frames, with Opus (the baseline of the ratios); with
+    ``watch``, while one WebRTC viewer watches."""
     width, height = (int(n) for n in size.split("x"))
     publisher = await FfmpegWhipProcess.start(
         f"{serve.url}/whip/demo", KEY, warmup + seconds + 2, width, height,
         args=["--bitrate", "2500000", "--gop", "60"])
     try:
         await publisher.wait_connected()
-        await asyncio.sleep(warmup)
-        pid = serve.process.pid
-        t0 = asyncio.get_running_loop().time()
-        serve0 = cpu_seconds(pid)
-        await asyncio.sleep(seconds)
-        elapsed = asyncio.get_running_loop().time() - t0
-        return {"forwarding_cpu_pct": round(100 * (cpu_seconds(pid) - serve0) / elapsed, 1)}
+        await asyncio.sleep(warmup / 2)
+        async with _viewer(serve, watch):
+            await asyncio.sleep(warmup / 2)
+            (serve_cpu,) = await _window([serve.process.pid], seconds)
+        return {"forwarding_cpu_pct": round(100 * serve_cpu, 1)}
     finally:
         await publisher.stop()
 
@@ -146,19 +182,24 @@ async def main_async(seconds: float, warmup: float, size: str = "1280x720", clip
         baseline, bframes = work / "baseline.flv", work / "bframes.flv"
         await _encode(baseline, size, clip_s, "-preset", "veryfast", "-profile:v", "baseline", "-bf", "0")
         await _encode(bframes, size, clip_s, "-preset", "veryfast", "-profile:v", "high", "-bf", "2")
-        cases = {"passthrough": (baseline, "rtmp"), "transcode (B-frames)": (bframes, "rtmp"),
-                 "SRT passthrough": (baseline, "srt")}
+        cases = {"passthrough": (baseline, "rtmp", False), "transcode (B-frames)": (bframes, "rtmp", False),
+                 "SRT passthrough": (baseline, "srt", False), "passthrough, 1 viewer": (baseline, "rtmp", True),
+                 "SRT passthrough, 1 viewer": (baseline, "srt", True)}
         serve = await start_serve(work, KEY)
         results: dict[str, object] = {"seconds": seconds, "warmup": warmup, "size": size}
         try:
-            whip = await measure_whip(serve, size, seconds, warmup)
-            results["WHIP publisher"] = whip
-            print(f"WHIP publisher (FFmpeg's muxer): {json.dumps(whip)}", flush=True)
-            await asyncio.sleep(2)
-            for name, (clip, protocol) in cases.items():
-                figures = await measure(clip, serve, protocol, seconds, warmup)
+            baselines = {}
+            for watch in (False, True):
+                whip = await measure_whip(serve, size, seconds, warmup, watch)
+                baselines[watch] = whip["forwarding_cpu_pct"]
+                name = "WHIP publisher, 1 viewer" if watch else "WHIP publisher"
+                results[name] = whip
+                print(f"{name} (FFmpeg's muxer): {json.dumps(whip)}", flush=True)
+                await asyncio.sleep(2)
+            for name, (clip, protocol, watch) in cases.items():
+                figures = await measure(clip, serve, protocol, seconds, warmup, watch)
                 total = figures["forwarding_cpu_pct"] + figures["ingest_cpu_pct"]
-                base = whip["forwarding_cpu_pct"]
+                base = baselines[watch]
                 figures["ratio_to_whip_publisher"] = round(total / base, 2) if base else float("nan")
                 results[name] = figures
                 print(f"{name}: {json.dumps(figures)}", flush=True)

@@ -39,6 +39,7 @@ import logging
 import random
 import secrets
 import socket
+import sys
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -944,12 +945,13 @@ def install_forwarding_sender(
 _RTCP_TAP = "_relaycast_rtcp_tap"  # RTCDtlsTransport attribute: the on_feedback callback
 
 
-def split_transport_feedback(data: bytes, on_feedback: Callable[[bytes], None]) -> bytes:
-    """Hand each RTCP transport feedback packet (RTPFB, FMT 15;
-    draft-holmer-rmcat-transport-wide-cc-extensions-01 §3.1) of the compound RTCP packet
-    ``data`` (RFC 3550 §6.1, already SRTCP-unprotected) to ``on_feedback`` as raw bytes, and
-    return the compound without them (``data`` itself when it holds none; ``b""`` when it
-    held nothing else).  A truncated tail is left in the rest, for aiortc to reject.
+def split_transport_feedback(data: bytes, on_feedback: Callable[[bytes], None], fmt: int = 15) -> bytes:
+    """Hand each RTCP transport-layer feedback packet of FMT ``fmt`` (RTPFB; 15: transport-cc,
+    draft-holmer-rmcat-transport-wide-cc-extensions-01 §3.1; 9: PAUSE-RESUME, RFC 7728 §8)
+    of the compound RTCP packet ``data`` (RFC 3550 §6.1, already SRTCP-unprotected) to
+    ``on_feedback`` as raw bytes, and return the compound without them (``data`` itself
+    when it holds none; ``b""`` when it held nothing else).  A truncated tail is left in
+    the rest, for aiortc to reject.
     """
     n = len(data)
     pos = 0
@@ -959,7 +961,7 @@ def split_transport_feedback(data: bytes, on_feedback: Callable[[bytes], None]) 
         end = pos + (((data[pos + 2] << 8) | data[pos + 3]) + 1) * 4
         if end > n:
             break
-        if first >> 6 == 2 and first & 0x1F == 15 and data[pos + 1] == 205:
+        if first >> 6 == 2 and first & 0x1F == fmt and data[pos + 1] == 205:
             if kept is None:
                 kept = [data[:pos]]
             on_feedback(data[pos:end])
@@ -1003,6 +1005,48 @@ def install_rtcp_tap(dtls_transport: RTCDtlsTransport, on_feedback: Callable[[by
 
     dtls_transport._handle_rtcp_data = MethodType(handle_rtcp_data, dtls_transport)  # type: ignore[method-assign]
     setattr(dtls_transport, _RTCP_DELIVER, (deliver, original))
+
+
+def install_pause_resume_listener(dtls_transport: RTCDtlsTransport, on_packet: Callable[[bytes], None]) -> None:
+    """Deliver each RTCP PAUSE-RESUME packet (RTPFB FMT 9, RFC 7728 §8) arriving on
+    ``dtls_transport`` to ``on_packet(packet: bytes)`` (install once per transport).
+
+    Its media source SSRC is 0 (the targets are in the FCI), so aiortc, which routes
+    feedback by that field, would drop it — after parsing it as a generic NACK.  The rest
+    of each compound packet goes to aiortc as before.  An exception from ``on_packet`` is
+    logged, never raised into aiortc's receive loop."""
+    original = dtls_transport._handle_rtcp_data
+
+    def deliver(packet: bytes) -> None:
+        try:
+            on_packet(packet)
+        except Exception:  # noqa: BLE001 — the receive loop must go on
+            logger.exception("pause-resume callback failed")
+
+    async def handle_rtcp_data(self: RTCDtlsTransport, data: bytes) -> None:
+        rest = split_transport_feedback(data, deliver, fmt=9)
+        if rest:
+            await original(rest)
+
+    dtls_transport._handle_rtcp_data = MethodType(handle_rtcp_data, dtls_transport)  # type: ignore[method-assign]
+
+
+def send_receiver_rtcp(receiver: RTCRtpReceiver, build: Callable[[int], bytes]) -> Awaitable[None] | None:
+    """Send the RTCP packet ``build(sender_ssrc)`` upstream on ``receiver``'s transport
+    (SRTCP-protected), ``sender_ssrc`` being the receiver's own RTCP SSRC; None (nothing
+    sent) before the receiver started."""
+    ssrc = getattr(receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
+    if ssrc is None or not receiver_has_started(receiver):
+        return None
+    return receiver.transport._send_rtp(build(ssrc))  # type: ignore[no-any-return]
+
+
+def enable_feedback(transceiver: RTCRtpTransceiver, feedback: RTCRtcpFeedback) -> None:
+    """Answer ``feedback`` (an ``a=rtcp-fb`` the offer had and aiortc's negotiation dropped,
+    knowing only its own) on the transceiver's media codecs (before ``createAnswer``)."""
+    for codec in transceiver._codecs:
+        if not is_rtx(codec) and feedback not in codec.rtcpFeedback:
+            codec.rtcpFeedback.append(feedback)
 
 
 _RTCP_DELIVER = "_relaycast_rtcp_deliver"  # RTCDtlsTransport: (deliver, aiortc's own handler)
@@ -1102,8 +1146,32 @@ def srtp_function(session: pylibsrtp.Session, operation: str = "protect") -> Cal
     return process
 
 
+class _Gso:
+    """Linux UDP generic segmentation offload (``UDP_SEGMENT``, Linux 4.18): whether this
+    process still uses it, and its limits."""
+
+    UDP_SEGMENT = 103  # <linux/udp.h>; Python's socket module does not name it
+    MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS
+    MAX_BYTES = 65000  # under the 65,507-byte UDP payload limit
+
+    def __init__(self) -> None:
+        self.enabled = hasattr(socket, "SOL_UDP") and hasattr(socket.socket, "sendmsg")
+
+    @staticmethod
+    def size_option(size: int) -> bytes:
+        return size.to_bytes(2, "little" if sys.byteorder == "little" else "big")
+
+    def disable(self, exc: OSError) -> None:
+        if self.enabled:
+            self.enabled = False
+            logger.info("UDP segmentation offload unavailable (%s): sending packet by packet", exc)
+
+
+_gso = _Gso()
+
+
 class _Route:
-    __slots__ = ("protect", "protect_rtcp", "sock_sendto", "transport", "addr")
+    __slots__ = ("protect", "protect_rtcp", "sock_sendto", "sock_sendmsg", "transport", "addr")
 
     def __init__(self, srtp: Any, transport: Any, addr: Any) -> None:
         self.protect = srtp_function(srtp)  # srtp (and srtp_t) live as long as the method
@@ -1115,6 +1183,7 @@ class _Route:
         # socket buffer is full (it then queues, as it would have anyway).
         sock = getattr(transport, "_sock", None)
         self.sock_sendto = sock.sendto if sock is not None else None
+        self.sock_sendmsg = sock.sendmsg if sock is not None else None
 
 
 class RawRtpSender:
@@ -1174,6 +1243,57 @@ class RawRtpSender:
                 self.dropped += 1
                 return False
         return self._send(route, route.protect(data))
+
+    def send_rtp_many(self, packets: Sequence[bytes]) -> int:
+        """Protect and send ``packets`` in order; returns how many went out (the rest are
+        counted in ``dropped``).
+
+        A run of protected packets of one size (the last of a run may be shorter: the
+        FU-A fragments of a frame, cut equal) goes to the kernel in one ``sendmsg`` with
+        Linux UDP generic segmentation offload (``UDP_SEGMENT``), which cuts it back into
+        the same datagrams: one system call per run instead of one per packet.  Where the
+        kernel or the route cannot (no raw socket: a TURN relay; an error from GSO, after
+        which it is not tried again in this process) each packet is sent on its own."""
+        route = self._route
+        if route is None or self._dtls._state is not State.CONNECTED:
+            route = self._resolve()
+            if route is None:
+                self.dropped += len(packets)
+                return 0
+        protect = route.protect
+        protected = [protect(p) for p in packets]
+        if route.sock_sendmsg is None or route.transport._buffer or len(protected) < 2 or not _gso.enabled:
+            return sum(self._send(route, data) for data in protected)
+        sent = 0
+        start, count = 0, len(protected)
+        while start < count:
+            size = len(protected[start])
+            end = start + 1
+            limit = min(start + _gso.MAX_SEGMENTS, start + _gso.MAX_BYTES // size, count)
+            while end < limit and len(protected[end]) == size:
+                end += 1
+            if end < limit and len(protected[end]) < size:
+                end += 1  # GSO: the last segment may be shorter
+            if end - start < 2 or not _gso.enabled:
+                sent += self._send(route, protected[start])
+                start += 1
+                continue
+            sent += self._send_segmented(route, protected[start:end], size)
+            start = end
+        return sent
+
+    def _send_segmented(self, route: _Route, run: list[bytes], size: int) -> int:
+        try:
+            route.sock_sendmsg([b"".join(run)], [(socket.SOL_UDP, _gso.UDP_SEGMENT, _gso.size_option(size))],
+                               0, route.addr)
+            return len(run)
+        except (BlockingIOError, InterruptedError):
+            for data in run:
+                route.transport.sendto(data, route.addr)
+            return len(run)
+        except OSError as exc:
+            _gso.disable(exc)
+            return sum(self._send(route, data) for data in run)
 
     def send_rtcp(self, data: bytes) -> bool:
         route = self._route

@@ -94,6 +94,7 @@ class TrackSnapshot:
     rtt_ms: float | None
     packets: int
     keyframes: int
+    paused: bool = False
 
     @property
     def loss(self) -> float | None:
@@ -103,6 +104,8 @@ class TrackSnapshot:
         out: dict[str, Any] = {"codec": self.codec, "bitrate_bps": self.bitrate_bps,
                                "loss": self.loss, "jitter_ms": self.jitter_ms,
                                "packets": self.packets}
+        if self.paused:
+            out["paused"] = True  # RFC 7728: no one takes it, so it is not sent
         if self.kind == "video":
             out.update(fps=self.fps, width=self.width, height=self.height,
                        keyframe_interval_s=self.keyframe_interval_s, keyframes=self.keyframes)
@@ -123,7 +126,7 @@ class TrackHealth:
     __slots__ = (
         "kind", "codec", "clock_rate", "packets", "bytes", "frames", "keyframes",
         "highest_seq", "extended_seq", "first_extended_seq", "width", "height",
-        "_keyframe_timestamps", "_samples", "_statistics", "_round_trip_time", "_clock",
+        "paused", "_keyframe_timestamps", "_samples", "_statistics", "_round_trip_time", "_clock",
     )
 
     def __init__(
@@ -153,6 +156,8 @@ class TrackHealth:
         """The same, extended with its wrap-arounds (RFC 3550 §A.1)."""
         self.first_extended_seq = 0
         self.width: int | None = None
+        self.paused = False
+        """The publisher was asked to pause this stream (RFC 7728): it has no consumer."""
         self.height: int | None = None
         self._keyframe_timestamps: deque[int] = deque(maxlen=KEYFRAME_INTERVALS + 1)
         self._samples: deque[_Sample] = deque(maxlen=_SAMPLES)
@@ -253,7 +258,7 @@ class TrackHealth:
             width=self.width, height=self.height, keyframe_interval_s=self.keyframe_interval_s(),
             expected=expected, lost=lost, jitter_ms=jitter_ms,
             rtt_ms=None if rtt_s is None else round(rtt_s * 1000, 1),
-            packets=self.packets, keyframes=self.keyframes)
+            packets=self.packets, keyframes=self.keyframes, paused=self.paused)
 
 
 INGEST_FIELDS = ("bitrate_bps", "fps", "width", "height", "keyframe_interval_s", "loss",

@@ -26,7 +26,7 @@ from aiortc import (
 from aiortc import sdp as aiortc_sdp
 from aiortc.codecs import is_rtx
 
-from . import aiortc_private
+from . import aiortc_private, pause_resume
 from .errors import InvalidSdp, UnsupportedMedia
 from .sdp_validation import validate_offer
 from .twcc import TRANSPORT_CC, TRANSPORT_CC_URI
@@ -152,6 +152,27 @@ def offered_transport_cc(media: aiortc_sdp.MediaDescription, payload_type: int) 
                 return int(extension.id)
             break
     return None
+
+
+def negotiate_pause(pc: RTCPeerConnection, transceiver: RTCRtpTransceiver) -> bool:
+    """Answer RTP stream pause (RFC 7728 §10, ``a=rtcp-fb:<pt> ccm pause nowait``) on a
+    publisher's audio transceiver when its section of the offer has it for the chosen
+    codec: the SFU then pauses that stream while no one consumes it
+    (:class:`~sfu.pause_resume.StreamPauser`).  Only the RTMP/SRT relay offers it; video
+    is never paused (a viewer would wait for a key frame).  Call after the codecs were
+    chosen and before ``createAnswer``.
+
+    :returns: whether pause was answered."""
+    codecs = aiortc_private.negotiated_codecs(transceiver)
+    offer = pc.remoteDescription
+    if transceiver.kind != "audio" or not codecs or offer is None or transceiver.mid is None:
+        return False
+    desc = aiortc_sdp.SessionDescription.parse(offer.sdp)
+    media = next((m for m in desc.media if m.rtp.muxId == transceiver.mid), None)
+    if media is None or not pause_resume.offered(media, codecs[0].payloadType):
+        return False
+    aiortc_private.enable_feedback(transceiver, pause_resume.FEEDBACK)
+    return True
 
 
 def negotiate_transport_cc(pc: RTCPeerConnection, transceiver: RTCRtpTransceiver, *,

@@ -17,9 +17,10 @@ from typing import Protocol
 from aiortc import RTCRtpCodecParameters, RTCRtpReceiver
 from aiortc.rtp import AnyRtcpPacket, RtcpByePacket, RtcpSrPacket, RtpPacket
 
-from . import aiortc_private
+from . import aiortc_private, pause_resume
 from .ingest_health import TrackHealth
 from .keyframe import KeyFrameRequester
+from .pause_resume import PauseMessage, StreamPauser
 from .picture_size import keyframe_picture_size
 from .rtp import abs_send_time_now, is_keyframe_start
 from .vp8 import temporal_info
@@ -121,7 +122,7 @@ class Layer:
     __slots__ = (
         "rid", "ssrc", "spatial", "sinks", "keyframe_requester", "width", "height", "octets",
         "bitrates_bps", "last_timestamp", "last_packet_s", "sender_clock", "keyframes",
-        "keyframe_timestamp", "keyless_since", "_sampled_octets", "_sampled_at",
+        "keyframe_timestamp", "keyless_since", "on_sink", "_sampled_octets", "_sampled_at",
     )
 
     def __init__(self, rid: str | None, send_pli: Callable[[Layer], None]) -> None:
@@ -140,6 +141,7 @@ class Layer:
         self.keyframes = 0
         self.keyframe_timestamp: int | None = None  # RTP timestamp of the last key frame counted
         self.keyless_since: float | None = None  # packets flowing, no key frame ever seen, since
+        self.on_sink: Callable[[], None] | None = None  # called when a sink is added
         self._sampled_octets = [0] * MAX_TEMPORAL_LAYERS
         self._sampled_at = time.monotonic()
 
@@ -154,6 +156,8 @@ class Layer:
     def add_sink(self, sink: PacketSink) -> None:
         if sink not in self.sinks:
             self.sinks = [*self.sinks, sink]  # copy-on-write: fan-out never sees a mutation
+            if self.on_sink is not None:
+                self.on_sink()
 
     def remove_sink(self, sink: PacketSink) -> None:
         if sink in self.sinks:
@@ -192,11 +196,13 @@ class Producer:
     :param codec: the single codec negotiated with the publisher (publisher's PT).
     :param rids: the simulcast streams' RtpStreamIds (RFC 8851) when the publisher sends
         simulcast, else ``None``.
+    :param pausable: the publisher negotiated RTP stream pause (RFC 7728): the stream is
+        paused while it has no consumer (:class:`~sfu.pause_resume.StreamPauser`).
     """
 
     def __init__(
         self, kind: str, codec: RTCRtpCodecParameters, receiver: RTCRtpReceiver, publisher_id: str,
-        rids: tuple[str, ...] | None = None,
+        rids: tuple[str, ...] | None = None, *, pausable: bool = False,
     ) -> None:
         self.id = f"p{next(_ids)}"
         self.kind = kind
@@ -222,6 +228,10 @@ class Producer:
                 receiver, self.ssrc),
             round_trip_time=lambda: aiortc_private.ice_round_trip_time(receiver))
         """Ingest counters of the top layer (:mod:`sfu.ingest_health`)."""
+        self.pauser = StreamPauser(self._send_pause_resume) if pausable and not rids else None
+        """Pauses the stream while no one consumes it (RFC 7728); None: never paused."""
+        if self.pauser is not None:
+            self.top.on_sink = lambda: self.pauser.wanted(self.ssrc) if self.pauser is not None else None
         aiortc_private.install_forwarding_receiver(receiver, self.on_rtp, self.on_rtcp)
 
     # ------------------------------------------------------------ properties
@@ -375,6 +385,9 @@ class Producer:
                 elif now - layer.keyless_since >= NO_KEYFRAME_PLI_S:
                     layer.keyless_since = now
                     layer.request_keyframe()
+        if self.pauser is not None:
+            self.pauser.tick(self.ssrc, bool(self.top.sinks), self.top.last_packet_s)
+            self.health.paused = self.pauser.paused
         if self.simulcast:
             if any(layer.width is None for layer in self.layers):
                 self._rank()  # no size yet for some: bitrate decides meanwhile
@@ -407,6 +420,18 @@ class Producer:
             return
         task = asyncio.ensure_future(aiortc_private.send_pli(self._receiver, layer.ssrc))
         task.add_done_callback(_log_task_error)
+
+    def _send_pause_resume(self, message: PauseMessage) -> None:
+        """One PAUSE or RESUME (RFC 7728 §8) upstream to the publisher."""
+        if self.closed:
+            return
+        sending = aiortc_private.send_receiver_rtcp(
+            self._receiver, lambda sender_ssrc: pause_resume.build(sender_ssrc, [message]))
+        if sending is not None:
+            task = asyncio.ensure_future(sending)
+            task.add_done_callback(_log_task_error)
+        logger.info("producer %s: %s sent for its %s stream", self.id,
+                    "PAUSE" if message.type == pause_resume.PAUSE else "RESUME", self.kind)
 
     def close(self) -> None:
         self.closed = True

@@ -34,6 +34,7 @@ from .negotiation import (
     choose_publish_codec,
     codecs_compatible,
     drop_unreachable_candidates,
+    negotiate_pause,
     negotiate_transport_cc,
     parse_offer,
     pipe_codec_preferences,
@@ -259,7 +260,8 @@ class Router:
                     aiortc_private.enable_header_extension(
                         transceiver, URI_REPAIRED_RID, simulcast.repaired_rid_extension_id)
             participant.producers[track] = Producer(
-                transceiver.kind, codecs[0], transceiver.receiver, participant.session_id, rids=rids
+                transceiver.kind, codecs[0], transceiver.receiver, participant.session_id, rids=rids,
+                pausable=track == "audio" and negotiate_pause(participant.pc, transceiver),
             )
 
     async def _open_session(

@@ -62,6 +62,19 @@ def test_long_frames_get_a_long_payload_length() -> None:
     assert latm.parse_audio_mux_element(latm.audio_mux_element(config, b"")) == (config, b"")
 
 
+def test_a_payload_of_several_elements_gives_each_back_in_order() -> None:
+    # Frames of 1, 3, 0, 300 bytes: padding after each element differs (45 + 8·n bits).
+    frames = [b"\x01", b"abc", b"", bytes(range(256)) + bytes(44)]
+    configs = [AacConfig(3, 2), AacConfig(3, 2), AacConfig(4, 1), AacConfig(3, 2)]
+    payload = b"".join(latm.audio_mux_element(c, f) for c, f in zip(configs, frames, strict=True))
+    assert latm.parse_audio_mux_elements(payload) == list(zip(configs, frames, strict=True))
+    assert latm.parse_audio_mux_element(payload) == (configs[0], frames[0])
+    with pytest.raises(LatmError):  # a truncated last element spoils the payload
+        latm.parse_audio_mux_elements(payload[:-1])
+    with pytest.raises(LatmError):
+        latm.parse_audio_mux_elements(payload + b"\x00")  # trailing bytes that are no element
+
+
 def test_adts_frames_from_ffmpeg_split_into_config_and_raw_frame(tmp_path: Path) -> None:
     path = tmp_path / "tone.aac"
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",

@@ -94,6 +94,21 @@ async def test_the_tap_reassembles_elements_across_timestamp_wrap_and_drops_brok
     assert tap.dropped == 1 and tap.frames_decoded == 5 and source_track.sinks == [probe]
 
 
+async def test_a_packet_of_several_elements_gives_each_frame_its_own_time() -> None:
+    config, frames = aac_source(9)
+    source_track = FakeSource()
+    tap = AacTap(source_track)  # type: ignore[arg-type]
+    groups = [frames[0:4], frames[4:8], frames[8:9]]  # as the relay sends them: four at most
+    for index, group in enumerate(groups):
+        payload = b"".join(latm.audio_mux_element(config, frame) for frame in group)
+        tap.forward(MediaPacket(index, 1000 + 4 * index * TICKS, 1, payload, False, None))
+    tap.close()
+    got = [frame async for frame in tap.frames()]
+    assert [f.data for f in got] == frames
+    assert [f.pts for f in got] == [n * TICKS for n in range(9)]
+    assert tap.dropped == 0 and tap.frames_decoded == 9
+
+
 async def _frames(items: list[AacFrame]) -> AsyncIterator[AacFrame]:
     for item in items:
         yield item

@@ -25,7 +25,7 @@ from ingest.srt_server import SrtPublish, SrtServer
 from ingest.whip_relay import WhipRelay
 from loadtest import whip_client
 from relaycast.service import Service
-from sfu import negotiation
+from sfu import negotiation, pause_resume
 from tests.ingest import srt_caller
 from tests.polling import wait_for
 from tests.services import STREAM_KEY, make_config
@@ -225,7 +225,7 @@ async def test_the_encoders_aac_reaches_the_sfu_as_it_is(ingest: Ingest, tmp_pat
     assert producer.codec.mimeType == latm.MIME_TYPE and router.track_kinds == {"audio", "video"}
     sink = _Collect()
     producer.add_consumer(sink)
-    await wait_for(lambda: len(sink.elements) >= 50, 10, lambda: f"{len(sink.elements)} AAC frames")
+    await wait_for(lambda: len(sink.elements) >= 15, 10, lambda: f"{len(sink.elements)} AAC packets")
     producer.remove_consumer(sink)
     session = await whip_client.view(f"{ingest.service.url}/whep/demo")
     try:  # a WebRTC viewer is answered Opus and video only
@@ -237,13 +237,51 @@ async def test_the_encoders_aac_reaches_the_sfu_as_it_is(ingest: Ingest, tmp_pat
         await session.close()
     proc.kill()
     await proc.wait()
-    frames = [latm.parse_audio_mux_element(element) for _, element in sink.elements]
+    payloads = [(ts, latm.parse_audio_mux_elements(payload)) for ts, payload in sink.elements]
+    frames = [element for _, elements in payloads for element in elements]
     assert {config for config, _ in frames} == {latm.AacConfig(3, 2)}  # 48 kHz stereo AAC-LC
     raw = [frame for _, frame in frames]
     start = source.index(raw[0])
     assert raw == source[start:start + len(raw)]  # every frame, in order, bit for bit
-    steps = {(b - a) & 0xFFFFFFFF for (a, _), (b, _) in itertools.pairwise(sink.elements)}
-    assert steps == {1920}  # 1,024 samples at 48 kHz in 90 kHz ticks
+    # Several frames a packet (96 kbit/s: ~250 bytes each), stamped with the first's time.
+    assert max(len(elements) for _, elements in payloads) == latm.FRAMES_PER_PACKET
+    steps = {((b - a) & 0xFFFFFFFF) - 1920 * len(elements)
+             for (a, elements), (b, _) in itertools.pairwise(payloads)}
+    assert steps == {0}  # 1,024 samples at 48 kHz in 90 kHz ticks per frame
+
+
+async def test_the_opus_is_not_encoded_while_no_one_takes_it(ingest: Ingest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 7728: with no consumer of the room's Opus the SFU pauses it and the relay stops
+    encoding it; a WebRTC viewer resumes it at once and hears it."""
+    monkeypatch.setattr(pause_resume, "PAUSE_AFTER_S", 0.5)
+    proc = await _ffmpeg(ingest, 30, "-preset", "ultrafast", "-bf", "0")
+    try:
+        await wait_for(lambda: bool(ingest.relays) and ingest.relays[-1].opus_paused, 15, lambda: "the PAUSE")
+        relay = ingest.relays[-1]
+        assert "ccm pause nowait" in relay.pc.remoteDescription.sdp  # the SFU answered it (§10)
+        router = ingest.service.worker.routers["demo"]
+        producer = router.producers["audio"]
+        assert producer.pauser is not None and producer.pauser.paused
+        assert router.producers["video"].pauser is None  # video is never paused
+        sent, aac_sent = relay.audio.packets_sent, relay.aac.packets_sent if relay.aac else 0
+        frames_in = relay.frames_in
+        await wait_for(lambda: relay.frames_in >= frames_in + 30, 10, lambda: "a second more of the stream")
+        assert relay.audio.packets_sent == sent  # nothing encoded, nothing sent ...
+        assert relay.aac is None or relay.aac.packets_sent > aac_sent  # ... while the AAC section goes on
+        assert router.ingest()["tracks"]["audio"]["paused"] is True
+        session = await whip_client.view(f"{ingest.service.url}/whep/demo", kinds=("audio",))
+        try:
+            track = await wait_for_track(session, "audio")
+            frame = await asyncio.wait_for(track.recv(), 10)  # RESUME: the viewer hears the stream
+            assert frame.sample_rate == 48000 and not relay.opus_paused
+            assert relay.audio.packets_sent > sent
+        finally:
+            await session.close()
+        await wait_for(lambda: relay.opus_paused, 10, lambda: "the PAUSE after the viewer left")
+        assert relay.opus_pauses == 2 and producer.pauser.pauses == 2
+    finally:
+        proc.kill()
+        await proc.wait()
 
 
 async def test_an_encoder_that_reconnects_replaces_its_session(ingest: Ingest) -> None:

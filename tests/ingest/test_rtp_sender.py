@@ -66,6 +66,10 @@ class FakeRaw:
         self.rtp.append(data)
         return True
 
+    def send_rtp_many(self, packets: list[bytes]) -> int:
+        self.rtp.extend(packets)
+        return len(packets)
+
     def send_rtcp(self, data: bytes) -> bool:
         self.rtcp.append(data)
         return True
