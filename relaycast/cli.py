@@ -20,6 +20,7 @@ from community.config import CommunityConfig, CommunityConfigError
 from sfu.config import SfuConfig
 from sfu.worker import RouterFactory
 from signaling.config import SignalingConfig
+from signaling.tls import TlsError
 
 from .ingest_process import IngestConfig
 from .workers import WorkerError, WorkersConfig
@@ -73,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="where the embedded SQLite database lives, created on first "
                                           "start (RELAYCAST_DATA_DIR, default ./relaycast-data); "
                                           "RELAYCAST_DATABASE_URL=postgresql+asyncpg://... uses PostgreSQL")
+    serve.add_argument("--tls-cert", metavar="FILE",
+                       help="PEM certificate (chain): serve HTTPS and WSS (RELAYCAST_TLS_CERT)")
+    serve.add_argument("--tls-key", metavar="FILE", help="its PEM private key (RELAYCAST_TLS_KEY)")
+    serve.add_argument("--self-signed", action="store_true",
+                       help="HTTPS with a development certificate from a local CA made in the data folder "
+                            "(for this machine's names and addresses; prints how to trust the CA)")
     serve.add_argument("--redis-url", help="Redis mode: share nodes and rooms with other signaling "
                                            "instances (RELAYCAST_REDIS_URL or REDIS_URL)")
 
@@ -108,17 +115,28 @@ def main(argv: list[str] | None = None) -> int:
 
             return cluster.main(args)
         if args.command == "serve":
+            community = CommunityConfig.from_env(data_dir=args.data_dir)
+            tls_cert, tls_key = args.tls_cert, args.tls_key
+            if args.self_signed:
+                if tls_cert or tls_key:
+                    raise ConfigError("--self-signed makes its own certificate: leave out --tls-cert/--tls-key")
+                from .dev_certificate import ensure_dev_certificate
+
+                host = args.host or os.environ.get("RELAYCAST_HOST", "127.0.0.1")
+                made = ensure_dev_certificate(community.data_dir / "tls", host)
+                tls_cert, tls_key = str(made.cert), str(made.key)
+                print(made.instructions(), flush=True)
             config = SignalingConfig.from_env(
                 host=args.host, port=args.port, demo_room=args.demo_room,
                 demo_stream_key=args.demo_stream_key, ice_gather=_gather(args.ice_gather),
                 embedded_sfu=False if args.no_embedded_sfu else None, redis_url=args.redis_url,
+                tls_cert=tls_cert, tls_key=tls_key,
             )
             workers = WorkersConfig.from_env(workers=args.workers, embedded_sfu=config.embedded_sfu)
-            community = CommunityConfig.from_env(data_dir=args.data_dir)
             ingest = IngestConfig.from_env(os.environ, config.host)
             return asyncio.run(serve(config, workers=workers.count, community=community, ingest=ingest))
         return asyncio.run(_sfu_node(args))
-    except (ConfigError, CommunityConfigError) as exc:
+    except (ConfigError, CommunityConfigError, TlsError) as exc:
         print(f"relaycast: configuration error: {exc}", file=sys.stderr)
         return 2
     except WorkerError as exc:
@@ -169,7 +187,12 @@ async def serve(config: SignalingConfig, router_factory: RouterFactory | None = 
     stop = _stop_on_signal()
     async with Service(config, router_factory=router_factory, workers=workers,
                        community=community, ingest=ingest) as service:
+        if service.tls_context is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, service.reload_tls)
         print(f"relaycast listening on {service.url}", flush=True)
+        if service.tls_context is not None:
+            print("  HTTPS and WSS; plain HTTP on this port is redirected; SIGHUP reloads the certificate",
+                  flush=True)
         if service.admin_password is not None:  # before the stream key: the last line
             print(f"  admin login: admin / {service.admin_password}  (shown once; change it in /settings)",
                   flush=True)

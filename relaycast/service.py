@@ -25,12 +25,14 @@ from sfu.direct import DirectTransport
 from sfu.node import SignalingLink
 from sfu.router import Router
 from sfu.worker import RouterFactory, Worker
+from signaling import tls
 from signaling.app import create_app
 from signaling.app_keys import CASCADE, NAMESPACE_KEY, RECORDINGS, ROOMS
 from signaling.config import SignalingConfig
 from signaling.http_guard import ConnectionGuard, EdgeSite
 from signaling.nodes import PlacementStrategy
 from signaling.publish_auth import AccessRefused
+from signaling.tls import HttpsSite
 
 from .ingest_process import IngestConfig, IngestError, IngestProcess
 from .workers import Supervisor, sfu_worker_specs, viewers_per_worker
@@ -94,6 +96,12 @@ class Service:
         self.router_factory = router_factory
         self.link: SignalingLink | None = None
         self.url = ""
+        """The base URL users reach (``https://`` with a certificate)."""
+        self.internal_url = ""
+        """Where the service's own clients reach it (plain HTTP on 127.0.0.1 with TLS)."""
+        self.tls_context = (tls.server_context(config.tls_cert, config.tls_key)
+                            if config.tls_cert and config.tls_key else None)
+        """HTTPS (:mod:`signaling.tls`); :raises TlsError: a certificate it cannot serve."""
         self.demo_stream_key: str | None = None
         self.admin_password: str | None = None
         self.hls: BridgeManager | None = None
@@ -110,6 +118,21 @@ class Service:
             if library is not None:
                 self.app[RECORDINGS] = library
                 self.app.add_subapp("/vod", create_vod_app(library, access=self.view_access))
+
+    def reload_tls(self) -> bool:
+        """Load the certificate and key files again (``SIGHUP``): new connections get them,
+        open ones keep theirs; a file refused leaves the old certificate in use (logged)."""
+        config = self.config
+        if self.tls_context is None or not config.tls_cert or not config.tls_key:
+            return False
+        try:
+            cert = tls.reload_context(self.tls_context, config.tls_cert, config.tls_key)
+        except tls.TlsError as exc:
+            logger.error("TLS certificate not reloaded (the old one stays): %s", exc)
+            return False
+        logger.info("TLS certificate reloaded: %s, valid until %s UTC", cert.subject.rfc4514_string(),
+                    f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M}")
+        return True
 
     async def view_access(self, room: str, token: str | None) -> bool:
         """LL-HLS and VOD viewers: the rooms' authority decides (a private channel needs a
@@ -156,13 +179,25 @@ class Service:
 
     async def _start_serving(self) -> None:
         config = self.config
-        site = EdgeSite(self.runner, config.host, config.port, guard=self.connections,
-                        header_timeout_s=config.header_timeout_s)
+        if self.tls_context is not None:
+            site: EdgeSite = HttpsSite(self.runner, config.host, config.port, context=self.tls_context,
+                                       guard=self.connections, header_timeout_s=config.header_timeout_s)
+        else:
+            site = EdgeSite(self.runner, config.host, config.port, guard=self.connections,
+                            header_timeout_s=config.header_timeout_s)
         await site.start()
         host, port = self.runner.addresses[0][:2]
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         shown = f"[{shown}]" if ":" in shown else shown
-        self.url = f"http://{shown}:{port}"
+        self.url = f"{'https' if self.tls_context else 'http'}://{shown}:{port}"
+        self.internal_url = self.url
+        if self.tls_context is not None:
+            # The service's own clients (the SFU link, the ingest relay, worker processes)
+            # talk to it over loopback in plain HTTP: the certificate names the public host.
+            internal = EdgeSite(self.runner, "127.0.0.1", 0, guard=self.connections,
+                                header_timeout_s=config.header_timeout_s)
+            await internal.start()
+            self.internal_url = f"http://127.0.0.1:{self.runner.addresses[-1][1]}"
         if config.embedded_sfu:
             sfu = replace(config.sfu, role="hls") if self.workers > 1 else config.sfu
             self.worker = Worker(sfu, router_factory=self.router_factory or Router)
@@ -177,7 +212,7 @@ class Service:
                 if self.hls.recordings is not None:
                     self._sweeper = asyncio.create_task(
                         self.hls.recordings.sweep_forever(self.recordings.sweep_interval_s))
-            self.link = SignalingLink(self.worker, self.url, config.sfu.node_id, config.node_secret)
+            self.link = SignalingLink(self.worker, self.internal_url, config.sfu.node_id, config.node_secret)
             await self.link.start()
         if self.workers > 1:
             try:
@@ -193,7 +228,7 @@ class Service:
         config = self.ingest_config
         if config is None or config.rtmp_port is None:
             return
-        process = IngestProcess(config.settings(f"{self.url}/whip"))
+        process = IngestProcess(config.settings(f"{self.internal_url}/whip"))
         try:
             await process.start()
         except (IngestError, OSError) as exc:
@@ -224,7 +259,7 @@ class Service:
             # Live room → WebRTC viewers over all workers: the bridge's node has none itself.
             self.hls.popularity = lambda: {r.name: r.viewers for r in rooms.rooms.values() if r.live}
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
-        specs = sfu_worker_specs(self.workers, self.url, config.node_secret, config.sfu,
+        specs = sfu_worker_specs(self.workers, self.internal_url, config.node_secret, config.sfu,
                                  log_level=level if level in ("debug", "info", "warning", "error") else "info")
         self.supervisor = Supervisor(specs)
         await self.supervisor.start()

@@ -100,6 +100,9 @@ class SignalingConfig:
     :ivar ice_servers_rate/ice_servers_burst: per-client token bucket for
         ``GET /api/ice-servers``, which mints TURN credentials (``RELAYCAST_ICE_SERVERS_RATE``
         requests/s, ``RELAYCAST_ICE_SERVERS_BURST``); 429 + ``Retry-After`` beyond it.
+    :ivar tls_cert/tls_key: PEM certificate (chain) and key: the port serves HTTPS and WSS,
+        plain HTTP there is redirected (``RELAYCAST_TLS_CERT``, ``RELAYCAST_TLS_KEY``;
+        :mod:`signaling.tls`).  Both or neither.
     """
 
     host: str = "127.0.0.1"
@@ -127,6 +130,8 @@ class SignalingConfig:
     connections_per_address: int = 100
     ice_servers_rate: float = 2.0
     ice_servers_burst: int = 30
+    tls_cert: str | None = None
+    tls_key: str | None = None
     sfu: SfuConfig = field(default_factory=SfuConfig)
 
     @classmethod
@@ -159,6 +164,8 @@ class SignalingConfig:
             "connections_per_address": _int(env, "RELAYCAST_CONNECTIONS_PER_ADDRESS", 100, 1, 1000000),
             "ice_servers_rate": env_number(env, "RELAYCAST_ICE_SERVERS_RATE", 2.0, 0.001, 100000),
             "ice_servers_burst": _int(env, "RELAYCAST_ICE_SERVERS_BURST", 30, 1, 1000000),
+            "tls_cert": env.get("RELAYCAST_TLS_CERT") or None,
+            "tls_key": env.get("RELAYCAST_TLS_KEY") or None,
         }
         redis_var = "RELAYCAST_REDIS_URL" if env.get("RELAYCAST_REDIS_URL") else "REDIS_URL"
         if env.get(redis_var):
@@ -197,6 +204,9 @@ class SignalingConfig:
             raise ConfigError("RELAYCAST_CONNECTIONS_PER_ADDRESS: must be at least 1")
         if self.ice_servers_rate <= 0 or self.ice_servers_burst < 1:
             raise ConfigError("RELAYCAST_ICE_SERVERS_RATE / _BURST: must be positive")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("HTTPS needs both a certificate and its key (--tls-cert and --tls-key, "
+                              "or RELAYCAST_TLS_CERT and RELAYCAST_TLS_KEY)")
         self._validate_turn()
 
     def _validate_turn(self) -> None:

@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from common.problems import HttpProblem
 from signaling.app_keys import VIEWER_IDENTIFY
 from signaling.client_ip import client_of
+from signaling.security_headers import is_https
 
 from ..app import COMMUNITY, Community
 from ..auth import (
@@ -268,7 +269,7 @@ async def _session_answer(
         body=result.model_dump_json(exclude={"access_token", "refresh_token"}),
     )
     config = community.config
-    secure = config.cookie_secure
+    secure = config.cookie_secure or is_https(call.request)  # served over TLS: Secure cookies
     response.set_cookie(
         ACCESS_COOKIE,
         access,
