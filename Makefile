@@ -11,7 +11,7 @@ APT_PACKAGES := ffmpeg chromium-headless-shell nginx redis-server coturn postgre
 NO_MAIN_CLUSTER := sed -ri 's/^\#?\s*create_main_cluster\s*=.*/create_main_cluster = false/' /etc/postgresql-common/createcluster.conf
 STAMP := .make
 
-.PHONY: serve test install install-test lint
+.PHONY: serve-lan serve test install install-test lint
 
 $(STAMP)/install: pyproject.toml web/package.json web/package-lock.json
 	@mkdir -p $(STAMP)
@@ -40,6 +40,9 @@ install-test: $(STAMP)/install-test
 
 serve: $(STAMP)/install
 	relaycast serve
+
+serve-lan: $(STAMP)/install
+	relaycast serve --host 0.0.0.0 --port 8443 --self-signed
 
 test: $(STAMP)/install-test
 	$(PYTHON) -m pytest -q

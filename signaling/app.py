@@ -44,7 +44,7 @@ from .nodes import (
 )
 from .publish_auth import PublishAuthority
 from .rooms import Room, RoomRegistry
-from .security_headers import harden_response
+from .security_headers import harden_response, is_https
 from .sessions import MemorySessionStore, RedisSessionStore, SessionService, SessionStore
 from .whip import MediaResources
 
@@ -85,13 +85,29 @@ _ENGINEIO_CLIENT_ERRORS = ("bad-origin", "bad-sid", "bad-transport", "bad-upgrad
                            "bad-jsonp-index", "unexpected-http")
 
 
-def sio_allowed_origins(allowed: tuple[str, ...]) -> str | list[str] | None:
-    """python-engineio's ``cors_allowed_origins`` for ``RELAYCAST_ALLOWED_ORIGINS``: ``None``
-    (same origin: ``Origin`` must be ``scheme://Host`` of the request) when none are
-    configured, ``"*"`` for any, else the list.  A request without ``Origin`` is accepted."""
+def sio_allowed_origins(allowed: tuple[str, ...]) -> str | list[str] | Callable[[str | None, dict[str, Any]], bool]:
+    """python-engineio's ``cors_allowed_origins`` for ``RELAYCAST_ALLOWED_ORIGINS``:
+    :func:`same_origin` when none are configured, ``"*"`` for any, else the list.  A request
+    without ``Origin`` is accepted."""
     if not allowed:
-        return None
+        return same_origin
     return "*" if allowed == ("*",) else list(allowed)
+
+
+def same_origin(origin: str | None, environ: dict[str, Any]) -> bool:
+    """``Origin`` is the request's own ``scheme://Host`` (RFC 6454 §4): ``https`` when it came
+    over TLS to this process (python-engineio's own check takes every aiohttp request for
+    ``http``, and refused the pages' WebSocket over HTTPS), or the scheme a proxy's
+    ``X-Forwarded-Proto`` names, as engineio's default allows."""
+    host = environ.get("HTTP_HOST")
+    if origin is None or host is None:
+        return origin is None
+    request = environ.get("aiohttp.request")
+    schemes = {"https" if request is not None and is_https(request) else "http"}
+    forwarded = environ.get("HTTP_X_FORWARDED_PROTO")
+    if forwarded:
+        schemes.add(forwarded.split(",")[0].strip())
+    return origin in {f"{scheme}://{host}" for scheme in schemes}
 
 
 def create_app(config: SignalingConfig, placement: PlacementStrategy | None = None,

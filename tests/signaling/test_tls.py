@@ -63,6 +63,12 @@ async def test_https_serves_the_service_and_plain_http_on_the_port_is_redirected
             async with http.post(f"{service.url}/whep/demo", ssl=context, data="v=0\r\n",
                                  headers={"Content-Type": "application/sdp"}) as resp:
                 assert resp.status in (400, 409), await resp.text()
+            # Socket.IO's same-origin rule knows the request came over TLS: the page's own
+            # https origin is accepted, its http twin is not.
+            sio = f"{service.url}/socket.io/?EIO=4&transport=polling"
+            for origin, status in ((service.url, 200), (service.url.replace("https:", "http:"), 400)):
+                async with http.get(sio, ssl=context, headers={"Origin": origin}) as resp:
+                    assert resp.status == status, (origin, await resp.text())
             assert service.internal_url.startswith("http://127.0.0.1:")
             assert service.worker is not None and service.link is not None
         # TLS 1.1 is refused.

@@ -89,11 +89,39 @@ function addVideoTransceiver(pc, track, init, simulcast) {
  * resolution, chat, goLive, stop, lockWhileLive?: [inputs]} elements. ``onHealth(figures)`` gets
  * :func:`videoHealth` once a second while live; ``onLive()`` each time a session connects.
  */
+/**
+ * Why this page cannot capture, or null when it can: browsers expose getUserMedia only in a
+ * secure context — HTTPS, or localhost (W3C Secure Contexts; Media Capture and Streams
+ * §9.2) — so the studio opened as http://HOST/ from another machine has no camera.
+ */
+export function captureBlocked() {
+  if (window.isSecureContext && navigator.mediaDevices?.getUserMedia) return null;
+  return { https: `https://${location.host}${location.pathname}${location.search}` };
+}
+
+/** The "HTTPS needed" notice above the preview, with a link to the page over HTTPS. */
+function showHttpsNeeded(ui, blocked) {
+  const note = document.createElement("p");
+  note.className = "https-needed";
+  note.dataset.testid = "https-needed";
+  note.setAttribute("role", "alert");
+  const link = document.createElement("a");
+  link.href = blocked.https;
+  link.textContent = "open this page over HTTPS";
+  const code = (text) => Object.assign(document.createElement("code"), { textContent: text });
+  note.append("HTTPS needed: browsers let only https:// pages (or localhost) use the camera and microphone — ",
+    link, ". The server needs a certificate for that: ", code("relaycast serve --self-signed"), ", or ",
+    code("--tls-cert"), " and ", code("--tls-key"), ".");
+  ui.preview.before(note);
+}
+
 export class WhipPublisher {
   constructor(ui, { onHealth = null, onLive = null } = {}) {
     this.ui = ui;
     this.onHealth = onHealth;
     this.onLive = onLive;
+    this.blocked = captureBlocked();
+    if (this.blocked) showHttpsNeeded(ui, this.blocked);
     this.stream = null; // local MediaStream: preview and publish source
     // {pc, dc, location, etag, token, video (transceiver), simulcast: {offered, answered}
     // (rids), iceRestarts, cleanup[]} of the current WHIP session
@@ -195,6 +223,10 @@ export class WhipPublisher {
 
   /** Capture once at start-up: device labels/ids are only exposed after a first grant. */
   async preview() {
+    if (this.blocked) {
+      setState(this.ui.state, "error: HTTPS needed to use the camera and microphone");
+      return;
+    }
     setState(this.ui.state, "idle");
     try {
       await this.acquireMedia();
@@ -283,6 +315,10 @@ export class WhipPublisher {
    */
   async goLive(endpoint, token) {
     if (this.run) return;
+    if (this.blocked) {
+      setState(this.ui.state, "error: HTTPS needed to use the camera and microphone");
+      return;
+    }
     this.run = new AbortController();
     const { signal } = this.run;
     this.setControls(true);
