@@ -54,6 +54,9 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy" / "nginx" / "relaycast-edge.conf.template"
+TLS_TEMPLATE = ROOT / "deploy" / "nginx" / "relaycast-edge-tls.conf.template"
+LOCATIONS = ROOT / "deploy" / "nginx" / "relaycast-edge-locations.conf"
+REDIRECT = ROOT / "deploy" / "nginx" / "relaycast-edge-redirect.conf"
 NGINX = "/usr/sbin/nginx"
 HEALTH_PATH = "/edge-healthz"
 HEALTH_BODY = b"relaycast-edge\n"
@@ -189,6 +192,7 @@ class NginxEdge:
         nginx: str | None = None,
         template: Path | str = TEMPLATE,
         start_timeout: float = 10.0,
+        tls: tuple[Path | str, Path | str] | None = None,
     ) -> None:
         parts = urlsplit(origin_url)
         if parts.scheme != "http" or not parts.hostname or not parts.port:
@@ -203,6 +207,12 @@ class NginxEdge:
         self.nginx = nginx or find_nginx()
         self.template = Path(template)
         self.start_timeout = start_timeout
+        self.tls = None if tls is None else (str(Path(tls[0]).resolve()), str(Path(tls[1]).resolve()))
+        """(certificate, key): an HTTPS server too (``relaycast-edge-tls.conf.template``),
+        plain HTTP redirected to it; ``url`` is then the HTTPS one, ``http_url`` the plain."""
+        self.tls_port = 0
+        self.tls_conf_path = self.workdir / "relaycast-edge-tls.conf"
+        self.http_url = ""
         self.conf_path = self.workdir / "nginx.conf"
         self.edge_conf_path = self.workdir / "relaycast-edge.conf"
         self.access_log = self.workdir / "logs" / "access.log"
@@ -218,13 +228,18 @@ class NginxEdge:
 
     def template_values(self, port: int) -> dict[str, str]:
         """The placeholder values for this edge (see deploy/nginx/README.md)."""
-        return {
+        values = {
             "RELAYCAST_ORIGIN": self.origin,
             "EDGE_LISTEN": f"{self.host}:{port}",
             "EDGE_CACHE_DIR": str(self.cache_dir),
             "EDGE_CACHE_MAX_SIZE": self.cache_max_size,
             "EDGE_ACCESS_LOG": str(self.access_log),
+            "EDGE_HTTP_LOCATIONS": str(REDIRECT if self.tls else LOCATIONS),
         }
+        if self.tls is not None:
+            values.update(EDGE_TLS_LISTEN=f"{self.host}:{self.tls_port}", EDGE_TLS_CERT=self.tls[0],
+                          EDGE_TLS_KEY=self.tls[1], EDGE_LOCATIONS=str(LOCATIONS))
+        return values
 
     def main_config(self) -> str:
         """The main-context wrapper: what a distro's nginx.conf would provide."""
@@ -257,6 +272,7 @@ class NginxEdge:
             f"    uwsgi_temp_path {temp}/uwsgi;",
             f"    scgi_temp_path {temp}/scgi;",
             f"    include {self.edge_conf_path};",
+            *([f"    include {self.tls_conf_path};"] if self.tls else []),
             "}",
             "",
         ])
@@ -264,8 +280,10 @@ class NginxEdge:
     def write_config(self, port: int) -> None:
         for sub in ("logs", "temp", "cache"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
-        text = render_template(self.template.read_text(), self.template_values(port))
-        self.edge_conf_path.write_text(text)
+        values = self.template_values(port)
+        self.edge_conf_path.write_text(render_template(self.template.read_text(), values))
+        if self.tls is not None:
+            self.tls_conf_path.write_text(render_template(TLS_TEMPLATE.read_text(), values))
         self.conf_path.write_text(self.main_config())
 
     def _command(self, *extra: str) -> list[str]:
@@ -293,6 +311,8 @@ class NginxEdge:
         last_error = ""
         for _ in range(attempts):
             port = self.port or _free_port(self.host)
+            if self.tls is not None:
+                self.tls_port = _free_port(self.host)
             self.write_config(port)
             test = await asyncio.create_subprocess_exec(
                 *self._command("-t", "-q"), stdout=asyncio.subprocess.PIPE,
@@ -307,7 +327,9 @@ class NginxEdge:
             assert proc.stderr is not None
             self._stderr_task = asyncio.create_task(proc.stderr.read())
             self.port = port
-            self.url = f"http://{self.host}:{port}"
+            self.http_url = self.url = f"http://{self.host}:{port}"
+            if self.tls is not None:
+                self.url = f"https://{self.host}:{self.tls_port}"
             try:
                 await self._wait_ready()
                 return

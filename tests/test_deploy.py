@@ -110,7 +110,8 @@ def host_ports() -> dict[str, list[int]]:
     settings = dict(a.split("=", 1) for a in SERVICES["postgres"]["command"] if "=" in a)
     assert settings["listen_addresses"] == "127.0.0.1"
     ports["postgres"] = [int(settings.get("port", 5432))]
-    ports["edge"] = [int(str(SERVICES["edge"]["environment"]["EDGE_LISTEN"]).rsplit(":", 1)[-1])]
+    ports["edge"] = [int(str(SERVICES["edge"]["environment"][name]).rsplit(":", 1)[-1])
+                     for name in ("EDGE_LISTEN", "EDGE_TLS_LISTEN")]
     # coturn listens where its rendered config says: the documented render command sets no
     # --port, so turn.config's default.
     assert "--port" not in render_command(), "update the coturn port below"
@@ -174,6 +175,33 @@ def test_environment_is_shared_and_every_variable_is_documented() -> None:
     assert len(set(node_ids)) == len(node_ids) == 3, node_ids
 
 
+def rendered_edge() -> str:
+    """The edge's nginx configuration as the container has it: its templates rendered with
+    its environment, each ``include`` of a mounted file replaced by that file."""
+    edge = SERVICES["edge"]
+    env = {k: str(v) for k, v in edge["environment"].items()}
+    mounts = {}
+    for volume in edge["volumes"]:
+        if isinstance(volume, str):
+            source, target, *_ = volume.split(":")
+            mounts[target] = ROOT / source
+    templates = [path for target, path in mounts.items() if target.startswith("/etc/nginx/templates/")]
+    text = "\n".join(render_template(path.read_text(), env) for path in templates)
+    return re.sub(r"^\s*include (\S+);", lambda m: mounts[m.group(1)].read_text(), text, flags=re.MULTILINE)
+
+
+def test_edge_terminates_tls_with_the_mounted_certificate_and_redirects_http() -> None:
+    edge = SERVICES["edge"]
+    env = {k: str(v) for k, v in edge["environment"].items()}
+    rendered = rendered_edge()
+    assert f"listen {env['EDGE_TLS_LISTEN']} ssl;" in rendered and env["EDGE_TLS_LISTEN"] == "443"
+    certs = next(v for v in edge["volumes"] if isinstance(v, dict))
+    assert certs["target"] == "/etc/nginx/certs" and certs["read_only"] is True
+    assert env["EDGE_TLS_CERT"].startswith("/etc/nginx/certs/") and env["EDGE_TLS_KEY"].startswith("/etc/nginx/certs/")
+    assert "return 308 https://$host$request_uri;" in rendered  # plain HTTP goes to HTTPS
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in rendered and '"max-age=31536000"' in rendered
+
+
 def test_edge_renders_the_template_against_the_hls_origin() -> None:
     edge = SERVICES["edge"]
     source, target, *_ = edge["volumes"][0].split(":")
@@ -181,7 +209,7 @@ def test_edge_renders_the_template_against_the_hls_origin() -> None:
     assert template.exists(), template
     assert target.startswith("/etc/nginx/templates/") and target.endswith(".conf.template")
     env = {k: str(v) for k, v in edge["environment"].items()}
-    rendered = render_template(template.read_text(), env)  # KeyError names a placeholder without a value
+    rendered = rendered_edge()  # KeyError names a placeholder without a value
     assert f"server {env['RELAYCAST_ORIGIN']};" in rendered
     host, port = env["RELAYCAST_ORIGIN"].rsplit(":", 1)
     assert host == "127.0.0.1"
@@ -196,7 +224,7 @@ def test_edge_denies_the_node_endpoint_and_its_origin_trusts_it() -> None:
     every page through the edge would share one per-address limit."""
     edge = SERVICES["edge"]
     env = {k: str(v) for k, v in edge["environment"].items()}
-    rendered = render_template((ROOT / edge["volumes"][0].split(":")[0]).read_text(), env)
+    rendered = rendered_edge()
     block = re.search(rf"location \^~ /{re.escape(NODE_SOCKETIO_PATH)} \{{([^}}]*)\}}", rendered)
     assert block and "deny all;" in block.group(1), "the edge must deny the SFU nodes' Socket.IO path"
     edge_port = int(env["EDGE_LISTEN"].rsplit(":", 1)[-1])

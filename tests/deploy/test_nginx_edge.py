@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from loadtest import whip_client
 from loadtest.llhls_player import LlhlsPlayer, parse_media_playlist
 from loadtest.nginx_edge import TEMPLATE, NginxEdge, find_nginx, parse_access_log, render_template
 from loadtest.sources import PatternVideoTrack
+from relaycast.dev_certificate import ensure_dev_certificate
 from relaycast.service import Service
 from sfu.protocol import NAMESPACE as NODE_NAMESPACE
 from sfu.protocol import SOCKETIO_PATH as NODE_PATH
@@ -69,10 +71,12 @@ def origin_hits(edge: NginxEdge, uri: str) -> int:
 def test_template_placeholders_must_all_be_given() -> None:
     text = TEMPLATE.read_text()
     values = {"RELAYCAST_ORIGIN": "10.0.0.5:8080", "EDGE_LISTEN": "80", "EDGE_CACHE_DIR": "/var/cache/edge",
-              "EDGE_CACHE_MAX_SIZE": "1g", "EDGE_ACCESS_LOG": "/dev/stdout"}
+              "EDGE_CACHE_MAX_SIZE": "1g", "EDGE_ACCESS_LOG": "/dev/stdout",
+              "EDGE_HTTP_LOCATIONS": "/etc/nginx/relaycast-edge-locations.conf"}
     rendered = render_template(text, values)
     assert "${" not in rendered
     assert "server 10.0.0.5:8080;" in rendered
+    assert "include /etc/nginx/relaycast-edge-locations.conf;" in rendered
     assert "$upstream_cache_status" in rendered  # nginx variables are left alone
     with pytest.raises(KeyError, match="EDGE_LISTEN"):
         render_template(text, {k: v for k, v in values.items() if k != "EDGE_LISTEN"})
@@ -308,3 +312,39 @@ async def test_edge_passes_pages_socketio_and_denies_the_node_endpoint(
         if path == "socket.io":
             assert refusals == [{"message": f"SFU nodes connect on /{NODE_PATH}/ (socketio_path={NODE_PATH!r})"}]
     assert [n.node_id for n in router.nodes.values()] == [service.config.sfu.node_id]
+
+
+# ------------------------------------------------------------------ TLS at the edge
+@needs_nginx
+async def test_the_edge_terminates_tls_redirects_http_and_carries_socketio_over_wss(
+    service: Service, tmp_path: Path
+) -> None:
+    """deploy/nginx with relaycast-edge-tls.conf.template: pages, LL-HLS and Socket.IO over
+    HTTPS/WSS with HSTS (also on /hls/, whose location adds a header of its own), plain HTTP
+    redirected, the certificate from a test CA checked by the client."""
+    made = ensure_dev_certificate(tmp_path / "tls", "127.0.0.1")
+    context = ssl.create_default_context(cafile=str(made.ca))
+    async with NginxEdge(service.url, tmp_path / "edge", tls=(made.cert, made.key)) as edge, \
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as https:
+        assert edge.url.startswith("https://127.0.0.1:")
+        for path, status in (("/watch/demo", 200), ("/edge-healthz", 200), ("/hls/demo/index.m3u8", None)):
+            async with https.get(f"{edge.url}{path}", timeout=TIMEOUT) as resp:
+                assert status is None or resp.status == status, (path, resp.status)
+                assert resp.headers.get("Strict-Transport-Security") == "max-age=31536000", path
+        async with aiohttp.ClientSession() as plain:
+            async with plain.get(f"{edge.http_url}/watch/demo?x=1", allow_redirects=False, timeout=TIMEOUT) as resp:
+                assert resp.status == 308
+                assert resp.headers["Location"] == "https://127.0.0.1/watch/demo?x=1"
+                assert "Strict-Transport-Security" not in resp.headers  # never over plain HTTP
+            status, _, body = await fetch(plain, f"{edge.http_url}/edge-healthz")
+            assert status == 200 and body == b"relaycast-edge\n"
+        # A page's Socket.IO through the edge over WSS: same origin for the origin server,
+        # which reads the scheme from the edge's X-Forwarded-Proto.
+        page = socketio.AsyncClient(reconnection=False, http_session=https)
+        try:
+            await page.connect(edge.url, transports=["websocket"], headers={"Origin": edge.url}, wait_timeout=10)
+            assert page.transport() == "websocket"
+            assert (await page.call("join", {"room": "demo"}, timeout=5))["room"] == "demo"
+        finally:
+            await page.disconnect()
+

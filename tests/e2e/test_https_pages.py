@@ -8,7 +8,8 @@ certificate's key (``--ignore-certificate-errors-spki-list``: its SHA-256 SPKI p
 a CA cannot be installed into the headless shell without NSS tools.
 
 * Over ``https://relaycast.test``: the broadcast page captures (fake devices) and goes live
-  over WHIP; the watch page plays over WHEP; Socket.IO connects over ``wss://``.
+  over WHIP; the watch page plays over WHEP, then over LL-HLS (hls.js); Socket.IO connects
+  over ``wss://``.
 * Over ``http://relaycast.test`` (a service without a certificate): the broadcast page
   says "HTTPS needed" and links to the page over HTTPS, and does not try to go live.
 """
@@ -33,6 +34,7 @@ from tests.e2e.browser import (
     enter_stream_key,
     open_page,
     tid,
+    wait_for_js,
 )
 from tests.polling import wait_for
 from tests.services import STREAM_KEY, make_config
@@ -40,7 +42,7 @@ from tests.services import STREAM_KEY, make_config
 pytest.importorskip("playwright.async_api")
 from playwright.async_api import expect  # noqa: E402
 
-pytestmark = [*BROWSER_MARKS, pytest.mark.timeout(120)]
+pytestmark = [*BROWSER_MARKS, pytest.mark.timeout(180)]
 NAME = "relaycast.test"
 
 
@@ -77,6 +79,15 @@ async def test_the_studio_goes_live_and_the_watch_page_plays_over_https_on_a_rea
             await expect(tid(watcher, "state")).to_have_text("playing", timeout=20_000)
             await wait_for(lambda: any("/socket.io/" in u for u in sockets), 15, lambda: f"Socket.IO: {sockets}")
             assert all(u.startswith(f"wss://{NAME}:{port}/") for u in sockets), sockets
+            # LL-HLS over HTTPS: the page's switch, hls.js fetching /hls/ from its own origin.
+            hls: list[str] = []
+            watcher.on("request", lambda r: hls.append(r.url) if "/hls/" in r.url else None)
+            await tid(watcher, "path-hls").click()
+            await expect(tid(watcher, "path")).to_have_attribute("data-path", "hls", timeout=30_000)
+            await expect(tid(watcher, "state")).to_have_text("playing", timeout=45_000)
+            await wait_for_js(watcher, "document.querySelector('[data-testid=video]').currentTime > 1",
+                              timeout=30_000)
+            assert hls and all(u.startswith(f"https://{NAME}:{port}/hls/demo/") for u in hls), hls[:3]
             assert errors.errors == [] and watch_errors.errors == []
 
 
