@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import errno
 import logging
 import random
 import secrets
@@ -1157,9 +1158,14 @@ class _Gso:
     def __init__(self) -> None:
         self.enabled = hasattr(socket, "SOL_UDP") and hasattr(socket.socket, "sendmsg")
 
+    UNSUPPORTED = frozenset((errno.EIO, errno.EINVAL, errno.EMSGSIZE, errno.ENOPROTOOPT, errno.EOPNOTSUPP))
+    """What the kernel answers when it cannot segment a send (no checksum offload on the
+    route's device, an old kernel, a segment it refuses)."""
+
     @staticmethod
     def size_option(size: int) -> bytes:
-        return size.to_bytes(2, "little" if sys.byteorder == "little" else "big")
+        """The ``UDP_SEGMENT`` control message's data: the segment size, a host-order u16."""
+        return size.to_bytes(2, sys.byteorder)
 
     def disable(self, exc: OSError) -> None:
         if self.enabled:
@@ -1292,6 +1298,9 @@ class RawRtpSender:
                 route.transport.sendto(data, route.addr)
             return len(run)
         except OSError as exc:
+            if exc.errno not in _gso.UNSUPPORTED:  # as _send: counted, never raised
+                self.dropped += len(run)
+                return 0
             _gso.disable(exc)
             return sum(self._send(route, data) for data in run)
 

@@ -108,6 +108,27 @@ def test_a_kernel_without_segmentation_offload_gets_every_packet_by_sendto(monke
     assert received == packets and calls == 0
 
 
+def test_a_network_error_is_counted_and_leaves_segmentation_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    gso = aiortc_private._Gso()
+    monkeypatch.setattr(aiortc_private, "_gso", gso)
+    packets = [_rtp(i, 1190) for i in range(5)]
+
+    async def send() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        try:
+            sender = RawRtpSender(SimpleNamespace(_state=State.CONNECTED, _tx_srtp=None))  # type: ignore[arg-type]
+            route = _Route(_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND), transport, ("127.0.0.1", 9))
+            route.sock_sendmsg = _Sendmsg(route.sock_sendmsg, errno.ENETUNREACH)
+            sender._route = route
+            return sender.send_rtp_many(packets), sender.dropped
+        finally:
+            transport.close()
+
+    assert asyncio.run(send()) == (0, 5)
+    assert gso.enabled  # a route that failed says nothing about the kernel
+
+
 def test_a_sender_with_no_connection_counts_what_it_could_not_send() -> None:
     dtls = SimpleNamespace(_state=State.CLOSED, _tx_srtp=None)
     sender = RawRtpSender(dtls)  # type: ignore[arg-type]
