@@ -18,6 +18,7 @@ import fractions
 import logging
 
 import av
+from av.audio.codeccontext import AudioCodecContext
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +34,11 @@ half the CPU, audibly the same for live speech and music at these bitrates."""
 _TIME_BASE = fractions.Fraction(1, OPUS_RATE)
 
 
-def opus_encoder(channels: int) -> av.CodecContext:
+def opus_encoder(channels: int) -> AudioCodecContext:
     """libopus for WebRTC: 48 kHz, ``channels`` (1 or 2) of interleaved 32-bit float,
     20 ms frames, :data:`OPUS_BITRATE_PER_CHANNEL` a channel, :data:`OPUS_COMPLEXITY`."""
     codec = av.CodecContext.create("libopus", "w")
+    assert isinstance(codec, AudioCodecContext)
     codec.sample_rate = OPUS_RATE
     codec.layout = "stereo" if channels == 2 else "mono"
     codec.format = "flt"
@@ -59,7 +61,7 @@ class AacToOpus:
             self._decoder.extradata = config
         self._peer = peer
         self._resampler: av.AudioResampler | None = None
-        self._encoder: av.CodecContext | None = None
+        self._encoder: AudioCodecContext | None = None
         self.channels = 0
         """Channels of the Opus being encoded (1 or 2; 0 before the first frame)."""
         self._pcm = bytearray()

@@ -109,9 +109,11 @@ def ensure_dev_certificate(folder: Path, host: str, *, extra_names: tuple[str, .
     names += [name for name in extra_names if name not in names]
     if ca_path.is_file() and ca_key_path.is_file():
         ca = x509.load_pem_x509_certificate(ca_path.read_bytes())
-        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
-        if ca.not_valid_after_utc - RENEW_BEFORE < now:
+        loaded = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey) or ca.not_valid_after_utc - RENEW_BEFORE < now:
             ca, ca_key = _new_ca(now)
+        else:
+            ca_key = loaded
     else:
         ca, ca_key = _new_ca(now)
     _write(ca_key_path, ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -136,7 +138,7 @@ def ensure_dev_certificate(folder: Path, host: str, *, extra_names: tuple[str, .
                                      data_encipherment=False, key_agreement=False, key_cert_sign=False,
                                      crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     _write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

@@ -1289,6 +1289,7 @@ class RawRtpSender:
         return sent
 
     def _send_segmented(self, route: _Route, run: list[bytes], size: int) -> int:
+        assert route.sock_sendmsg is not None
         try:
             route.sock_sendmsg([b"".join(run)], [(socket.SOL_UDP, _gso.UDP_SEGMENT, _gso.size_option(size))],
                                0, route.addr)

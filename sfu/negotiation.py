@@ -169,7 +169,8 @@ def negotiate_pause(pc: RTCPeerConnection, transceiver: RTCRtpTransceiver) -> bo
         return False
     desc = aiortc_sdp.SessionDescription.parse(offer.sdp)
     media = next((m for m in desc.media if m.rtp.muxId == transceiver.mid), None)
-    if media is None or not pause_resume.offered(media, codecs[0].payloadType):
+    payload_type = codecs[0].payloadType
+    if media is None or payload_type is None or not pause_resume.offered(media, payload_type):
         return False
     aiortc_private.enable_feedback(transceiver, pause_resume.FEEDBACK)
     return True
