@@ -122,19 +122,13 @@ def make_dtls_certificate(directory: str | Path) -> tuple[str, str]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
+    from relaycast.dev_certificate import certificate_builder
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relaycast-ffmpeg-whip")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
+    cert = certificate_builder(name, name, key.public_key(), now - datetime.timedelta(hours=1),
+                               now + datetime.timedelta(days=30)).sign(key, hashes.SHA256())
     cert_file, key_file = Path(directory) / "dtls-cert.pem", Path(directory) / "dtls-key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(

@@ -125,13 +125,9 @@ def ensure_dev_certificate(folder: Path, host: str, *, extra_names: tuple[str, .
     key = ec.generate_private_key(ec.SECP256R1())
     san = [x509.DNSName(n) for n in names] + [x509.IPAddress(a) for a in addresses]
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[-1] if len(names) > 1 else names[0])]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=SERVER_DAYS))
+        certificate_builder(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[-1] if len(names) > 1 else names[0])]),
+            ca.subject, key.public_key(), now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=SERVER_DAYS))
         .add_extension(x509.SubjectAlternativeName(san), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, content_commitment=False,
@@ -147,17 +143,28 @@ def ensure_dev_certificate(folder: Path, host: str, *, extra_names: tuple[str, .
     return DevCertificate(ca_path, cert_path, key_path, shown, made=True)
 
 
+def certificate_builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,
+                        not_before: datetime.datetime, not_after: datetime.datetime) -> x509.CertificateBuilder:
+    """An X.509 v3 certificate of ``public_key`` for ``subject`` by ``issuer`` (the same name:
+    self-signed), a random serial number (RFC 5280 §4.1.2.2), valid ``not_before`` to
+    ``not_after``; extensions and the signature are the caller's."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+    )
+
+
 def _new_ca(now: datetime.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"relaycast development CA ({socket.gethostname()})")])
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+        certificate_builder(name, name, key.public_key(), now - datetime.timedelta(minutes=5),
+                            now + datetime.timedelta(days=CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=False, key_encipherment=False, content_commitment=False,
                                      data_encipherment=False, key_agreement=False, key_cert_sign=True,
