@@ -102,7 +102,7 @@ def reload_context(context: ssl.SSLContext, cert_path: str, key_path: str) -> x5
     return check_certificate(cert_path, key_path)
 
 
-def https_needed(request_head: bytes, port: int) -> bytes:
+def https_needed(request_head: bytes) -> bytes:
     """The answer to a plain-HTTP request on the HTTPS port: 308 to ``https://`` + the
     request's own Host and target, or 400 when the request has no usable Host."""
     lines = request_head.split(b"\r\n")
@@ -124,8 +124,7 @@ def https_needed(request_head: bytes, port: int) -> bytes:
 class _PlainHttp(asyncio.Protocol):
     """Reads a plain-HTTP request head (at most 8 KiB) and answers :func:`https_needed`."""
 
-    def __init__(self, port: int) -> None:
-        self._port = port
+    def __init__(self) -> None:
         self._head = b""
         self._transport: asyncio.Transport | None = None
 
@@ -137,7 +136,7 @@ class _PlainHttp(asyncio.Protocol):
         self._head += data
         if b"\r\n\r\n" in self._head or len(self._head) > _MAX_HEAD:
             assert self._transport is not None
-            self._transport.write(https_needed(self._head.split(b"\r\n\r\n", 1)[0], self._port))
+            self._transport.write(https_needed(self._head.split(b"\r\n\r\n", 1)[0]))
             self._transport.close()
 
 
@@ -191,13 +190,12 @@ class HttpsSite(EdgeSite):
             return EdgeRequestHandler(server, self._guard, loop=loop, **self._handler_kwargs)
 
         sockets = _listen(self._host, self._port, self._backlog)
-        port = sockets[0].getsockname()[1]
         connections: set[asyncio.Task[None]] = set()
-        tasks = [loop.create_task(self._accept(sock, protocol, port, connections), name="https-accept")
+        tasks = [loop.create_task(self._accept(sock, protocol, connections), name="https-accept")
                  for sock in sockets]
         self._server = _Listeners(sockets, tasks, connections)  # type: ignore[assignment]
 
-    async def _accept(self, listener: socket.socket, protocol: Callable[[], asyncio.Protocol], port: int,
+    async def _accept(self, listener: socket.socket, protocol: Callable[[], asyncio.Protocol],
                       connections: set[asyncio.Task[None]]) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -207,11 +205,11 @@ class HttpsSite(EdgeSite):
                 logger.warning("accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
-            task = loop.create_task(self._route(sock, protocol, port))
+            task = loop.create_task(self._route(sock, protocol))
             connections.add(task)
             task.add_done_callback(connections.discard)
 
-    async def _route(self, sock: socket.socket, protocol: Callable[[], asyncio.Protocol], port: int) -> None:
+    async def _route(self, sock: socket.socket, protocol: Callable[[], asyncio.Protocol]) -> None:
         """TLS or plain HTTP, by the connection's first byte (peeked)."""
         loop = asyncio.get_running_loop()
         sock.setblocking(False)
@@ -225,7 +223,7 @@ class HttpsSite(EdgeSite):
                 await loop.connect_accepted_socket(protocol, sock, ssl=self._context,
                                                    ssl_handshake_timeout=self._timeout_s)
             else:
-                await loop.connect_accepted_socket(lambda: _PlainHttp(port), sock)
+                await loop.connect_accepted_socket(_PlainHttp, sock)
         except (TimeoutError, OSError, ssl.SSLError) as exc:
             logger.debug("connection dropped before HTTP: %r", exc)
             sock.close()
