@@ -158,7 +158,8 @@ def passthrough_plan(video: TrackTap, config: HlsConfig) -> tuple[int, int | Non
     """``(segment_frames, bitrate_bps)`` to publish the tapped H.264 track as the top
     rendition without encoding it — segments as long as its key-frame interval — or why not.
 
-    It must be H.264 without simulcast, at the bridge's frame rate (within 10 %), with its
+    It must be H.264 without simulcast, at the bridge's frame rate (within 10 %, in media
+    time: :meth:`~sfu.ingest_health.TrackHealth.source_fps`), with its
     last key-frame spacings (at least two, as the SFU measured them) the same number of
     frames within half a frame, at most :data:`MAX_PASSTHROUGH_SEGMENT_S` and at least a
     part long."""
@@ -169,16 +170,16 @@ def passthrough_plan(video: TrackTap, config: HlsConfig) -> tuple[int, int | Non
     spacings = video.health.keyframe_spacings_s()
     if len(spacings) < 2:
         return "fewer than three of the source's key frames seen yet"
-    snapshot = video.health.snapshot()
-    if snapshot.fps is None or abs(snapshot.fps - config.fps) > 0.1 * config.fps:
-        return f"the source's frame rate ({snapshot.fps}) is not {config.fps} fps"
+    fps = video.health.source_fps()
+    if fps is None or abs(fps - config.fps) > 0.1 * config.fps:
+        return f"the source's frame rate ({fps}) is not {config.fps} fps"
     frames = [spacing * config.fps for spacing in spacings]
     gop = round(frames[-1])
     if any(abs(f - gop) > 0.5 for f in frames):
         return "the source's key frames are irregular (" + ", ".join(f"{s:.3f}" for s in spacings) + " s apart)"
     if not config.part_s * config.fps <= gop <= MAX_PASSTHROUGH_SEGMENT_S * config.fps:
         return f"the source's key-frame interval ({gop} frames) is outside one part to {MAX_PASSTHROUGH_SEGMENT_S:g} s"
-    return gop, snapshot.bitrate_bps
+    return gop, video.health.snapshot().bitrate_bps
 
 
 def with_x264_preset(choice: EncoderChoice, preset: str) -> EncoderChoice:

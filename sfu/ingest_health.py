@@ -126,7 +126,7 @@ class TrackHealth:
     __slots__ = (
         "kind", "codec", "clock_rate", "packets", "bytes", "frames", "keyframes",
         "highest_seq", "extended_seq", "first_extended_seq", "width", "height",
-        "paused", "_keyframe_timestamps", "_samples", "_statistics", "_round_trip_time", "_clock",
+        "paused", "_keyframe_timestamps", "_keyframe_frames", "_samples", "_statistics", "_round_trip_time", "_clock",
     )
 
     def __init__(
@@ -160,6 +160,8 @@ class TrackHealth:
         """The publisher was asked to pause this stream (RFC 7728): it has no consumer."""
         self.height: int | None = None
         self._keyframe_timestamps: deque[int] = deque(maxlen=KEYFRAME_INTERVALS + 1)
+        self._keyframe_frames: deque[int] = deque(maxlen=KEYFRAME_INTERVALS + 1)
+        """:attr:`frames` when each of those key frames began (the frames before it)."""
         self._samples: deque[_Sample] = deque(maxlen=_SAMPLES)
         self._statistics = statistics
         self._round_trip_time = round_trip_time
@@ -189,6 +191,7 @@ class TrackHealth:
         if stamps and not 0 < (timestamp - stamps[-1]) & 0xFFFFFFFF < 0x80000000:
             return
         stamps.append(timestamp)
+        self._keyframe_frames.append(self.frames)
         self.keyframes += 1
         size = keyframe_picture_size(self.codec, payload)
         if size is not None:
@@ -225,6 +228,18 @@ class TrackHealth:
         :data:`KEYFRAME_INTERVALS`; empty before the second key frame)."""
         stamps = list(self._keyframe_timestamps)
         return [((b - a) & 0xFFFFFFFF) / self.clock_rate for a, b in zip(stamps, stamps[1:], strict=False)]
+
+    def source_fps(self) -> float | None:
+        """The encoder's frame rate, frames/s: the frames completed between the oldest and the
+        newest of the last key frames, over their RTP timestamp span (media time, so a burst
+        of queued frames or a stall on the way does not move it, unlike ``snapshot().fps``).
+        A frame whose last packet is lost and not repaired is missing from the count.
+        ``None`` before the second key frame."""
+        stamps, frames = self._keyframe_timestamps, self._keyframe_frames
+        if len(stamps) < 2:
+            return None
+        span = (stamps[-1] - stamps[0]) & 0xFFFFFFFF
+        return round((frames[-1] - frames[0]) * self.clock_rate / span, 2) if span else None
 
     def keyframe_interval_s(self) -> float | None:
         """Mean spacing of the last key frames, s (``None`` before the second one)."""

@@ -141,8 +141,9 @@ async def test_a_source_larger_than_the_top_rung_is_encoded() -> None:
 def _tap(mime: str = "video/H264", spacings: tuple[float, ...] = (1.0, 1.0, 1.0), fps: float | None = 30.0,
          simulcast: bool = False) -> SimpleNamespace:
     """What passthrough_plan reads of a TrackTap (a stand-in: the SFU's measurements)."""
-    snapshot = SimpleNamespace(fps=fps, bitrate_bps=SOURCE_BITRATE)
-    health = SimpleNamespace(keyframe_spacings_s=lambda: list(spacings), snapshot=lambda: snapshot)
+    snapshot = SimpleNamespace(bitrate_bps=SOURCE_BITRATE)
+    health = SimpleNamespace(keyframe_spacings_s=lambda: list(spacings), source_fps=lambda: fps,
+                             snapshot=lambda: snapshot)
     return SimpleNamespace(info=SimpleNamespace(mime_type=mime), simulcast=simulcast, health=health)
 
 

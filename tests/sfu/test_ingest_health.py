@@ -283,6 +283,23 @@ def test_keyframe_interval_is_the_mean_of_the_last_four() -> None:
     assert health.keyframe_interval_s() == pytest.approx(1.0)
 
 
+def test_source_fps_is_media_time_not_arrival() -> None:
+    clock = FakeClock()
+    health = video_health(clock)
+    assert health.source_fps() is None
+    # 1.5 s of frames queued on the way (a relay waiting for its connection) arrive at
+    # once, then the stream goes on at its pace: the arrival rate over the window is well
+    # above 30 fps, the encoder's rate is not.
+    seq = run_video(health, FakeClock(), 1.5, gop=30)  # health's clock stands still
+    run_video(health, clock, 1.6, gop=30, first_seq=seq, frame0=45)
+    assert health.snapshot().fps > 33
+    assert health.source_fps() == pytest.approx(30.0)
+    # A frame whose marker packet never arrives is missing from the count.
+    lossy = video_health(FakeClock())
+    run_video(lossy, FakeClock(), 4.1, gop=60, lose=lambda seq: seq == 5 * 70 + 4)
+    assert lossy.source_fps() == pytest.approx(119 / 4)
+
+
 class FakeReceiver:
     """aiortc's receive statistics as seen through sfu.aiortc_private (expected, received, jitter)."""
 
