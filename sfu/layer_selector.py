@@ -23,6 +23,10 @@ the rules; in short:
 * **Down at once.**  The current target is kept while ``cost <= budget * (1 + down_margin)``;
   when it is not, or it no longer exists or exceeds the cap, the selector moves at once to
   the best candidate with ``cost <= budget`` (``None`` — pause video — when none).
+* **A cost that rose is given time.**  When it is the target's measured cost that rose
+  above a budget still covering what the target cost when it last fitted — the key frame a
+  switch asked for is in the layer's rate for a second or so — the target is kept for
+  ``cost_rise_hold_s`` before the selector moves down.  A falling budget moves at once.
 * **Up after a hold.**  A candidate above the current one is taken only once it has fit
   with ``cost * (1 + up_margin) <= budget`` continuously for ``up_hold_s`` — or
   ``up_hold_after_down_s`` when it is at or above a target the selector left because the
@@ -74,13 +78,16 @@ class LayerSelector:
         above the lowest layer; 0.0: any).
     :param cover_ratio: a layer covers the rendered size when its width is at least this
         fraction of the rendered width (see module doc).
+    :param cost_rise_hold_s: seconds the current target is kept when its own cost rose over
+        a budget that still covers the cost it had when it last fitted.
     :raises ValueError: for negative holds or margins, or ratios outside (0, 1].
     """
 
     __slots__ = (
         "up_hold_s", "up_hold_after_down_s", "recent_down_s", "down_margin", "up_margin",
-        "min_temporal_fraction", "cover_ratio", "current", "probe_bps", "deficit_bps",
-        "switches_up", "switches_down", "_started", "_fit_since", "_left", "_left_at",
+        "min_temporal_fraction", "cover_ratio", "cost_rise_hold_s", "current", "probe_bps",
+        "deficit_bps", "switches_up", "switches_down", "_started", "_fit_since", "_left", "_left_at",
+        "_fit_cost", "_over_since",
     )
 
     def __init__(
@@ -93,8 +100,9 @@ class LayerSelector:
         up_margin: float = 0.10,
         min_temporal_fraction: float = 1.0,
         cover_ratio: float = 0.85,
+        cost_rise_hold_s: float = 2.0,
     ) -> None:
-        if min(up_hold_s, up_hold_after_down_s, recent_down_s, down_margin, up_margin) < 0:
+        if min(up_hold_s, up_hold_after_down_s, recent_down_s, down_margin, up_margin, cost_rise_hold_s) < 0:
             raise ValueError("holds and margins must be >= 0")
         if not 0 <= min_temporal_fraction <= 1 or not 0 < cover_ratio <= 1:
             raise ValueError("min_temporal_fraction must be in [0, 1], cover_ratio in (0, 1]")
@@ -105,6 +113,7 @@ class LayerSelector:
         self.up_margin = up_margin
         self.min_temporal_fraction = min_temporal_fraction
         self.cover_ratio = cover_ratio
+        self.cost_rise_hold_s = cost_rise_hold_s
         self.current: Target | None = None
         """The last target returned (``None``: paused, or nothing chosen yet)."""
         self.probe_bps: int | None = None
@@ -117,6 +126,8 @@ class LayerSelector:
         self._fit_since: dict[Target, float] = {}
         self._left: Target | None = None  # the target last left downwards
         self._left_at = -1e18
+        self._fit_cost = 0  # the current target's cost, bps, when it last fitted the budget
+        self._over_since: float | None = None  # its cost over the budget since (a rise held)
 
     # ----------------------------------------------------------------- ladder
     def ladder(
@@ -207,11 +218,23 @@ class LayerSelector:
             if chosen < 0:
                 chosen = next((i for i, (_, c) in enumerate(ladder) if c <= budget_bps), -1)
         elif pos >= 0 and ladder[pos][1] > budget_bps * (1 + self.down_margin):
-            chosen = self._best(ladder, pos, budget_bps)  # down at once
-            congested = True
+            rose = budget_bps * (1 + self.down_margin) >= self._fit_cost  # the budget did not fall
+            if self._over_since is None:
+                self._over_since = now
+            if rose and now - self._over_since < self.cost_rise_hold_s:
+                chosen = pos
+            else:
+                chosen = self._best(ladder, pos, budget_bps)  # down at once
+                congested = True
         else:
+            self._over_since = None
+            if pos >= 0:
+                self._fit_cost = ladder[pos][1]
             chosen = self._held_up(ladder, pos, now)
         new = targets[chosen] if chosen >= 0 else None
+        if new != current:
+            self._fit_cost = ladder[chosen][1] if chosen >= 0 else 0
+            self._over_since = None
         self._record(current, new, now, congested)
         nxt = chosen + 1
         if nxt < len(ladder):

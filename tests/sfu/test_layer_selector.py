@@ -89,6 +89,26 @@ def test_current_target_is_kept_within_the_down_margin() -> None:
     assert sel.select(LAYERS, int(2_500_000 / 1.06), None, None, 2.2) == (2, 1)
 
 
+def test_a_key_frame_in_the_layers_rate_is_given_time_a_falling_budget_is_not() -> None:
+    """A viewer just moved to ``h`` at 700 kbit/s: the key frame the switch asked for lifts
+    ``h``'s measured rate over the budget for a second or so (sfu.producer's 1 s EWMA)."""
+    spiked = [Q, LayerInfo(1, 640, 360, (300_000, 420_000, 800_000), True), F]
+    sel = LayerSelector()
+    assert sel.select(LAYERS, 700_000, None, None, 0.0) == (1, 2)
+    # The budget still covers what h cost when it was taken: kept through the spike.
+    assert run(sel, 700_000, 0.1, 1.8, layers=spiked)[0] == (1, 2)
+    assert run(sel, 700_000, 2.0, 3.0)[0] == (1, 2)
+    assert sel.switches_down == 0
+    # A rise that lasts moves down after cost_rise_hold_s.
+    seen = [(round(t, 1), sel.select(spiked, 700_000, None, None, t)) for t in (5.1, 6.0, 7.0, 7.2)]
+    assert seen == [(5.1, (1, 2)), (6.0, (1, 2)), (7.0, (1, 2)), (7.2, (0, 2))]
+    # A falling budget moves at once, even while a rise is being held.
+    sel = LayerSelector()
+    assert sel.select(LAYERS, 700_000, None, None, 0.0) == (1, 2)
+    assert sel.select(spiked, 700_000, None, None, 0.1) == (1, 2)
+    assert sel.select(spiked, 550_000, None, None, 0.2) == (0, 2)
+
+
 def test_nothing_fits_pauses_video_and_resumes_after_the_hold() -> None:
     sel = LayerSelector(up_hold_s=1.0)
     assert sel.select(LAYERS, 1_000_000, None, None, 0.0) == (1, 2)
