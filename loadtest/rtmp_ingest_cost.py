@@ -49,6 +49,8 @@ from loadtest.procstat import children, cpu_seconds
 from loadtest.subscriber import LightSubscriber
 
 KEY = "sk_cost_" + "c" * 24
+FIRST_VIDEO_TIMEOUT_S = 10.0
+"""How long a viewer may wait for its first video packet (the next key frame), s."""
 
 
 async def _encode(path: Path, size: str, clip_s: float, *video: str) -> None:
@@ -115,6 +117,12 @@ async def _viewer(serve: Serve, watch: bool) -> AsyncIterator[None]:
         viewer = LightSubscriber(0, decode=False)
         await viewer.join(f"{serve.url}/whep/demo", http, fast=True)
         try:
+            # A new viewer's video starts at the source's next key frame (the clip's GOP,
+            # 2 s: a relayed encoder cannot make one on request); measure once it flows.
+            try:
+                await asyncio.wait_for(viewer.first_video.wait(), FIRST_VIDEO_TIMEOUT_S)
+            except TimeoutError:
+                raise RuntimeError(f"the viewer got no video in {FIRST_VIDEO_TIMEOUT_S:g} s") from None
             yield
             if not (viewer.video.received and viewer.audio.received):
                 raise RuntimeError(f"the viewer got {viewer.video.received} video and "
@@ -133,7 +141,7 @@ async def measure(clip: Path, serve: Serve, protocol: str, seconds: float, warmu
         ["-f", "mpegts", serve.srt_url(KEY)]
     proc = await asyncio.create_subprocess_exec(
         "ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip),
-        "-t", str(warmup + seconds + 2), "-c", "copy", *output)
+        "-t", str(warmup + seconds + FIRST_VIDEO_TIMEOUT_S + 2), "-c", "copy", *output)
     try:
         await asyncio.sleep(warmup / 2)
         async with _viewer(serve, watch):

@@ -190,6 +190,7 @@ class LightSubscriber:
         self.decoder = SampleDecoder() if decode else None
         self.latency_ms: list[tuple[float, float]] = []  # (decoded at, glass-to-glass ms)
         self.decoded_event = asyncio.Event()  # set on the first decoded, readable frame
+        self.first_video = asyncio.Event()  # set on the first video packet
         self.nacks_sent = 0
         self.plis_sent = 0
         self.fast_path = False
@@ -375,6 +376,7 @@ class LightSubscriber:
             return
         if self.t_first_packet is None:
             self.t_first_packet = time.time()
+            self.first_video.set()
         frames = self._frames
         frame = frames.get(timestamp)
         if frame is None:

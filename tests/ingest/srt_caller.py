@@ -7,7 +7,9 @@ from __future__ import annotations
 import ctypes
 
 from ingest import srt_lib
+from ingest.srt_server import OPEN_TIMEOUT_S
 
+SRTO_CONNTIMEO = 36
 SRTO_PEERLATENCY = 44
 SRTO_STREAMID = 46
 
@@ -27,12 +29,19 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
+CONNECT_TIMEOUT_MS = int((OPEN_TIMEOUT_S + 2) * 1000)
+"""Longer than the listener's wait for the service (libsrt's default, 3 s, is shorter): on a
+loaded machine the caller must still read the listener's answer, not its own time-out."""
+
+
 def connect(port: int, stream_id: str, passphrase: str | None = None) -> int:
-    """A connected caller's socket (blocks up to libsrt's 3 s connect timeout).
+    """A connected caller's socket (blocks up to :data:`CONNECT_TIMEOUT_MS`).
 
     :raises Rejected: the listener rejected it (``reason``: its rejection code)."""
     lib = _lib()
     sock = lib.srt_create_socket()
+    timeout = ctypes.c_int(CONNECT_TIMEOUT_MS)
+    lib.srt_setsockflag(sock, SRTO_CONNTIMEO, ctypes.byref(timeout), ctypes.sizeof(timeout))
     sid = stream_id.encode()
     lib.srt_setsockflag(sock, SRTO_STREAMID, sid, len(sid))
     if passphrase:
