@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 tls_cert=tls_cert, tls_key=tls_key,
             )
             workers = WorkersConfig.from_env(workers=args.workers, embedded_sfu=config.embedded_sfu)
-            ingest = IngestConfig.from_env(os.environ, config.host)
+            ingest = IngestConfig.from_env(os.environ, config.host, config.tls_cert, config.tls_key)
             return asyncio.run(serve(config, workers=workers.count, community=community, ingest=ingest))
         return asyncio.run(_sfu_node(args))
     except (ConfigError, CommunityConfigError, TlsError) as exc:
@@ -214,6 +214,8 @@ async def serve(config: SignalingConfig, router_factory: RouterFactory | None = 
                 print(f"  SRT:       srt://{host}:{service.ingest.srt_port}?streamid=#!::r={channel},m=publish,"
                       "s=STREAM_KEY", flush=True)
             print(f"  RTMP:      rtmp://{host}:{service.ingest.rtmp_port}/live  (stream key as the key)", flush=True)
+            if service.ingest.rtmps_port is not None:
+                print(f"  RTMPS:     rtmps://{host}:{service.ingest.rtmps_port}/live", flush=True)
         await stop.wait()
         print("relaycast shutting down", flush=True)
     return 0

@@ -30,8 +30,8 @@ STABLE_S = 60.0
 class IngestConfig:
     """``RELAYCAST_RTMP_PORT`` (default 1935; ``off`` for no ingest process; 0 any free port),
     ``RELAYCAST_RTMP_HOST`` (default the service's host; SRT listens there too),
-    ``RELAYCAST_RTMPS_PORT`` with ``RELAYCAST_TLS_CERT`` and ``RELAYCAST_TLS_KEY`` (PEM
-    files) for RTMPS, ``RELAYCAST_SRT_PORT`` (UDP, default 9000; ``off``; 0 any free port)
+    ``RELAYCAST_RTMPS_PORT`` for RTMPS with the service's certificate (``--tls-cert``/
+    ``--tls-key``, ``--self-signed``, or ``RELAYCAST_TLS_CERT`` and ``RELAYCAST_TLS_KEY``), ``RELAYCAST_SRT_PORT`` (UDP, default 9000; ``off``; 0 any free port)
     ``RELAYCAST_SRT_PASSPHRASE`` (10–79 characters: every SRT caller must encrypt with
     it; default none) and ``RELAYCAST_SRT_LATENCY_MS`` (the receiver's latency, 20–8000 ms;
     default libsrt's 120)."""
@@ -46,16 +46,22 @@ class IngestConfig:
     srt_latency_ms: int | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], host: str) -> IngestConfig:
-        """:raises ConfigError: a port that is not a number in 0..65535, RTMPS without
+    def from_env(cls, env: Mapping[str, str], host: str, tls_cert: str | None = None,
+                 tls_key: str | None = None) -> IngestConfig:
+        """``tls_cert``/``tls_key``: the service's certificate and key files (PEM), which
+        RTMPS uses; else ``RELAYCAST_TLS_CERT``/``_KEY``.
+
+        :raises ConfigError: a port that is not a number in 0..65535, RTMPS without
         both a certificate and a key, an SRT passphrase outside 10–79 characters, an SRT
         latency outside 20–8000 ms."""
         port = _optional_port(env, "RELAYCAST_RTMP_PORT", "1935")
         raw_tls = env.get("RELAYCAST_RTMPS_PORT", "").strip()
         rtmps = _port(raw_tls, "RELAYCAST_RTMPS_PORT") if raw_tls else None
-        cert, key = env.get("RELAYCAST_TLS_CERT") or None, env.get("RELAYCAST_TLS_KEY") or None
+        cert = tls_cert or env.get("RELAYCAST_TLS_CERT") or None
+        key = tls_key or env.get("RELAYCAST_TLS_KEY") or None
         if rtmps is not None and not (cert and key):
-            raise ConfigError("RELAYCAST_RTMPS_PORT needs RELAYCAST_TLS_CERT and RELAYCAST_TLS_KEY")
+            raise ConfigError("RELAYCAST_RTMPS_PORT needs a certificate: --tls-cert and --tls-key, "
+                              "--self-signed, or RELAYCAST_TLS_CERT and RELAYCAST_TLS_KEY")
         srt = _optional_port(env, "RELAYCAST_SRT_PORT", "9000")
         passphrase = env.get("RELAYCAST_SRT_PASSPHRASE") or None
         if passphrase is not None and not 10 <= len(passphrase) <= 79:

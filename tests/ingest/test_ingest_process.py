@@ -33,6 +33,8 @@ def test_settings_from_the_environment() -> None:
             IngestConfig.from_env({"RELAYCAST_RTMP_PORT": bad}, "h")
     with pytest.raises(ConfigError, match="TLS_CERT"):
         IngestConfig.from_env({"RELAYCAST_RTMPS_PORT": "443"}, "h")
+    served = IngestConfig.from_env({"RELAYCAST_RTMPS_PORT": "443"}, "h", "/c.pem", "/k.pem")  # --tls-cert
+    assert (served.rtmps_port, served.tls_cert, served.tls_key) == (443, "/c.pem", "/k.pem")
     assert IngestConfig.from_env({}, "h").srt_port == 9000
     assert IngestConfig.from_env({"RELAYCAST_SRT_PORT": "off"}, "h").srt_port is None
     srt = IngestConfig.from_env({"RELAYCAST_SRT_PORT": "0", "RELAYCAST_SRT_PASSPHRASE": "p" * 10}, "h")

@@ -118,6 +118,33 @@ async def test_the_command_line_refuses_an_expired_certificate_before_listening(
     assert b"listening" not in out
 
 
+async def test_rtmps_uses_the_services_own_certificate(tmp_path: Path) -> None:
+    """``--self-signed`` (as ``--tls-cert``): RTMPS needs no certificate of its own."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relaycast", "serve", "--port", "0", "--data-dir", str(tmp_path / "data"),
+        "--self-signed",
+        env={**os.environ, "RELAYCAST_RTMP_PORT": "0", "RELAYCAST_RTMPS_PORT": "0", "RELAYCAST_SRT_PORT": "off"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        while b"RTMPS:" not in line:
+            assert line, "relaycast serve ended before printing its RTMPS address"
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        port = int(line.decode().rsplit(":", 1)[1].split("/", 1)[0])
+        made = ensure_dev_certificate(tmp_path / "data" / "tls", "127.0.0.1")
+        assert not made.made  # the one the service made and serves
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=_client_context(made.ca),
+                                                       server_hostname="127.0.0.1")
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        served = x509.load_der_x509_certificate(der)
+        assert served == x509.load_pem_x509_certificates(made.cert.read_bytes())[0]
+        writer.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+
+
 class _Connection:
     """One TLS connection to the service on 127.0.0.1 (HTTP/1.1 keep-alive by hand)."""
 
