@@ -31,7 +31,8 @@ class IngestConfig:
     """``RELAYCAST_RTMP_PORT`` (default 1935; ``off`` for no ingest process; 0 any free port),
     ``RELAYCAST_RTMP_HOST`` (default the service's host; SRT listens there too),
     ``RELAYCAST_RTMPS_PORT`` for RTMPS with the service's certificate (``--tls-cert``/
-    ``--tls-key``, ``--self-signed``, or ``RELAYCAST_TLS_CERT`` and ``RELAYCAST_TLS_KEY``), ``RELAYCAST_SRT_PORT`` (UDP, default 9000; ``off``; 0 any free port)
+    ``--tls-key``, ``--self-signed``, or ``RELAYCAST_TLS_CERT`` and ``RELAYCAST_TLS_KEY``),
+    ``RELAYCAST_SRT_PORT`` (UDP, default 9000; ``off``; 0 any free port)
     ``RELAYCAST_SRT_PASSPHRASE`` (10–79 characters: every SRT caller must encrypt with
     it; default none) and ``RELAYCAST_SRT_LATENCY_MS`` (the receiver's latency, 20–8000 ms;
     default libsrt's 120)."""
