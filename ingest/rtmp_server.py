@@ -108,7 +108,7 @@ class RtmpConnection:
         self._on_publish = on_publish
         self._read = read_exactly(reader, STALL_TIMEOUT_S)
         self._chunks = ChunkReader(self._read)
-        self._out = ChunkWriter(writer.write)
+        self._out = ChunkWriter(self._write)
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.peer = f"{peer[0]}:{peer[1]}"
         self.app = ""
@@ -128,7 +128,7 @@ class RtmpConnection:
                 if not await self._handle(message):
                     reason = "unpublished"
                     break
-                await self._writer.drain()
+                await self._flush()
         except PublishRefused as exc:
             reason = f"refused: {exc.description}"
         except flv.UnsupportedCodec as exc:
@@ -141,8 +141,8 @@ class RtmpConnection:
         except TimeoutError:
             reason = "timed out"
             logger.warning("RTMP %s: nothing received for %.0f s; connection closed", self.peer, STALL_TIMEOUT_S)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            logger.debug("RTMP %s: connection ended (%r)", self.peer, exc)
         finally:
             if self.sink is not None:
                 sink, self.sink = self.sink, None
@@ -164,6 +164,23 @@ class RtmpConnection:
         self._writer.write(b"\x03" + s1 + c0c1[1:])
         await self._writer.drain()
         await read(HANDSHAKE_SIZE)  # C2: echoes S1; not checked (encoders do not all match it)
+
+    def _write(self, data: bytes) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(data)
+
+    async def _flush(self) -> None:
+        """Wait until the transport took what we wrote.
+
+        An encoder that closed its connection is not an error here: over TLS, asyncio loses
+        the connection at the encoder's close (TLS has no half-close) while what it sent
+        before is still in the reader's buffer. That is read to its end (the encoder's last
+        frames and ``deleteStream``), and the end of it ends the session.
+        """
+        if self._writer.is_closing():
+            return
+        with contextlib.suppress(ConnectionError):
+            await self._writer.drain()
 
     def _acknowledge(self) -> None:
         """§5.4.3: an Acknowledgement each time the window's worth of bytes arrived."""
@@ -232,7 +249,7 @@ class RtmpConnection:
             self.sink = await self._on_publish(request)
         except PublishRefused as exc:
             self._status("error", exc.code, exc.description)
-            await self._writer.drain()
+            await self._flush()
             logger.info("RTMP %s: publish to app %r refused: %s", self.peer, self.app, exc.description)
             raise
         self._out.control(USER_CONTROL, struct.pack("!HI", 0, _STREAM_ID))  # Stream Begin 1
