@@ -133,10 +133,11 @@ async def test_live_room_is_served_as_ll_hls(service, http, tmp_path: Path) -> N
     finally:
         await pub.close()
 
-    # The publisher left: the bridge stops and its playlists end.
+    # The publisher left: the bridge stops and its playlists end. (The manager forgets the
+    # bridge and marks it stopped first; the store ends once the transcoder flushed.)
     store = bridge.store
     await wait_for(
-        lambda: "demo" not in svc.hls.bridges and bridge.stopped,
+        lambda: "demo" not in svc.hls.bridges and bridge.stopped and store.ended,
         10,
         "the bridge to stop",
         interval_s=0.1,
